@@ -1,0 +1,268 @@
+"""Typed configuration: one dataclass per concern, named presets, CLI mapping.
+
+Every field has a docstring (the string literal under it); `fields_help` reads them for `--help`.
+Presets: `tiny` (unit tests, < 1M params), `poc` (stage 0 on a laptop CPU), `full` (the research numbers).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+BridgeMode = Literal["dual", "condition_only", "video_only"]
+BRIDGE_MODES: tuple[str, ...] = ("dual", "condition_only", "video_only")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes of the two towers, the bridge and the audio pathway."""
+
+    dim: int = 1536
+    """Hidden width of the Video DiT (tokens of all streams live in this width inside the bridge)."""
+    depth: int = 20
+    """Number of Video DiT blocks."""
+    head_dim: int = 128
+    """Width of one attention head, for every attention (self, audio, bridge)."""
+    mlp_ratio: float = 2.0
+    """SwiGLU hidden width / dim. 2.0 gives 6*dim^2 MLP parameters (a GELU MLP of ratio 3);
+    see docs in `shared.models.blocks.SwiGLU` for why not 8/3."""
+    qk_norm: bool = True
+    """RMS-normalise queries and keys (stabilises from-scratch training, as in Wan/SD3)."""
+
+    latent_channels: int = 16
+    """Channels C of one frame's video latent [C, H, W]."""
+    latent_size: int = 32
+    """Spatial size H = W of one frame's video latent."""
+    patch_size: int = 2
+    """Spatial patch (p x p latent pixels -> one token)."""
+
+    struct_dim: int = 128
+    """Size D of the per-frame 3-D motion latent (LivePortrait-like implicit: 128; explicit is smaller)."""
+    struct_width: int = 1536
+    """Hidden width of the Struct DiT."""
+    struct_depth: int = 20
+    """Number of Struct DiT blocks (`condition_only` builds only `fusion_depth` of them: a clean encoder)."""
+    struct_tokens_per_frame: int = 1
+    """Tokens the motion latent of one frame is split into."""
+
+    audio_dim: int = 768
+    """Size A of one 50 Hz audio feature vector (log-mel bins, or HuBERT/wav2vec2 width)."""
+    audio_lookahead: int = 2
+    """Video frames of future audio a frame may see (2 = 80 ms at 25 fps; 0 = strictly causal)."""
+    audio_context: int = 4
+    """Video frames of past audio a frame sees (its audio window is [t - context, t + lookahead])."""
+
+    fusion_depth: int = 8
+    """The bridge couples the towers in their first `fusion_depth` blocks ("shallow fusion, deep specialisation")."""
+    bridge_mode: BridgeMode = "dual"
+    """`dual`: both streams denoised, bridge both ways; `condition_only`: clean struct -> video only;
+    `video_only`: no struct or bridge parameters."""
+
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    attn_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    """Frame-causal attention kernel: `flex` (block-sparse flex_attention, CUDA), `sdpa` (dense boolean mask,
+    fine on CPU and small sizes), `auto` (flex on CUDA, sdpa elsewhere)."""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"ModelConfig: {msg}")
+
+        need(self.bridge_mode in BRIDGE_MODES, f"bridge_mode={self.bridge_mode!r} not in {BRIDGE_MODES}")
+        need(self.dim % self.head_dim == 0, f"dim={self.dim} not a multiple of head_dim={self.head_dim}")
+        need(self.struct_width % self.head_dim == 0,
+             f"struct_width={self.struct_width} not a multiple of head_dim={self.head_dim}")
+        need(self.head_dim % 2 == 0 and self.head_dim >= 12, f"head_dim={self.head_dim} must be even and >= 12")
+        need(self.latent_size % self.patch_size == 0,
+             f"latent_size={self.latent_size} not a multiple of patch_size={self.patch_size}")
+        need(0 <= self.fusion_depth <= min(self.depth, self.struct_depth),
+             f"fusion_depth={self.fusion_depth} must be in [0, min(depth, struct_depth)]")
+        need(self.audio_lookahead >= 0 and self.audio_context >= 0, "audio_lookahead/audio_context must be >= 0")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Video tokens per frame (H/p * W/p)."""
+        return (self.latent_size // self.patch_size) ** 2
+
+    @property
+    def has_struct(self) -> bool:
+        return self.bridge_mode != "video_only"
+
+    @property
+    def struct_blocks(self) -> int:
+        """Struct DiT blocks actually built."""
+        if self.bridge_mode == "video_only":
+            return 0
+        return self.fusion_depth if self.bridge_mode == "condition_only" else self.struct_depth
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Flow-matching Diffusion Forcing: per-frame, per-stream noise levels and the loss."""
+
+    sigma_dist: Literal["uniform", "logit_normal"] = "logit_normal"
+    """Distribution of each frame's sigma before the shift (logit-normal: SD3, Esser et al. 2024)."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal."""
+    logit_std: float = 1.0
+    """Std of the logit-normal."""
+    shift_video: float = 1.0
+    """Timestep shift s for the video stream: sigma' = s*sigma / (1 + (s-1)*sigma) (SD3 eq. 23)."""
+    shift_struct: float = 1.0
+    """Timestep shift for the struct stream (low-dimensional, so it needs less shift)."""
+    p_clean_past: float = 0.3
+    """Probability that frames before a random cut get sigma=0 (both streams), mimicking inference where the
+    history is clean (Diffusion Forcing train/inference gap; seed review, problem 3)."""
+    struct_loss_weight: float = 1.0
+    """Weight of the struct-stream loss in the total."""
+    p_audio_drop: float = 0.1
+    """Per-sample probability of replacing the audio by the learned null embedding (for audio CFG)."""
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Inference: the scheduling matrix and the streaming KV cache."""
+
+    schedule: Literal["autoregressive", "full_sequence", "struct_leads"] = "autoregressive"
+    """Scheduling matrix kind (see `shared.schedule`)."""
+    steps: int = 4
+    """Euler steps K per frame (per chunk)."""
+    shift: float = 3.0
+    """Timestep shift of the inference sigma grid (more steps at high noise)."""
+    sigma_struct_start: float = 1.0
+    """Noise level the struct stream starts from; < 1 re-noises the previous frame's clean struct."""
+    struct_lead: int = 1
+    """`struct_leads`: the struct stream finishes this many steps before the video stream."""
+    chunk: int = 1
+    """Frames denoised together per autoregressive block."""
+    window: int = 32
+    """History frames visible besides the reference (the training clip length)."""
+    roll_keep: int = 16
+    """When the window is full, keep this many most recent frames and re-encode them (see `shared.infer`)."""
+    audio_cfg: float = 1.0
+    """Classifier-free guidance scale on audio (1 = off)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"SampleConfig: steps={self.steps} must be >= 1")
+        if not 0 < self.sigma_struct_start <= 1:
+            raise ValueError(f"SampleConfig: sigma_struct_start={self.sigma_struct_start} must be in (0, 1]")
+        if self.chunk < 1 or self.window < self.chunk:
+            raise ValueError(f"SampleConfig: need 1 <= chunk={self.chunk} <= window={self.window}")
+        if not 0 <= self.roll_keep < self.window:
+            raise ValueError(f"SampleConfig: roll_keep={self.roll_keep} must be in [0, window={self.window})")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; written as `config.json` beside every run's outputs."""
+
+    preset: str = "full"
+    """Name of the preset this config started from."""
+    clip_frames: int = 32
+    """Frames per training clip (the reference frame comes on top: sequences are clip_frames + 1 long)."""
+    fps: int = 25
+    """Video frame rate; audio features are 2 * fps (50 Hz)."""
+    image_size: int = 256
+    """Pixel size of the video the latents encode."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Noise and loss."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Sampler and streaming."""
+
+
+PRESETS: dict[str, Config] = {
+    "tiny": Config(
+        preset="tiny", clip_frames=8, image_size=32,
+        model=ModelConfig(dim=32, depth=2, head_dim=16, latent_channels=4, latent_size=8, patch_size=2,
+                          struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
+                          fusion_depth=1),
+        sample=SampleConfig(steps=2, window=4, roll_keep=2),
+    ),
+    "poc": Config(
+        preset="poc", clip_frames=16, image_size=64,
+        model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=2,
+                          struct_dim=24, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
+        sample=SampleConfig(steps=4, window=16, roll_keep=8),
+    ),
+    "full": Config(preset="full"),
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------- overrides / IO
+
+
+def override(cfg: Any, updates: dict[str, Any]) -> Any:
+    """Return `cfg` with dotted-key updates applied, e.g. {"model.fusion_depth": 2}; values are type-checked."""
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    known = {f.name: f for f in fields(cfg)}
+    for key in list(flat) + list(nested):
+        if key not in known:
+            raise KeyError(f"{type(cfg).__name__} has no field {key!r}; fields: {sorted(known)}")
+    for key, sub in nested.items():
+        flat[key] = override(getattr(cfg, key), sub)
+    for key, value in flat.items():
+        current = getattr(cfg, key)
+        if is_dataclass(current) and isinstance(value, dict):
+            flat[key] = override(current, value)
+        elif isinstance(current, bool) and not isinstance(value, bool):
+            raise TypeError(f"{type(cfg).__name__}.{key}: expected bool, got {value!r}")
+        elif isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+            if not value.is_integer():
+                raise TypeError(f"{type(cfg).__name__}.{key}: expected int, got {value!r}")
+            flat[key] = int(value)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            flat[key] = float(value)
+    return replace(cfg, **flat)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config written by `save`: start from its preset, apply every stored field."""
+    base = get_preset(d.get("preset", "full"))
+    return override(base, d)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load(path: str | Path) -> Config:
+    return from_dict(json.loads(Path(path).read_text()))
+
+
+def fields_help(cls: type) -> dict[str, str]:
+    """Field name -> its docstring (the string literal that follows it in the class body)."""
+    src = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
+    out: dict[str, str] = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+            out[a.target.id] = " ".join(b.value.value.split())
+    return out

@@ -1,0 +1,106 @@
+"""Flow matching with per-frame, per-stream noise levels (Diffusion Forcing, Chen et al. 2024).
+
+Rectified-flow convention (Liu et al. 2022; Esser et al. 2024, SD3):
+    x_sigma = (1 - sigma) * x0 + sigma * noise,  velocity target v = dx/dsigma = noise - x0,
+so an Euler step from sigma to sigma' is x + (sigma' - sigma) * v.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import DiffusionConfig
+
+
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's timestep shift (Esser et al. 2024, eq. 23): s*sigma / (1 + (s-1)*sigma); shift > 1 favours noise."""
+    if shift == 1.0:
+        return sigma
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def sample_sigma(shape: tuple[int, ...], cfg: DiffusionConfig, shift: float,
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Independent sigma per element of `shape` from the configured distribution, then shifted."""
+    if cfg.sigma_dist == "uniform":
+        s = torch.rand(shape, generator=generator, device=device)
+    elif cfg.sigma_dist == "logit_normal":
+        s = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(shape, generator=generator, device=device))
+    else:
+        raise ValueError(f"unknown sigma_dist {cfg.sigma_dist!r}")
+    return shift_sigma(s, shift)
+
+
+def training_sigmas(batch: int, frames: int, cfg: DiffusionConfig, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_video, sigma_struct), each [B, T]: independent per frame and per stream; frame 0 (the reference)
+    at 0; with probability p_clean_past the frames before a random cut c in [1, T-1] are 0 in both streams, as at
+    inference, where the history is always clean (seed review, problem 3)."""
+    sv = sample_sigma((batch, frames), cfg, cfg.shift_video, generator, device)
+    ss = sample_sigma((batch, frames), cfg, cfg.shift_struct, generator, device)
+    clean = torch.rand(batch, generator=generator, device=device) < cfg.p_clean_past
+    cut = torch.randint(1, max(frames, 2), (batch,), generator=generator, device=device)
+    idx = torch.arange(frames, device=device)
+    past = (clean[:, None] & (idx[None, :] < cut[:, None])) | (idx[None, :] == 0)
+    return sv.masked_fill(past, 0.0), ss.masked_fill(past, 0.0)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x0, noise [B, T, ...]; sigma [B, T] -> x_sigma."""
+    s = sigma.reshape(*sigma.shape, *([1] * (x0.ndim - sigma.ndim))).to(x0.dtype)
+    return (1 - s) * x0 + s * noise
+
+
+def frame_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over frames with sigma > 0. The reference and clean-past frames are excluded: at
+    sigma = 0 the target noise - x0 cannot be inferred from the input, so they would only add irreducible loss."""
+    per_frame = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(2).mean(-1)  # [B, T]
+    w = (sigma > 0).float()
+    return (per_frame * w).sum() / w.sum().clamp_min(1.0)
+
+
+@dataclass
+class Batch:
+    """One training batch. video [B, T, C, H, W] and struct [B, T, D] are clean latents with frame 0 the
+    reference; audio [B, 2T, A] at 50 Hz or None; has_audio [B] bool or None (False: clip without audio)."""
+
+    video: torch.Tensor
+    struct: torch.Tensor | None = None
+    audio: torch.Tensor | None = None
+    has_audio: torch.Tensor | None = None
+
+
+def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None,
+                  noise: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                  sigmas: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Flow-matching Diffusion Forcing loss. Returns {"loss", "video", "struct"} ("struct" absent when the
+    model has no struct head). `noise` / `sigmas` fix the draws (tests, evaluation)."""
+    mode = model.cfg.bridge_mode
+    b, t = batch.video.shape[:2]
+    dev = batch.video.device
+    sv, ss = sigmas if sigmas is not None else training_sigmas(b, t, cfg, generator, dev)
+    if noise is None:
+        nv = torch.randn(batch.video.shape, generator=generator, device=dev, dtype=batch.video.dtype)
+        ns = None if batch.struct is None else torch.randn(batch.struct.shape, generator=generator, device=dev,
+                                                           dtype=batch.struct.dtype)
+    else:
+        nv, ns = noise
+    keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_audio_drop
+    if batch.has_audio is not None:
+        keep = keep & batch.has_audio
+    struct_in = None
+    if mode == "dual":
+        struct_in = add_noise(batch.struct, ns, ss)
+    elif mode == "condition_only":
+        struct_in = batch.struct
+    vel_v, vel_s = model(add_noise(batch.video, nv, sv), sv, struct_in, ss, batch.audio, audio_keep=keep)
+    out = {"video": frame_mse(vel_v, nv - batch.video, sv)}
+    loss = out["video"]
+    if vel_s is not None:
+        out["struct"] = frame_mse(vel_s, ns - batch.struct, ss)
+        loss = loss + cfg.struct_loss_weight * out["struct"]
+    out["loss"] = loss
+    return out

@@ -1,0 +1,75 @@
+"""FLOP accounting: an analytic count of DualForce's matmuls, and a measured one on a meta-device model.
+
+Counts are multiply-adds x 2 of every matmul (linear layers and attention). Elementwise work (norms, RoPE,
+activations) is left out, as in the usual MFU convention (PaLM, Chowdhery et al. 2022, app. B).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+
+
+def forward_flops(cfg: ModelConfig, frames: int, causal: bool = True, query_frames: int | None = None) -> dict[str, float]:
+    """Forward FLOPs of one sequence, per part. `frames` key/value frames; the last `query_frames` of them are
+    computed (default all: a training forward; 1: one streaming step against a cache of frames - 1).
+    causal=True counts only the frame-causal half of attention that a block-sparse kernel computes; False
+    counts dense attention (what a FLOP counter sees through SDPA with a mask)."""
+    t = frames
+    q = query_frames or frames
+    nv, d = cfg.tokens_per_frame, cfg.dim
+    s, ds = cfg.struct_tokens_per_frame, cfg.struct_width
+    w = cfg.audio_context + cfg.audio_lookahead + 1
+    pin = cfg.latent_channels * cfg.patch_size**2
+
+    def visible_pairs(nq: int, nk: int) -> float:
+        """Query-key token pairs a frame-causal attention computes."""
+        if not causal:
+            return q * nq * t * nk
+        # query frame i (0-based among all t) sees i + 1 key frames
+        return nq * nk * sum(i + 1 for i in range(t - q, t))
+
+    def tower(width: int, tokens: int, blocks: int, in_dim: int, out_dim: int) -> float:
+        n = q * tokens
+        hidden = int(width * cfg.mlp_ratio)
+        per_block = (2 * n * 4 * width**2  # qkv + proj
+                     + 4 * visible_pairs(tokens, tokens) * width  # QK^T and AV
+                     + 2 * n * 2 * width**2 + 2 * q * 2 * width**2  # audio q/proj on tokens, k/v on audio tokens
+                     + 4 * n * w * width  # audio attention
+                     + 2 * n * 3 * width * hidden)  # SwiGLU
+        return blocks * per_block + 2 * n * width * (in_dim + out_dim + 2 * width)
+
+    out = {"video_dit": tower(d, nv, cfg.depth, pin, pin), "struct_dit": 0.0, "bridge": 0.0}
+    if cfg.has_struct:
+        sd = cfg.struct_dim // s
+        out["struct_dit"] = tower(ds, s, cfg.struct_blocks, sd, sd if cfg.bridge_mode == "dual" else 0)
+        s2v = 2 * q * nv * 2 * d**2 + 2 * q * s * 2 * ds * d + 4 * visible_pairs(nv, s) * d
+        v2s = 2 * q * s * 2 * ds**2 + 2 * q * nv * 2 * d * ds + 4 * visible_pairs(s, nv) * ds
+        out["bridge"] = cfg.fusion_depth * (s2v + (v2s if cfg.bridge_mode == "dual" else 0))
+    out["total"] = sum(out.values())
+    return out
+
+
+def measured_forward_flops(cfg: ModelConfig, frames: int) -> int:
+    """FLOPs of one forward of a [1, frames] sequence counted by torch's FlopCounterMode on a meta-device model
+    (no weights are allocated). Attention runs through SDPA with a dense mask here, so compare it with
+    `forward_flops(..., causal=False)`."""
+    from dataclasses import replace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import DualForce
+
+    cfg = replace(cfg, attn_backend="sdpa")
+    with torch.device("meta"):
+        model = DualForce(cfg)
+        c, h = cfg.latent_channels, cfg.latent_size
+        video = torch.empty(1, frames, c, h, h)
+        sigma = torch.empty(1, frames)
+        struct = torch.empty(1, frames, cfg.struct_dim) if cfg.has_struct else None
+        audio = torch.empty(1, 2 * frames, cfg.audio_dim)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(video, sigma, struct, sigma if cfg.bridge_mode == "dual" else None, audio)
+    return counter.get_total_flops()

@@ -1,0 +1,182 @@
+"""The sampler: autoregressive, KV-cached streaming generation over a block-sequential scheduling matrix.
+
+Rolling window. The model sees at most the reference frame plus `window` history frames, at time positions
+0 .. window (as in training, where a clip is the reference plus `clip_frames` frames). When a new block would
+overflow the window, the history is cut to its `roll_keep` most recent frames and those are re-encoded at
+positions 1 .. roll_keep (one batched clean pass), the reference staying in slot 0 as a permanent sink
+(StreamingLLM, Xiao et al. 2024: positions are cache slots, not absolute time). Every cached key/value
+is therefore exactly what a fresh forward over the visible frames computes: `use_cache=False`, which recomputes
+the reference + the visible history at every step, is the bit-for-bit reference (up to float reassociation).
+Rolling in blocks rather than one frame at a time keeps that exactness at the cost of one clean pass over
+`roll_keep` frames every `window - roll_keep` frames.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import schedule as sched
+from .config import SampleConfig
+from .models import DualForce, KVCache
+
+
+@dataclass
+class _Frame:
+    video: torch.Tensor  # [B, C, H, W]
+    struct: torch.Tensor | None  # [B, D]
+    index: int  # audio index (1 + generated frame number)
+
+
+def _check_inputs(model: DualForce, ref_video, ref_struct, audio, num_frames, cond_struct) -> None:
+    cfg = model.cfg
+    want = (cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    if ref_video.ndim != 4 or tuple(ref_video.shape[1:]) != want:
+        raise ValueError(f"ref_video: expected [B, {want[0]}, {want[1]}, {want[2]}], got {list(ref_video.shape)}")
+    b = ref_video.shape[0]
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames} must be >= 1")
+    if cfg.has_struct and (ref_struct is None or tuple(ref_struct.shape) != (b, cfg.struct_dim)):
+        got = None if ref_struct is None else list(ref_struct.shape)
+        raise ValueError(f"ref_struct: expected [{b}, {cfg.struct_dim}] for bridge_mode={cfg.bridge_mode}, got {got}")
+    if cfg.bridge_mode == "condition_only":
+        if cond_struct is None or tuple(cond_struct.shape) != (b, num_frames, cfg.struct_dim):
+            got = None if cond_struct is None else list(cond_struct.shape)
+            raise ValueError(f"cond_struct: condition_only needs the clean motion of every generated frame, "
+                             f"[{b}, {num_frames}, {cfg.struct_dim}], got {got}")
+    if audio is not None and (audio.ndim != 3 or audio.shape[0] != b or audio.shape[2] != cfg.audio_dim
+                              or audio.shape[1] < 2 * num_frames):
+        raise ValueError(f"audio: expected [{b}, >= {2 * num_frames}, {cfg.audio_dim}] (50 Hz, 2 per generated "
+                         f"frame), got {list(audio.shape)}")
+
+
+@torch.no_grad()
+def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor | None,
+           num_frames: int, steps: int | None = None, use_cache: bool = True,
+           generator: torch.Generator | None = None, *, sample: SampleConfig | None = None,
+           schedule: sched.Schedule | str | None = None, cond_struct: torch.Tensor | None = None,
+           window: int | None = None, roll_keep: int | None = None) -> Iterator[dict]:
+    """Generate `num_frames` frames after the reference, yielding each block's frames as soon as they are done.
+
+    ref_video [B, C, H, W] and ref_struct [B, D] (None for video_only): the clean reference frame.
+    audio [B, 2*num_frames, A]: 50 Hz features of the generated frames (frame i <- audio frames 2i, 2i+1), or None.
+    cond_struct [B, num_frames, D]: condition_only's clean motion per generated frame.
+    Yields {"index": i, "video": [B, C, H, W], "struct": [B, D] or None}.
+    """
+    sc = sample or SampleConfig()
+    steps = steps or sc.steps
+    window = window or sc.window
+    roll_keep = sc.roll_keep if roll_keep is None else roll_keep
+    cfg = model.cfg
+    _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
+    if isinstance(schedule, sched.Schedule):
+        plan = schedule
+    else:
+        plan = sched.build(schedule or sc.schedule, num_frames, steps, sc.chunk, sc.shift, sc.sigma_struct_start,
+                           sc.struct_lead)
+    if plan.frames != num_frames:
+        raise ValueError(f"schedule has {plan.frames} frames, asked for {num_frames}")
+    blocks = sched.blocks(plan)
+    widest = max(b.hi - b.lo for b in blocks)
+    if widest > window or (len(blocks) > 1 and not 0 <= roll_keep <= window - widest):
+        raise ValueError(f"window={window} must hold a block of {widest} frames after keeping roll_keep={roll_keep} "
+                         f"history frames")
+
+    dev, dtype = ref_video.device, ref_video.dtype
+    b = ref_video.shape[0]
+    mode = cfg.bridge_mode
+    guide = sc.audio_cfg != 1.0 and audio is not None
+    rep = 2 if guide else 1  # CFG: conditional and null-audio halves in one batch, each with its own cache rows
+    if audio is not None:  # slot 0 of the audio belongs to the reference (never read: it gets the null token)
+        audio = torch.cat([audio.new_zeros(b, 2, audio.shape[2]), audio[:, : 2 * num_frames]], 1).repeat(rep, 1, 1)
+    keep = torch.arange(b * rep, device=dev) < b
+
+    def run(video, sv, struct, ss, start, index, cache):
+        vv, vs = model(video.repeat(rep, *([1] * (video.ndim - 1))), sv.repeat(rep, 1),
+                       None if struct is None else struct.repeat(rep, 1, 1), ss.repeat(rep, 1), audio,
+                       audio_keep=keep, start=start, audio_index=index, cache=cache)
+        if guide:
+            vv = vv[b:] + sc.audio_cfg * (vv[:b] - vv[b:])
+            vs = None if vs is None else vs[b:] + sc.audio_cfg * (vs[:b] - vs[b:])
+        return vv, vs
+
+    def stack(frames: list[_Frame]):
+        video = torch.stack([f.video for f in frames], 1)
+        struct = torch.stack([f.struct for f in frames], 1) if cfg.has_struct else None
+        index = torch.tensor([f.index for f in frames])
+        return video, struct, index
+
+    ref = _Frame(ref_video, ref_struct if cfg.has_struct else None, 0)
+    history: deque[_Frame] = deque(maxlen=window)
+    cache = KVCache(1 + window) if use_cache else None
+
+    def encode(frames: list[_Frame], start: int) -> None:
+        """Clean pass that writes `frames` into cache slots start.. (sigma 0, as at the end of training's clips)."""
+        video, struct, index = stack(frames)
+        zeros = torch.zeros(b, len(frames), device=dev)
+        run(video, zeros, struct, zeros, start, index, cache)
+        cache.commit(len(frames))
+
+    if cache is not None:
+        encode([ref], 0)
+
+    anchor = ref_struct
+    for blk in blocks:
+        n = blk.hi - blk.lo
+        if len(history) + n > window:  # roll: keep the most recent roll_keep frames, re-encode them
+            kept = list(history)[len(history) - roll_keep:] if roll_keep else []
+            history.clear()
+            history.extend(kept)
+            if cache is not None:
+                cache.truncate(1)
+                if kept:
+                    encode(kept, 1)
+        index = torch.arange(blk.lo + 1, blk.hi + 1)
+        sv_rows = plan.video[blk.r0 : blk.r1 + 1, blk.lo : blk.hi].to(dev)
+        ss_rows = plan.struct[blk.r0 : blk.r1 + 1, blk.lo : blk.hi].to(dev)
+        if (sv_rows[0] != 1).any():
+            raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
+        x = torch.randn((b, n, *ref_video.shape[1:]), generator=generator, device=dev, dtype=dtype)
+        s = None
+        if mode == "dual":
+            noise = torch.randn((b, n, cfg.struct_dim), generator=generator, device=dev, dtype=dtype)
+            s0 = ss_rows[0][None, :, None]
+            s = s0 * noise + (1 - s0) * anchor[:, None]  # start < 1: the last clean struct, re-noised
+        elif mode == "condition_only":
+            s = cond_struct[:, blk.lo : blk.hi]
+        for r in range(sv_rows.shape[0] - 1):
+            sv = sv_rows[r].expand(b, n)
+            ss = ss_rows[r].expand(b, n) if mode == "dual" else torch.zeros(b, n, device=dev)
+            if cache is not None:
+                vv, vs = run(x, sv, s, ss, cache.length, index, cache)
+            else:
+                hv, hs, hi = stack([ref, *history])
+                zeros = torch.zeros(b, hv.shape[1], device=dev)
+                vv, vs = run(torch.cat([hv, x], 1), torch.cat([zeros, sv], 1),
+                             None if s is None else torch.cat([hs, s], 1), torch.cat([zeros, ss], 1), 0,
+                             torch.cat([hi, index]), None)
+                vv = vv[:, -n:]
+                vs = None if vs is None else vs[:, -n:]
+            dv = (sv_rows[r + 1] - sv_rows[r])[None, :, None, None, None]
+            x = x + dv * vv
+            if mode == "dual":
+                s = s + (ss_rows[r + 1] - ss_rows[r])[None, :, None] * vs
+        done = [_Frame(x[:, i], None if s is None else s[:, i], blk.lo + 1 + i) for i in range(n)]
+        if cache is not None:
+            encode(done, cache.length)
+        history.extend(done)
+        if s is not None:
+            anchor = s[:, -1]
+        for i, f in enumerate(done):
+            yield {"index": blk.lo + i, "video": f.video, "struct": f.struct}
+
+
+def generate(model: DualForce, *args, **kwargs) -> dict[str, torch.Tensor | None]:
+    """Run `stream` to the end: {"video": [B, F, C, H, W], "struct": [B, F, D] or None}."""
+    frames = list(stream(model, *args, **kwargs))
+    video = torch.stack([f["video"] for f in frames], 1)
+    struct = torch.stack([f["struct"] for f in frames], 1) if frames[0]["struct"] is not None else None
+    return {"video": video, "struct": struct}

@@ -1,0 +1,214 @@
+"""Building blocks: sigma embedding with adaLN-single modulation, the DiT block, audio pathway, bridge."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .attention import Attention, KVCache, Span
+from .rope import apply_rope, rope_1d
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tokens: int) -> torch.Tensor:
+    """x [B, T*n, d] with per-frame shift/scale [B, T, d] (each token takes its own frame's)."""
+    x = x.unflatten(1, (-1, tokens))
+    return (x * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor, tokens: int) -> torch.Tensor:
+    return (x.unflatten(1, (-1, tokens)) * gate[:, :, None]).flatten(1, 2)
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP (Shazeer 2020). Hidden = mlp_ratio * dim; 3 * dim * hidden parameters. The full preset uses
+    ratio 2 (6 dim^2, the size of a ratio-3 GELU MLP) so the towers can afford audio cross-attention in every
+    block and still land near the 617M estimate."""
+
+    def __init__(self, dim: int, ratio: float):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w3 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
+class SigmaEmbed(nn.Module):
+    """Per-frame sigma -> conditioning vector c and the shared adaLN modulation (PixArt-alpha's adaLN-single:
+    one projection per tower, a learned per-block offset table), so each token is modulated by its own frame's
+    noise level (Diffusion Forcing, Chen et al. 2024)."""
+
+    def __init__(self, width: int, n_mod: int = 6, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.to_mod = nn.Sequential(nn.SiLU(), nn.Linear(width, n_mod * width))
+        self.n_mod = n_mod
+        nn.init.zeros_(self.to_mod[1].weight)
+        nn.init.zeros_(self.to_mod[1].bias)
+
+    def forward(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma [B, T] in [0, 1] -> (c [B, T, d], mod [B, T, n_mod, d])."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device) / half)
+        ang = 1000.0 * sigma.float()[..., None] * freqs
+        c = self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1))
+        return c, self.to_mod(c).unflatten(-1, (self.n_mod, -1))
+
+
+def pool_audio(audio: torch.Tensor) -> torch.Tensor:
+    """2:1 pooling of 50 Hz features to the 25 fps video rate: audio frames (2t, 2t+1) -> video frame t.
+    [B, 2T, A] -> [B, T, 2A] (concatenation; the learned projection after it is a stride-2 convolution)."""
+    if audio.shape[1] % 2:
+        raise ValueError(f"audio has {audio.shape[1]} frames at 50 Hz; need an even number (2 per video frame)")
+    return rearrange(audio, "b (t two) a -> b t (two a)", two=2)
+
+
+class AudioEmbed(nn.Module):
+    """Pooled audio -> one token per video frame, with a learned null token (CFG dropout, clips with no audio,
+    and the reference frame)."""
+
+    def __init__(self, audio_dim: int, width: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(2 * audio_dim, width), nn.GELU(approximate="tanh"),
+                                  nn.Linear(width, width))
+        self.null = nn.Parameter(torch.randn(width) * 0.02)
+
+    def forward(self, pooled: torch.Tensor | None, batch: int, count: int,
+                keep: torch.Tensor | None) -> torch.Tensor:
+        """pooled [B, n, 2A] or None -> tokens [B, n, d]; keep [B] bool selects real audio per sample."""
+        null = self.null.expand(batch, count, -1)
+        if pooled is None:
+            return null
+        tok = self.proj(pooled)
+        if keep is not None:
+            tok = torch.where(keep[:, None, None], tok, null)
+        return tok
+
+
+class AudioAttention(nn.Module):
+    """Each frame's tokens attend to a short window of audio tokens [t - context, t + lookahead] with time RoPE
+    inside the window; causal up to the lookahead by construction, O(T * window) cost."""
+
+    def __init__(self, dim: int, head_dim: int, qk_norm: bool = True):
+        super().__init__()
+        self.heads = dim // head_dim
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:
+        """x [B, T*n, d]; audio tokens [B, Ta', d]; win indexes them per frame."""
+        b = x.shape[0]
+        q = rearrange(self.to_q(x), "b (t n) (h d) -> (b t) h n d", n=tokens, h=self.heads)
+        kv = self.to_kv(audio)[:, win.index]  # [B, T, W, 2d]
+        k, v = rearrange(kv, "b t w (two h d) -> two (b t) h w d", two=2, h=self.heads)
+        q = apply_rope(self.q_norm(q), *win.rope_q)
+        k = apply_rope(self.k_norm(k), *win.rope_k)
+        mask = win.valid.repeat(b, 1)[:, None, None, :]  # [(B T), 1, 1, W]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(rearrange(out, "(b t) h n d -> b (t n) (h d)", b=b))
+
+
+class AudioWindows:
+    """Which audio tokens each frame sees. Frame with audio index i sees i - context .. i + lookahead, clipped
+    to [1, Ta); the reference frame (index 0) sees only token 0, which is always the null token.
+    Built on the host from a CPU index (no device sync), then copied to `device`."""
+
+    def __init__(self, audio_index: torch.Tensor, total: int, context: int, lookahead: int, head_dim: int,
+                 theta: float, device: torch.device):
+        audio_index = audio_index.cpu()
+        offs = torch.arange(-context, lookahead + 1, device="cpu")
+        idx = audio_index[:, None] + offs[None, :]  # [T, W] absolute
+        is_ref = (audio_index == 0)[:, None]
+        valid = torch.where(is_ref, offs[None, :] == 0, (idx >= 1) & (idx < total))
+        self.lo = max(0, int(audio_index.min()) - context)
+        self.hi = min(total, int(audio_index.max()) + lookahead + 1)
+        self.index = (idx.clamp(self.lo, self.hi - 1) - self.lo).to(device, non_blocking=True)  # into [lo, hi)
+        self.valid = valid.to(device, non_blocking=True)
+        self.rope_q = rope_1d(torch.full((1,), context, device=device), head_dim, theta)
+        self.rope_k = rope_1d(torch.arange(len(offs), device=device), head_dim, theta)
+
+
+class Block(nn.Module):
+    """DiT block: adaLN-modulated frame-causal self-attention, audio cross-attention, adaLN-modulated SwiGLU.
+    Split in two halves so the bridge can run between them."""
+
+    def __init__(self, width: int, head_dim: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, head_dim, qk_norm=qk_norm)
+        self.norm_audio = nn.RMSNorm(width, eps=1e-6)
+        self.audio_attn = AudioAttention(width, head_dim, qk_norm)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = SwiGLU(width, mlp_ratio)
+        self.mod = nn.Parameter(torch.randn(6, width) / width**0.5)
+
+    def self_attention(self, x: torch.Tensor, mod: torch.Tensor, span: Span, rope, cache: KVCache | None,
+                       cache_key: str, backend: str) -> torch.Tensor:
+        shift, scale, gate = (mod[:, :, :3] + self.mod[:3]).unbind(2)
+        h = modulate(self.norm1(x), shift, scale, span.tokens)
+        h = self.attn(h, span, rope, cache=cache, cache_key=cache_key, backend=backend)
+        return x + gated(h, gate, span.tokens)
+
+    def audio_and_mlp(self, x: torch.Tensor, mod: torch.Tensor, tokens: int, audio: torch.Tensor,
+                      win: AudioWindows) -> torch.Tensor:
+        x = x + self.audio_attn(self.norm_audio(x), tokens, audio, win)
+        shift, scale, gate = (mod[:, :, 3:] + self.mod[3:]).unbind(2)
+        h = self.mlp(modulate(self.norm2(x), shift, scale, tokens))
+        return x + gated(h, gate, tokens)
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale from the frame's sigma) + a zero-initialised linear head (DiT)."""
+
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.to_mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.out = nn.Linear(width, out_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, tokens: int) -> torch.Tensor:
+        shift, scale = self.to_mod(c).chunk(2, dim=-1)
+        return self.out(modulate(self.norm(x), shift, scale, tokens))
+
+
+class BridgeLayer(nn.Module):
+    """Cross-modal coupling in one of the first `fusion_depth` blocks (MOVA's bridge, here 1536 <-> 1536):
+    video tokens attend to struct tokens and, in `dual` mode, struct tokens to video tokens; frame-causal, with
+    a time-only RoPE shared by both streams (both run at 25 fps, so frame index is physical time). Each
+    direction's residual has a zero-initialised per-channel gate (Flamingo's gated cross-attention), so the
+    towers start independent and learn how much to couple."""
+
+    def __init__(self, video_width: int, struct_width: int, head_dim: int, qk_norm: bool, two_way: bool):
+        super().__init__()
+        self.norm_v = nn.RMSNorm(video_width, eps=1e-6)
+        self.norm_s = nn.RMSNorm(struct_width, eps=1e-6)
+        self.struct_to_video = Attention(video_width, head_dim, context_dim=struct_width, qk_norm=qk_norm)
+        self.gate_v = nn.Parameter(torch.zeros(video_width))
+        self.two_way = two_way
+        if two_way:
+            self.video_to_struct = Attention(struct_width, head_dim, context_dim=video_width, qk_norm=qk_norm)
+            self.gate_s = nn.Parameter(torch.zeros(struct_width))
+
+    def forward(self, hv: torch.Tensor, hs: torch.Tensor, vspan: Span, sspan: Span, rope_v, rope_s,
+                cache: KVCache | None, key: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        nv, ns = self.norm_v(hv), self.norm_s(hs)
+        dv = self.struct_to_video(nv, vspan, rope_v, context=ns, ks=sspan, rope_k=rope_s, cache=cache,
+                                  cache_key=f"{key}.s2v", backend=backend)
+        hv_out = hv + self.gate_v * dv
+        if not self.two_way:
+            return hv_out, hs
+        ds = self.video_to_struct(ns, sspan, rope_s, context=nv, ks=vspan, rope_k=rope_v, cache=cache,
+                                  cache_key=f"{key}.v2s", backend=backend)
+        return hv_out, hs + self.gate_s * ds

@@ -1,0 +1,129 @@
+"""Scheduling matrices (Diffusion Forcing, Chen et al. 2024, sec. 3.3): pure functions, no model.
+
+A `Schedule` holds one matrix per stream, rows = sampler states, columns = generated frames (the reference
+frame is not a column: it is always clean). Row 0 is the initial noise level of each frame; an Euler step takes
+every frame from row r to row r + 1. A column that does not change between two rows is not touched.
+
+Frames are denoised in blocks of consecutive frames, one block after another (`blocks`), which is what a
+KV cache can serve; `shared.infer.stream` is the sampler for every such matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .diffusion import shift_sigma
+
+KINDS = ("autoregressive", "full_sequence", "struct_leads")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    video: torch.Tensor
+    """[R + 1, F] video sigma of each generated frame at each sampler state."""
+    struct: torch.Tensor
+    """[R + 1, F] struct sigma (same rows)."""
+
+    @property
+    def frames(self) -> int:
+        return self.video.shape[1]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Frames [lo, hi) are denoised together over sampler states rows [r0, r1]."""
+
+    lo: int
+    hi: int
+    r0: int
+    r1: int
+
+
+def step_sigmas(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
+    """[K + 1] decreasing noise levels from `start` to 0: a uniform grid, SD3-shifted, scaled to start."""
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return (start * shift_sigma(u, shift)).float()
+
+
+def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
+                   struct_lead: int = 0) -> Schedule:
+    """Blocks of `chunk` frames, each taken from noise to clean in `steps` Euler steps before the next starts.
+    The struct stream starts at `struct_start` and, with struct_lead > 0, is clean `struct_lead` steps before
+    the video, so the video's last steps see a clean motion latent of their own frame."""
+    if steps < 1 or chunk < 1 or frames < 1:
+        raise ValueError(f"need frames, steps, chunk >= 1 (got {frames}, {steps}, {chunk})")
+    lead = min(struct_lead, steps - 1)
+    sv = step_sigmas(steps, shift)
+    ss = torch.cat([step_sigmas(steps - lead, shift, struct_start), torch.zeros(lead)])
+    n_blocks = -(-frames // chunk)
+    rows = n_blocks * steps + 1
+    video = torch.empty(rows, frames)
+    struct = torch.empty(rows, frames)
+    for j in range(n_blocks):
+        cols = slice(j * chunk, min((j + 1) * chunk, frames))
+        r0 = j * steps
+        video[: r0 + 1, cols] = 1.0
+        struct[: r0 + 1, cols] = struct_start
+        video[r0 : r0 + steps + 1, cols] = sv[:, None]
+        struct[r0 : r0 + steps + 1, cols] = ss[:, None]
+        video[r0 + steps :, cols] = 0.0
+        struct[r0 + steps :, cols] = 0.0
+    return Schedule(video, struct)
+
+
+def full_sequence(frames: int, steps: int, shift: float = 1.0, struct_start: float = 1.0) -> Schedule:
+    """Every frame denoised together (a bidirectional-style schedule, still served by the causal model)."""
+    return autoregressive(frames, steps, chunk=frames, shift=shift, struct_start=struct_start)
+
+
+def struct_leads(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 0.7,
+                 struct_lead: int = 1) -> Schedule:
+    """The struct stream leads: it starts at `struct_start` (the previous frame's clean struct re-noised) and
+    is clean `struct_lead` steps before the video."""
+    return autoregressive(frames, steps, chunk, shift, struct_start, max(struct_lead, 1))
+
+
+def build(kind: str, frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
+          struct_lead: int = 1) -> Schedule:
+    if kind == "autoregressive":
+        return autoregressive(frames, steps, chunk, shift, struct_start)
+    if kind == "full_sequence":
+        return full_sequence(frames, steps, shift, struct_start)
+    if kind == "struct_leads":
+        return struct_leads(frames, steps, chunk, shift, struct_start, struct_lead)
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {KINDS}")
+
+
+def blocks(schedule: Schedule) -> list[Block]:
+    """Split a schedule into the blocks it denoises one after another; raise if it is not of that form."""
+    v, s = schedule.video, schedule.struct
+    if v.shape != s.shape or v.ndim != 2:
+        raise ValueError(f"schedule matrices must share a [R+1, F] shape, got {list(v.shape)}, {list(s.shape)}")
+    if (v[-1] != 0).any() or (s[-1] != 0).any():
+        raise ValueError("schedule: the last row must be all zeros (every frame clean)")
+    if (v[1:] > v[:-1]).any() or (s[1:] > s[:-1]).any():
+        raise ValueError("schedule: noise levels must not increase along rows")
+    out: list[Block] = []
+    for r in range(v.shape[0] - 1):
+        changed = ((v[r] != v[r + 1]) | (s[r] != s[r + 1])).nonzero().flatten()
+        if len(changed) == 0:
+            continue
+        lo, hi = int(changed.min()), int(changed.max()) + 1
+        if out and out[-1].lo == lo and out[-1].r1 == r:
+            blk = out[-1]
+            out[-1] = Block(blk.lo, max(blk.hi, hi), blk.r0, r + 1)
+        else:
+            out.append(Block(lo, hi, r, r + 1))
+    expect = 0
+    for blk in out:
+        if blk.lo != expect:
+            raise ValueError(f"schedule is not block-sequential: block starting at frame {blk.lo}, expected "
+                             f"{expect} (streaming needs each block finished before the next starts)")
+        if (v[blk.r1, blk.lo:blk.hi] != 0).any() or (s[blk.r1, blk.lo:blk.hi] != 0).any():
+            raise ValueError(f"schedule: frames {blk.lo}..{blk.hi - 1} are not clean when the next block starts")
+        expect = blk.hi
+    if expect != schedule.frames:
+        raise ValueError(f"schedule covers frames 0..{expect - 1} of {schedule.frames}")
+    return out

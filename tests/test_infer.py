@@ -1,0 +1,140 @@
+"""Streaming: KV-cache parity with recomputation, rolling window, bounded memory, CFG, bad input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from shared import infer
+from shared.config import SampleConfig, get_preset
+from shared.schedule import autoregressive
+from tests.conftest import tiny_model
+
+SC = get_preset("tiny").sample  # window 4, roll_keep 2
+
+
+def _args(model, frames: int, batch: int = 2, seed: int = 3):
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.randn(batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=g)
+    ref_s = torch.randn(batch, cfg.struct_dim, generator=g) if cfg.has_struct else None
+    audio = torch.randn(batch, 2 * frames, cfg.audio_dim, generator=g)
+    cond = torch.randn(batch, frames, cfg.struct_dim, generator=g) if cfg.bridge_mode == "condition_only" else None
+    return ref, ref_s, audio, cond
+
+
+def _gen(model, frames, use_cache, sample=SC, **kw):
+    ref, ref_s, audio, cond = _args(model, frames)
+    return infer.generate(model, ref, ref_s, audio, frames, use_cache=use_cache, sample=sample,
+                          generator=torch.Generator().manual_seed(7), cond_struct=cond, **kw)
+
+
+@pytest.mark.parametrize("frames", [3, 11], ids=["within-window", "after-rolling"])
+def test_cache_parity(mode, frames):
+    model = tiny_model(mode)
+    a, b = _gen(model, frames, True), _gen(model, frames, False)
+    assert a["video"].shape == (2, frames, 4, 8, 8)
+    assert (a["video"] - b["video"]).abs().max() <= 1e-4
+    if mode == "video_only":
+        assert a["struct"] is None
+    else:
+        assert (a["struct"] - b["struct"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("variant", [
+    dict(chunk=2, schedule="autoregressive"),
+    dict(schedule="struct_leads", sigma_struct_start=0.7, struct_lead=1),
+    dict(audio_cfg=2.5),
+    dict(roll_keep=0),
+])
+def test_cache_parity_variants(variant):
+    model = tiny_model("dual")
+    sc = replace(SC, **variant)
+    a, b = _gen(model, 9, True, sc), _gen(model, 9, False, sc)
+    assert (a["video"] - b["video"]).abs().max() <= 1e-4
+    assert (a["struct"] - b["struct"]).abs().max() <= 1e-4
+
+
+def test_full_sequence_schedule():
+    model = tiny_model("dual")
+    sc = replace(SC, schedule="full_sequence")
+    out = _gen(model, 4, True, sc)
+    assert out["video"].shape[1] == 4 and torch.isfinite(out["video"]).all()
+
+
+def test_stream_yields_frame_by_frame():
+    model = tiny_model("dual")
+    ref, ref_s, audio, _ = _args(model, 5)
+    it = infer.stream(model, ref, ref_s, audio, 5, sample=SC)
+    first = next(it)
+    assert first["index"] == 0 and first["video"].shape == (2, 4, 8, 8) and first["struct"].shape == (2, 6)
+    assert [f["index"] for f in it] == [1, 2, 3, 4]
+
+
+def test_generator_makes_it_deterministic():
+    model = tiny_model("dual")
+    a, b = _gen(model, 4, True), _gen(model, 4, True)
+    torch.testing.assert_close(a["video"], b["video"])
+
+
+def test_sigma_struct_start_uses_previous_struct():
+    """Starting the struct at 0.7 keeps it closer to the previous frame's motion than starting from noise."""
+    model = tiny_model("dual")
+    ref, ref_s, audio, _ = _args(model, 1)
+    d = {}
+    for start in (1.0, 0.3):
+        sc = replace(SC, sigma_struct_start=start)
+        out = infer.generate(model, ref, ref_s, audio, 1, sample=sc, generator=torch.Generator().manual_seed(0))
+        d[start] = (out["struct"][:, 0] - ref_s).norm()
+    assert d[0.3] < d[1.0]
+
+
+def test_cache_memory_is_bounded_by_the_window():
+    model = tiny_model("dual")
+    sizes = {}
+    for frames in (6, 24):
+        ref, ref_s, audio, _ = _args(model, frames)
+        caches = []
+        orig = infer.KVCache
+
+        class Spy(orig):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                caches.append(self)
+
+        infer.KVCache = Spy
+        try:
+            for _ in infer.stream(model, ref, ref_s, audio, frames, sample=SC):
+                pass
+        finally:
+            infer.KVCache = orig
+        sizes[frames] = caches[0].nbytes()
+        assert caches[0].max_frames == 1 + SC.window
+    assert sizes[6] == sizes[24] > 0
+
+
+def test_custom_schedule_matrix():
+    model = tiny_model("dual")
+    ref, ref_s, audio, _ = _args(model, 3)
+    plan = autoregressive(3, steps=3, shift=2.0)
+    out = infer.generate(model, ref, ref_s, audio, 3, schedule=plan, sample=SC)
+    assert out["video"].shape[1] == 3
+
+
+def test_bad_inputs():
+    model = tiny_model("dual")
+    ref, ref_s, audio, _ = _args(model, 4)
+    with pytest.raises(ValueError, match="ref_video"):
+        infer.generate(model, ref[:, :2], ref_s, audio, 4, sample=SC)
+    with pytest.raises(ValueError, match="ref_struct"):
+        infer.generate(model, ref, None, audio, 4, sample=SC)
+    with pytest.raises(ValueError, match="audio"):
+        infer.generate(model, ref, ref_s, audio[:, :5], 4, sample=SC)
+    with pytest.raises(ValueError, match="cond_struct"):
+        infer.generate(tiny_model("condition_only"), ref, ref_s, audio, 4, sample=SC)
+    with pytest.raises(ValueError, match="window"):
+        infer.generate(model, ref, ref_s, audio, 4, sample=replace(SC, chunk=3, roll_keep=2))
+    with pytest.raises(ValueError, match="roll_keep"):
+        SampleConfig(window=4, roll_keep=4)

@@ -1,0 +1,155 @@
+"""The network: shapes, frame causality, audio alignment and lookahead, bridge directions, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared.models import DualForce, Span, pool_audio
+from shared.models.attention import dense_frame_mask, frame_causal_attention
+from tests.conftest import tiny_inputs, tiny_model
+
+
+def run(model, inp):
+    with torch.no_grad():
+        return model(**inp)
+
+
+def test_shapes(mode):
+    model = tiny_model(mode)
+    inp = tiny_inputs(model)
+    vv, vs = run(model, inp)
+    assert vv.shape == inp["video"].shape
+    if mode == "dual":
+        assert vs.shape == inp["struct"].shape
+    else:
+        assert vs is None
+
+
+@pytest.mark.parametrize("t", [0, 2, 4])
+@pytest.mark.parametrize("what", ["video", "struct", "audio"])
+def test_causality(mode, what, t):
+    """Changing frames > t (audio: beyond the lookahead) leaves every output of frames <= t unchanged."""
+    model = tiny_model(mode)
+    T = 7
+    inp = tiny_inputs(model, frames=T)
+    if inp[what] is None:
+        pytest.skip(f"{mode} takes no {what}")
+    changed = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in inp.items()}
+    if what == "audio":
+        first = t + model.cfg.audio_lookahead + 1  # first video frame whose audio frame t may not see
+        changed["audio"][:, 2 * first:] += 5 * torch.randn_like(changed["audio"][:, 2 * first:])
+    else:
+        changed[what][:, t + 1:] += 5 * torch.randn_like(changed[what][:, t + 1:])
+    a, b = run(model, inp), run(model, changed)
+    torch.testing.assert_close(a[0][:, : t + 1], b[0][:, : t + 1], atol=1e-5, rtol=0)
+    if a[1] is not None:
+        torch.testing.assert_close(a[1][:, : t + 1], b[1][:, : t + 1], atol=1e-5, rtol=0)
+    # and the change does reach later frames (the test would pass vacuously otherwise)
+    if what != "audio" or t + model.cfg.audio_lookahead + 1 < T:
+        assert (a[0][:, t + 1:] - b[0][:, t + 1:]).abs().max() > 1e-3
+
+
+def test_audio_within_lookahead_is_seen():
+    model = tiny_model("dual")
+    inp = tiny_inputs(model, frames=6)
+    t = 1
+    changed = dict(inp, audio=inp["audio"].clone())
+    la = model.cfg.audio_lookahead
+    changed["audio"][:, 2 * (t + la): 2 * (t + la) + 2] += 5.0  # audio of frame t + lookahead only
+    a, b = run(model, inp), run(model, changed)
+    assert (a[0][:, t] - b[0][:, t]).abs().max() > 1e-3
+    torch.testing.assert_close(a[0][:, :1], b[0][:, :1])  # reference sees only the null token
+
+
+def test_pool_audio_alignment():
+    """Audio frames (2t, 2t+1) map to video frame t."""
+    a = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(1, 10, 3)
+    p = pool_audio(a)
+    assert p.shape == (1, 5, 6)
+    for t in range(5):
+        torch.testing.assert_close(p[0, t], torch.cat([a[0, 2 * t], a[0, 2 * t + 1]]))
+    with pytest.raises(ValueError, match="even"):
+        pool_audio(torch.zeros(1, 9, 3))
+
+
+def test_condition_only_has_no_video_to_struct_path():
+    model = tiny_model("condition_only")
+    assert all(not hasattr(layer, "video_to_struct") for layer in model.bridge)
+    inp = tiny_inputs(model)
+    hs = []
+    for block in model.struct.blocks:
+        block.audio_and_mlp = (lambda f: (lambda *a, **k: hs.append(f(*a, **k)) or hs[-1]))(block.audio_and_mlp)
+    run(model, inp)
+    first = [h.clone() for h in hs]
+    hs.clear()
+    run(model, dict(inp, video=torch.randn_like(inp["video"]), sigma_video=torch.rand_like(inp["sigma_video"])))
+    assert len(first) == len(model.struct.blocks) == model.cfg.fusion_depth
+    for x, y in zip(first, hs):
+        torch.testing.assert_close(x, y)
+
+
+def test_dual_has_video_to_struct_path():
+    model = tiny_model("dual")
+    inp = tiny_inputs(model)
+    a = run(model, inp)
+    b = run(model, dict(inp, video=torch.randn_like(inp["video"])))
+    assert (a[1][:, 1:] - b[1][:, 1:]).abs().max() > 1e-3
+
+
+def test_video_only_has_no_struct_parameters():
+    model = tiny_model("video_only")
+    names = [n for n, _ in model.named_parameters()]
+    assert names and not any(n.startswith(("struct", "bridge")) for n in names)
+    assert model.param_groups()["struct_dit"] == 0 and model.param_groups()["bridge"] == 0
+    inp = tiny_inputs(model)
+    with pytest.raises(ValueError, match="video_only"):
+        model(**dict(inp, struct=torch.zeros(2, 6, 6)))
+
+
+def test_bridge_gates_start_at_zero():
+    from shared.config import get_preset
+
+    model = DualForce(get_preset("tiny").model)
+    for layer in model.bridge:
+        assert layer.gate_v.abs().sum() == 0 and layer.gate_s.abs().sum() == 0
+
+
+@pytest.mark.parametrize("field,shape,match", [
+    ("video", (2, 6, 3, 8, 8), "video: expected"),
+    ("sigma_video", (2, 5), "sigma_video"),
+    ("struct", (2, 6, 5), "struct: expected"),
+    ("sigma_struct", (2, 7), "sigma_struct"),
+    ("audio", (2, 12, 7), "audio: expected"),
+])
+def test_bad_input_names_the_field(field, shape, match):
+    model = tiny_model("dual")
+    inp = tiny_inputs(model)
+    inp[field] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=match):
+        model(**inp)
+
+
+def test_audio_too_short():
+    model = tiny_model("dual")
+    inp = tiny_inputs(model)
+    inp["audio"] = inp["audio"][:, :8]
+    with pytest.raises(ValueError, match="audio covers"):
+        model(**inp)
+
+
+def test_dense_mask_is_frame_causal():
+    m = dense_frame_mask(Span(2, 2, 3), Span(0, 4, 1), torch.device("cpu"))
+    assert m.shape == (6, 4)
+    assert m[0].tolist() == [True, True, True, False]  # frame 2 sees frames 0..2
+    assert m[-1].tolist() == [True, True, True, True]  # frame 3 sees 0..3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention block-sparse path runs on CUDA")
+def test_flex_matches_sdpa():
+    torch.manual_seed(0)
+    s = Span(0, 9, 256)
+    q, k, v = (torch.randn(1, 2, s.length, 64, device="cuda") for _ in range(3))
+    a = frame_causal_attention(q, k, v, s, s, backend="flex")
+    b = frame_causal_attention(q, k, v, s, s, backend="sdpa")
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
