@@ -21,10 +21,9 @@ from .rope import rope_1d, rope_3d
 class Tower(nn.Module):
     """One stream's DiT: in-projection, sigma embedding, audio embedding, blocks, out-head."""
 
-    def __init__(self, width: int, n_blocks: int, cfg: ModelConfig, in_dim: int, out_dim: int, tokens: int,
+    def __init__(self, width: int, n_blocks: int, cfg: ModelConfig, in_dim: int, out_dim: int,
                  with_head: bool = True):
         super().__init__()
-        self.tokens = tokens
         self.embed = nn.Linear(in_dim, width)
         self.sigma = SigmaEmbed(width)
         self.audio = AudioEmbed(cfg.audio_dim, width)
@@ -37,7 +36,7 @@ class DualForce(nn.Module):
         super().__init__()
         self.cfg = cfg
         p, c = cfg.patch_size, cfg.latent_channels
-        self.video = Tower(cfg.dim, cfg.depth, cfg, c * p * p, c * p * p, cfg.tokens_per_frame)
+        self.video = Tower(cfg.dim, cfg.depth, cfg, c * p * p, c * p * p)
         self.struct: Tower | None = None
         self.bridge = nn.ModuleList()
         if cfg.has_struct:
@@ -47,7 +46,7 @@ class DualForce(nn.Module):
             # condition_only: the struct tower is a clean encoder feeding the bridge; it predicts nothing, and
             # blocks past the bridge would be unused parameters (they would also break DDP), so none are built.
             self.struct = Tower(cfg.struct_width, cfg.struct_blocks, cfg, cfg.struct_dim // s, cfg.struct_dim // s,
-                                s, with_head=cfg.bridge_mode == "dual")
+                                with_head=cfg.bridge_mode == "dual")
             self.bridge = nn.ModuleList(
                 BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.bridge_mode == "dual")
                 for _ in range(cfg.fusion_depth))
@@ -113,16 +112,11 @@ class DualForce(nn.Module):
         win = AudioWindows(audio_index, ta, cfg.audio_context, cfg.audio_lookahead, cfg.head_dim, cfg.rope_theta,
                            dev)
         pooled = pool_audio(audio)[:, win.lo:win.hi] if audio is not None else None
-        if pooled is not None and win.lo == 0:
-            keep0 = torch.ones(pooled.shape[1], dtype=torch.bool, device=dev)
-            keep0[0] = False  # audio token 0 belongs to the reference slot: always null
-        else:
-            keep0 = None
 
         def audio_tokens(tower: Tower) -> torch.Tensor:
             tok = tower.audio(pooled, b, win.hi - win.lo, audio_keep)
-            if keep0 is not None:
-                tok = torch.where(keep0[None, :, None], tok, tower.audio.null)
+            if pooled is not None and win.lo == 0:  # token 0 belongs to the reference slot: always null
+                tok = torch.cat([tower.audio.null.expand(b, 1, -1), tok[:, 1:]], 1)
             return tok
 
         # Video stream.
@@ -162,9 +156,8 @@ class DualForce(nn.Module):
                 hs = sb.audio_and_mlp(hs, mods, sspan.tokens, as_, win)
 
         out_v = self.video.head(hv, cv, nv)
-        g = grid
-        vel_v = rearrange(out_v, "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=g, w=g, p=cfg.patch_size,
-                          q=cfg.patch_size)
+        vel_v = rearrange(out_v, "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=grid, w=grid,
+                          p=cfg.patch_size, q=cfg.patch_size)
         vel_s = None
         if self.struct is not None and self.struct.head is not None:
             out_s = self.struct.head(hs, cs, sspan.tokens)
