@@ -55,8 +55,10 @@ def _hue(h):
     return 0.25 + 0.45 * rgb
 
 
-def render(identity: np.ndarray, motion: np.ndarray, size: int, chunk: int = 64) -> np.ndarray:
-    """identity [16] (IDENTITY_LAYOUT), motion [T, 13] (MOTION_LAYOUT) -> uint8 frames [T, size, size, 3]."""
+def render(identity: np.ndarray, motion: np.ndarray, size: int, chunk: int | None = None) -> np.ndarray:
+    """identity [16] (IDENTITY_LAYOUT), motion [T, 13] (MOTION_LAYOUT) -> uint8 frames [T, size, size, 3].
+    Frames are drawn `chunk` at a time (default: about 256k pixels per chunk, which stays in cache)."""
+    chunk = chunk or max(4, min(64, (1 << 18) // (size * size)))
     out = np.empty((len(motion), size, size, 3), np.uint8)
     for i in range(0, len(motion), chunk):
         out[i : i + chunk] = _render_chunk(identity, motion[i : i + chunk], size)
@@ -93,12 +95,26 @@ def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
         """Head point on the front of the ellipsoid at head-space (u, v)."""
         return (u, v, fw * np.sqrt(max(1e-3, 1 - (u / fw) ** 2 - (v / fh) ** 2)))
 
-    img = np.broadcast_to((bg * (1.05 - 0.1 * (y[..., None] + 1) / 2)).astype(f32), (n, size, size, 3)).copy()
+    full = np.broadcast_to((bg * (1.05 - 0.1 * (y[..., None] + 1) / 2)).astype(f32), (n, size, size, 3)).copy()
+    # Everything else lies inside the head: draw only in the box that holds it in every frame of the chunk.
+    hcx, hcy, _ = project((0, 0, 0))
+    reach = 1.25 * max(fw, fh) * float(sc.max()) + 2 * px
+    c0, c1 = (np.clip(((np.array([hcx.min() - reach, hcx.max() + reach]) + 1) / px), 0, size)).astype(int)
+    r0, r1 = (np.clip(((np.array([hcy.min() - reach, hcy.max() + reach]) + 1) / px), 0, size)).astype(int)
+    c1, r1 = max(c1 + 1, c0 + 1), max(r1 + 1, r0 + 1)
+    img = np.ascontiguousarray(full[:, r0:r1, c0:c1])  # written back at the end
+    x, y = x[..., c0:c1], y[:, r0:r1]
 
     def paint(alpha, color):
-        a = alpha[..., None]
-        np.multiply(img, 1 - a, out=img)
-        img.__iadd__(a * np.asarray(color, f32))
+        """Blend `color` with coverage alpha [N, h, w], only inside the box where some frame has alpha > 0."""
+        rows = np.flatnonzero(alpha.any(axis=(0, 2)))
+        if len(rows) == 0:
+            return
+        cols = np.flatnonzero(alpha.any(axis=(0, 1)))
+        box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        a = np.broadcast_to(alpha, img.shape[:3])[box][..., None]
+        sub = img[box]
+        sub += a * (np.asarray(color, f32) - sub)
 
     jaw = col("jaw")
     cx, cy, _ = project((0, 0, 0))
@@ -110,9 +126,7 @@ def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
     # shading: darker towards the rim, lit from the upper left, turning with the head
     lx, ly, _ = project((-0.4 * fw, -0.4 * fh, 0.9 * fw))
     shade = 1.08 - 0.22 * np.clip(((x - lx) ** 2 + (y - ly) ** 2) / (fw * sc * 1.6) ** 2, 0, 1)
-    a = face[..., None]
-    np.multiply(img, 1 - a, out=img)
-    img.__iadd__(a * skin * shade[..., None])
+    img += face[..., None] * (skin * shade[..., None] - img)
     # fringe: hair over the top of the face, above a hairline that moves with pitch and roll
     hlx, hly, _ = project(front(0, -0.50 * fh))
     ux, uy = np.sin(roll), -np.cos(roll)  # the head's "up" in the image
@@ -159,4 +173,5 @@ def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
     my = my + 0.5 * mh
     feature(_ellipse(x, y, mx, my, mw * 1.12, mh + 0.035 * fh * sc, roll, px), (0.62, 0.28, 0.30))  # lips
     feature(_ellipse(x, y, mx, my, mw, mh, roll, px), (0.22, 0.05, 0.07))  # inside of the mouth
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    full[:, r0:r1, c0:c1] = img
+    return (np.clip(full, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -128,7 +128,8 @@ def read_audio(path: str | Path, rate: int = 16000) -> np.ndarray | None:
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
               audio_rate: int = 16000, crf: int = 18) -> None:
-    """frames uint8 [T, H, W, 3] (H, W even) -> H.264 mp4, with a mono AAC track when audio [S] is given.
+    """frames uint8 [T, H, W, 3] (H, W even) -> H.264 mp4, with an AAC track when audio is given ([S] mono or
+    [channels, S], at `audio_rate`).
     Written to a temporary name and renamed, so a crash never leaves a half file under `path`."""
     import av
 
@@ -141,15 +142,18 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, audio: np.nda
             vs.pix_fmt = "yuv420p"
             astream = None
             if audio is not None:
+                audio = np.atleast_2d(np.asarray(audio, np.float32))
+                layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
                 astream = c.add_stream("aac", rate=audio_rate)
-                astream.layout = "mono"
+                astream.layout = layout
             for f in frames:
                 for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                     c.mux(p)
             for p in vs.encode():
                 c.mux(p)
             if astream is not None:
-                af = av.AudioFrame.from_ndarray(audio.astype(np.float32)[None], format="flt", layout="mono")
+                af = av.AudioFrame.from_ndarray(audio.T.reshape(1, -1).copy() if audio.shape[0] > 1 else audio,
+                                                format="flt", layout=layout)
                 af.sample_rate = audio_rate
                 af.time_base = Fraction(1, audio_rate)
                 af.pts = 0

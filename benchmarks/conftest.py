@@ -1,0 +1,1 @@
+"""Benchmarks run only when asked for: `pytest benchmarks/ --benchmark-only`."""

@@ -1,0 +1,64 @@
+"""Data pipeline throughput: SynthTalk rendering and cache window reads (0 and 4 DataLoader workers).
+
+    pytest benchmarks/test_data_bench.py --benchmark-only [--benchmark-save=NAME | --benchmark-compare]
+
+Each case puts its rate (frames/s or windows/s) in extra_info, shown with --benchmark-json or in the
+saved run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.data.cache import CacheMeta, CacheWriter, WindowDataset
+from shared.data.face import render
+from shared.data.synth import clip_seed, make_clip
+
+LATENTS = {"poc": (8, 16, 16), "full": (16, 32, 32)}
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_synthtalk_render(benchmark, size):
+    clip = make_clip(clip_seed(0, 0), 4.0, 32)
+    motion = clip.motion
+    n = len(motion)
+    benchmark.pedantic(render, args=(clip.identity, motion, size), rounds=3, warmup_rounds=1)
+    benchmark.extra_info["frames_per_s"] = n / benchmark.stats.stats.mean
+    torch.set_num_threads(torch.get_num_threads())
+
+
+@pytest.fixture(scope="module", params=list(LATENTS))
+def cache(request, tmp_path_factory):
+    shape = LATENTS[request.param]
+    path = tmp_path_factory.mktemp("cache") / f"{request.param}.h5"
+    meta = CacheMeta(64, shape, {"name": "bench"}, "explicit", tuple("abcdefghijklm"), {"name": "logmel"}, 80)
+    g = np.random.default_rng(0)
+    with CacheWriter(path, meta) as w:
+        for i in range(16):
+            w.add_clip(f"c{i}", g.standard_normal((250, *shape), np.float32), g.standard_normal((250, 13), np.float32),
+                       g.standard_normal((500, 80), np.float32), g.standard_normal(shape, np.float32),
+                       g.standard_normal(13, np.float32))
+    return request.param, path
+
+
+@pytest.mark.parametrize("workers", [0, 4])
+def test_cache_windows(benchmark, cache, workers):
+    name, path = cache
+    ds = WindowDataset(path, frames=32, stride=8)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers,
+                                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    windows = min(len(ds), 256)
+
+    def run():
+        seen = 0
+        for batch in loader:
+            seen += len(batch["video"])
+            if seen >= windows:
+                break
+        return seen
+
+    seen = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    benchmark.extra_info["preset"] = name
+    benchmark.extra_info["windows_per_s"] = seen / benchmark.stats.stats.mean

@@ -1,0 +1,219 @@
+"""`python -m shared.data.ingest SRC --out CACHE [--size 64] [--codec pixels] [--audio-features logmel]
+[--struct auto] [--clip-frames 250] [--min-frames 33] [--workers N]`
+
+A folder of talking-head videos (mp4/mov/mkv/avi/webm, any fps, any audio rate or channel count, with or
+without an audio stream) and optional per-video struct files -> the HDF5 latent cache. Each video is decoded
+(PyAV), resampled to 25 fps by timestamp, centre-cropped and resized to --size, split into clips of at most
+--clip-frames frames, encoded (video codec, 50 Hz audio features, struct) and written. SynthTalk's exported
+folders are valid input, so the synthetic and the real path are one path.
+
+Resumable: re-running skips source videos already in the cache; an interrupted run resumes from CACHE.partial.
+Documented skips (listed at the end and in CACHE.ingest.json, never half-written): unreadable or empty videos,
+videos shorter than --min-frames at 25 fps, a missing or too-short struct file. A video without an audio
+stream is kept, with has_audio = False on its clips (as in VFHQ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheMeta, CacheWriter
+from .codecs import get_codec
+from .features import get_audio_features
+from .media import VIDEO_EXTS, MediaError, iter_frames, probe, read_audio
+from .motion import KINDS, StructError, detect_kind, load_struct
+
+
+@dataclass
+class Options:
+    size: int = 64
+    """Frame size after centre crop and resize (pixels)."""
+    codec: str = "pixels"
+    """Video codec spec (see shared.data.codecs)."""
+    audio_features: str = "logmel"
+    """Audio feature spec (see shared.data.features)."""
+    struct: str = "auto"
+    """Struct kind: auto | explicit | implicit | liveportrait | flame | none."""
+    clip_frames: int = 250
+    """Videos are split into near-equal clips of at most this many frames (25 fps); a video that would give clips
+    shorter than --min-frames gives fewer, longer ones instead."""
+    min_frames: int = 33
+    """Shorter clips (and videos) are dropped: a training window is 32 frames + the reference."""
+    device: str = "cpu"
+    """Device for the encoders."""
+
+
+@dataclass
+class Result:
+    key: str
+    clips: list[dict] = field(default_factory=list)
+    skipped: str | None = None
+    note: str | None = None
+
+
+def source_key(src: Path, video: Path) -> str:
+    return str(video.relative_to(src)).replace("/", "|")
+
+
+_ENC: dict = {}
+
+
+def _encoders(opts: Options):
+    """The codec and audio features, built once per process (and per spec)."""
+    key = (opts.codec, opts.audio_features, opts.device)
+    if key not in _ENC:
+        import torch
+
+        if multiprocessing.parent_process() is not None:  # a pool worker: one thread each, the pool is the parallelism
+            torch.set_num_threads(1)
+        _ENC[key] = (get_codec(opts.codec, opts.device), get_audio_features(opts.audio_features))
+    return _ENC[key]
+
+
+def process_video(src: Path, video: Path, opts: Options, struct_kind: str) -> Result:
+    """Decode, resample, split, encode one video. Never raises for bad input: it returns a skip reason."""
+    res = Result(source_key(src, video))
+    try:
+        info = probe(video)
+        frames = np.stack(list(iter_frames(video, opts.size)))
+        t = len(frames)
+        if t < opts.min_frames:
+            res.skipped = f"too short: {t} frames at 25 fps (< --min-frames {opts.min_frames})"
+            return res
+        struct = load_struct(struct_kind, video, t, info["fps"] or 25.0)
+        wav = read_audio(video)
+    except (MediaError, StructError) as e:
+        res.skipped = str(e)
+        return res
+    codec, feats = _encoders(opts)
+    if wav is None:
+        res.note = "no audio stream: clips kept with has_audio=False"
+    elif len(wav) == 0 or float(np.abs(wav).max()) == 0.0:
+        res.note = "audio stream is silent"
+    audio = feats(wav, t) if wav is not None else None
+    ref_video = codec.encode(frames[:1])[0]
+    ref_struct = struct.values[0]
+    n = max(1, min(-(-t // opts.clip_frames), t // opts.min_frames))
+    bounds = np.linspace(0, t, n + 1).round().astype(int)
+    for i, (start, stop) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+        res.clips.append({
+            "name": f"{res.key}#{i:04d}", "video": codec.encode(frames[start:stop]),
+            "struct": struct.values[start:stop], "audio": None if audio is None else audio[2 * start : 2 * stop],
+            "ref_video": ref_video, "ref_struct": ref_struct, "source": str(video), "start_frame": start,
+        })
+    return res
+
+
+def find_videos(src: Path) -> list[Path]:
+    if not src.is_dir():
+        raise SystemExit(f"ingest: {src} is not a folder")
+    return sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith("."))
+
+
+def resolve_struct_kind(kind: str, videos: list[Path]) -> str:
+    if kind != "auto":
+        if kind not in KINDS:
+            raise SystemExit(f"ingest: --struct {kind!r} not in auto, {', '.join(KINDS)}")
+        return kind
+    found = [k for k in (detect_kind(v) for v in videos) if k is not None]
+    return max(set(found), key=found.count) if found else "none"
+
+
+def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, console=None) -> dict:
+    """Build or extend the cache at `out` from the videos under `src`. Returns the summary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    con = console or Console()
+    src, out = Path(src), Path(out)
+    videos = find_videos(src)
+    kind = resolve_struct_kind(opts.struct, videos)
+    codec, feats = _encoders(opts)
+    probe_layout = None
+    if kind != "none":
+        for v in videos:
+            try:
+                probe_layout = load_struct(kind, v, 1, 25.0).layout
+                break
+            except (StructError, MediaError):
+                continue
+    meta = CacheMeta(opts.size, codec.latent_shape(opts.size), codec.spec(), kind, tuple(probe_layout or ()),
+                     feats.spec(), feats.dim)
+    summary = {"source": str(src), "cache": str(out), "struct_kind": kind, "videos": len(videos), "clips": 0,
+               "already_cached": 0, "skipped": [], "notes": []}
+    with CacheWriter(out, meta) as w:
+        todo = [v for v in videos if not w.has_source(source_key(src, v))]
+        summary["already_cached"] = len(videos) - len(todo)
+        cols = (TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clips]} clips"),
+                TimeRemainingColumn())
+        with Progress(*cols, console=con) as bar:
+            task = bar.add_task("ingest", total=len(todo), clips=0)
+
+            def consume(r: Result) -> None:
+                if r.skipped:
+                    summary["skipped"].append({"video": r.key.replace("|", "/"), "reason": r.skipped})
+                else:
+                    for c in r.clips:
+                        if c["struct"].shape[1] != len(meta.struct_layout):
+                            summary["skipped"].append({"video": r.key.replace("|", "/"),
+                                                       "reason": "struct layout differs from the cache's"})
+                            return
+                    for c in r.clips:
+                        w.add_clip(**c)
+                    summary["clips"] += len(r.clips)
+                    if r.note:
+                        summary["notes"].append({"video": r.key.replace("|", "/"), "note": r.note})
+                    w.finish_source(r.key)
+                bar.update(task, advance=1, clips=summary["clips"])
+
+            if workers > 0:
+                # spawn, not fork: the parent has already started torch's thread pools, which fork would copy
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    for r in pool.map(process_video, [src] * len(todo), todo, [opts] * len(todo),
+                                      [kind] * len(todo)):
+                        consume(r)
+            else:
+                for v in todo:
+                    consume(process_video(src, v, opts, kind))
+    report = out.with_name(out.name + ".ingest.json")
+    report.write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["skipped"]:
+        t = Table(title=f"skipped {len(summary['skipped'])} of {len(videos)} videos")
+        t.add_column("video")
+        t.add_column("reason")
+        for s in summary["skipped"]:
+            t.add_row(s["video"], s["reason"])
+        con.print(t)
+    for n in summary["notes"]:
+        con.print(f"[dim]{n['video']}: {n['note']}[/]")
+    con.print(f"{out}: {summary['clips']} new clips from {len(todo) - len(summary['skipped'])} videos "
+              f"({summary['already_cached']} already cached, {len(summary['skipped'])} skipped); struct={kind}; "
+              f"summary in {report}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .. import config as C
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="folder of videos (searched recursively)")
+    ap.add_argument("--out", required=True, help="cache file (.h5)")
+    ap.add_argument("--workers", type=int, default=0, help="parallel decode/encode processes (0: this one)")
+    docs = C.fields_help(Options)
+    for f in Options.__dataclass_fields__.values():
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=docs[f.name])
+    a = ap.parse_args(argv)
+    opts = Options(**{k: getattr(a, k) for k in Options.__dataclass_fields__})
+    ingest(a.src, a.out, opts, a.workers)
+
+
+if __name__ == "__main__":
+    main()
