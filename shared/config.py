@@ -161,6 +161,34 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation."""
+
+    steps: int = 100_000
+    """Optimiser steps."""
+    batch: int = 8
+    """Clips per optimiser step (global batch)."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    warmup: int = 1000
+    """Linear warm-up steps, then cosine decay to `min_lr_ratio * lr`."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to norms, biases, gates and embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    ema: float = 0.999
+    """EMA decay of the weights used for sampling (0 = no EMA)."""
+    seed: int = 0
+    """Seed for initialisation, data order and noise."""
+    log_every: int = 10
+    """Record the losses every this many steps."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; written as `config.json` beside every run's outputs."""
 
@@ -178,6 +206,8 @@ class Config:
     """Noise and loss."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Sampler and streaming."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
 
 
 PRESETS: dict[str, Config] = {
@@ -187,12 +217,16 @@ PRESETS: dict[str, Config] = {
                           struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
                           fusion_depth=1),
         sample=SampleConfig(steps=2, window=4, roll_keep=2),
+        train=TrainConfig(steps=20, batch=2, lr=1e-3, warmup=2, ema=0.9, log_every=1),
     ),
+    # Phase 0.5 on a laptop CPU: 64 px SynthTalk through a factor-4 tiny-ae (8 x 16 x 16 latents), patch 4 ->
+    # 16 tokens per frame; struct_dim / audio_dim are set from the cache.
     "poc": Config(
         preset="poc", clip_frames=16, image_size=64,
-        model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=2,
-                          struct_dim=24, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
+        model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=4,
+                          struct_dim=13, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
         sample=SampleConfig(steps=4, window=16, roll_keep=8),
+        train=TrainConfig(steps=300, batch=8, lr=1e-3, warmup=30, ema=0.98, log_every=5),
     ),
     "full": Config(preset="full"),
 }
@@ -235,6 +269,8 @@ def override(cfg: Any, updates: dict[str, Any]) -> Any:
             flat[key] = int(value)
         elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             flat[key] = float(value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            flat[key] = tuple(value)
     return replace(cfg, **flat)
 
 

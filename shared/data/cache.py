@@ -248,6 +248,10 @@ class CacheReader:
             "ref_video": g["ref_video"][()], "ref_struct": g["ref_struct"][()], "has_audio": has_audio,
         }
 
+    def attrs(self, name: str) -> dict:
+        """A clip's attributes (source file, start frame, ...)."""
+        return dict(self._h5()["clips"][name].attrs)
+
     def close(self) -> None:
         if self._f is not None:
             self._f.close()

@@ -72,7 +72,7 @@ class TinyAE(nn.Module):
     """Conv autoencoder, spatial factor 4: [3, H, W] -> [C, H/4, W/4]. Latents are normalised per channel with
     statistics measured on the training frames, so a diffusion model sees roughly unit-variance inputs."""
 
-    def __init__(self, latent_channels: int = 8, width: int = 64):
+    def __init__(self, latent_channels: int = 8, width: int = 32):
         super().__init__()
         self.config = {"latent_channels": latent_channels, "width": width}
         w = width
@@ -100,8 +100,8 @@ class TinyAE(nn.Module):
         return self.dec(z * self.std[:, None, None] + self.mean[:, None, None])
 
 
-def train_tiny_ae(frames: np.ndarray, steps: int = 1500, batch: int = 32, lr: float = 2e-3, latent_channels: int = 8,
-                  width: int = 64, device: str = "cpu", seed: int = 0, progress=None) -> TinyAE:
+def train_tiny_ae(frames: np.ndarray, steps: int = 800, batch: int = 16, lr: float = 2e-3, latent_channels: int = 8,
+                  width: int = 32, device: str = "cpu", seed: int = 0, progress=None) -> TinyAE:
     """Fit a TinyAE on uint8 frames [N, H, W, 3] (L1 + MSE), then set its latent normalisation."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -1,0 +1,149 @@
+"""Evaluation of a trained model on held-out clips: held-out denoising loss, and long streaming rollouts decoded
+to pixels and read back by the probes (lip sync, jitter, identity and motion drift, struct/video agreement,
+Frechet distance in probe-feature space). Every per-clip number is kept, so variants can be compared paired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .config import Config
+from .data.cache import CacheReader
+from .data.codecs import VideoCodec
+from .data.face import MOTION_LAYOUT
+from .diffusion import Batch, training_loss, training_sigmas
+from .infer import generate
+from .probes import Probe
+
+POSE = [MOTION_LAYOUT.index(k) for k in ("yaw", "pitch", "roll", "tx", "ty", "scale")]
+JAW = MOTION_LAYOUT.index("jaw")
+
+
+@dataclass
+class EvalClip:
+    """One held-out clip: the reference (frame 0) and the next `frames` frames."""
+
+    name: str
+    ref_video: np.ndarray  # [C, h, w]
+    ref_struct: np.ndarray  # [D]
+    video: np.ndarray  # [N, C, h, w] real latents of frames 1..N
+    struct: np.ndarray  # [N, D] the cache's struct (explicit or implicit)
+    motion: np.ndarray  # [N, 13] explicit ground truth (the mouth track is its jaw column)
+    audio: np.ndarray  # [2N, A] 50 Hz features of frames 1..N
+    source: str
+    start: int
+
+
+def load_eval_clips(cache: str, frames: int, explicit_cache: str | None = None) -> list[EvalClip]:
+    """The first frames + 1 of every clip of `cache`; ground-truth motion from `explicit_cache` (same clips) when
+    the cache's own struct is not explicit."""
+    r = CacheReader(cache)
+    rx = CacheReader(explicit_cache) if explicit_cache else r
+    out = []
+    for c in r.clips:
+        if c.frames < frames + 1:
+            raise ValueError(f"{cache}: clip {c.name} has {c.frames} frames, a rollout of {frames} needs {frames + 1}")
+        d = r.read(c.name, 0, frames + 1)
+        mot = rx.read(c.name, 0, frames + 1)["struct"]
+        a = r.attrs(c.name)
+        out.append(EvalClip(c.name, d["video"][0].astype(np.float32), d["struct"][0], d["video"][1:].astype(np.float32),
+                            d["struct"][1:], mot[1:], d["audio"][2:].astype(np.float32), str(a["source"]),
+                            int(a["start_frame"])))
+    r.close()
+    rx.close()
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(model, windows, cfg: Config, device, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-window flow-matching loss per stream with fixed noise, sigmas and audio (no CFG dropout)."""
+    from dataclasses import replace
+
+    dcfg = replace(cfg.diffusion, p_audio_drop=0.0)
+    out: dict[str, list] = {}
+    for i, w in enumerate(windows):
+        g = torch.Generator().manual_seed(seed + i)
+        video, struct, audio = (w[k][None].to(device) for k in ("video", "struct", "audio"))
+        t = video.shape[1]
+        sig = tuple(s.to(device) for s in training_sigmas(1, t, replace(dcfg, p_clean_past=0.0), g))
+        noise = (torch.randn(video.shape, generator=g).to(device), torch.randn(struct.shape, generator=g).to(device))
+        losses = training_loss(model, Batch(video, struct if model.cfg.has_struct else None, audio), dcfg,
+                               noise=noise, sigmas=sig)
+        for k, v in losses.items():
+            out.setdefault(k, []).append(float(v))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def rollout(model, clips: list[EvalClip], cfg: Config, device, seed: int = 0, cond_struct=None,
+            sample=None) -> dict[str, np.ndarray]:
+    """Stream len(clip.video) frames for every clip at once. Returns latents [B, N, C, h, w] and struct."""
+    n = clips[0].video.shape[0]
+    ref = torch.as_tensor(np.stack([c.ref_video for c in clips])).to(device)
+    ref_s = torch.as_tensor(np.stack([c.ref_struct for c in clips])).to(device) if model.cfg.has_struct else None
+    audio = torch.as_tensor(np.stack([c.audio for c in clips])).to(device)
+    cs = torch.as_tensor(cond_struct).float().to(device) if cond_struct is not None else None
+    out = generate(model, ref, ref_s, audio, n, sample=sample or cfg.sample,
+                   generator=torch.Generator(device=device).manual_seed(seed), cond_struct=cs)
+    return {"video": out["video"].float().cpu().numpy(),
+            "struct": None if out["struct"] is None else out["struct"].float().cpu().numpy()}
+
+
+def read_clip(probe: Probe, codec: VideoCodec, latents: np.ndarray, ref_latent: np.ndarray) -> dict:
+    """Decode latents [N, C, h, w] (and the reference) and read them with the probe."""
+    frames = codec.decode(np.concatenate([ref_latent[None], latents]))
+    r = probe.read(frames)
+    return {"frames": frames[1:], "ref": {k: v[0] for k, v in r.items()}, **{k: v[1:] for k, v in r.items()}}
+
+
+def clip_metrics(read: dict, real: dict, clip: EvalClip, probe: Probe, struct: np.ndarray | None = None,
+                 struct_is_explicit: bool = False) -> dict:
+    """Per-clip metrics of one rollout, against the real clip read the same way."""
+    m_std = probe.m_std.cpu().numpy()
+    i_std = probe.i_std.cpu().numpy()
+    pose = read["motion"][:, POSE] / m_std[POSE]
+    pose_real = real["motion"][:, POSE] / m_std[POSE]
+    ls = M.lip_sync(read["motion"][:, JAW], clip.motion[:, JAW])
+    id_curve = np.linalg.norm((read["identity"] - read["ref"]["identity"]) / i_std, axis=1)
+    drift_curve = np.linalg.norm(pose - read["ref"]["motion"][POSE] / m_std[POSE], axis=1)
+    j, j_real = M.jitter(pose), M.jitter(pose_real)
+    out = {
+        "lip_r": ls["r"], "lip_best_lag": ls["best_lag"], "lip_r_best": ls["r_best"],
+        "jitter": j, "jitter_real": j_real, "jitter_err": abs(float(np.log((j + 1e-6) / (j_real + 1e-6)))),
+        "id_err": float(id_curve.mean()), "id_drift": M.slope_per_100(id_curve),
+        "motion_drift": abs(M.slope_per_100(drift_curve)),
+        "curves": {"id_err": id_curve.tolist(), "motion_dev": drift_curve.tolist(),
+                   "mouth_read": read["motion"][:, JAW].tolist(), "mouth_true": clip.motion[:, JAW].tolist()},
+    }
+    if struct is not None and struct_is_explicit:
+        out["agree_jaw_r"] = M.pearson(read["motion"][:, JAW], struct[:, JAW])
+        out["agree_pose_err"] = float(np.abs(pose - struct[:, POSE] / m_std[POSE]).mean())
+    return out
+
+
+class AudioToStruct:
+    """The two-stage baseline that `condition_only` needs at inference: ridge regression from a window of
+    audio features (frames t-2..t+2) to the struct latent, fit on the training cache. Deterministic, so head
+    motion regresses to its mean: this is what a separately trained audio->motion stage gives a one-way model."""
+
+    def __init__(self, context: int = 2, ridge: float = 1.0):
+        self.context, self.ridge = context, ridge
+
+    def _x(self, audio: np.ndarray) -> np.ndarray:
+        a = audio.reshape(len(audio) // 2, -1)  # per video frame
+        pad = np.pad(a, ((self.context, self.context), (0, 0)), mode="edge")
+        x = np.concatenate([pad[i : i + len(a)] for i in range(2 * self.context + 1)], 1)
+        return np.c_[x, np.ones(len(x))]
+
+    def fit(self, audios: list[np.ndarray], structs: list[np.ndarray]) -> "AudioToStruct":
+        x = np.concatenate([self._x(a) for a in audios])
+        y = np.concatenate(structs)
+        self.w = np.linalg.solve(x.T @ x + self.ridge * np.eye(x.shape[1]), x.T @ y)
+        return self
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        return (self._x(audio) @ self.w).astype(np.float32)

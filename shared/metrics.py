@@ -1,0 +1,119 @@
+"""Metric functions and the statistics behind the verdicts. Pure numpy/scipy, no model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+def mean_ci(x, level: float = 0.95) -> dict[str, float]:
+    """Mean with a Student-t confidence interval over independent units (clips, windows)."""
+    x = np.asarray(x, np.float64).ravel()
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    m = float(x.mean())
+    if n == 1:
+        return {"mean": m, "lo": float("-inf"), "hi": float("inf"), "n": 1}
+    h = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
+    return {"mean": m, "lo": m - h, "hi": m + h, "n": n}
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.std() < 1e-12 or b.std() < 1e-12:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def lip_sync(mouth_read, mouth_true, max_lag: int = 6) -> dict[str, float]:
+    """Correlation of the mouth opening read from the video with the audio's true mouth track, at lag 0 and at
+    the best lag in [-max_lag, max_lag] frames (positive lag: the video is late)."""
+    a, b = np.asarray(mouth_read, np.float64), np.asarray(mouth_true, np.float64)
+    best, best_r = 0, -2.0
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            r = pearson(a[lag:], b[: len(b) - lag])
+        else:
+            r = pearson(a[:lag], b[-lag:])
+        if r > best_r:
+            best, best_r = lag, r
+    return {"r": pearson(a, b), "best_lag": float(best), "r_best": best_r}
+
+
+def jitter(motion) -> float:
+    """Mean absolute second difference per frame (acceleration): high for flicker and shaking."""
+    m = np.asarray(motion, np.float64)
+    return float(np.abs(np.diff(m, n=2, axis=0)).mean()) if len(m) > 2 else 0.0
+
+
+def slope_per_100(curve) -> float:
+    """Least-squares slope of a curve over frame index, per 100 frames."""
+    y = np.asarray(curve, np.float64)
+    t = np.arange(len(y))
+    return float(np.polyfit(t, y, 1)[0] * 100) if len(y) > 1 else 0.0
+
+
+def frechet_distance(x, y) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, the FID formula)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    # tr sqrt(S1 S2) = sum of sqrt(eig(S1 S2)): S1 S2 is similar to the PSD sqrt(S1) S2 sqrt(S1), so its
+    # eigenvalues are real and >= 0 (up to round-off); cheaper and steadier than a matrix square root
+    ev = np.linalg.eigvals(s1 @ s2).real.clip(min=0)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
+
+
+def frechet_ci(gen_by_clip: list, real_by_clip: list, reps: int = 100, seed: int = 0) -> dict[str, float]:
+    """FD with a bootstrap interval over clips (clips resampled with replacement, same indices for both)."""
+    g = np.random.default_rng(seed)
+    n = len(gen_by_clip)
+    point = frechet_distance(np.concatenate(gen_by_clip), np.concatenate(real_by_clip))
+    boots = []
+    for _ in range(reps):
+        idx = g.integers(0, n, n)
+        boots.append(frechet_distance(np.concatenate([gen_by_clip[i] for i in idx]),
+                                      np.concatenate([real_by_clip[i] for i in idx])))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"mean": point, "lo": float(lo), "hi": float(hi), "n": n}
+
+
+# ------------------------------------------------------------------------------------------------------ verdicts
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A vs B on one metric, paired over the same evaluation units."""
+
+    metric: str
+    diff: dict
+    """mean_ci of (A - B)."""
+    outcome: str
+    """'better' / 'worse' (for A, given the metric's direction) when the 95% interval excludes 0, else 'tie'."""
+
+
+def compare(metric: str, a, b, higher_is_better: bool) -> Comparison:
+    d = mean_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    lo, hi = (d["lo"], d["hi"]) if higher_is_better else (-d["hi"], -d["lo"])  # interval of the improvement
+    outcome = "better" if lo > 0 else "worse" if hi < 0 else "tie"
+    return Comparison(metric, d, outcome)
+
+
+VERDICT_RULE = ("A hypothesis 'A beats B' is `supported` when A is significantly better than B (the paired 95% "
+                "interval of the per-clip difference excludes 0 on A's side) on at least one primary metric and "
+                "significantly worse on none; `not supported` when A is significantly worse on at least one "
+                "primary metric and better on none; `inconclusive` otherwise (all ties, or better on some and "
+                "worse on others).")
+
+
+def verdict(comparisons: list[Comparison]) -> str:
+    outs = {c.outcome for c in comparisons}
+    if "better" in outs and "worse" not in outs:
+        return "supported"
+    if "worse" in outs and "better" not in outs:
+        return "not supported"
+    return "inconclusive"

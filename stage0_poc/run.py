@@ -1,0 +1,491 @@
+"""Phase 0.5: tiny models on SynthTalk answer the critical-path hypotheses.
+
+    python stage0_poc/run.py [--suite core|full] [--quick] [--out DIR] [--device auto] [--steps N]
+
+SynthTalk clips -> tiny-ae codec (trained once, cached) -> HDF5 caches -> every variant trained on the same
+data, steps and seed -> long streaming rollouts (4x the training clip) -> probes read motion and identity back
+-> metrics with 95% intervals -> verdicts computed from the intervals -> report.md / report.json / plots /
+side-by-side videos. Re-running reuses the data, the codec and the probes; trained variants are reused too
+unless --retrain.
+
+H1  a causal Video DiT trained from scratch learns talking-head video (video_only: lip sync above zero and the
+    identity held well below chance);
+H2  the 3-D stream adds structure: dual beats video_only (H2a) and bidirectional dual beats condition_only (H2b);
+H3  per-frame independent-noise Diffusion Forcing trains stably with two streams (dual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared import config as C  # noqa: E402
+from shared import metrics as M  # noqa: E402
+from shared import report as R  # noqa: E402
+from shared.data import synth  # noqa: E402
+from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
+from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E402
+from shared.data.ingest import Options, ingest  # noqa: E402
+from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
+from shared.evaluate import AudioToStruct, clip_metrics, heldout_loss, load_eval_clips, read_clip, rollout  # noqa: E402
+from shared.models import DualForce  # noqa: E402
+from shared.probes import r2, train_probe  # noqa: E402
+from shared.train import train  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one PoC run (`core` on a laptop CPU in ~10 minutes, `quick` in ~2)."""
+
+    train_clips: int = 40
+    """SynthTalk training clips (identities)."""
+    eval_clips: int = 8
+    """Held-out clips (other identities) for evaluation."""
+    train_seconds: float = 8.0
+    """Length of each training clip."""
+    eval_seconds: float = 3.0
+    """Length of each held-out clip (must hold the rollout)."""
+    size: int = 64
+    """Frame size in pixels."""
+    ae_steps: int = 800
+    """tiny-ae training steps."""
+    probe_steps: int = 600
+    """Probe training steps."""
+    train_steps: int = 300
+    """Optimiser steps per variant."""
+    batch: int = 8
+    """Training batch (clips of clip_frames + 1 frames)."""
+    rollout_factor: int = 4
+    """Rollout length in training clip lengths."""
+    seed: int = 0
+    """Seed of everything (data, init, noise)."""
+
+
+CORE = Settings()
+QUICK = Settings(train_clips=6, eval_clips=3, train_seconds=3.0, eval_seconds=2.8, ae_steps=80, probe_steps=80,
+                 train_steps=16, batch=4, rollout_factor=4)
+PRIMARY = {"lip_r": True, "id_err": False, "jitter_err": False, "motion_drift": False}  # metric -> higher is better
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict
+    struct: str = "explicit"
+    sample: tuple = ()  # sampling-only overrides on a model trained under `model_of`
+    model_of: str | None = None
+
+
+CORE_VARIANTS = [
+    Variant("video_only", {"model.bridge_mode": "video_only"}),
+    Variant("condition_only", {"model.bridge_mode": "condition_only"}),
+    Variant("dual", {}),
+]
+FULL_VARIANTS = CORE_VARIANTS + [
+    Variant("dual_pclean0", {"diffusion.p_clean_past": 0.0}),
+    Variant("dual_sstart07", {}, sample=(("sigma_struct_start", 0.7),), model_of="dual"),
+    Variant("dual_implicit", {}, struct="implicit"),
+    Variant("dual_fusion1", {"model.fusion_depth": 1}),
+    Variant("dual_fusion_all", {"model.fusion_depth": 4}),
+]
+QUESTIONS = [  # (question, A, B): "A beats B"
+    ("H2a: dual beats video_only", "dual", "video_only"),
+    ("H2b: bidirectional dual beats condition_only", "dual", "condition_only"),
+    ("past frames clean p=0.3 beats p=0", "dual", "dual_pclean0"),
+    ("struct starting at sigma 0.7 beats 1.0", "dual_sstart07", "dual"),
+    ("explicit struct beats implicit", "dual", "dual_implicit"),
+    ("fusion depth 2 beats 1", "dual", "dual_fusion1"),
+    ("fusion in all 4 layers beats 2", "dual_fusion_all", "dual"),
+]
+
+
+class Phases:
+    def __init__(self, con):
+        self.con, self.seconds = con, {}
+
+    def __call__(self, name: str):
+        phases = self
+
+        class _Timer:
+            def __enter__(self):
+                phases.con.rule(f"[bold]{name}")
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                phases.seconds[name] = round(time.perf_counter() - self.t, 1)
+                phases.con.print(f"[dim]{name}: {phases.seconds[name]} s[/]")
+
+        return _Timer()
+
+
+def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
+    """SynthTalk export -> tiny-ae -> caches. Everything is keyed by the settings, so re-runs reuse it."""
+    key = hashlib.sha1(json.dumps([s.train_clips, s.eval_clips, s.train_seconds, s.eval_seconds, s.size, s.ae_steps,
+                                   s.seed]).encode()).hexdigest()[:10]
+    d = root / f"data-{key}"
+    d.mkdir(parents=True, exist_ok=True)
+    synth.export(d / "train", s.train_clips, s.train_seconds, s.size, seed=s.seed)
+    synth.export(d / "eval", s.eval_clips, s.eval_seconds, s.size, seed=s.seed + 1000)
+    ae = d / "tiny_ae.pt"
+    if not ae.exists():
+        frames = np.concatenate([np.stack(list(iter_frames(p, s.size)))[::2] for p in sorted((d / "train").glob("*.mp4"))])
+        con.print(f"training tiny-ae on {len(frames)} frames for {s.ae_steps} steps")
+        save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
+    caches = {}
+    kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
+    for split in ("train", "eval"):
+        for kind in kinds:
+            path = d / f"{split}_{kind}.h5"
+            if not path.exists():
+                opts = Options(size=s.size, codec=f"tiny-ae:{ae}", struct=kind, clip_frames=10_000, min_frames=17)
+                ingest(d / split, path, opts, console=con)
+            caches[(split, kind)] = path
+    return {"dir": d, "ae": ae, "caches": caches}
+
+
+def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
+    """Probes trained on codec reconstructions of real training frames (what a perfect generator in this latent
+    space would produce), evaluated on held-out clips."""
+    path = data["dir"] / "probe.pt"
+    codec = get_codec(f"tiny-ae:{data['ae']}")
+
+    def frames_and_truth(split: str, step: int):
+        fr, mo, ids = [], [], []
+        for p in sorted((data["dir"] / split).glob("*.mp4")):
+            z = np.load(p.with_suffix(".npz"))
+            f = np.stack(list(iter_frames(p, s.size)))[::step]
+            fr.append(codec.decode(codec.encode(f)))
+            mo.append(z["motion"][::step][: len(f)])
+            ids.append(np.repeat(z["identity"][None], len(f), 0))
+        return np.concatenate(fr), np.concatenate(mo), np.concatenate(ids)
+
+    from shared.probes import Probe
+
+    if path.exists():
+        probe = Probe()
+        probe.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        fr, mo, ids = frames_and_truth("train", 2)
+        con.print(f"training probes on {len(fr)} reconstructed frames for {s.probe_steps} steps")
+        probe = train_probe(fr, mo, ids, steps=s.probe_steps, device=device, seed=s.seed).cpu()
+        torch.save(probe.state_dict(), path)
+    fr, mo, ids = frames_and_truth("eval", 1)
+    read = probe.read(fr)
+    acc = {"motion_r2": dict(zip(synth.MOTION_LAYOUT, np.round(r2(read["motion"], mo), 3).tolist())),
+           "identity_r2_mean": float(np.mean(r2(read["identity"], ids)))}
+    return probe.eval(), codec, acc
+
+
+def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int) -> C.Config:
+    c, h, _ = meta.latent_shape
+    cfg = C.override(base, {"model.latent_channels": c, "model.latent_size": h,
+                            "model.struct_dim": len(meta.struct_layout), "model.audio_dim": meta.audio_dim,
+                            "train.steps": steps, "train.batch": s.batch, "train.seed": s.seed,
+                            "train.warmup": max(2, steps // 10), **v.overrides})
+    return C.override(cfg, {f"sample.{k}": val for k, val in v.sample})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=["core", "full"], default="core", help="which variants to train")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: exercises every part in ~2 minutes")
+    ap.add_argument("--out", default="runs/poc", help="run folder (data and codec are cached under it)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps per variant (overrides the settings)")
+    ap.add_argument("--retrain", action="store_true", help="train variants again even if a model is saved")
+    args = ap.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    s = QUICK if args.quick else CORE
+    if args.steps:
+        s = replace(s, train_steps=args.steps)
+    out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    base = C.get_preset("poc")
+    clip_frames = base.clip_frames
+    n_roll = s.rollout_factor * clip_frames
+    variants = FULL_VARIANTS if args.suite == "full" else CORE_VARIANTS
+    phase = Phases(con)
+    t_start = time.perf_counter()
+    con.print(f"DualForce PoC: suite={args.suite} quick={args.quick} device={device} out={out}")
+
+    with phase("data: SynthTalk -> tiny-ae -> cache"):
+        data = build_data(s, Path(args.out), args.suite, device, con)
+    with phase("probes"):
+        probe, codec, probe_acc = build_probe(s, data, device, con)
+        con.print(f"probe R^2 on held-out clips: {probe_acc}")
+
+    results: dict[str, dict] = {}
+    models: dict[str, torch.nn.Module] = {}
+    histories: dict[str, list] = {}
+    for v in variants:
+        if v.model_of:
+            continue
+        with phase(f"train {v.name}"):
+            meta = CacheReader(data["caches"][("train", v.struct)]).meta
+            cfg = variant_config(base, v, meta, s, s.train_steps)
+            vdir = out / "variants" / v.name
+            vdir.mkdir(parents=True, exist_ok=True)
+            C.save(cfg, vdir / "config.json")
+            ckpt = vdir / "model.pt"
+            model = DualForce(cfg.model)
+            if ckpt.exists() and not args.retrain and json.loads((vdir / "config.json").read_text()) == C.to_dict(cfg):
+                model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+                histories[v.name] = json.loads((vdir / "history.json").read_text())
+                con.print(f"reusing {ckpt}")
+            else:
+                ds = WindowDataset(data["caches"][("train", v.struct)], frames=clip_frames, stride=4)
+                loader = torch.utils.data.DataLoader(ds, batch_size=s.batch, shuffle=True, drop_last=True,
+                                                     generator=torch.Generator().manual_seed(s.seed))
+                from rich.progress import Progress
+
+                with Progress(console=con) as bar:
+                    task = bar.add_task(v.name, total=s.train_steps)
+                    res = train(model, loader, cfg, device,
+                                progress=lambda step, rec: bar.update(task, completed=step + 1,
+                                                                      description=f"{v.name} loss {rec['loss']:.3f}"))
+                model = res["ema"] or model
+                histories[v.name] = res["history"]
+                torch.save(model.state_dict(), ckpt)
+                (vdir / "history.json").write_text(json.dumps(res["history"]))
+            models[v.name] = model.to(device).eval()
+
+    with phase("evaluate: held-out loss and rollouts"):
+        real_reads, eval_clips = {}, {}
+        for kind in {v.struct for v in variants}:
+            clips = load_eval_clips(data["caches"][("eval", kind)], n_roll, data["caches"][("eval", "explicit")])
+            eval_clips[kind] = clips
+            if kind == "explicit":
+                for c in clips:
+                    real_reads[c.name] = read_clip(probe, codec, c.video, c.ref_video)
+        a2s = {}
+        for v in variants:
+            model = models[v.model_of or v.name]
+            cfg = variant_config(base, v, CacheReader(data["caches"][("train", v.struct)]).meta, s, s.train_steps)
+            clips = eval_clips[v.struct]
+            windows = list(WindowDataset(data["caches"][("eval", v.struct)], frames=clip_frames, stride=clip_frames))
+            hl = heldout_loss(model, windows, cfg, device, seed=s.seed)
+            cond = None
+            if cfg.model.bridge_mode == "condition_only":
+                if v.struct not in a2s:
+                    r = CacheReader(data["caches"][("train", v.struct)])
+                    parts = [r.read(c.name) for c in r.clips]
+                    a2s[v.struct] = AudioToStruct().fit([p["audio"] for p in parts], [p["struct"] for p in parts])
+                cond = np.stack([a2s[v.struct](c.audio) for c in clips])
+            roll = rollout(model, clips, cfg, device, seed=s.seed, cond_struct=cond)
+            per_clip = []
+            gen_feats = []
+            for i, c in enumerate(clips):
+                rd = read_clip(probe, codec, roll["video"][i], c.ref_video)
+                st = roll["struct"][i] if roll["struct"] is not None else None
+                per_clip.append(clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit"))
+                gen_feats.append(rd["features"])
+                if i < 2:
+                    per_clip[-1]["_frames"] = rd["frames"]
+                    per_clip[-1]["_struct"] = st
+            fd = M.frechet_ci(gen_feats, [real_reads[c.name]["features"] for c in clips], seed=s.seed)
+            keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
+            results[v.name] = {
+                "heldout_loss": {k: M.mean_ci(x) for k, x in hl.items()},
+                "metrics": {k: M.mean_ci([p[k] for p in per_clip]) for k in keys},
+                "per_clip": {k: [p[k] for p in per_clip] for k in keys},
+                "frechet_probe": fd,
+                "_clips": per_clip,
+            }
+        # the real clips, read the same way: the ceiling of every metric
+        real_pc = [clip_metrics(real_reads[c.name], real_reads[c.name], c, probe) for c in eval_clips["explicit"]]
+        results["real"] = {"metrics": {k: M.mean_ci([p[k] for p in real_pc]) for k in ("lip_r", "id_err", "jitter",
+                                                                                          "motion_drift")},
+                           "_clips": real_pc}
+        refs = np.stack([real_reads[c.name]["ref"]["identity"] for c in eval_clips["explicit"]]) / probe.i_std.numpy()
+        chance = float(np.mean([np.linalg.norm(a - b) for i, a in enumerate(refs) for b in refs[i + 1 :]]))
+
+    with phase("verdicts and report"):
+        rules = {"h1_identity_fraction_of_chance": 0.5, "h3_loss_ratio": 0.8}
+        verdicts = {}
+        vo = results["video_only"]["metrics"]
+        if vo["lip_r"]["lo"] > 0 and vo["id_err"]["hi"] < rules["h1_identity_fraction_of_chance"] * chance:
+            h1 = "supported"
+        elif vo["lip_r"]["hi"] <= 0 or vo["id_err"]["lo"] >= rules["h1_identity_fraction_of_chance"] * chance:
+            h1 = "not supported"
+        else:
+            h1 = "inconclusive"
+        verdicts["H1: a causal Video DiT learns talking heads (video_only)"] = {
+            "verdict": h1, "evidence": {"lip_r": vo["lip_r"], "id_err": vo["id_err"], "identity_chance": chance}}
+        comparisons = {}
+        for q, a, b in QUESTIONS:
+            if a not in results or b not in results:
+                continue
+            cs = [M.compare(m, results[a]["per_clip"][m], results[b]["per_clip"][m], hi) for m, hi in PRIMARY.items()]
+            comparisons[q] = {"verdict": M.verdict(cs), "comparisons": [asdict(c) for c in cs]}
+        verdicts.update(comparisons)
+        h2 = [comparisons[q]["verdict"] for q in comparisons if q.startswith("H2")]
+        verdicts["H2: the 3-D stream adds structure (H2a and H2b)"] = {
+            "verdict": "supported" if all(v == "supported" for v in h2) else
+            "not supported" if any(v == "not supported" for v in h2) else "inconclusive"}
+        hist = histories["dual"]
+        k = max(1, len(hist) // 10)
+        ratios = {st: float(np.mean([h[st] for h in hist[-k:]]) / np.mean([h[st] for h in hist[:k]]))
+                  for st in ("video", "struct")}
+        finite = all(np.isfinite(h["loss"]) for h in hist) and all(
+            np.isfinite(x["mean"]) for x in results["dual"]["heldout_loss"].values())
+        if finite and all(r <= rules["h3_loss_ratio"] for r in ratios.values()):
+            h3 = "supported"
+        elif not finite or any(r >= 1.0 for r in ratios.values()):
+            h3 = "not supported"
+        else:
+            h3 = "inconclusive"
+        verdicts["H3: two-stream Diffusion Forcing trains stably (dual)"] = {
+            "verdict": h3, "evidence": {"end_over_start_loss": ratios, "finite": finite}}
+        report = write_report(out, args, s, device, data, probe_acc, results, histories, verdicts, rules, chance,
+                              phase.seconds, eval_clips["explicit"], clip_frames, con)
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+    t = Table(title=f"DualForce PoC ({args.suite}{', quick' if args.quick else ''}) on {device}: "
+                    f"{report['wall_seconds']} s")
+    t.add_column("variant")
+    for m in ("lip_r", "id_err", "jitter_err", "motion_drift"):
+        t.add_column(m)
+    t.add_column("FD (probe)")
+    for name, r in results.items():
+        if name == "real":
+            continue
+        t.add_row(name, *[R.fmt_ci(r["metrics"][m], 2) for m in ("lip_r", "id_err", "jitter_err", "motion_drift")],
+                  R.fmt_ci(r["frechet_probe"], 1))
+    con.print(t)
+    vt = Table(title="verdicts (rule in report.md)")
+    vt.add_column("hypothesis")
+    vt.add_column("verdict")
+    for q, v in verdicts.items():
+        vt.add_row(q, v["verdict"])
+    con.print(vt)
+    con.print(f"report: {out / 'report.md'}")
+    return report
+
+
+def write_report(out: Path, args, s: Settings, device, data, probe_acc, results, histories, verdicts, rules, chance,
+                 seconds, clips, clip_frames, con) -> dict:
+    R.plot_losses(histories, out / "plots" / "loss.png")
+    names = [n for n in results if n != "real"]
+    for key, title, ylabel in (("id_err", "identity drift: probe identity distance to the reference", "distance (std units)"),
+                               ("motion_dev", "motion drift: head pose distance to the reference frame", "distance (std units)")):
+        curves = {n: np.array([c["curves"][key] for c in results[n]["_clips"]]) for n in names + ["real"]}
+        R.plot_curves(curves, title, ylabel, out / "plots" / f"drift_{key}.png", clip_frames)
+    traces = {n: (np.array(results[n]["_clips"][0]["curves"]["mouth_read"]),
+                  np.array(results[n]["_clips"][0]["curves"]["mouth_true"])) for n in ["real"] + names}
+    R.plot_lipsync(traces, out / "plots" / "lipsync.png")
+    samples = []
+    for i, c in enumerate(clips[:2]):
+        n = len(results[names[0]]["_clips"][i]["_frames"])
+        real_frames = get_codec(f"tiny-ae:{data['ae']}").decode(c.video)
+        tiles = {"real": R.overlay_struct(real_frames, c.motion)}
+        for name in names:
+            pc = results[name]["_clips"][i]
+            st = pc["_struct"]
+            tiles[name] = R.overlay_struct(pc["_frames"], st) if st is not None and st.shape[1] == 13 else pc["_frames"]
+        wav = read_audio(c.source)
+        lo = (c.start + 1) * 640
+        audio = None if wav is None else np.pad(wav[lo : lo + n * 640], (0, max(0, lo + n * 640 - len(wav))))
+        path = out / "samples" / f"clip{i}_{'_'.join(['real'] + names)}.mp4"
+        write_mp4(path, R.side_by_side(tiles), 25, audio)
+        samples.append(path.name)
+    rows = []
+    for name in names:
+        r = results[name]
+        m = r["metrics"]
+        rows.append([name, R.fmt_ci(r["heldout_loss"]["video"]), R.fmt_ci(r["heldout_loss"].get("struct")),
+                     R.fmt_ci(m["lip_r"]), f"{m['lip_best_lag']['mean']:+.1f}", R.fmt_ci(m["jitter_err"]),
+                     R.fmt_ci(m["id_err"]), R.fmt_ci(m["id_drift"]), R.fmt_ci(m["motion_drift"]),
+                     R.fmt_ci(m.get("agree_jaw_r")), R.fmt_ci(r["frechet_probe"], 1)])
+    rm = results["real"]["metrics"]
+    rows.append(["real (ceiling)", "-", "-", R.fmt_ci(rm["lip_r"]), "-", "0", R.fmt_ci(rm["id_err"]), "-",
+                 R.fmt_ci(rm["motion_drift"]), "-", "0"])
+    header = ["variant", "held-out loss video", "held-out loss struct", "lip-sync r", "best lag", "jitter |log ratio|",
+              "identity error", "identity drift /100f", "motion drift /100f", "struct-video agreement r", "FD (probe)"]
+    vrows = [[q, f"**{v['verdict']}**"] for q, v in verdicts.items()]
+    md = f"""# DualForce Phase 0.5 report: suite `{args.suite}`{' (quick)' if args.quick else ''}
+
+Device `{device}`; {s.train_steps} optimiser steps per variant (batch {s.batch}); {len(clips)} held-out clips, rollouts
+of {s.rollout_factor * clip_frames} frames = {s.rollout_factor}x the {clip_frames}-frame training clip; seed {s.seed}.
+
+## Verdicts
+
+{R.md_table(vrows, ["hypothesis / question", "verdict"])}
+
+**Rule.** {M.VERDICT_RULE} Primary metrics: lip-sync r (higher is better), identity error, jitter |log ratio| to the
+real clip, motion drift (lower is better); each is paired per held-out clip (same clips, same noise).
+H1 is `supported` when video_only's lip-sync interval is above 0 and its identity-error interval is below
+{rules['h1_identity_fraction_of_chance']} x the distance between two different real identities ({chance:.2f}),
+`not supported` when lip sync is <= 0 or the identity error is at or above that bound, `inconclusive` otherwise.
+H3 is `supported` when every dual training loss is finite and each stream's loss over the last 10% of training is
+<= {rules['h3_loss_ratio']} x its first 10%, `not supported` when a loss is non-finite or does not fall.
+H2 is `supported` only when H2a and H2b both are.
+
+## Metrics (mean [95% interval] over held-out clips)
+
+{R.md_table(rows, header)}
+
+- lip-sync r: correlation of the jaw opening read from the video by the probe with the audio's true mouth track;
+  best lag in frames (positive: the video is late).
+- identity error / drift: probe identity distance to the reference frame (std units), its mean and its slope
+  per 100 frames; motion drift: |slope| of the head-pose distance to the reference frame per 100 frames.
+- struct-video agreement (dual, explicit): correlation of the probe's jaw on the video with the generated struct's jaw.
+- FD (probe): Frechet distance between probe features of generated and real frames (bootstrap interval over clips).
+- condition_only is driven at inference by a ridge regression audio -> struct fit on the training cache
+  (a separately trained audio-to-motion stage, as a one-way pipeline needs).
+
+Probes (held-out R^2): motion {json.dumps(probe_acc['motion_r2'])}; identity mean R^2
+{probe_acc['identity_r2_mean']:.3f}.
+
+## Plots
+
+![losses](plots/loss.png)
+![identity drift](plots/drift_id_err.png)
+![motion drift](plots/drift_motion_dev.png)
+![lip sync](plots/lipsync.png)
+
+## Samples
+
+Side by side (left to right: {', '.join(['real'] + names)}), audio muxed; yellow line: head direction (yaw, pitch),
+cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
+{chr(10).join(f'- [samples/{p}](samples/{p})' for p in samples)}
+
+## Wall time per phase (s)
+
+{R.md_table([[k, f'{v}'] for k, v in seconds.items()], ['phase', 'seconds'])}
+
+## Resolved settings
+
+```json
+{json.dumps(asdict(s), indent=2)}
+```
+"""
+    (out / "report.md").write_text(md)
+    cfgs = {v: json.loads((out / "variants" / v / "config.json").read_text())
+            for v in histories if (out / "variants" / v / "config.json").exists()}
+    return {"suite": args.suite, "quick": args.quick, "device": device, "settings": asdict(s), "configs": cfgs,
+            "probe_accuracy": probe_acc, "identity_chance": chance, "rules": rules, "verdict_rule": M.VERDICT_RULE,
+            "verdicts": verdicts,
+            "metrics": {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()},
+            "phase_seconds": seconds, "samples": samples}
+
+
+if __name__ == "__main__":
+    main()

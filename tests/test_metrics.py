@@ -1,0 +1,83 @@
+"""Metric functions on cases with known answers, and the verdict rule."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from shared import metrics as M
+from shared.evaluate import JAW, POSE, EvalClip, clip_metrics
+
+
+def _mouth(n=200, seed=0):
+    g = np.random.default_rng(seed)
+    return np.convolve(g.random(n + 8), np.ones(5) / 5, mode="same")[4 : n + 4]
+
+
+def test_lip_sync_synced_vs_shifted():
+    true = _mouth()
+    synced = M.lip_sync(true, true)
+    assert synced["r"] == pytest.approx(1.0) and synced["best_lag"] == 0
+    late = np.concatenate([np.full(3, true[0]), true[:-3]])  # the video is 3 frames late
+    shifted = M.lip_sync(late, true)
+    assert shifted["r"] < 0.8 and shifted["best_lag"] == 3 and shifted["r_best"] == pytest.approx(1.0, abs=1e-6)
+    assert abs(M.lip_sync(np.random.default_rng(1).random(200), true)["r"]) < 0.2
+
+
+def test_jitter_and_slope():
+    t = np.linspace(0, 1, 100)[:, None]
+    smooth = np.sin(2 * np.pi * t)
+    noisy = smooth + 0.05 * np.random.default_rng(0).standard_normal(smooth.shape)
+    assert M.jitter(noisy) > 10 * M.jitter(smooth)
+    assert M.slope_per_100(np.full(50, 3.0)) == pytest.approx(0.0, abs=1e-9)
+    assert M.slope_per_100(0.02 * np.arange(50)) == pytest.approx(2.0)
+
+
+def test_frechet_distance():
+    g = np.random.default_rng(0)
+    x = g.standard_normal((4000, 8))
+    assert M.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert M.frechet_distance(x, x + 2.0) == pytest.approx(8 * 4.0, rel=1e-6)  # ||mu1 - mu2||^2, same covariance
+    ci = M.frechet_ci([x[:500], x[500:1000]], [x[1000:1500] + 1, x[1500:2000] + 1], reps=20)
+    assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["mean"] > 6
+
+
+def test_mean_ci_and_verdicts():
+    d = M.mean_ci([1.0, 2.0, 3.0])
+    assert d["mean"] == 2.0 and d["lo"] < 2.0 < d["hi"] and d["n"] == 3
+    a = np.array([0.5, 0.6, 0.55, 0.62, 0.58])
+    b = a - 0.2
+    assert M.compare("lip_r", a, b, True).outcome == "better"
+    assert M.compare("id_err", a, b, False).outcome == "worse"
+    assert M.compare("lip_r", a, a + np.array([0.01, -0.01, 0.02, -0.02, 0.0]), True).outcome == "tie"
+    better, worse, tie = (M.Comparison("m", {}, o) for o in ("better", "worse", "tie"))
+    assert M.verdict([better, tie]) == "supported"
+    assert M.verdict([worse, tie]) == "not supported"
+    assert M.verdict([better, worse]) == "inconclusive" and M.verdict([tie, tie]) == "inconclusive"
+
+
+def _read(motion, identity):
+    return {"motion": motion, "identity": identity, "features": np.zeros((len(motion), 4)),
+            "ref": {"motion": motion[0], "identity": identity[0]}}
+
+
+def test_clip_metrics_constant_vs_drifting_identity():
+    n = 80
+    probe = SimpleNamespace(m_std=torch.ones(13), i_std=torch.ones(16))
+    motion = np.zeros((n, 13))
+    motion[:, JAW] = _mouth(n)
+    clip = EvalClip("c", None, None, None, None, motion, None, "", 0)
+    ident = np.tile(np.linspace(0, 1, 16), (n, 1))
+    steady = clip_metrics(_read(motion, ident), _read(motion, ident), clip, probe)
+    drifting_id = ident + np.linspace(0, 2, n)[:, None] / 4  # the face slowly turns into someone else
+    drifting = clip_metrics(_read(motion, drifting_id), _read(motion, ident), clip, probe)
+    assert steady["id_err"] == 0 and steady["id_drift"] == 0
+    assert drifting["id_drift"] == pytest.approx(200 / (n - 1), rel=1e-6)  # ||(0.5 t/(n-1)) x 16 dims|| = 2t/(n-1)
+    assert drifting["id_err"] > 0.5
+    assert steady["lip_r"] == pytest.approx(1.0) and steady["jitter_err"] == pytest.approx(0.0)
+    moving = motion.copy()
+    moving[:, POSE[0]] = np.linspace(0, 1, n)
+    assert clip_metrics(_read(moving, ident), _read(motion, ident), clip, probe)["motion_drift"] > 1

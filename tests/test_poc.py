@@ -1,0 +1,46 @@
+"""`python stage0_poc/run.py --quick` end to end: every phase runs and the report holds what it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VERDICTS = {"supported", "not supported", "inconclusive"}
+
+
+def test_quick_end_to_end(tmp_path):
+    res = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run = tmp_path / "core-quick"
+    rep = json.loads((run / "report.json").read_text())
+    assert set(rep["metrics"]) == {"video_only", "condition_only", "dual", "real"}
+    for name in ("video_only", "condition_only", "dual"):
+        m = rep["metrics"][name]
+        for key in ("lip_r", "lip_best_lag", "jitter_err", "id_err", "id_drift", "motion_drift"):
+            assert {"mean", "lo", "hi", "n"} <= set(m["metrics"][key]), (name, key)
+        assert "video" in m["heldout_loss"] and {"mean", "lo", "hi"} <= set(m["frechet_probe"])
+        assert (run / "variants" / name / "config.json").is_file()
+    assert "struct" in rep["metrics"]["dual"]["heldout_loss"] and "agree_jaw_r" in rep["metrics"]["dual"]["metrics"]
+    assert "struct" not in rep["metrics"]["video_only"]["heldout_loss"]
+    names = {k.split(":")[0] for k in rep["verdicts"]}
+    assert {"H1", "H2a", "H2b", "H2", "H3"} <= names
+    assert all(v["verdict"] in VERDICTS for v in rep["verdicts"].values())
+    assert rep["verdict_rule"] and rep["phase_seconds"] and rep["configs"]["dual"]["model"]["bridge_mode"] == "dual"
+    md = (run / "report.md").read_text()
+    for png in ("loss.png", "drift_id_err.png", "drift_motion_dev.png", "lipsync.png"):
+        assert (run / "plots" / png).stat().st_size > 1000 and f"plots/{png}" in md
+    assert len(rep["samples"]) == 2 and all((run / "samples" / s).stat().st_size > 1000 for s in rep["samples"])
+    from shared.data.media import probe
+
+    info = probe(run / "samples" / rep["samples"][0])
+    assert info["has_audio"] and info["fps"] == 25
+    # re-running reuses the data, the codec, the probes and the trained variants
+    res2 = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path), "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res2.returncode == 0 and res2.stdout.count("reusing") == 3
+    rep2 = json.loads((run / "report.json").read_text())
+    assert rep2["wall_seconds"] < rep["wall_seconds"]
