@@ -37,7 +37,9 @@ from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E402
 from shared.data.ingest import Options, ingest  # noqa: E402
 from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
-from shared.evaluate import AudioToStruct, clip_metrics, heldout_loss, load_eval_clips, read_clip, rollout  # noqa: E402
+from shared.data.face import IDENTITY_LAYOUT  # noqa: E402
+from shared.evaluate import (POSE, AudioToStruct, clip_metrics, heldout_loss, load_eval_clips, read_clip,  # noqa: E402
+                             rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.probes import r2, train_probe  # noqa: E402
 from shared.train import train  # noqa: E402
@@ -61,7 +63,7 @@ class Settings:
     """tiny-ae training steps."""
     probe_steps: int = 600
     """Probe training steps."""
-    train_steps: int = 300
+    train_steps: int = 400
     """Optimiser steps per variant."""
     batch: int = 8
     """Training batch (clips of clip_frames + 1 frames)."""
@@ -74,7 +76,8 @@ class Settings:
 CORE = Settings()
 QUICK = Settings(train_clips=6, eval_clips=3, train_seconds=3.0, eval_seconds=2.8, ae_steps=80, probe_steps=80,
                  train_steps=16, batch=4, rollout_factor=4)
-PRIMARY = {"lip_r": True, "id_err": False, "jitter_err": False, "motion_drift": False}  # metric -> higher is better
+RELIABLE = 0.5  # held-out R^2 a probe reading needs before a metric uses it
+PRIMARY = {"lip_r": True, "id_err": False, "jitter_err": False, "motion_drift_err": False}  # metric -> higher is better
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,14 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
         torch.save(probe.state_dict(), path)
     fr, mo, ids = frames_and_truth("eval", 1)
     read = probe.read(fr)
-    acc = {"motion_r2": dict(zip(synth.MOTION_LAYOUT, np.round(r2(read["motion"], mo), 3).tolist())),
-           "identity_r2_mean": float(np.mean(r2(read["identity"], ids)))}
+    m_r2, i_r2 = r2(read["motion"], mo), r2(read["identity"], ids)
+    # metrics use only what the probe reads reliably on held-out identities (R^2 >= RELIABLE)
+    pose_dims = [i for i in POSE if m_r2[i] >= RELIABLE] or list(POSE)
+    id_dims = [i for i in range(len(i_r2)) if i_r2[i] >= RELIABLE] or list(range(len(i_r2)))
+    acc = {"motion_r2": dict(zip(synth.MOTION_LAYOUT, np.round(m_r2, 3).tolist())),
+           "identity_r2": dict(zip(IDENTITY_LAYOUT, np.round(i_r2, 3).tolist())),
+           "pose_dims": [synth.MOTION_LAYOUT[i] for i in pose_dims], "identity_dims": [IDENTITY_LAYOUT[i] for i in id_dims],
+           "_pose": pose_dims, "_id": id_dims}
     return probe.eval(), codec, acc
 
 
@@ -229,7 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
         data = build_data(s, Path(args.out), args.suite, device, con)
     with phase("probes"):
         probe, codec, probe_acc = build_probe(s, data, device, con)
-        con.print(f"probe R^2 on held-out clips: {probe_acc}")
+        con.print(f"probe R^2 on held-out clips: {probe_acc['motion_r2']}; identity {probe_acc['identity_r2']}")
+        con.print(f"metrics use pose {probe_acc['pose_dims']} and identity {probe_acc['identity_dims']}")
+        dims = {"id_dims": probe_acc.pop("_id"), "pose_dims": probe_acc.pop("_pose")}
 
     results: dict[str, dict] = {}
     models: dict[str, torch.nn.Module] = {}
@@ -242,10 +253,11 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = variant_config(base, v, meta, s, s.train_steps)
             vdir = out / "variants" / v.name
             vdir.mkdir(parents=True, exist_ok=True)
-            C.save(cfg, vdir / "config.json")
-            ckpt = vdir / "model.pt"
+            ckpt, saved = vdir / "model.pt", vdir / "config.json"
+            same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
+            C.save(cfg, saved)
             model = DualForce(cfg.model)
-            if ckpt.exists() and not args.retrain and json.loads((vdir / "config.json").read_text()) == C.to_dict(cfg):
+            if ckpt.exists() and (vdir / "history.json").exists() and same and not args.retrain:
                 model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
                 histories[v.name] = json.loads((vdir / "history.json").read_text())
                 con.print(f"reusing {ckpt}")
@@ -294,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
             for i, c in enumerate(clips):
                 rd = read_clip(probe, codec, roll["video"][i], c.ref_video)
                 st = roll["struct"][i] if roll["struct"] is not None else None
-                per_clip.append(clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit"))
+                per_clip.append(clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims))
                 gen_feats.append(rd["features"])
                 if i < 2:
                     per_clip[-1]["_frames"] = rd["frames"]
@@ -309,11 +321,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "_clips": per_clip,
             }
         # the real clips, read the same way: the ceiling of every metric
-        real_pc = [clip_metrics(real_reads[c.name], real_reads[c.name], c, probe) for c in eval_clips["explicit"]]
+        real_pc = [clip_metrics(real_reads[c.name], real_reads[c.name], c, probe, **dims) for c in eval_clips["explicit"]]
         results["real"] = {"metrics": {k: M.mean_ci([p[k] for p in real_pc]) for k in ("lip_r", "id_err", "jitter",
                                                                                           "motion_drift")},
                            "_clips": real_pc}
-        refs = np.stack([real_reads[c.name]["ref"]["identity"] for c in eval_clips["explicit"]]) / probe.i_std.numpy()
+        idd = dims["id_dims"]
+        refs = np.stack([real_reads[c.name]["ref"]["identity"][idd] for c in eval_clips["explicit"]]) / probe.i_std.numpy()[idd]
         chance = float(np.mean([np.linalg.norm(a - b) for i, a in enumerate(refs) for b in refs[i + 1 :]]))
 
     with phase("verdicts and report"):
@@ -361,13 +374,13 @@ def main(argv: list[str] | None = None) -> dict:
     t = Table(title=f"DualForce PoC ({args.suite}{', quick' if args.quick else ''}) on {device}: "
                     f"{report['wall_seconds']} s")
     t.add_column("variant")
-    for m in ("lip_r", "id_err", "jitter_err", "motion_drift"):
+    for m in PRIMARY:
         t.add_column(m)
     t.add_column("FD (probe)")
     for name, r in results.items():
         if name == "real":
             continue
-        t.add_row(name, *[R.fmt_ci(r["metrics"][m], 2) for m in ("lip_r", "id_err", "jitter_err", "motion_drift")],
+        t.add_row(name, *[R.fmt_ci(r["metrics"][m], 2) for m in PRIMARY],
                   R.fmt_ci(r["frechet_probe"], 1))
     con.print(t)
     vt = Table(title="verdicts (rule in report.md)")
@@ -413,12 +426,14 @@ def write_report(out: Path, args, s: Settings, device, data, probe_acc, results,
         rows.append([name, R.fmt_ci(r["heldout_loss"]["video"]), R.fmt_ci(r["heldout_loss"].get("struct")),
                      R.fmt_ci(m["lip_r"]), f"{m['lip_best_lag']['mean']:+.1f}", R.fmt_ci(m["jitter_err"]),
                      R.fmt_ci(m["id_err"]), R.fmt_ci(m["id_drift"]), R.fmt_ci(m["motion_drift"]),
+                     R.fmt_ci(m["motion_drift_err"]),
                      R.fmt_ci(m.get("agree_jaw_r")), R.fmt_ci(r["frechet_probe"], 1)])
     rm = results["real"]["metrics"]
     rows.append(["real (ceiling)", "-", "-", R.fmt_ci(rm["lip_r"]), "-", "0", R.fmt_ci(rm["id_err"]), "-",
-                 R.fmt_ci(rm["motion_drift"]), "-", "0"])
+                 R.fmt_ci(rm["motion_drift"]), "0", "-", "0"])
     header = ["variant", "held-out loss video", "held-out loss struct", "lip-sync r", "best lag", "jitter |log ratio|",
-              "identity error", "identity drift /100f", "motion drift /100f", "struct-video agreement r", "FD (probe)"]
+              "identity error", "identity drift /100f", "motion drift /100f", "motion drift error", "struct-video agreement r",
+              "FD (probe)"]
     vrows = [[q, f"**{v['verdict']}**"] for q, v in verdicts.items()]
     md = f"""# DualForce Phase 0.5 report: suite `{args.suite}`{' (quick)' if args.quick else ''}
 
@@ -430,7 +445,7 @@ of {s.rollout_factor * clip_frames} frames = {s.rollout_factor}x the {clip_frame
 {R.md_table(vrows, ["hypothesis / question", "verdict"])}
 
 **Rule.** {M.VERDICT_RULE} Primary metrics: lip-sync r (higher is better), identity error, jitter |log ratio| to the
-real clip, motion drift (lower is better); each is paired per held-out clip (same clips, same noise).
+real clip, motion drift error (lower is better); each is paired per held-out clip (same clips, same noise).
 H1 is `supported` when video_only's lip-sync interval is above 0 and its identity-error interval is below
 {rules['h1_identity_fraction_of_chance']} x the distance between two different real identities ({chance:.2f}),
 `not supported` when lip sync is <= 0 or the identity error is at or above that bound, `inconclusive` otherwise.
@@ -445,14 +460,16 @@ H2 is `supported` only when H2a and H2b both are.
 - lip-sync r: correlation of the jaw opening read from the video by the probe with the audio's true mouth track;
   best lag in frames (positive: the video is late).
 - identity error / drift: probe identity distance to the reference frame (std units), its mean and its slope
-  per 100 frames; motion drift: |slope| of the head-pose distance to the reference frame per 100 frames.
+  per 100 frames; motion drift: slope of the head-pose distance to the reference frame per 100 frames (real heads
+  wander too), and its error: |generated slope - the real clip's slope|.
 - struct-video agreement (dual, explicit): correlation of the probe's jaw on the video with the generated struct's jaw.
 - FD (probe): Frechet distance between probe features of generated and real frames (bootstrap interval over clips).
 - condition_only is driven at inference by a ridge regression audio -> struct fit on the training cache
   (a separately trained audio-to-motion stage, as a one-way pipeline needs).
 
-Probes (held-out R^2): motion {json.dumps(probe_acc['motion_r2'])}; identity mean R^2
-{probe_acc['identity_r2_mean']:.3f}.
+Probes (held-out R^2): motion {json.dumps(probe_acc['motion_r2'])}; identity {json.dumps(probe_acc['identity_r2'])}.
+Metrics use only readings with held-out R^2 >= {RELIABLE}: head pose {probe_acc['pose_dims']}, identity
+{probe_acc['identity_dims']} (the jaw is always used for lip sync; its R^2 is listed above).
 
 ## Plots
 

@@ -80,4 +80,6 @@ def test_clip_metrics_constant_vs_drifting_identity():
     assert steady["lip_r"] == pytest.approx(1.0) and steady["jitter_err"] == pytest.approx(0.0)
     moving = motion.copy()
     moving[:, POSE[0]] = np.linspace(0, 1, n)
-    assert clip_metrics(_read(moving, ident), _read(motion, ident), clip, probe)["motion_drift"] > 1
+    moved = clip_metrics(_read(moving, ident), _read(motion, ident), clip, probe)
+    assert moved["motion_drift"] > 1 and moved["motion_drift_err"] == pytest.approx(moved["motion_drift"])
+    assert clip_metrics(_read(moving, ident), _read(moving, ident), clip, probe)["motion_drift_err"] == 0

@@ -20,7 +20,7 @@ def test_quick_end_to_end(tmp_path):
     assert set(rep["metrics"]) == {"video_only", "condition_only", "dual", "real"}
     for name in ("video_only", "condition_only", "dual"):
         m = rep["metrics"][name]
-        for key in ("lip_r", "lip_best_lag", "jitter_err", "id_err", "id_drift", "motion_drift"):
+        for key in ("lip_r", "lip_best_lag", "jitter_err", "id_err", "id_drift", "motion_drift", "motion_drift_err"):
             assert {"mean", "lo", "hi", "n"} <= set(m["metrics"][key]), (name, key)
         assert "video" in m["heldout_loss"] and {"mean", "lo", "hi"} <= set(m["frechet_probe"])
         assert (run / "variants" / name / "config.json").is_file()
