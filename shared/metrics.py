@@ -96,15 +96,19 @@ class Comparison:
     """'better' / 'worse' (for A, given the metric's direction) when the 95% interval excludes 0, else 'tie'."""
 
 
-def compare(metric: str, a, b, higher_is_better: bool) -> Comparison:
+def compare(metric: str, a, b, higher_is_better: bool, min_effect: float = 0.0) -> Comparison:
+    """Paired comparison: 'better' when the 95% interval of the improvement lies above 0 and its mean is at
+    least `min_effect` (the smallest difference of interest), 'worse' symmetrically, else 'tie'."""
     d = mean_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64))
     lo, hi = (d["lo"], d["hi"]) if higher_is_better else (-d["hi"], -d["lo"])  # interval of the improvement
-    outcome = "better" if lo > 0 else "worse" if hi < 0 else "tie"
+    gain = d["mean"] if higher_is_better else -d["mean"]
+    outcome = "better" if lo > 0 and gain >= min_effect else "worse" if hi < 0 and -gain >= min_effect else "tie"
     return Comparison(metric, d, outcome)
 
 
 VERDICT_RULE = ("A hypothesis 'A beats B' is `supported` when A is significantly better than B (the paired 95% "
-                "interval of the per-clip difference excludes 0 on A's side) on at least one primary metric and "
+                "interval of the per-clip difference excludes 0 on A's side, and the mean difference is at least "
+                "the metric's smallest effect of interest) on at least one primary metric and "
                 "significantly worse on none; `not supported` when A is significantly worse on at least one "
                 "primary metric and better on none; `inconclusive` otherwise (all ties, or better on some and "
                 "worse on others).")

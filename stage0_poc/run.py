@@ -17,6 +17,7 @@ H3  per-frame independent-noise Diffusion Forcing trains stably with two streams
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -78,6 +79,9 @@ QUICK = Settings(train_clips=6, eval_clips=3, train_seconds=3.0, eval_seconds=2.
                  train_steps=16, batch=4, rollout_factor=4)
 RELIABLE = 0.5  # held-out R^2 a probe reading needs before a metric uses it
 PRIMARY = {"lip_r": True, "id_err": False, "jitter_err": False, "motion_drift_err": False}  # metric -> higher is better
+# Smallest differences of interest: below these a paired difference, however consistent, is not evidence
+# (lip-sync r in correlation units; identity error in probe std units; jitter as |log ratio|; drift per 100 frames).
+MIN_EFFECT = {"lip_r": 0.05, "id_err": 0.05, "jitter_err": 0.05, "motion_drift_err": 0.1}
 
 
 @dataclass(frozen=True)
@@ -113,22 +117,18 @@ QUESTIONS = [  # (question, A, B): "A beats B"
 
 
 class Phases:
+    """`with phase("name"):` prints a rule and records the phase's wall time in `seconds`."""
+
     def __init__(self, con):
         self.con, self.seconds = con, {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        phases = self
-
-        class _Timer:
-            def __enter__(self):
-                phases.con.rule(f"[bold]{name}")
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                phases.seconds[name] = round(time.perf_counter() - self.t, 1)
-                phases.con.print(f"[dim]{name}: {phases.seconds[name]} s[/]")
-
-        return _Timer()
+        self.con.rule(f"[bold]{name}")
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t, 1)
+        self.con.print(f"[dim]{name}: {self.seconds[name]} s[/]")
 
 
 def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
             ckpt, saved = vdir / "model.pt", vdir / "config.json"
             same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
             C.save(cfg, saved)
+            torch.manual_seed(s.seed)  # every variant starts from the same seed
             model = DualForce(cfg.model)
             if ckpt.exists() and (vdir / "history.json").exists() and same and not args.retrain:
                 model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
@@ -345,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
         for q, a, b in QUESTIONS:
             if a not in results or b not in results:
                 continue
-            cs = [M.compare(m, results[a]["per_clip"][m], results[b]["per_clip"][m], hi) for m, hi in PRIMARY.items()]
+            cs = [M.compare(m, results[a]["per_clip"][m], results[b]["per_clip"][m], hi, MIN_EFFECT[m])
+                  for m, hi in PRIMARY.items()]
             comparisons[q] = {"verdict": M.verdict(cs), "comparisons": [asdict(c) for c in cs]}
         verdicts.update(comparisons)
         h2 = [comparisons[q]["verdict"] for q in comparisons if q.startswith("H2")]
@@ -445,7 +447,8 @@ of {s.rollout_factor * clip_frames} frames = {s.rollout_factor}x the {clip_frame
 {R.md_table(vrows, ["hypothesis / question", "verdict"])}
 
 **Rule.** {M.VERDICT_RULE} Primary metrics: lip-sync r (higher is better), identity error, jitter |log ratio| to the
-real clip, motion drift error (lower is better); each is paired per held-out clip (same clips, same noise).
+real clip, motion drift error (lower is better); each is paired per held-out clip (same clips, same noise);
+smallest effects of interest: {json.dumps(MIN_EFFECT)}.
 H1 is `supported` when video_only's lip-sync interval is above 0 and its identity-error interval is below
 {rules['h1_identity_fraction_of_chance']} x the distance between two different real identities ({chance:.2f}),
 `not supported` when lip sync is <= 0 or the identity error is at or above that bound, `inconclusive` otherwise.
@@ -498,7 +501,8 @@ cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
     cfgs = {v: json.loads((out / "variants" / v / "config.json").read_text())
             for v in histories if (out / "variants" / v / "config.json").exists()}
     return {"suite": args.suite, "quick": args.quick, "device": device, "settings": asdict(s), "configs": cfgs,
-            "probe_accuracy": probe_acc, "identity_chance": chance, "rules": rules, "verdict_rule": M.VERDICT_RULE,
+            "probe_accuracy": probe_acc, "identity_chance": chance, "rules": {**rules, "min_effect": MIN_EFFECT},
+            "verdict_rule": M.VERDICT_RULE,
             "verdicts": verdicts,
             "metrics": {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()},
             "phase_seconds": seconds, "samples": samples}

@@ -53,6 +53,9 @@ def test_mean_ci_and_verdicts():
     assert M.compare("lip_r", a, b, True).outcome == "better"
     assert M.compare("id_err", a, b, False).outcome == "worse"
     assert M.compare("lip_r", a, a + np.array([0.01, -0.01, 0.02, -0.02, 0.0]), True).outcome == "tie"
+    tiny = a + 1e-4  # consistent but negligible: significant, yet below the smallest effect of interest
+    assert M.compare("lip_r", tiny, a, True).outcome == "better"
+    assert M.compare("lip_r", tiny, a, True, min_effect=0.05).outcome == "tie"
     better, worse, tie = (M.Comparison("m", {}, o) for o in ("better", "worse", "tie"))
     assert M.verdict([better, tie]) == "supported"
     assert M.verdict([worse, tie]) == "not supported"

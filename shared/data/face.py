@@ -130,7 +130,8 @@ def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
     # fringe: hair over the top of the face, above a hairline that moves with pitch and roll
     hlx, hly, _ = project(front(0, -0.50 * fh))
     ux, uy = np.sin(roll), -np.cos(roll)  # the head's "up" in the image
-    above = np.clip(0.5 + ((x - hlx) * ux + (y - hly) * uy - 0.02 * np.cos(3 * ((x - hlx) * -uy + (y - hly) * ux) / fw)) / px, 0, 1)
+    along = (x - hlx) * -uy + (y - hly) * ux  # position along the hairline, for a gentle wave
+    above = np.clip(0.5 + ((x - hlx) * ux + (y - hly) * uy - 0.02 * np.cos(3 * along / fw)) / px, 0, 1)
     paint(face * above, hair)
 
     def feature(alpha, color):  # features never leave the face's silhouette

@@ -151,8 +151,8 @@ def load_struct(kind: str, video: Path, frames: int, video_fps: float) -> Struct
         return StructTrack(np.zeros((frames, 0), np.float32), [])
     path = struct_file(video, kind)
     if path is None:
-        raise StructError(f"{video}: missing struct file for kind {kind!r} (expected "
-                          f"{ {'liveportrait': video.with_suffix('.pkl').name, 'flame': video.with_suffix('.flame.npz').name}.get(kind, video.with_suffix('.npz').name)})")
+        expected = {"liveportrait": ".pkl", "flame": ".flame.npz"}.get(kind, ".npz")
+        raise StructError(f"{video}: missing struct file for kind {kind!r} (expected {video.with_suffix(expected).name})")
     if kind == "liveportrait":
         values, fps, layout = _liveportrait(path)
     elif kind == "flame":
