@@ -162,12 +162,14 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation."""
+    """Optimisation, launch and fault tolerance."""
 
     steps: int = 100_000
     """Optimiser steps."""
-    batch: int = 8
-    """Clips per optimiser step (global batch)."""
+    global_batch: int = 8
+    """Clips per optimiser step over all ranks (= micro_batch x accumulation x world size)."""
+    micro_batch: int = 0
+    """Clips per forward on one rank (0: global_batch / world size, no accumulation)."""
     lr: float = 1e-4
     """Peak learning rate (AdamW)."""
     warmup: int = 1000
@@ -183,9 +185,31 @@ class TrainConfig:
     ema: float = 0.999
     """EMA decay of the weights used for sampling (0 = no EMA)."""
     seed: int = 0
-    """Seed for initialisation, data order and noise."""
+    """Seed for initialisation (the same on every rank), data order and noise (different per rank)."""
     log_every: int = 10
     """Record the losses every this many steps."""
+    ckpt_every: int = 1000
+    """Save a checkpoint every this many steps (0: only at the end and on a signal)."""
+    keep_last: int = 3
+    """Checkpoints kept (older step folders are deleted)."""
+    max_bad_steps: int = 20
+    """Stop when this many optimiser steps in a row have a non-finite loss (they are skipped and counted)."""
+    accelerator: str = "auto"
+    """Lightning Fabric accelerator: auto | cpu | cuda."""
+    devices: str = "1"
+    """Devices per node (an int, or 'auto')."""
+    num_nodes: int = 1
+    """Nodes."""
+    strategy: str = "auto"
+    """auto | ddp | fsdp (one FSDP unit per block, see activation_checkpointing)."""
+    precision: str = "32-true"
+    """Fabric precision: 32-true, bf16-mixed, ..."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (FSDP)."""
+    compile: bool = False
+    """torch.compile the model."""
+    inject_nan_at: tuple[int, ...] = ()
+    """Testing aid: steps whose loss is replaced by NaN, to exercise the non-finite guard."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +241,7 @@ PRESETS: dict[str, Config] = {
                           struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
                           fusion_depth=1),
         sample=SampleConfig(steps=2, window=4, roll_keep=2),
-        train=TrainConfig(steps=20, batch=2, lr=1e-3, warmup=2, ema=0.9, log_every=1),
+        train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9, log_every=1, ckpt_every=0),
     ),
     # Phase 0.5 on a laptop CPU: 64 px SynthTalk through a factor-4 tiny-ae (8 x 16 x 16 latents), patch 4 ->
     # 16 tokens per frame; struct_dim / audio_dim are set from the cache.
@@ -226,7 +250,7 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=4,
                           struct_dim=13, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
         sample=SampleConfig(steps=4, window=16, roll_keep=8),
-        train=TrainConfig(steps=300, batch=8, lr=1e-3, warmup=30, ema=0.98, log_every=5),
+        train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98, log_every=5, ckpt_every=0),
     ),
     "full": Config(preset="full"),
 }

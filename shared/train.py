@@ -1,17 +1,30 @@
-"""The training loop: AdamW, warm-up + cosine, gradient clipping, EMA, non-finite-loss guard.
+"""The training loop, on Lightning Fabric: one process, DDP or FSDP, on CPU or GPU.
 
-Every stage trains through `train`; the stage scripts only build the model, the data and the config.
+AdamW with warm-up + cosine, gradient accumulation without gradient sync on the inner micro-steps, clipping,
+EMA, and a run that is never lost: atomic step-folder checkpoints with a `latest` pointer, exact resume (model,
+optimiser, EMA, schedule, step, every rank's RNG, data position), SIGTERM / SIGUSR1 save and exit cleanly, a
+corrupt checkpoint is reported and the previous one used, non-finite losses are skipped and counted.
+Every stage trains through `fit`; stage scripts only build the model, the data and the config.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import math
+import os
+import random
+import shutil
+import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import config as C
 from .config import Config, TrainConfig
 from .diffusion import Batch, training_loss
 
@@ -49,10 +62,35 @@ class EMA:
             e.lerp_(p.detach(), 1 - self.decay)
 
 
-def batches(loader) -> Iterator[dict]:
-    """Cycle over a DataLoader forever."""
-    while True:
-        yield from loader
+class StepBatches(torch.utils.data.Sampler):
+    """Deterministic, resumable batches: micro-batch m of optimiser step s on rank r holds samples
+    [s * G + (m * W + r) * b, ... + b) of an endless stream of per-epoch permutations (seeded by epoch), so any
+    step can be resumed exactly, on any number of ranks that divides the global batch G."""
+
+    def __init__(self, n: int, global_batch: int, micro_batch: int, world: int, rank: int, seed: int,
+                 start_step: int, steps: int):
+        if global_batch % (micro_batch * world):
+            raise ValueError(f"global_batch={global_batch} is not a multiple of micro_batch={micro_batch} x "
+                             f"world size={world}")
+        self.n, self.g, self.b, self.w, self.r = n, global_batch, micro_batch, world, rank
+        self.accum = global_batch // (micro_batch * world)
+        self.seed, self.start, self.steps = seed, start_step, steps
+        self._perm: dict[int, np.ndarray] = {}
+
+    def _sample(self, c: int) -> int:
+        epoch, i = divmod(c, self.n)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return int(self._perm[epoch][i])
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            for m in range(self.accum):
+                base = step * self.g + (m * self.w + self.r) * self.b
+                yield [self._sample(c) for c in range(base, base + self.b)]
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accum
 
 
 def to_batch(d: dict, device: torch.device | str) -> Batch:
@@ -62,46 +100,293 @@ def to_batch(d: dict, device: torch.device | str) -> Batch:
                  d["has_audio"].to(device) if d.get("has_audio") is not None else None)
 
 
-def train(model: torch.nn.Module, loader, cfg: Config, device: torch.device | str = "cpu",
-          progress: Callable[[int, dict], None] | None = None, max_bad_steps: int = 20) -> dict:
-    """Train `model` for cfg.train.steps on `loader`'s batches. Returns {"history": [per-log-step losses],
-    "ema": EMA model or None, "skipped": non-finite steps, "seconds": wall time}."""
+def make_fabric(tc: TrainConfig, block_types: tuple = ()):
+    """Fabric from the config. Under `fabric run`, its --strategy (LT_STRATEGY) picks the strategy, and FSDP is
+    built here with one unit per block (and activation checkpointing when asked)."""
+    from lightning_fabric import Fabric
+
+    name = os.environ.pop("LT_STRATEGY", None) or tc.strategy
+    strategy = name
+    if name == "fsdp":
+        from lightning_fabric.strategies import FSDPStrategy
+
+        blocks = set(block_types)
+        strategy = FSDPStrategy(auto_wrap_policy=blocks or None, state_dict_type="full",
+                                activation_checkpointing_policy=blocks if tc.activation_checkpointing else None)
+    devices = os.environ.get("LT_DEVICES") or tc.devices
+    devices = int(devices) if str(devices).isdigit() else devices
+    kw = {} if os.environ.get("LT_CLI_USED") else {"accelerator": tc.accelerator, "devices": devices,
+                                                    "num_nodes": tc.num_nodes, "precision": tc.precision}
+    return Fabric(strategy=strategy, **kw)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoints(out: Path) -> list[Path]:
+    d = out / "checkpoints"
+    return sorted((p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")), key=lambda p: p.name)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ptr = out / "checkpoints" / "latest"
+    if ptr.exists():
+        p = out / "checkpoints" / ptr.read_text().strip()
+        if p.is_dir():
+            return p
+    found = checkpoints(out)
+    return found[-1] if found else None
+
+
+class Stop(Exception):
+    """Raised to end training early (a signal, too many bad steps)."""
+
+
+def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: str = "auto", fabric=None,
+        progress: Callable[[int, dict], None] | None = None, block_types: tuple = ()) -> dict:
+    """Train `model` on `dataset` (items: dicts of video/struct/audio/has_audio) for cfg.train.steps.
+
+    out: run folder (config.json, metrics.csv, checkpoints/). resume: "auto" (latest valid checkpoint in out),
+    "none", or a checkpoint folder. Returns {"history", "ema" (EMA model or None), "skipped", "seconds", "step",
+    "stopped" (None, or why training ended early)}.
+    """
     tc = cfg.train
-    torch.manual_seed(tc.seed)
-    gen = torch.Generator(device=device).manual_seed(tc.seed)
-    model.to(device).train()
+    out = Path(out)
+    fabric = fabric or make_fabric(tc, block_types)
+    if not os.environ.get("LT_CLI_USED"):  # `fabric run` has already started the processes
+        fabric.launch()
+    rank, world = fabric.global_rank, fabric.world_size
+    micro = tc.micro_batch or tc.global_batch // world
+    if fabric.is_global_zero:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        C.save(cfg, out / "config.json")
+    fabric.seed_everything(tc.seed)
+    from lightning_fabric.strategies import FSDPStrategy
+
+    sharded = isinstance(fabric.strategy, FSDPStrategy)
+    if sharded and tc.ema > 0:
+        fabric.print("EMA is not kept under FSDP yet (sharded parameters); training without it")
+    ema = EMA(model, tc.ema) if tc.ema > 0 and not sharded else None
     opt = optimizer(model, tc)
+    model, opt = fabric.setup(model, opt)
+    if ema is not None:
+        ema.model.to(fabric.device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc))
-    ema = EMA(model, tc.ema) if tc.ema > 0 else None
-    history: list[dict] = []
-    skipped = bad_run = 0
-    t0 = time.perf_counter()
-    data = batches(loader)
-    for step in range(tc.steps):
-        batch = to_batch(next(data), device)
-        losses = training_loss(model, batch, cfg.diffusion, generator=gen)
-        if not torch.isfinite(losses["loss"]):
-            skipped += 1
-            bad_run += 1
-            if bad_run >= max_bad_steps:
-                raise FloatingPointError(f"{bad_run} non-finite losses in a row at step {step}; stopping")
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            continue
-        bad_run = 0
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        sched.step()
+    gen = torch.Generator(device=fabric.device).manual_seed(tc.seed * 1000 + rank)  # noise differs per rank
+    state = {"model": model, "optimizer": opt, "step": 0, "skipped": 0, "history": []}
+
+    # resume
+    start = 0
+    if resume != "none":
+        cands = [Path(resume)] if resume != "auto" else [latest_checkpoint(out)] + checkpoints(out)[::-1]
+        failures = []
+        for ck in dict.fromkeys(c for c in cands if c is not None):
+            try:
+                extra = fabric.load(ck / "state.pt", state)
+                sched.load_state_dict(extra["sched"])
+                if ema is not None and "ema" in extra:
+                    ema.model.load_state_dict(extra["ema"])
+                rng = extra["rng"][rank]
+                gen.set_state(rng["gen"].cpu())
+                torch.set_rng_state(rng["torch"])
+                npk = rng["numpy"]
+                np.random.set_state(("MT19937", npk["keys"].numpy().astype(np.uint32), int(npk["pos"]),
+                                     int(npk["has_gauss"]), float(npk["gauss"])))
+                random.setstate(rng["python"])
+                start = state["step"]
+                fabric.print(f"resumed from {ck} at step {start}")
+                break
+            except Exception as e:  # noqa: BLE001  (a truncated file raises many kinds)
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                fabric.print(f"checkpoint {ck} is unusable ({msg}); trying the previous one")
+                failures.append(f"{ck}: {msg}")
+                state["step"] = 0
+        else:
+            if failures or resume not in ("auto", "none"):  # never start over on top of checkpoints silently
+                raise RuntimeError("no usable checkpoint to resume from:\n  " + "\n  ".join(failures or [resume]))
+
+    sampler = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
+
+    stop = {"why": None}
+
+    def on_signal(signum, frame):
+        stop["why"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def save(step: int) -> None:
+        gens = fabric.all_gather(gen.get_state().to(fabric.device) if fabric.device.type != "cpu" else gen.get_state())
+        rng_all = []
+        for r in range(world):
+            _, keys, pos, has_gauss, gauss = np.random.get_state()
+            npk = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+            rng_all.append({"gen": (gens[r] if world > 1 else gens).cpu(), "torch": torch.get_rng_state(),
+                            "numpy": npk, "python": random.getstate()})
+        tmp = out / "checkpoints" / f"step_{step:08d}.tmp"
+        final = out / "checkpoints" / f"step_{step:08d}"
+        if fabric.is_global_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        fabric.barrier()
+        extra = {"sched": sched.state_dict(), "rng": rng_all}
         if ema is not None:
-            ema.update(model)
-        if step % tc.log_every == 0 or step == tc.steps - 1:
-            rec = {"step": step, "lr": sched.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()}}
-            history.append(rec)
-            if progress is not None:
-                progress(step, rec)
-    model.eval()
-    return {"history": history, "ema": ema.model if ema is not None else None, "skipped": skipped,
-            "seconds": time.perf_counter() - t0}
+            extra["ema"] = ema.model.state_dict()
+        fabric.save(tmp / "state.pt", {**state, "step": step, **extra})
+        fabric.barrier()
+        if fabric.is_global_zero:
+            (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            ptr = out / "checkpoints" / "latest.tmp"
+            ptr.write_text(final.name)
+            os.replace(ptr, out / "checkpoints" / "latest")
+            for old_ck in checkpoints(out)[: -tc.keep_last] if tc.keep_last > 0 else []:
+                shutil.rmtree(old_ck, ignore_errors=True)
+        fabric.barrier()
+
+    log = open(out / "metrics.csv", "a", newline="") if fabric.is_global_zero else None
+    writer = csv.writer(log) if log else None
+    t0 = time.perf_counter()
+    bad_run = 0
+    step = start
+    batches = iter(loader)
+    try:
+        while step < tc.steps:
+            model.train()
+            losses = None
+            for m in range(sampler.accum):
+                batch = to_batch(next(batches), fabric.device)
+                with fabric.no_backward_sync(model, enabled=m < sampler.accum - 1):
+                    losses = training_loss(model, batch, cfg.diffusion, generator=gen)
+                    loss = losses["loss"] / sampler.accum
+                    if step in tc.inject_nan_at:
+                        loss = loss * float("nan")
+                        losses["loss"] = losses["loss"] * float("nan")
+                    fabric.backward(loss)
+            finite = fabric.all_reduce(torch.isfinite(losses["loss"].detach()).float(), reduce_op="min")
+            if finite.item() < 1:
+                state["skipped"] += 1
+                bad_run += 1
+                opt.zero_grad(set_to_none=True)
+                fabric.print(f"step {step}: non-finite loss, skipped ({state['skipped']} so far)")
+                if bad_run >= tc.max_bad_steps:
+                    raise Stop(f"{bad_run} non-finite losses in a row at step {step}")
+            else:
+                bad_run = 0
+                if tc.grad_clip > 0:
+                    fabric.clip_gradients(model, opt, max_norm=tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
+            sched.step()
+            step += 1
+            state["step"] = step
+            if (step - 1) % tc.log_every == 0 or step == tc.steps:
+                rec = {"step": step - 1, "lr": sched.get_last_lr()[0],
+                       **{k: float(v.detach()) for k, v in losses.items()}}
+                state["history"].append(rec)
+                if writer is not None:
+                    if log.tell() == 0:
+                        writer.writerow(list(rec))
+                    writer.writerow(list(rec.values()))
+                    log.flush()
+                if progress is not None:
+                    progress(step - 1, rec)
+            if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
+                save(step)
+            why = stop["why"]
+            flag = fabric.all_reduce(torch.tensor(1.0 if why else 0.0, device=fabric.device), reduce_op="max")
+            if flag.item() > 0:
+                save(step)
+                raise Stop(f"{why or 'signal on another rank'}: saved step {step}, exiting")
+        if tc.ckpt_every or tc.steps > start:
+            save(step)
+    except Stop as e:
+        stop["why"] = str(e)
+        fabric.print(f"training stopped: {e}")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if log:
+            log.close()
+    unwrapped = model.module if hasattr(model, "module") else model
+    unwrapped.eval()
+    return {"history": state["history"], "ema": ema.model if ema is not None else None, "skipped": state["skipped"],
+            "seconds": time.perf_counter() - t0, "step": step, "stopped": stop["why"], "fabric": fabric}
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(stage: str, argv: list[str] | None = None) -> dict:
+    """The stage 1 / stage 2 command line (see stage1_video/train.py, stage2_dual/train.py). Each flag maps to a
+    config field; --set KEY=VALUE reaches any other."""
+    import argparse
+
+    from .data.cache import CacheReader, WindowDataset
+    from .models import DualForce
+    from .models.blocks import Block
+    from .summary import parse_sets
+
+    ap = argparse.ArgumentParser(description=f"DualForce {stage} training (Lightning Fabric)")
+    ap.add_argument("--preset", default="full", help="tiny | poc | full")
+    ap.add_argument("--data", required=True, help="HDF5 cache (python -m shared.data.ingest)")
+    ap.add_argument("--out", required=True, help="run folder: config, metrics.csv, checkpoints")
+    ap.add_argument("--max-steps", type=int, help="train.steps")
+    ap.add_argument("--global-batch", type=int, help="train.global_batch")
+    ap.add_argument("--micro-batch", type=int, help="train.micro_batch")
+    ap.add_argument("--lr", type=float, help="train.lr")
+    ap.add_argument("--ckpt-every", type=int, help="train.ckpt_every")
+    ap.add_argument("--seed", type=int, help="train.seed")
+    ap.add_argument("--resume", default="auto", help="auto (latest valid checkpoint in --out) | none | PATH")
+    ap.add_argument("--compile", action="store_true", default=None, help="train.compile")
+    ap.add_argument("--precision", help="train.precision (32-true, bf16-mixed, ...)")
+    ap.add_argument("--strategy", help="train.strategy: auto | ddp | fsdp")
+    ap.add_argument("--accelerator", help="train.accelerator: auto | cpu | cuda")
+    ap.add_argument("--devices", help="train.devices per node")
+    ap.add_argument("--num-nodes", type=int, help="train.num_nodes")
+    ap.add_argument("--activation-checkpointing", action="store_true", default=None,
+                    help="train.activation_checkpointing")
+    if stage == "dual":
+        ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
+        ap.add_argument("--fusion-depth", type=int, help="model.fusion_depth")
+        ap.add_argument("--p-clean-past", type=float, help="diffusion.p_clean_past")
+        ap.add_argument("--struct-kind", help="the struct kind the cache must hold (explicit, implicit, ...)")
+        ap.add_argument("--init-video-from", help="a stage-1 checkpoint folder: start the video tower from it")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other config field")
+    a = ap.parse_args(argv)
+
+    flags = {"train.steps": a.max_steps, "train.global_batch": a.global_batch, "train.micro_batch": a.micro_batch,
+             "train.lr": a.lr, "train.ckpt_every": a.ckpt_every, "train.seed": a.seed, "train.compile": a.compile,
+             "train.precision": a.precision, "train.strategy": a.strategy, "train.accelerator": a.accelerator,
+             "train.devices": a.devices, "train.num_nodes": a.num_nodes,
+             "train.activation_checkpointing": a.activation_checkpointing}
+    if stage == "video":
+        flags["model.bridge_mode"] = "video_only"
+    else:
+        flags.update({"model.bridge_mode": a.bridge_mode, "model.fusion_depth": a.fusion_depth,
+                      "diffusion.p_clean_past": a.p_clean_past})
+    reader = CacheReader(a.data)
+    meta = reader.meta
+    if stage == "dual" and a.struct_kind and meta.struct_kind != a.struct_kind:
+        raise SystemExit(f"{a.data}: holds struct kind {meta.struct_kind!r}, --struct-kind asks for {a.struct_kind!r}")
+    c, h, _ = meta.latent_shape
+    from_data = {"model.latent_channels": c, "model.latent_size": h, "model.audio_dim": meta.audio_dim,
+                 "model.struct_dim": max(1, len(meta.struct_layout))}
+    cfg = C.override(C.get_preset(a.preset), {**from_data, **{k: v for k, v in flags.items() if v is not None},
+                                               **parse_sets(a.set)})
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = DualForce(cfg.model)
+    if stage == "dual" and a.init_video_from:
+        ck = torch.load(Path(a.init_video_from) / "state.pt", map_location="cpu", weights_only=False)
+        video = {k[len("video."):]: v for k, v in ck["model"].items() if k.startswith("video.")}
+        if not video:
+            raise SystemExit(f"{a.init_video_from}: no video tower weights in its state.pt")
+        model.video.load_state_dict(video)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    dataset = WindowDataset(a.data, frames=cfg.clip_frames)
+    return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block,))

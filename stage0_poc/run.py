@@ -43,7 +43,7 @@ from shared.evaluate import (POSE, AudioToStruct, clip_metrics, heldout_loss, lo
                              rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.probes import r2, train_probe  # noqa: E402
-from shared.train import train  # noqa: E402
+from shared.train import fit  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -195,11 +195,12 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
     return probe.eval(), codec, acc
 
 
-def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int) -> C.Config:
+def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, device: str) -> C.Config:
     c, h, _ = meta.latent_shape
     cfg = C.override(base, {"model.latent_channels": c, "model.latent_size": h,
                             "model.struct_dim": len(meta.struct_layout), "model.audio_dim": meta.audio_dim,
-                            "train.steps": steps, "train.batch": s.batch, "train.seed": s.seed,
+                            "train.steps": steps, "train.global_batch": s.batch, "train.accelerator": device,
+                            "train.seed": s.seed,
                             "train.warmup": max(2, steps // 10), **v.overrides})
     return C.override(cfg, {f"sample.{k}": val for k, val in v.sample})
 
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         with phase(f"train {v.name}"):
             meta = CacheReader(data["caches"][("train", v.struct)]).meta
-            cfg = variant_config(base, v, meta, s, s.train_steps)
+            cfg = variant_config(base, v, meta, s, s.train_steps, device)
             vdir = out / "variants" / v.name
             vdir.mkdir(parents=True, exist_ok=True)
             ckpt, saved = vdir / "model.pt", vdir / "config.json"
@@ -264,15 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
                 con.print(f"reusing {ckpt}")
             else:
                 ds = WindowDataset(data["caches"][("train", v.struct)], frames=clip_frames, stride=4)
-                loader = torch.utils.data.DataLoader(ds, batch_size=s.batch, shuffle=True, drop_last=True,
-                                                     generator=torch.Generator().manual_seed(s.seed))
                 from rich.progress import Progress
 
                 with Progress(console=con) as bar:
                     task = bar.add_task(v.name, total=s.train_steps)
-                    res = train(model, loader, cfg, device,
-                                progress=lambda step, rec: bar.update(task, completed=step + 1,
-                                                                      description=f"{v.name} loss {rec['loss']:.3f}"))
+                    res = fit(cfg, model, ds, vdir / "run", resume="none",
+                              progress=lambda step, rec: bar.update(task, completed=step + 1,
+                                                                    description=f"{v.name} loss {rec['loss']:.3f}"))
                 model = res["ema"] or model
                 histories[v.name] = res["history"]
                 torch.save(model.state_dict(), ckpt)
@@ -290,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
         a2s = {}
         for v in variants:
             model = models[v.model_of or v.name]
-            cfg = variant_config(base, v, CacheReader(data["caches"][("train", v.struct)]).meta, s, s.train_steps)
+            cfg = variant_config(base, v, CacheReader(data["caches"][("train", v.struct)]).meta, s, s.train_steps,
+                                 device)
             clips = eval_clips[v.struct]
             windows = list(WindowDataset(data["caches"][("eval", v.struct)], frames=clip_frames, stride=clip_frames))
             hl = heldout_loss(model, windows, cfg, device, seed=s.seed)

@@ -1,0 +1,134 @@
+"""The training loop: one process and 2-process DDP on CPU, exact resume, SIGTERM, corrupt checkpoints, NaN."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared.data.cache import CacheMeta, CacheWriter
+from shared.train import latest_checkpoint, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    meta = CacheMeta(32, (4, 8, 8), {"name": "test"}, "explicit", tuple("abcdef"), {"name": "logmel", "dim": 8}, 8)
+    g = np.random.default_rng(0)
+    with CacheWriter(path, meta) as w:
+        for i in range(4):
+            w.add_clip(f"c{i}", g.standard_normal((30, 4, 8, 8)).astype(np.float32),
+                       g.standard_normal((30, 6)).astype(np.float32), g.standard_normal((60, 8)).astype(np.float32),
+                       g.standard_normal((4, 8, 8)).astype(np.float32), g.standard_normal(6).astype(np.float32))
+    return path
+
+
+def _run(cache: Path, out: Path, *extra: str) -> dict:
+    return run_cli("dual", ["--preset", "tiny", "--data", str(cache), "--out", str(out), "--accelerator", "cpu",
+                            *extra])
+
+
+def _weights(ckpt: Path) -> dict:
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_is_exact(cache, tmp_path):
+    """2N steps straight == N steps, resume, N steps (fp32, bit for bit): model, optimiser, EMA, schedule, RNG, data."""
+    straight = _run(cache, tmp_path / "a", "--max-steps", "8", "--ckpt-every", "4")
+    assert straight["step"] == 8 and straight["stopped"] is None
+    # the same run, interrupted after step 4: only its step-4 checkpoint survives; then resume to 8
+    _run(cache, tmp_path / "b", "--max-steps", "8", "--ckpt-every", "4")
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_00000008")
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step_00000004")
+    resumed = _run(cache, tmp_path / "b", "--max-steps", "8", "--ckpt-every", "4")
+    assert resumed["step"] == 8
+    a, b = _weights(latest_checkpoint(tmp_path / "a")), _weights(latest_checkpoint(tmp_path / "b"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ea = torch.load(latest_checkpoint(tmp_path / "a") / "state.pt", weights_only=True)["ema"]
+    eb = torch.load(latest_checkpoint(tmp_path / "b") / "state.pt", weights_only=True)["ema"]
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    assert (tmp_path / "a" / "config.json").is_file() and (tmp_path / "a" / "metrics.csv").read_text().count("\n") > 2
+
+
+def test_truncated_checkpoint_is_reported_and_skipped(cache, tmp_path, capsys):
+    _run(cache, tmp_path, "--max-steps", "6", "--ckpt-every", "3")
+    last = latest_checkpoint(tmp_path)
+    assert last.name == "step_00000006"
+    with open(last / "state.pt", "r+b") as f:
+        f.truncate(100)
+    res = _run(cache, tmp_path, "--max-steps", "8", "--ckpt-every", "3")
+    out = capsys.readouterr().out
+    assert f"checkpoint {last} is unusable" in out and "resumed from" in out and "step_00000003" in out
+    assert res["step"] == 8
+
+
+def test_all_checkpoints_corrupt_is_an_error(cache, tmp_path):
+    _run(cache, tmp_path, "--max-steps", "3", "--ckpt-every", "3")
+    (latest_checkpoint(tmp_path) / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="no usable checkpoint"):
+        _run(cache, tmp_path, "--max-steps", "6")
+
+
+def test_nan_is_skipped_and_counted(cache, tmp_path, capsys):
+    res = _run(cache, tmp_path, "--max-steps", "6", "--set", "train.inject_nan_at=[2,3]")
+    assert res["skipped"] == 2 and res["step"] == 6 and res["stopped"] is None
+    assert "step 2: non-finite loss, skipped" in capsys.readouterr().out
+    assert all(torch.isfinite(v).all() for v in _weights(latest_checkpoint(tmp_path)).values())
+    bad = _run(cache, tmp_path / "bad", "--max-steps", "20", "--set", "train.inject_nan_at=[1,2,3,4]",
+               "train.max_bad_steps=3")
+    assert "3 non-finite losses in a row" in bad["stopped"]
+
+
+def test_sigterm_saves_and_resumes(cache, tmp_path):
+    args = [sys.executable, "stage2_dual/train.py", "--preset", "tiny", "--data", str(cache), "--out", str(tmp_path),
+            "--accelerator", "cpu", "--max-steps", "100000", "--ckpt-every", "0"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    csv = tmp_path / "metrics.csv"
+    deadline = time.time() + 120
+    while (not csv.exists() or csv.read_text().count("\n") < 4) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "SIGTERM: saved step" in out
+    ck = latest_checkpoint(tmp_path)
+    step = int(ck.name.split("_")[1])
+    assert 0 < step < 100000
+    res = _run(cache, tmp_path, "--max-steps", str(step + 2))
+    assert res["step"] == step + 2
+
+
+def test_fabric_run_ddp_two_processes(cache, tmp_path):
+    """The README's launch recipe: `fabric run --accelerator cpu --devices 2 --strategy ddp stage2_dual/train.py`."""
+    fabric = Path(sys.executable).with_name("fabric")
+    cmd = [str(fabric), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "stage2_dual/train.py",
+           "--preset", "tiny", "--data", str(cache), "--out", str(tmp_path), "--max-steps", "4", "--global-batch", "4"]
+    res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert latest_checkpoint(tmp_path).name == "step_00000004"
+    assert "[rank: 1]" in res.stdout + res.stderr
+
+
+def test_stage1_trains_video_only(cache, tmp_path):
+    res = run_cli("video", ["--preset", "tiny", "--data", str(cache), "--out", str(tmp_path), "--accelerator", "cpu",
+                            "--max-steps", "3"])
+    assert res["step"] == 3 and "struct" not in res["history"][0]
+    w = _weights(latest_checkpoint(tmp_path))
+    assert not any(k.startswith(("struct.", "bridge.")) for k in w)
+    res2 = run_cli("dual", ["--preset", "tiny", "--data", str(cache), "--out", str(tmp_path / "s2"), "--accelerator",
+                            "cpu", "--max-steps", "2", "--init-video-from", str(latest_checkpoint(tmp_path))])
+    assert res2["step"] == 2
