@@ -11,6 +11,17 @@ import torch
 from .config import ModelConfig
 
 
+# Dense bf16 peak FLOP/s (without sparsity) by device-name fragment; Fabric's own table has no H200.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def peak_bf16(device_name: str) -> float | None:
+    for key, value in PEAK_BF16.items():
+        if key in device_name:
+            return value
+    return None
+
+
 def forward_flops(cfg: ModelConfig, frames: int, causal: bool = True, query_frames: int | None = None) -> dict[str, float]:
     """Forward FLOPs of one sequence, per part. `frames` key/value frames; the last `query_frames` of them are
     computed (default all: a training forward; 1: one streaming step against a cache of frames - 1).

@@ -1,0 +1,96 @@
+"""Training-step throughput of a preset on one GPU, through the training loop's own pieces (Fabric strategy,
+optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 matmul measured in the same
+process, peak memory. Synthetic latents of the preset's shapes.
+
+    python benchmarks/train_step.py --preset full --strategy fsdp [--ac] [--compile] [--steps 8] [--micro-batch 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared import config as C  # noqa: E402
+from shared.diffusion import Batch, training_loss  # noqa: E402
+from shared.flops import forward_flops, peak_bf16  # noqa: E402
+from shared.models import DualForce  # noqa: E402
+from shared.models.blocks import Block  # noqa: E402
+from shared.train import make_fabric, optimizer  # noqa: E402
+
+
+def matmul_flops(n: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return reps * 2 * n**3 / (time.perf_counter() - t)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="full")
+    ap.add_argument("--strategy", default="fsdp")
+    ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=1)
+    a = ap.parse_args(argv)
+    cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
+                                              "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
+                                              "train.devices": "1"})
+    mm = matmul_flops()
+    fabric = make_fabric(cfg.train, (Block,))
+    fabric.launch()
+    torch.manual_seed(0)
+    model = DualForce(cfg.model)
+    if a.compile:
+        model = torch.compile(model)
+    opt = optimizer(model, cfg.train)
+    model, opt = fabric.setup(model, opt)
+    m = cfg.model
+    t = cfg.clip_frames + 1
+    b = a.micro_batch
+    dev = fabric.device
+    batch = Batch(torch.randn(b, t, m.latent_channels, m.latent_size, m.latent_size, device=dev),
+                  torch.randn(b, t, m.struct_dim, device=dev), torch.randn(b, 2 * t, m.audio_dim, device=dev))
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(a.steps + 3):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = training_loss(model, batch, cfg.diffusion)["loss"]
+        fabric.backward(loss)
+        fabric.clip_gradients(model, opt, max_norm=1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
+    flops = 3 * forward_flops(m, t)["total"] * b
+    name = torch.cuda.get_device_name()
+    peak = peak_bf16(name)
+    res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac, "compile": a.compile,
+           "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
+           "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
+           "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
+           "ratio_to_matmul": flops / dt / mm, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+           "device": name, "torch": torch.__version__}
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
