@@ -21,7 +21,7 @@ from shared import config as C  # noqa: E402
 from shared.diffusion import Batch, training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
-from shared.models.blocks import Block  # noqa: E402
+from shared.models.blocks import Block, BridgeLayer  # noqa: E402
 from shared.train import make_fabric, optimizer  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
                                               "train.devices": "1"})
     mm = matmul_flops()
-    fabric = make_fabric(cfg.train, (Block,))
+    fabric = make_fabric(cfg.train, (Block, BridgeLayer))
     fabric.launch()
     torch.manual_seed(0)
     model = DualForce(cfg.model)

@@ -328,7 +328,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
 
     from .data.cache import CacheReader, WindowDataset
     from .models import DualForce
-    from .models.blocks import Block
+    from .models.blocks import Block, BridgeLayer
     from .summary import parse_sets
 
     ap = argparse.ArgumentParser(description=f"DualForce {stage} training (Lightning Fabric)")
@@ -389,4 +389,4 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     if cfg.train.compile:
         model = torch.compile(model)
     dataset = WindowDataset(a.data, frames=cfg.clip_frames)
-    return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block,))
+    return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block, BridgeLayer))

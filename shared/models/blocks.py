@@ -140,7 +140,8 @@ class AudioWindows:
 
 class Block(nn.Module):
     """DiT block: adaLN-modulated frame-causal self-attention, audio cross-attention, adaLN-modulated SwiGLU.
-    Split in two halves so the bridge can run between them."""
+    Split in two halves so the bridge can run between them; both go through `forward(part, ...)`, so that an
+    FSDP unit or an activation checkpoint around the block sees every call."""
 
     def __init__(self, width: int, head_dim: int, mlp_ratio: float, qk_norm: bool):
         super().__init__()
@@ -151,6 +152,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = SwiGLU(width, mlp_ratio)
         self.mod = nn.Parameter(torch.randn(6, width) / width**0.5)
+
+    def forward(self, part: str, *args, **kwargs) -> torch.Tensor:
+        if part == "attn":
+            return self.self_attention(*args, **kwargs)
+        if part == "rest":
+            return self.audio_and_mlp(*args, **kwargs)
+        raise ValueError(f"Block part {part!r}: use 'attn' or 'rest'")
 
     def self_attention(self, x: torch.Tensor, mod: torch.Tensor, span: Span, rope, cache: KVCache | None,
                        cache_key: str, backend: str) -> torch.Tensor:

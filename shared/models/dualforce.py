@@ -145,15 +145,15 @@ class DualForce(nn.Module):
             vb = self.video.blocks[i] if i < len(self.video.blocks) else None
             sb = self.struct.blocks[i] if self.struct is not None and i < len(self.struct.blocks) else None
             if vb is not None:
-                hv = vb.self_attention(hv, modv, vspan, rope_v, cache, f"v{i}", backend)
+                hv = vb("attn", hv, modv, vspan, rope_v, cache, f"v{i}", backend)
             if sb is not None:
-                hs = sb.self_attention(hs, mods, sspan, rope_s, cache, f"s{i}", backend)
+                hs = sb("attn", hs, mods, sspan, rope_s, cache, f"s{i}", backend)
             if i < len(self.bridge):
                 hv, hs = self.bridge[i](hv, hs, vspan, sspan, rope_bv, rope_s, cache, f"b{i}", backend)
             if vb is not None:
-                hv = vb.audio_and_mlp(hv, modv, nv, av, win)
+                hv = vb("rest", hv, modv, nv, av, win)
             if sb is not None:
-                hs = sb.audio_and_mlp(hs, mods, sspan.tokens, as_, win)
+                hs = sb("rest", hs, mods, sspan.tokens, as_, win)
 
         out_v = self.video.head(hv, cv, nv)
         vel_v = rearrange(out_v, "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=grid, w=grid,
