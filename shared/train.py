@@ -138,6 +138,38 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class ProgressLine:
+    """Rank 0's rich progress line: losses per stream, it/s, video tokens/s, MFU (datasheet bf16 peak), ETA."""
+
+    def __init__(self, cfg: Config, start: int, world: int, device: torch.device):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from .flops import forward_flops, peak_bf16
+
+        frames = cfg.clip_frames + 1
+        self.tokens = cfg.train.global_batch * frames * cfg.model.tokens_per_frame
+        self.flops = 3 * forward_flops(cfg.model, frames)["total"] * cfg.train.global_batch
+        peak = peak_bf16(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self.peak = peak * world if peak else None
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        self.task = self.bar.add_task("train", total=cfg.train.steps, completed=start, info="")
+        self.t, self.last = time.perf_counter(), start
+        self.bar.start()
+
+    def update(self, step: int, rec: dict) -> None:
+        now = time.perf_counter()
+        rate = (step + 1 - self.last) / max(now - self.t, 1e-9)
+        self.t, self.last = now, step + 1
+        losses = " ".join(f"{k} {rec[k]:.4f}" for k in ("video", "struct") if k in rec)
+        mfu = f" MFU {self.flops * rate / self.peak:.1%}" if self.peak else ""
+        self.bar.update(self.task, completed=step + 1,
+                        info=f"{losses} | {rate:.2f} it/s {self.tokens * rate:,.0f} tok/s{mfu}")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
 class Stop(Exception):
     """Raised to end training early (a signal, too many bad steps)."""
 
@@ -246,6 +278,9 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                 shutil.rmtree(old_ck, ignore_errors=True)
         fabric.barrier()
 
+    line = ProgressLine(cfg, start, world, fabric.device) if progress is None and fabric.is_global_zero else None
+    if line is not None:
+        progress = line.update
     log = open(out / "metrics.csv", "a", newline="") if fabric.is_global_zero else None
     writer = csv.writer(log) if log else None
     t0 = time.perf_counter()
@@ -312,6 +347,8 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
             signal.signal(s, h)
         if log:
             log.close()
+        if line is not None:
+            line.close()
     unwrapped = model.module if hasattr(model, "module") else model
     unwrapped.eval()
     return {"history": state["history"], "ema": ema.model if ema is not None else None, "skipped": state["skipped"],
