@@ -7,7 +7,6 @@ Presets: `tiny` (unit tests, < 1M params), `poc` (stage 0 on a laptop CPU), `ful
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 import json
 import textwrap
