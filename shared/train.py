@@ -218,8 +218,8 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                 sched.load_state_dict(extra["sched"])
                 if ema is not None and "ema" in extra:
                     ema.model.load_state_dict(extra["ema"])
-                rng = extra["rng"][rank]
-                gen.set_state(rng["gen"].cpu())
+                rng = extra["rng"]
+                gen.set_state(rng["noise"][rank].cpu())
                 torch.set_rng_state(rng["torch"])
                 npk = rng["numpy"]
                 np.random.set_state(("MT19937", npk["keys"].numpy().astype(np.uint32), int(npk["pos"]),
@@ -249,20 +249,22 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
 
     def save(step: int) -> None:
+        # The noise generator is the only RNG that differs per rank: gather every rank's. The process-wide RNGs
+        # were seeded alike on every rank and draw nothing per step; rank 0's are stored (numpy's as tensors, so the
+        # checkpoint loads with weights_only=True).
         gens = fabric.all_gather(gen.get_state().to(fabric.device) if fabric.device.type != "cpu" else gen.get_state())
-        rng_all = []
-        for r in range(world):
-            _, keys, pos, has_gauss, gauss = np.random.get_state()
-            npk = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
-            rng_all.append({"gen": (gens[r] if world > 1 else gens).cpu(), "torch": torch.get_rng_state(),
-                            "numpy": npk, "python": random.getstate()})
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        rng = {"noise": [(gens[r] if world > 1 else gens).cpu() for r in range(world)],
+               "torch": torch.get_rng_state(), "python": random.getstate(),
+               "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                         "gauss": gauss}}
         tmp = out / "checkpoints" / f"step_{step:08d}.tmp"
         final = out / "checkpoints" / f"step_{step:08d}"
         if fabric.is_global_zero:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         fabric.barrier()
-        extra = {"sched": sched.state_dict(), "rng": rng_all}
+        extra = {"sched": sched.state_dict(), "rng": rng}
         if ema is not None:
             extra["ema"] = ema.model.state_dict()
         fabric.save(tmp / "state.pt", {**state, "step": step, **extra})
@@ -300,8 +302,11 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                         loss = loss * float("nan")
                         losses["loss"] = losses["loss"] * float("nan")
                     fabric.backward(loss)
-            finite = fabric.all_reduce(torch.isfinite(losses["loss"].detach()).float(), reduce_op="min")
-            if finite.item() < 1:
+            # one reduction, one host sync per step: [some rank's loss is non-finite, some rank got a signal]
+            flags = torch.stack([~torch.isfinite(losses["loss"].detach()),
+                                 torch.tensor(stop["why"] is not None, device=fabric.device)]).float()
+            bad, stop_now = (v > 0 for v in fabric.all_reduce(flags, reduce_op="max").tolist())
+            if bad:
                 state["skipped"] += 1
                 bad_run += 1
                 opt.zero_grad(set_to_none=True)
@@ -332,11 +337,9 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                     progress(step - 1, rec)
             if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
                 save(step)
-            why = stop["why"]
-            flag = fabric.all_reduce(torch.tensor(1.0 if why else 0.0, device=fabric.device), reduce_op="max")
-            if flag.item() > 0:
+            if stop_now:
                 save(step)
-                raise Stop(f"{why or 'signal on another rank'}: saved step {step}, exiting")
+                raise Stop(f"{stop['why'] or 'signal on another rank'}: saved step {step}, exiting")
         if tc.ckpt_every or tc.steps > start:
             save(step)
     except Stop as e:
@@ -352,7 +355,7 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
     unwrapped = model.module if hasattr(model, "module") else model
     unwrapped.eval()
     return {"history": state["history"], "ema": ema.model if ema is not None else None, "skipped": state["skipped"],
-            "seconds": time.perf_counter() - t0, "step": step, "stopped": stop["why"], "fabric": fabric}
+            "seconds": time.perf_counter() - t0, "step": step, "stopped": stop["why"]}
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
