@@ -94,10 +94,12 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
         audio = torch.cat([audio.new_zeros(b, 2, audio.shape[2]), audio[:, : 2 * num_frames]], 1).repeat(rep, 1, 1)
     keep = torch.arange(b * rep, device=dev) < b
 
+    def both(x):  # CFG: the same inputs for the conditional and the null-audio half; no copy without CFG
+        return x if x is None or rep == 1 else torch.cat([x, x])
+
     def run(video, sv, struct, ss, start, index, cache):
-        vv, vs = model(video.repeat(rep, *([1] * (video.ndim - 1))), sv.repeat(rep, 1),
-                       None if struct is None else struct.repeat(rep, 1, 1), ss.repeat(rep, 1), audio,
-                       audio_keep=keep, start=start, audio_index=index, cache=cache)
+        vv, vs = model(both(video), both(sv), both(struct), both(ss), audio, audio_keep=keep, start=start,
+                       audio_index=index, cache=cache)
         if guide:
             vv = vv[b:] + sc.audio_cfg * (vv[:b] - vv[b:])
             vs = None if vs is None else vs[b:] + sc.audio_cfg * (vs[:b] - vs[b:])

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -241,12 +240,3 @@ def get_codec(spec: str, device: str = "cpu") -> VideoCodec:
     if kind in ("diffusers-kl", "diffusers-wan"):
         return DiffusersVAE(kind.split("-")[1], arg, device)
     raise ValueError(f"unknown codec {kind!r} in {spec!r}")
-
-
-def codec_from_spec(spec_json: str, device: str = "cpu") -> VideoCodec:
-    """Rebuild the codec a cache recorded (its `codec` attribute)."""
-    d = json.loads(spec_json)
-    name = d["name"]
-    if "path" in d:
-        return get_codec(f"{name.split(':')[0]}:{d['path']}", device)
-    return get_codec(name, device)
