@@ -246,12 +246,13 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     models: dict[str, torch.nn.Module] = {}
     histories: dict[str, list] = {}
+    metas = {kind: CacheReader(data["caches"][("train", kind)]).meta for kind in {v.struct for v in variants}}
+    cfgs = {v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device) for v in variants}
     for v in variants:
         if v.model_of:
             continue
         with phase(f"train {v.name}"):
-            meta = CacheReader(data["caches"][("train", v.struct)]).meta
-            cfg = variant_config(base, v, meta, s, s.train_steps, device)
+            cfg = cfgs[v.name]
             vdir = out / "variants" / v.name
             vdir.mkdir(parents=True, exist_ok=True)
             ckpt, saved = vdir / "model.pt", vdir / "config.json"
@@ -287,13 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
                 for c in clips:
                     real_reads[c.name] = read_clip(probe, codec, c.video, c.ref_video)
         a2s = {}
+        windows = {kind: list(WindowDataset(data["caches"][("eval", kind)], frames=clip_frames, stride=clip_frames))
+                   for kind in eval_clips}
         for v in variants:
             model = models[v.model_of or v.name]
-            cfg = variant_config(base, v, CacheReader(data["caches"][("train", v.struct)]).meta, s, s.train_steps,
-                                 device)
+            cfg = cfgs[v.name]
             clips = eval_clips[v.struct]
-            windows = list(WindowDataset(data["caches"][("eval", v.struct)], frames=clip_frames, stride=clip_frames))
-            hl = heldout_loss(model, windows, cfg, device, seed=s.seed)
+            hl = heldout_loss(model, windows[v.struct], cfg, device, seed=s.seed)
             cond = None
             if cfg.model.bridge_mode == "condition_only":
                 if v.struct not in a2s:
