@@ -206,7 +206,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (FSDP)."""
     compile: bool = False
-    """torch.compile the model."""
+    """torch.compile every block and bridge layer (regional compilation, `DualForce.compile_blocks`)."""
     inject_nan_at: tuple[int, ...] = ()
     """Testing aid: steps whose loss is replaced by NaN, to exercise the non-finite guard."""
 

@@ -199,6 +199,8 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
     if sharded and tc.ema > 0:
         fabric.print("EMA is not kept under FSDP yet (sharded parameters); training without it")
     ema = EMA(model, tc.ema) if tc.ema > 0 and not sharded else None
+    if tc.compile:
+        model.compile_blocks()
     opt = optimizer(model, tc)
     model, opt = fabric.setup(model, opt)
     if ema is not None:
@@ -426,7 +428,5 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
         if not video:
             raise SystemExit(f"{a.init_video_from}: no video tower weights in its state.pt")
         model.video.load_state_dict(video)
-    if cfg.train.compile:
-        model = torch.compile(model)
     dataset = WindowDataset(a.data, frames=cfg.clip_frames)
     return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block, BridgeLayer))

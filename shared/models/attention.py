@@ -72,14 +72,40 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def frame_mask(qs: Span, ks: Span, backend: str, device: torch.device):
+    """What frame-causal attention from span qs to span ks needs: None (every key frame is visible to every query
+    frame: plain flash attention), a flex `BlockMask` (long sequences on CUDA; built once per shape and reused), or
+    a dense [Sq, Skv] boolean mask. Built outside the blocks, once per forward, so that compiled blocks get it as an
+    input instead of tracing its construction."""
+    if qs.start >= ks.last:
+        return None
+    if resolve_backend(backend, device) == "flex" and qs.length * ks.length >= FLEX_MIN_PAIRS:
+        return _block_mask(qs, ks, str(device))
+    return dense_frame_mask(qs, ks, device)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """q [B, H, Sq, D], k/v [B, H, Skv, D] under a mask from `frame_mask`."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    if isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if torch.compiler.is_compiling():  # inside a compiled block: let it trace flex_attention itself
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention(q, k, v, block_mask=mask)
+    return _flex()(q, k, v, block_mask=mask)
+
+
 def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qs: Span, ks: Span,
                            backend: str = "auto") -> torch.Tensor:
     """q [B, H, Sq, D], k/v [B, H, Skv, D] -> [B, H, Sq, D], frame-causal between spans qs and ks."""
-    if qs.start >= ks.last:  # every key frame is visible to every query frame
-        return F.scaled_dot_product_attention(q, k, v)
-    if resolve_backend(backend, q.device) == "flex" and qs.length * ks.length >= FLEX_MIN_PAIRS:
-        return _flex()(q, k, v, block_mask=_block_mask(qs, ks, str(q.device)))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_frame_mask(qs, ks, q.device))
+    return attend(q, k, v, frame_mask(qs, ks, backend, q.device))
+
+
+def keys_span(span: Span, cache: "KVCache | None") -> Span:
+    """The key span a forward over `span` attends to: with a cache, every slot from 0 up to its last frame."""
+    return span if cache is None else Span(0, span.last + 1, span.tokens)
 
 
 class KVCache:
@@ -134,12 +160,12 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, qs: Span, rope_q: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x: torch.Tensor, qs: Span, rope_q: tuple[torch.Tensor, torch.Tensor], mask,
                 context: torch.Tensor | None = None, ks: Span | None = None,
                 rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, cache_key: str = "", backend: str = "auto") -> torch.Tensor:
+                cache: KVCache | None = None, cache_key: str = "") -> torch.Tensor:
         """x [B, Sq, dim]; context [B, Skv, context_dim] (defaults to x). Spans/ropes describe the new tokens;
-        with a cache the keys are the committed slots plus these."""
+        with a cache the keys are the committed slots plus these. mask: `frame_mask(qs, keys_span(ks, cache))`."""
         ks = ks or qs
         rope_k = rope_k or rope_q
         q = rearrange(self.to_q(x), "b s (h d) -> b h s d", h=self.heads)
@@ -149,6 +175,5 @@ class Attention(nn.Module):
         k = apply_rope(self.k_norm(k), *rope_k)
         if cache is not None:
             k, v = cache.update(cache_key, k, v, ks)
-            ks = Span(0, ks.last + 1, ks.tokens)
-        out = frame_causal_attention(q, k, v, qs, ks, backend)
+        out = attend(q, k, v, mask)
         return self.proj(rearrange(out, "b h s d -> b s (h d)"))

@@ -160,11 +160,11 @@ class Block(nn.Module):
             return self.audio_and_mlp(*args, **kwargs)
         raise ValueError(f"Block part {part!r}: use 'attn' or 'rest'")
 
-    def self_attention(self, x: torch.Tensor, mod: torch.Tensor, span: Span, rope, cache: KVCache | None,
-                       cache_key: str, backend: str) -> torch.Tensor:
+    def self_attention(self, x: torch.Tensor, mod: torch.Tensor, span: Span, rope, mask, cache: KVCache | None,
+                       cache_key: str) -> torch.Tensor:
         shift, scale, gate = (mod[:, :, :3] + self.mod[:3]).unbind(2)
         h = modulate(self.norm1(x), shift, scale, span.tokens)
-        h = self.attn(h, span, rope, cache=cache, cache_key=cache_key, backend=backend)
+        h = self.attn(h, span, rope, mask, cache=cache, cache_key=cache_key)
         return x + gated(h, gate, span.tokens)
 
     def audio_and_mlp(self, x: torch.Tensor, mod: torch.Tensor, tokens: int, audio: torch.Tensor,
@@ -209,14 +209,15 @@ class BridgeLayer(nn.Module):
             self.video_to_struct = Attention(struct_width, head_dim, context_dim=video_width, qk_norm=qk_norm)
             self.gate_s = nn.Parameter(torch.zeros(struct_width))
 
-    def forward(self, hv: torch.Tensor, hs: torch.Tensor, vspan: Span, sspan: Span, rope_v, rope_s,
-                cache: KVCache | None, key: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hv: torch.Tensor, hs: torch.Tensor, vspan: Span, sspan: Span, rope_v, rope_s, masks,
+                cache: KVCache | None, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """masks: (struct-to-video, video-to-struct) frame masks (`frame_mask`)."""
         nv, ns = self.norm_v(hv), self.norm_s(hs)
-        dv = self.struct_to_video(nv, vspan, rope_v, context=ns, ks=sspan, rope_k=rope_s, cache=cache,
-                                  cache_key=f"{key}.s2v", backend=backend)
+        dv = self.struct_to_video(nv, vspan, rope_v, masks[0], context=ns, ks=sspan, rope_k=rope_s, cache=cache,
+                                  cache_key=f"{key}.s2v")
         hv_out = hv + self.gate_v * dv
         if not self.two_way:
             return hv_out, hs
-        ds = self.video_to_struct(ns, sspan, rope_s, context=nv, ks=vspan, rope_k=rope_v, cache=cache,
-                                  cache_key=f"{key}.v2s", backend=backend)
+        ds = self.video_to_struct(ns, sspan, rope_s, masks[1], context=nv, ks=vspan, rope_k=rope_v, cache=cache,
+                                  cache_key=f"{key}.v2s")
         return hv_out, hs + self.gate_s * ds

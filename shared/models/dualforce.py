@@ -13,7 +13,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from ..config import ModelConfig
-from .attention import KVCache, Span, resolve_backend
+from .attention import KVCache, Span, frame_mask, keys_span, resolve_backend
 from .blocks import AudioEmbed, AudioWindows, Block, BridgeLayer, FinalLayer, SigmaEmbed, pool_audio
 from .rope import rope_1d, rope_3d
 
@@ -140,16 +140,25 @@ class DualForce(nn.Module):
             as_ = audio_tokens(self.struct)
             rope_bv = rope_1d(pos.repeat_interleave(nv), cfg.head_dim, cfg.rope_theta)
 
+        def mask(qs: Span, ks: Span):
+            return frame_mask(qs, keys_span(ks, cache), backend, dev)
+
+        mask_v = mask(vspan, vspan)
+        mask_s = mask_b = None
+        if self.struct is not None:
+            mask_s = mask(sspan, sspan)
+            mask_b = (mask(vspan, sspan), mask(sspan, vspan))
+
         n_layers = max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
         for i in range(n_layers):
             vb = self.video.blocks[i] if i < len(self.video.blocks) else None
             sb = self.struct.blocks[i] if self.struct is not None and i < len(self.struct.blocks) else None
             if vb is not None:
-                hv = vb("attn", hv, modv, vspan, rope_v, cache, f"v{i}", backend)
+                hv = vb("attn", hv, modv, vspan, rope_v, mask_v, cache, f"v{i}")
             if sb is not None:
-                hs = sb("attn", hs, mods, sspan, rope_s, cache, f"s{i}", backend)
+                hs = sb("attn", hs, mods, sspan, rope_s, mask_s, cache, f"s{i}")
             if i < len(self.bridge):
-                hv, hs = self.bridge[i](hv, hs, vspan, sspan, rope_bv, rope_s, cache, f"b{i}", backend)
+                hv, hs = self.bridge[i](hv, hs, vspan, sspan, rope_bv, rope_s, mask_b, cache, f"b{i}")
             if vb is not None:
                 hv = vb("rest", hv, modv, nv, av, win)
             if sb is not None:
@@ -165,6 +174,16 @@ class DualForce(nn.Module):
         return vel_v, vel_s
 
     # ------------------------------------------------------------------------------------------------ helpers
+
+    def compile_blocks(self, **kwargs) -> "DualForce":
+        """torch.compile each block and bridge layer in place (regional compilation: one graph per block type,
+        reused by every layer; FSDP units and activation checkpoints stay around whole blocks). The forward's
+        bookkeeping (masks, rope tables, audio windows) stays eager. For training: streaming changes the cache
+        length every call, so samplers run these blocks eagerly (`torch.compiler.set_stance("force_eager")`)."""
+        for m in self.modules():
+            if isinstance(m, (Block, BridgeLayer)):
+                m.compile(**kwargs)
+        return self
 
     def param_groups(self) -> dict[str, int]:
         """Parameter count per part: video_dit, struct_dit, bridge."""
