@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
     a = ap.parse_args(argv)
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
@@ -81,6 +82,22 @@ def main(argv=None) -> dict:
         if i >= 3:
             times.append(time.perf_counter() - t0)
     dt = sorted(times)[len(times) // 2]
+    busy = None
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            loss = training_loss(model, batch, cfg.diffusion)["loss"]
+            fabric.backward(loss)
+            fabric.clip_gradients(model, opt, max_norm=1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        kernel_us = sum(e.self_device_time_total for e in events)
+        busy = kernel_us / 1e6 / dt  # fraction of the step the GPU runs kernels (one stream)
+        Path(a.profile).write_text(f"GPU busy {busy:.1%} of a {dt * 1e3:.0f} ms step\n\n" + events.table(
+            sort_by="self_device_time_total", row_limit=40, max_name_column_width=80))
     flops = 3 * forward_flops(m, t)["total"] * b
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
@@ -88,7 +105,7 @@ def main(argv=None) -> dict:
            "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3, "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
-           "ratio_to_matmul": flops / dt / mm, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+           "ratio_to_matmul": flops / dt / mm, "gpu_busy": busy, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
            "device": name, "torch": torch.__version__}
     print(json.dumps(res))
     return res
