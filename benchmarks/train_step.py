@@ -94,10 +94,15 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
         events = prof.key_averages()
-        kernel_us = sum(e.self_device_time_total for e in events)
+        kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
         busy = kernel_us / 1e6 / dt  # fraction of the step the GPU runs kernels (one stream)
-        Path(a.profile).write_text(f"GPU busy {busy:.1%} of a {dt * 1e3:.0f} ms step\n\n" + events.table(
-            sort_by="self_device_time_total", row_limit=40, max_name_column_width=80))
+        from torch._dynamo.utils import counters
+
+        Path(a.profile).write_text(
+            f"GPU busy {busy:.1%} of a {dt * 1e3:.0f} ms step\ndynamo counters: "
+            f"{json.dumps({k: dict(v) for k, v in counters.items()}, default=str)[:3000]}\n\n"
+            + events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=80)
+            + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=80))
     flops = 3 * forward_flops(m, t)["total"] * b
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
