@@ -189,6 +189,12 @@ class TrainConfig:
     """Record the losses every this many steps."""
     ckpt_every: int = 1000
     """Save a checkpoint every this many steps (0: only at the end and on a signal)."""
+    sample_every: int = 0
+    """Write a short streaming sample (mp4 + struct .npz) to samples/ every this many steps (0 = off)."""
+    sample_frames: int = 50
+    """Frames of each periodic sample (2 s at 25 fps)."""
+    tensorboard: bool = True
+    """Also log to TensorBoard (run folder's tb/; needs the tensorboard package, else CSV only)."""
     keep_last: int = 3
     """Checkpoints kept (older step folders are deleted)."""
     max_bad_steps: int = 20

@@ -141,36 +141,60 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-class ProgressLine:
-    """Rank 0's rich progress line: losses per stream, it/s, video tokens/s, MFU (datasheet bf16 peak), ETA."""
+class Throughput:
+    """Rank 0's speed meter between two logged steps: it/s, video tokens/s and MFU against the datasheet dense
+    bf16 peak. FLOPs are measured once on a meta-device model (`flops.training_flops`, cross-checked against the
+    analytic count)."""
 
     def __init__(self, cfg: Config, start: int, world: int, device: torch.device):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from .flops import forward_flops, peak_bf16
+        from .flops import peak_bf16, training_flops
 
         frames = cfg.clip_frames + 1
         self.tokens = cfg.train.global_batch * frames * cfg.model.tokens_per_frame
-        self.flops = 3 * forward_flops(cfg.model, frames)["total"] * cfg.train.global_batch
+        self.flops = training_flops(cfg.model, frames)["per_sequence"] * cfg.train.global_batch
         peak = peak_bf16(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
         self.peak = peak * world if peak else None
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-        self.task = self.bar.add_task("train", total=cfg.train.steps, completed=start, info="")
         self.t, self.last = time.perf_counter(), start
-        self.bar.start()
 
-    def update(self, step: int, rec: dict) -> None:
+    def __call__(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
         rate = (step + 1 - self.last) / max(now - self.t, 1e-9)
         self.t, self.last = now, step + 1
+        out = {"it_s": rate, "tok_s": self.tokens * rate}
+        if self.peak:
+            out["mfu"] = self.flops * rate / self.peak
+        return out
+
+
+class ProgressLine:
+    """Rank 0's rich progress line: losses per stream, it/s, video tokens/s, MFU, ETA."""
+
+    def __init__(self, total: int, start: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        self.task = self.bar.add_task("train", total=total, completed=start, info="")
+        self.bar.start()
+
+    def update(self, step: int, rec: dict) -> None:
         losses = " ".join(f"{k} {rec[k]:.4f}" for k in ("video", "struct") if k in rec)
-        mfu = f" MFU {self.flops * rate / self.peak:.1%}" if self.peak else ""
+        mfu = f" MFU {rec['mfu']:.1%}" if "mfu" in rec else ""
         self.bar.update(self.task, completed=step + 1,
-                        info=f"{losses} | {rate:.2f} it/s {self.tokens * rate:,.0f} tok/s{mfu}")
+                        info=f"{losses} | {rec['it_s']:.2f} it/s {rec['tok_s']:,.0f} tok/s{mfu}")
 
     def close(self) -> None:
         self.bar.stop()
+
+
+def tensorboard_writer(out: Path):
+    """A TensorBoard SummaryWriter on out/tb, or None (with a note) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("TensorBoard logging off: the tensorboard package is not installed (metrics.csv has everything)")
+        return None
+    return SummaryWriter(str(out / "tb"))
 
 
 class Stop(Exception):
@@ -178,11 +202,14 @@ class Stop(Exception):
 
 
 def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: str = "auto", fabric=None,
-        progress: Callable[[int, dict], None] | None = None, block_types: tuple = ()) -> dict:
+        progress: Callable[[int, dict], None] | None = None, block_types: tuple = (),
+        sampler: Callable[[torch.nn.Module, int, Path], None] | None = None) -> dict:
     """Train `model` on `dataset` (items: dicts of video/struct/audio/has_audio) for cfg.train.steps.
 
-    out: run folder (config.json, metrics.csv, checkpoints/). resume: "auto" (latest valid checkpoint in out),
-    "none", or a checkpoint folder. Returns {"history", "ema" (EMA model or None), "skipped", "seconds", "step",
+    out: run folder (config.json, metrics.csv, tb/, checkpoints/, samples/). resume: "auto" (latest valid
+    checkpoint in out), "none", or a checkpoint folder. sampler(model, step, out / "samples"): called on every
+    rank (an FSDP forward needs all of them) every train.sample_every steps, with the EMA model when there is one.
+    Returns {"history", "ema" (EMA model or None), "skipped", "seconds", "step",
     "stopped" (None, or why training ended early)}.
     """
     tc = cfg.train
@@ -242,8 +269,8 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
             if failures or resume not in ("auto", "none"):  # never start over on top of checkpoints silently
                 raise RuntimeError("no usable checkpoint to resume from:\n  " + "\n  ".join(failures or [resume]))
 
-    sampler = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=0)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
 
     stop = {"why": None}
@@ -285,11 +312,13 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                 shutil.rmtree(old_ck, ignore_errors=True)
         fabric.barrier()
 
-    line = ProgressLine(cfg, start, world, fabric.device) if progress is None and fabric.is_global_zero else None
+    line = ProgressLine(tc.steps, start) if progress is None and fabric.is_global_zero else None
     if line is not None:
         progress = line.update
+    speed = Throughput(cfg, start, world, fabric.device) if fabric.is_global_zero else None
     log = open(out / "metrics.csv", "a", newline="") if fabric.is_global_zero else None
     writer = csv.writer(log) if log else None
+    tb = tensorboard_writer(out) if fabric.is_global_zero and tc.tensorboard else None
     t0 = time.perf_counter()
     bad_run = 0
     step = start
@@ -298,11 +327,11 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
         while step < tc.steps:
             model.train()
             losses = None
-            for m in range(sampler.accum):
+            for m in range(order.accum):
                 batch = to_batch(next(batches), fabric.device)
-                with fabric.no_backward_sync(model, enabled=m < sampler.accum - 1):
+                with fabric.no_backward_sync(model, enabled=m < order.accum - 1):
                     losses = training_loss(model, batch, cfg.diffusion, generator=gen)
-                    loss = losses["loss"] / sampler.accum
+                    loss = losses["loss"] / order.accum
                     if step in tc.inject_nan_at:
                         loss = loss * float("nan")
                         losses["loss"] = losses["loss"] * float("nan")
@@ -331,17 +360,24 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
             state["step"] = step
             if (step - 1) % tc.log_every == 0 or step == tc.steps:
                 rec = {"step": step - 1, "lr": sched.get_last_lr()[0],
-                       **{k: float(v.detach()) for k, v in losses.items()}}
+                       **{k: float(v.detach()) for k, v in losses.items()}, **(speed(step - 1) if speed else {})}
                 state["history"].append(rec)
                 if writer is not None:
                     if log.tell() == 0:
                         writer.writerow(list(rec))
                     writer.writerow(list(rec.values()))
                     log.flush()
+                if tb is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            tb.add_scalar(k if k in ("lr", "it_s", "tok_s", "mfu") else f"loss/{k}", v, step - 1)
                 if progress is not None:
                     progress(step - 1, rec)
             if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
                 save(step)
+            if sampler is not None and tc.sample_every and step % tc.sample_every == 0:
+                sampler(ema.model if ema is not None else model, step, out / "samples")
+                model.train()
             if stop_now:
                 save(step)
                 raise Stop(f"{stop['why'] or 'signal on another rank'}: saved step {step}, exiting")
@@ -355,6 +391,8 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
             signal.signal(s, h)
         if log:
             log.close()
+        if tb is not None:
+            tb.close()  # flushes: the event file is complete
         if line is not None:
             line.close()
     unwrapped = model.module if hasattr(model, "module") else model
@@ -374,6 +412,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     from .data.cache import CacheReader, WindowDataset
     from .models import DualForce
     from .models.blocks import Block, BridgeLayer
+    from .streaming import save_data_meta, training_sampler
     from .summary import parse_sets
 
     ap = argparse.ArgumentParser(description=f"DualForce {stage} training (Lightning Fabric)")
@@ -386,6 +425,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, help="train.lr")
     ap.add_argument("--ckpt-every", type=int, help="train.ckpt_every")
     ap.add_argument("--seed", type=int, help="train.seed")
+    ap.add_argument("--sample-every", type=int, help="train.sample_every (short streaming samples as video)")
     ap.add_argument("--resume", default="auto", help="auto (latest valid checkpoint in --out) | none | PATH")
     ap.add_argument("--compile", action="store_true", default=None, help="train.compile")
     ap.add_argument("--precision", help="train.precision (32-true, bf16-mixed, ...)")
@@ -406,6 +446,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
 
     flags = {"train.steps": a.max_steps, "train.global_batch": a.global_batch, "train.micro_batch": a.micro_batch,
              "train.lr": a.lr, "train.ckpt_every": a.ckpt_every, "train.seed": a.seed, "train.compile": a.compile,
+             "train.sample_every": a.sample_every,
              "train.precision": a.precision, "train.strategy": a.strategy, "train.accelerator": a.accelerator,
              "train.devices": a.devices, "train.num_nodes": a.num_nodes,
              "train.activation_checkpointing": a.activation_checkpointing}
@@ -432,4 +473,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{a.init_video_from}: no video tower weights in its state.pt")
         model.video.load_state_dict(video)
     dataset = WindowDataset(a.data, frames=cfg.clip_frames)
-    return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block, BridgeLayer))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    save_data_meta(meta, a.out)  # what generation needs besides the weights (codec, audio features, layout)
+    sampler = training_sampler(cfg, a.data) if cfg.train.sample_every else None
+    return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block, BridgeLayer), sampler=sampler)

@@ -43,6 +43,7 @@ from shared.evaluate import (POSE, AudioToStruct, clip_metrics, heldout_loss, lo
                              rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.probes import r2, train_probe  # noqa: E402
+from shared.streaming import save_data_meta  # noqa: E402
 from shared.train import fit  # noqa: E402
 
 
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
             ckpt, saved = vdir / "model.pt", vdir / "config.json"
             same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
             C.save(cfg, saved)
+            save_data_meta(metas[v.struct], vdir)  # model.pt + config.json + data.json: a generate.py checkpoint
             torch.manual_seed(s.seed)  # every variant starts from the same seed
             model = DualForce(cfg.model)
             if ckpt.exists() and (vdir / "history.json").exists() and same and not args.retrain:

@@ -83,6 +83,10 @@ class SSLFeatures(AudioFeatures):
         self.layer = layer
         self.name = f"{arch}:{p.name}" + (f"@{layer}" if layer is not None else "")
         self.dim = self.model.encoder.feature_projection.projection.out_features
+        self.path = p
+
+    def spec(self) -> dict:
+        return {**super().spec(), "path": str(self.path.resolve()), "layer": self.layer}
 
     def raw(self, wav: torch.Tensor) -> torch.Tensor:
         # centre the 400-sample receptive fields on the 20 ms grid, like logmel's centred frames

@@ -42,7 +42,8 @@ def fit_square(frame: np.ndarray, size: int) -> np.ndarray:
 
 
 def probe(path: str | Path) -> dict:
-    """{"duration": s, "fps": native rate, "has_audio": bool, "width", "height"} without decoding."""
+    """{"duration": s, "fps": native rate, "has_audio": bool, "audio_duration": s or None, "width", "height"}
+    without decoding."""
     with _open(path) as c:
         if not c.streams.video:
             raise MediaError(f"{path}: no video stream")
@@ -53,7 +54,10 @@ def probe(path: str | Path) -> dict:
         elif c.duration is not None:
             dur = c.duration / 1_000_000
         rate = v.average_rate or v.guessed_rate
-        return {"duration": dur, "fps": float(rate) if rate else None, "has_audio": bool(c.streams.audio),
+        a = c.streams.audio[0] if c.streams.audio else None
+        adur = float(a.duration * a.time_base) if a is not None and a.duration is not None else None
+        return {"duration": dur, "fps": float(rate) if rate else None, "has_audio": a is not None,
+                "audio_duration": adur,
                 "width": v.codec_context.width, "height": v.codec_context.height}
 
 

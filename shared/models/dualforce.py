@@ -182,7 +182,9 @@ class DualForce(nn.Module):
         length every call, so samplers run these blocks eagerly (`torch.compiler.set_stance("force_eager")`)."""
         for m in self.modules():
             if isinstance(m, (Block, BridgeLayer)):
-                m.compile(**kwargs)
+                # static shapes: the towers call the same Block code with different token counts, and automatic
+                # dynamic shapes would then give slower symbolic-shape kernels to both
+                m.compile(**{"dynamic": False, **kwargs})
         return self
 
     def param_groups(self) -> dict[str, int]:

@@ -1,0 +1,265 @@
+"""From files to a talking head: checkpoint, reference portrait and voice in; decoded frames out while they are
+generated, then an mp4 with the voice muxed in, the struct trajectory and a timing record.
+
+`stage2_dual/generate.py` is the command line over this module; training runs use `training_sampler` for their
+periodic samples. The sampler itself (`shared.infer.stream`) knows nothing about files or codecs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as C
+from .config import Config, SampleConfig
+from .data.cache import CacheMeta, CacheReader
+from .data.codecs import VideoCodec, get_codec
+from .data.features import AudioFeatures, LogMel, SSLFeatures
+from .data.media import MediaError, fit_square, read_audio, write_mp4
+from .infer import stream
+from .models import DualForce
+
+DATA_META = "data.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SILENCE = 1e-4  # peak amplitude below which the driving audio counts as silent
+
+
+class InputError(ValueError):
+    """Bad user input (a file, its format or its contents); the message names the file and what is wrong."""
+
+
+# ----------------------------------------------------------------------------------------------- run metadata
+
+
+def save_data_meta(meta: CacheMeta, folder: str | Path) -> None:
+    """What a checkpoint needs from its data to generate (codec, audio features, struct layout): data.json."""
+    Path(folder, DATA_META).write_text(json.dumps(asdict(meta), indent=1))
+
+
+def load_data_meta(folder: Path) -> CacheMeta:
+    p = folder / DATA_META
+    if not p.is_file():
+        raise InputError(f"{p} not found: the run folder must hold the data description its training wrote")
+    d = json.loads(p.read_text())
+    return CacheMeta(**{**d, "latent_shape": tuple(d["latent_shape"]), "struct_layout": tuple(d["struct_layout"])})
+
+
+def codec_from_spec(spec: dict, device: str = "cpu") -> VideoCodec:
+    """The codec a cache was encoded with, from its stored spec."""
+    kind = spec["name"].split(":")[0]
+    return get_codec(f"{kind}:{spec['path']}" if "path" in spec else spec["name"], device)
+
+
+def features_from_spec(spec: dict) -> AudioFeatures:
+    """The audio front-end a cache was built with, from its stored spec."""
+    if spec["name"] == "logmel":
+        return LogMel(spec["dim"])
+    if "path" not in spec:
+        raise InputError(f"audio features {spec['name']!r}: the stored spec has no weights path")
+    return SSLFeatures(spec["name"].split(":")[0], spec["path"], spec.get("layer"))
+
+
+# ------------------------------------------------------------------------------------------------- checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, run folder) from a run folder (its latest checkpoint), a step folder, or a .pt file beside
+    config.json (the PoC's variants)."""
+    from .train import latest_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"checkpoint {p} not found")
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        ck = latest_checkpoint(p)
+        if ck is None:
+            raise InputError(f"{p}: run folder without any checkpoint under checkpoints/")
+        return ck / "state.pt", p
+    if p.is_dir() and (p / "state.pt").is_file():
+        return p / "state.pt", p.parent.parent
+    if p.is_file():
+        return p, p.parent
+    raise InputError(f"{p}: not a run folder, a checkpoint folder (state.pt) or a weights file")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", stage: str | None = None,
+               preset: str | None = None) -> tuple[DualForce, Config, CacheMeta]:
+    """The EMA weights (else the raw ones) of a checkpoint, with its config and data description.
+    stage ("video" | "dual") and preset, when given, must match the checkpoint's."""
+    weights, run = resolve_checkpoint(path)
+    if not (run / "config.json").is_file():
+        raise InputError(f"{run / 'config.json'} not found (the checkpoint's run folder must hold its config)")
+    cfg = C.load(run / "config.json")
+    got_stage = "video" if cfg.model.bridge_mode == "video_only" else "dual"
+    if stage and stage != got_stage:
+        raise InputError(f"{weights}: a stage-{'1' if got_stage == 'video' else '2'} checkpoint "
+                         f"(bridge_mode={cfg.model.bridge_mode}); asked for a {stage} model (--stage {got_stage} "
+                         f"to use it)")
+    if preset and preset != cfg.preset:
+        raise InputError(f"{weights}: a checkpoint of the {cfg.preset!r} preset, asked for {preset!r}")
+    if cfg.model.bridge_mode == "condition_only":
+        raise InputError(f"{weights}: condition_only needs a clean motion track per frame; generate from a dual "
+                         f"or video_only model")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (truncated or foreign files raise many kinds)
+        raise InputError(f"{weights}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(state, dict) and "model" in state:
+        state = state.get("ema") or state["model"]
+    model = DualForce(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:3]
+        raise InputError(f"{weights}: weights do not fit the {cfg.preset!r} {cfg.model.bridge_mode} model of "
+                         f"{run / 'config.json'} (another preset or stage?): {' '.join(first)[:300]}") from e
+    return model.to(device).eval(), cfg, load_data_meta(run)
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Reference:
+    video: torch.Tensor  # latent [1, C, h, w]
+    struct: torch.Tensor | None  # [1, D]
+    source: str
+
+
+def load_reference(spec: str, cfg: Config, meta: CacheMeta, codec: VideoCodec) -> Reference:
+    """A png/jpg of any size (centre-cropped to a square, resized, encoded) or a cache clip, `CACHE.h5[:CLIP]`
+    (its stored reference latent and struct). An image has no measured motion: its struct is the neutral zero."""
+    path, _, clip = spec.partition(".h5:") if ".h5:" in spec else (spec, "", "")
+    path = path + ".h5" if clip else path
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"reference {p} not found")
+    d = cfg.model.struct_dim
+    if p.suffix == ".h5":
+        with CacheReader(p) as reader:
+            names = [c.name for c in reader.clips]
+            name = clip or names[0]
+            if name not in names:
+                raise InputError(f"{p}: no clip {name!r} (has {', '.join(names[:5])}...)")
+            r = reader.read(name, 0, 1)
+        video = torch.from_numpy(np.asarray(r["ref_video"], np.float32))[None]
+        struct = torch.from_numpy(np.asarray(r["ref_struct"], np.float32))[None]
+        src = f"{p}:{name}"
+    elif p.suffix.lower() in IMAGE_SUFFIXES:
+        from torchvision.io import ImageReadMode, decode_image
+
+        try:
+            img = decode_image(str(p), mode=ImageReadMode.UNCHANGED)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"reference {p}: unreadable image ({type(e).__name__}: {e})") from e
+        if img.shape[0] != 3:
+            kind = {1: "greyscale", 2: "greyscale + alpha", 4: "RGBA"}.get(img.shape[0], "")
+            raise InputError(f"reference {p}: {img.shape[0]} channels ({kind}); give an RGB image (3 channels)")
+        frame = fit_square(img.permute(1, 2, 0).numpy(), meta.image_size)
+        video = torch.from_numpy(codec.encode(frame[None]))
+        struct = torch.zeros(1, d)
+        src = str(p)
+    else:
+        raise InputError(f"reference {p}: use a .png/.jpg image or a cache clip CACHE.h5[:CLIP]")
+    want = tuple(meta.latent_shape)
+    if tuple(video.shape[1:]) != want:
+        raise InputError(f"reference {src}: latent {list(video.shape[1:])}, the model takes {list(want)}")
+    if tuple(struct.shape) != (1, d):
+        raise InputError(f"reference {src}: struct of {struct.shape[-1]} values, the model takes {d}")
+    return Reference(video, struct if cfg.model.has_struct else None, src)
+
+
+def load_audio(path: str | Path, seconds: float | None = None) -> np.ndarray:
+    """Any file PyAV reads (wav, flac, mp3, the audio track of a video), any rate or channel count -> 16 kHz mono,
+    cut to `seconds` if given."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"audio {p} not found")
+    try:
+        wav = read_audio(p)
+    except MediaError as e:
+        raise InputError(f"audio {p}: unreadable ({e})") from e
+    if wav is None:
+        raise InputError(f"audio {p}: the file has no audio stream")
+    if seconds is not None:
+        if seconds <= 0:
+            raise InputError(f"--seconds {seconds}: must be > 0")
+        wav = wav[: int(seconds * 16000)]
+    if len(wav) < 16000 / 25:
+        raise InputError(f"audio {p}: {len(wav) / 16000:.3f} s long; need at least one video frame (40 ms)")
+    if np.abs(wav).max() < SILENCE:
+        raise InputError(f"audio {p}: silent (peak amplitude {np.abs(wav).max():.1e}); give speech to drive the face")
+    return wav
+
+
+# --------------------------------------------------------------------------------------------------- stream
+
+
+def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
+                  sample: SampleConfig, device: torch.device, seed: int = 0,
+                  use_cache: bool = True) -> Iterator[dict]:
+    """Decoded frames as they are produced: {"index", "frame" uint8 [H, W, 3], "struct" [D] or None, "time"
+    (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz."""
+    t0 = time.perf_counter()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    audio = torch.from_numpy(features[: 2 * frames]).float()[None].to(device)
+    ref_struct = ref.struct.to(device) if ref.struct is not None else None
+    for f in stream(model, ref.video.to(device), ref_struct, audio, frames, generator=gen, sample=sample,
+                    use_cache=use_cache):
+        frame = codec.decode(f["video"].float().cpu())[0]  # decoding syncs: the frame is really done
+        struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
+        yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
+
+
+def write_outputs(out: Path, frames: list[np.ndarray], structs: list[np.ndarray | None], wav: np.ndarray | None,
+                  layout: tuple[str, ...], fps: int = 25) -> dict[str, Path]:
+    """OUT.mp4 (the voice muxed in, cut to the video's duration), OUT.struct.npz (trajectory + layout)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"video": out, "struct": out.with_suffix(".struct.npz")}
+    audio = None if wav is None else wav[: round(len(frames) / fps * 16000)]
+    write_mp4(out, np.stack(frames), fps=fps, audio=audio)
+    if structs and structs[0] is not None:
+        np.savez(paths["struct"], struct=np.stack(structs).astype(np.float32), layout=np.array(layout), fps=fps)
+    else:
+        paths.pop("struct")
+    return paths
+
+
+def training_sampler(cfg: Config, cache: str | Path) -> callable:
+    """A `fit` sampler: every train.sample_every steps, stream train.sample_frames frames from the first clip of
+    `cache` (its reference and audio features; the cache holds no waveform, so the sample is silent) and write
+    samples/step_XXXXXXXX.mp4 + .struct.npz. Runs on every rank (FSDP forwards need them all); rank 0 writes."""
+    reader = CacheReader(cache)
+    meta = reader.meta
+    clip = max(reader.clips, key=lambda c: c.frames)
+    d = reader.read(clip.name)
+    frames = min(cfg.train.sample_frames, clip.frames)
+    feats = np.zeros((2 * frames, meta.audio_dim), np.float32) if d["audio"] is None else d["audio"][: 2 * frames]
+    ref = Reference(torch.from_numpy(np.asarray(d["ref_video"], np.float32))[None],
+                    torch.from_numpy(np.asarray(d["ref_struct"], np.float32))[None] if cfg.model.has_struct else None,
+                    f"{cache}:{clip.name}")
+    reader.close()
+    sample = replace(cfg.sample, window=min(cfg.sample.window, cfg.clip_frames))
+    codec: list[VideoCodec] = []
+
+    def run(model, step: int, folder: Path) -> None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if not codec:
+            codec.append(codec_from_spec(meta.codec))
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        with torch.compiler.set_stance("force_eager"):  # compiled blocks would recompile at every cache length
+            got = list(stream_frames(model, ref, np.asarray(feats, np.float32), frames, codec[0], sample, device))
+        model.train(was)
+        if rank == 0:
+            write_outputs(folder / f"step_{step:08d}.mp4", [g["frame"] for g in got], [g["struct"] for g in got],
+                          None, meta.struct_layout, cfg.fps)
+
+    return run

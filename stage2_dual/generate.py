@@ -1,0 +1,99 @@
+"""Streaming talking-head generation: a reference portrait and a voice in, an mp4 out.
+
+    python stage2_dual/generate.py --ckpt RUN_OR_CKPT --ref face.png --audio voice.wav --out out.mp4 \\
+        [--seconds S] [--steps K] [--sigma-struct-start 0.7] [--chunk C] [--window W] [--audio-cfg G] [--seed X]
+
+Writes OUT.mp4 (25 fps, the driving audio muxed in), OUT.struct.npz (the generated motion trajectory and its
+layout; dual models) and OUT.timing.json (per-frame latency, fps, first-frame latency, device). Frames are decoded
+as they are produced (`shared.streaming.stream_frames` is the Python API for live display).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from shared.streaming import (InputError, codec_from_spec, features_from_spec, load_audio, load_model,  # noqa: E402
+                              load_reference, stream_frames, write_outputs)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="run folder (its latest checkpoint), step folder, or weights .pt")
+    ap.add_argument("--ref", required=True, help="reference: .png/.jpg of any size, or CACHE.h5[:CLIP]")
+    ap.add_argument("--audio", required=True, help="wav/flac/mp3 or a video with an audio track; any rate/channels")
+    ap.add_argument("--out", required=True, help="output .mp4")
+    ap.add_argument("--seconds", type=float, help="length (default: the audio's)")
+    ap.add_argument("--steps", type=int, help="sample.steps: denoising steps per frame (K)")
+    ap.add_argument("--sigma-struct-start", type=float, help="sample.sigma_struct_start (struct_leads schedule)")
+    ap.add_argument("--chunk", type=int, help="sample.chunk: frames denoised together")
+    ap.add_argument("--window", type=int, help="sample.window: history frames the model sees")
+    ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument("--stage", default="dual", choices=["dual", "video"],
+                    help="the model the checkpoint must hold (video: a stage-1 / video_only checkpoint)")
+    ap.add_argument("--preset", help="the preset the checkpoint must be of (checked when given)")
+    ap.add_argument("--codec", help="codec spec overriding the run's (e.g. tiny-ae:PATH if its file moved)")
+    ap.add_argument("--no-cache", action="store_true", help="recompute the visible history at every step")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if a.device == "auto" else a.device)
+    model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
+    sample = cfg.sample
+    given = {"steps": a.steps, "sigma_struct_start": a.sigma_struct_start, "chunk": a.chunk, "window": a.window,
+             "audio_cfg": a.audio_cfg}
+    sample = replace(sample, **{k: v for k, v in given.items() if v is not None})
+    if a.sigma_struct_start is not None and a.sigma_struct_start < 1 and sample.schedule == "autoregressive":
+        sample = replace(sample, schedule="struct_leads")  # a struct start below 1 needs the struct-leads schedule
+    from shared.data.codecs import get_codec
+
+    codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
+    ref = load_reference(a.ref, cfg, meta, codec)
+    wav = load_audio(a.audio, a.seconds)
+    frames = max(1, int(len(wav) / 16000 * cfg.fps))
+    features = features_from_spec(meta.audio_features)(wav, frames)
+    if features.shape[1] != cfg.model.audio_dim:
+        raise InputError(f"audio features have {features.shape[1]} dims, the model takes {cfg.model.audio_dim}")
+
+    out = Path(a.out)
+    got, latency, last = [], [], 0.0
+    t0 = time.perf_counter()
+    for f in stream_frames(model, ref, features, frames, codec, sample, device, a.seed, use_cache=not a.no_cache):
+        got.append(f)
+        latency.append(f["time"] - last)
+        last = f["time"]
+        print(f"\rframe {f['index'] + 1}/{frames}  {(f['index'] + 1) / f['time']:.1f} fps", end="", flush=True)
+    print()
+    total = time.perf_counter() - t0
+    paths = write_outputs(out, [g["frame"] for g in got], [g["struct"] for g in got], wav, meta.struct_layout,
+                          cfg.fps)
+    timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
+              "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.steps, "chunk": sample.chunk,
+              "window": sample.window, "use_cache": not a.no_cache, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "reference": ref.source, "checkpoint": str(a.ckpt)}
+    out.with_suffix(".timing.json").write_text(json.dumps(timing, indent=1))
+    print(f"{out}: {frames} frames in {total:.1f} s ({timing['fps']:.1f} fps, first frame {latency[0] * 1e3:.0f} ms)"
+          + (f"; motion in {paths['struct']}" if "struct" in paths else ""))
+    return {**timing, "paths": {k: str(v) for k, v in paths.items()}, "frames_array": np.stack([g["frame"] for g in got])}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")
