@@ -24,6 +24,58 @@ from .config import SampleConfig
 from .models import DualForce, KVCache
 
 
+class GraphedModel:
+    """CUDA-graph replay of the streaming forward (Self-Forcing and CausVid are launch-bound the same way: one frame
+    of 256 tokens is thousands of small kernels). One graph per call signature (first slot, frames, batch): every
+    cache length of the window is captured once, with the static KV cache, then replayed with new inputs copied
+    into static buffers. The audio is a static buffer too (`set_audio`), so the graphs serve every later stream of
+    the same batch and audio length. Outputs are overwritten by the next replay: use them before calling again."""
+
+    def __init__(self, model: DualForce):
+        self.model = model
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = None
+        self.audio: torch.Tensor | None = None
+        self.keep: torch.Tensor | None = None
+
+    def set_audio(self, audio: torch.Tensor, keep: torch.Tensor) -> None:
+        if self.audio is None or self.audio.shape != audio.shape:
+            self.audio, self.keep, self.graphs = audio.clone(), keep.clone(), {}  # new shapes: capture again
+        else:
+            self.audio.copy_(audio)
+            self.keep.copy_(keep)
+
+    def __call__(self, video, sv, struct, ss, *, start: int, audio_index: torch.Tensor, cache: KVCache):
+        key = (start, *video.shape, cache.length)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(video, sv, struct, ss, start, audio_index, cache)
+        graph, inputs, out = self.graphs[key]
+        for dst, src in zip(inputs, (video, sv, struct, ss, audio_index)):
+            if dst is not None:
+                dst.copy_(src)
+        graph.replay()
+        return out
+
+    def _capture(self, video, sv, struct, ss, start, audio_index, cache):
+        inputs = [None if x is None else x.clone() for x in (video, sv, struct, ss, audio_index)]
+        v, a, st, b, idx = inputs
+
+        def fwd():
+            return self.model(v, a, st, b, self.audio, audio_keep=self.keep, start=start, audio_index=idx,
+                              cache=cache)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (allocates the cache; writes the same slots a replay overwrites)
+            fwd()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = fwd()
+        self.pool = graph.pool()
+        return graph, inputs, out
+
+
 @dataclass
 class _Frame:
     video: torch.Tensor  # [B, C, H, W]
@@ -58,12 +110,15 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
            num_frames: int, steps: int | None = None, use_cache: bool = True,
            generator: torch.Generator | None = None, *, sample: SampleConfig | None = None,
            schedule: sched.Schedule | str | None = None, cond_struct: torch.Tensor | None = None,
-           window: int | None = None, roll_keep: int | None = None) -> Iterator[dict]:
+           window: int | None = None, roll_keep: int | None = None,
+           graphs: GraphedModel | None = None) -> Iterator[dict]:
     """Generate `num_frames` frames after the reference, yielding each block's frames as soon as they are done.
 
     ref_video [B, C, H, W] and ref_struct [B, D] (None for video_only): the clean reference frame.
     audio [B, 2*num_frames, A]: 50 Hz features of the generated frames (frame i <- audio frames 2i, 2i+1), or None.
     cond_struct [B, num_frames, D]: condition_only's clean motion per generated frame.
+    graphs: replay the cached forward as CUDA graphs (CUDA, with a cache and audio). The frame loop reads nothing
+    back from the device either way: frames are handed out as device tensors.
     Yields {"index": i, "video": [B, C, H, W], "struct": [B, D] or None}.
     """
     sc = sample or SampleConfig()
@@ -93,13 +148,25 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     if audio is not None:  # slot 0 of the audio belongs to the reference (never read: it gets the null token)
         audio = torch.cat([audio.new_zeros(b, 2, audio.shape[2]), audio[:, : 2 * num_frames]], 1).repeat(rep, 1, 1)
     keep = torch.arange(b * rep, device=dev) < b
+    if graphs is not None:
+        if not (use_cache and audio is not None and dev.type == "cuda"):
+            raise ValueError("graphs: CUDA graphs need a CUDA device, the KV cache and audio")
+        graphs.set_audio(audio, keep)
+    # audio index of every frame (0 = the reference), kept where the model reads it: on the host for eager
+    # forwards (no device sync), on the device for graph replays (no host data inside a graph)
+    index_all = torch.arange(num_frames + 1, device=dev if graphs is not None else "cpu")
+    video_plan, struct_plan = plan.video.to(dev), plan.struct.to(dev)  # one copy, not one per block
 
     def both(x):  # CFG: the same inputs for the conditional and the null-audio half; no copy without CFG
         return x if x is None or rep == 1 else torch.cat([x, x])
 
     def run(video, sv, struct, ss, start, index, cache):
-        vv, vs = model(both(video), both(sv), both(struct), both(ss), audio, audio_keep=keep, start=start,
-                       audio_index=index, cache=cache)
+        if graphs is not None:
+            vv, vs = graphs(both(video), both(sv), both(struct), both(ss), start=start, audio_index=index,
+                            cache=cache)
+        else:
+            vv, vs = model(both(video), both(sv), both(struct), both(ss), audio, audio_keep=keep, start=start,
+                           audio_index=index, cache=cache)
         if guide:
             vv = vv[b:] + sc.audio_cfg * (vv[:b] - vv[b:])
             vs = None if vs is None else vs[b:] + sc.audio_cfg * (vs[:b] - vs[b:])
@@ -108,7 +175,11 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     def stack(frames: list[_Frame]):
         video = torch.stack([f.video for f in frames], 1)
         struct = torch.stack([f.struct for f in frames], 1) if cfg.has_struct else None
-        index = torch.tensor([f.index for f in frames])
+        first = frames[0].index
+        if all(f.index == first + i for i, f in enumerate(frames)):  # consecutive (always, with a cache)
+            index = index_all[first : first + len(frames)]
+        else:
+            index = index_all[torch.tensor([f.index for f in frames], device=index_all.device)]
         return video, struct, index
 
     ref = _Frame(ref_video, ref_struct if cfg.has_struct else None, 0)
@@ -136,11 +207,11 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
                 cache.truncate(1)
                 if kept:
                     encode(kept, 1)
-        index = torch.arange(blk.lo + 1, blk.hi + 1)
-        sv_rows = plan.video[blk.r0 : blk.r1 + 1, blk.lo : blk.hi].to(dev)
-        ss_rows = plan.struct[blk.r0 : blk.r1 + 1, blk.lo : blk.hi].to(dev)
-        if (sv_rows[0] != 1).any():
+        index = index_all[blk.lo + 1 : blk.hi + 1]
+        if (plan.video[blk.r0, blk.lo : blk.hi] != 1).any():  # the host copy: no device sync
             raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
+        sv_rows = video_plan[blk.r0 : blk.r1 + 1, blk.lo : blk.hi]
+        ss_rows = struct_plan[blk.r0 : blk.r1 + 1, blk.lo : blk.hi]
         x = torch.randn((b, n, *ref_video.shape[1:]), generator=generator, device=dev, dtype=dtype)
         s = None
         if mode == "dual":

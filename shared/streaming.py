@@ -22,7 +22,7 @@ from .data.cache import CacheMeta, CacheReader
 from .data.codecs import VideoCodec, get_codec
 from .data.features import AudioFeatures, LogMel, SSLFeatures
 from .data.media import MediaError, fit_square, read_audio, write_mp4
-from .infer import stream
+from .infer import GraphedModel, stream
 from .models import DualForce
 
 DATA_META = "data.json"
@@ -202,16 +202,18 @@ def load_audio(path: str | Path, seconds: float | None = None) -> np.ndarray:
 
 
 def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
-                  sample: SampleConfig, device: torch.device, seed: int = 0,
-                  use_cache: bool = True) -> Iterator[dict]:
+                  sample: SampleConfig, device: torch.device, seed: int = 0, use_cache: bool = True,
+                  graphs: GraphedModel | None = None) -> Iterator[dict]:
     """Decoded frames as they are produced: {"index", "frame" uint8 [H, W, 3], "struct" [D] or None, "time"
-    (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz."""
+    (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz. Inputs take the
+    model's dtype (bf16 weights on GPU)."""
     t0 = time.perf_counter()
+    dtype = next(model.parameters()).dtype
     gen = torch.Generator(device=device).manual_seed(seed)
-    audio = torch.from_numpy(features[: 2 * frames]).float()[None].to(device)
-    ref_struct = ref.struct.to(device) if ref.struct is not None else None
-    for f in stream(model, ref.video.to(device), ref_struct, audio, frames, generator=gen, sample=sample,
-                    use_cache=use_cache):
+    audio = torch.from_numpy(features[: 2 * frames])[None].to(device, dtype)
+    ref_struct = ref.struct.to(device, dtype) if ref.struct is not None else None
+    for f in stream(model, ref.video.to(device, dtype), ref_struct, audio, frames, generator=gen, sample=sample,
+                    use_cache=use_cache, graphs=graphs):
         frame = codec.decode(f["video"].float().cpu())[0]  # decoding syncs: the frame is really done
         struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
         yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}

@@ -121,17 +121,22 @@ class AudioAttention(nn.Module):
 class AudioWindows:
     """Which audio tokens each frame sees. Frame with audio index i sees i - context .. i + lookahead, clipped
     to [1, Ta); the reference frame (index 0) sees only token 0, which is always the null token.
-    Built on the host from a CPU index (no device sync), then copied to `device`."""
+
+    A CPU index (training, eager streaming) is read on the host: only the tokens [lo, hi) some window reaches are
+    projected, and nothing waits on the device. A device index (CUDA-graph streaming) is never read on the host:
+    every token is projected (lo, hi = 0, Ta), so the same captured graph serves every frame."""
 
     def __init__(self, audio_index: torch.Tensor, total: int, context: int, lookahead: int, head_dim: int,
                  theta: float, device: torch.device):
-        audio_index = audio_index.cpu()
-        offs = torch.arange(-context, lookahead + 1, device="cpu")
+        offs = torch.arange(-context, lookahead + 1, device=audio_index.device)
         idx = audio_index[:, None] + offs[None, :]  # [T, W] absolute
         is_ref = (audio_index == 0)[:, None]
         valid = torch.where(is_ref, offs[None, :] == 0, (idx >= 1) & (idx < total))
-        self.lo = max(0, int(audio_index.min()) - context)
-        self.hi = min(total, int(audio_index.max()) + lookahead + 1)
+        if audio_index.device.type == "cpu":
+            self.lo = max(0, int(audio_index.min()) - context)
+            self.hi = min(total, int(audio_index.max()) + lookahead + 1)
+        else:
+            self.lo, self.hi = 0, total
         self.index = (idx.clamp(self.lo, self.hi - 1) - self.lo).to(device, non_blocking=True)  # into [lo, hi)
         self.valid = valid.to(device, non_blocking=True)
         self.rope_q = rope_1d(torch.full((1,), context, device=device), head_dim, theta)

@@ -87,8 +87,8 @@ class DualForce(nn.Module):
         2i+1 belong to video frame i; frame 0's pair is never read: the reference sees the null token).
         audio_keep [B] bool: False swaps a sample's audio for the null token (CFG).
         start: time position (cache slot) of the first given frame; with a cache it must equal cache.length.
-        audio_index [T] (CPU, to keep the host free of device syncs): each frame's index into the 25 fps audio
-        tokens (default start..start+T-1).
+        audio_index [T]: each frame's index into the 25 fps audio tokens (default start..start+T-1). On the CPU
+        (no device sync) or, for CUDA-graph streaming, on the device (see `AudioWindows`).
         Returns (video_velocity [B, T, C, H, W], struct_velocity [B, T, D] or None).
         """
         cfg = self.cfg
@@ -99,14 +99,17 @@ class DualForce(nn.Module):
         grid = cfg.latent_size // cfg.patch_size
         nv = cfg.tokens_per_frame
         pos = torch.arange(start, start + t, device=dev)
-        audio_index = torch.arange(start, start + t, device="cpu") if audio_index is None else audio_index.cpu()
+        audio_index = torch.arange(start, start + t, device="cpu") if audio_index is None else audio_index
         if audio_index.shape != (t,):
             raise ValueError(f"audio_index: expected [{t}], got {list(audio_index.shape)}")
+        on_host = audio_index.device.type == "cpu"
+        if not on_host and audio is None:
+            raise ValueError("a device audio_index needs audio (it is never read on the host)")
         vspan = Span(start, t, nv)
 
-        # Audio: pooled to 25 fps, only the tokens some frame's window reaches are projected.
+        # Audio: pooled to 25 fps; with a host index only the tokens some frame's window reaches are projected.
         ta = audio.shape[1] // 2 if audio is not None else int(audio_index.max()) + 1
-        if int(audio_index.max()) >= ta:
+        if on_host and int(audio_index.max()) >= ta:
             raise ValueError(f"audio covers {ta} video frames but frame audio index {int(audio_index.max())} "
                              f"was asked for")
         win = AudioWindows(audio_index, ta, cfg.audio_context, cfg.audio_lookahead, cfg.head_dim, cfg.rope_theta,

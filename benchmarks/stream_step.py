@@ -1,0 +1,82 @@
+"""Streaming speed of a preset on one GPU: frames/s, first-frame latency, per-frame latency, and the speed-up of the
+KV cache over recomputing the visible history (`use_cache=False`). Random weights (speed does not depend on them),
+bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT only (no video decoder).
+
+    python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--no-graphs] [--skip-recompute]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared import config as C
+from shared.infer import GraphedModel, stream
+from shared.models import DualForce
+
+
+def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int | None = None, **kw) -> dict:
+    """Wall time of a whole stream and of each frame (sync_each: wait for each frame, as a display would)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    marks = []
+    for f in stream(model, *inputs, frames, sample=sample, generator=torch.Generator("cuda").manual_seed(0), **kw):
+        if sync_each:
+            f["video"].sum().item()  # the frame is really there
+        marks.append(time.perf_counter() - t0)
+        if stop_after and len(marks) == stop_after:
+            break
+    torch.cuda.synchronize()
+    total = time.perf_counter() - t0
+    lat = [b - a for a, b in zip([0.0, *marks[:-1]], marks)]
+    frames = len(marks)
+    return {"frames": frames, "seconds": total, "fps": frames / total, "first_frame_ms": marks[0] * 1e3 if sync_each
+            else None, "p50_frame_ms": sorted(lat)[len(lat) // 2] * 1e3, "max_frame_ms": max(lat) * 1e3}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="full")
+    ap.add_argument("--frames", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--no-graphs", action="store_true", help="eager forwards instead of CUDA-graph replays")
+    ap.add_argument("--skip-recompute", action="store_true", help="do not time use_cache=False")
+    a = ap.parse_args(argv)
+    cfg = C.get_preset(a.preset)
+    sample = replace(cfg.sample, steps=a.steps)
+    torch.manual_seed(0)
+    m = cfg.model
+    model = DualForce(m).cuda().to(torch.bfloat16).eval()
+    dev, bf = torch.device("cuda"), torch.bfloat16
+    ref = torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device=dev, dtype=bf)
+    ref_s = torch.randn(1, m.struct_dim, device=dev, dtype=bf) if m.has_struct else None
+    audio = torch.randn(1, 2 * a.frames, m.audio_dim, device=dev, dtype=bf)
+    inputs = (ref, ref_s, audio)
+    res = {"preset": a.preset, "steps": a.steps, "window": sample.window, "roll_keep": sample.roll_keep,
+           "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    graphs = None if a.no_graphs else GraphedModel(model)
+    t = time.perf_counter()
+    # warm-up: captures a graph per cache length (or warms the eager kernels); the audio buffer is reused
+    timed_stream(model, inputs, a.frames, sample, False, stop_after=sample.window + sample.roll_keep + 4, graphs=graphs)
+    res["prepare_s"] = time.perf_counter() - t
+    res["graphs_captured"] = len(graphs.graphs) if graphs else 0
+    res["cached"] = timed_stream(model, inputs, a.frames, sample, False, graphs=graphs)
+    res["cached_latency"] = timed_stream(model, inputs, a.frames, sample, True, graphs=graphs)
+    if not a.skip_recompute:
+        res["recompute"] = timed_stream(model, inputs, a.frames, sample, False, use_cache=False)
+        res["cache_speedup"] = res["cached"]["fps"] / res["recompute"]["fps"]
+    res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
