@@ -155,3 +155,11 @@ def test_cuda_graph_replay_matches_eager():
         torch.testing.assert_close(got["video"], eager["video"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got["struct"], eager["struct"], rtol=1e-4, atol=1e-4)
     assert graphs.graphs
+
+
+def test_bf16_weights_stream():
+    """Inference with bf16 weights (how generate.py runs on GPU): float32 sampler state is cast at the model's door."""
+    model = tiny_model("dual").to(torch.bfloat16)
+    ref, ref_s, audio, _ = _args(model, 6)
+    out = infer.generate(model, ref.bfloat16(), ref_s.bfloat16(), audio.bfloat16(), 6, sample=SC)
+    assert torch.isfinite(out["video"].float()).all() and out["struct"].shape == (2, 6, model.cfg.struct_dim)

@@ -58,7 +58,7 @@ class SigmaEmbed(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device) / half)
         ang = 1000.0 * sigma.float()[..., None] * freqs
-        c = self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1))
+        c = self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1).to(self.mlp[0].weight.dtype))
         return c, self.to_mod(c).unflatten(-1, (self.n_mod, -1))
 
 

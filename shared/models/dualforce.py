@@ -93,6 +93,10 @@ class DualForce(nn.Module):
         """
         cfg = self.cfg
         self._check(video, sigma_video, struct, sigma_struct, audio)
+        wdt = self.video.embed.weight.dtype  # bf16 weights (inference) take bf16 inputs; autocast casts itself
+        video = video.to(wdt)
+        struct = None if struct is None else struct.to(wdt)
+        audio = None if audio is None else audio.to(wdt)
         b, t = video.shape[:2]
         dev = video.device
         backend = resolve_backend(cfg.attn_backend, dev)
