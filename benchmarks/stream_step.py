@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--no-graphs", action="store_true", help="eager forwards instead of CUDA-graph replays")
-    ap.add_argument("--skip-recompute", action="store_true", help="do not time use_cache=False")
+    ap.add_argument("--recompute-frames", type=int, help="frames for the use_cache=False run (default --frames; 0 = skip)")
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
     sample = replace(cfg.sample, steps=a.steps)
@@ -68,10 +68,14 @@ def main(argv=None) -> dict:
     timed_stream(model, inputs, a.frames, sample, False, stop_after=sample.window + sample.roll_keep + 4, graphs=graphs)
     res["prepare_s"] = time.perf_counter() - t
     res["graphs_captured"] = len(graphs.graphs) if graphs else 0
+    print("prepared", json.dumps(res), file=sys.stderr, flush=True)
     res["cached"] = timed_stream(model, inputs, a.frames, sample, False, graphs=graphs)
     res["cached_latency"] = timed_stream(model, inputs, a.frames, sample, True, graphs=graphs)
-    if not a.skip_recompute:
-        res["recompute"] = timed_stream(model, inputs, a.frames, sample, False, use_cache=False)
+    print("cached", json.dumps(res), file=sys.stderr, flush=True)
+    n = a.frames if a.recompute_frames is None else a.recompute_frames
+    if n:
+        # same audio length as the cached runs (what the model sees), stopped after n frames
+        res["recompute"] = timed_stream(model, inputs, a.frames, sample, False, stop_after=n, use_cache=False)
         res["cache_speedup"] = res["cached"]["fps"] / res["recompute"]["fps"]
     res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(res))
