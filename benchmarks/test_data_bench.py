@@ -1,4 +1,4 @@
-"""Data pipeline throughput: SynthTalk rendering and cache window reads (0 and 4 DataLoader workers).
+"""Data pipeline throughput: SynthTalk rendering and cache window reads (0, 4 and 8 DataLoader workers), ingest.
 
     pytest benchmarks/test_data_bench.py --benchmark-only [--benchmark-save=NAME | --benchmark-compare]
 
@@ -43,7 +43,7 @@ def cache(request, tmp_path_factory):
     return request.param, path
 
 
-@pytest.mark.parametrize("workers", [0, 4])
+@pytest.mark.parametrize("workers", [0, 4, 8])
 def test_cache_windows(benchmark, cache, workers):
     name, path = cache
     ds = WindowDataset(path, frames=32, stride=8)
@@ -62,3 +62,18 @@ def test_cache_windows(benchmark, cache, workers):
     seen = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
     benchmark.extra_info["preset"] = name
     benchmark.extra_info["windows_per_s"] = seen / benchmark.stats.stats.mean
+
+
+def test_ingest(benchmark, tmp_path):
+    """SynthTalk export -> `shared.data.ingest` (decode, pixels codec, logmel, struct) into a cache: frames/s."""
+    from shared.data.ingest import Options, ingest
+    from shared.data.synth import export
+
+    export(tmp_path / "src", clips=2, seconds=4.0, size=64, seed=0)
+    runs = iter(range(100))
+
+    def run():
+        return ingest(tmp_path / "src", tmp_path / f"c{next(runs)}.h5", Options(size=64, struct="explicit"))
+
+    benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    benchmark.extra_info["frames_per_s"] = 2 * 4.0 * 25 / benchmark.stats.stats.mean

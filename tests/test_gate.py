@@ -1,0 +1,48 @@
+"""benchmarks/gate.py: a gate below its threshold is a FAIL row and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gate  # noqa: E402
+
+
+def _report(path: Path, h1: str) -> Path:
+    path.write_text(json.dumps({"verdicts": {"H1: video": {"verdict": h1}, "H2: struct": {"verdict": "inconclusive"},
+                                             "H3: stable": {"verdict": "supported"}}}))
+    return path
+
+
+def test_poc_gate_fails_with_nonzero_exit(tmp_path):
+    report = _report(tmp_path / "report.json", "inconclusive")
+    cmd = [sys.executable, "benchmarks/gate.py", "--preset", "poc", "--only", "poc", "--poc-report", str(report),
+           "--out", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAIL" in res.stdout
+    rows = json.loads((tmp_path / "gates.json").read_text())["gates"]
+    assert rows[0]["status"] == "FAIL" and "H1 inconclusive" in rows[0]["measured"]
+    _report(report, "supported")
+    assert gate.main(["--preset", "poc", "--only", "poc", "--poc-report", str(report), "--out", str(tmp_path)]) == 0
+
+
+def test_numeric_gates_fail_below_threshold(tmp_path):
+    th = gate.load_thresholds(ROOT / "benchmarks" / "thresholds.toml", "full")
+    train = {"mfu_datasheet": th["mfu_min"] - 0.01, "ratio_to_matmul": 0.3, "video_tokens_per_s": 1e4,
+             "memory_use": 0.95, "peak_mem_gib": 76.0, "samples_per_s": 10.0}
+    measured = {"train": train, "loader": {"workers_0": 29.0, "workers_4": 12.0},
+                "stream": {"fps": 24.9, "first_frame_ms": 50.0, "steps": 4}}
+    rows = {r["gate"].split(" ")[0]: r["status"] for r in gate.gates(th, measured, tmp_path / "none.json",
+                                                                        set(gate.GATES))}
+    assert rows == {"PoC": "FAIL", "training": "FAIL", "peak": "FAIL", "loader": "FAIL", "streaming": "FAIL"}
+    train.update(mfu_datasheet=th["mfu_min"], memory_use=0.5)
+    measured["loader"]["workers_0"] = 30.0
+    measured["stream"]["fps"] = 25.0
+    rows = [r["status"] for r in gate.gates(th, measured, tmp_path / "none.json", {"train", "memory", "loader",
+                                                                                   "stream"})]
+    assert rows == ["PASS"] * 4
