@@ -66,17 +66,19 @@ def main(argv=None) -> dict:
     dev = fabric.device
     batch = Batch(torch.randn(b, t, m.latent_channels, m.latent_size, m.latent_size, device=dev),
                   torch.randn(b, t, m.struct_dim, device=dev), torch.randn(b, 2 * t, m.audio_dim, device=dev))
+    def step():
+        fabric.backward(training_loss(model, batch, cfg.diffusion)["loss"])
+        fabric.clip_gradients(model, opt, max_norm=1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+
     torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(a.steps + 3):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = training_loss(model, batch, cfg.diffusion)["loss"]
-        fabric.backward(loss)
-        fabric.clip_gradients(model, opt, max_norm=1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        step()
         if i == 0:
             first = time.perf_counter() - t0  # includes compilation with --compile
         if i >= 3:
@@ -87,12 +89,7 @@ def main(argv=None) -> dict:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            loss = training_loss(model, batch, cfg.diffusion)["loss"]
-            fabric.backward(loss)
-            fabric.clip_gradients(model, opt, max_norm=1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            step()
         events = prof.key_averages()
         kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
         busy = kernel_us / 1e6 / dt  # fraction of the step the GPU runs kernels (one stream)
