@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -233,7 +233,7 @@ def write_outputs(out: Path, frames: list[np.ndarray], structs: list[np.ndarray 
     return paths
 
 
-def training_sampler(cfg: Config, cache: str | Path) -> callable:
+def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Module, int, Path], None]:
     """A `fit` sampler: every train.sample_every steps, stream train.sample_frames frames from the first clip of
     `cache` (its reference and audio features; the cache holds no waveform, so the sample is silent) and write
     samples/step_XXXXXXXX.mp4 + .struct.npz. Runs on every rank (FSDP forwards need them all); rank 0 writes."""
