@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -30,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from common import cpu_stream, cpu_train_step, matmul_rate, synthetic_cache
 from shared import config as C
-from shared.data.cache import CacheMeta, CacheWriter, WindowDataset
-from shared.flops import training_flops
+from shared.data.cache import WindowDataset
 
 GATES = ("poc", "train", "memory", "loader", "stream")
 
@@ -47,20 +46,6 @@ def load_thresholds(path: Path, preset: str) -> dict:
 # ----------------------------------------------------------------------------------------------- measurements
 
 
-def matmul_rate(device: torch.device, n: int, dtype: torch.dtype, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn_like(a)
-    a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return reps * 2 * n**3 / (time.perf_counter() - t)
-
-
 def measure_train(cfg: C.Config, th: dict, device: torch.device) -> dict:
     """GPU: the training-step benchmark (FSDP, bf16, compiled blocks). CPU: the same loss/optimiser step, fp32."""
     mb = th["micro_batch"]
@@ -70,30 +55,18 @@ def measure_train(cfg: C.Config, th: dict, device: torch.device) -> dict:
         r = train_step(["--preset", cfg.preset, "--strategy", "fsdp", "--compile", "--micro-batch", str(mb)])
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         return {**r, "memory_use": r["peak_mem_gib"] / total, "samples_per_s": mb / (r["step_ms"] / 1e3)}
-    from shared.diffusion import Batch, training_loss
-    from shared.models import DualForce
-    from shared.train import optimizer
-
-    torch.manual_seed(0)
-    model = DualForce(cfg.model)
-    opt = optimizer(model, replace(cfg.train, accelerator="cpu"))
-    m, t = cfg.model, cfg.clip_frames + 1
-    batch = Batch(torch.randn(mb, t, m.latent_channels, m.latent_size, m.latent_size), torch.randn(mb, t, m.struct_dim),
-                  torch.randn(mb, 2 * t, m.audio_dim))
+    step, flops, tokens = cpu_train_step(cfg, mb)
     times = []
     for i in range(6):
         t0 = time.perf_counter()
-        training_loss(model, batch, cfg.diffusion)["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step()
         if i >= 2:
             times.append(time.perf_counter() - t0)
     dt = float(np.median(times))
-    flops = training_flops(m, t)["per_sequence"] * mb
-    mm = matmul_rate(device, 1024, torch.float32)
+    mm = matmul_rate(device, 1024, torch.float32, reps=5)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"step_ms": dt * 1e3, "video_tokens_per_s": mb * t * m.tokens_per_frame / dt, "samples_per_s": mb / dt,
+    return {"step_ms": dt * 1e3, "video_tokens_per_s": tokens / dt, "samples_per_s": mb / dt,
             "model_tflops": flops / dt / 1e12, "matmul_tflops": mm / 1e12, "ratio_to_matmul": flops / dt / mm,
             "mfu_datasheet": None, "peak_mem_gib": rss / 2**30, "memory_use": rss / ram, "micro_batch": mb,
             "device": "cpu"}
@@ -104,18 +77,8 @@ def measure_loader(cfg: C.Config, workers=(0, 4, 8), seconds: float = 3.0) -> di
     m = cfg.model
     out = {}
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "bench.h5"
-        meta = CacheMeta(cfg.image_size, (m.latent_channels, m.latent_size, m.latent_size), {"name": "bench"},
-                         "explicit", tuple(f"s{i}" for i in range(m.struct_dim)), {"name": "logmel", "dim": m.audio_dim},
-                         m.audio_dim)
-        g = np.random.default_rng(0)
-        n = 4 * cfg.clip_frames
-        with CacheWriter(path, meta) as w:
-            for i in range(8):
-                w.add_clip(f"c{i}", g.standard_normal((n, *meta.latent_shape), np.float32),
-                           g.standard_normal((n, m.struct_dim), np.float32),
-                           g.standard_normal((2 * n, m.audio_dim), np.float32),
-                           g.standard_normal(meta.latent_shape, np.float32), g.standard_normal(m.struct_dim, np.float32))
+        path = synthetic_cache(Path(d) / "bench.h5", (m.latent_channels, m.latent_size, m.latent_size), m.struct_dim,
+                               m.audio_dim, clips=8, frames=4 * cfg.clip_frames, image_size=cfg.image_size)
         ds = WindowDataset(path, frames=cfg.clip_frames, stride=1)
         for nw in workers:
             loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=nw,
@@ -140,22 +103,7 @@ def measure_stream(cfg: C.Config, th: dict, device: torch.device) -> dict:
         r = stream_step(["--preset", cfg.preset, "--frames", str(th["stream_frames"]), "--recompute-frames", "0"])
         return {"fps": r["cached"]["fps"], "first_frame_ms": r["cached_latency"]["first_frame_ms"],
                 "steps": r["steps"], "cuda_graphs": True}
-    from shared.infer import stream
-    from shared.models import DualForce
-
-    m, frames = cfg.model, th["stream_frames"]
-    torch.manual_seed(0)
-    model = DualForce(m).eval()
-    ref = torch.randn(1, m.latent_channels, m.latent_size, m.latent_size)
-    ref_s = torch.randn(1, m.struct_dim) if m.has_struct else None
-    audio = torch.randn(1, 2 * frames, m.audio_dim)
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        first = None
-        for f in stream(model, ref, ref_s, audio, frames, sample=cfg.sample):
-            first = first or time.perf_counter() - t0
-        total = time.perf_counter() - t0
-    return {"fps": frames / total, "first_frame_ms": first * 1e3, "steps": cfg.sample.steps, "cuda_graphs": False}
+    return {**cpu_stream(cfg, th["stream_frames"]), "cuda_graphs": False}
 
 
 # --------------------------------------------------------------------------------------------------------- gates

@@ -8,11 +8,11 @@ saved run.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from shared.data.cache import CacheMeta, CacheWriter, WindowDataset
+from common import synthetic_cache
+from shared.data.cache import WindowDataset
 from shared.data.face import render
 from shared.data.synth import clip_seed, make_clip
 
@@ -31,15 +31,8 @@ def test_synthtalk_render(benchmark, size):
 
 @pytest.fixture(scope="module", params=list(LATENTS))
 def cache(request, tmp_path_factory):
-    shape = LATENTS[request.param]
     path = tmp_path_factory.mktemp("cache") / f"{request.param}.h5"
-    meta = CacheMeta(64, shape, {"name": "bench"}, "explicit", tuple("abcdefghijklm"), {"name": "logmel"}, 80)
-    g = np.random.default_rng(0)
-    with CacheWriter(path, meta) as w:
-        for i in range(16):
-            w.add_clip(f"c{i}", g.standard_normal((250, *shape), np.float32), g.standard_normal((250, 13), np.float32),
-                       g.standard_normal((500, 80), np.float32), g.standard_normal(shape, np.float32),
-                       g.standard_normal(13, np.float32))
+    synthetic_cache(path, LATENTS[request.param], struct_dim=13, audio_dim=80, clips=16, frames=250)
     return request.param, path
 
 

@@ -16,26 +16,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import matmul_rate, synthetic_batch  # noqa: E402
 from shared import config as C  # noqa: E402
-from shared.diffusion import Batch, training_loss  # noqa: E402
+from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.models.blocks import Block, BridgeLayer  # noqa: E402
 from shared.train import make_fabric, optimizer  # noqa: E402
-
-
-def matmul_flops(n: int = 8192, reps: int = 20) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn_like(a)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize()
-    return reps * 2 * n**3 / (time.perf_counter() - t)
 
 
 def main(argv=None) -> dict:
@@ -51,7 +40,7 @@ def main(argv=None) -> dict:
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
                                               "train.devices": "1"})
-    mm = matmul_flops()
+    mm = matmul_rate("cuda")
     fabric = make_fabric(cfg.train, (Block, BridgeLayer))
     fabric.launch()
     torch.manual_seed(0)
@@ -63,9 +52,7 @@ def main(argv=None) -> dict:
     m = cfg.model
     t = cfg.clip_frames + 1
     b = a.micro_batch
-    dev = fabric.device
-    batch = Batch(torch.randn(b, t, m.latent_channels, m.latent_size, m.latent_size, device=dev),
-                  torch.randn(b, t, m.struct_dim, device=dev), torch.randn(b, 2 * t, m.audio_dim, device=dev))
+    batch = synthetic_batch(cfg, b, fabric.device)
     def step():
         fabric.backward(training_loss(model, batch, cfg.diffusion)["loss"])
         fabric.clip_gradients(model, opt, max_norm=1.0)

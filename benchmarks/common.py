@@ -1,0 +1,91 @@
+"""What the benchmark scripts, the pytest-benchmark suites and the gates share: the in-process matmul reference,
+synthetic inputs of a preset's shapes, a CPU training step, a CPU stream and a synthetic latent cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared import config as C
+from shared.data.cache import CacheMeta, CacheWriter
+from shared.diffusion import Batch, training_loss
+from shared.flops import training_flops
+from shared.infer import stream
+from shared.models import DualForce
+from shared.train import optimizer
+
+
+def matmul_rate(device: torch.device | str = "cuda", n: int = 8192, dtype: torch.dtype = torch.bfloat16,
+                reps: int = 20) -> float:
+    """FLOP/s of an n^3 matmul measured now, in this process: the denominator that makes ratios comparable on a
+    noisy machine (bf16 8192^3 on a GPU; fp32 1024^3 is the CPU's)."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return reps * 2 * n**3 / (time.perf_counter() - t)
+
+
+def synthetic_batch(cfg: C.Config, batch: int, device: torch.device | str = "cpu") -> Batch:
+    """Random latents, struct and audio of one training micro-batch of the preset's shapes."""
+    m, t = cfg.model, cfg.clip_frames + 1
+    return Batch(torch.randn(batch, t, m.latent_channels, m.latent_size, m.latent_size, device=device),
+                 torch.randn(batch, t, m.struct_dim, device=device), torch.randn(batch, 2 * t, m.audio_dim, device=device))
+
+
+def cpu_train_step(cfg: C.Config, batch: int):
+    """(step(), training FLOPs per step, video tokens per step) of the preset on the CPU, fp32, AdamW."""
+    torch.manual_seed(0)
+    model = DualForce(cfg.model)
+    opt = optimizer(model, replace(cfg.train, accelerator="cpu"))
+    data = synthetic_batch(cfg, batch)
+
+    def step():
+        training_loss(model, data, cfg.diffusion)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t = cfg.clip_frames + 1
+    return step, training_flops(cfg.model, t)["per_sequence"] * batch, batch * t * cfg.model.tokens_per_frame
+
+
+def cpu_stream(cfg: C.Config, frames: int, use_cache: bool = True) -> dict:
+    """Eager streaming of the preset on the CPU (random weights, batch 1): seconds, fps, first-frame latency."""
+    m = cfg.model
+    torch.manual_seed(0)
+    model = DualForce(m).eval()
+    args = (torch.randn(1, m.latent_channels, m.latent_size, m.latent_size),
+            torch.randn(1, m.struct_dim) if m.has_struct else None, torch.randn(1, 2 * frames, m.audio_dim), frames)
+    first = None
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in stream(model, *args, sample=cfg.sample, use_cache=use_cache):
+            first = first or time.perf_counter() - t0
+        total = time.perf_counter() - t0
+    return {"seconds": total, "fps": frames / total, "first_frame_ms": first * 1e3, "steps": cfg.sample.steps}
+
+
+def synthetic_cache(path: Path, latent_shape: tuple[int, int, int], struct_dim: int, audio_dim: int, clips: int,
+                    frames: int, image_size: int = 64) -> Path:
+    """A latent cache of random clips (what a loader benchmark needs: the shapes, not the content)."""
+    meta = CacheMeta(image_size, tuple(latent_shape), {"name": "bench"}, "explicit",
+                     tuple(f"s{i}" for i in range(struct_dim)), {"name": "logmel", "dim": audio_dim}, audio_dim)
+    g = np.random.default_rng(0)
+    with CacheWriter(path, meta) as w:
+        for i in range(clips):
+            w.add_clip(f"c{i}", g.standard_normal((frames, *latent_shape), np.float32),
+                       g.standard_normal((frames, struct_dim), np.float32),
+                       g.standard_normal((2 * frames, audio_dim), np.float32),
+                       g.standard_normal(latent_shape, np.float32), g.standard_normal(struct_dim, np.float32))
+    return path
