@@ -38,6 +38,18 @@ class GraphedModel:
         self.audio: torch.Tensor | None = None
         self.keep: torch.Tensor | None = None
 
+    def warm_up(self, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor,
+                num_frames: int, sample: SampleConfig) -> int:
+        """Capture every graph a stream of these inputs will need (each cache length of the window, the roll) by
+        streaming just far enough; later streams of the same batch and audio length only replay. Returns the
+        number of graphs."""
+        needed = sample.window + sample.roll_keep + sample.chunk + 1
+        for i, _ in enumerate(stream(self.model, ref_video, ref_struct, audio, num_frames, sample=sample,
+                                     graphs=self)):
+            if i + 1 >= needed:
+                break
+        return len(self.graphs)
+
     def set_audio(self, audio: torch.Tensor, keep: torch.Tensor) -> None:
         if self.audio is None or self.audio.shape != audio.shape:
             self.audio, self.keep, self.graphs = audio.clone(), keep.clone(), {}  # new shapes: capture again

@@ -135,8 +135,10 @@ class Reference:
 def load_reference(spec: str, cfg: Config, meta: CacheMeta, codec: VideoCodec) -> Reference:
     """A png/jpg of any size (centre-cropped to a square, resized, encoded) or a cache clip, `CACHE.h5[:CLIP]`
     (its stored reference latent and struct). An image has no measured motion: its struct is the neutral zero."""
-    path, _, clip = spec.partition(".h5:") if ".h5:" in spec else (spec, "", "")
-    path = path + ".h5" if clip else path
+    path, clip = spec, ""
+    if ".h5:" in spec:  # CACHE.h5:CLIP
+        head, _, clip = spec.partition(".h5:")
+        path = head + ".h5"
     p = Path(path)
     if not p.is_file():
         raise InputError(f"reference {p} not found")
@@ -201,6 +203,22 @@ def load_audio(path: str | Path, seconds: float | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- stream
 
 
+def _on_device(model: DualForce, ref: Reference, features: np.ndarray, frames: int, device: torch.device):
+    """The stream's inputs in the model's dtype (bf16 weights on GPU) on `device`."""
+    dtype = next(model.parameters()).dtype
+    audio = torch.from_numpy(features[: 2 * frames])[None].to(device, dtype)
+    ref_struct = ref.struct.to(device, dtype) if ref.struct is not None else None
+    return ref.video.to(device, dtype), ref_struct, audio
+
+
+def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frames: int, sample: SampleConfig,
+                   device: torch.device) -> GraphedModel:
+    """CUDA graphs for streaming these inputs, captured before the clock starts (`GraphedModel.warm_up`)."""
+    graphs = GraphedModel(model)
+    graphs.warm_up(*_on_device(model, ref, features, frames, device), frames, sample)
+    return graphs
+
+
 def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
                   sample: SampleConfig, device: torch.device, seed: int = 0, use_cache: bool = True,
                   graphs: GraphedModel | None = None) -> Iterator[dict]:
@@ -208,12 +226,10 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
     (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz. Inputs take the
     model's dtype (bf16 weights on GPU)."""
     t0 = time.perf_counter()
-    dtype = next(model.parameters()).dtype
     gen = torch.Generator(device=device).manual_seed(seed)
-    audio = torch.from_numpy(features[: 2 * frames])[None].to(device, dtype)
-    ref_struct = ref.struct.to(device, dtype) if ref.struct is not None else None
-    for f in stream(model, ref.video.to(device, dtype), ref_struct, audio, frames, generator=gen, sample=sample,
-                    use_cache=use_cache, graphs=graphs):
+    ref_video, ref_struct, audio = _on_device(model, ref, features, frames, device)
+    for f in stream(model, ref_video, ref_struct, audio, frames, generator=gen, sample=sample, use_cache=use_cache,
+                    graphs=graphs):
         frame = codec.decode(f["video"].float().cpu())[0]  # decoding syncs: the frame is really done
         struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
         yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}

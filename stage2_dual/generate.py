@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from shared.infer import GraphedModel  # noqa: E402
+from shared.data.codecs import get_codec  # noqa: E402
 from shared.streaming import (InputError, codec_from_spec, features_from_spec, load_audio, load_model,  # noqa: E402
-                              load_reference, stream_frames, write_outputs)
+                              load_reference, prepare_graphs, stream_frames, write_outputs)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -60,8 +60,6 @@ def main(argv=None) -> dict:
     sample = replace(sample, **{k: v for k, v in given.items() if v is not None})
     if a.sigma_struct_start is not None and a.sigma_struct_start < 1 and sample.schedule == "autoregressive":
         sample = replace(sample, schedule="struct_leads")  # a struct start below 1 needs the struct-leads schedule
-    from shared.data.codecs import get_codec
-
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
     ref = load_reference(a.ref, cfg, meta, codec)
     wav = load_audio(a.audio, a.seconds)
@@ -75,12 +73,8 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         model.to(torch.bfloat16)
         if not (a.no_graphs or a.no_cache):
-            graphs = GraphedModel(model)
-            t = time.perf_counter()  # capture every cache length's graph before the clock starts
-            warm = stream_frames(model, ref, features, frames, codec, sample, device, a.seed, graphs=graphs)
-            for i, _ in enumerate(warm):
-                if i == sample.window + sample.roll_keep + sample.chunk:
-                    break
+            t = time.perf_counter()
+            graphs = prepare_graphs(model, ref, features, frames, sample, device)
             prepare = time.perf_counter() - t
     got, latency, last = [], [], 0.0
     t0 = time.perf_counter()
