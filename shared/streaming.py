@@ -8,6 +8,7 @@ periodic samples. The sampler itself (`shared.infer.stream`) knows nothing about
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -243,7 +244,9 @@ def write_outputs(out: Path, frames: list[np.ndarray], structs: list[np.ndarray 
     audio = None if wav is None else wav[: round(len(frames) / fps * 16000)]
     write_mp4(out, np.stack(frames), fps=fps, audio=audio)
     if structs and structs[0] is not None:
-        np.savez(paths["struct"], struct=np.stack(structs).astype(np.float32), layout=np.array(layout), fps=fps)
+        tmp = paths["struct"].with_name(f".{paths['struct'].name}.tmp.npz")  # renamed when complete, as the mp4
+        np.savez(tmp, struct=np.stack(structs).astype(np.float32), layout=np.array(layout), fps=fps)
+        os.replace(tmp, paths["struct"])
     else:
         paths.pop("struct")
     return paths

@@ -377,7 +377,6 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                 save(step)
             if sampler is not None and tc.sample_every and step % tc.sample_every == 0:
                 sampler(ema.model if ema is not None else model, step, out / "samples")
-                model.train()
             if stop_now:
                 save(step)
                 raise Stop(f"{stop['why'] or 'signal on another rank'}: saved step {step}, exiting")

@@ -94,7 +94,9 @@ def main(argv=None) -> dict:
               "prepare_s": prepare, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "reference": ref.source, "checkpoint": str(a.ckpt)}
-    out.with_suffix(".timing.json").write_text(json.dumps(timing, indent=1))
+    tmp = out.with_name(f".{out.stem}.timing.json.tmp")
+    tmp.write_text(json.dumps(timing, indent=1))
+    tmp.replace(out.with_suffix(".timing.json"))
     print(f"{out}: {frames} frames in {total:.1f} s ({timing['fps']:.1f} fps, first frame {latency[0] * 1e3:.0f} ms)"
           + (f"; motion in {paths['struct']}" if "struct" in paths else ""))
     return {**timing, "paths": {k: str(v) for k, v in paths.items()}}
