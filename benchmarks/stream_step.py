@@ -2,12 +2,14 @@
 KV cache over recomputing the visible history (`use_cache=False`). Random weights (speed does not depend on them),
 bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT only (no video decoder).
 
-    python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--no-graphs] [--skip-recompute]
+    python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--compile] [--no-graphs]
+        [--recompute-frames N]
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 import time
@@ -42,12 +44,34 @@ def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int
             else None, "p50_frame_ms": sorted(lat)[len(lat) // 2] * 1e3, "max_frame_ms": max(lat) * 1e3}
 
 
+def profile(path: str, run) -> dict:
+    """Kernel table of `run` (8 frames): how many kernels per frame and how much of the wall time they fill."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        r = run()
+    events = prof.key_averages()
+    cuda = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_us = sum(e.self_device_time_total for e in cuda)
+    out = {"frames": r["frames"], "kernels_per_frame": sum(e.count for e in cuda) / r["frames"],
+           "kernel_ms_per_frame": kernel_us / 1e3 / r["frames"], "wall_ms_per_frame": r["seconds"] * 1e3 / r["frames"]}
+    Path(path).write_text(json.dumps(out) + "\n\n" + events.table(sort_by="self_device_time_total", row_limit=40,
+                                                                   max_name_column_width=90))
+    return out
+
+
 def main(argv=None) -> dict:
+    faulthandler.enable()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="full")
     ap.add_argument("--frames", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--no-graphs", action="store_true", help="eager forwards instead of CUDA-graph replays")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the blocks (inside the graphs)")
+    ap.add_argument("--no-overlap", action="store_true", help="struct tower on the main stream (no second stream)")
+    ap.add_argument("--profile", help="write a torch.profiler table of 8 streamed frames to this file")
+    ap.add_argument("--stop-after", type=int, help="time only the first N frames of the --frames stream")
     ap.add_argument("--recompute-frames", type=int, help="frames for the use_cache=False run (default --frames; 0 = skip)")
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
@@ -61,23 +85,34 @@ def main(argv=None) -> dict:
     audio = torch.randn(1, 2 * a.frames, m.audio_dim, device=dev, dtype=bf)
     inputs = (ref, ref_s, audio)
     res = {"preset": a.preset, "steps": a.steps, "window": sample.window, "roll_keep": sample.roll_keep,
-           "device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    graphs = None if a.no_graphs else GraphedModel(model)
+           "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": a.compile,
+           "overlap": not a.no_overlap}
+    if a.no_graphs:
+        model.overlap_towers(not a.no_overlap)
+        if a.compile:
+            model.compile_blocks()
+    graphs = None if a.no_graphs else GraphedModel(model, compile=a.compile, overlap=not a.no_overlap)
     t = time.perf_counter()
-    if graphs is not None:  # a graph per cache length, captured once; later streams only replay
+    if graphs is not None:  # a graph per input shape, captured once; later streams only replay
         graphs.warm_up(*inputs, a.frames, sample)
     else:  # warm the eager kernels over the same stretch
         timed_stream(model, inputs, a.frames, sample, False, stop_after=sample.window + sample.roll_keep + 2)
     res["prepare_s"] = time.perf_counter() - t
     res["graphs_captured"] = len(graphs.graphs) if graphs else 0
     print("prepared", json.dumps(res), file=sys.stderr, flush=True)
-    res["cached"] = timed_stream(model, inputs, a.frames, sample, False, graphs=graphs)
-    res["cached_latency"] = timed_stream(model, inputs, a.frames, sample, True, graphs=graphs)
+    res["cached"] = timed_stream(model, inputs, a.frames, sample, False, a.stop_after, graphs=graphs)
+    res["cached_latency"] = timed_stream(model, inputs, a.frames, sample, True, a.stop_after, graphs=graphs)
     print("cached", json.dumps(res), file=sys.stderr, flush=True)
+    if a.profile:
+        res["profile"] = profile(a.profile, lambda: timed_stream(model, inputs, a.frames, sample, False,
+                                                                  stop_after=8, graphs=graphs))
+        print("profiled", json.dumps(res["profile"]), file=sys.stderr, flush=True)
     n = a.frames if a.recompute_frames is None else a.recompute_frames
     if n:
-        # same audio length as the cached runs (what the model sees), stopped after n frames
-        res["recompute"] = timed_stream(model, inputs, a.frames, sample, False, stop_after=n, use_cache=False)
+        # same audio length as the cached runs (what the model sees), stopped after n frames; eager (compiled
+        # blocks would compile again for each of the up to window + 1 sequence lengths)
+        with torch.compiler.set_stance("force_eager"):
+            res["recompute"] = timed_stream(model, inputs, a.frames, sample, False, stop_after=n, use_cache=False)
         res["cache_speedup"] = res["cached"]["fps"] / res["recompute"]["fps"]
     res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(res))

@@ -46,10 +46,11 @@ def forward_flops(cfg: ModelConfig, frames: int, causal: bool = True, query_fram
         hidden = int(width * cfg.mlp_ratio)
         per_block = (2 * n * 4 * width**2  # qkv + proj
                      + 4 * visible_pairs(tokens, tokens) * width  # QK^T and AV
-                     + 2 * n * 2 * width**2 + 2 * q * 2 * width**2  # audio q/proj on tokens, k/v on audio tokens
+                     + 2 * n * 2 * width**2 + 2 * q * w * 2 * width**2  # audio q/proj; k/v on each frame's window
                      + 4 * n * w * width  # audio attention
                      + 2 * n * 3 * width * hidden)  # SwiGLU
-        return blocks * per_block + 2 * n * width * (in_dim + out_dim + 2 * width)
+        audio_embed = 2 * q * w * (2 * cfg.audio_dim * width + width**2)  # projects each frame's window
+        return blocks * per_block + 2 * n * width * (in_dim + out_dim + 2 * width) + audio_embed
 
     out = {"video_dit": tower(d, nv, cfg.depth, pin, pin), "struct_dit": 0.0, "bridge": 0.0}
     if cfg.has_struct:

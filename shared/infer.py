@@ -26,29 +26,46 @@ from .models import DualForce, KVCache
 
 class GraphedModel:
     """CUDA-graph replay of the streaming forward (Self-Forcing and CausVid are launch-bound the same way: one frame
-    of 256 tokens is thousands of small kernels). One graph per call signature (first slot, frames, batch): every
-    cache length of the window is captured once, with the static KV cache, then replayed with new inputs copied
-    into static buffers. The audio is a static buffer too (`set_audio`), so the graphs serve every later stream of
-    the same batch and audio length. Outputs are overwritten by the next replay: use them before calling again."""
+    of 256 tokens is thousands of small kernels). The KV cache attends over its whole static buffer under a mask
+    (`KVCache`), and the first slot is a device scalar, so one graph per input shape (frames, batch) serves every
+    position of every stream: in practice three, the denoising step, the step that also writes the previous frame
+    to the cache, and the roll. The graphs own their cache (`cache()`) and audio buffer (`set_audio`); later
+    streams of the same batch and audio length only replay. Outputs are overwritten by the next replay: use them
+    before calling again.
 
-    def __init__(self, model: DualForce):
-        self.model = model
+    compile: `torch.compile` the blocks first (inductor fuses the norms, modulation, RoPE and gating into a few
+    kernels; the graphs then replay the compiled kernels). overlap: the struct tower on a second stream
+    (`DualForce.overlap_towers`). Both change `model` in place."""
+
+    def __init__(self, model: DualForce, compile: bool = False, overlap: bool = True):
+        self.model = model.compile_blocks() if compile else model
+        model.overlap_towers(overlap)
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.audio: torch.Tensor | None = None
         self.keep: torch.Tensor | None = None
+        self.kv: KVCache | None = None
+        self.start: torch.Tensor | None = None
 
     def warm_up(self, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor,
                 num_frames: int, sample: SampleConfig) -> int:
-        """Capture every graph a stream of these inputs will need (each cache length of the window, the roll) by
-        streaming just far enough; later streams of the same batch and audio length only replay. Returns the
-        number of graphs."""
-        needed = sample.window + sample.roll_keep + sample.chunk + 1
+        """Capture every graph a stream of these inputs will need (first step, steady state, roll) by streaming
+        just far enough; later streams of the same batch and audio length only replay. Returns the number of
+        graphs."""
+        needed = min(num_frames, sample.window + sample.roll_keep + 2 * sample.chunk + 1)
         for i, _ in enumerate(stream(self.model, ref_video, ref_struct, audio, num_frames, sample=sample,
                                      graphs=self)):
             if i + 1 >= needed:
                 break
         return len(self.graphs)
+
+    def cache(self, max_frames: int, device: torch.device) -> KVCache:
+        """The KV cache the graphs read and write, emptied for a new stream."""
+        if self.kv is None or self.kv.max_frames != max_frames:
+            self.kv, self.graphs = KVCache(max_frames), {}
+            self.start = torch.zeros((), dtype=torch.long, device=device)
+        self.kv.truncate(0)
+        return self.kv
 
     def set_audio(self, audio: torch.Tensor, keep: torch.Tensor) -> None:
         if self.audio is None or self.audio.shape != audio.shape:
@@ -58,9 +75,12 @@ class GraphedModel:
             self.keep.copy_(keep)
 
     def __call__(self, video, sv, struct, ss, *, start: int, audio_index: torch.Tensor, cache: KVCache):
-        key = (start, *video.shape, cache.length)
+        if cache is not self.kv:
+            raise ValueError("GraphedModel: stream with the cache from graphs.cache(...)")
+        key = (tuple(video.shape), None if struct is None else tuple(struct.shape))
+        self.start.fill_(start)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(video, sv, struct, ss, start, audio_index, cache)
+            self.graphs[key] = self._capture(video, sv, struct, ss, audio_index)
         graph, inputs, out = self.graphs[key]
         for dst, src in zip(inputs, (video, sv, struct, ss, audio_index)):
             if dst is not None:
@@ -68,18 +88,19 @@ class GraphedModel:
         graph.replay()
         return out
 
-    def _capture(self, video, sv, struct, ss, start, audio_index, cache):
+    def _capture(self, video, sv, struct, ss, audio_index):
         inputs = [None if x is None else x.clone() for x in (video, sv, struct, ss, audio_index)]
         v, a, st, b, idx = inputs
 
         def fwd():
-            return self.model(v, a, st, b, self.audio, audio_keep=self.keep, start=start, audio_index=idx,
-                              cache=cache)
+            return self.model(v, a, st, b, self.audio, audio_keep=self.keep, start=self.start, audio_index=idx,
+                              cache=self.kv)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (allocates the cache; writes the same slots a replay overwrites)
-            fwd()
+        with torch.cuda.stream(side):  # warm-up: compiles, allocates the cache, runs the kernels' lazy init
+            for _ in range(2):
+                fwd()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
@@ -140,13 +161,15 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     cfg = model.cfg
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
     if isinstance(schedule, sched.Schedule):
-        plan = schedule
-    else:
-        plan = sched.build(schedule or sc.schedule, num_frames, steps, sc.chunk, sc.shift, sc.sigma_struct_start,
-                           sc.struct_lead)
-    if plan.frames != num_frames:
-        raise ValueError(f"schedule has {plan.frames} frames, asked for {num_frames}")
-    blocks = sched.blocks(plan)
+        if schedule.frames != num_frames:
+            raise ValueError(f"schedule has {schedule.frames} frames, asked for {num_frames}")
+        blocks = sched.block_rows(schedule)
+    else:  # no [rows, frames] matrix: it would be quadratic in the stream's length
+        blocks = sched.stream_rows(schedule or sc.schedule, num_frames, steps, sc.chunk, sc.shift,
+                                   sc.sigma_struct_start, sc.struct_lead)
+    for blk in blocks:
+        if (blk.video[0] != 1).any():
+            raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
     widest = max(b.hi - b.lo for b in blocks)
     if widest > window or (len(blocks) > 1 and not 0 <= roll_keep <= window - widest):
         raise ValueError(f"window={window} must hold a block of {widest} frames after keeping roll_keep={roll_keep} "
@@ -167,7 +190,12 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     # audio index of every frame (0 = the reference), kept where the model reads it: on the host for eager
     # forwards (no device sync), on the device for graph replays (no host data inside a graph)
     index_all = torch.arange(num_frames + 1, device=dev if graphs is not None else "cpu")
-    video_plan, struct_plan = plan.video.to(dev), plan.struct.to(dev)  # one copy, not one per block
+    on_dev: dict[int, tuple] = {}
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # blocks sharing row tensors share one device copy
+        if id(t) not in on_dev:
+            on_dev[id(t)] = (t, t.to(dev, non_blocking=True))  # holding t keeps its id from being reused
+        return on_dev[id(t)][1]
 
     def both(x):  # CFG: the same inputs for the conditional and the null-audio half; no copy without CFG
         return x if x is None or rep == 1 else torch.cat([x, x])
@@ -196,7 +224,12 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
 
     ref = _Frame(ref_video, ref_struct if cfg.has_struct else None, 0)
     history: deque[_Frame] = deque(maxlen=window)
-    cache = KVCache(1 + window) if use_cache else None
+    cache = None
+    if use_cache:
+        cache = graphs.cache(1 + window, dev) if graphs is not None else KVCache(1 + window)
+    # Finished frames whose clean keys/values are not in the cache yet: they ride along (sigma 0, frame-causal,
+    # so exactly a separate clean pass) in the next block's first denoising forward, saving one forward per block.
+    pending: list[_Frame] = [ref] if cache is not None else []
 
     def encode(frames: list[_Frame], start: int) -> None:
         """Clean pass that writes `frames` into cache slots start.. (sigma 0, as at the end of training's clips)."""
@@ -204,9 +237,6 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
         zeros = torch.zeros(b, len(frames), device=dev)
         run(video, zeros, struct, zeros, start, index, cache)
         cache.commit(len(frames))
-
-    if cache is not None:
-        encode([ref], 0)
 
     anchor = ref_struct
     for blk in blocks:
@@ -216,14 +246,12 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
             history.clear()
             history.extend(kept)
             if cache is not None:
+                pending = []
                 cache.truncate(1)
                 if kept:
                     encode(kept, 1)
         index = index_all[blk.lo + 1 : blk.hi + 1]
-        if (plan.video[blk.r0, blk.lo : blk.hi] != 1).any():  # the host copy: no device sync
-            raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
-        sv_rows = video_plan[blk.r0 : blk.r1 + 1, blk.lo : blk.hi]
-        ss_rows = struct_plan[blk.r0 : blk.r1 + 1, blk.lo : blk.hi]
+        sv_rows, ss_rows = rows(blk.video), rows(blk.struct)
         x = torch.randn((b, n, *ref_video.shape[1:]), generator=generator, device=dev, dtype=dtype)
         s = None
         if mode == "dual":
@@ -236,7 +264,19 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
             sv = sv_rows[r].expand(b, n)
             ss = ss_rows[r].expand(b, n) if mode == "dual" else torch.zeros(b, n, device=dev)
             if cache is not None:
-                vv, vs = run(x, sv, s, ss, cache.length, index, cache)
+                p = len(pending)
+                if p:  # the previous block's clean frames first, then this block's noisy ones
+                    pv, ps, pi = stack(pending)
+                    zeros = torch.zeros(b, p, device=dev)
+                    vv, vs = run(torch.cat([pv, x], 1), torch.cat([zeros, sv], 1),
+                                 None if s is None else torch.cat([ps, s], 1), torch.cat([zeros, ss], 1),
+                                 cache.length, torch.cat([pi, index]), cache)
+                    cache.commit(p)
+                    pending = []
+                    vv = vv[:, p:]
+                    vs = None if vs is None else vs[:, p:]
+                else:
+                    vv, vs = run(x, sv, s, ss, cache.length, index, cache)
             else:
                 hv, hs, hi = stack([ref, *history])
                 zeros = torch.zeros(b, hv.shape[1], device=dev)
@@ -251,7 +291,7 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
                 s = s + (ss_rows[r + 1] - ss_rows[r])[None, :, None] * vs
         done = [_Frame(x[:, i], None if s is None else s[:, i], blk.lo + 1 + i) for i in range(n)]
         if cache is not None:
-            encode(done, cache.length)
+            pending = done
         history.extend(done)
         if s is not None:
             anchor = s[:, -1]

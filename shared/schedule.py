@@ -5,7 +5,9 @@ frame is not a column: it is always clean). Row 0 is the initial noise level of 
 every frame from row r to row r + 1. A column that does not change between two rows is not touched.
 
 Frames are denoised in blocks of consecutive frames, one block after another (`blocks`), which is what a
-KV cache can serve; `shared.infer.stream` is the sampler for every such matrix.
+KV cache can serve; `shared.infer.stream` is the sampler for every such matrix. It consumes `BlockRows`: each
+block's own rows. The matrix of a long stream is quadratic in its length (4 steps x 15,000 frames for ten
+minutes: 60,001 x 15,000), so the built-in kinds give their block rows directly (`stream_rows`, linear).
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class Block:
     r1: int
 
 
+@dataclass(frozen=True)
+class BlockRows:
+    """Frames [lo, hi) and their sigmas at each of the block's sampler states: video/struct [K + 1, hi - lo]."""
+
+    lo: int
+    hi: int
+    video: torch.Tensor
+    struct: torch.Tensor
+
+
 def step_sigmas(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
     """[K + 1] decreasing noise levels from `start` to 0: a uniform grid, SD3-shifted, scaled to start."""
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -52,11 +64,7 @@ def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, 
     """Blocks of `chunk` frames, each taken from noise to clean in `steps` Euler steps before the next starts.
     The struct stream starts at `struct_start` and, with struct_lead > 0, is clean `struct_lead` steps before
     the video, so the video's last steps see a clean motion latent of their own frame."""
-    if steps < 1 or chunk < 1 or frames < 1:
-        raise ValueError(f"need frames, steps, chunk >= 1 (got {frames}, {steps}, {chunk})")
-    lead = min(struct_lead, steps - 1)
-    sv = step_sigmas(steps, shift)
-    ss = torch.cat([step_sigmas(steps - lead, shift, struct_start), torch.zeros(lead)])
+    sv, ss = _unit_rows(frames, steps, chunk, shift, struct_start, struct_lead)
     n_blocks = -(-frames // chunk)
     rows = n_blocks * steps + 1
     video = torch.empty(rows, frames)
@@ -73,6 +81,17 @@ def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, 
     return Schedule(video, struct)
 
 
+def _unit_rows(frames: int, steps: int, chunk: int, shift: float, struct_start: float,
+               struct_lead: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [K + 1] video and struct sigmas every block of `autoregressive` goes through."""
+    if steps < 1 or chunk < 1 or frames < 1:
+        raise ValueError(f"need frames, steps, chunk >= 1 (got {frames}, {steps}, {chunk})")
+    lead = min(struct_lead, steps - 1)
+    sv = step_sigmas(steps, shift)
+    ss = torch.cat([step_sigmas(steps - lead, shift, struct_start), torch.zeros(lead)])
+    return sv, ss
+
+
 def full_sequence(frames: int, steps: int, shift: float = 1.0, struct_start: float = 1.0) -> Schedule:
     """Every frame denoised together (a bidirectional-style schedule, still served by the causal model)."""
     return autoregressive(frames, steps, chunk=frames, shift=shift, struct_start=struct_start)
@@ -85,15 +104,21 @@ def struct_leads(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, st
     return autoregressive(frames, steps, chunk, shift, struct_start, max(struct_lead, 1))
 
 
+def _kind_args(kind: str, frames: int, chunk: int, struct_start: float, struct_lead: int) -> tuple[int, float, int]:
+    """(chunk, struct_start, struct_lead) a kind really uses (see `autoregressive`, `full_sequence`, `struct_leads`)."""
+    if kind == "autoregressive":
+        return chunk, struct_start, 0
+    if kind == "full_sequence":
+        return frames, struct_start, 0
+    if kind == "struct_leads":
+        return chunk, struct_start, max(struct_lead, 1)
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {KINDS}")
+
+
 def build(kind: str, frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
           struct_lead: int = 1) -> Schedule:
-    if kind == "autoregressive":
-        return autoregressive(frames, steps, chunk, shift, struct_start)
-    if kind == "full_sequence":
-        return full_sequence(frames, steps, shift, struct_start)
-    if kind == "struct_leads":
-        return struct_leads(frames, steps, chunk, shift, struct_start, struct_lead)
-    raise ValueError(f"unknown schedule {kind!r}; choose one of {KINDS}")
+    chunk, struct_start, lead = _kind_args(kind, frames, chunk, struct_start, struct_lead)
+    return autoregressive(frames, steps, chunk, shift, struct_start, lead)
 
 
 def blocks(schedule: Schedule) -> list[Block]:
@@ -126,4 +151,25 @@ def blocks(schedule: Schedule) -> list[Block]:
         expect = blk.hi
     if expect != schedule.frames:
         raise ValueError(f"schedule covers frames 0..{expect - 1} of {schedule.frames}")
+    return out
+
+
+def block_rows(schedule: Schedule) -> list[BlockRows]:
+    """Each block of a schedule matrix with its own rows (views of the matrix)."""
+    return [BlockRows(b.lo, b.hi, schedule.video[b.r0 : b.r1 + 1, b.lo : b.hi],
+                      schedule.struct[b.r0 : b.r1 + 1, b.lo : b.hi]) for b in blocks(schedule)]
+
+
+def stream_rows(kind: str, frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
+                struct_lead: int = 1) -> list[BlockRows]:
+    """`block_rows(build(...))` without the matrix: O(frames / chunk), and every full block shares one pair of
+    row tensors (so a sampler moves them to its device once)."""
+    chunk, struct_start, lead = _kind_args(kind, frames, chunk, struct_start, struct_lead)
+    sv, ss = _unit_rows(frames, steps, chunk, shift, struct_start, lead)
+    full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
+    out = []
+    for lo in range(0, frames, chunk):
+        hi = min(lo + chunk, frames)
+        v, s = full if hi - lo == chunk else (full[0][:, : hi - lo], full[1][:, : hi - lo])
+        out.append(BlockRows(lo, hi, v, s))
     return out

@@ -276,7 +276,7 @@ def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Modul
         device = next(model.parameters()).device
         was = model.training
         model.eval()
-        with torch.compiler.set_stance("force_eager"):  # compiled blocks would recompile at every cache length
+        with torch.compiler.set_stance("force_eager"):  # not worth compiling no-grad streaming shapes for a sample
             got = list(stream_frames(model, ref, np.asarray(feats, np.float32), frames, codec[0], sample, device))
         model.train(was)
         if rank == 0:

@@ -142,20 +142,42 @@ def test_bad_inputs():
         SampleConfig(window=4, roll_keep=4)
 
 
+def test_cached_forward_takes_a_device_start():
+    """A 0-d tensor `start` (what CUDA graphs replay with) writes and reads the same cache slots as an int."""
+    model = tiny_model("dual")
+    ref, ref_s, audio, _ = _args(model, 3)
+    x = torch.randn(2, 2, *ref.shape[1:])
+    s = torch.randn(2, 2, model.cfg.struct_dim)
+    sig = torch.full((2, 2), 0.5)
+    outs = []
+    for as_tensor in (False, True):
+        cache = infer.KVCache(4)
+        zero = torch.zeros(2, 1)
+        model(ref[:, None], zero, ref_s[:, None], zero, audio, start=0, cache=cache, audio_index=torch.tensor([0]))
+        cache.commit(1)
+        start = torch.tensor(1) if as_tensor else 1
+        outs.append(model(x, sig, s, sig, audio, start=start, cache=cache, audio_index=torch.tensor([1, 2])))
+    torch.testing.assert_close(outs[0], outs[1])
+    with pytest.raises(ValueError, match="committed"):
+        model(x, sig, s, sig, audio, start=2, cache=cache, audio_index=torch.tensor([1, 2]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_replay_matches_eager():
-    """Graph replays (static cache, device audio index) give the eager stream's frames, rolling included."""
+@pytest.mark.parametrize("compile", [False, True], ids=["graphs", "compiled-graphs"])
+def test_cuda_graph_replay_matches_eager(compile):
+    """Graph replays (static cache, device start and audio index, the struct tower on a second stream, compiled
+    blocks) give the eager stream's frames, rolling included."""
     model = tiny_model("dual").cuda()
     ref, ref_s, audio, _ = (x.cuda() if torch.is_tensor(x) else x for x in _args(model, 12))
     eager = infer.generate(model, ref, ref_s, audio, 12, sample=SC, generator=torch.Generator("cuda").manual_seed(0))
-    graphs = infer.GraphedModel(model)
+    graphs = infer.GraphedModel(model, compile=compile, overlap=True)
     captured = graphs.warm_up(ref, ref_s, audio, 12, SC)
     for _ in range(2):  # replays only: warm_up captured every graph the stream needs
         got = infer.generate(model, ref, ref_s, audio, 12, sample=SC, graphs=graphs,
                              generator=torch.Generator("cuda").manual_seed(0))
         torch.testing.assert_close(got["video"], eager["video"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got["struct"], eager["struct"], rtol=1e-4, atol=1e-4)
-    assert captured > 0 and len(graphs.graphs) == captured
+    assert 0 < captured <= 3 and len(graphs.graphs) == captured  # one graph per shape, not per position
 
 
 def test_bf16_weights_stream():

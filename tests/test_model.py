@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from shared.models import DualForce, Span, pool_audio
-from shared.models.attention import dense_frame_mask, frame_causal_attention
+from shared.models import attention
+from shared.models.attention import (cache_mask, dense_frame_mask, frame_causal_attention, kv_splits,
+                                     split_kv_attention)
 from tests.conftest import tiny_inputs, tiny_model
 
 
@@ -143,6 +145,28 @@ def test_dense_mask_is_frame_causal():
     assert m.shape == (6, 4)
     assert m[0].tolist() == [True, True, True, False]  # frame 2 sees frames 0..2
     assert m[-1].tolist() == [True, True, True, True]  # frame 3 sees 0..3
+
+
+def test_kv_splits():
+    assert kv_splits(33 * 256) == 11  # 768 keys a chunk
+    assert kv_splits(33) == 1 and kv_splits(80) == 1  # nothing worth splitting / no aligned divisor
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the memory-efficient kernel is CUDA-only")
+@pytest.mark.parametrize("batch,frames,q_tokens,start", [(1, 1, 256, 0), (1, 1, 256, 20), (2, 2, 256, 31),
+                                                          (1, 1, 1, 32)])
+@pytest.mark.parametrize("cudnn", [True, False], ids=["cudnn", "mem-efficient"])
+def test_split_kv_attention_matches_sdpa(batch, frames, q_tokens, start, cudnn, monkeypatch):
+    """Flash-decoding's merge by log-sum-exp equals one attention over the whole cache, masked chunks included."""
+    torch.manual_seed(0)
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    q = torch.randn(batch, 12, frames * q_tokens, 128, device=dev, dtype=dt)
+    k, v = (torch.randn(batch, 12, 33 * 256, 128, device=dev, dtype=dt) for _ in range(2))
+    bias = cache_mask(start, frames, q_tokens, 256, 33, dt, dev)
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.float())
+    monkeypatch.setattr(attention, "CUDNN_ATTENTION", cudnn)
+    got = split_kv_attention(q, k, v, bias, kv_splits(k.shape[2]))
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention block-sparse path runs on CUDA")

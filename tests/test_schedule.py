@@ -47,3 +47,15 @@ def test_rejects_schedules_a_stream_cannot_serve():
         sched.blocks(sched.Schedule(pyramid[:2], pyramid[:2]))
     with pytest.raises(ValueError, match="unknown schedule"):
         sched.build("zigzag", 3, 2)
+
+
+@pytest.mark.parametrize("kind,chunk", [("autoregressive", 1), ("autoregressive", 3), ("struct_leads", 2),
+                                        ("full_sequence", 1)])
+def test_stream_rows_are_the_matrix_blocks(kind, chunk):
+    """The sampler's linear-size block rows are exactly the blocks of the (quadratic) matrix."""
+    args = (kind, 7, 4, chunk, 3.0, 0.7, 1)
+    got, want = sched.stream_rows(*args), sched.block_rows(sched.build(*args))
+    assert [(b.lo, b.hi) for b in got] == [(b.lo, b.hi) for b in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.video, w.video)
+        torch.testing.assert_close(g.struct, w.struct)

@@ -3,16 +3,18 @@
 Tokens are laid out frame-major: a `Span` is a run of consecutive frames (time positions start .. start+count-1)
 with `tokens` tokens each. A query token of frame t sees every key token of frames <= t.
 
-Kernels: no mask when every key frame is visible to every query frame (streaming one frame against its cache:
-flash attention); block-sparse `flex_attention` on CUDA for long sequences (never a dense S x S mask: frame
-boundaries are whole 128-token blocks at 256 tokens per frame); SDPA with a dense boolean mask otherwise
-(CPU, short sequences).
+Kernels without a cache (training, recomputation): no mask when every key frame is visible to every query frame;
+block-sparse `flex_attention` on CUDA for long sequences (never a dense S x S mask: frame boundaries are whole
+128-token blocks at 256 tokens per frame); SDPA with a dense boolean mask otherwise (CPU, short sequences).
+With a cache (streaming): SDPA over the whole static cache buffer with an additive frame-causal bias
+(`cache_mask`), so that the shapes never change as the cache fills.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -84,11 +86,61 @@ def frame_mask(qs: Span, ks: Span, backend: str, device: torch.device):
     return dense_frame_mask(qs, ks, device)
 
 
+# Split the keys of a cached attention when a frame's queries meet a long cache (see `split_kv_attention`); the
+# numbers are from one H100 (benchmarks/RESULTS.md): 256 queries x 33 frames of keys, 12 heads of 128.
+SPLIT_MIN_KEYS = 4096
+SPLIT_QUERIES = (128, 1024)  # a 1-token struct frame reading the video cache is memory-bound: no gain there
+SPLIT_TARGET_KEYS = 768
+CUDNN_ATTENTION = torch.backends.cudnn.is_available()  # else the memory-efficient kernel
+
+
+@lru_cache(maxsize=None)
+def kv_splits(keys: int, target: int = SPLIT_TARGET_KEYS) -> int:
+    """Number of equal key chunks for `split_kv_attention`: chunks of a multiple of 16 keys (the kernels' bias
+    alignment) as close to `target` as the key count allows; 1 if none divides it."""
+    best = 1
+    for n in range(2, keys // 16 + 1):
+        if keys % n == 0 and (keys // n) % 16 == 0 and abs(keys // n - target) < abs(keys // best - target):
+            best = n
+    return best
+
+
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                       splits: int) -> torch.Tensor:
+    """Flash-decoding (Dao, Haziza, Massa & Sizov 2023): attention kernels give each (batch, head, query tile)
+    one thread block that walks every key, so a frame's 256 queries against a 33-frame cache keep ~24 of the
+    GPU's 132 SMs busy for a long walk. Split the keys into `splits` chunks attended in parallel (as extra batch
+    entries: views of the cache when B = 1), then merge the partial outputs by their log-sum-exp.
+    q [B, H, Sq, D], k/v [B, H, Skv, D], bias [Sq, Skv] (finite: a fully masked chunk gets weight 0 in the merge
+    rather than NaN) -> [B, H, Sq, D]. cuDNN's fused kernel (the faster one measured) or the memory-efficient one."""
+    b, h, sq, d = q.shape
+    n = k.shape[2] // splits
+
+    def chunks(x: torch.Tensor) -> torch.Tensor:  # [B, H, S*n, D] -> [(B S), H, n, D]
+        return x.unflatten(2, (splits, n)).transpose(1, 2).reshape(b * splits, h, n, d)
+
+    qq = q[:, None].expand(b, splits, h, sq, d).reshape(b * splits, h, sq, d)
+    bb = bias.unflatten(1, (splits, n)).transpose(0, 1)[None, :, None]  # [1, S, 1, Sq, n]
+    # every head's bias, broadcast (stride 0) rather than copied
+    bb = bb.expand(b, splits, 1, sq, n).reshape(b * splits, 1, sq, n).expand(b * splits, h, sq, n)
+    if CUDNN_ATTENTION:
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(qq, chunks(k), chunks(v), bb, True)[:2]
+        lse = lse[..., 0]  # [(B S), H, Sq]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qq, chunks(k), chunks(v), bb, True)[:2]
+        lse = lse[..., :sq]
+    w = torch.softmax(lse.unflatten(0, (b, splits)), dim=1)  # [B, S, H, Sq]: each chunk's share
+    return (out.unflatten(0, (b, splits)).float() * w[..., None]).sum(1).to(q.dtype)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
-    """q [B, H, Sq, D], k/v [B, H, Skv, D] under a mask from `frame_mask`."""
+    """q [B, H, Sq, D], k/v [B, H, Skv, D] under a mask from `frame_mask` or `cache_mask`."""
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v)
     if isinstance(mask, torch.Tensor):
+        if (q.is_cuda and mask.is_floating_point() and SPLIT_QUERIES[0] <= q.shape[2] <= SPLIT_QUERIES[1]
+                and k.shape[2] >= SPLIT_MIN_KEYS and (splits := kv_splits(k.shape[2])) > 1):
+            return split_kv_attention(q, k, v, mask, splits)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if torch.compiler.is_compiling():  # inside a compiled block: let it trace flex_attention itself
         from torch.nn.attention.flex_attention import flex_attention
@@ -103,17 +155,15 @@ def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qs
     return attend(q, k, v, frame_mask(qs, ks, backend, q.device))
 
 
-def keys_span(span: Span, cache: "KVCache | None") -> Span:
-    """The key span a forward over `span` attends to: with a cache, every slot from 0 up to its last frame."""
-    return span if cache is None else Span(0, span.last + 1, span.tokens)
-
-
 class KVCache:
     """Pre-allocated keys/values of every attention layer, one slot per frame; slot i holds time position i.
 
-    Slot 0 is the reference frame (a permanent sink). A forward with a cache writes the keys/values of its
-    frames into slots [length, length + count) and attends to slots [0, length + count); `commit(count)` makes
-    them history. Keys are stored rotated (RoPE applied): a slot's position never changes while it is held.
+    Slot 0 is the reference frame (a permanent sink). A cached forward writes the keys/values of its frames into
+    slots [start, start + count) and attends to *every* slot under the frame-causal mask "key slot <= query
+    frame" (`cache_mask`): slots past the query hold stale or no frames and are masked out. So the shapes never
+    depend on how full the cache is, and one compiled kernel or one CUDA graph serves every position (`start`
+    may be a device tensor). `length` is the host's count of committed slots: the sampler's bookkeeping.
+    Keys are stored rotated (RoPE applied): a slot's position never changes while it is held.
     """
 
     def __init__(self, max_frames: int):
@@ -121,31 +171,50 @@ class KVCache:
         self.length = 0
         self._buf: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def update(self, key: str, k: torch.Tensor, v: torch.Tensor, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, H, span.length, D] of frames `span` and return views over slots [0, span.last]."""
-        if span.start != self.length:
-            raise RuntimeError(f"KVCache: writing frames from slot {span.start} but {self.length} are committed")
-        if span.last >= self.max_frames:
-            raise RuntimeError(f"KVCache: frame slot {span.last} beyond capacity {self.max_frames}")
+    def slot(self, key: str, batch: int, heads: int, tokens: int, head_dim: int, index: torch.Tensor,
+             dtype: torch.dtype, device: torch.device) -> "KVSlot":
+        """Layer `key`'s buffers [B, H, max_frames * tokens, D] (made on first use) and the token rows `index`
+        this forward writes (start * tokens + arange(count * tokens))."""
+        shape = (batch, heads, self.max_frames * tokens, head_dim)
         if key not in self._buf:
-            b, h, _, d = k.shape
-            shape = (b, h, self.max_frames * span.tokens, d)
-            self._buf[key] = (k.new_empty(shape), v.new_empty(shape))
+            # zeros, not empty: a masked slot has weight 0, and 0 * NaN-garbage would still be NaN
+            self._buf[key] = (torch.zeros(shape, dtype=dtype, device=device),
+                              torch.zeros(shape, dtype=dtype, device=device))
         kb, vb = self._buf[key]
-        lo, hi = span.start * span.tokens, (span.last + 1) * span.tokens
-        kb[:, :, lo:hi] = k
-        vb[:, :, lo:hi] = v
-        return kb[:, :, :hi], vb[:, :, :hi]
+        if kb.shape != shape or kb.dtype != dtype:
+            raise RuntimeError(f"KVCache[{key}]: buffer {list(kb.shape)} {kb.dtype}, asked for {list(shape)} {dtype}")
+        return KVSlot(kb, vb, index)
 
     def commit(self, count: int) -> None:
         self.length += count
 
     def truncate(self, length: int) -> None:
-        """Forget every slot from `length` on (the buffers stay allocated)."""
+        """Forget every slot from `length` on (the buffers stay allocated; the mask hides what they hold)."""
         self.length = length
 
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self._buf.values())
+
+
+class KVSlot(NamedTuple):
+    """One layer's cache buffers k/v [B, H, slots * tokens, D] and the token rows [S] this forward writes."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    index: torch.Tensor
+
+
+def cache_mask(start: int | torch.Tensor, count: int, q_tokens: int, k_tokens: int, max_frames: int,
+               dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive attention bias [Sq, max_frames * k_tokens] for frames start..start+count-1 attending to a whole
+    `KVCache` buffer: 0 where the key's slot <= the query's frame, a huge negative elsewhere (an additive bias in the
+    query dtype is read as is by SDPA; a boolean mask would be converted again in every layer)."""
+    qf = start + torch.arange(count * q_tokens, device=device) // q_tokens
+    kf = torch.arange(max_frames * k_tokens, device=device) // k_tokens
+    bias = torch.zeros(qf.shape[0], kf.shape[0], dtype=dtype, device=device)
+    # finite, not -inf: exp underflows to exactly 0 all the same, and a chunk of `split_kv_attention` that is
+    # masked whole gets a finite log-sum-exp (weight 0) instead of NaN
+    return bias.masked_fill(kf[None, :] > qf[:, None], torch.finfo(dtype).min / 2)
 
 
 class Attention(nn.Module):
@@ -160,20 +229,21 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, qs: Span, rope_q: tuple[torch.Tensor, torch.Tensor], mask,
-                context: torch.Tensor | None = None, ks: Span | None = None,
-                rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, cache_key: str = "") -> torch.Tensor:
-        """x [B, Sq, dim]; context [B, Skv, context_dim] (defaults to x). Spans/ropes describe the new tokens;
-        with a cache the keys are the committed slots plus these. mask: `frame_mask(qs, keys_span(ks, cache))`."""
-        ks = ks or qs
+    def forward(self, x: torch.Tensor, rope_q: tuple[torch.Tensor, torch.Tensor], mask,
+                context: torch.Tensor | None = None, rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,
+                kv: KVSlot | None = None) -> torch.Tensor:
+        """x [B, Sq, dim]; context [B, Skv, context_dim] (defaults to x); ropes describe the new tokens. With a
+        cache slot the new keys/values are written into it and the queries attend to the whole buffer. mask:
+        `frame_mask` (no cache) or `cache_mask`."""
         rope_k = rope_k or rope_q
         q = rearrange(self.to_q(x), "b s (h d) -> b h s d", h=self.heads)
         k, v = rearrange(self.to_kv(x if context is None else context), "b s (two h d) -> two b h s d",
                          two=2, h=self.heads)
         q = apply_rope(self.q_norm(q), *rope_q)
         k = apply_rope(self.k_norm(k), *rope_k)
-        if cache is not None:
-            k, v = cache.update(cache_key, k, v, ks)
+        if kv is not None:
+            kv.k.index_copy_(2, kv.index, k)
+            kv.v.index_copy_(2, kv.index, v)
+            k, v = kv.k, kv.v
         out = attend(q, k, v, mask)
         return self.proj(rearrange(out, "b h s d -> b s (h d)"))

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import Attention, KVCache, Span
+from .attention import Attention, KVSlot
 from .rope import apply_rope, rope_1d
 
 
@@ -72,7 +72,8 @@ def pool_audio(audio: torch.Tensor) -> torch.Tensor:
 
 class AudioEmbed(nn.Module):
     """Pooled audio -> one token per video frame, with a learned null token (CFG dropout, clips with no audio,
-    and the reference frame)."""
+    and the reference frame). Projects the tokens each frame's window gathers (`AudioWindows`), not the whole
+    track: a streamed frame costs the same at second 1 and at minute 10."""
 
     def __init__(self, audio_dim: int, width: int):
         super().__init__()
@@ -80,16 +81,17 @@ class AudioEmbed(nn.Module):
                                   nn.Linear(width, width))
         self.null = nn.Parameter(torch.randn(width) * 0.02)
 
-    def forward(self, pooled: torch.Tensor | None, batch: int, count: int,
+    def forward(self, windows: torch.Tensor | None, win: "AudioWindows", batch: int,
                 keep: torch.Tensor | None) -> torch.Tensor:
-        """pooled [B, n, 2A] or None -> tokens [B, n, d]; keep [B] bool selects real audio per sample."""
-        null = self.null.expand(batch, count, -1)
-        if pooled is None:
+        """windows [B, T, W, 2A] (pooled audio gathered by `win.index`) or None -> tokens [B, T, W, d].
+        keep [B] bool selects real audio per sample; token 0 (the reference's slot) is always the null token."""
+        null = self.null.expand(batch, *win.index.shape, -1)
+        if windows is None:
             return null
-        tok = self.proj(pooled)
+        drop = win.is_null[None, :, :, None]
         if keep is not None:
-            tok = torch.where(keep[:, None, None], tok, null)
-        return tok
+            drop = drop | ~keep[:, None, None, None]
+        return torch.where(drop, null, self.proj(windows))
 
 
 class AudioAttention(nn.Module):
@@ -106,10 +108,10 @@ class AudioAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:
-        """x [B, T*n, d]; audio tokens [B, Ta', d]; win indexes them per frame."""
+        """x [B, T*n, d]; audio [B, T, W, d]: each frame's window of audio tokens (`AudioEmbed`)."""
         b = x.shape[0]
         q = rearrange(self.to_q(x), "b (t n) (h d) -> (b t) h n d", n=tokens, h=self.heads)
-        kv = self.to_kv(audio)[:, win.index]  # [B, T, W, 2d]
+        kv = self.to_kv(audio)  # [B, T, W, 2d]
         k, v = rearrange(kv, "b t w (two h d) -> two (b t) h w d", two=2, h=self.heads)
         q = apply_rope(self.q_norm(q), *win.rope_q)
         k = apply_rope(self.k_norm(k), *win.rope_k)
@@ -122,9 +124,8 @@ class AudioWindows:
     """Which audio tokens each frame sees. Frame with audio index i sees i - context .. i + lookahead, clipped
     to [1, Ta); the reference frame (index 0) sees only token 0, which is always the null token.
 
-    A CPU index (training, eager streaming) is read on the host: only the tokens [lo, hi) some window reaches are
-    projected, and nothing waits on the device. A device index (CUDA-graph streaming) is never read on the host:
-    every token is projected (lo, hi = 0, Ta), so the same captured graph serves every frame."""
+    The index may live on the host (training, eager streaming: nothing waits on the device) or on the device
+    (CUDA-graph streaming: never read on the host, so one captured graph serves every frame)."""
 
     def __init__(self, audio_index: torch.Tensor, total: int, context: int, lookahead: int, head_dim: int,
                  theta: float, device: torch.device):
@@ -132,12 +133,8 @@ class AudioWindows:
         idx = audio_index[:, None] + offs[None, :]  # [T, W] absolute
         is_ref = (audio_index == 0)[:, None]
         valid = torch.where(is_ref, offs[None, :] == 0, (idx >= 1) & (idx < total))
-        if audio_index.device.type == "cpu":
-            self.lo = max(0, int(audio_index.min()) - context)
-            self.hi = min(total, int(audio_index.max()) + lookahead + 1)
-        else:
-            self.lo, self.hi = 0, total
-        self.index = (idx.clamp(self.lo, self.hi - 1) - self.lo).to(device, non_blocking=True)  # into [lo, hi)
+        self.index = idx.clamp(0, total - 1).to(device, non_blocking=True)  # [T, W] into the pooled track
+        self.is_null = self.index == 0  # only the reference reads token 0 unmasked
         self.valid = valid.to(device, non_blocking=True)
         self.rope_q = rope_1d(torch.full((1,), context, device=device), head_dim, theta)
         self.rope_k = rope_1d(torch.arange(len(offs), device=device), head_dim, theta)
@@ -165,12 +162,12 @@ class Block(nn.Module):
             return self.audio_and_mlp(*args, **kwargs)
         raise ValueError(f"Block part {part!r}: use 'attn' or 'rest'")
 
-    def self_attention(self, x: torch.Tensor, mod: torch.Tensor, span: Span, rope, mask, cache: KVCache | None,
-                       cache_key: str) -> torch.Tensor:
+    def self_attention(self, x: torch.Tensor, mod: torch.Tensor, tokens: int, rope, mask,
+                       kv: KVSlot | None) -> torch.Tensor:
         shift, scale, gate = (mod[:, :, :3] + self.mod[:3]).unbind(2)
-        h = modulate(self.norm1(x), shift, scale, span.tokens)
-        h = self.attn(h, span, rope, mask, cache=cache, cache_key=cache_key)
-        return x + gated(h, gate, span.tokens)
+        h = modulate(self.norm1(x), shift, scale, tokens)
+        h = self.attn(h, rope, mask, kv=kv)
+        return x + gated(h, gate, tokens)
 
     def audio_and_mlp(self, x: torch.Tensor, mod: torch.Tensor, tokens: int, audio: torch.Tensor,
                       win: AudioWindows) -> torch.Tensor:
@@ -214,15 +211,14 @@ class BridgeLayer(nn.Module):
             self.video_to_struct = Attention(struct_width, head_dim, context_dim=video_width, qk_norm=qk_norm)
             self.gate_s = nn.Parameter(torch.zeros(struct_width))
 
-    def forward(self, hv: torch.Tensor, hs: torch.Tensor, vspan: Span, sspan: Span, rope_v, rope_s, masks,
-                cache: KVCache | None, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """masks: (struct-to-video, video-to-struct) frame masks (`frame_mask`)."""
+    def forward(self, hv: torch.Tensor, hs: torch.Tensor, rope_v, rope_s, masks,
+                kvs: tuple[KVSlot, KVSlot | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """masks: (struct-to-video, video-to-struct) frame masks; kvs: their cache slots when streaming."""
+        kvs = kvs or (None, None)
         nv, ns = self.norm_v(hv), self.norm_s(hs)
-        dv = self.struct_to_video(nv, vspan, rope_v, masks[0], context=ns, ks=sspan, rope_k=rope_s, cache=cache,
-                                  cache_key=f"{key}.s2v")
+        dv = self.struct_to_video(nv, rope_v, masks[0], context=ns, rope_k=rope_s, kv=kvs[0])
         hv_out = hv + self.gate_v * dv
         if not self.two_way:
             return hv_out, hs
-        ds = self.video_to_struct(ns, sspan, rope_s, masks[1], context=nv, ks=vspan, rope_k=rope_v, cache=cache,
-                                  cache_key=f"{key}.v2s")
+        ds = self.video_to_struct(ns, rope_s, masks[1], context=nv, rope_k=rope_v, kv=kvs[1])
         return hv_out, hs + self.gate_s * ds

@@ -8,12 +8,14 @@ streaming), so training clips and the streaming window present the model with th
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from ..config import ModelConfig
-from .attention import KVCache, Span, frame_mask, keys_span, resolve_backend
+from .attention import KVCache, Span, cache_mask, frame_mask, resolve_backend
 from .blocks import AudioEmbed, AudioWindows, Block, BridgeLayer, FinalLayer, SigmaEmbed, pool_audio
 from .rope import rope_1d, rope_3d
 
@@ -79,14 +81,17 @@ class DualForce(nn.Module):
 
     def forward(self, video: torch.Tensor, sigma_video: torch.Tensor, struct: torch.Tensor | None = None,
                 sigma_struct: torch.Tensor | None = None, audio: torch.Tensor | None = None, *,
-                audio_keep: torch.Tensor | None = None, start: int = 0, audio_index: torch.Tensor | None = None,
+                audio_keep: torch.Tensor | None = None, start: int | torch.Tensor = 0,
+                audio_index: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Velocities for every given frame.
 
         video [B, T, C, H, W]; sigma_* [B, T]; struct [B, T, D]; audio [B, 2Ta, A] at 50 Hz (audio frames 2i,
         2i+1 belong to video frame i; frame 0's pair is never read: the reference sees the null token).
         audio_keep [B] bool: False swaps a sample's audio for the null token (CFG).
-        start: time position (cache slot) of the first given frame; with a cache it must equal cache.length.
+        start: time position (cache slot) of the first given frame. With a cache, the frames' keys/values are
+        written at slots start..start+T-1 and every earlier slot is attended to; `start` may then be a 0-d device
+        tensor (CUDA-graph streaming: one graph for every position).
         audio_index [T]: each frame's index into the 25 fps audio tokens (default start..start+T-1). On the CPU
         (no device sync) or, for CUDA-graph streaming, on the device (see `AudioWindows`).
         Returns (video_velocity [B, T, C, H, W], struct_velocity [B, T, D] or None).
@@ -99,94 +104,153 @@ class DualForce(nn.Module):
         audio = None if audio is None else audio.to(wdt)
         b, t = video.shape[:2]
         dev = video.device
-        backend = resolve_backend(cfg.attn_backend, dev)
-        grid = cfg.latent_size // cfg.patch_size
-        nv = cfg.tokens_per_frame
-        pos = torch.arange(start, start + t, device=dev)
-        audio_index = torch.arange(start, start + t, device="cpu") if audio_index is None else audio_index
+        if torch.is_tensor(start) and cache is None:
+            raise ValueError("a tensor `start` is for cached streaming; without a cache pass an int")
+        if cache is not None and not torch.is_tensor(start) and start != cache.length:
+            raise ValueError(f"start={start}: the cache has {cache.length} committed slots; new frames go after them")
+        if audio_index is None:
+            if torch.is_tensor(start):
+                raise ValueError("a tensor `start` needs an explicit audio_index")
+            audio_index = torch.arange(start, start + t, device="cpu")
         if audio_index.shape != (t,):
             raise ValueError(f"audio_index: expected [{t}], got {list(audio_index.shape)}")
         on_host = audio_index.device.type == "cpu"
         if not on_host and audio is None:
             raise ValueError("a device audio_index needs audio (it is never read on the host)")
-        vspan = Span(start, t, nv)
+        grid = cfg.latent_size // cfg.patch_size
+        nv = cfg.tokens_per_frame
+        ns = cfg.struct_tokens_per_frame
+        pos = torch.arange(t, device=dev) + start
 
-        # Audio: pooled to 25 fps; with a host index only the tokens some frame's window reaches are projected.
+        # Audio: pooled to 25 fps; each frame gathers its window, then the towers project only those tokens.
         ta = audio.shape[1] // 2 if audio is not None else int(audio_index.max()) + 1
         if on_host and int(audio_index.max()) >= ta:
             raise ValueError(f"audio covers {ta} video frames but frame audio index {int(audio_index.max())} "
                              f"was asked for")
         win = AudioWindows(audio_index, ta, cfg.audio_context, cfg.audio_lookahead, cfg.head_dim, cfg.rope_theta,
                            dev)
-        pooled = pool_audio(audio)[:, win.lo:win.hi] if audio is not None else None
-
-        def audio_tokens(tower: Tower) -> torch.Tensor:
-            tok = tower.audio(pooled, b, win.hi - win.lo, audio_keep)
-            if pooled is not None and win.lo == 0:  # token 0 belongs to the reference slot: always null
-                tok = torch.cat([tower.audio.null.expand(b, 1, -1), tok[:, 1:]], 1)
-            return tok
+        windows = pool_audio(audio)[:, win.index] if audio is not None else None  # [B, T, W, 2A]
 
         # Video stream.
         xv = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)
         hv = self.video.embed(xv)
         cv, modv = self.video.sigma(sigma_video)
         rope_v = rope_3d(pos, grid, cfg.head_dim, cfg.rope_theta)
-        av = audio_tokens(self.video)
+        av = self.video.audio(windows, win, b, audio_keep)
 
         # Struct stream.
-        hs = cs = mods = as_ = rope_s = None
-        sspan = None
+        hs = cs = mods = as_ = rope_s = rope_bv = None
         if self.struct is not None:
-            s = cfg.struct_tokens_per_frame
-            sspan = Span(start, t, s)
             if cfg.bridge_mode == "condition_only":
                 sigma_struct = torch.zeros_like(sigma_video)  # a clean condition, whatever the caller passed
-            hs = self.struct.embed(rearrange(struct, "b t (s d) -> b (t s) d", s=s))
+            hs = self.struct.embed(rearrange(struct, "b t (s d) -> b (t s) d", s=ns))
             cs, mods = self.struct.sigma(sigma_struct)
-            rope_s = rope_1d(pos.repeat_interleave(s), cfg.head_dim, cfg.rope_theta)
-            as_ = audio_tokens(self.struct)
+            rope_s = rope_1d(pos.repeat_interleave(ns), cfg.head_dim, cfg.rope_theta)
+            as_ = self.struct.audio(windows, win, b, audio_keep)
             rope_bv = rope_1d(pos.repeat_interleave(nv), cfg.head_dim, cfg.rope_theta)
 
-        def mask(qs: Span, ks: Span):
-            return frame_mask(qs, keys_span(ks, cache), backend, dev)
+        # Frame-causal masks, built once per forward (compiled blocks take them as inputs), and cache slots.
+        if cache is None:
+            backend = resolve_backend(cfg.attn_backend, dev)
 
-        mask_v = mask(vspan, vspan)
+            def mask(qt: int, kt: int):
+                return frame_mask(Span(start, t, qt), Span(start, t, kt), backend, dev)
+        else:
+            adt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else wdt
+
+            def mask(qt: int, kt: int):
+                return cache_mask(start, t, qt, kt, cache.max_frames, adt, dev)
+
+            if not torch.is_tensor(start) and start + t > cache.max_frames:
+                raise ValueError(f"frames {start}..{start + t - 1} do not fit a cache of {cache.max_frames} slots")
+            rows = {k: start * k + torch.arange(t * k, device=dev) for k in {nv, ns}}  # token rows written, per layer
+
+            def slot(key: str, width: int, tokens: int):
+                return cache.slot(key, b, width // cfg.head_dim, tokens, cfg.head_dim, rows[tokens], adt, dev)
+
+        mask_v = mask(nv, nv)
         mask_s = mask_b = None
         if self.struct is not None:
-            mask_s = mask(sspan, sspan)
-            mask_b = (mask(vspan, sspan), mask(sspan, vspan))
+            mask_s = mask(ns, ns)
+            mask_b = (mask(nv, ns), mask(ns, nv))
 
+        # Struct work on a side stream when `overlap_towers` is on: the towers only meet at the bridge, and the
+        # struct tower's 1-token blocks are as many kernels as the video tower's for ~0.4% of the FLOPs, so
+        # overlapping them takes its launches off the critical path. Tensors the main stream made and the side
+        # stream reads stay referenced until the final join (the allocator may reuse them only after it).
+        par = self._struct_stream if (self._struct_stream is not None and self.struct is not None
+                                      and dev.type == "cuda" and not torch.is_grad_enabled()) else None
+        main = torch.cuda.current_stream(dev) if par is not None else None
+        held = []
+
+        def fork() -> None:
+            if par is not None:
+                par.wait_stream(main)
+                held.append(hs)
+
+        def join() -> None:
+            if par is not None:
+                main.wait_stream(par)
+
+        def side():
+            return torch.cuda.stream(par) if par is not None else contextlib.nullcontext()
+
+        fork()
         n_layers = max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
         for i in range(n_layers):
             vb = self.video.blocks[i] if i < len(self.video.blocks) else None
             sb = self.struct.blocks[i] if self.struct is not None and i < len(self.struct.blocks) else None
             if vb is not None:
-                hv = vb("attn", hv, modv, vspan, rope_v, mask_v, cache, f"v{i}")
+                hv = vb("attn", hv, modv, nv, rope_v, mask_v, None if cache is None else slot(f"v{i}", cfg.dim, nv))
             if sb is not None:
-                hs = sb("attn", hs, mods, sspan, rope_s, mask_s, cache, f"s{i}")
+                with side():
+                    hs = sb("attn", hs, mods, ns, rope_s, mask_s,
+                            None if cache is None else slot(f"s{i}", cfg.struct_width, ns))
             if i < len(self.bridge):
-                hv, hs = self.bridge[i](hv, hs, vspan, sspan, rope_bv, rope_s, mask_b, cache, f"b{i}")
+                kvs = None
+                if cache is not None:  # s2v caches struct keys (video queries), v2s caches video keys
+                    kvs = (slot(f"b{i}.s2v", cfg.dim, ns),
+                           slot(f"b{i}.v2s", cfg.struct_width, nv) if cfg.bridge_mode == "dual" else None)
+                join()
+                hv, hs = self.bridge[i](hv, hs, rope_bv, rope_s, mask_b, kvs)
+                fork()
             if vb is not None:
                 hv = vb("rest", hv, modv, nv, av, win)
             if sb is not None:
-                hs = sb("rest", hs, mods, sspan.tokens, as_, win)
+                with side():
+                    hs = sb("rest", hs, mods, ns, as_, win)
 
         out_v = self.video.head(hv, cv, nv)
         vel_v = rearrange(out_v, "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=grid, w=grid,
                           p=cfg.patch_size, q=cfg.patch_size)
         vel_s = None
         if self.struct is not None and self.struct.head is not None:
-            out_s = self.struct.head(hs, cs, sspan.tokens)
-            vel_s = rearrange(out_s, "b (t s) d -> b t (s d)", t=t)
+            with side():
+                out_s = self.struct.head(hs, cs, ns)
+                vel_s = rearrange(out_s, "b (t s) d -> b t (s d)", t=t)
+        join()
         return vel_v, vel_s
 
     # ------------------------------------------------------------------------------------------------ helpers
 
+    _struct_stream: "torch.cuda.Stream | None" = None
+
+    def overlap_towers(self, on: bool = True) -> "DualForce":
+        """Inference on CUDA: run the struct tower on a second CUDA stream, overlapping the video tower between
+        bridge layers (CUDA graphs capture both streams as parallel branches). Off by default, ignored with
+        autograd on and on CPU."""
+        self._struct_stream = torch.cuda.Stream() if on else None
+        return self
+
+
     def compile_blocks(self, **kwargs) -> "DualForce":
         """torch.compile each block and bridge layer in place (regional compilation: one graph per block type,
         reused by every layer; FSDP units and activation checkpoints stay around whole blocks). The forward's
-        bookkeeping (masks, rope tables, audio windows) stays eager. For training: streaming changes the cache
-        length every call, so samplers run these blocks eagerly (`torch.compiler.set_stance("force_eager")`)."""
+        bookkeeping (masks, rope tables, audio windows) stays eager. Streaming shapes do not depend on the cache's
+        fill (`KVCache`), so streaming compiles a handful of shapes too (`GraphedModel(compile=True)`)."""
+        # one graph per (block part, stream, frames) shape: training has 2 x 2, streaming also the first step, the
+        # step that writes the previous frame and the roll; the default limit of 8 would drop to eager silently
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for m in self.modules():
             if isinstance(m, (Block, BridgeLayer)):
                 # static shapes: the towers call the same Block code with different token counts, and automatic
