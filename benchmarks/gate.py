@@ -100,9 +100,10 @@ def measure_stream(cfg: C.Config, th: dict, device: torch.device) -> dict:
     if device.type == "cuda":
         from stream_step import main as stream_step
 
-        r = stream_step(["--preset", cfg.preset, "--frames", str(th["stream_frames"]), "--recompute-frames", "0"])
+        r = stream_step(["--preset", cfg.preset, "--frames", str(th["stream_frames"]), "--recompute-frames", "0",
+                         "--compile"])
         return {"fps": r["cached"]["fps"], "first_frame_ms": r["cached_latency"]["first_frame_ms"],
-                "steps": r["steps"], "cuda_graphs": True}
+                "steps": r["steps"], "cuda_graphs": True, "compiled": True}
     return {**cpu_stream(cfg, th["stream_frames"]), "cuda_graphs": False}
 
 

@@ -153,3 +153,18 @@ class AudioToStruct:
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         return (self._x(audio) @ self.w).astype(np.float32)
+
+
+def consistency_curves(read: dict, probe: Probe, id_dims=None, pose_dims=None) -> dict[str, np.ndarray]:
+    """Per-frame consistency of one (long) video read by the probe: `id_err` [N], the identity distance to the
+    reference frame (std units: drift shows as a rising curve), and `jitter` [N], the head pose's absolute second
+    difference per frame (std units; the first two frames repeat the third): flicker or shaking shows as spikes,
+    a rolling-window artefact as a periodic pattern."""
+    m_std, i_std = probe.m_std.cpu().numpy(), probe.i_std.cpu().numpy()
+    pd = list(POSE if pose_dims is None else pose_dims)
+    idd = list(range(len(i_std)) if id_dims is None else id_dims)
+    ident = np.linalg.norm((read["identity"][:, idd] - read["ref"]["identity"][idd]) / i_std[idd], axis=1)
+    pose = read["motion"][:, pd] / m_std[pd]
+    acc = np.abs(np.diff(pose, n=2, axis=0)).mean(1) if len(pose) > 2 else np.zeros(0)
+    jitter = np.concatenate([np.full(min(2, len(pose)), acc[0] if len(acc) else 0.0), acc])
+    return {"id_err": ident, "jitter": jitter}

@@ -213,9 +213,10 @@ def _on_device(model: DualForce, ref: Reference, features: np.ndarray, frames: i
 
 
 def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frames: int, sample: SampleConfig,
-                   device: torch.device) -> GraphedModel:
-    """CUDA graphs for streaming these inputs, captured before the clock starts (`GraphedModel.warm_up`)."""
-    graphs = GraphedModel(model)
+                   device: torch.device, compile: bool = True) -> GraphedModel:
+    """CUDA graphs for streaming these inputs (compiled blocks, the struct tower on a second stream), captured
+    before the clock starts (`GraphedModel.warm_up`)."""
+    graphs = GraphedModel(model, compile=compile)
     graphs.warm_up(*_on_device(model, ref, features, frames, device), frames, sample)
     return graphs
 

@@ -46,6 +46,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--codec", help="codec spec overriding the run's (e.g. tiny-ae:PATH if its file moved)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the visible history at every step")
     ap.add_argument("--no-graphs", action="store_true", help="on CUDA: eager forwards instead of CUDA graphs")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="on CUDA: do not torch.compile the blocks (starts ~1 min sooner, streams ~1.5x slower)")
     return ap.parse_args(argv)
 
 
@@ -74,7 +76,9 @@ def main(argv=None) -> dict:
         model.to(torch.bfloat16)
         if not (a.no_graphs or a.no_cache):
             t = time.perf_counter()
-            graphs = prepare_graphs(model, ref, features, frames, sample, device)
+            print("compiling and capturing CUDA graphs (about a minute the first time)..." if not a.no_compile
+                  else "capturing CUDA graphs...", flush=True)
+            graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=not a.no_compile)
             prepare = time.perf_counter() - t
     got, latency, last = [], [], 0.0
     t0 = time.perf_counter()
@@ -91,6 +95,7 @@ def main(argv=None) -> dict:
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
               "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.steps, "chunk": sample.chunk,
               "window": sample.window, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
+              "compiled": graphs is not None and not a.no_compile,
               "prepare_s": prepare, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "reference": ref.source, "checkpoint": str(a.ckpt)}

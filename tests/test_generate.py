@@ -68,6 +68,19 @@ def test_generate_writes_a_playable_mp4_with_the_audio(run, tmp_path):
     assert len(timing["per_frame_s"]) == 25 and timing["fps"] > 0 and timing["first_frame_s"] > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path: bf16, compiled blocks, CUDA graphs")
+def test_generate_on_cuda_compiles_and_replays_graphs(run, tmp_path):
+    ref = _png(tmp_path / "face.png", 64, 64)
+    wav = _wav(tmp_path / "voice.wav", 2.0)
+    res = generate.main(["--ckpt", str(run / "run"), "--ref", str(ref), "--audio", str(wav),
+                         "--out", str(tmp_path / "out.mp4"), "--device", "cuda"])
+    assert res["compiled"] and res["cuda_graphs"] and res["frames"] == 50
+    info = probe(tmp_path / "out.mp4")
+    assert info["fps"] == 25 and abs(info["duration"] - 2.0) < 0.05 and abs(info["audio_duration"] - 2.0) < 0.05
+    frames = np.stack(list(iter_frames(tmp_path / "out.mp4", 32)))
+    assert np.abs(np.diff(frames.astype(np.float32), axis=0)).mean() > 1
+
+
 def test_training_wrote_a_streaming_sample_and_tensorboard(run):
     assert (run / "run" / "samples" / "step_00000003.mp4").is_file()
     assert (run / "run" / "samples" / "step_00000003.struct.npz").is_file()

@@ -45,3 +45,18 @@ def test_quick_end_to_end(tmp_path):
     assert "training tiny-ae" in res.stdout and "training tiny-ae" not in res2.stdout
     assert "training probes" in res.stdout and "training probes" not in res2.stdout
     assert "new clips" not in res2.stdout  # the caches are reused too
+
+    # long rollouts: 10 training clips through the rolling cache, identity and jitter curves per variant
+    res3 = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--device",
+                           "cpu", "--factor", "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res3.returncode == 0, res3.stdout[-3000:] + res3.stderr[-3000:]
+    long = json.loads((run / "long_rollout.json").read_text())
+    assert long["frames"] == 10 * rep["configs"]["dual"]["clip_frames"]
+    for key in ("id_err", "jitter"):
+        for name in ("video_only", "condition_only", "dual"):
+            curve = long["curves"][key][name]
+            assert len(curve) == long["frames"] and all(v == v for v in curve)  # no NaN
+        assert 0 < len(long["curves"][key]["real"]) < long["frames"]
+    assert {"first_clip", "last_clip", "slope_per_100"} <= set(long["summary"]["dual"]["id_err"])
+    for png in long["plots"]:
+        assert (run / png).stat().st_size > 1000
