@@ -9,6 +9,10 @@ is therefore exactly what a fresh forward over the visible frames computes: `use
 the reference + the visible history at every step, is the bit-for-bit reference (up to float reassociation).
 Rolling in blocks rather than one frame at a time keeps that exactness at the cost of one clean pass over
 `roll_keep` frames every `window - roll_keep` frames.
+
+The clean pass that writes a finished block into the cache (sigma 0, as at the end of a training clip) is not a
+forward of its own: those frames ride along in the next block's first denoising forward, before the new frames
+(frame-causal, so their keys/values are exactly a separate pass's). K forwards per block instead of K + 1.
 """
 
 from __future__ import annotations
