@@ -33,6 +33,30 @@ class Tower(nn.Module):
         self.head = FinalLayer(width, out_dim) if with_head else None
 
 
+class _Streams:
+    """The struct tower's work on a second CUDA stream (`DualForce.overlap_towers`), or everything on one. The towers
+    only meet at the bridge, and the struct tower's 1-token blocks are as many kernels as the video tower's for ~0.4%
+    of the FLOPs: overlapped, their launches leave the critical path. Tensors the main stream made and the side
+    stream reads are held until the final join, after which the allocator may give their memory to the main stream
+    again."""
+
+    def __init__(self, side: "torch.cuda.Stream | None", device: torch.device):
+        self.stream, self.held = side, []
+        self.main = torch.cuda.current_stream(device) if side is not None else None
+
+    def fork(self, *read: torch.Tensor | None) -> None:
+        if self.stream is not None:
+            self.stream.wait_stream(self.main)
+            self.held.extend(read)
+
+    def join(self) -> None:
+        if self.stream is not None:
+            self.main.wait_stream(self.stream)
+
+    def side(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+
 class DualForce(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -174,28 +198,9 @@ class DualForce(nn.Module):
             mask_s = mask(ns, ns)
             mask_b = (mask(nv, ns), mask(ns, nv))
 
-        # Struct work on a side stream when `overlap_towers` is on: the towers only meet at the bridge, and the
-        # struct tower's 1-token blocks are as many kernels as the video tower's for ~0.4% of the FLOPs, so
-        # overlapping them takes its launches off the critical path. Tensors the main stream made and the side
-        # stream reads stay referenced until the final join (the allocator may reuse them only after it).
-        par = self._struct_stream if (self._struct_stream is not None and self.struct is not None
-                                      and dev.type == "cuda" and not torch.is_grad_enabled()) else None
-        main = torch.cuda.current_stream(dev) if par is not None else None
-        held = []
-
-        def fork() -> None:
-            if par is not None:
-                par.wait_stream(main)
-                held.append(hs)
-
-        def join() -> None:
-            if par is not None:
-                main.wait_stream(par)
-
-        def side():
-            return torch.cuda.stream(par) if par is not None else contextlib.nullcontext()
-
-        fork()
+        streams = _Streams(self._struct_stream if (self.struct is not None and dev.type == "cuda"
+                                                   and not torch.is_grad_enabled()) else None, dev)
+        streams.fork(hs)
         n_layers = max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
         for i in range(n_layers):
             vb = self.video.blocks[i] if i < len(self.video.blocks) else None
@@ -203,7 +208,7 @@ class DualForce(nn.Module):
             if vb is not None:
                 hv = vb("attn", hv, modv, nv, rope_v, mask_v, None if cache is None else slot(f"v{i}", cfg.dim, nv))
             if sb is not None:
-                with side():
+                with streams.side():
                     hs = sb("attn", hs, mods, ns, rope_s, mask_s,
                             None if cache is None else slot(f"s{i}", cfg.struct_width, ns))
             if i < len(self.bridge):
@@ -211,13 +216,13 @@ class DualForce(nn.Module):
                 if cache is not None:  # s2v caches struct keys (video queries), v2s caches video keys
                     kvs = (slot(f"b{i}.s2v", cfg.dim, ns),
                            slot(f"b{i}.v2s", cfg.struct_width, nv) if cfg.bridge_mode == "dual" else None)
-                join()
+                streams.join()
                 hv, hs = self.bridge[i](hv, hs, rope_bv, rope_s, mask_b, kvs)
-                fork()
+                streams.fork(hs)
             if vb is not None:
                 hv = vb("rest", hv, modv, nv, av, win)
             if sb is not None:
-                with side():
+                with streams.side():
                     hs = sb("rest", hs, mods, ns, as_, win)
 
         out_v = self.video.head(hv, cv, nv)
@@ -225,10 +230,10 @@ class DualForce(nn.Module):
                           p=cfg.patch_size, q=cfg.patch_size)
         vel_s = None
         if self.struct is not None and self.struct.head is not None:
-            with side():
+            with streams.side():
                 out_s = self.struct.head(hs, cs, ns)
                 vel_s = rearrange(out_s, "b (t s) d -> b t (s d)", t=t)
-        join()
+        streams.join()
         return vel_v, vel_s
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -239,9 +244,8 @@ class DualForce(nn.Module):
         """Inference on CUDA: run the struct tower on a second CUDA stream, overlapping the video tower between
         bridge layers (CUDA graphs capture both streams as parallel branches). Off by default, ignored with
         autograd on and on CPU."""
-        self._struct_stream = torch.cuda.Stream() if on else None
+        self._struct_stream = torch.cuda.Stream() if on and torch.cuda.is_available() else None
         return self
-
 
     def compile_blocks(self, **kwargs) -> "DualForce":
         """torch.compile each block and bridge layer in place (regional compilation: one graph per block type,
