@@ -9,7 +9,6 @@ bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import json
 import sys
 import time
@@ -62,7 +61,6 @@ def profile(path: str, run) -> dict:
 
 
 def main(argv=None) -> dict:
-    faulthandler.enable()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="full")
     ap.add_argument("--frames", type=int, default=256)

@@ -145,6 +145,16 @@ class AudioToStruct:
         x = np.concatenate([pad[i : i + len(a)] for i in range(2 * self.context + 1)], 1)
         return np.c_[x, np.ones(len(x))]
 
+    @classmethod
+    def from_cache(cls, path, **kwargs) -> "AudioToStruct":
+        """Fit on every clip of a training cache."""
+        r = CacheReader(path)
+        try:
+            parts = [r.read(c.name) for c in r.clips]
+        finally:
+            r.close()
+        return cls(**kwargs).fit([p["audio"] for p in parts], [p["struct"] for p in parts])
+
     def fit(self, audios: list[np.ndarray], structs: list[np.ndarray]) -> "AudioToStruct":
         x = np.concatenate([self._x(a) for a in audios])
         y = np.concatenate(structs)

@@ -300,9 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
             cond = None
             if cfg.model.bridge_mode == "condition_only":
                 if v.struct not in a2s:
-                    r = CacheReader(data["caches"][("train", v.struct)])
-                    parts = [r.read(c.name) for c in r.clips]
-                    a2s[v.struct] = AudioToStruct().fit([p["audio"] for p in parts], [p["struct"] for p in parts])
+                    a2s[v.struct] = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
                 cond = np.stack([a2s[v.struct](c.audio) for c in clips])
             roll = rollout(model, clips, cfg, device, seed=s.seed, cond_struct=cond)
             per_clip = []
