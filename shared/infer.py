@@ -171,7 +171,7 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     else:  # no [rows, frames] matrix: it would be quadratic in the stream's length
         blocks = sched.stream_rows(schedule or sc.schedule, num_frames, steps, sc.chunk, sc.shift,
                                    sc.sigma_struct_start, sc.struct_lead)
-    for blk in blocks:
+    for blk in {id(b.video): b for b in blocks}.values():  # blocks sharing their rows are checked once
         if (blk.video[0] != 1).any():
             raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
     widest = max(b.hi - b.lo for b in blocks)

@@ -140,6 +140,10 @@ def test_bad_inputs():
         infer.generate(model, ref, ref_s, audio, 4, sample=replace(SC, chunk=3, roll_keep=2))
     with pytest.raises(ValueError, match="roll_keep"):
         SampleConfig(window=4, roll_keep=4)
+    warm = autoregressive(4, steps=2)
+    warm.video[:5, 2] = 0.9  # frame 2 would start its block (rows 4..6) part-denoised from nothing
+    with pytest.raises(ValueError, match="frames 2..2 must start from pure noise"):
+        infer.generate(model, ref, ref_s, audio, 4, schedule=warm, sample=SC)
 
 
 def test_cached_forward_takes_a_device_start():
