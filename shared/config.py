@@ -188,7 +188,10 @@ class TrainConfig:
     log_every: int = 10
     """Record the losses every this many steps."""
     ckpt_every: int = 1000
-    """Save a checkpoint every this many steps (0: only at the end and on a signal)."""
+    """Save a checkpoint every this many steps (0: only at the end, on a signal and every ckpt_minutes)."""
+    ckpt_minutes: float = 30.0
+    """Also save when this many minutes of training have passed since the last save (0 = off): a run killed
+    without warning (kill -9, a lost node) loses at most this much, whatever ckpt_every is."""
     sample_every: int = 0
     """Write a short streaming sample (mp4 + struct .npz) to samples/ every this many steps (0 = off)."""
     sample_frames: int = 50
@@ -246,7 +249,8 @@ PRESETS: dict[str, Config] = {
                           struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
                           fusion_depth=1),
         sample=SampleConfig(steps=2, window=4, roll_keep=2),
-        train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9, log_every=1, ckpt_every=0),
+        train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9, log_every=1, ckpt_every=10,
+                          ckpt_minutes=5.0),
     ),
     # Phase 0.5 on a laptop CPU: 64 px SynthTalk through a factor-4 tiny-ae (8 x 16 x 16 latents), patch 4 ->
     # 16 tokens per frame; struct_dim / audio_dim are set from the cache.
@@ -255,7 +259,8 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=4,
                           struct_dim=13, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
         sample=SampleConfig(steps=4, window=16, roll_keep=8),
-        train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98, log_every=5, ckpt_every=0),
+        train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98, log_every=5, ckpt_every=500,
+                          ckpt_minutes=10.0),
     ),
     "full": Config(preset="full"),
 }

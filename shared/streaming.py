@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +30,9 @@ from .models import DualForce
 DATA_META = "data.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SILENCE = 1e-4  # peak amplitude below which the driving audio counts as silent
+MIN_REF_FRACTION = 0.25  # a reference image's short side must be at least this fraction of the model's frame size
+UPSCALE_WARN = 2.0  # warn when the reference is enlarged more than this (a blurred face is a poor identity)
+CROP_WARN = 0.6  # warn when the centre crop keeps less than this fraction of the image (framing unlike training)
 
 
 class InputError(ValueError):
@@ -126,6 +130,49 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", stage: str 
 # --------------------------------------------------------------------------------------------------- inputs
 
 
+def check_output(path: str | Path) -> Path:
+    """The output .mp4 path, checked before any work: not a folder, an .mp4 name, a folder we can write to."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--out {p}: is a folder; give a file name such as {p / 'out.mp4'}")
+    if p.suffix.lower() != ".mp4":
+        raise InputError(f"--out {p}: the output is an mp4 video; give a name ending in .mp4")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {p}: cannot create its folder ({e.strerror})") from None
+    if not os.access(p.parent, os.W_OK):
+        raise InputError(f"--out {p}: folder {p.parent} is not writable")
+    return p
+
+
+def busy_cores(interval: float = 0.2) -> float:
+    """Cores kept busy by other processes right now: from two /proc/stat readings `interval` apart (this process
+    sleeps in between), else the 1-minute load average."""
+    def read() -> tuple[int, int]:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v[:8]) - idle, sum(v[:8])
+
+    try:
+        b0, t0 = read()
+        time.sleep(interval)
+        b1, t1 = read()
+        return (os.cpu_count() or 1) * (b1 - b0) / max(1, t1 - t0)
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def cpu_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """Threads for CPU inference: the cores not already busy, at least one. torch's default (every core) makes
+    each parallel region wait for the slowest thread, and a thread that shares its core with another process is
+    slow: on the 2-core CI machine, CPU generation of the PoC model next to one busy process fell from 42.7 fps to
+    0.7 fps with 2 threads, and ran at 11.6 fps with 1."""
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    busy = busy_cores() if busy is None else busy
+    return max(1, min(cores, round(cores - busy)))
+
+
 @dataclass
 class Reference:
     video: torch.Tensor  # latent [1, C, h, w]
@@ -164,6 +211,7 @@ def load_reference(spec: str, cfg: Config, meta: CacheMeta, codec: VideoCodec) -
         if img.shape[0] != 3:
             kind = {1: "greyscale", 2: "greyscale + alpha", 4: "RGBA"}.get(img.shape[0], "")
             raise InputError(f"reference {p}: {img.shape[0]} channels ({kind}); give an RGB image (3 channels)")
+        check_reference_size(p, *img.shape[1:], meta.image_size)
         frame = fit_square(img.permute(1, 2, 0).numpy(), meta.image_size)
         video = torch.from_numpy(codec.encode(frame[None]))
         struct = torch.zeros(1, d)
@@ -176,6 +224,25 @@ def load_reference(spec: str, cfg: Config, meta: CacheMeta, codec: VideoCodec) -
     if tuple(struct.shape) != (1, d):
         raise InputError(f"reference {src}: struct of {struct.shape[-1]} values, the model takes {d}")
     return Reference(video, struct if cfg.model.has_struct else None, src)
+
+
+def check_reference_size(path: Path, h: int, w: int, size: int) -> list[str]:
+    """Refuse a reference too small to hold a face at the model's frame size; warn (stderr, returned) when it is
+    enlarged a lot or when the centre crop keeps little of it (the model saw square, face-centred frames)."""
+    short, need = min(h, w), max(1, round(MIN_REF_FRACTION * size))
+    if short < need:
+        raise InputError(f"reference {path}: {w}x{h} pixels; the model's frames are {size}x{size}, give an image "
+                         f"whose short side is at least {need} pixels (a face centred, as in the training videos)")
+    warnings = []
+    if size / short > UPSCALE_WARN:
+        warnings.append(f"reference {path}: {w}x{h} is enlarged {size / short:.1f}x to {size}x{size}; expect a "
+                        f"blurred identity")
+    if short / max(h, w) < CROP_WARN:
+        warnings.append(f"reference {path}: {w}x{h} is centre-cropped to {short}x{short} ({short / max(h, w):.0%} "
+                        f"of its long side); the model was trained on square, face-centred frames")
+    for msg in warnings:
+        print(f"warning: {msg}", file=sys.stderr)
+    return warnings
 
 
 def load_audio(path: str | Path, seconds: float | None = None) -> np.ndarray:

@@ -187,14 +187,42 @@ class ProgressLine:
         self.bar.stop()
 
 
-def tensorboard_writer(out: Path):
-    """A TensorBoard SummaryWriter on out/tb, or None (with a note) when tensorboard is not installed."""
+def tensorboard_writer(out: Path, start: int = 0):
+    """A TensorBoard SummaryWriter on out/tb, or None (with a note) when tensorboard is not installed. A resumed
+    run purges the events of steps >= start, which it is about to write again."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         print("TensorBoard logging off: the tensorboard package is not installed (metrics.csv has everything)")
         return None
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / "tb"), purge_step=start if start > 0 else None)
+
+
+def load_error(e: Exception) -> str:
+    """One complete line saying why a checkpoint could not be loaded (torch's own messages run to paragraphs)."""
+    text = " ".join(str(e).split())
+    if "central directory" in text or "zip archive" in text:
+        return "truncated or not a torch checkpoint (its zip archive cannot be read)"
+    if "Weights only load failed" in text:
+        return "not a checkpoint of this project (it holds objects other than tensors and plain values)"
+    first = text.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {first if len(first) <= 300 else first[:297] + '...'}"
+
+
+def open_metrics(out: Path, start: int):
+    """metrics.csv for appending, with any rows of steps >= `start` dropped first: a resumed run repeats the
+    steps after its checkpoint, and their first record must not stay beside the second."""
+    path = out / "metrics.csv"
+    if start == 0:
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        rows = list(csv.reader(path.open(newline="")))
+        keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) < start]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+    return path.open("a", newline="")
 
 
 class Stop(Exception):
@@ -261,7 +289,7 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                 fabric.print(f"resumed from {ck} at step {start}")
                 break
             except Exception as e:  # noqa: BLE001  (a truncated file raises many kinds)
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                msg = load_error(e)
                 fabric.print(f"checkpoint {ck} is unusable ({msg}); trying the previous one")
                 failures.append(f"{ck}: {msg}")
                 state["step"] = 0
@@ -316,10 +344,11 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
     if line is not None:
         progress = line.update
     speed = Throughput(cfg, start, world, fabric.device) if fabric.is_global_zero else None
-    log = open(out / "metrics.csv", "a", newline="") if fabric.is_global_zero else None
+    log = open_metrics(out, start) if fabric.is_global_zero else None
     writer = csv.writer(log) if log else None
-    tb = tensorboard_writer(out) if fabric.is_global_zero and tc.tensorboard else None
+    tb = tensorboard_writer(out, start) if fabric.is_global_zero and tc.tensorboard else None
     t0 = time.perf_counter()
+    last_save = time.monotonic()
     bad_run = 0
     step = start
     batches = iter(loader)
@@ -336,10 +365,13 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                         loss = loss * float("nan")
                         losses["loss"] = losses["loss"] * float("nan")
                     fabric.backward(loss)
-            # one reduction, one host sync per step: [some rank's loss is non-finite, some rank got a signal]
+            # one reduction, one host sync per step: [some rank's loss is non-finite, some rank got a signal,
+            # rank 0's clock says a timed checkpoint is due]
+            due = tc.ckpt_minutes > 0 and time.monotonic() - last_save >= 60 * tc.ckpt_minutes
             flags = torch.stack([~torch.isfinite(losses["loss"].detach()),
-                                 torch.tensor(stop["why"] is not None, device=fabric.device)]).float()
-            bad, stop_now = (v > 0 for v in fabric.all_reduce(flags, reduce_op="max").tolist())
+                                 torch.tensor(stop["why"] is not None, device=fabric.device),
+                                 torch.tensor(due and fabric.is_global_zero, device=fabric.device)]).float()
+            bad, stop_now, timed = (v > 0 for v in fabric.all_reduce(flags, reduce_op="max").tolist())
             if bad:
                 state["skipped"] += 1
                 bad_run += 1
@@ -373,8 +405,9 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
                             tb.add_scalar(k if k in ("lr", "it_s", "tok_s", "mfu") else f"loss/{k}", v, step - 1)
                 if progress is not None:
                     progress(step - 1, rec)
-            if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
+            if ((tc.ckpt_every and step % tc.ckpt_every == 0) or timed) and step < tc.steps:
                 save(step)
+                last_save = time.monotonic()
             if sampler is not None and tc.sample_every and step % tc.sample_every == 0:
                 sampler(ema.model if ema is not None else model, step, out / "samples")
             if stop_now:
@@ -403,12 +436,21 @@ def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: s
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
+def check_struct(cfg: Config, meta, data: str | Path) -> None:
+    """A model with a struct stream needs a cache with motion: say so before anything is built or written."""
+    if cfg.model.has_struct and (meta.struct_kind == "none" or not meta.struct_layout):
+        raise SystemExit(f"error: {data}: the cache holds no 3-D motion (struct kind {meta.struct_kind!r}), and "
+                         f"bridge_mode={cfg.model.bridge_mode!r} needs it. Ingest the videos again with "
+                         f"--struct explicit|implicit|liveportrait|flame (and the per-video motion files), or train "
+                         f"the video tower alone with stage1_video/train.py")
+
+
 def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     """The stage 1 / stage 2 command line (see stage1_video/train.py, stage2_dual/train.py). Each flag maps to a
     config field; --set KEY=VALUE reaches any other."""
     import argparse
 
-    from .data.cache import CacheReader, WindowDataset
+    from .data.cache import CacheError, CacheReader, WindowDataset
     from .models import DualForce
     from .models.blocks import Block, BridgeLayer
     from .streaming import save_data_meta, training_sampler
@@ -454,15 +496,22 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     else:
         flags.update({"model.bridge_mode": a.bridge_mode, "model.fusion_depth": a.fusion_depth,
                       "diffusion.p_clean_past": a.p_clean_past})
-    reader = CacheReader(a.data)
-    meta = reader.meta
+    try:
+        meta = CacheReader(a.data).meta
+    except CacheError as e:
+        raise SystemExit(f"error: {e}") from None
     if stage == "dual" and a.struct_kind and meta.struct_kind != a.struct_kind:
-        raise SystemExit(f"{a.data}: holds struct kind {meta.struct_kind!r}, --struct-kind asks for {a.struct_kind!r}")
+        raise SystemExit(f"error: {a.data}: holds struct kind {meta.struct_kind!r}, --struct-kind asks for "
+                         f"{a.struct_kind!r}")
     c, h, _ = meta.latent_shape
     from_data = {"model.latent_channels": c, "model.latent_size": h, "model.audio_dim": meta.audio_dim,
                  "model.struct_dim": max(1, len(meta.struct_layout))}
-    cfg = C.override(C.get_preset(a.preset), {**from_data, **{k: v for k, v in flags.items() if v is not None},
-                                               **parse_sets(a.set)})
+    try:
+        cfg = C.override(C.get_preset(a.preset), {**from_data, **{k: v for k, v in flags.items() if v is not None},
+                                                   **parse_sets(a.set)})
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    check_struct(cfg, meta, a.data)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = DualForce(cfg.model)
     if stage == "dual" and a.init_video_from:

@@ -118,18 +118,32 @@ QUESTIONS = [  # (question, A, B): "A beats B"
 
 
 class Phases:
-    """`with phase("name"):` prints a rule and records the phase's wall time in `seconds`."""
+    """`with phase("name", record=PATH) as ph:` prints a rule and records the phase's wall time in `seconds`. A phase
+    that reused saved outputs sets `ph["reused"] = True`: it is then listed with the time it took when it ran (kept
+    in `record`, a JSON file beside those outputs; the phase may set `ph["record"]` once it knows where they are)
+    and named in `reused`."""
 
     def __init__(self, con):
-        self.con, self.seconds = con, {}
+        self.con, self.seconds, self.reused = con, {}, set()
 
     @contextlib.contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str, record: Path | None = None):
         self.con.rule(f"[bold]{name}")
         t = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - t, 1)
-        self.con.print(f"[dim]{name}: {self.seconds[name]} s[/]")
+        state = {"reused": False, "record": record}
+        yield state
+        took = round(time.perf_counter() - t, 1)
+        record = state["record"]
+        saved = json.loads(record.read_text()) if record is not None and record.exists() else {}
+        if state["reused"] and name in saved:
+            self.seconds[name] = saved[name]
+            self.reused.add(name)
+            self.con.print(f"[dim]{name}: reused ({took} s now; {saved[name]} s when it ran)[/]")
+            return
+        self.seconds[name] = took
+        if record is not None:
+            record.write_text(json.dumps({**saved, name: took}, indent=1) + "\n")
+        self.con.print(f"[dim]{name}: {took} s[/]")
 
 
 def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
@@ -138,6 +152,9 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
                                    s.seed]).encode()).hexdigest()[:10]
     d = root / f"data-{key}"
     d.mkdir(parents=True, exist_ok=True)
+    kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
+    reused = (d / "tiny_ae.pt").exists() and all((d / f"{sp}_{k}.h5").exists() for sp in ("train", "eval")
+                                                  for k in kinds)
     synth.export(d / "train", s.train_clips, s.train_seconds, s.size, seed=s.seed)
     synth.export(d / "eval", s.eval_clips, s.eval_seconds, s.size, seed=s.seed + 1000)
     ae = d / "tiny_ae.pt"
@@ -146,7 +163,6 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
         con.print(f"training tiny-ae on {len(frames)} frames for {s.ae_steps} steps")
         save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
     caches = {}
-    kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
     for split in ("train", "eval"):
         for kind in kinds:
             path = d / f"{split}_{kind}.h5"
@@ -154,7 +170,7 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
                 opts = Options(size=s.size, codec=f"tiny-ae:{ae}", struct=kind, clip_frames=10_000, min_frames=17)
                 ingest(d / split, path, opts, console=con)
             caches[(split, kind)] = path
-    return {"dir": d, "ae": ae, "caches": caches}
+    return {"dir": d, "ae": ae, "caches": caches, "reused": reused}
 
 
 def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
@@ -175,7 +191,8 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
 
     from shared.probes import Probe
 
-    if path.exists():
+    reused = path.exists()
+    if reused:
         probe = Probe()
         probe.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
@@ -193,7 +210,7 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
            "identity_r2": dict(zip(IDENTITY_LAYOUT, np.round(i_r2, 3).tolist())),
            "pose_dims": [synth.MOTION_LAYOUT[i] for i in pose_dims], "identity_dims": [IDENTITY_LAYOUT[i] for i in id_dims],
            "_pose": pose_dims, "_id": id_dims}
-    return probe.eval(), codec, acc
+    return probe.eval(), codec, acc, reused
 
 
 def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, device: str) -> C.Config:
@@ -236,10 +253,11 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     con.print(f"DualForce PoC: suite={args.suite} quick={args.quick} device={device} out={out}")
 
-    with phase("data: SynthTalk -> tiny-ae -> cache"):
+    with phase("data: SynthTalk -> tiny-ae -> cache") as ph:
         data = build_data(s, Path(args.out), args.suite, device, con)
-    with phase("probes"):
-        probe, codec, probe_acc = build_probe(s, data, device, con)
+        ph["reused"], ph["record"] = data["reused"], data["dir"] / "phases.json"
+    with phase("probes", data["dir"] / "phases.json") as ph:
+        probe, codec, probe_acc, ph["reused"] = build_probe(s, data, device, con)
         con.print(f"probe R^2 on held-out clips: {probe_acc['motion_r2']}; identity {probe_acc['identity_r2']}")
         con.print(f"metrics use pose {probe_acc['pose_dims']} and identity {probe_acc['identity_dims']}")
         dims = {"id_dims": probe_acc.pop("_id"), "pose_dims": probe_acc.pop("_pose")}
@@ -252,10 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     for v in variants:
         if v.model_of:
             continue
-        with phase(f"train {v.name}"):
+        vdir = out / "variants" / v.name
+        vdir.mkdir(parents=True, exist_ok=True)
+        with phase(f"train {v.name}", vdir / "phases.json") as ph:
             cfg = cfgs[v.name]
-            vdir = out / "variants" / v.name
-            vdir.mkdir(parents=True, exist_ok=True)
             ckpt, saved = vdir / "model.pt", vdir / "config.json"
             same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
             C.save(cfg, saved)
@@ -265,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
             if ckpt.exists() and (vdir / "history.json").exists() and same and not args.retrain:
                 model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
                 histories[v.name] = json.loads((vdir / "history.json").read_text())
+                ph["reused"] = True
                 con.print(f"reusing {ckpt}")
             else:
                 ds = WindowDataset(data["caches"][("train", v.struct)], frames=clip_frames, stride=4)
@@ -370,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
         verdicts["H3: two-stream Diffusion Forcing trains stably (dual)"] = {
             "verdict": h3, "evidence": {"end_over_start_loss": ratios, "finite": finite}}
         report = write_report(out, args, s, device, data, probe_acc, results, histories, verdicts, rules, chance,
-                              phase.seconds, eval_clips["explicit"], clip_frames, con)
+                              phase, eval_clips["explicit"], clip_frames, con)
     report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
 
@@ -397,7 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def write_report(out: Path, args, s: Settings, device, data, probe_acc, results, histories, verdicts, rules, chance,
-                 seconds, clips, clip_frames, con) -> dict:
+                 phase: Phases, clips, clip_frames, con) -> dict:
+    seconds = phase.seconds
     R.plot_losses(histories, out / "plots" / "loss.png")
     names = [n for n in results if n != "real"]
     for key, title, ylabel in (("id_err", "identity drift: probe identity distance to the reference", "distance (std units)"),
@@ -490,7 +510,8 @@ cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
 
 ## Wall time per phase (s)
 
-{R.md_table([[k, f'{v}'] for k, v in seconds.items()], ['phase', 'seconds'])}
+{R.md_table([[k, f'{v}', 'reused: the time it took when it ran' if k in phase.reused else ''] for k, v in seconds.items()],
+            ['phase', 'seconds', 'note'])}
 
 ## Resolved settings
 
@@ -506,7 +527,7 @@ cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
             "verdict_rule": M.VERDICT_RULE,
             "verdicts": verdicts,
             "metrics": {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()},
-            "phase_seconds": seconds, "samples": samples}
+            "phase_seconds": seconds, "phases_reused": sorted(phase.reused), "samples": samples}
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from shared.data.codecs import get_codec  # noqa: E402
-from shared.streaming import (InputError, codec_from_spec, features_from_spec, load_audio, load_model,  # noqa: E402
-                              load_reference, prepare_graphs, stream_frames, write_outputs)
+from shared.config import SampleConfig  # noqa: E402
+from shared.streaming import (InputError, check_output, codec_from_spec, cpu_threads, features_from_spec,  # noqa: E402
+                              load_audio, load_model, load_reference, prepare_graphs, stream_frames, write_outputs)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -40,6 +41,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads for torch (default: the cores not already busy, see shared.streaming.cpu_threads)")
     ap.add_argument("--stage", default="dual", choices=["dual", "video"],
                     help="the model the checkpoint must hold (video: a stage-1 / video_only checkpoint)")
     ap.add_argument("--preset", help="the preset the checkpoint must be of (checked when given)")
@@ -51,15 +54,30 @@ def parse(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def sample_config(sample: SampleConfig, given: dict) -> SampleConfig:
+    """`sample` with the flags that were given; a value the config refuses is an InputError naming its flag."""
+    for k, v in given.items():
+        if v is None:
+            continue
+        try:
+            sample = replace(sample, **{k: v})
+        except ValueError as e:
+            reason = str(e).removeprefix("SampleConfig: ")
+            raise InputError(f"--{k.replace('_', '-')} {v}: {reason}") from None
+    return sample
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
+    out = check_output(a.out)  # before any work: a bad --out must not cost a whole generation
+    if a.threads is not None or not torch.cuda.is_available():
+        torch.set_num_threads(a.threads or cpu_threads())
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           "cpu" if a.device == "auto" else a.device)
     model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
-    sample = cfg.sample
     given = {"steps": a.steps, "sigma_struct_start": a.sigma_struct_start, "chunk": a.chunk, "window": a.window,
              "audio_cfg": a.audio_cfg}
-    sample = replace(sample, **{k: v for k, v in given.items() if v is not None})
+    sample = sample_config(cfg.sample, given)
     if a.sigma_struct_start is not None and a.sigma_struct_start < 1 and sample.schedule == "autoregressive":
         sample = replace(sample, schedule="struct_leads")  # a struct start below 1 needs the struct-leads schedule
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
@@ -70,7 +88,6 @@ def main(argv=None) -> dict:
     if features.shape[1] != cfg.model.audio_dim:
         raise InputError(f"audio features have {features.shape[1]} dims, the model takes {cfg.model.audio_dim}")
 
-    out = Path(a.out)
     graphs, prepare = None, 0.0
     if device.type == "cuda":
         model.to(torch.bfloat16)

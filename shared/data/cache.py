@@ -139,6 +139,15 @@ class CacheWriter:
             self.f["sources"].create_group(key)
         self.f.flush()
 
+    def clip_count(self) -> int:
+        return len(self.f["clips"])
+
+    def discard(self) -> None:
+        """Close and delete the cache being written (nothing usable in it); later exits do nothing."""
+        self.f.close()
+        self.partial.unlink(missing_ok=True)
+        self.f = None
+
     def close(self) -> None:
         """Mark complete and publish under the final name."""
         self.f.attrs["complete"] = True
@@ -157,6 +166,8 @@ class CacheWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.f is None:  # discarded
+            return
         if exc_type is None:
             self.close()
         else:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,10 @@ class Result:
     clips: list[dict] = field(default_factory=list)
     skipped: str | None = None
     note: str | None = None
+
+
+class NothingIngested(Exception):
+    """No usable clip came out of the source folder; the message lists why each video was skipped."""
 
 
 def source_key(src: Path, video: Path) -> str:
@@ -175,14 +181,22 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
                 bar.update(task, advance=1, clips=summary["clips"])
 
             if workers > 0:
-                # spawn, not fork: the parent has already started torch's thread pools, which fork would copy
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                # spawn, not fork: the parent has already started torch's thread pools, which fork would copy.
+                # Workers ignore Ctrl-C: the parent alone stops, keeping what is finished, and says how to resume.
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+                try:
                     for r in pool.map(process_video, [src] * len(todo), todo, [opts] * len(todo),
                                       [kind] * len(todo)):
                         consume(r)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             else:
                 for v in todo:
                     consume(process_video(src, v, opts, kind))
+        if w.clip_count() == 0:
+            w.discard()
+            raise NothingIngested(nothing_message(src, out, videos, summary))
     report = out.with_name(out.name + ".ingest.json")
     report.write_text(json.dumps(summary, indent=2) + "\n")
     if summary["skipped"]:
@@ -200,6 +214,13 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
     return summary
 
 
+def nothing_message(src: Path, out: Path, videos: list[Path], summary: dict) -> str:
+    if not videos:
+        return f"{src}: no videos found (looked for {', '.join(VIDEO_EXTS)}); {out} not written"
+    reasons = "\n".join(f"  {s['video']}: {s['reason']}" for s in summary["skipped"])
+    return f"{src}: none of {len(videos)} videos gave a usable clip; {out} not written:\n{reasons}"
+
+
 def main(argv: list[str] | None = None) -> None:
     from .. import config as C
 
@@ -212,7 +233,15 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=docs[f.name])
     a = ap.parse_args(argv)
     opts = Options(**{k: getattr(a, k) for k in Options.__dataclass_fields__})
-    ingest(a.src, a.out, opts, a.workers)
+    try:
+        ingest(a.src, a.out, opts, a.workers)
+    except NothingIngested as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        from .cache import partial_path
+
+        sys.exit(f"\ninterrupted: the videos finished so far are kept in {partial_path(Path(a.out))}; run the same "
+                 f"command again to resume")
 
 
 if __name__ == "__main__":

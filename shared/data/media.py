@@ -22,6 +22,8 @@ class MediaError(Exception):
 def _open(path: str | Path):
     import av
 
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
     try:
         return av.open(str(path))
     except Exception as e:  # PyAV raises many FFmpeg error types
@@ -48,6 +50,9 @@ def probe(path: str | Path) -> dict:
         if not c.streams.video:
             raise MediaError(f"{path}: no video stream")
         v = c.streams.video[0]
+        if c.format.name.endswith("_pipe") or c.format.name == "image2":  # FFmpeg's demuxers for still images
+            raise MediaError(f"{path}: not a video but a still image ({v.codec_context.name.upper()}), whatever "
+                             f"its name says")
         dur = None
         if v.duration is not None:
             dur = float(v.duration * v.time_base)
@@ -134,24 +139,33 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, audio: np.nda
               audio_rate: int = 16000, crf: int = 18) -> None:
     """frames uint8 [T, H, W, 3] (H, W even) -> H.264 mp4, with an AAC track when audio is given ([S] mono or
     [channels, S], at `audio_rate`).
-    Written to a temporary name and renamed, so a crash never leaves a half file under `path`."""
+    Written to a temporary name and renamed, so a crash never leaves a half file under `path`.
+
+    Deterministic: the same frames and audio give the same bytes. x264's macroblock-tree rate control made CRF
+    encodes differ from run to run (6 encodes of one SynthTalk clip gave 5 different files, decoded frames up to
+    36 grey levels apart), which let a seed fail to fix the PoC's numbers; with mbtree off, explicit frame
+    timestamps and one encoder thread, 20 encodes out of 20 are byte-identical (tests/test_data_synth.py)."""
     import av
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with av.open(str(tmp), "w", format="mp4") as c:
-            vs = c.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast"})
+            vs = c.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast",
+                                                            "x264-params": "mbtree=0"})
             vs.width, vs.height = frames.shape[2], frames.shape[1]
             vs.pix_fmt = "yuv420p"
+            vs.codec_context.thread_count, vs.codec_context.thread_type = 1, "NONE"
             astream = None
             if audio is not None:
                 audio = np.atleast_2d(np.asarray(audio, np.float32))
                 layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
                 astream = c.add_stream("aac", rate=audio_rate)
                 astream.layout = layout
-            for f in frames:
-                for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+            for i, f in enumerate(frames):
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+                vf.pts, vf.time_base = i, Fraction(1, fps)
+                for p in vs.encode(vf):
                     c.mux(p)
             for p in vs.encode():
                 c.mux(p)
