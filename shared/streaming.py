@@ -165,9 +165,10 @@ def busy_cores(interval: float = 0.2) -> float:
 
 def cpu_threads(cores: int | None = None, busy: float | None = None) -> int:
     """Threads for CPU inference: the cores not already busy, at least one. torch's default (every core) makes
-    each parallel region wait for the slowest thread, and a thread that shares its core with another process is
-    slow: on the 2-core CI machine, CPU generation of the PoC model next to one busy process fell from 42.7 fps to
-    0.7 fps with 2 threads, and ran at 11.6 fps with 1."""
+    each parallel region wait for the slowest thread, and a thread sharing its core with another process is slow.
+    Measured 2026-11-24 on the 2-core CI machine, PoC `dual` model, 70 frames (fps): idle 15.4 with 2 threads,
+    17.2 with 1, 14.8 with this choice; next to one busy process 3.9 with 2 threads, 14.4 with 1, 16.7 with this
+    choice."""
     cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     busy = busy_cores() if busy is None else busy
     return max(1, min(cores, round(cores - busy)))

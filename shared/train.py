@@ -204,7 +204,7 @@ def load_error(e: Exception) -> str:
     if "central directory" in text or "zip archive" in text:
         return "truncated or not a torch checkpoint (its zip archive cannot be read)"
     if "Weights only load failed" in text:
-        return "not a checkpoint of this project (it holds objects other than tensors and plain values)"
+        return "not a checkpoint this project wrote (torch's weights-only loader refused its contents)"
     first = text.split(". ")[0].rstrip(".")
     return f"{type(e).__name__}: {first if len(first) <= 300 else first[:297] + '...'}"
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {run}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
                          f"--suite/--quick/--out first")
     data = build_data(s, Path(args.out), args.suite, device, con)  # reuses what run.py made
-    probe, codec, acc = build_probe(s, data, device, con)
+    probe, codec, acc, _ = build_probe(s, data, device, con)
     dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
     clip = C.get_preset("poc").clip_frames
     frames = args.factor * clip

@@ -38,10 +38,22 @@ def test_quick_end_to_end(tmp_path):
 
     info = probe(run / "samples" / rep["samples"][0])
     assert info["has_audio"] and info["fps"] == 25
+    # the same seed into another folder: everything made again, every number the same (issue #13, point 1)
+    other = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path / "again"),
+                            "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+    rep_b = json.loads((tmp_path / "again" / "core-quick" / "report.json").read_text())
+    assert rep_b["metrics"] == rep["metrics"] and rep_b["verdicts"] == rep["verdicts"]
+    assert rep_b["probe_accuracy"] == rep["probe_accuracy"]
     # re-running reuses the data, the codec, the probes and the trained variants
     res2 = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res2.returncode == 0 and res2.stdout.count("reusing") == 3
+    rep2 = json.loads((run / "report.json").read_text())
+    reused = {"data: SynthTalk -> tiny-ae -> cache", "probes", "train video_only", "train condition_only", "train dual"}
+    assert set(rep2["phases_reused"]) == reused  # listed with the time they took when they ran, not 0.0 s
+    assert all(rep2["phase_seconds"][k] == rep["phase_seconds"][k] > 0 for k in reused)
+    assert "reused: the time it took when it ran" in (run / "report.md").read_text()
     assert "training tiny-ae" in res.stdout and "training tiny-ae" not in res2.stdout
     assert "training probes" in res.stdout and "training probes" not in res2.stdout
     assert "new clips" not in res2.stdout  # the caches are reused too

@@ -72,7 +72,9 @@ def test_truncated_checkpoint_is_reported_and_skipped(cache, tmp_path, capsys):
         f.truncate(100)
     res = _run(cache, tmp_path, "--max-steps", "8", "--ckpt-every", "3")
     out = capsys.readouterr().out
-    assert f"checkpoint {last} is unusable" in out and "resumed from" in out and "step_00000003" in out
+    assert f"checkpoint {last} is unusable (truncated or not a torch checkpoint (its zip archive cannot be read)); " \
+           "trying the previous one" in out
+    assert "resumed from" in out and "step_00000003" in out
     assert res["step"] == 8
 
 
