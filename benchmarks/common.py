@@ -14,9 +14,9 @@ from shared import config as C
 from shared.data.cache import CacheMeta, CacheWriter
 from shared.diffusion import Batch, training_loss
 from shared.flops import training_flops
-from shared.infer import stream
+from shared.sampling import stream
 from shared.models import DualForce
-from shared.train import optimizer
+from shared.training import optimizer
 
 
 def matmul_rate(device: torch.device | str = "cuda", n: int = 8192, dtype: torch.dtype = torch.bfloat16,

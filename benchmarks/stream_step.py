@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C
-from shared.infer import GraphedModel, stream
+from shared.sampling import GraphedModel, stream
 from shared.models import DualForce
 
 

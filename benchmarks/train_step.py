@@ -24,7 +24,7 @@ from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.models.blocks import Block, BridgeLayer  # noqa: E402
-from shared.train import make_fabric, optimizer  # noqa: E402
+from shared.training import make_fabric, optimizer  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -19,6 +19,28 @@ BRIDGE_MODES: tuple[str, ...] = ("dual", "condition_only", "video_only")
 
 
 @dataclass(frozen=True)
+class Mode:
+    """What a bridge mode builds and generates, decided once (`ModelConfig.mode`) instead of string tests."""
+
+    name: str
+    """The bridge_mode it describes."""
+    struct_tower: bool
+    """A Struct DiT exists and the model takes a motion latent per frame (dual, condition_only)."""
+    struct_generated: bool
+    """The motion stream is denoised too: it has its own sigmas, loss, output head and video->struct bridge
+    direction (dual). Otherwise a struct tower only encodes a clean motion condition (condition_only)."""
+
+    @property
+    def struct_condition(self) -> bool:
+        """The motion of every frame is a clean input the caller supplies (condition_only)."""
+        return self.struct_tower and not self.struct_generated
+
+
+MODES: dict[str, Mode] = {"dual": Mode("dual", True, True), "condition_only": Mode("condition_only", True, False),
+                          "video_only": Mode("video_only", False, False)}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Shapes of the two towers, the bridge and the audio pathway."""
 
@@ -91,15 +113,20 @@ class ModelConfig:
         return (self.latent_size // self.patch_size) ** 2
 
     @property
+    def mode(self) -> Mode:
+        """What the bridge mode builds and generates."""
+        return MODES[self.bridge_mode]
+
+    @property
     def has_struct(self) -> bool:
-        return self.bridge_mode != "video_only"
+        return self.mode.struct_tower
 
     @property
     def struct_blocks(self) -> int:
-        """Struct DiT blocks actually built."""
-        if self.bridge_mode == "video_only":
+        """Struct DiT blocks actually built (a condition encoder needs only the fusion blocks)."""
+        if not self.mode.struct_tower:
             return 0
-        return self.fusion_depth if self.bridge_mode == "condition_only" else self.struct_depth
+        return self.struct_depth if self.mode.struct_generated else self.fusion_depth
 
 
 @dataclass(frozen=True)
@@ -129,16 +156,18 @@ class DiffusionConfig:
 class SampleConfig:
     """Inference: the scheduling matrix and the streaming KV cache."""
 
-    schedule: Literal["autoregressive", "full_sequence", "struct_leads"] = "autoregressive"
-    """Scheduling matrix kind (see `shared.schedule`)."""
+    schedule: str = "autoregressive"
+    """Scheduling kind, a key of `shared.sampling.schedule.KINDS`: autoregressive | full_sequence | struct_leads."""
     steps: int = 4
     """Euler steps K per frame (per chunk)."""
     shift: float = 3.0
     """Timestep shift of the inference sigma grid (more steps at high noise)."""
     sigma_struct_start: float = 1.0
-    """Noise level the struct stream starts from; < 1 re-noises the previous frame's clean struct."""
-    struct_lead: int = 1
-    """`struct_leads`: the struct stream finishes this many steps before the video stream."""
+    """Noise level the struct stream starts from, in every schedule kind; < 1 starts from the previous frame's clean
+    struct re-noised to this level."""
+    struct_lead: int = 0
+    """The struct stream is clean this many Euler steps before the video (every kind; `struct_leads` needs >= 1), so
+    the video's last steps see their own frame's clean motion."""
     chunk: int = 1
     """Frames denoised together per autoregressive block."""
     window: int = 32
@@ -157,6 +186,8 @@ class SampleConfig:
             raise ValueError(f"SampleConfig: need 1 <= chunk={self.chunk} <= window={self.window}")
         if not 0 <= self.roll_keep < self.window:
             raise ValueError(f"SampleConfig: roll_keep={self.roll_keep} must be in [0, window={self.window})")
+        if not 0 <= self.struct_lead < self.steps:
+            raise ValueError(f"SampleConfig: struct_lead={self.struct_lead} must be in [0, steps={self.steps})")
 
 
 @dataclass(frozen=True)

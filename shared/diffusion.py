@@ -78,7 +78,7 @@ def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Ge
                   sigmas: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Flow-matching Diffusion Forcing loss. Returns {"loss", "video", "struct"} ("struct" absent when the
     model has no struct head). `noise` / `sigmas` fix the draws (tests, evaluation)."""
-    mode = model.cfg.bridge_mode
+    mode = model.cfg.mode
     b, t = batch.video.shape[:2]
     dev = batch.video.device
     sv, ss = sigmas if sigmas is not None else training_sigmas(b, t, cfg, generator, dev)
@@ -92,9 +92,9 @@ def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Ge
     if batch.has_audio is not None:
         keep = keep & batch.has_audio
     struct_in = None
-    if mode == "dual":
+    if mode.struct_generated:
         struct_in = add_noise(batch.struct, ns, ss)
-    elif mode == "condition_only":
+    elif mode.struct_condition:
         struct_in = batch.struct
     vel_v, vel_s = model(add_noise(batch.video, nv, sv), sv, struct_in, ss, batch.audio, audio_keep=keep)
     out = {"video": frame_mse(vel_v, nv - batch.video, sv)}

@@ -55,10 +55,10 @@ def forward_flops(cfg: ModelConfig, frames: int, causal: bool = True, query_fram
     out = {"video_dit": tower(d, nv, cfg.depth, pin, pin), "struct_dit": 0.0, "bridge": 0.0}
     if cfg.has_struct:
         sd = cfg.struct_dim // s
-        out["struct_dit"] = tower(ds, s, cfg.struct_blocks, sd, sd if cfg.bridge_mode == "dual" else 0)
+        out["struct_dit"] = tower(ds, s, cfg.struct_blocks, sd, sd if cfg.mode.struct_generated else 0)
         s2v = 2 * q * nv * 2 * d**2 + 2 * q * s * 2 * ds * d + 4 * visible_pairs(nv, s) * d
         v2s = 2 * q * s * 2 * ds**2 + 2 * q * nv * 2 * d * ds + 4 * visible_pairs(s, nv) * ds
-        out["bridge"] = cfg.fusion_depth * (s2v + (v2s if cfg.bridge_mode == "dual" else 0))
+        out["bridge"] = cfg.fusion_depth * (s2v + (v2s if cfg.mode.struct_generated else 0))
     out["total"] = sum(out.values())
     return out
 
@@ -83,7 +83,7 @@ def measured_forward_flops(cfg: ModelConfig, frames: int) -> int:
         audio = torch.empty(1, 2 * frames, cfg.audio_dim)
     counter = FlopCounterMode(display=False)
     with counter:
-        model(video, sigma, struct, sigma if cfg.bridge_mode == "dual" else None, audio)
+        model(video, sigma, struct, sigma if cfg.mode.struct_generated else None, audio)
     return counter.get_total_flops()
 
 

@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from run import CORE, FULL_VARIANTS, QUICK, CORE_VARIANTS, build_data, build_probe  # noqa: E402
 
 from shared import config as C  # noqa: E402
-from shared import metrics as M  # noqa: E402
-from shared import report as R  # noqa: E402
+from shared import runs  # noqa: E402
+from shared.evaluation import metrics as M  # noqa: E402
+from shared.evaluation import report as R  # noqa: E402
 from shared.data.cache import CacheReader  # noqa: E402
-from shared.evaluate import AudioToStruct, consistency_curves, load_eval_clips, read_clip  # noqa: E402
-from shared.infer import generate  # noqa: E402
+from shared.evaluation.evaluate import AudioToStruct, consistency_curves, load_eval_clips, read_clip  # noqa: E402
+from shared.sampling import generate  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     s = QUICK if args.quick else CORE
     run = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
     variants = [v for v in (FULL_VARIANTS if args.suite == "full" else CORE_VARIANTS) if not v.model_of]
-    missing = [v.name for v in variants if not (run / "variants" / v.name / "model.pt").is_file()]
+    missing = [v.name for v in variants if runs.latest_checkpoint(run / "variants" / v.name) is None]
     if missing:
         raise SystemExit(f"error: {run}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
                          f"--suite/--quick/--out first")
@@ -80,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     real_read, windows, eval_clips = {}, {}, {}
     for v in variants:
         vdir = run / "variants" / v.name
-        cfg = C.load(vdir / "config.json")
+        cfg = runs.load_config(vdir)
         model = DualForce(cfg.model)
-        model.load_state_dict(torch.load(vdir / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(runs.load_weights(vdir)[0])
         model.to(device).eval()
         windows[v.name] = cfg.sample.window
         if v.struct not in eval_clips:  # every held-out clip whole (the real curves' length)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         clips = eval_clips[v.struct]
         audio = np.stack([loop(c.audio, frames) for c in clips])
         cond = None
-        if cfg.model.bridge_mode == "condition_only":  # the audio -> motion stage a one-way model needs
+        if cfg.model.mode.struct_condition:  # the audio -> motion stage a one-way model needs
             a2s = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
             cond = torch.as_tensor(np.stack([a2s(a) for a in audio])).to(device)
         audio = torch.as_tensor(audio).to(device)

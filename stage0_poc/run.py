@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,20 +32,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
-from shared import metrics as M  # noqa: E402
-from shared import report as R  # noqa: E402
+from shared import runs  # noqa: E402
+from shared.evaluation import metrics as M  # noqa: E402
+from shared.evaluation import report as R  # noqa: E402
 from shared.data import synth  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E402
 from shared.data.ingest import Options, ingest  # noqa: E402
 from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
 from shared.data.face import IDENTITY_LAYOUT  # noqa: E402
-from shared.evaluate import (POSE, AudioToStruct, clip_metrics, heldout_loss, load_eval_clips, read_clip,  # noqa: E402
+from shared.evaluation.evaluate import (POSE, AudioToStruct, clip_metrics, heldout_loss, load_eval_clips, read_clip,  # noqa: E402
                              rollout)
 from shared.models import DualForce  # noqa: E402
-from shared.probes import r2, train_probe  # noqa: E402
-from shared.streaming import save_data_meta  # noqa: E402
-from shared.train import fit  # noqa: E402
+from shared.evaluation.probes import r2, train_probe  # noqa: E402
+from shared.training import fit  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
             ids.append(np.repeat(z["identity"][None], len(f), 0))
         return np.concatenate(fr), np.concatenate(mo), np.concatenate(ids)
 
-    from shared.probes import Probe
+    from shared.evaluation.probes import Probe
 
     reused = path.exists()
     if reused:
@@ -274,29 +275,31 @@ def main(argv: list[str] | None = None) -> dict:
         vdir.mkdir(parents=True, exist_ok=True)
         with phase(f"train {v.name}", vdir / "phases.json") as ph:
             cfg = cfgs[v.name]
-            ckpt, saved = vdir / "model.pt", vdir / "config.json"
+            saved = vdir / runs.CONFIG
             same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
-            C.save(cfg, saved)
-            save_data_meta(metas[v.struct], vdir)  # model.pt + config.json + data.json: a generate.py checkpoint
+            runs.save_config(cfg, vdir)
+            runs.save_data_meta(metas[v.struct], vdir)  # the variant folder is a run folder generate.py takes
             torch.manual_seed(s.seed)  # every variant starts from the same seed
             model = DualForce(cfg.model)
-            if ckpt.exists() and (vdir / "history.json").exists() and same and not args.retrain:
-                model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+            ckpt = runs.latest_checkpoint(vdir)
+            done = ckpt is not None and runs.step_of(ckpt) == cfg.train.steps and (vdir / "history.json").exists()
+            if done and same and not args.retrain:
+                model.load_state_dict(runs.load_weights(vdir)[0])  # the EMA weights
                 histories[v.name] = json.loads((vdir / "history.json").read_text())
                 ph["reused"] = True
                 con.print(f"reusing {ckpt}")
             else:
+                shutil.rmtree(vdir / runs.CHECKPOINTS, ignore_errors=True)
                 ds = WindowDataset(data["caches"][("train", v.struct)], frames=clip_frames, stride=4)
                 from rich.progress import Progress
 
                 with Progress(console=con) as bar:
                     task = bar.add_task(v.name, total=s.train_steps)
-                    res = fit(cfg, model, ds, vdir / "run", resume="none",
+                    res = fit(cfg, model, ds, vdir, resume="none",
                               progress=lambda step, rec: bar.update(task, completed=step + 1,
                                                                     description=f"{v.name} loss {rec['loss']:.3f}"))
                 model = res["ema"] or model
                 histories[v.name] = res["history"]
-                torch.save(model.state_dict(), ckpt)
                 (vdir / "history.json").write_text(json.dumps(res["history"]))
             models[v.name] = model.to(device).eval()
 
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
             clips = eval_clips[v.struct]
             hl = heldout_loss(model, windows[v.struct], cfg, device, seed=s.seed)
             cond = None
-            if cfg.model.bridge_mode == "condition_only":
+            if cfg.model.mode.struct_condition:
                 if v.struct not in a2s:
                     a2s[v.struct] = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
                 cond = np.stack([a2s[v.struct](c.audio) for c in clips])

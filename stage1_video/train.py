@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.train import run_cli  # noqa: E402
+from shared.training import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     run_cli("video")

@@ -1,11 +1,12 @@
 """Streaming talking-head generation: a reference portrait and a voice in, an mp4 out.
 
     python stage2_dual/generate.py --ckpt RUN_OR_CKPT --ref face.png --audio voice.wav --out out.mp4 \\
-        [--seconds S] [--steps K] [--sigma-struct-start 0.7] [--chunk C] [--window W] [--audio-cfg G] [--seed X]
+        [--seconds S] [--steps K] [--schedule KIND] [--sigma-struct-start 0.7] [--struct-lead L] [--chunk C] \\
+        [--window W] [--audio-cfg G] [--seed X] [--threads N]
 
 Writes OUT.mp4 (25 fps, the driving audio muxed in), OUT.struct.npz (the generated motion trajectory and its
 layout; dual models) and OUT.timing.json (per-frame latency, fps, first-frame latency, device). Frames are decoded
-as they are produced (`shared.streaming.stream_frames` is the Python API for live display).
+as they are produced (`shared.sampling.generation.stream_frames` is the Python API for live display).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch  # noqa: E402
 
 from shared.data.codecs import get_codec  # noqa: E402
 from shared.config import SampleConfig  # noqa: E402
-from shared.streaming import (InputError, check_output, codec_from_spec, cpu_threads, features_from_spec,  # noqa: E402
-                              load_audio, load_model, load_reference, prepare_graphs, stream_frames, write_outputs)
+from shared.sampling.generation import (InputError, check_output, check_sample, codec_from_spec,  # noqa: E402
+                                       cpu_threads, features_from_spec, load_audio, load_model, load_reference,
+                                       prepare_graphs, stream_frames, write_outputs)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -35,14 +37,19 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, help="output .mp4")
     ap.add_argument("--seconds", type=float, help="length (default: the audio's)")
     ap.add_argument("--steps", type=int, help="sample.steps: denoising steps per frame (K)")
-    ap.add_argument("--sigma-struct-start", type=float, help="sample.sigma_struct_start (struct_leads schedule)")
+    ap.add_argument("--schedule", help="sample.schedule: autoregressive | full_sequence | struct_leads")
+    ap.add_argument("--sigma-struct-start", type=float,
+                    help="sample.sigma_struct_start: the struct stream starts from the previous frame's clean struct "
+                         "re-noised to this level (every schedule)")
+    ap.add_argument("--struct-lead", type=int,
+                    help="sample.struct_lead: the struct stream is clean this many steps before the video")
     ap.add_argument("--chunk", type=int, help="sample.chunk: frames denoised together")
     ap.add_argument("--window", type=int, help="sample.window: history frames the model sees")
     ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--threads", type=int,
-                    help="CPU threads for torch (default: the cores not already busy, see shared.streaming.cpu_threads)")
+                    help="CPU threads for torch (default: the cores not already busy, see shared.sampling.generation.cpu_threads)")
     ap.add_argument("--stage", default="dual", choices=["dual", "video"],
                     help="the model the checkpoint must hold (video: a stage-1 / video_only checkpoint)")
     ap.add_argument("--preset", help="the preset the checkpoint must be of (checked when given)")
@@ -75,11 +82,9 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           "cpu" if a.device == "auto" else a.device)
     model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
-    given = {"steps": a.steps, "sigma_struct_start": a.sigma_struct_start, "chunk": a.chunk, "window": a.window,
-             "audio_cfg": a.audio_cfg}
-    sample = sample_config(cfg.sample, given)
-    if a.sigma_struct_start is not None and a.sigma_struct_start < 1 and sample.schedule == "autoregressive":
-        sample = replace(sample, schedule="struct_leads")  # a struct start below 1 needs the struct-leads schedule
+    given = {"steps": a.steps, "schedule": a.schedule, "sigma_struct_start": a.sigma_struct_start,
+             "struct_lead": a.struct_lead, "chunk": a.chunk, "window": a.window, "audio_cfg": a.audio_cfg}
+    sample = check_sample(sample_config(cfg.sample, given))
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
     ref = load_reference(a.ref, cfg, meta, codec)
     wav = load_audio(a.audio, a.seconds)

@@ -13,8 +13,8 @@ import torch
 from scipy.io import wavfile
 
 from shared.data.media import iter_frames, probe
-from shared.streaming import InputError
-from shared.train import run_cli
+from shared.sampling.generation import InputError
+from shared.training import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "stage2_dual"))

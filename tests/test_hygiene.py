@@ -23,8 +23,8 @@ from shared.data import synth
 from shared.data.cache import CacheMeta, CacheWriter, partial_path
 from shared.data.ingest import NothingIngested, Options, ingest
 from shared.data.media import write_mp4
-from shared.streaming import InputError, check_reference_size, cpu_threads
-from shared.train import latest_checkpoint, load_error, run_cli
+from shared.sampling.generation import InputError, check_reference_size, cpu_threads
+from shared.training import latest_checkpoint, load_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "stage2_dual"))

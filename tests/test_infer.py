@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from shared import infer
+from shared import sampling as infer
 from shared.config import SampleConfig, get_preset
-from shared.schedule import autoregressive
+from shared.models import KVCache
+from shared.sampling import engine
+from shared.sampling.schedule import autoregressive
 from tests.conftest import tiny_model
 
 SC = get_preset("tiny").sample  # window 4, roll_keep 2
@@ -99,19 +101,19 @@ def test_cache_memory_is_bounded_by_the_window():
     for frames in (clip, 10 * clip):
         ref, ref_s, audio, _ = _args(model, frames)
         caches = []
-        orig = infer.KVCache
+        orig = engine.KVCache
 
         class Spy(orig):
             def __init__(self, *a, **k):
                 super().__init__(*a, **k)
                 caches.append(self)
 
-        infer.KVCache = Spy
+        engine.KVCache = Spy
         try:
             for _ in infer.stream(model, ref, ref_s, audio, frames, sample=SC):
                 pass
         finally:
-            infer.KVCache = orig
+            engine.KVCache = orig
         sizes[frames] = caches[0].nbytes()
         assert caches[0].max_frames == 1 + SC.window
     assert sizes[clip] == sizes[10 * clip] > 0
@@ -155,7 +157,7 @@ def test_cached_forward_takes_a_device_start():
     sig = torch.full((2, 2), 0.5)
     outs = []
     for as_tensor in (False, True):
-        cache = infer.KVCache(4)
+        cache = KVCache(4)
         zero = torch.zeros(2, 1)
         model(ref[:, None], zero, ref_s[:, None], zero, audio, start=0, cache=cache, audio_index=torch.tensor([0]))
         cache.commit(1)
@@ -175,7 +177,7 @@ def test_cuda_graph_replay_matches_eager(compile):
     ref, ref_s, audio, _ = (x.cuda() if torch.is_tensor(x) else x for x in _args(model, 12))
     eager = infer.generate(model, ref, ref_s, audio, 12, sample=SC, generator=torch.Generator("cuda").manual_seed(0))
     graphs = infer.GraphedModel(model, compile=compile, overlap=True)
-    captured = graphs.warm_up(ref, ref_s, audio, 12, SC)
+    captured = infer.warm_up(graphs, ref, ref_s, audio, 12, SC)
     for _ in range(2):  # replays only: warm_up captured every graph the stream needs
         got = infer.generate(model, ref, ref_s, audio, 12, sample=SC, graphs=graphs,
                              generator=torch.Generator("cuda").manual_seed(0))
@@ -190,3 +192,53 @@ def test_bf16_weights_stream():
     ref, ref_s, audio, _ = _args(model, 6)
     out = infer.generate(model, ref.bfloat16(), ref_s.bfloat16(), audio.bfloat16(), 6, sample=SC)
     assert torch.isfinite(out["video"].float()).all() and out["struct"].shape == (2, 6, model.cfg.struct_dim)
+
+
+def test_euler_block_is_differentiable_through_two_frames():
+    """The sampler steps are pure and keep the autograd graph when asked (training on the model's own rollouts):
+    frame 1, generated on top of frame 0 in the cached context, carries gradients back to the weights, and through
+    frame 0's keys/values to frame 0's noise."""
+    model = tiny_model("dual").train()
+    ref, ref_s, audio, _ = _args(model, 2)
+    ctx = engine.CachedContext(model, ref, ref_s, audio, 2, SC.window, SC.roll_keep)
+    rows = infer.schedule.stream_rows(SC, 2)
+    noise0 = torch.randn(2, 1, *ref.shape[1:], requires_grad=True)
+    frames = []
+    for blk, x in zip(rows, (noise0, torch.randn(2, 1, *ref.shape[1:]))):
+        s = torch.randn(2, 1, model.cfg.struct_dim)
+        video, struct = infer.euler_block(ctx.denoiser(blk.lo, blk.hi), x, s, blk.video, blk.struct)
+        ctx.commit(blk.lo, video, struct)
+        frames.append(video)
+    frames[1].square().mean().backward()
+    assert noise0.grad is not None and noise0.grad.abs().sum() > 0  # frame 1 saw frame 0 through the cache
+    grads = [p.grad for p in model.video.blocks[0].parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():  # the same maths as the no-grad stream
+        want = infer.generate(model.eval(), ref, ref_s, audio, 1, sample=SC, generator=torch.Generator().manual_seed(0))
+    ctx = engine.CachedContext(model, ref, ref_s, audio, 1, SC.window, SC.roll_keep)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, *ref.shape[1:], generator=g)
+    noise = torch.randn(2, 1, model.cfg.struct_dim, generator=g)
+    got, _ = infer.euler_block(ctx.denoiser(0, 1), x, noise, rows[0].video, rows[0].struct)
+    torch.testing.assert_close(got[:, 0], want["video"][:, 0])
+
+
+def test_stream_keeps_gradients_when_asked():
+    model = tiny_model("dual")
+    ref, ref_s, audio, _ = _args(model, 2)
+    out = infer.generate(model, ref, ref_s, audio, 2, sample=SC, grad=True)
+    assert out["video"].requires_grad
+    assert not infer.generate(model, ref, ref_s, audio, 2, sample=SC)["video"].requires_grad
+
+
+def test_guided_denoiser_mixes_the_halves():
+    calls = []
+
+    def denoise(video, struct, sv, ss):
+        calls.append(video.shape[0])
+        half = video.shape[0] // 2
+        return torch.cat([torch.full_like(video[:half], 3.0), torch.full_like(video[half:], 1.0)]), None
+
+    v, s = infer.guided(denoise, 2.0)(torch.zeros(2, 1, 3), None, torch.ones(1), torch.ones(1))
+    assert calls == [4] and s is None and torch.all(v == 1.0 + 2.0 * (3.0 - 1.0))
+    assert infer.guided(denoise, 1.0) is denoise

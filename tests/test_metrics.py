@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared import metrics as M
-from shared.evaluate import JAW, POSE, EvalClip, clip_metrics
+from shared.evaluation import metrics as M
+from shared.evaluation.evaluate import JAW, POSE, EvalClip, clip_metrics
 
 
 def _mouth(n=200, seed=0):

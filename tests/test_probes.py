@@ -6,7 +6,7 @@ import numpy as np
 
 from shared.data.face import IDENTITY_LAYOUT, MOTION_LAYOUT
 from shared.data.synth import clip_seed, make_clip
-from shared.probes import r2, train_probe
+from shared.evaluation.probes import r2, train_probe
 
 
 def test_probe_reads_motion_and_identity_of_unseen_faces():

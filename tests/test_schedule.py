@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from shared import schedule as sched
+from shared.config import SampleConfig
+from shared.sampling import schedule as sched
 
 
 def test_autoregressive_matrix():
@@ -46,16 +49,50 @@ def test_rejects_schedules_a_stream_cannot_serve():
     with pytest.raises(ValueError, match="last row"):
         sched.blocks(sched.Schedule(pyramid[:2], pyramid[:2]))
     with pytest.raises(ValueError, match="unknown schedule"):
-        sched.build("zigzag", 3, 2)
+        sched.build(SampleConfig(schedule="zigzag"), 3)
 
 
 @pytest.mark.parametrize("kind,chunk", [("autoregressive", 1), ("autoregressive", 3), ("struct_leads", 2),
                                         ("full_sequence", 1)])
 def test_stream_rows_are_the_matrix_blocks(kind, chunk):
     """The sampler's linear-size block rows are exactly the blocks of the (quadratic) matrix."""
-    args = (kind, 7, 4, chunk, 3.0, 0.7, 1)
-    got, want = sched.stream_rows(*args), sched.block_rows(sched.build(*args))
+    sample = SampleConfig(schedule=kind, steps=4, chunk=chunk, shift=3.0, sigma_struct_start=0.7, struct_lead=1)
+    got, want = sched.stream_rows(sample, 7), sched.block_rows(sched.build(sample, 7))
     assert [(b.lo, b.hi) for b in got] == [(b.lo, b.hi) for b in want]
     for g, w in zip(got, want):
         torch.testing.assert_close(g.video, w.video)
         torch.testing.assert_close(g.struct, w.struct)
+
+
+def test_struct_start_and_lead_mean_one_thing_in_every_kind():
+    """sigma_struct_start and struct_lead are honoured the same way by every kind, or refused with a message: no
+    kind ignores them silently (the PoC's struct-start ablation and generate.py's flag are one sampler)."""
+    base = SampleConfig(steps=4, shift=1.0, sigma_struct_start=0.7, struct_lead=1)
+    for kind in sched.KINDS:
+        m = sched.build(replace(base, schedule=kind), 3)
+        first = sched.blocks(m)[0]
+        col = m.struct[first.r0 : first.r1 + 1, 0]
+        assert col[0] == pytest.approx(0.7) and col[-2] == 0 and m.video[first.r1 - 1, 0] > 0, kind
+    plain = sched.build(replace(base, struct_lead=0), 2)
+    assert plain.struct[3, 0] > 0 and plain.struct[0, 0] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="struct_leads needs struct_lead >= 1"):
+        sched.stream_rows(replace(base, schedule="struct_leads", struct_lead=0), 3)
+    with pytest.raises(ValueError, match="full_sequence denoises every frame together"):
+        sched.stream_rows(replace(base, schedule="full_sequence", chunk=2), 3)
+    with pytest.raises(ValueError, match="struct_lead=4"):
+        SampleConfig(steps=4, struct_lead=4)
+
+
+def test_a_new_kind_is_one_entry(monkeypatch):
+    """Adding a schedule kind touches `shared.sampling.schedule.KINDS` only: the sampler and the config take it."""
+    from shared import sampling
+    from tests.conftest import tiny_model
+
+    monkeypatch.setitem(sched.KINDS, "pairs", lambda sample, frames: (2, sample.struct_lead))
+    model = tiny_model("dual")
+    c = model.cfg
+    ref, ref_s = torch.randn(1, c.latent_channels, c.latent_size, c.latent_size), torch.randn(1, c.struct_dim)
+    sample = SampleConfig(schedule="pairs", steps=2, window=4, roll_keep=2)
+    assert [(b.lo, b.hi) for b in sched.stream_rows(sample, 5)] == [(0, 2), (2, 4), (4, 5)]
+    out = sampling.generate(model, ref, ref_s, torch.randn(1, 10, c.audio_dim), 5, sample=sample)
+    assert out["video"].shape[1] == 5

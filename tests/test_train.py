@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from shared.data.cache import CacheMeta, CacheWriter
-from shared.train import latest_checkpoint, run_cli
+from shared.training import latest_checkpoint, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

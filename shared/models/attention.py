@@ -183,7 +183,21 @@ class KVCache:
         kb, vb = self._buf[key]
         if kb.shape != shape or kb.dtype != dtype:
             raise RuntimeError(f"KVCache[{key}]: buffer {list(kb.shape)} {kb.dtype}, asked for {list(shape)} {dtype}")
+        if torch.is_grad_enabled():
+            # differentiable use (training on the model's own rollouts): earlier forwards' attention saved the old
+            # buffers for the backward pass, so this forward writes into copies, which the cache then holds
+            kb, vb = kb.clone(), vb.clone()
+            self._buf[key] = (kb, vb)
         return KVSlot(kb, vb, index)
+
+    def view(self, batch: int, start: int | torch.Tensor, count: int, head_dim: int, dtype: torch.dtype,
+             device: torch.device) -> "CacheView":
+        """What one forward of `count` frames written at slots start.. needs from the cache."""
+        if not torch.is_tensor(start) and start != self.length:
+            raise ValueError(f"start={start}: the cache has {self.length} committed slots; new frames go after them")
+        if not torch.is_tensor(start) and start + count > self.max_frames:
+            raise ValueError(f"frames {start}..{start + count - 1} do not fit a cache of {self.max_frames} slots")
+        return CacheView(self, batch, start, count, head_dim, dtype, device)
 
     def commit(self, count: int) -> None:
         self.length += count
@@ -194,6 +208,43 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self._buf.values())
+
+
+class CacheView:
+    """A cached forward's masks (`cache_mask` over the whole buffer) and its layers' slots (`KVCache.slot`, writing
+    token rows start * tokens ..)."""
+
+    def __init__(self, cache: KVCache, batch: int, start: int | torch.Tensor, count: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.cache, self.batch, self.start, self.count = cache, batch, start, count
+        self.head_dim, self.dtype, self.device = head_dim, dtype, device
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def mask(self, q_tokens: int, k_tokens: int) -> torch.Tensor:
+        return cache_mask(self.start, self.count, q_tokens, k_tokens, self.cache.max_frames, self.dtype, self.device)
+
+    def slot(self, key: str, width: int, tokens: int) -> "KVSlot":
+        if tokens not in self._rows:
+            self._rows[tokens] = self.start * tokens + torch.arange(self.count * tokens, device=self.device)
+        return self.cache.slot(key, self.batch, width // self.head_dim, tokens, self.head_dim, self._rows[tokens],
+                               self.dtype, self.device)
+
+
+class FrameView:
+    """The same interface without a cache (training, recomputation): frame-causal masks (`frame_mask`) over the
+    given frames, no slots."""
+
+    def __init__(self, start: int, count: int, backend: str, device: torch.device):
+        if torch.is_tensor(start):
+            raise ValueError("a tensor `start` is for cached streaming; without a cache pass an int")
+        self.start, self.count, self.backend, self.device = start, count, resolve_backend(backend, device), device
+
+    def mask(self, q_tokens: int, k_tokens: int):
+        return frame_mask(Span(self.start, self.count, q_tokens), Span(self.start, self.count, k_tokens),
+                          self.backend, self.device)
+
+    def slot(self, key: str, width: int, tokens: int) -> None:
+        return None
 
 
 class KVSlot(NamedTuple):

@@ -9,13 +9,14 @@ streaming), so training clips and the streaming window present the model with th
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
 from ..config import ModelConfig
-from .attention import KVCache, Span, cache_mask, frame_mask, resolve_backend
+from .attention import FrameView, KVCache
 from .blocks import AudioEmbed, AudioWindows, Block, BridgeLayer, FinalLayer, SigmaEmbed, pool_audio
 from .rope import rope_1d, rope_3d
 
@@ -33,28 +34,39 @@ class Tower(nn.Module):
         self.head = FinalLayer(width, out_dim) if with_head else None
 
 
-class _Streams:
-    """The struct tower's work on a second CUDA stream (`DualForce.overlap_towers`), or everything on one. The towers
+class _Overlap:
+    """The struct tower's work on a second CUDA queue (`DualForce.overlap_towers`), or everything on one. The towers
     only meet at the bridge, and the struct tower's 1-token blocks are as many kernels as the video tower's for ~0.4%
-    of the FLOPs: overlapped, their launches leave the critical path. Tensors the main stream made and the side
-    stream reads are held until the final join, after which the allocator may give their memory to the main stream
-    again."""
+    of the FLOPs: overlapped, their launches leave the critical path. Tensors the main queue made and the side queue
+    reads are held until the final join, after which the allocator may give their memory to the main queue again."""
 
     def __init__(self, side: "torch.cuda.Stream | None", device: torch.device):
-        self.stream, self.held = side, []
+        self.queue, self.held = side, []
         self.main = torch.cuda.current_stream(device) if side is not None else None
 
     def fork(self, *read: torch.Tensor | None) -> None:
-        if self.stream is not None:
-            self.stream.wait_stream(self.main)
+        if self.queue is not None:
+            self.queue.wait_stream(self.main)
             self.held.extend(read)
 
     def join(self) -> None:
-        if self.stream is not None:
-            self.main.wait_stream(self.stream)
+        if self.queue is not None:
+            self.main.wait_stream(self.queue)
 
     def side(self):
-        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        return torch.cuda.stream(self.queue) if self.queue is not None else contextlib.nullcontext()
+
+
+class TowerInput(NamedTuple):
+    """One tower's embedded tokens and what its blocks read: tokens h [B, T*n, width], sigma embedding c and adaLN
+    table mod, RoPE, audio tokens, tokens per frame n."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+    mod: torch.Tensor
+    rope: tuple
+    audio: torch.Tensor | None
+    n: int
 
 
 class DualForce(nn.Module):
@@ -72,9 +84,9 @@ class DualForce(nn.Module):
             # condition_only: the struct tower is a clean encoder feeding the bridge; it predicts nothing, and
             # blocks past the bridge would be unused parameters (they would also break DDP), so none are built.
             self.struct = Tower(cfg.struct_width, cfg.struct_blocks, cfg, cfg.struct_dim // s, cfg.struct_dim // s,
-                                with_head=cfg.bridge_mode == "dual")
+                                with_head=cfg.mode.struct_generated)
             self.bridge = nn.ModuleList(
-                BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.bridge_mode == "dual")
+                BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.mode.struct_generated)
                 for _ in range(cfg.fusion_depth))
 
     # ------------------------------------------------------------------------------------------------ checks
@@ -87,7 +99,7 @@ class DualForce(nn.Module):
         b, t = video.shape[:2]
         if tuple(sigma_video.shape) != (b, t):
             raise ValueError(f"sigma_video: expected [B, T] = [{b}, {t}], got {list(sigma_video.shape)}")
-        if cfg.bridge_mode == "video_only":
+        if not cfg.mode.struct_tower:
             if struct is not None:
                 raise ValueError("struct given to a video_only model (it has no struct tower)")
         else:
@@ -95,7 +107,7 @@ class DualForce(nn.Module):
                 raise ValueError(f"struct [B, T, {cfg.struct_dim}] is required in bridge_mode={cfg.bridge_mode}")
             if tuple(struct.shape) != (b, t, cfg.struct_dim):
                 raise ValueError(f"struct: expected [{b}, {t}, {cfg.struct_dim}], got {list(struct.shape)}")
-            if cfg.bridge_mode == "dual" and (sigma_struct is None or tuple(sigma_struct.shape) != (b, t)):
+            if cfg.mode.struct_generated and (sigma_struct is None or tuple(sigma_struct.shape) != (b, t)):
                 got = None if sigma_struct is None else list(sigma_struct.shape)
                 raise ValueError(f"sigma_struct: expected [{b}, {t}] in dual mode, got {got}")
         if audio is not None and (audio.ndim != 3 or audio.shape[0] != b or audio.shape[2] != cfg.audio_dim):
@@ -123,15 +135,43 @@ class DualForce(nn.Module):
         cfg = self.cfg
         self._check(video, sigma_video, struct, sigma_struct, audio)
         wdt = self.video.embed.weight.dtype  # bf16 weights (inference) take bf16 inputs; autocast casts itself
-        video = video.to(wdt)
-        struct = None if struct is None else struct.to(wdt)
-        audio = None if audio is None else audio.to(wdt)
-        b, t = video.shape[:2]
-        dev = video.device
-        if torch.is_tensor(start) and cache is None:
-            raise ValueError("a tensor `start` is for cached streaming; without a cache pass an int")
-        if cache is not None and not torch.is_tensor(start) and start != cache.length:
-            raise ValueError(f"start={start}: the cache has {cache.length} committed slots; new frames go after them")
+        video, struct, audio = (None if x is None else x.to(wdt) for x in (video, struct, audio))
+        (b, t), dev = video.shape[:2], video.device
+        if cache is None:
+            view = FrameView(start, t, cfg.attn_backend, dev)
+        else:
+            adt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else wdt
+            view = cache.view(b, start, t, cfg.head_dim, adt, dev)
+        win, windows = self._audio_windows(audio, audio_index, start, t, dev)
+        pos = torch.arange(t, device=dev) + start
+        xv = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)
+        v = self._embed(self.video, xv, sigma_video, rope_3d(pos, cfg.latent_size // cfg.patch_size, cfg.head_dim,
+                                                             cfg.rope_theta), windows, win, audio_keep,
+                        cfg.tokens_per_frame)
+        s = None
+        if self.struct is not None:
+            ns = cfg.struct_tokens_per_frame
+            if cfg.mode.struct_condition:
+                sigma_struct = torch.zeros_like(sigma_video)  # a clean condition, whatever the caller passed
+            s = self._embed(self.struct, rearrange(struct, "b t (s d) -> b (t s) d", s=ns), sigma_struct,
+                            rope_1d(pos.repeat_interleave(ns), cfg.head_dim, cfg.rope_theta), windows, win,
+                            audio_keep, ns)
+        rope_bv = rope_1d(pos.repeat_interleave(v.n), cfg.head_dim, cfg.rope_theta) if s is not None else None
+        hv, hs, overlap = self._layers(v, s, rope_bv, view, win)
+        grid = cfg.latent_size // cfg.patch_size
+        vel_v = rearrange(self.video.head(hv, v.c, v.n), "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=grid,
+                          w=grid, p=cfg.patch_size, q=cfg.patch_size)
+        vel_s = None
+        if s is not None and self.struct.head is not None:
+            with overlap.side():
+                vel_s = rearrange(self.struct.head(hs, s.c, s.n), "b (t s) d -> b t (s d)", t=t)
+        overlap.join()
+        return vel_v, vel_s
+
+    def _audio_windows(self, audio, audio_index, start, t: int, dev):
+        """Each frame's audio window (`AudioWindows`) and the pooled 25 fps tokens it gathers [B, T, W, 2A]; the
+        towers then project only those tokens."""
+        cfg = self.cfg
         if audio_index is None:
             if torch.is_tensor(start):
                 raise ValueError("a tensor `start` needs an explicit audio_index")
@@ -141,110 +181,64 @@ class DualForce(nn.Module):
         on_host = audio_index.device.type == "cpu"
         if not on_host and audio is None:
             raise ValueError("a device audio_index needs audio (it is never read on the host)")
-        grid = cfg.latent_size // cfg.patch_size
-        nv = cfg.tokens_per_frame
-        ns = cfg.struct_tokens_per_frame
-        pos = torch.arange(t, device=dev) + start
-
-        # Audio: pooled to 25 fps; each frame gathers its window, then the towers project only those tokens.
         ta = audio.shape[1] // 2 if audio is not None else int(audio_index.max()) + 1
         if on_host and int(audio_index.max()) >= ta:
             raise ValueError(f"audio covers {ta} video frames but frame audio index {int(audio_index.max())} "
                              f"was asked for")
         win = AudioWindows(audio_index, ta, cfg.audio_context, cfg.audio_lookahead, cfg.head_dim, cfg.rope_theta,
                            dev)
-        windows = pool_audio(audio)[:, win.index] if audio is not None else None  # [B, T, W, 2A]
+        return win, pool_audio(audio)[:, win.index] if audio is not None else None
 
-        # Video stream.
-        xv = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)
-        hv = self.video.embed(xv)
-        cv, modv = self.video.sigma(sigma_video)
-        rope_v = rope_3d(pos, grid, cfg.head_dim, cfg.rope_theta)
-        av = self.video.audio(windows, win, b, audio_keep)
+    @staticmethod
+    def _embed(tower: Tower, x, sigma, rope, windows, win, audio_keep, n: int) -> TowerInput:
+        c, mod = tower.sigma(sigma)
+        return TowerInput(tower.embed(x), c, mod, rope, tower.audio(windows, win, x.shape[0], audio_keep), n)
 
-        # Struct stream.
-        hs = cs = mods = as_ = rope_s = rope_bv = None
-        if self.struct is not None:
-            if cfg.bridge_mode == "condition_only":
-                sigma_struct = torch.zeros_like(sigma_video)  # a clean condition, whatever the caller passed
-            hs = self.struct.embed(rearrange(struct, "b t (s d) -> b (t s) d", s=ns))
-            cs, mods = self.struct.sigma(sigma_struct)
-            rope_s = rope_1d(pos.repeat_interleave(ns), cfg.head_dim, cfg.rope_theta)
-            as_ = self.struct.audio(windows, win, b, audio_keep)
-            rope_bv = rope_1d(pos.repeat_interleave(nv), cfg.head_dim, cfg.rope_theta)
-
-        # Frame-causal masks, built once per forward (compiled blocks take them as inputs), and cache slots.
-        if cache is None:
-            backend = resolve_backend(cfg.attn_backend, dev)
-
-            def mask(qt: int, kt: int):
-                return frame_mask(Span(start, t, qt), Span(start, t, kt), backend, dev)
-        else:
-            adt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else wdt
-
-            def mask(qt: int, kt: int):
-                return cache_mask(start, t, qt, kt, cache.max_frames, adt, dev)
-
-            if not torch.is_tensor(start) and start + t > cache.max_frames:
-                raise ValueError(f"frames {start}..{start + t - 1} do not fit a cache of {cache.max_frames} slots")
-            rows = {k: start * k + torch.arange(t * k, device=dev) for k in {nv, ns}}  # token rows written, per layer
-
-            def slot(key: str, width: int, tokens: int):
-                return cache.slot(key, b, width // cfg.head_dim, tokens, cfg.head_dim, rows[tokens], adt, dev)
-
-        mask_v = mask(nv, nv)
-        mask_s = mask_b = None
-        if self.struct is not None:
-            mask_s = mask(ns, ns)
-            mask_b = (mask(nv, ns), mask(ns, nv))
-
-        streams = _Streams(self._struct_stream if (self.struct is not None and dev.type == "cuda"
-                                                   and not torch.is_grad_enabled()) else None, dev)
-        streams.fork(hs)
+    def _layers(self, v: TowerInput, s: TowerInput | None, rope_bv, view, win):
+        """Both towers block by block, the bridge between the attention and the rest of the first fusion_depth
+        blocks; the struct tower on the side queue when overlapped (returned un-joined: its head runs there too).
+        Masks are built once here (compiled blocks take them as inputs)."""
+        cfg = self.cfg
+        mask_v = view.mask(v.n, v.n)
+        mask_s = view.mask(s.n, s.n) if s is not None else None
+        mask_b = (view.mask(v.n, s.n), view.mask(s.n, v.n)) if s is not None else None
+        hv, hs = v.h, None if s is None else s.h
+        overlap = _Overlap(self._side_queue if (s is not None and hv.device.type == "cuda"
+                                                and not torch.is_grad_enabled()) else None, hv.device)
+        overlap.fork(hs)
         n_layers = max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
         for i in range(n_layers):
             vb = self.video.blocks[i] if i < len(self.video.blocks) else None
-            sb = self.struct.blocks[i] if self.struct is not None and i < len(self.struct.blocks) else None
+            sb = self.struct.blocks[i] if s is not None and i < len(self.struct.blocks) else None
             if vb is not None:
-                hv = vb("attn", hv, modv, nv, rope_v, mask_v, None if cache is None else slot(f"v{i}", cfg.dim, nv))
+                hv = vb("attn", hv, v.mod, v.n, v.rope, mask_v, view.slot(f"v{i}", cfg.dim, v.n))
             if sb is not None:
-                with streams.side():
-                    hs = sb("attn", hs, mods, ns, rope_s, mask_s,
-                            None if cache is None else slot(f"s{i}", cfg.struct_width, ns))
+                with overlap.side():
+                    hs = sb("attn", hs, s.mod, s.n, s.rope, mask_s, view.slot(f"s{i}", cfg.struct_width, s.n))
             if i < len(self.bridge):
-                kvs = None
-                if cache is not None:  # s2v caches struct keys (video queries), v2s caches video keys
-                    kvs = (slot(f"b{i}.s2v", cfg.dim, ns),
-                           slot(f"b{i}.v2s", cfg.struct_width, nv) if cfg.bridge_mode == "dual" else None)
-                streams.join()
-                hv, hs = self.bridge[i](hv, hs, rope_bv, rope_s, mask_b, kvs)
-                streams.fork(hs)
+                # s2v caches struct keys (video queries), v2s caches video keys
+                kvs = None if isinstance(view, FrameView) else (
+                    view.slot(f"b{i}.s2v", cfg.dim, s.n),
+                    view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.mode.struct_generated else None)
+                overlap.join()
+                hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs)
+                overlap.fork(hs)
             if vb is not None:
-                hv = vb("rest", hv, modv, nv, av, win)
+                hv = vb("rest", hv, v.mod, v.n, v.audio, win)
             if sb is not None:
-                with streams.side():
-                    hs = sb("rest", hs, mods, ns, as_, win)
-
-        out_v = self.video.head(hv, cv, nv)
-        vel_v = rearrange(out_v, "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=grid, w=grid,
-                          p=cfg.patch_size, q=cfg.patch_size)
-        vel_s = None
-        if self.struct is not None and self.struct.head is not None:
-            with streams.side():
-                out_s = self.struct.head(hs, cs, ns)
-                vel_s = rearrange(out_s, "b (t s) d -> b t (s d)", t=t)
-        streams.join()
-        return vel_v, vel_s
+                with overlap.side():
+                    hs = sb("rest", hs, s.mod, s.n, s.audio, win)
+        return hv, hs, overlap
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    _struct_stream: "torch.cuda.Stream | None" = None
+    _side_queue: "torch.cuda.Stream | None" = None
 
     def overlap_towers(self, on: bool = True) -> "DualForce":
         """Inference on CUDA: run the struct tower on a second CUDA stream, overlapping the video tower between
         bridge layers (CUDA graphs capture both streams as parallel branches). Off by default, ignored with
         autograd on and on CPU."""
-        self._struct_stream = torch.cuda.Stream() if on and torch.cuda.is_available() else None
+        self._side_queue = torch.cuda.Stream() if on and torch.cuda.is_available() else None
         return self
 
     def compile_blocks(self, **kwargs) -> "DualForce":

@@ -1,8 +1,9 @@
 """From files to a talking head: checkpoint, reference portrait and voice in; decoded frames out while they are
 generated, then an mp4 with the voice muxed in, the struct trajectory and a timing record.
 
-`stage2_dual/generate.py` is the command line over this module; training runs use `training_sampler` for their
-periodic samples. The sampler itself (`shared.infer.stream`) knows nothing about files or codecs.
+`stage2_dual/generate.py` is the command line over this module; training runs use it for their periodic samples
+(`shared.training.samples`). The sampler itself (`shared.sampling.infer.stream`) knows nothing about files or
+codecs; the run folder's readers are `shared.runs`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config as C
-from .config import Config, SampleConfig
-from .data.cache import CacheMeta, CacheReader
-from .data.codecs import VideoCodec, get_codec
-from .data.features import AudioFeatures, LogMel, SSLFeatures
-from .data.media import MediaError, fit_square, read_audio, write_mp4
-from .infer import GraphedModel, stream
-from .models import DualForce
+from .. import runs
+from ..config import Config, SampleConfig
+from ..data.cache import CacheMeta, CacheReader
+from ..data.codecs import VideoCodec, get_codec
+from ..data.features import AudioFeatures, LogMel, SSLFeatures
+from ..data.media import MediaError, fit_square, read_audio, write_mp4
+from ..models import DualForce
+from . import schedule as sched
+from .graphs import GraphedModel
+from .infer import stream, warm_up
 
-DATA_META = "data.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SILENCE = 1e-4  # peak amplitude below which the driving audio counts as silent
 MIN_REF_FRACTION = 0.25  # a reference image's short side must be at least this fraction of the model's frame size
@@ -39,20 +41,7 @@ class InputError(ValueError):
     """Bad user input (a file, its format or its contents); the message names the file and what is wrong."""
 
 
-# ----------------------------------------------------------------------------------------------- run metadata
-
-
-def save_data_meta(meta: CacheMeta, folder: str | Path) -> None:
-    """What a checkpoint needs from its data to generate (codec, audio features, struct layout): data.json."""
-    Path(folder, DATA_META).write_text(json.dumps(asdict(meta), indent=1))
-
-
-def load_data_meta(folder: Path) -> CacheMeta:
-    p = folder / DATA_META
-    if not p.is_file():
-        raise InputError(f"{p} not found: the run folder must hold the data description its training wrote")
-    d = json.loads(p.read_text())
-    return CacheMeta(**{**d, "latent_shape": tuple(d["latent_shape"]), "struct_layout": tuple(d["struct_layout"])})
+# ------------------------------------------------------------------------------------------- data front-ends
 
 
 def codec_from_spec(spec: dict, device: str = "cpu") -> VideoCodec:
@@ -73,61 +62,50 @@ def features_from_spec(spec: dict) -> AudioFeatures:
 # ------------------------------------------------------------------------------------------------- checkpoint
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(weights file, run folder) from a run folder (its latest checkpoint), a step folder, or a .pt file beside
-    config.json (the PoC's variants)."""
-    from .train import latest_checkpoint
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"checkpoint {p} not found")
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        ck = latest_checkpoint(p)
-        if ck is None:
-            raise InputError(f"{p}: run folder without any checkpoint under checkpoints/")
-        return ck / "state.pt", p
-    if p.is_dir() and (p / "state.pt").is_file():
-        return p / "state.pt", p.parent.parent
-    if p.is_file():
-        return p, p.parent
-    raise InputError(f"{p}: not a run folder, a checkpoint folder (state.pt) or a weights file")
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu", stage: str | None = None,
                preset: str | None = None) -> tuple[DualForce, Config, CacheMeta]:
-    """The EMA weights (else the raw ones) of a checkpoint, with its config and data description.
-    stage ("video" | "dual") and preset, when given, must match the checkpoint's."""
-    weights, run = resolve_checkpoint(path)
-    if not (run / "config.json").is_file():
-        raise InputError(f"{run / 'config.json'} not found (the checkpoint's run folder must hold its config)")
-    cfg = C.load(run / "config.json")
-    got_stage = "video" if cfg.model.bridge_mode == "video_only" else "dual"
+    """The EMA weights (else the raw ones) of a checkpoint (`shared.runs.resolve_checkpoint`), with its config and
+    data description. stage ("video" | "dual") and preset, when given, must match the checkpoint's."""
+    try:
+        weights, run = runs.resolve_checkpoint(path)
+        cfg = runs.load_config(run)
+    except runs.RunError as e:
+        raise InputError(str(e)) from None
+    got_stage = "dual" if cfg.model.mode.struct_tower else "video"
     if stage and stage != got_stage:
         raise InputError(f"{weights}: a stage-{'1' if got_stage == 'video' else '2'} checkpoint "
                          f"(bridge_mode={cfg.model.bridge_mode}); asked for a {stage} model (--stage {got_stage} "
                          f"to use it)")
     if preset and preset != cfg.preset:
         raise InputError(f"{weights}: a checkpoint of the {cfg.preset!r} preset, asked for {preset!r}")
-    if cfg.model.bridge_mode == "condition_only":
-        raise InputError(f"{weights}: condition_only needs a clean motion track per frame; generate from a dual "
-                         f"or video_only model")
+    if cfg.model.mode.struct_condition:
+        raise InputError(f"{weights}: {cfg.model.bridge_mode} needs a clean motion track per frame; generate from a "
+                         f"dual or video_only model")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (truncated or foreign files raise many kinds)
-        raise InputError(f"{weights}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-    if isinstance(state, dict) and "model" in state:
-        state = state.get("ema") or state["model"]
+        state, _ = runs.load_weights(weights)
+        meta = runs.load_data_meta(run)
+    except runs.RunError as e:
+        raise InputError(str(e)) from None
     model = DualForce(cfg.model)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[1:3]
         raise InputError(f"{weights}: weights do not fit the {cfg.preset!r} {cfg.model.bridge_mode} model of "
-                         f"{run / 'config.json'} (another preset or stage?): {' '.join(first)[:300]}") from e
-    return model.to(device).eval(), cfg, load_data_meta(run)
+                         f"{run / runs.CONFIG} (another preset or stage?): {' '.join(first)[:300]}") from e
+    return model.to(device).eval(), cfg, meta
 
 
 # --------------------------------------------------------------------------------------------------- inputs
+
+
+def check_sample(sample: SampleConfig, frames: int = 1) -> SampleConfig:
+    """The sampler settings, checked against their schedule kind (`shared.sampling.schedule.KINDS`) up front."""
+    try:
+        sched.resolve(sample, frames)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return sample
 
 
 def check_output(path: str | Path) -> Path:
@@ -282,10 +260,10 @@ def _on_device(model: DualForce, ref: Reference, features: np.ndarray, frames: i
 
 def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frames: int, sample: SampleConfig,
                    device: torch.device, compile: bool = True) -> GraphedModel:
-    """CUDA graphs for streaming these inputs (compiled blocks, the struct tower on a second stream), captured
-    before the clock starts (`GraphedModel.warm_up`)."""
+    """CUDA graphs for streaming these inputs (compiled blocks, the struct tower on a second CUDA stream), captured
+    before the clock starts (`shared.sampling.infer.warm_up`)."""
     graphs = GraphedModel(model, compile=compile)
-    graphs.warm_up(*_on_device(model, ref, features, frames, device), frames, sample)
+    warm_up(graphs, *_on_device(model, ref, features, frames, device), frames, sample)
     return graphs
 
 
@@ -319,37 +297,3 @@ def write_outputs(out: Path, frames: list[np.ndarray], structs: list[np.ndarray 
     else:
         paths.pop("struct")
     return paths
-
-
-def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Module, int, Path], None]:
-    """A `fit` sampler: every train.sample_every steps, stream train.sample_frames frames from the first clip of
-    `cache` (its reference and audio features; the cache holds no waveform, so the sample is silent) and write
-    samples/step_XXXXXXXX.mp4 + .struct.npz. Runs on every rank (FSDP forwards need them all); rank 0 writes."""
-    reader = CacheReader(cache)
-    meta = reader.meta
-    clip = max(reader.clips, key=lambda c: c.frames)
-    d = reader.read(clip.name)
-    frames = min(cfg.train.sample_frames, clip.frames)
-    feats = np.zeros((2 * frames, meta.audio_dim), np.float32) if d["audio"] is None else d["audio"][: 2 * frames]
-    ref = Reference(torch.from_numpy(np.asarray(d["ref_video"], np.float32))[None],
-                    torch.from_numpy(np.asarray(d["ref_struct"], np.float32))[None] if cfg.model.has_struct else None,
-                    f"{cache}:{clip.name}")
-    reader.close()
-    sample = replace(cfg.sample, window=min(cfg.sample.window, cfg.clip_frames))
-    codec: list[VideoCodec] = []
-
-    def run(model, step: int, folder: Path) -> None:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        if not codec:
-            codec.append(codec_from_spec(meta.codec))
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        with torch.compiler.set_stance("force_eager"):  # not worth compiling no-grad streaming shapes for a sample
-            got = list(stream_frames(model, ref, np.asarray(feats, np.float32), frames, codec[0], sample, device))
-        model.train(was)
-        if rank == 0:
-            write_outputs(folder / f"step_{step:08d}.mp4", [g["frame"] for g in got], [g["struct"] for g in got],
-                          None, meta.struct_layout, cfg.fps)
-
-    return run

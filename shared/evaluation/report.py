@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.face import MOTION_LAYOUT
+from ..data.face import MOTION_LAYOUT
 
 YAW, PITCH, JAW = (MOTION_LAYOUT.index(k) for k in ("yaw", "pitch", "jaw"))
 

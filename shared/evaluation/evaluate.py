@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .config import Config
-from .data.cache import CacheReader
-from .data.codecs import VideoCodec
-from .data.face import MOTION_LAYOUT
-from .diffusion import Batch, training_loss, training_sigmas
-from .infer import generate
+from ..config import Config
+from ..data.cache import CacheReader
+from ..data.codecs import VideoCodec
+from ..data.face import MOTION_LAYOUT
+from ..diffusion import Batch, training_loss, training_sigmas
+from ..sampling import generate
 from .probes import Probe
 
 POSE = [MOTION_LAYOUT.index(k) for k in ("yaw", "pitch", "roll", "tx", "ty", "scale")]

@@ -5,9 +5,14 @@ frame is not a column: it is always clean). Row 0 is the initial noise level of 
 every frame from row r to row r + 1. A column that does not change between two rows is not touched.
 
 Frames are denoised in blocks of consecutive frames, one block after another (`blocks`), which is what a
-KV cache can serve; `shared.infer.stream` is the sampler for every such matrix. It consumes `BlockRows`: each
-block's own rows. The matrix of a long stream is quadratic in its length (4 steps x 15,000 frames for ten
-minutes: 60,001 x 15,000), so the built-in kinds give their block rows directly (`stream_rows`, linear).
+KV cache can serve; `shared.sampling.infer.stream` is the sampler for every such matrix. It consumes `BlockRows`:
+each block's own rows. The matrix of a long stream is quadratic in its length (4 steps x 15,000 frames for ten
+minutes: 60,001 x 15,000), so the named kinds give their block rows directly (`stream_rows`, linear).
+
+Kinds (`SampleConfig.schedule`) live in `KINDS`, one function each that turns the sample config into the block
+size and struct lead it uses, refusing settings it cannot honour; adding a kind is adding one entry here. Every
+kind honours `sigma_struct_start` (the struct stream starts from the previous frame's clean struct re-noised to
+that level) and `struct_lead` (the struct stream is clean that many steps before the video) the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import shift_sigma
-
-KINDS = ("autoregressive", "full_sequence", "struct_leads")
+from ..config import SampleConfig
+from ..diffusion import shift_sigma
 
 
 @dataclass(frozen=True)
@@ -104,21 +108,41 @@ def struct_leads(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, st
     return autoregressive(frames, steps, chunk, shift, struct_start, max(struct_lead, 1))
 
 
-def _kind_args(kind: str, frames: int, chunk: int, struct_start: float, struct_lead: int) -> tuple[int, float, int]:
-    """(chunk, struct_start, struct_lead) a kind really uses (see `autoregressive`, `full_sequence`, `struct_leads`)."""
-    if kind == "autoregressive":
-        return chunk, struct_start, 0
-    if kind == "full_sequence":
-        return frames, struct_start, 0
-    if kind == "struct_leads":
-        return chunk, struct_start, max(struct_lead, 1)
-    raise ValueError(f"unknown schedule {kind!r}; choose one of {KINDS}")
+def _autoregressive_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
+    return sample.chunk, sample.struct_lead
 
 
-def build(kind: str, frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
-          struct_lead: int = 1) -> Schedule:
-    chunk, struct_start, lead = _kind_args(kind, frames, chunk, struct_start, struct_lead)
-    return autoregressive(frames, steps, chunk, shift, struct_start, lead)
+def _full_sequence_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
+    if sample.chunk != 1:
+        raise ValueError(f"schedule full_sequence denoises every frame together; chunk={sample.chunk} means nothing "
+                         f"to it (leave chunk at 1)")
+    return frames, sample.struct_lead
+
+
+def _struct_leads_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
+    if sample.struct_lead < 1:
+        raise ValueError(f"schedule struct_leads needs struct_lead >= 1 (got {sample.struct_lead}); "
+                         f"struct_lead=0 is the autoregressive schedule")
+    return sample.chunk, sample.struct_lead
+
+
+KINDS = {"autoregressive": _autoregressive_kind, "full_sequence": _full_sequence_kind,
+         "struct_leads": _struct_leads_kind}
+"""Schedule kind -> (sample config, frames) -> (block size, struct lead), raising ValueError for what it cannot do."""
+
+
+def resolve(sample: SampleConfig, frames: int) -> tuple[int, int]:
+    """(block size, struct lead) of the sample config's kind for `frames` frames; ValueError names the problem."""
+    if sample.schedule not in KINDS:
+        raise ValueError(f"unknown schedule {sample.schedule!r}; choose one of {sorted(KINDS)}")
+    return KINDS[sample.schedule](sample, frames)
+
+
+def build(sample: SampleConfig, frames: int) -> Schedule:
+    """The whole [R + 1, F] matrix of the sample config's kind (for inspection and tests; the sampler uses
+    `stream_rows`)."""
+    chunk, lead = resolve(sample, frames)
+    return autoregressive(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
 
 
 def blocks(schedule: Schedule) -> list[Block]:
@@ -160,12 +184,11 @@ def block_rows(schedule: Schedule) -> list[BlockRows]:
                       schedule.struct[b.r0 : b.r1 + 1, b.lo : b.hi]) for b in blocks(schedule)]
 
 
-def stream_rows(kind: str, frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
-                struct_lead: int = 1) -> list[BlockRows]:
-    """`block_rows(build(...))` without the matrix: O(frames / chunk), and every full block shares one pair of
-    row tensors (so a sampler moves them to its device once)."""
-    chunk, struct_start, lead = _kind_args(kind, frames, chunk, struct_start, struct_lead)
-    sv, ss = _unit_rows(frames, steps, chunk, shift, struct_start, lead)
+def stream_rows(sample: SampleConfig, frames: int) -> list[BlockRows]:
+    """`block_rows(build(sample, frames))` without the matrix: O(frames / chunk), and every full block shares one pair
+    of row tensors (so a sampler moves them to its device once)."""
+    chunk, lead = resolve(sample, frames)
+    sv, ss = _unit_rows(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
     full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
     out = []
     for lo in range(0, frames, chunk):

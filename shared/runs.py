@@ -1,0 +1,155 @@
+"""The run folder: one layout for stage-1/2 training runs and PoC variants, and every reader and writer of it.
+
+    RUN/config.json                 the resolved `Config`
+    RUN/data.json                   what generation needs from the data (codec, audio features, struct layout)
+    RUN/checkpoints/step_XXXXXXXX/  state.pt ({"model", "ema"?, "optimizer", "sched", "rng", "step", ...}) + meta.json
+    RUN/checkpoints/latest          the newest complete step folder's name
+    RUN/metrics.csv, RUN/tb/, RUN/samples/
+
+A step folder is written as `step_XXXXXXXX.tmp` and renamed when complete, then `latest` is replaced: a crash never
+leaves a half checkpoint under a final name. Weights load with `weights_only=True` (tensors and plain values only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import config as C
+from .config import Config
+from .data.cache import CacheMeta
+
+CONFIG = "config.json"
+DATA_META = "data.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE = "state.pt"
+
+
+class RunError(ValueError):
+    """A run folder or checkpoint cannot be used; the message names the file and what is wrong."""
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+
+
+def save_config(cfg: Config, run: str | Path) -> None:
+    C.save(cfg, Path(run, CONFIG))
+
+
+def load_config(run: str | Path) -> Config:
+    p = Path(run, CONFIG)
+    if not p.is_file():
+        raise RunError(f"{p} not found (a run folder holds the config it was trained with)")
+    return C.load(p)
+
+
+def save_data_meta(meta: CacheMeta, run: str | Path) -> None:
+    """What a checkpoint needs from its data to generate (codec, audio features, struct layout)."""
+    Path(run, DATA_META).write_text(json.dumps(asdict(meta), indent=1))
+
+
+def load_data_meta(run: str | Path) -> CacheMeta:
+    p = Path(run, DATA_META)
+    if not p.is_file():
+        raise RunError(f"{p} not found: the run folder must hold the data description its training wrote")
+    d = json.loads(p.read_text())
+    return CacheMeta(**{**d, "latent_shape": tuple(d["latent_shape"]), "struct_layout": tuple(d["struct_layout"])})
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoints(run: str | Path) -> list[Path]:
+    """Complete step folders, oldest first."""
+    d = Path(run, CHECKPOINTS)
+    return sorted((p for p in d.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")), key=lambda p: p.name)
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    ptr = Path(run, CHECKPOINTS, LATEST)
+    if ptr.exists():
+        p = Path(run, CHECKPOINTS, ptr.read_text().strip())
+        if p.is_dir():
+            return p
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
+def step_of(ckpt: Path) -> int:
+    return int(ckpt.name.split("_")[1])
+
+
+def begin_checkpoint(run: str | Path, step: int) -> Path:
+    """An empty temporary step folder to write into (rank 0)."""
+    tmp = Path(run, CHECKPOINTS, f"step_{step:08d}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_checkpoint(tmp: Path, step: int, keep_last: int) -> Path:
+    """Rename a finished temporary step folder into place, point `latest` at it, drop all but the newest
+    `keep_last` (rank 0)."""
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
+    final = tmp.with_name(f"step_{step:08d}")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    ptr = final.parent / f"{LATEST}.tmp"
+    ptr.write_text(final.name)
+    os.replace(ptr, final.parent / LATEST)
+    run = final.parent.parent
+    for old in checkpoints(run)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, run folder) from a run folder (its latest checkpoint), a step folder, or a weights .pt file
+    beside config.json."""
+    p = Path(path)
+    if not p.exists():
+        raise RunError(f"checkpoint {p} not found")
+    if p.is_dir() and (p / CHECKPOINTS).is_dir():
+        ck = latest_checkpoint(p)
+        if ck is None:
+            raise RunError(f"{p}: run folder without any checkpoint under {CHECKPOINTS}/")
+        return ck / STATE, p
+    if p.is_dir() and (p / STATE).is_file():
+        return p / STATE, p.parent.parent
+    if p.is_file():
+        return p, p.parent
+    raise RunError(f"{p}: not a run folder, a checkpoint folder ({STATE}) or a weights file")
+
+
+def load_state(path: str | Path) -> dict:
+    """A checkpoint's contents (tensors and plain values only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (truncated or foreign files raise many kinds)
+        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from e
+
+
+def load_weights(path: str | Path, ema: bool = True) -> tuple[dict, Path]:
+    """(model state dict, run folder) of a run folder, step folder or weights file: the EMA weights when there are
+    any and `ema`, else the trained ones."""
+    weights, run = resolve_checkpoint(path)
+    state = load_state(weights)
+    if isinstance(state, dict) and "model" in state:
+        state = (state.get("ema") if ema else None) or state["model"]
+    return state, run
+
+
+def video_tower(path: str | Path) -> dict:
+    """The video tower's weights of a checkpoint (stage 2 starting from stage 1)."""
+    state, _ = load_weights(path, ema=False)
+    video = {k[len("video."):]: v for k, v in state.items() if k.startswith("video.")}
+    if not video:
+        raise RunError(f"{path}: no video tower weights in it")
+    return video

@@ -1,0 +1,180 @@
+"""The context a block of frames is denoised in: the reference, the visible history, and (cached) their keys and
+values. A context gives a sampler step its denoiser (`denoiser(lo, hi)`) and takes the finished frames back
+(`commit`); it owns every streaming rule, so the sampler steps (`shared.sampling.steps`) stay pure.
+
+Rules (both contexts apply them identically):
+- the model sees the reference frame (time position 0, a permanent sink) plus at most `window` history frames at
+  positions 1..window, as in a training clip (the reference plus `clip_frames` frames);
+- when a block would overflow the window, the history is cut to its `roll_keep` most recent frames, which move to
+  positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time).
+
+`CachedContext` keeps the history's keys/values in a `KVCache`: a roll re-encodes the kept frames in one clean pass,
+so every cached key/value is exactly what a fresh forward over the visible frames computes; finished frames are
+not written by a forward of their own but ride along (sigma 0, frame-causal, so exactly a separate clean pass) in
+the next block's first denoising forward: K forwards per block instead of K + 1. `RecomputeContext` runs the
+reference and the whole visible history at every step: the parity reference (tests compare the two to float
+precision, before and after rolling).
+
+Classifier-free guidance: a context built with `copies=2` runs two copies of every frame, the second with the audio
+swapped for the null token; `shared.sampling.steps.guided` feeds it and mixes the halves.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from ..models import DualForce, KVCache
+from .steps import Denoiser
+
+
+@dataclass
+class Frame:
+    video: torch.Tensor  # [B, C, H, W] (all copies)
+    struct: torch.Tensor | None  # [B, D]
+    index: int  # audio index: 0 for the reference, 1 + i for generated frame i
+
+
+def context_audio(audio: torch.Tensor | None, frames: int, copies: int, device: torch.device):
+    """(audio [copies * B, 2 (frames + 1), A] with slot 0 for the reference, audio_keep [copies * B]): copy 0 keeps
+    its audio, later copies get the null token."""
+    if audio is None:
+        return None, None
+    b = audio.shape[0]
+    audio = torch.cat([audio.new_zeros(b, 2, audio.shape[2]), audio[:, : 2 * frames]], 1).repeat(copies, 1, 1)
+    return audio, torch.arange(b * copies, device=device) < b
+
+
+class _Context:
+    """History, roll and input stacking shared by both contexts. forward(video, sigma_video, struct, sigma_struct,
+    start=, audio_index=, cache=) is the model with its audio bound (or a `GraphedModel`)."""
+
+    def __init__(self, forward, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, frames: int, window: int,
+                 roll_keep: int, copies: int, index_device: torch.device | str):
+        self.forward, self.window, self.roll_keep, self.copies = forward, window, roll_keep, copies
+        self.ref = Frame(self._copies(ref_video), self._copies(ref_struct), 0)
+        self.history: deque[Frame] = deque(maxlen=window)
+        # audio index of every frame, where the model reads it: on the host for eager forwards (no device sync), on
+        # the device for graph replays (no host data inside a graph)
+        self.index_all = torch.arange(frames + 1, device=index_device)
+
+    def _copies(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        return x if x is None or self.copies == 1 else torch.cat([x] * self.copies)
+
+    def stack(self, frames: list[Frame]):
+        """[B, n, ...] video and struct of `frames` and their audio indices [n]."""
+        video = torch.stack([f.video for f in frames], 1)
+        struct = None if frames[0].struct is None else torch.stack([f.struct for f in frames], 1)
+        first = frames[0].index
+        if all(f.index == first + i for i, f in enumerate(frames)):  # consecutive (always, in a stream)
+            return video, struct, self.index_all[first : first + len(frames)]
+        return video, struct, self.index_all[torch.tensor([f.index for f in frames], device=self.index_all.device)]
+
+    def _roll(self, n: int) -> list[Frame] | None:
+        """Make room for a block of n frames: the kept frames if the history was cut, else None."""
+        if len(self.history) + n <= self.window:
+            return None
+        kept = list(self.history)[len(self.history) - self.roll_keep:] if self.roll_keep else []
+        self.history.clear()
+        self.history.extend(kept)
+        return kept
+
+    def commit(self, lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> None:
+        """The finished frames lo.. of a block (video [B, n, C, H, W], struct [B, n, D] or None, one copy)."""
+        video, struct = self._copies(video), self._copies(struct)
+        done = [Frame(video[:, i], None if struct is None else struct[:, i], lo + 1 + i) for i in range(video.shape[1])]
+        self.history.extend(done)
+        return done
+
+
+def _cat(*xs: torch.Tensor | None) -> torch.Tensor | None:
+    return None if xs[-1] is None else torch.cat(xs, 1)
+
+
+def _clean(b: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(b, n, device=device)
+
+
+class CachedContext(_Context):
+    """The KV-cached context (see the module docstring). graphs: a `GraphedModel` that owns the cache and the audio
+    buffer and replays the forward as CUDA graphs; else an eager forward over a fresh `KVCache`."""
+
+    def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
+                 copies: int = 1, graphs=None):
+        dev = ref_video.device
+        audio, keep = context_audio(audio, frames, copies, dev)
+        if graphs is not None:
+            if audio is None or dev.type != "cuda":
+                raise ValueError("graphs: CUDA graphs need a CUDA device and audio")
+            graphs.set_audio(audio, keep)
+            forward, self.cache = graphs, graphs.cache(1 + window, dev)
+        else:
+            forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, **kw)  # noqa: E731
+            self.cache = KVCache(1 + window)
+        super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies,
+                         dev if graphs is not None else "cpu")
+        self.pending: list[Frame] = [self.ref]  # finished frames whose keys/values are not cached yet
+
+    def denoiser(self, lo: int, hi: int) -> Denoiser:
+        kept = self._roll(hi - lo)
+        if kept is not None:
+            self.pending = []
+            self.cache.truncate(1)
+            if kept:
+                self._encode(kept)
+        index = self.index_all[lo + 1 : hi + 1]
+
+        def denoise(video, struct, sigma_video, sigma_struct):
+            b, n = video.shape[:2]
+            sv, ss = sigma_video.expand(b, n), sigma_struct.expand(b, n)
+            p = len(self.pending)
+            if not p:
+                return self.forward(video, sv, struct, ss, start=self.cache.length, audio_index=index,
+                                    cache=self.cache)
+            pv, ps, pi = self.stack(self.pending)  # the previous block's clean frames first, then the noisy ones
+            zeros = _clean(b, p, video.device)
+            vv, vs = self.forward(_cat(pv, video), _cat(zeros, sv), _cat(ps, struct), _cat(zeros, ss),
+                                  start=self.cache.length, audio_index=torch.cat([pi, index]), cache=self.cache)
+            self.cache.commit(p)
+            self.pending = []
+            return vv[:, p:], None if vs is None else vs[:, p:]
+
+        return denoise
+
+    def _encode(self, frames: list[Frame]) -> None:
+        """Clean pass writing `frames` into the cache after its committed slots (sigma 0, as training's clean past)."""
+        video, struct, index = self.stack(frames)
+        zeros = _clean(video.shape[0], len(frames), video.device)
+        self.forward(video, zeros, struct, zeros, start=self.cache.length, audio_index=index, cache=self.cache)
+        self.cache.commit(len(frames))
+
+    def commit(self, lo, video, struct) -> None:
+        self.pending = super().commit(lo, video, struct)
+
+
+class RecomputeContext(_Context):
+    """No cache: every denoiser call runs the reference and the visible history (sigma 0) before the block's frames.
+    The parity reference for `CachedContext`; cost grows with the window."""
+
+    def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
+                 copies: int = 1):
+        audio, keep = context_audio(audio, frames, copies, ref_video.device)
+        forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, **kw)  # noqa: E731
+        super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies, "cpu")
+
+    def denoiser(self, lo: int, hi: int) -> Denoiser:
+        self._roll(hi - lo)
+        index = self.index_all[lo + 1 : hi + 1]
+
+        def denoise(video, struct, sigma_video, sigma_struct):
+            b, n = video.shape[:2]
+            hv, hs, hi_ = self.stack([self.ref, *self.history])
+            zeros = _clean(b, hv.shape[1], video.device)
+            vv, vs = self.forward(_cat(hv, video), _cat(zeros, sigma_video.expand(b, n)), _cat(hs, struct),
+                                  _cat(zeros, sigma_struct.expand(b, n)), start=0,
+                                  audio_index=torch.cat([hi_, index]), cache=None)
+            return vv[:, -n:], None if vs is None else vs[:, -n:]
+
+        return denoise

@@ -1,0 +1,46 @@
+"""Deterministic, resumable batches and their move to the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..diffusion import Batch
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Deterministic, resumable batches: micro-batch m of optimiser step s on rank r holds samples
+    [s * G + (m * W + r) * b, ... + b) of an endless stream of per-epoch permutations (seeded by epoch), so any
+    step can be resumed exactly, on any number of ranks that divides the global batch G."""
+
+    def __init__(self, n: int, global_batch: int, micro_batch: int, world: int, rank: int, seed: int,
+                 start_step: int, steps: int):
+        if global_batch % (micro_batch * world):
+            raise ValueError(f"global_batch={global_batch} is not a multiple of micro_batch={micro_batch} x "
+                             f"world size={world}")
+        self.n, self.g, self.b, self.w, self.r = n, global_batch, micro_batch, world, rank
+        self.accum = global_batch // (micro_batch * world)
+        self.seed, self.start, self.steps = seed, start_step, steps
+        self._perm: dict[int, np.ndarray] = {}
+
+    def _sample(self, c: int) -> int:
+        epoch, i = divmod(c, self.n)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return int(self._perm[epoch][i])
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            for m in range(self.accum):
+                base = step * self.g + (m * self.w + self.r) * self.b
+                yield [self._sample(c) for c in range(base, base + self.b)]
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.accum
+
+
+def to_batch(d: dict, device: torch.device | str) -> Batch:
+    return Batch(d["video"].to(device, non_blocking=True),
+                 d["struct"].to(device, non_blocking=True) if d.get("struct") is not None else None,
+                 d["audio"].to(device, non_blocking=True) if d.get("audio") is not None else None,
+                 d["has_audio"].to(device) if d.get("has_audio") is not None else None)

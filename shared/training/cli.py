@@ -1,0 +1,101 @@
+"""The stage 1 / stage 2 training command line (`stage1_video/train.py`, `stage2_dual/train.py`): flags -> config,
+cache -> dataset, then `fit`. User errors end in one `error:` line before anything is written."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .. import config as C
+from .. import runs
+from ..config import Config
+from ..data.cache import CacheError, CacheReader, WindowDataset
+from ..models import DualForce
+from ..models.blocks import Block, BridgeLayer
+from ..summary import parse_sets
+from .loop import fit
+from .samples import training_sampler
+
+
+def check_struct(cfg: Config, meta, data: str | Path) -> None:
+    """A model with a struct stream needs a cache with motion: say so before anything is built or written."""
+    if cfg.model.has_struct and (meta.struct_kind == "none" or not meta.struct_layout):
+        raise SystemExit(f"error: {data}: the cache holds no 3-D motion (struct kind {meta.struct_kind!r}), and "
+                         f"bridge_mode={cfg.model.bridge_mode!r} needs it. Ingest the videos again with "
+                         f"--struct explicit|implicit|liveportrait|flame (and the per-video motion files), or train "
+                         f"the video tower alone with stage1_video/train.py")
+
+
+def run_cli(stage: str, argv: list[str] | None = None) -> dict:
+    """The stage 1 / stage 2 command line (see stage1_video/train.py, stage2_dual/train.py). Each flag maps to a
+    config field; --set KEY=VALUE reaches any other."""
+    ap = argparse.ArgumentParser(description=f"DualForce {stage} training (Lightning Fabric)")
+    ap.add_argument("--preset", default="full", help="tiny | poc | full")
+    ap.add_argument("--data", required=True, help="HDF5 cache (python -m shared.data.ingest)")
+    ap.add_argument("--out", required=True, help="run folder: config, metrics.csv, checkpoints")
+    ap.add_argument("--max-steps", type=int, help="train.steps")
+    ap.add_argument("--global-batch", type=int, help="train.global_batch")
+    ap.add_argument("--micro-batch", type=int, help="train.micro_batch")
+    ap.add_argument("--lr", type=float, help="train.lr")
+    ap.add_argument("--ckpt-every", type=int, help="train.ckpt_every")
+    ap.add_argument("--seed", type=int, help="train.seed")
+    ap.add_argument("--sample-every", type=int, help="train.sample_every (short streaming samples as video)")
+    ap.add_argument("--resume", default="auto", help="auto (latest valid checkpoint in --out) | none | PATH")
+    ap.add_argument("--compile", action="store_true", default=None, help="train.compile")
+    ap.add_argument("--precision", help="train.precision (32-true, bf16-mixed, ...)")
+    ap.add_argument("--strategy", help="train.strategy: auto | ddp | fsdp")
+    ap.add_argument("--accelerator", help="train.accelerator: auto | cpu | cuda")
+    ap.add_argument("--devices", help="train.devices per node")
+    ap.add_argument("--num-nodes", type=int, help="train.num_nodes")
+    ap.add_argument("--activation-checkpointing", action="store_true", default=None,
+                    help="train.activation_checkpointing")
+    if stage == "dual":
+        ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
+        ap.add_argument("--fusion-depth", type=int, help="model.fusion_depth")
+        ap.add_argument("--p-clean-past", type=float, help="diffusion.p_clean_past")
+        ap.add_argument("--struct-kind", help="the struct kind the cache must hold (explicit, implicit, ...)")
+        ap.add_argument("--init-video-from", help="a stage-1 checkpoint folder: start the video tower from it")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other config field")
+    a = ap.parse_args(argv)
+
+    flags = {"train.steps": a.max_steps, "train.global_batch": a.global_batch, "train.micro_batch": a.micro_batch,
+             "train.lr": a.lr, "train.ckpt_every": a.ckpt_every, "train.seed": a.seed, "train.compile": a.compile,
+             "train.sample_every": a.sample_every,
+             "train.precision": a.precision, "train.strategy": a.strategy, "train.accelerator": a.accelerator,
+             "train.devices": a.devices, "train.num_nodes": a.num_nodes,
+             "train.activation_checkpointing": a.activation_checkpointing}
+    if stage == "video":
+        flags["model.bridge_mode"] = "video_only"
+    else:
+        flags.update({"model.bridge_mode": a.bridge_mode, "model.fusion_depth": a.fusion_depth,
+                      "diffusion.p_clean_past": a.p_clean_past})
+    try:
+        meta = CacheReader(a.data).meta
+    except CacheError as e:
+        raise SystemExit(f"error: {e}") from None
+    if stage == "dual" and a.struct_kind and meta.struct_kind != a.struct_kind:
+        raise SystemExit(f"error: {a.data}: holds struct kind {meta.struct_kind!r}, --struct-kind asks for "
+                         f"{a.struct_kind!r}")
+    c, h, _ = meta.latent_shape
+    from_data = {"model.latent_channels": c, "model.latent_size": h, "model.audio_dim": meta.audio_dim,
+                 "model.struct_dim": max(1, len(meta.struct_layout))}
+    try:
+        cfg = C.override(C.get_preset(a.preset), {**from_data, **{k: v for k, v in flags.items() if v is not None},
+                                                   **parse_sets(a.set)})
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    check_struct(cfg, meta, a.data)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = DualForce(cfg.model)
+    if stage == "dual" and a.init_video_from:
+        try:
+            model.video.load_state_dict(runs.video_tower(a.init_video_from))
+        except runs.RunError as e:
+            raise SystemExit(f"error: {e}") from None
+    dataset = WindowDataset(a.data, frames=cfg.clip_frames)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    runs.save_data_meta(meta, a.out)  # what generation needs besides the weights (codec, audio features, layout)
+    sampler = training_sampler(cfg, a.data) if cfg.train.sample_every else None
+    return fit(cfg, model, dataset, a.out, resume=a.resume, block_types=(Block, BridgeLayer), sampler=sampler)

@@ -1,0 +1,254 @@
+"""The training loop, on Lightning Fabric: one process, DDP or FSDP, on CPU or GPU (litgpt's shape: setup, then
+the step loop, then `fit` composing them).
+
+AdamW with warm-up + cosine, gradient accumulation without gradient sync on the inner micro-steps, clipping,
+EMA, and a run that is never lost: atomic step-folder checkpoints every `ckpt_every` steps and `ckpt_minutes`
+minutes (`checkpoint`, `shared.runs`), exact resume, SIGTERM / SIGUSR1 save and exit cleanly, a corrupt checkpoint is
+reported and the previous one used, non-finite losses are skipped and counted. Every stage trains through `fit`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import runs
+from ..config import Config, TrainConfig
+from ..diffusion import training_loss
+from . import checkpoint
+from .batches import StepBatches, to_batch
+from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
+from .optim import EMA, lr_factor, optimizer
+
+
+def make_fabric(tc: TrainConfig, block_types: tuple = ()):
+    """Fabric from the config. Under `fabric run`, its --strategy (LT_STRATEGY) picks the strategy, and FSDP is
+    built here with one unit per block (and activation checkpointing when asked)."""
+    from lightning_fabric import Fabric
+
+    name = os.environ.pop("LT_STRATEGY", None) or tc.strategy
+    strategy = name
+    if name == "fsdp":
+        from lightning_fabric.strategies import FSDPStrategy
+
+        blocks = set(block_types)
+        strategy = FSDPStrategy(auto_wrap_policy=blocks or None, state_dict_type="full",
+                                activation_checkpointing_policy=blocks if tc.activation_checkpointing else None)
+    devices = os.environ.get("LT_DEVICES") or tc.devices
+    devices = int(devices) if str(devices).isdigit() else devices
+    kw = {} if os.environ.get("LT_CLI_USED") else {"accelerator": tc.accelerator, "devices": devices,
+                                                    "num_nodes": tc.num_nodes, "precision": tc.precision}
+    return Fabric(strategy=strategy, **kw)
+
+
+class Stop(Exception):
+    """Raised to end training early (a signal, too many bad steps)."""
+
+
+@dataclass
+class Run:
+    """Everything a training run holds while it trains."""
+
+    cfg: Config
+    out: Path
+    fabric: object
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    gen: torch.Generator
+    order: StepBatches
+    loader: object
+    start: int
+    state: dict = field(default_factory=dict)
+    stop: dict = field(default_factory=lambda: {"why": None})
+
+    def save(self, step: int) -> None:
+        checkpoint.save(self.fabric, self.out, step, self.state, self.sched, self.ema, self.gen,
+                        self.cfg.train.keep_last)
+
+
+def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, fabric, block_types: tuple) -> Run:
+    """Fabric, model, optimiser, schedule, EMA, noise generator, resume, and the data order from the resumed step."""
+    tc = cfg.train
+    fabric = fabric or make_fabric(tc, block_types)
+    if not os.environ.get("LT_CLI_USED"):  # `fabric run` has already started the processes
+        fabric.launch()
+    rank, world = fabric.global_rank, fabric.world_size
+    if fabric.is_global_zero:
+        (out / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        runs.save_config(cfg, out)
+    fabric.seed_everything(tc.seed)
+    from lightning_fabric.strategies import FSDPStrategy
+
+    sharded = isinstance(fabric.strategy, FSDPStrategy)
+    if sharded and tc.ema > 0:
+        fabric.print("EMA is not kept under FSDP yet (sharded parameters); training without it")
+    ema = EMA(model, tc.ema) if tc.ema > 0 and not sharded else None
+    if tc.compile:
+        model.compile_blocks()
+    model, opt = fabric.setup(model, optimizer(model, tc))
+    if ema is not None:
+        ema.model.to(fabric.device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc))
+    gen = torch.Generator(device=fabric.device).manual_seed(tc.seed * 1000 + rank)  # noise differs per rank
+    state = {"model": model, "optimizer": opt, "step": 0, "skipped": 0, "history": []}
+    start = checkpoint.resume(fabric, out, resume, state, sched, ema, gen)
+    micro = tc.micro_batch or tc.global_batch // world
+    order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=0)
+    loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
+    return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state)
+
+
+def train_step(run: Run, batches, step: int) -> dict:
+    """Forward and backward over the accumulation micro-batches (gradients synced on the last); the losses."""
+    tc, fabric, model = run.cfg.train, run.fabric, run.model
+    losses = None
+    for m in range(run.order.accum):
+        batch = to_batch(next(batches), fabric.device)
+        with fabric.no_backward_sync(model, enabled=m < run.order.accum - 1):
+            losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
+            loss = losses["loss"] / run.order.accum
+            if step in tc.inject_nan_at:
+                loss = loss * float("nan")
+                losses["loss"] = losses["loss"] * float("nan")
+            fabric.backward(loss)
+    return losses
+
+
+def agree(run: Run, losses: dict, timed_due: bool) -> tuple[bool, bool, bool]:
+    """One reduction, one host sync per step: (some rank's loss is non-finite, some rank got a signal, rank 0's
+    clock says a timed checkpoint is due)."""
+    dev = run.fabric.device
+    flags = torch.stack([~torch.isfinite(losses["loss"].detach()), torch.tensor(run.stop["why"] is not None, device=dev),
+                         torch.tensor(timed_due and run.fabric.is_global_zero, device=dev)]).float()
+    return tuple(v > 0 for v in run.fabric.all_reduce(flags, reduce_op="max").tolist())
+
+
+def update(run: Run) -> None:
+    """Clip, step the optimiser, update the EMA."""
+    tc = run.cfg.train
+    if tc.grad_clip > 0:
+        run.fabric.clip_gradients(run.model, run.opt, max_norm=tc.grad_clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
+class Log:
+    """Rank 0's records: history, metrics.csv (rows of repeated steps dropped on resume), TensorBoard, progress."""
+
+    def __init__(self, run: Run, progress: Callable[[int, dict], None] | None):
+        zero, tc = run.fabric.is_global_zero, run.cfg.train
+        self.line = ProgressLine(tc.steps, run.start) if progress is None and zero else None
+        self.progress = self.line.update if self.line is not None else progress
+        self.speed = Throughput(run.cfg, run.start, run.fabric.world_size, run.fabric.device) if zero else None
+        self.file = open_metrics(run.out, run.start) if zero else None
+        self.csv = csv.writer(self.file) if self.file else None
+        self.tb = tensorboard_writer(run.out, run.start) if zero and tc.tensorboard else None
+
+    def __call__(self, run: Run, step: int, losses: dict) -> None:
+        rec = {"step": step, "lr": run.sched.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()},
+               **(self.speed(step) if self.speed else {})}
+        run.state["history"].append(rec)
+        if self.csv is not None:
+            if self.file.tell() == 0:
+                self.csv.writerow(list(rec))
+            self.csv.writerow(list(rec.values()))
+            self.file.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step":
+                    self.tb.add_scalar(k if k in ("lr", "it_s", "tok_s", "mfu") else f"loss/{k}", v, step)
+        if self.progress is not None:
+            self.progress(step, rec)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()  # flushes: the event file is complete
+        if self.line is not None:
+            self.line.close()
+
+
+def main(run: Run, log: Log, sampler) -> int:
+    """The step loop from the resumed step to cfg.train.steps; returns the step reached."""
+    tc, out = run.cfg.train, run.out
+    last_save, bad_run, step = time.monotonic(), 0, run.start
+    batches = iter(run.loader)
+    while step < tc.steps:
+        run.model.train()
+        losses = train_step(run, batches, step)
+        due = tc.ckpt_minutes > 0 and time.monotonic() - last_save >= 60 * tc.ckpt_minutes
+        bad, stop_now, timed = agree(run, losses, due)
+        if bad:
+            run.state["skipped"] += 1
+            bad_run += 1
+            run.opt.zero_grad(set_to_none=True)
+            run.fabric.print(f"step {step}: non-finite loss, skipped ({run.state['skipped']} so far)")
+            if bad_run >= tc.max_bad_steps:
+                raise Stop(f"{bad_run} non-finite losses in a row at step {step}")
+        else:
+            bad_run = 0
+            update(run)
+        run.sched.step()
+        step += 1
+        run.state["step"] = step
+        if (step - 1) % tc.log_every == 0 or step == tc.steps:
+            log(run, step - 1, losses)
+        if ((tc.ckpt_every and step % tc.ckpt_every == 0) or timed) and step < tc.steps:
+            run.save(step)
+            last_save = time.monotonic()
+        if sampler is not None and tc.sample_every and step % tc.sample_every == 0:
+            sampler(run.ema.model if run.ema is not None else run.model, step, out / "samples")
+        if stop_now:
+            run.save(step)
+            raise Stop(f"{run.stop['why'] or 'signal on another rank'}: saved step {step}, exiting")
+    if tc.ckpt_every or tc.steps > run.start:
+        run.save(step)
+    return step
+
+
+def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: str = "auto", fabric=None,
+        progress: Callable[[int, dict], None] | None = None, block_types: tuple = (),
+        sampler: Callable[[torch.nn.Module, int, Path], None] | None = None) -> dict:
+    """Train `model` on `dataset` (items: dicts of video/struct/audio/has_audio) for cfg.train.steps.
+
+    out: run folder (`shared.runs`). resume: "auto" (latest valid checkpoint in out), "none", or a checkpoint
+    folder. sampler(model, step, out / "samples"): called on every rank (an FSDP forward needs all of them) every
+    train.sample_every steps, with the EMA model when there is one.
+    Returns {"history", "ema" (EMA model or None), "skipped", "seconds", "step",
+    "stopped" (None, or why training ended early)}.
+    """
+    run = setup(cfg, model, dataset, Path(out), resume, fabric, block_types)
+
+    def on_signal(signum, frame):
+        run.stop["why"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    log = Log(run, progress)
+    t0, step = time.perf_counter(), run.start
+    try:
+        step = main(run, log, sampler)
+    except Stop as e:
+        run.stop["why"] = str(e)
+        step = run.state["step"]
+        run.fabric.print(f"training stopped: {e}")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        log.close()
+    (run.model.module if hasattr(run.model, "module") else run.model).eval()
+    return {"history": run.state["history"], "ema": run.ema.model if run.ema is not None else None,
+            "skipped": run.state["skipped"], "seconds": time.perf_counter() - t0, "step": step,
+            "stopped": run.stop["why"]}

@@ -1,0 +1,98 @@
+"""The library's shape: no import cycles in `shared/` (function-local imports included, which is where cycles
+hide), and the stage scripts, the PoC and the benchmarks use only public names of `shared/`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / "shared"
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module(p): p for p in SHARED.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Modules of `shared` that module `name` imports anywhere in its body. `from PKG import X` counts as
+    importing PKG.X when that is a module (as Python resolves it), else PKG itself."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("shared"):
+                continue
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                out.add(sub if sub in known else target)
+    return {m for m in out if m in known and m != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the directed graph as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (found := visit(n, path + [n])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
+
+
+def test_cycle_finder_on_known_graphs():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    # the cycle the old layout had: streaming imported train at function level, train imported streaming
+    old = {"shared.streaming": set(), "shared.train": set()}
+    old["shared.streaming"] = {"shared.train"}
+    old["shared.train"] = {"shared.streaming"}
+    assert find_cycle(old) == ["shared.streaming", "shared.train", "shared.streaming"]
+
+
+def test_no_import_cycles_in_shared():
+    known = _modules()
+    graph = {m: _imports(m, p, known) for m, p in known.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    assert "shared.sampling.generation" in graph and "shared.runs" in graph["shared.sampling.generation"]
+
+
+def test_scripts_use_public_names_only():
+    scripts = [*ROOT.glob("stage*/*.py"), *ROOT.glob("benchmarks/*.py")]
+    assert scripts
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shared"):
+                private = [node.module] if any(p.startswith("_") for p in node.module.split(".")) else []
+                private += [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(ROOT)} imports private {private} from {node.module}"
+
+
+def test_layout_groups_by_concept():
+    """Packages for the model, data, sampling, training and evaluation; few modules at the root."""
+    assert {p.name for p in SHARED.iterdir() if (p / "__init__.py").exists()} == {
+        "models", "data", "sampling", "training", "evaluation"}
+    assert {p.stem for p in SHARED.glob("*.py")} == {"__init__", "config", "diffusion", "flops", "runs", "summary"}
