@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C
-from shared.sampling import GraphedModel, stream
+from shared.sampling import GraphedModel, stream, warm_up
 from shared.models import DualForce
 
 
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     graphs = None if a.no_graphs else GraphedModel(model, compile=a.compile, overlap=not a.no_overlap)
     t = time.perf_counter()
     if graphs is not None:  # a graph per input shape, captured once; later streams only replay
-        graphs.warm_up(*inputs, a.frames, sample)
+        warm_up(graphs, *inputs, a.frames, sample)
     else:  # warm the eager kernels over the same stretch
         timed_stream(model, inputs, a.frames, sample, False, stop_after=sample.window + sample.roll_keep + 2)
     res["prepare_s"] = time.perf_counter() - t

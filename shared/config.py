@@ -173,7 +173,7 @@ class SampleConfig:
     window: int = 32
     """History frames visible besides the reference (the training clip length)."""
     roll_keep: int = 16
-    """When the window is full, keep this many most recent frames and re-encode them (see `shared.infer`)."""
+    """When the window is full, keep this many most recent frames and re-encode them (see `shared.sampling.engine`)."""
     audio_cfg: float = 1.0
     """Classifier-free guidance scale on audio (1 = off)."""
 

@@ -1,7 +1,7 @@
 """Rotary position embeddings (Su et al. 2021, RoFormer) over time, and over (time, h, w) for video tokens.
 
 Tables are built per forward from integer positions, so a frame's time position is whatever the caller says:
-training uses 0..T-1 with the reference at 0; streaming uses the cache slot (see `shared.infer`).
+training uses 0..T-1 with the reference at 0; streaming uses the cache slot (see `shared.sampling.engine`).
 """
 
 from __future__ import annotations
