@@ -418,6 +418,9 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+REUSED = "reused: the time it took when it ran"
+
+
 def write_report(out: Path, args, s: Settings, device, data, probe_acc, results, histories, verdicts, rules, chance,
                  phase: Phases, clips, clip_frames, con) -> dict:
     seconds = phase.seconds
@@ -513,7 +516,7 @@ cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
 
 ## Wall time per phase (s)
 
-{R.md_table([[k, f'{v}', 'reused: the time it took when it ran' if k in phase.reused else ''] for k, v in seconds.items()],
+{R.md_table([[k, f'{v}', REUSED if k in phase.reused else ''] for k, v in seconds.items()],
             ['phase', 'seconds', 'note'])}
 
 ## Resolved settings

@@ -49,7 +49,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--threads", type=int,
-                    help="CPU threads for torch (default: the cores not already busy, see shared.sampling.generation.cpu_threads)")
+                    help="CPU threads for torch (default: the cores not already busy; "
+                         "shared.sampling.generation.cpu_threads)")
     ap.add_argument("--stage", default="dual", choices=["dual", "video"],
                     help="the model the checkpoint must hold (video: a stage-1 / video_only checkpoint)")
     ap.add_argument("--preset", help="the preset the checkpoint must be of (checked when given)")

@@ -308,3 +308,9 @@ class WindowDataset(torch.utils.data.Dataset):
             audio[2:] = d["audio"]
         return {"video": torch.from_numpy(video), "struct": torch.from_numpy(struct),
                 "audio": torch.from_numpy(audio), "has_audio": torch.tensor(d["has_audio"])}
+
+
+# Unambiguous names beside the historical ones: the HDF5 cache of per-frame latents, as opposed to the attention
+# `KVCache` of `shared.models`.
+LatentCache = CacheReader
+LatentCacheWriter = CacheWriter

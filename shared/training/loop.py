@@ -128,7 +128,8 @@ def agree(run: Run, losses: dict, timed_due: bool) -> tuple[bool, bool, bool]:
     """One reduction, one host sync per step: (some rank's loss is non-finite, some rank got a signal, rank 0's
     clock says a timed checkpoint is due)."""
     dev = run.fabric.device
-    flags = torch.stack([~torch.isfinite(losses["loss"].detach()), torch.tensor(run.stop["why"] is not None, device=dev),
+    flags = torch.stack([~torch.isfinite(losses["loss"].detach()),
+                         torch.tensor(run.stop["why"] is not None, device=dev),
                          torch.tensor(timed_due and run.fabric.is_global_zero, device=dev)]).float()
     return tuple(v > 0 for v in run.fabric.all_reduce(flags, reduce_op="max").tolist())
 
