@@ -55,17 +55,55 @@ def _hue(h):
     return 0.25 + 0.45 * rgb
 
 
-def render(identity: np.ndarray, motion: np.ndarray, size: int, chunk: int | None = None) -> np.ndarray:
+def render(identity: np.ndarray, motion: np.ndarray, size: int, chunk: int | None = None,
+           extra: dict | None = None) -> np.ndarray:
     """identity [16] (IDENTITY_LAYOUT), motion [T, 13] (MOTION_LAYOUT) -> uint8 frames [T, size, size, 3].
-    Frames are drawn `chunk` at a time (default: about 256k pixels per chunk, which stays in cache)."""
+    Frames are drawn `chunk` at a time (default: about 256k pixels per chunk, which stays in cache).
+
+    extra (SynthTalk v2; None draws v1 exactly): "light" [T, 3] (image-space light centre x, y and intensity),
+    "detail" [T, 2] (DETAIL_LAYOUT: what the 13 named numbers miss), "mark" [5] (MARK_LAYOUT: a side-specific
+    identity cue on the side of the head, seen only when that side faces the camera)."""
     chunk = chunk or max(4, min(64, (1 << 18) // (size * size)))
     out = np.empty((len(motion), size, size, 3), np.uint8)
     for i in range(0, len(motion), chunk):
-        out[i : i + chunk] = _render_chunk(identity, motion[i : i + chunk], size)
+        part = None if extra is None else {k: v if k == "mark" else v[i : i + chunk] for k, v in extra.items()}
+        out[i : i + chunk] = _render_chunk(identity, motion[i : i + chunk], size, part)
     return out
 
 
-def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
+DETAIL_LAYOUT = ("mouth_asym", "cheek")
+MARK_LAYOUT = ("mark_side", "mark_v", "mark_r", "mark_g", "mark_b")
+PARTS = ("eye_l", "eye_r", "mouth", "mark")  # `visibility` columns
+
+
+def mark_point(identity_fw: float, identity_fh: float, mark: np.ndarray) -> tuple[float, float, float]:
+    """Head-space point of the side mark: on the ellipsoid's side, at height mark_v (a fraction of face_h)."""
+    side, v = float(mark[0]), float(mark[1])
+    x, y = side * 0.92 * identity_fw, v * identity_fh
+    return x, y, identity_fw * float(np.sqrt(max(1e-3, 1 - (x / identity_fw) ** 2 - (y / identity_fh) ** 2)))
+
+
+def visibility(identity: np.ndarray, motion: np.ndarray, mark: np.ndarray | None = None,
+               threshold: float = 0.1) -> np.ndarray:
+    """[T, len(PARTS)] bool: whether each part's surface faces the camera (normal z > threshold) in each frame.
+    A part that is not drawn (no mark) is never visible."""
+    fw, fh = float(identity[ID["face_w"]]), float(identity[ID["face_h"]])
+    rot = _rot(motion[:, MO["yaw"]], motion[:, MO["pitch"]], motion[:, MO["roll"]])
+    es = float(identity[ID["eye_spacing"]]) * fw
+
+    def faces(p) -> np.ndarray:
+        nrm = np.asarray(p, np.float64) / np.array([fw, fh, fw]) ** 2
+        return (rot @ (nrm / np.linalg.norm(nrm)))[:, 2] > threshold
+
+    def front(u, v):
+        return (u, v, fw * np.sqrt(max(1e-3, 1 - (u / fw) ** 2 - (v / fh) ** 2)))
+
+    cols = [faces(front(-es / 2, -0.12 * fh)), faces(front(es / 2, -0.12 * fh)), faces(front(0, 0.36 * fh)),
+            faces(mark_point(fw, fh, mark)) if mark is not None else np.zeros(len(motion), bool)]
+    return np.stack(cols, 1)
+
+
+def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int, extra: dict | None = None) -> np.ndarray:
     f32 = np.float32
     n = len(mo)
     px = f32(2.0 / size)
@@ -122,10 +160,15 @@ def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
     hx, hy, _ = project((0, -0.12 * fh, -0.3 * fw))
     paint(_ellipse(x, y, hx, hy, 1.12 * fw * sc, 1.04 * fh * sc, roll, px), hair)
     fcx, fcy, _ = project((0, 0.02 * fh, 0))
-    face = _ellipse(x, y, fcx, fcy + 0.03 * fh * jaw * sc, fw * sc, fh * sc * (1 + 0.06 * jaw), roll, px)
-    # shading: darker towards the rim, lit from the upper left, turning with the head
-    lx, ly, _ = project((-0.4 * fw, -0.4 * fh, 0.9 * fw))
-    shade = 1.08 - 0.22 * np.clip(((x - lx) ** 2 + (y - ly) ** 2) / (fw * sc * 1.6) ** 2, 0, 1)
+    cheek = 1.0 if extra is None else 1 + 0.06 * extra["detail"][:, 1].astype(f32)[:, None, None]
+    face = _ellipse(x, y, fcx, fcy + 0.03 * fh * jaw * sc, fw * sc * cheek, fh * sc * (1 + 0.06 * jaw), roll, px)
+    if extra is None:  # shading: darker towards the rim, lit from the upper left, turning with the head
+        lx, ly, _ = project((-0.4 * fw, -0.4 * fh, 0.9 * fw))
+        shade = 1.08 - 0.22 * np.clip(((x - lx) ** 2 + (y - ly) ** 2) / (fw * sc * 1.6) ** 2, 0, 1)
+    else:  # v2: a light that moves in the room (image space) and changes strength, whatever the head does
+        light = extra["light"].astype(f32)
+        lx, ly, li = (light[:, j, None, None] for j in range(3))
+        shade = li * (1.08 - 0.35 * np.clip(((x - lx) ** 2 + (y - ly) ** 2) / (fw * sc * 1.8) ** 2, 0, 1))
     img += face[..., None] * (skin * shade[..., None] - img)
     # fringe: hair over the top of the face, above a hairline that moves with pitch and roll
     hlx, hly, _ = project(front(0, -0.50 * fh))
@@ -172,7 +215,16 @@ def _render_chunk(idv: np.ndarray, mo: np.ndarray, size: int) -> np.ndarray:
     mw = idv[ID["mouth_w"]] * fw * sc * (1 - 0.45 * col("lip_round")) * (0.4 + 0.6 * fz)
     mh = (0.012 + 0.16 * jaw) * fh * sc
     my = my + 0.5 * mh
-    feature(_ellipse(x, y, mx, my, mw * 1.12, mh + 0.035 * fh * sc, roll, px), (0.62, 0.28, 0.30))  # lips
-    feature(_ellipse(x, y, mx, my, mw, mh, roll, px), (0.22, 0.05, 0.07))  # inside of the mouth
+    tilt = roll if extra is None else roll + 0.35 * extra["detail"][:, 0].astype(f32)[:, None, None]
+    feature(_ellipse(x, y, mx, my, mw * 1.12, mh + 0.035 * fh * sc, tilt, px), (0.62, 0.28, 0.30))  # lips
+    feature(_ellipse(x, y, mx, my, mw, mh, tilt, px), (0.22, 0.05, 0.07))  # inside of the mouth
+    if extra is not None and "mark" in extra:  # the side cue: foreshortened with its surface, gone when it faces away
+        mark = np.asarray(extra["mark"], f32)
+        kp = mark_point(fw, fh, mark)
+        kx, ky, _ = project(kp)
+        kz, _ = facing(kp)
+        rad = 0.09 * fw * sc
+        feature(_ellipse(x, y, kx, ky, rad * (0.25 + 0.75 * kz), rad, roll, px) * np.clip(4 * (kz - 0.1), 0, 1),
+                tuple(mark[2:5]))
     full[:, r0:r1, c0:c1] = img
     return (np.clip(full, 0, 1) * 255 + 0.5).astype(np.uint8)

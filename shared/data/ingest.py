@@ -123,6 +123,18 @@ def find_videos(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith("."))
 
 
+def synth_task(video: Path) -> str | None:
+    """Which SynthTalk task made a video ("v1", "v2"), from its ground-truth .npz; None for other videos."""
+    npz = video.with_suffix(".npz")
+    if not npz.is_file():
+        return None
+    try:
+        with np.load(npz) as z:
+            return str(z["task"]) if "task" in z.files else ("v1" if "motion" in z.files else None)
+    except Exception:  # noqa: BLE001  (an unreadable .npz is the struct loader's to report)
+        return None
+
+
 def resolve_struct_kind(kind: str, videos: list[Path]) -> str:
     if kind != "auto":
         if kind not in KINDS:
@@ -153,9 +165,12 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
                 continue
     meta = CacheMeta(opts.size, codec.latent_shape(opts.size), codec.spec(), kind, tuple(probe_layout or ()),
                      feats.spec(), feats.dim)
-    summary = {"source": str(src), "cache": str(out), "struct_kind": kind, "videos": len(videos), "clips": 0,
-               "already_cached": 0, "skipped": [], "notes": []}
+    tasks = sorted({t for t in map(synth_task, videos) if t is not None})
+    summary = {"source": str(src), "cache": str(out), "struct_kind": kind, "synth_task": ",".join(tasks) or None,
+               "videos": len(videos), "clips": 0, "already_cached": 0, "skipped": [], "notes": []}
     with CacheWriter(out, meta) as w:
+        if tasks:  # which SynthTalk task made the cache, beside its metadata (readers that do not know it ignore it)
+            w.f.attrs["synth_task"] = ",".join(tasks)
         todo = [v for v in videos if not w.has_source(source_key(src, v))]
         summary["already_cached"] = len(videos) - len(todo)
         cols = (TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clips]} clips"),

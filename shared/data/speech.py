@@ -96,8 +96,13 @@ def plan(seconds: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return tr
 
 
-def synthesize(seconds: float, rng: np.random.Generator) -> Speech:
+def synthesize(seconds: float, rng: np.random.Generator, speaker: tuple[float, float] | None = None) -> Speech:
+    """speaker: (formant scale, base F0 in Hz) of the speaker (SynthTalk v2: a shorter vocal tract scales every
+    formant up; Peterson & Barney 1952); None draws the v1 speaker, who differs only in pitch."""
     tr = plan(seconds, rng)
+    if speaker is not None:
+        for k in ("f1", "f2", "f3"):
+            tr[k] = tr[k] * speaker[0]
     n = len(tr["jaw"])
     jaw = np.clip(_smooth(tr["jaw"], 25), 0, 1)
     rnd = np.clip(_smooth(tr["round"], 30), 0, 1)
@@ -106,7 +111,7 @@ def synthesize(seconds: float, rng: np.random.Generator) -> Speech:
     f1, f2, f3 = (_smooth(tr[k], 15) for k in ("f1", "f2", "f3"))
     accent = _smooth(tr["accent"], 60)
     speaking = _smooth(tr["speaking"], 40)
-    base = rng.uniform(95, 220)  # speaker pitch
+    base = rng.uniform(95, 220) if speaker is None else speaker[1]  # speaker pitch
     drift = _smooth(rng.standard_normal(n), 300) * 40
     f0 = base * (1 + 0.25 * accent) + drift * 0.2
 

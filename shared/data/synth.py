@@ -1,6 +1,7 @@
 """SynthTalk: procedural talking-head clips whose ground truth is known.
 
-`python -m shared.data.synth --out DIR --clips N --seconds S --size P --seed X` writes clip_NNNNN.mp4 (H.264,
+`python -m shared.data.synth --out DIR --clips N --seconds S --size P --seed X [--task v1|v2] [--split train|eval]
+[--voice formant|espeak]` writes clip_NNNNN.mp4 (H.264,
 25 fps, with its 16 kHz AAC audio track) and clip_NNNNN.npz (ground truth: explicit motion, implicit motion,
 identity, mouth track, the exact audio, layouts), so outside tools can run on the same clips.
 
@@ -9,6 +10,11 @@ the speech's articulation, head pose partly following prosody (nods and brow rai
 free (Ornstein-Uhlenbeck processes), blinks (Poisson, more in pauses), gaze saccades. The explicit motion
 latent is that 13-d per-frame vector (FLAME-like: disentangled, named); the implicit one is a fixed, seeded
 nonlinear 128-d mix of it (LivePortrait-like: entangled, and like it, it carries no identity).
+
+That is task v1 (`--task v1`, unchanged byte for byte, so old caches stay valid). Task v2 (`shared.data.synth_v2`)
+is the one on which a 3-D motion stream can matter: prosody-driven head motion with a lag, slow turns beyond the
+model's window, wide yaw with self-occlusion and a side-specific identity cue, moving light, an implicit latent with
+more in it than the named numbers, continuous held-out identities and voices (`--split`), optional espeak-ng voices.
 """
 
 from __future__ import annotations
@@ -151,21 +157,38 @@ def save_npz(path: Path, clip: SynthClip, seed: int, index: int) -> None:
     os.replace(tmp, path)
 
 
+TASKS = ("v1", "v2")
+VOICES = ("formant", "espeak")
+
+
 def _write_one(args: tuple) -> str:
+    from . import synth_v2
     from .media import write_mp4
 
-    out, i, seed, seconds, size = args
+    out, i, seed, seconds, size, task, split, voice = args
     stem = out / f"clip_{i:05d}"
     if stem.with_suffix(".mp4").exists() and stem.with_suffix(".npz").exists():
         return "skipped"
-    clip = make_clip(clip_seed(seed, i), seconds, size)
-    save_npz(stem.with_suffix(".npz"), clip, seed, i)
+    if task == "v1":
+        clip = make_clip(clip_seed(seed, i), seconds, size)
+        save_npz(stem.with_suffix(".npz"), clip, seed, i)
+    else:
+        ss = np.random.SeedSequence([seed, i, 2, synth_v2.SPLITS.index(split)])
+        speech = None
+        if voice == "espeak":
+            rng = np.random.default_rng(ss.spawn(1)[0])
+            _, _, spk = synth_v2.sample_identity(np.random.default_rng(ss), split)
+            speech = synth_v2.espeak_speech(round(seconds * FPS) / FPS, rng, spk)
+        clip = synth_v2.make_clip(ss, seconds, size, split, speech=speech)
+        synth_v2.save_npz(stem.with_suffix(".npz"), clip, seed, i, voice)
     write_mp4(stem.with_suffix(".mp4"), clip.frames, FPS, clip.audio, SR)
     return "written"
 
 
-def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0, workers: int = 0) -> None:
-    """Write `clips` clips to `out` (existing complete clips are kept: re-running resumes)."""
+def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0, workers: int = 0,
+           task: str = "v1", split: str = "train", voice: str = "formant") -> None:
+    """Write `clips` clips of `task` to `out` (existing complete clips are kept: re-running resumes). split and voice
+    are v2's (v1 has no split: its held-out clips use another seed)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from rich.progress import Progress
@@ -174,9 +197,20 @@ def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0
         raise ValueError(f"--size {size}: SynthTalk renders even sizes from 32 to 256 px")
     if seconds <= 0 or clips < 1:
         raise ValueError(f"need --clips >= 1 and --seconds > 0 (got {clips}, {seconds})")
+    if task not in TASKS or split not in ("train", "eval") or voice not in VOICES:
+        raise ValueError(f"--task {task} / --split {split} / --voice {voice}: choose from {TASKS}, (train, eval), "
+                         f"{VOICES}")
+    if voice == "espeak" and task == "v1":
+        raise ValueError("--voice espeak is a v2 option (--task v2)")
+    if voice == "espeak":
+        from .synth_v2 import espeak_available
+
+        if not espeak_available():
+            raise ValueError("--voice espeak: espeak-ng is not installed (apt-get install espeak-ng); the formant "
+                             "voices (--voice formant) need nothing")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, i, seed, seconds, size) for i in range(clips)]
+    jobs = [(out, i, seed, seconds, size, task, split, voice) for i in range(clips)]
     with Progress() as bar:
         task = bar.add_task(f"SynthTalk -> {out}", total=len(jobs))
         if workers > 0:
@@ -197,8 +231,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=64, help="frame size in pixels (32..256, even)")
     ap.add_argument("--seed", type=int, default=0, help="base seed (clip i uses SeedSequence([seed, i]))")
     ap.add_argument("--workers", type=int, default=0, help="parallel processes (0: in this process)")
+    ap.add_argument("--task", choices=TASKS, default="v1", help="v1 (the original) or v2 (shared.data.synth_v2)")
+    ap.add_argument("--split", choices=("train", "eval"), default="train",
+                    help="v2: draw identities and voices from the split's own parameter bins")
+    ap.add_argument("--voice", choices=VOICES, default="formant", help="v2: formant synthesis or espeak-ng sentences")
     a = ap.parse_args(argv)
-    export(a.out, a.clips, a.seconds, a.size, a.seed, a.workers)
+    try:
+        export(a.out, a.clips, a.seconds, a.size, a.seed, a.workers, a.task, a.split, a.voice)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
