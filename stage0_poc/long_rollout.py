@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/poc")
     ap.add_argument("--factor", type=int, default=10, help="rollout length in training clips")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--task", choices=("v1", "v2"), default=CORE.task, help="the SynthTalk task run.py used")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     con = Console()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    s = QUICK if args.quick else CORE
+    s = replace(QUICK if args.quick else CORE, task=args.task)
     run = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
     variants = [v for v in (FULL_VARIANTS if args.suite == "full" else CORE_VARIANTS) if not v.model_of]
     missing = [v.name for v in variants if runs.latest_checkpoint(run / "variants" / v.name) is None]

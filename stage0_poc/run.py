@@ -74,6 +74,8 @@ class Settings:
     """Rollout length in training clip lengths."""
     seed: int = 0
     """Seed of everything (data, init, noise)."""
+    task: str = "v2"
+    """SynthTalk task (`shared.data.synth`): v2, on which a 3-D motion stream can matter, or the original v1."""
 
 
 CORE = Settings()
@@ -150,14 +152,14 @@ class Phases:
 def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
     """SynthTalk export -> tiny-ae -> caches. Everything is keyed by the settings, so re-runs reuse it."""
     key = hashlib.sha1(json.dumps([s.train_clips, s.eval_clips, s.train_seconds, s.eval_seconds, s.size, s.ae_steps,
-                                   s.seed]).encode()).hexdigest()[:10]
+                                   s.seed] + ([s.task] if s.task != "v1" else [])).encode()).hexdigest()[:10]
     d = root / f"data-{key}"
     d.mkdir(parents=True, exist_ok=True)
     kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
     reused = (d / "tiny_ae.pt").exists() and all((d / f"{sp}_{k}.h5").exists() for sp in ("train", "eval")
                                                   for k in kinds)
-    synth.export(d / "train", s.train_clips, s.train_seconds, s.size, seed=s.seed)
-    synth.export(d / "eval", s.eval_clips, s.eval_seconds, s.size, seed=s.seed + 1000)
+    synth.export(d / "train", s.train_clips, s.train_seconds, s.size, seed=s.seed, task=s.task, split="train")
+    synth.export(d / "eval", s.eval_clips, s.eval_seconds, s.size, seed=s.seed + 1000, task=s.task, split="eval")
     ae = d / "tiny_ae.pt"
     if not ae.exists():
         frames = np.concatenate([np.stack(list(iter_frames(p, s.size)))[::2] for p in sorted((d / "train").glob("*.mp4"))])
@@ -232,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps per variant (overrides the settings)")
     ap.add_argument("--retrain", action="store_true", help="train variants again even if a model is saved")
+    ap.add_argument("--task", choices=synth.TASKS, default=CORE.task,
+                    help="SynthTalk task: v2 (default; a 3-D stream can matter) or v1 (the original)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     con = Console()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    s = QUICK if args.quick else CORE
+    s = replace(QUICK if args.quick else CORE, task=args.task)
     if args.steps:
         s = replace(s, train_steps=args.steps)
     out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
@@ -275,8 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
         vdir.mkdir(parents=True, exist_ok=True)
         with phase(f"train {v.name}", vdir / "phases.json") as ph:
             cfg = cfgs[v.name]
-            saved = vdir / runs.CONFIG
-            same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
+            saved, made_from = vdir / runs.CONFIG, vdir / "data_key.txt"  # same config and the same data to reuse
+            same = (saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
+                    and made_from.exists() and made_from.read_text() == data["dir"].name)
+            made_from.write_text(data["dir"].name)
             runs.save_config(cfg, vdir)
             runs.save_data_meta(metas[v.struct], vdir)  # the variant folder is a run folder generate.py takes
             torch.manual_seed(s.seed)  # every variant starts from the same seed
