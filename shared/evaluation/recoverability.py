@@ -3,7 +3,9 @@ frames: the numbers that say what a 3-D motion stream could add on a SynthTalk t
 
 - audio: ridge regression (fit on training clips, its penalty chosen on a validation quarter of them, R^2 on
   held-out clips) from the 50 Hz log-mel features of frames t - 8 .. t + 2 (the audio context a causal model with a
-  small lookahead sees); a lower bound on what the audio holds (a linear read-out; F0 is not linear in log-mel);
+  small lookahead sees); a lower bound on what the audio holds (a linear read-out; F0 is not linear in log-mel, and
+  held-out voices have other formants and pitch), so also `audio_prosody`: the same ridge from prosody read off the
+  audio alone (frame energy and autocorrelation F0, z-scored per clip, `synth_v2.audio_speech`) at lags 0-10 frames;
 - one frame: the PoC's CNN probe (`probes.train_probe`) trained on training frames, R^2 on held-out frames;
 - the last window: ridge regression from the true motion of frames t - W .. t - 1 (what a history of perfectly read
   frames holds about frame t), W = the PoC model's window; and the same window 1 s before t (`history_1s`: the
@@ -55,6 +57,13 @@ def audio_windows(clip, past: int = 8, ahead: int = 2) -> np.ndarray:
     return feats[idx].reshape(len(feats), -1)
 
 
+def prosody_windows(clip, lags: int = 10) -> np.ndarray:
+    """[T, 2 (lags + 1)] audio-only prosody (energy, F0; z-scored in the clip) of frames t - lags .. t."""
+    pros = synth_v2.prosody(synth_v2.audio_speech(clip.audio), len(clip.motion)).astype(np.float64)
+    idx = np.clip(np.arange(len(pros))[:, None] - np.arange(lags + 1)[None], 0, len(pros) - 1)
+    return pros[idx].reshape(len(pros), -1)
+
+
 def history_windows(motion: np.ndarray, window: int, ahead: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(x [N, W * 13] the motion of W consecutive frames, y [N, 13] the motion `ahead` frames after the last)."""
     t = np.arange(window - 1 + ahead, len(motion))
@@ -73,7 +82,7 @@ def fit_ridge(xs: list[np.ndarray], ys: list[np.ndarray]):
 
 def table(task: str, clips: int = 24, seconds: float = 8.0, window: int = 16, size: int = 64, seed: int = 0,
           probe_steps: int = 800, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """{source: {motion dimension: held-out R^2}} for sources audio, frame, history, history_1s."""
+    """{source: {motion dimension: held-out R^2}} for sources audio, audio_prosody, frame, history, history_1s."""
     from .probes import r2, train_probe
 
     train = _clips(task, clips, seconds, size, "train", seed)
@@ -82,6 +91,9 @@ def table(task: str, clips: int = 24, seconds: float = 8.0, window: int = 16, si
     model = fit_ridge([audio_windows(c) for c in train], [c.motion for c in train])
     out["audio"] = _r2(_predict(model, np.concatenate([audio_windows(c) for c in test])),
                        np.concatenate([c.motion for c in test]))
+    model = fit_ridge([prosody_windows(c) for c in train], [c.motion for c in train])
+    out["audio_prosody"] = _r2(_predict(model, np.concatenate([prosody_windows(c) for c in test])),
+                               np.concatenate([c.motion for c in test]))
     frames = np.concatenate([c.frames[::2] for c in train])
     probe = train_probe(frames, np.concatenate([c.motion[::2] for c in train]),
                         np.concatenate([np.repeat(c.identity[None], len(c.frames[::2]), 0) for c in train]),
