@@ -3,6 +3,11 @@ optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 ma
 process, peak memory. Synthetic latents of the preset's shapes.
 
     python benchmarks/train_step.py --preset full --strategy fsdp [--ac] [--compile] [--steps 8] [--micro-batch 1]
+        [--loop N]
+
+--loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
+synthetic latent cache of the preset's shapes (data loading, logging, EMA where the strategy keeps one), reading
+its own throughput records (the median over the second half of the steps).
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
+    ap.add_argument("--loop", type=int, help="measure N steps through shared.training.fit (the real loop)")
     a = ap.parse_args(argv)
+    if a.loop:
+        return loop(a)
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
                                               "train.devices": "1"})
@@ -98,6 +106,44 @@ def main(argv=None) -> dict:
            "device": name, "torch": torch.__version__}
     print(json.dumps(res))
     return res
+
+
+def loop(a) -> dict:
+    """Throughput of `fit` itself on a synthetic cache (see the module docstring)."""
+    import tempfile
+
+    from common import synthetic_cache
+    from shared.data.cache import WindowDataset
+    from shared.training import fit
+
+    cfg = C.get_preset(a.preset)
+    m = cfg.model
+    cfg = C.override(cfg, {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
+                           "train.devices": "1", "train.activation_checkpointing": a.ac, "train.compile": a.compile,
+                           "train.steps": a.loop, "train.global_batch": a.micro_batch,
+                           "train.micro_batch": a.micro_batch, "train.log_every": 1, "train.ckpt_every": 0,
+                           "train.ckpt_minutes": 0.0, "train.tensorboard": False, "train.warmup": 10})
+    mm = matmul_rate("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = synthetic_cache(Path(tmp) / "c.h5", (m.latent_channels, m.latent_size, m.latent_size), m.struct_dim,
+                                m.audio_dim, clips=8, frames=cfg.clip_frames + 8, image_size=cfg.image_size)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        res = fit(cfg, DualForce(m), WindowDataset(cache, frames=cfg.clip_frames), Path(tmp) / "run", resume="none",
+                  block_types=(Block, BridgeLayer), progress=lambda step, rec: None)
+        wall = time.perf_counter() - t0
+    recs = res["history"][len(res["history"]) // 2 :]
+    tok = sorted(r["tok_s"] for r in recs)[len(recs) // 2]
+    mfu = sorted(r["mfu"] for r in recs)[len(recs) // 2] if "mfu" in recs[0] else None
+    name = torch.cuda.get_device_name()
+    peak = peak_bf16(name)
+    out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
+           "activation_checkpointing": a.ac, "micro_batch": a.micro_batch, "video_tokens_per_s": tok,
+           "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
+           "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "device": name, "torch": torch.__version__}
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
