@@ -16,6 +16,8 @@ IDENTITY_LAYOUT = ("skin_r", "skin_g", "skin_b", "hair_r", "hair_g", "hair_b", "
                    "face_w", "face_h", "eye_spacing", "eye_size", "nose_len", "mouth_w")
 MOTION_LAYOUT = ("yaw", "pitch", "roll", "tx", "ty", "scale", "jaw", "lip_round", "blink", "brow_l", "brow_r",
                  "gaze_x", "gaze_y")
+# typical scale of each motion dimension (v1), to normalise before the implicit mixes
+MOTION_SCALE = np.array([0.25, 0.12, 0.06, 0.04, 0.03, 0.04, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], np.float32)
 ID = {k: i for i, k in enumerate(IDENTITY_LAYOUT)}
 MO = {k: i for i, k in enumerate(MOTION_LAYOUT)}
 

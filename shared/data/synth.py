@@ -27,15 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .face import IDENTITY_LAYOUT, MOTION_LAYOUT, render
+from .face import IDENTITY_LAYOUT, MOTION_LAYOUT, MOTION_SCALE, render
 from .speech import SR, synthesize, to_frames
 
 FPS = 25
 IMPLICIT_DIM = 128
 IMPLICIT_SEED = 20260223
 MOUTH_LAYOUT = ("jaw", "lip_round")
-# typical scale of each motion dimension, to normalise before the implicit mix
-MOTION_SCALE = np.array([0.25, 0.12, 0.06, 0.04, 0.03, 0.04, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], np.float32)
 
 
 @dataclass

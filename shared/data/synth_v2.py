@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .face import DETAIL_LAYOUT, IDENTITY_LAYOUT, MARK_LAYOUT, MOTION_LAYOUT, render, visibility
+from .face import DETAIL_LAYOUT, IDENTITY_LAYOUT, MARK_LAYOUT, MOTION_LAYOUT, MOTION_SCALE, render, visibility
 from .speech import SR, Speech, synthesize, to_frames
 
 FPS = 25
@@ -221,8 +221,6 @@ def sample_light(n: int, rng: np.random.Generator) -> np.ndarray:
 def implicit_motion(motion: np.ndarray, detail: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
     """The v2 implicit latent: a fixed seeded nonlinear mix of [explicit 13, detail 2, nuisance 2] -> [T, 128]
     (LivePortrait-like: entangled, carrying what the named numbers miss, and no identity)."""
-    from .synth import MOTION_SCALE
-
     g = np.random.default_rng(IMPLICIT_SEED)
     z = np.concatenate([(motion - np.array([0, 0, 0, 0, 0, 1] + [0] * 7, np.float32)) / MOTION_SCALE,
                         detail / 0.5, nuisance], 1)
