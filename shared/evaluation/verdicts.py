@@ -1,0 +1,130 @@
+"""The verdict rule of the PoC as a statistical test, computed, never hard-coded (issue #19).
+
+Unit: one number per training seed and variant (clips and rollouts are averaged inside a seed), so a comparison
+"A beats B" on a metric is a paired test over seeds of d_s = improvement of A over B on seed s (sign-flipped for
+lower-is-better metrics). For every comparison of a suite:
+
+- p: two-sided one-sample t-test of mean(d) = 0; Holm's step-down adjustment across all comparisons of the suite
+  (Holm 1979) gives p_holm;
+- TOST (Schuirmann 1987; Lakens 2017): the two one-sided t-tests of mean(d) <= -sesoi and mean(d) >= +sesoi, p_tost
+  the larger of the two, Holm-adjusted with the others' p_tost;
+- the interval: mean(d) +/- t * se at the Bonferroni level 1 - alpha / m (conservative, covers the Holm decisions);
+- the minimum detectable effect: the true mean improvement a two-sided test at the Holm-worst level alpha / m detects
+  with 80% power given the observed spread, (t_{1 - alpha / 2m} + t_{0.8}) * se.
+
+Outcome: `equivalent` when p_tost_holm < alpha (the effect is within +/- sesoi, whatever its sign or significance);
+else `supported` when p_holm < alpha and mean(d) > 0; `worse` when p_holm < alpha and mean(d) < 0; else
+`inconclusive` (no power to tell: the MDE says how large an effect the design could have seen). With fewer than two
+seeds nothing can be decided: `inconclusive`, p = 1.
+A hypothesis over several metric families is `supported` when supported on at least one and worse on none, `worse`
+symmetrically, `equivalent` when equivalent on every family, else `inconclusive`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+OUTCOMES = ("supported", "worse", "equivalent", "inconclusive")
+POWER = 0.8
+
+
+@dataclass(frozen=True)
+class Test:
+    """One paired comparison over seeds (see the module docstring); `d` are the per-seed improvements."""
+
+    question: str
+    metric: str
+    n: int
+    mean: float
+    se: float
+    p: float
+    p_tost: float
+    sesoi: float
+    p_holm: float = 1.0
+    p_tost_holm: float = 1.0
+    lo: float = float("-inf")
+    hi: float = float("inf")
+    mde: float = float("inf")
+    outcome: str = "inconclusive"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired(question: str, metric: str, a, b, higher_is_better: bool, sesoi: float) -> Test:
+    """The raw (unadjusted) test of A's improvement over B: a, b per-seed values, paired by index."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d if higher_is_better else -d
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < 2:
+        return Test(question, metric, n, float(d.mean()) if n else float("nan"), float("inf"), 1.0, 1.0, sesoi)
+    m, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(n))
+    if se == 0:
+        se = 1e-12
+    t = m / se
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+    p_low = float(stats.t.sf((m + sesoi) / se, n - 1))  # H0: mean <= -sesoi
+    p_high = float(stats.t.cdf((m - sesoi) / se, n - 1))  # H0: mean >= +sesoi
+    return Test(question, metric, n, m, se, p, max(p_low, p_high), sesoi)
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (monotone, capped at 1)."""
+    order = np.argsort(p)
+    m = len(p)
+    out = np.empty(m)
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def decide(tests: list[Test], alpha: float = 0.05) -> list[Test]:
+    """Holm-adjust every test of a suite, add the Bonferroni-level interval and the MDE, and name the outcome."""
+    if not tests:
+        return []
+    m = len(tests)
+    ph, pth = holm([t.p for t in tests]), holm([t.p_tost for t in tests])
+    out = []
+    for t, p_h, pt_h in zip(tests, ph, pth):
+        if t.n < 2:
+            out.append(Test(**{**t.as_dict(), "p_holm": 1.0, "p_tost_holm": 1.0}))
+            continue
+        crit = float(stats.t.ppf(1 - alpha / (2 * m), t.n - 1))
+        mde = (crit + float(stats.t.ppf(POWER, t.n - 1))) * t.se
+        if pt_h < alpha:
+            outcome = "equivalent"
+        elif p_h < alpha:
+            outcome = "supported" if t.mean > 0 else "worse"
+        else:
+            outcome = "inconclusive"
+        out.append(Test(**{**t.as_dict(), "p_holm": p_h, "p_tost_holm": pt_h, "lo": t.mean - crit * t.se,
+                           "hi": t.mean + crit * t.se, "mde": mde, "outcome": outcome}))
+    return out
+
+
+def hypothesis(outcomes: list[str]) -> str:
+    """One hypothesis from its metric families' outcomes (see the module docstring)."""
+    s = set(outcomes)
+    if "supported" in s and "worse" not in s:
+        return "supported"
+    if "worse" in s and "supported" not in s:
+        return "worse"
+    if s == {"equivalent"}:
+        return "equivalent"
+    return "inconclusive"
+
+
+RULE = ("Each question 'A beats B' is a paired test over training seeds of A's improvement on each family's primary "
+        "metric (clips and rollouts averaged inside a seed). Holm's correction runs across every test of the suite; "
+        "`equivalent` when the two one-sided tests (TOST) put the improvement within +/- the smallest effect of "
+        "interest, `supported` / `worse` when the Holm-adjusted two-sided test rejects no difference, `inconclusive` "
+        "otherwise (the minimum detectable effect at 80% power says how large an effect the design could see). "
+        "Intervals are at the Bonferroni level. A question is `supported` when supported on one family and worse on "
+        "none, `worse` symmetrically, `equivalent` when equivalent on every family. Fewer than two seeds decide "
+        "nothing.")
