@@ -216,9 +216,11 @@ def test_euler_block_is_differentiable_through_two_frames():
     with torch.no_grad():  # the same maths as the no-grad stream
         want = infer.generate(model.eval(), ref, ref_s, audio, 1, sample=SC, generator=torch.Generator().manual_seed(0))
     ctx = engine.CachedContext(model, ref, ref_s, audio, 1, SC.window, SC.roll_keep)
+    from shared.sampling.infer import struct_generator
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, *ref.shape[1:], generator=g)
-    noise = torch.randn(2, 1, model.cfg.struct_dim, generator=g)
+    noise = torch.randn(2, 1, model.cfg.struct_dim, generator=struct_generator(g))
     got, _ = infer.euler_block(ctx.denoiser(0, 1), x, noise, rows[0].video, rows[0].struct)
     torch.testing.assert_close(got[:, 0], want["video"][:, 0])
 
@@ -242,3 +244,25 @@ def test_guided_denoiser_mixes_the_halves():
     v, s = infer.guided(denoise, 2.0)(torch.zeros(2, 1, 3), None, torch.ones(1), torch.ones(1))
     assert calls == [4] and s is None and torch.all(v == 1.0 + 2.0 * (3.0 - 1.0))
     assert infer.guided(denoise, 1.0) is denoise
+
+
+def test_video_noise_is_shared_across_bridge_modes(monkeypatch):
+    """A seeded stream draws the same video noise in every block whatever the bridge mode: the struct stream has its
+    own generator (so `dual` vs `video_only` is a paired comparison on the same noise)."""
+    from shared.sampling import infer as loop
+
+    seen: dict[str, list] = {}
+    orig = loop.initial_noise
+
+    def spy(model, *a, **k):
+        video, struct = orig(model, *a, **k)
+        seen.setdefault(model.cfg.bridge_mode, []).append(video.clone())
+        return video, struct
+
+    monkeypatch.setattr(loop, "initial_noise", spy)
+    for mode in ("video_only", "dual", "condition_only"):
+        _gen(tiny_model(mode), 7, True)
+    assert len(seen["dual"]) == 7
+    for mode in ("dual", "condition_only"):
+        for a, b in zip(seen["video_only"], seen[mode]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -61,14 +61,24 @@ def block_rows(sample: SampleConfig, num_frames: int,
     return blocks
 
 
+def struct_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """The struct stream's own noise generator, seeded from the video one's seed: the video noise of a seeded stream
+    is then the same whether or not the model also draws struct noise (every bridge mode sees the same video noise,
+    so a comparison of modes is paired)."""
+    if generator is None:
+        return None
+    return torch.Generator(device=generator.device).manual_seed((generator.initial_seed() + 0x5EED) % 2**63)
+
+
 def initial_noise(model: DualForce, blk: sched.BlockRows, rows_struct: torch.Tensor, anchor, cond_struct,
-                  like: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A block's starting point: video noise; the struct noise re-noised from the last clean struct `anchor` to the
-    block's starting struct sigma (sigma_struct_start < 1), or the clean condition (condition_only)."""
+                  like: torch.Tensor, generator, struct_gen=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A block's starting point: video noise (from `generator`); the struct noise (from `struct_gen`) re-noised from
+    the last clean struct `anchor` to the block's starting struct sigma (sigma_struct_start < 1), or the clean
+    condition (condition_only)."""
     mode, n, b = model.cfg.mode, blk.hi - blk.lo, like.shape[0]
     video = torch.randn((b, n, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
     if mode.struct_generated:
-        noise = torch.randn((b, n, model.cfg.struct_dim), generator=generator, device=like.device, dtype=like.dtype)
+        noise = torch.randn((b, n, model.cfg.struct_dim), generator=struct_gen, device=like.device, dtype=like.dtype)
         s0 = rows_struct[0][None, :, None]
         return video, s0 * noise + (1 - s0) * anchor[:, None]
     return video, cond_struct[:, blk.lo : blk.hi] if mode.struct_condition else None
@@ -94,10 +104,10 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
             on_dev[id(t)] = (t, t.to(ref_video.device, non_blocking=True))  # holding t keeps its id unique
         return on_dev[id(t)][1]
 
-    anchor = ref_struct
+    anchor, struct_gen = ref_struct, struct_generator(generator)
     for blk in blocks:
         sv, ss = rows(blk.video), rows(blk.struct)
-        video, struct = initial_noise(model, blk, ss, anchor, cond_struct, ref_video, generator)
+        video, struct = initial_noise(model, blk, ss, anchor, cond_struct, ref_video, generator, struct_gen)
         video, struct = euler_block(guided(ctx.denoiser(blk.lo, blk.hi), sc.audio_cfg), video, struct, sv, ss)
         ctx.commit(blk.lo, video, struct)
         if model.cfg.mode.struct_generated:
