@@ -35,6 +35,7 @@ from shared import config as C  # noqa: E402
 from shared import runs  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
+from shared.evaluation import verdicts as V  # noqa: E402
 from shared.data import synth  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E402
@@ -74,6 +75,8 @@ class Settings:
     """Rollout length in training clip lengths."""
     seed: int = 0
     """Seed of everything (data, init, noise)."""
+    seeds: int = 1
+    """Training seeds per variant (paired across variants: the unit of a variant effect, `shared.evaluation.verdicts`)."""
     task: str = "v2"
     """SynthTalk task (`shared.data.synth`): v2, on which a 3-D motion stream can matter, or the original v1."""
 
@@ -216,14 +219,139 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
     return probe.eval(), codec, acc, reused
 
 
-def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, device: str) -> C.Config:
+def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, device: str,
+                   seed: int | None = None) -> C.Config:
     c, h, _ = meta.latent_shape
     cfg = C.override(base, {"model.latent_channels": c, "model.latent_size": h,
                             "model.struct_dim": len(meta.struct_layout), "model.audio_dim": meta.audio_dim,
                             "train.steps": steps, "train.global_batch": s.batch, "train.accelerator": device,
-                            "train.seed": s.seed,
+                            "train.seed": s.seed if seed is None else seed,
                             "train.warmup": max(2, steps // 10), **v.overrides})
     return C.override(cfg, {f"sample.{k}": val for k, val in v.sample})
+
+
+# One pre-registered primary metric per family (issue #19): (metric, higher is better, smallest effect of interest).
+FAMILIES = {"lip sync": ("lip_r", True, 0.05), "identity": ("id_err", False, 0.05), "motion": ("jitter_err", False, 0.05)}
+
+
+def seed_verdicts(by_seed: list) -> dict:
+    """The seed-level rule (`shared.evaluation.verdicts`): per question and family, the per-seed means (over clips)
+    of A and B paired over seeds; Holm across every test of the suite. Also each seed's own clip-level verdict."""
+    first = by_seed[0][0]
+    tests = []
+    for q, a, b in QUESTIONS:
+        if a not in first or b not in first:
+            continue
+        for fam, (m, hi, sesoi) in FAMILIES.items():
+            per = [[float(np.nanmean(res[x]["per_clip"][m])) for res, _ in by_seed] for x in (a, b)]
+            tests.append(V.paired(q, f"{fam}: {m}", per[0], per[1], hi, sesoi))
+    tests = V.decide(tests)
+    out = {}
+    for q in dict.fromkeys(t.question for t in tests):
+        mine = [t for t in tests if t.question == q]
+        a, b = next((a, b) for qq, a, b in QUESTIONS if qq == q)
+        own = [M.verdict([M.compare(m, res[a]["per_clip"][m], res[b]["per_clip"][m], hi, sesoi)
+                          for m, hi, sesoi in FAMILIES.values()]) for res, _ in by_seed]
+        out[q] = {"verdict": V.hypothesis([t.outcome for t in mine]), "seeds": len(by_seed),
+                  "tests": [t.as_dict() for t in mine], "per_seed_clip_verdicts": own}
+    return out
+
+
+def seed_dir(out: Path, name: str, k: int) -> Path:
+    """A variant's run folder for its k-th training seed (seed 0 keeps the plain name)."""
+    return out / "variants" / (name if k == 0 else f"{name}_seed{k}")
+
+
+def train_variant(v: Variant, cfg: C.Config, vdir: Path, seed: int, data: dict, metas: dict, args, phase, con,
+                  k: int) -> tuple[torch.nn.Module, list]:
+    """Train one variant for one seed into its run folder, or reuse it when its config and data are the same."""
+    vdir.mkdir(parents=True, exist_ok=True)
+    with phase(f"train {v.name}" + (f" (seed {seed})" if k else ""), vdir / "phases.json") as ph:
+        saved, made_from = vdir / runs.CONFIG, vdir / "data_key.txt"  # same config and the same data to reuse
+        same = (saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
+                and made_from.exists() and made_from.read_text() == data["dir"].name)
+        made_from.write_text(data["dir"].name)
+        runs.save_config(cfg, vdir)
+        runs.save_data_meta(metas[v.struct], vdir)  # the variant folder is a run folder generate.py takes
+        torch.manual_seed(seed)  # every variant of a seed starts from the same seed
+        model = DualForce(cfg.model)
+        ckpt = runs.latest_checkpoint(vdir)
+        done = ckpt is not None and runs.step_of(ckpt) == cfg.train.steps and (vdir / "history.json").exists()
+        if done and same and not args.retrain:
+            model.load_state_dict(runs.load_weights(vdir)[0])  # the EMA weights
+            history = json.loads((vdir / "history.json").read_text())
+            ph["reused"] = True
+            con.print(f"reusing {ckpt}")
+        else:
+            shutil.rmtree(vdir / runs.CHECKPOINTS, ignore_errors=True)
+            ds = WindowDataset(data["caches"][("train", v.struct)], frames=cfg.clip_frames, stride=4)
+            from rich.progress import Progress
+
+            with Progress(console=con) as bar:
+                task = bar.add_task(v.name, total=cfg.train.steps)
+                res = fit(cfg, model, ds, vdir, resume="none",
+                          progress=lambda step, rec: bar.update(task, completed=step + 1,
+                                                                description=f"{v.name} loss {rec['loss']:.3f}"))
+            model = res["ema"] or model
+            history = res["history"]
+            (vdir / "history.json").write_text(json.dumps(history))
+    return model.to(cfg.train.accelerator).eval(), history
+
+
+def evaluate(variants, models, cfgs, data, probe, codec, dims, s: Settings, n_roll: int, clip_frames: int, device,
+             seed: int):
+    """Held-out loss and rollouts of every variant, read back by the probes: (results, held-out clips, identity
+    chance). results[name] = {heldout_loss, metrics (mean and 95% interval over clips), per_clip, frechet_probe}."""
+    results = {}
+    real_reads, eval_clips = {}, {}
+    for kind in {v.struct for v in variants}:
+        clips = load_eval_clips(data["caches"][("eval", kind)], n_roll, data["caches"][("eval", "explicit")])
+        eval_clips[kind] = clips
+        if kind == "explicit":
+            for c in clips:
+                real_reads[c.name] = read_clip(probe, codec, c.video, c.ref_video)
+    a2s = {}
+    windows = {kind: list(WindowDataset(data["caches"][("eval", kind)], frames=clip_frames, stride=clip_frames))
+               for kind in eval_clips}
+    for v in variants:
+        model = models[v.model_of or v.name]
+        cfg = cfgs[v.name]
+        clips = eval_clips[v.struct]
+        hl = heldout_loss(model, windows[v.struct], cfg, device, seed=seed)
+        cond = None
+        if cfg.model.mode.struct_condition:
+            if v.struct not in a2s:
+                a2s[v.struct] = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
+            cond = np.stack([a2s[v.struct](c.audio) for c in clips])
+        roll = rollout(model, clips, cfg, device, seed=seed, cond_struct=cond)
+        per_clip = []
+        gen_feats = []
+        for i, c in enumerate(clips):
+            rd = read_clip(probe, codec, roll["video"][i], c.ref_video)
+            st = roll["struct"][i] if roll["struct"] is not None else None
+            per_clip.append(clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims))
+            gen_feats.append(rd["features"])
+            if i < 2:
+                per_clip[-1]["_frames"] = rd["frames"]
+                per_clip[-1]["_struct"] = st
+        fd = M.frechet_ci(gen_feats, [real_reads[c.name]["features"] for c in clips], seed=seed)
+        keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
+        results[v.name] = {
+            "heldout_loss": {k: M.mean_ci(x) for k, x in hl.items()},
+            "metrics": {k: M.mean_ci([p[k] for p in per_clip]) for k in keys},
+            "per_clip": {k: [p[k] for p in per_clip] for k in keys},
+            "frechet_probe": fd,
+            "_clips": per_clip,
+        }
+    # the real clips, read the same way: the ceiling of every metric
+    real_pc = [clip_metrics(real_reads[c.name], real_reads[c.name], c, probe, **dims) for c in eval_clips["explicit"]]
+    results["real"] = {"metrics": {k: M.mean_ci([p[k] for p in real_pc]) for k in ("lip_r", "id_err", "jitter",
+                                                                                      "motion_drift")},
+                       "_clips": real_pc}
+    idd = dims["id_dims"]
+    refs = np.stack([real_reads[c.name]["ref"]["identity"][idd] for c in eval_clips["explicit"]]) / probe.i_std.numpy()[idd]
+    chance = float(np.mean([np.linalg.norm(a - b) for i, a in enumerate(refs) for b in refs[i + 1 :]]))
+    return results, eval_clips, chance
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -234,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps per variant (overrides the settings)")
     ap.add_argument("--retrain", action="store_true", help="train variants again even if a model is saved")
+    ap.add_argument("--seeds", type=int, default=None, help="training seeds per variant (seed-level verdicts need >= 2)")
     ap.add_argument("--task", choices=synth.TASKS, default=CORE.task,
                     help="SynthTalk task: v2 (default; a 3-D stream can matter) or v1 (the original)")
     args = ap.parse_args(argv)
@@ -244,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
     con = Console()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     s = replace(QUICK if args.quick else CORE, task=args.task)
+    if args.seeds:
+        s = replace(s, seeds=args.seeds)
     if args.steps:
         s = replace(s, train_steps=args.steps)
     out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
@@ -267,97 +398,22 @@ def main(argv: list[str] | None = None) -> dict:
         con.print(f"metrics use pose {probe_acc['pose_dims']} and identity {probe_acc['identity_dims']}")
         dims = {"id_dims": probe_acc.pop("_id"), "pose_dims": probe_acc.pop("_pose")}
 
-    results: dict[str, dict] = {}
-    models: dict[str, torch.nn.Module] = {}
-    histories: dict[str, list] = {}
     metas = {kind: CacheReader(data["caches"][("train", kind)]).meta for kind in {v.struct for v in variants}}
-    cfgs = {v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device) for v in variants}
-    for v in variants:
-        if v.model_of:
-            continue
-        vdir = out / "variants" / v.name
-        vdir.mkdir(parents=True, exist_ok=True)
-        with phase(f"train {v.name}", vdir / "phases.json") as ph:
-            cfg = cfgs[v.name]
-            saved, made_from = vdir / runs.CONFIG, vdir / "data_key.txt"  # same config and the same data to reuse
-            same = (saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
-                    and made_from.exists() and made_from.read_text() == data["dir"].name)
-            made_from.write_text(data["dir"].name)
-            runs.save_config(cfg, vdir)
-            runs.save_data_meta(metas[v.struct], vdir)  # the variant folder is a run folder generate.py takes
-            torch.manual_seed(s.seed)  # every variant starts from the same seed
-            model = DualForce(cfg.model)
-            ckpt = runs.latest_checkpoint(vdir)
-            done = ckpt is not None and runs.step_of(ckpt) == cfg.train.steps and (vdir / "history.json").exists()
-            if done and same and not args.retrain:
-                model.load_state_dict(runs.load_weights(vdir)[0])  # the EMA weights
-                histories[v.name] = json.loads((vdir / "history.json").read_text())
-                ph["reused"] = True
-                con.print(f"reusing {ckpt}")
-            else:
-                shutil.rmtree(vdir / runs.CHECKPOINTS, ignore_errors=True)
-                ds = WindowDataset(data["caches"][("train", v.struct)], frames=clip_frames, stride=4)
-                from rich.progress import Progress
-
-                with Progress(console=con) as bar:
-                    task = bar.add_task(v.name, total=s.train_steps)
-                    res = fit(cfg, model, ds, vdir, resume="none",
-                              progress=lambda step, rec: bar.update(task, completed=step + 1,
-                                                                    description=f"{v.name} loss {rec['loss']:.3f}"))
-                model = res["ema"] or model
-                histories[v.name] = res["history"]
-                (vdir / "history.json").write_text(json.dumps(res["history"]))
-            models[v.name] = model.to(device).eval()
-
-    with phase("evaluate: held-out loss and rollouts"):
-        real_reads, eval_clips = {}, {}
-        for kind in {v.struct for v in variants}:
-            clips = load_eval_clips(data["caches"][("eval", kind)], n_roll, data["caches"][("eval", "explicit")])
-            eval_clips[kind] = clips
-            if kind == "explicit":
-                for c in clips:
-                    real_reads[c.name] = read_clip(probe, codec, c.video, c.ref_video)
-        a2s = {}
-        windows = {kind: list(WindowDataset(data["caches"][("eval", kind)], frames=clip_frames, stride=clip_frames))
-                   for kind in eval_clips}
+    by_seed = []  # per training seed: (results, histories)
+    for k in range(s.seeds):
+        seed = s.seed + k
+        cfgs = {v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device, seed) for v in variants}
+        models, histories = {}, {}
         for v in variants:
-            model = models[v.model_of or v.name]
-            cfg = cfgs[v.name]
-            clips = eval_clips[v.struct]
-            hl = heldout_loss(model, windows[v.struct], cfg, device, seed=s.seed)
-            cond = None
-            if cfg.model.mode.struct_condition:
-                if v.struct not in a2s:
-                    a2s[v.struct] = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
-                cond = np.stack([a2s[v.struct](c.audio) for c in clips])
-            roll = rollout(model, clips, cfg, device, seed=s.seed, cond_struct=cond)
-            per_clip = []
-            gen_feats = []
-            for i, c in enumerate(clips):
-                rd = read_clip(probe, codec, roll["video"][i], c.ref_video)
-                st = roll["struct"][i] if roll["struct"] is not None else None
-                per_clip.append(clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims))
-                gen_feats.append(rd["features"])
-                if i < 2:
-                    per_clip[-1]["_frames"] = rd["frames"]
-                    per_clip[-1]["_struct"] = st
-            fd = M.frechet_ci(gen_feats, [real_reads[c.name]["features"] for c in clips], seed=s.seed)
-            keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
-            results[v.name] = {
-                "heldout_loss": {k: M.mean_ci(x) for k, x in hl.items()},
-                "metrics": {k: M.mean_ci([p[k] for p in per_clip]) for k in keys},
-                "per_clip": {k: [p[k] for p in per_clip] for k in keys},
-                "frechet_probe": fd,
-                "_clips": per_clip,
-            }
-        # the real clips, read the same way: the ceiling of every metric
-        real_pc = [clip_metrics(real_reads[c.name], real_reads[c.name], c, probe, **dims) for c in eval_clips["explicit"]]
-        results["real"] = {"metrics": {k: M.mean_ci([p[k] for p in real_pc]) for k in ("lip_r", "id_err", "jitter",
-                                                                                          "motion_drift")},
-                           "_clips": real_pc}
-        idd = dims["id_dims"]
-        refs = np.stack([real_reads[c.name]["ref"]["identity"][idd] for c in eval_clips["explicit"]]) / probe.i_std.numpy()[idd]
-        chance = float(np.mean([np.linalg.norm(a - b) for i, a in enumerate(refs) for b in refs[i + 1 :]]))
+            if not v.model_of:
+                models[v.name], histories[v.name] = train_variant(v, cfgs[v.name], seed_dir(out, v.name, k), seed, data,
+                                                                  metas, args, phase, con, k)
+        name = "evaluate: held-out loss and rollouts" + (f" (seed {seed})" if k else "")
+        with phase(name):
+            results, eval_clips, chance = evaluate(variants, models, cfgs, data, probe, codec, dims, s, n_roll,
+                                                   clip_frames, device, seed)
+        by_seed.append((results, histories))
+    results, histories = by_seed[0]
 
     with phase("verdicts and report"):
         rules = {"h1_identity_fraction_of_chance": 0.5, "h3_loss_ratio": 0.8}
@@ -397,8 +453,9 @@ def main(argv: list[str] | None = None) -> dict:
             h3 = "inconclusive"
         verdicts["H3: two-stream Diffusion Forcing trains stably (dual)"] = {
             "verdict": h3, "evidence": {"end_over_start_loss": ratios, "finite": finite}}
+        seed_level = seed_verdicts(by_seed)
         report = write_report(out, args, s, device, data, probe_acc, results, histories, verdicts, rules, chance,
-                              phase, eval_clips["explicit"], clip_frames, con)
+                              phase, eval_clips["explicit"], clip_frames, con, seed_level)
     report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
 
@@ -420,6 +477,12 @@ def main(argv: list[str] | None = None) -> dict:
     for q, v in verdicts.items():
         vt.add_row(q, v["verdict"])
     con.print(vt)
+    st = Table(title=f"seed-level verdicts ({s.seeds} seed{'s' if s.seeds > 1 else ''}; Holm, TOST; rule in report.md)")
+    for c in ("question", "verdict", "per family"):
+        st.add_column(c)
+    for q, v in report["seed_verdicts"].items():
+        st.add_row(q, v["verdict"], ", ".join(f"{t['metric'].split(':')[0]} {t['outcome']}" for t in v["tests"]))
+    con.print(st)
     con.print(f"report: {out / 'report.md'}")
     return report
 
@@ -427,8 +490,17 @@ def main(argv: list[str] | None = None) -> dict:
 REUSED = "reused: the time it took when it ran"
 
 
+def seed_table(seed_level: dict) -> str:
+    rows = [[q, f"**{v['verdict']}**", t["metric"], f"{t['mean']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}]",
+             f"{t['p_holm']:.3g}", f"{t['p_tost_holm']:.3g}", f"{t['mde']:.3f}", f"{t['sesoi']}", t["outcome"],
+             ", ".join(v["per_seed_clip_verdicts"])]
+            for q, v in seed_level.items() for t in v["tests"]]
+    return R.md_table(rows, ["question", "verdict", "family: metric", "improvement [Bonferroni interval]", "p (Holm)",
+                             "TOST p (Holm)", "MDE (80%)", "SESOI", "outcome", "each seed's clip-level verdict"])
+
+
 def write_report(out: Path, args, s: Settings, device, data, probe_acc, results, histories, verdicts, rules, chance,
-                 phase: Phases, clips, clip_frames, con) -> dict:
+                 phase: Phases, clips, clip_frames, con, seed_level: dict) -> dict:
     seconds = phase.seconds
     R.plot_losses(histories, out / "plots" / "loss.png")
     names = [n for n in results if n != "real"]
@@ -489,6 +561,14 @@ H3 is `supported` when every dual training loss is finite and each stream's loss
 <= {rules['h3_loss_ratio']} x its first 10%, `not supported` when a loss is non-finite or does not fall.
 H2 is `supported` only when H2a and H2b both are.
 
+## Seed-level verdicts ({s.seeds} training seed{'s' if s.seeds > 1 else ''})
+
+{V.RULE} Families and primary metrics (improvement of A over B, with the smallest effect of interest):
+{', '.join(f'{f}: {m} ({"higher" if hi else "lower"} is better, SESOI {e})' for f, (m, hi, e) in FAMILIES.items())}.
+{'' if s.seeds > 1 else 'With one seed nothing can be decided at this level (`--seeds N`, N >= 2); the table above is the clip-level rule of that seed.'}
+
+{seed_table(seed_level)}
+
 ## Metrics (mean [95% interval] over held-out clips)
 
 {R.md_table(rows, header)}
@@ -537,7 +617,7 @@ cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
     return {"suite": args.suite, "quick": args.quick, "device": device, "settings": asdict(s), "configs": cfgs,
             "probe_accuracy": probe_acc, "identity_chance": chance, "rules": {**rules, "min_effect": MIN_EFFECT},
             "verdict_rule": M.VERDICT_RULE,
-            "verdicts": verdicts,
+            "verdicts": verdicts, "seed_verdicts": seed_level, "seed_verdict_rule": V.RULE,
             "metrics": {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()},
             "phase_seconds": seconds, "phases_reused": sorted(phase.reused), "samples": samples}
 

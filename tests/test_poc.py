@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VERDICTS = {"supported", "not supported", "inconclusive"}
+OUTCOMES = {"supported", "worse", "equivalent", "inconclusive"}
 
 
 def test_quick_end_to_end(tmp_path):
@@ -38,13 +39,21 @@ def test_quick_end_to_end(tmp_path):
 
     info = probe(run / "samples" / rep["samples"][0])
     assert info["has_audio"] and info["fps"] == 25
-    # the same seed into another folder: everything made again, every number the same (issue #13, point 1)
+    # the same seed into another folder: everything made again, every number the same (issue #13, point 1); with a
+    # second training seed added, whose seed-level verdicts use both (issue #19), seed 0's numbers are unchanged
     other = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path / "again"),
-                            "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                            "--device", "cpu", "--seeds", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
     rep_b = json.loads((tmp_path / "again" / "core-quick" / "report.json").read_text())
     assert rep_b["metrics"] == rep["metrics"] and rep_b["verdicts"] == rep["verdicts"]
     assert rep_b["probe_accuracy"] == rep["probe_accuracy"]
+    assert (tmp_path / "again" / "core-quick" / "variants" / "dual_seed1" / "history.json").is_file()
+    sv = rep_b["seed_verdicts"]
+    assert {q.split(":")[0] for q in sv} == {"H2a", "H2b"} and all(v["seeds"] == 2 for v in sv.values())
+    assert all(v["verdict"] in OUTCOMES and len(v["tests"]) == 3 and len(v["per_seed_clip_verdicts"]) == 2
+               for v in sv.values())
+    assert all(t["n"] == 2 and t["mde"] > 0 for v in sv.values() for t in v["tests"])
+    assert all(v["verdict"] == "inconclusive" for v in rep["seed_verdicts"].values())  # one seed decides nothing
     # re-running reuses the data, the codec, the probes and the trained variants
     res2 = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
