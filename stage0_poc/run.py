@@ -42,8 +42,8 @@ from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E
 from shared.data.ingest import Options, ingest  # noqa: E402
 from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
 from shared.data.face import IDENTITY_LAYOUT  # noqa: E402
-from shared.evaluation.evaluate import (POSE, AudioToStruct, clip_metrics, heldout_loss, load_eval_clips, read_clip,  # noqa: E402
-                             rollout)
+from shared.evaluation.evaluate import (POSE, AudioToStruct, bridge_usage, clip_metrics, heldout_loss,  # noqa: E402
+                                        load_eval_clips, read_clip, rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.evaluation.probes import r2, train_probe  # noqa: E402
 from shared.training import fit  # noqa: E402
@@ -337,6 +337,7 @@ def evaluate(variants, models, cfgs, data, probe, codec, dims, s: Settings, n_ro
         fd = M.frechet_ci(gen_feats, [real_reads[c.name]["features"] for c in clips], seed=seed)
         keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
         results[v.name] = {
+            "bridge_usage": bridge_usage(model, windows[v.struct], cfg, device, seed=seed),
             "heldout_loss": {k: M.mean_ci(x) for k, x in hl.items()},
             "metrics": {k: M.mean_ci([p[k] for p in per_clip]) for k in keys},
             "per_clip": {k: [p[k] for p in per_clip] for k in keys},
@@ -568,6 +569,15 @@ H2 is `supported` only when H2a and H2b both are.
 {'' if s.seeds > 1 else 'With one seed nothing can be decided at this level (`--seeds N`, N >= 2); the table above is the clip-level rule of that seed.'}
 
 {seed_table(seed_level)}
+
+## Bridge usage (seed {s.seed})
+
+How much each model's video prediction depends on the motion it is given: the relative change of the video velocity
+when a held-out window's motion is swapped for another window's (same noise, sigmas, audio), and the mean abs(gate) of
+the struct -> video bridge. A model that ignores its motion stream cannot show what the stream adds.
+
+{R.md_table([[n, f"{r['bridge_usage']['velocity_change']:.4f}", f"{r['bridge_usage']['gate_abs']:.4f}"]
+             for n, r in results.items() if r.get("bridge_usage")], ["variant", "velocity change", "mean abs(gate)"])}
 
 ## Metrics (mean [95% interval] over held-out clips)
 

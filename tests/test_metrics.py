@@ -86,3 +86,28 @@ def test_clip_metrics_constant_vs_drifting_identity():
     moved = clip_metrics(_read(moving, ident), _read(motion, ident), clip, probe)
     assert moved["motion_drift"] > 1 and moved["motion_drift_err"] == pytest.approx(moved["motion_drift"])
     assert clip_metrics(_read(moving, ident), _read(moving, ident), clip, probe)["motion_drift_err"] == 0
+
+
+def test_bridge_usage_is_zero_without_a_bridge_signal_and_positive_with_one():
+    """Known answers: zero gates (a fresh model) ignore the motion exactly; non-zero gates do not; video_only has
+    no motion stream to use."""
+    import torch
+
+    from shared.config import get_preset
+    from shared.evaluation.evaluate import bridge_usage
+    from shared.models import DualForce
+    from tests.conftest import tiny_model
+
+    cfg = get_preset("tiny")
+    g = torch.Generator().manual_seed(0)
+    m = cfg.model
+    windows = [{"video": torch.randn(5, m.latent_channels, m.latent_size, m.latent_size, generator=g),
+                "struct": torch.randn(5, m.struct_dim, generator=g), "audio": torch.randn(10, m.audio_dim, generator=g)}
+               for _ in range(3)]
+    torch.manual_seed(0)
+    fresh = bridge_usage(DualForce(m).eval(), windows, cfg, "cpu")
+    assert fresh == {"velocity_change": 0.0, "gate_abs": 0.0}
+    for mode in ("dual", "condition_only"):
+        used = bridge_usage(tiny_model(mode), windows, cfg, "cpu")
+        assert used["velocity_change"] > 1e-3 and used["gate_abs"] > 0, mode
+    assert bridge_usage(tiny_model("video_only"), windows, cfg, "cpu") is None

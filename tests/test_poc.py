@@ -27,6 +27,8 @@ def test_quick_end_to_end(tmp_path):
         assert (run / "variants" / name / "config.json").is_file()
     assert "struct" in rep["metrics"]["dual"]["heldout_loss"] and "agree_jaw_r" in rep["metrics"]["dual"]["metrics"]
     assert "struct" not in rep["metrics"]["video_only"]["heldout_loss"]
+    assert rep["metrics"]["video_only"]["bridge_usage"] is None  # no motion stream to use
+    assert all(rep["metrics"][n]["bridge_usage"]["velocity_change"] >= 0 for n in ("dual", "condition_only"))
     names = {k.split(":")[0] for k in rep["verdicts"]}
     assert {"H1", "H2a", "H2b", "H2", "H3"} <= names
     assert all(v["verdict"] in VERDICTS for v in rep["verdicts"].values())

@@ -59,3 +59,4 @@ def test_hypothesis_from_families():
     assert V.hypothesis(["supported", "worse"]) == "inconclusive"
     assert V.hypothesis(["equivalent", "equivalent"]) == "equivalent"
     assert V.hypothesis(["worse", "equivalent"]) == "worse"
+

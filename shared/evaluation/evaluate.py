@@ -15,7 +15,7 @@ from ..config import Config
 from ..data.cache import CacheReader
 from ..data.codecs import VideoCodec
 from ..data.face import MOTION_LAYOUT
-from ..diffusion import Batch, training_loss, training_sigmas
+from ..diffusion import Batch, add_noise, training_loss, training_sigmas
 from ..sampling import generate
 from .probes import Probe
 
@@ -76,6 +76,35 @@ def heldout_loss(model, windows, cfg: Config, device, seed: int = 0) -> dict[str
         for k, v in losses.items():
             out.setdefault(k, []).append(float(v))
     return {k: np.array(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict[str, float] | None:
+    """How much the video prediction depends on the motion it is given (issue #19): the relative change of the video
+    velocity, |v(motion of another clip) - v(own motion)| / |v(own motion)|, on held-out windows with the same
+    noise, sigmas and audio (the motion of window i swapped with window i + 1's), and the mean |gate| of the
+    struct -> video bridge. None for a model without a motion stream."""
+    from dataclasses import replace
+
+    if not model.cfg.has_struct or len(windows) < 2:
+        return None
+    dcfg = replace(cfg.diffusion, p_clean_past=0.0)
+    stack = {k: torch.stack([w[k] for w in windows]).to(device) for k in ("video", "struct", "audio")}
+    g = torch.Generator().manual_seed(seed)
+    b, t = stack["video"].shape[:2]
+    sv, ss = (x.to(device) for x in training_sigmas(b, t, dcfg, g))
+    nv = torch.randn(stack["video"].shape, generator=g).to(device)
+    ns = torch.randn(stack["struct"].shape, generator=g).to(device)
+    x = add_noise(stack["video"], nv, sv)
+
+    def velocity(struct):
+        s_in = add_noise(struct, ns, ss) if model.cfg.mode.struct_generated else struct
+        return model(x, sv, s_in, ss, stack["audio"])[0].float()
+
+    own, swapped = velocity(stack["struct"]), velocity(stack["struct"].roll(1, 0))
+    rel = ((swapped - own).flatten(1).norm(dim=1) / own.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()
+    gates = [layer.gate_v.abs().mean() for layer in model.bridge]
+    return {"velocity_change": float(rel), "gate_abs": float(torch.stack(gates).mean()) if gates else 0.0}
 
 
 @torch.no_grad()
