@@ -73,6 +73,8 @@ class Settings:
     """Training batch (clips of clip_frames + 1 frames)."""
     rollout_factor: int = 4
     """Rollout length in training clip lengths."""
+    rollouts: int = 1
+    """Rollouts per held-out clip (different noise), averaged inside the clip."""
     seed: int = 0
     """Seed of everything (data, init, noise)."""
     seeds: int = 1
@@ -323,17 +325,24 @@ def evaluate(variants, models, cfgs, data, probe, codec, dims, s: Settings, n_ro
             if v.struct not in a2s:
                 a2s[v.struct] = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
             cond = np.stack([a2s[v.struct](c.audio) for c in clips])
-        roll = rollout(model, clips, cfg, device, seed=seed, cond_struct=cond)
-        per_clip = []
-        gen_feats = []
-        for i, c in enumerate(clips):
-            rd = read_clip(probe, codec, roll["video"][i], c.ref_video)
-            st = roll["struct"][i] if roll["struct"] is not None else None
-            per_clip.append(clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims))
-            gen_feats.append(rd["features"])
-            if i < 2:
-                per_clip[-1]["_frames"] = rd["frames"]
-                per_clip[-1]["_struct"] = st
+        per_clip, gen_feats = [], []
+        for r in range(s.rollouts):  # rollouts are averaged inside each clip (the clip is the unit within a seed)
+            roll = rollout(model, clips, cfg, device, seed=seed * 1000 + r, cond_struct=cond)
+            for i, c in enumerate(clips):
+                rd = read_clip(probe, codec, roll["video"][i], c.ref_video)
+                st = roll["struct"][i] if roll["struct"] is not None else None
+                m = clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims)
+                if r == 0:
+                    per_clip.append({**m, "_n": 1})
+                    gen_feats.append(rd["features"])
+                    if i < 2:
+                        per_clip[-1]["_frames"], per_clip[-1]["_struct"] = rd["frames"], st
+                else:  # running mean of the scalar metrics over rollouts
+                    pc = per_clip[i]
+                    pc["_n"] += 1
+                    for k, x in m.items():
+                        if k != "curves" and np.isscalar(x):
+                            pc[k] = pc[k] + (x - pc[k]) / pc["_n"]
         fd = M.frechet_ci(gen_feats, [real_reads[c.name]["features"] for c in clips], seed=seed)
         keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
         results[v.name] = {
@@ -364,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps per variant (overrides the settings)")
     ap.add_argument("--retrain", action="store_true", help="train variants again even if a model is saved")
     ap.add_argument("--seeds", type=int, default=None, help="training seeds per variant (seed-level verdicts need >= 2)")
+    ap.add_argument("--eval-clips", type=int, default=None, help="held-out clips (fresh identities and voices)")
+    ap.add_argument("--rollouts", type=int, default=None, help="rollouts per held-out clip, averaged inside the clip")
     ap.add_argument("--task", choices=synth.TASKS, default=CORE.task,
                     help="SynthTalk task: v2 (default; a 3-D stream can matter) or v1 (the original)")
     args = ap.parse_args(argv)
@@ -374,8 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
     con = Console()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     s = replace(QUICK if args.quick else CORE, task=args.task)
-    if args.seeds:
-        s = replace(s, seeds=args.seeds)
+    for key in ("seeds", "eval_clips", "rollouts"):
+        if getattr(args, key):
+            s = replace(s, **{key: getattr(args, key)})
     if args.steps:
         s = replace(s, train_steps=args.steps)
     out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
@@ -545,8 +557,10 @@ def write_report(out: Path, args, s: Settings, device, data, probe_acc, results,
     vrows = [[q, f"**{v['verdict']}**"] for q, v in verdicts.items()]
     md = f"""# DualForce Phase 0.5 report: suite `{args.suite}`{' (quick)' if args.quick else ''}
 
-Device `{device}`; {s.train_steps} optimiser steps per variant (batch {s.batch}); {len(clips)} held-out clips, rollouts
-of {s.rollout_factor * clip_frames} frames = {s.rollout_factor}x the {clip_frames}-frame training clip; seed {s.seed}.
+Device `{device}`; SynthTalk {s.task}; {s.train_steps} optimiser steps per variant (batch {s.batch}); {len(clips)}
+held-out clips, {s.rollouts} rollout(s) each (averaged inside the clip) of {s.rollout_factor * clip_frames} frames =
+{s.rollout_factor}x the {clip_frames}-frame training clip; training seed(s) {s.seed}..{s.seed + s.seeds - 1}; the
+tables below are of seed {s.seed}, the seed-level verdicts use every seed.
 
 ## Verdicts
 
