@@ -84,6 +84,9 @@ class ModelConfig:
     bridge_mode: BridgeMode = "dual"
     """`dual`: both streams denoised, bridge both ways; `condition_only`: clean struct -> video only;
     `video_only`: no struct or bridge parameters."""
+    bridge_video_to_struct: bool = True
+    """`dual` only: the video -> struct bridge direction. False cuts it (`dual_oneway`: both streams generated, the
+    motion informs the video but never hears from it), isolating bidirectionality from generating the motion."""
 
     rope_theta: float = 10000.0
     """RoPE base frequency."""
@@ -120,6 +123,11 @@ class ModelConfig:
     @property
     def has_struct(self) -> bool:
         return self.mode.struct_tower
+
+    @property
+    def bridge_two_way(self) -> bool:
+        """The bridge also carries video -> struct (dual, unless that direction is cut)."""
+        return self.mode.struct_generated and self.bridge_video_to_struct
 
     @property
     def struct_blocks(self) -> int:

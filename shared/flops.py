@@ -58,7 +58,7 @@ def forward_flops(cfg: ModelConfig, frames: int, causal: bool = True, query_fram
         out["struct_dit"] = tower(ds, s, cfg.struct_blocks, sd, sd if cfg.mode.struct_generated else 0)
         s2v = 2 * q * nv * 2 * d**2 + 2 * q * s * 2 * ds * d + 4 * visible_pairs(nv, s) * d
         v2s = 2 * q * s * 2 * ds**2 + 2 * q * nv * 2 * d * ds + 4 * visible_pairs(s, nv) * ds
-        out["bridge"] = cfg.fusion_depth * (s2v + (v2s if cfg.mode.struct_generated else 0))
+        out["bridge"] = cfg.fusion_depth * (s2v + (v2s if cfg.bridge_two_way else 0))
     out["total"] = sum(out.values())
     return out
 

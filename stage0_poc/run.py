@@ -106,6 +106,11 @@ CORE_VARIANTS = [
     Variant("video_only", {"model.bridge_mode": "video_only"}),
     Variant("condition_only", {"model.bridge_mode": "condition_only"}),
     Variant("dual", {}),
+    # fair baselines (#19): the video tower widened to dual's parameter count (-0.5% at the poc preset, ~2.2x the
+    # video compute: it isolates "more parameters" from "a motion stream"); both streams generated with the
+    # video -> struct direction cut (it isolates bidirectionality from generating the motion)
+    Variant("video_only_wide", {"model.bridge_mode": "video_only", "model.dim": 192}),
+    Variant("dual_oneway", {"model.bridge_video_to_struct": False}),
 ]
 FULL_VARIANTS = CORE_VARIANTS + [
     Variant("dual_pclean0", {"diffusion.p_clean_past": 0.0}),
@@ -117,6 +122,8 @@ FULL_VARIANTS = CORE_VARIANTS + [
 QUESTIONS = [  # (question, A, B): "A beats B"
     ("H2a: dual beats video_only", "dual", "video_only"),
     ("H2b: bidirectional dual beats condition_only", "dual", "condition_only"),
+    ("H2a (parameter-matched): dual beats video_only_wide", "dual", "video_only_wide"),
+    ("H2b (both streams generated): bidirectional dual beats dual_oneway", "dual", "dual_oneway"),
     ("past frames clean p=0.3 beats p=0", "dual", "dual_pclean0"),
     ("struct starting at sigma 0.7 beats 1.0", "dual_sstart07", "dual"),
     ("explicit struct beats implicit", "dual", "dual_implicit"),
@@ -574,7 +581,8 @@ H1 is `supported` when video_only's lip-sync interval is above 0 and its identit
 `not supported` when lip sync is <= 0 or the identity error is at or above that bound, `inconclusive` otherwise.
 H3 is `supported` when every dual training loss is finite and each stream's loss over the last 10% of training is
 <= {rules['h3_loss_ratio']} x its first 10%, `not supported` when a loss is non-finite or does not fall.
-H2 is `supported` only when H2a and H2b both are.
+H2 is `supported` only when every H2 comparison is (H2a against video_only and the parameter-matched
+video_only_wide, H2b against condition_only and dual_oneway).
 
 ## Seed-level verdicts ({s.seeds} training seed{'s' if s.seeds > 1 else ''})
 

@@ -266,3 +266,9 @@ def test_video_noise_is_shared_across_bridge_modes(monkeypatch):
     for mode in ("dual", "condition_only"):
         for a, b in zip(seen["video_only"], seen[mode]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cache_parity_one_way_bridge():
+    model = tiny_model("dual", bridge_video_to_struct=False)
+    a, b = _gen(model, 11, True), _gen(model, 11, False)
+    assert (a["video"] - b["video"]).abs().max() <= 1e-4 and (a["struct"] - b["struct"]).abs().max() <= 1e-4

@@ -198,3 +198,24 @@ def test_compiled_blocks_trace_whole_and_match_eager():
     for g0, g1 in zip(outs[0][2], outs[1][2]):
         if g0 is not None:
             torch.testing.assert_close(g0, g1)
+
+
+def test_dual_oneway_cuts_the_video_to_struct_direction():
+    """`bridge_video_to_struct=False` (the PoC's dual_oneway): both streams generated, but the struct prediction never
+    depends on the video (known answer: change the video, the struct velocity stays bit for bit), while the video
+    still hears the struct; the cut direction has no parameters and no FLOPs."""
+    from shared.flops import forward_flops
+
+    two, one = tiny_model("dual"), tiny_model("dual", bridge_video_to_struct=False)
+    assert not any("video_to_struct" in k for k in one.state_dict()) and any(
+        "video_to_struct" in k for k in two.state_dict())
+    x = tiny_inputs(one, frames=4)
+    other = {**x, "video": x["video"] + 1.0}
+    with torch.no_grad():
+        (v1, s1), (v2, s2) = (one(d["video"], d["sigma_video"], d["struct"], d["sigma_struct"], d["audio"])
+                              for d in (x, other))
+        moved = {**x, "struct": x["struct"] + 1.0}
+        v3, _ = one(moved["video"], moved["sigma_video"], moved["struct"], moved["sigma_struct"], moved["audio"])
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+    assert (v3 - v1).abs().max() > 1e-4
+    assert forward_flops(one.cfg, 5)["bridge"] < forward_flops(two.cfg, 5)["bridge"]

@@ -18,8 +18,8 @@ def test_quick_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "core-quick"
     rep = json.loads((run / "report.json").read_text())
-    assert set(rep["metrics"]) == {"video_only", "condition_only", "dual", "real"}
-    for name in ("video_only", "condition_only", "dual"):
+    assert set(rep["metrics"]) == {"video_only", "condition_only", "dual", "video_only_wide", "dual_oneway", "real"}
+    for name in ("video_only", "condition_only", "dual", "video_only_wide", "dual_oneway"):
         m = rep["metrics"][name]
         for key in ("lip_r", "lip_best_lag", "jitter_err", "id_err", "id_drift", "motion_drift", "motion_drift_err"):
             assert {"mean", "lo", "hi", "n"} <= set(m["metrics"][key]), (name, key)
@@ -51,7 +51,8 @@ def test_quick_end_to_end(tmp_path):
     assert rep_b["probe_accuracy"] == rep["probe_accuracy"]
     assert (tmp_path / "again" / "core-quick" / "variants" / "dual_seed1" / "history.json").is_file()
     sv = rep_b["seed_verdicts"]
-    assert {q.split(":")[0] for q in sv} == {"H2a", "H2b"} and all(v["seeds"] == 2 for v in sv.values())
+    assert {q.split(":")[0] for q in sv} == {"H2a", "H2b", "H2a (parameter-matched)", "H2b (both streams generated)"}
+    assert all(v["seeds"] == 2 for v in sv.values())
     assert all(v["verdict"] in OUTCOMES and len(v["tests"]) == 3 and len(v["per_seed_clip_verdicts"]) == 2
                for v in sv.values())
     assert all(t["n"] == 2 and t["mde"] > 0 for v in sv.values() for t in v["tests"])
@@ -59,9 +60,10 @@ def test_quick_end_to_end(tmp_path):
     # re-running reuses the data, the codec, the probes and the trained variants
     res2 = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res2.returncode == 0 and res2.stdout.count("reusing") == 3
+    assert res2.returncode == 0 and res2.stdout.count("reusing") == 5
     rep2 = json.loads((run / "report.json").read_text())
-    reused = {"data: SynthTalk -> tiny-ae -> cache", "probes", "train video_only", "train condition_only", "train dual"}
+    reused = {"data: SynthTalk -> tiny-ae -> cache", "probes", "train video_only", "train condition_only", "train dual",
+              "train video_only_wide", "train dual_oneway"}
     assert set(rep2["phases_reused"]) == reused  # listed with the time they took when they ran, not 0.0 s
     assert all(rep2["phase_seconds"][k] == rep["phase_seconds"][k] > 0 for k in reused)
     assert "reused: the time it took when it ran" in (run / "report.md").read_text()

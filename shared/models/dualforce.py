@@ -90,7 +90,7 @@ class DualForce(nn.Module):
             self.struct = Tower(cfg.struct_width, cfg.struct_blocks, cfg, cfg.struct_dim // s, cfg.struct_dim // s,
                                 with_head=cfg.mode.struct_generated)
             self.bridge = nn.ModuleList(
-                BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.mode.struct_generated)
+                BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.bridge_two_way)
                 for _ in range(cfg.fusion_depth))
 
     # ------------------------------------------------------------------------------------------------ checks
@@ -223,7 +223,7 @@ class DualForce(nn.Module):
                 # s2v caches struct keys (video queries), v2s caches video keys
                 kvs = None if isinstance(view, FrameView) else (
                     view.slot(f"b{i}.s2v", cfg.dim, s.n),
-                    view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.mode.struct_generated else None)
+                    view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.bridge_two_way else None)
                 overlap.join()
                 hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs)
                 overlap.fork(hs)
