@@ -66,9 +66,7 @@ def test_cycle_finder_on_known_graphs():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     # the cycle the old layout had: streaming imported train at function level, train imported streaming
-    old = {"shared.streaming": set(), "shared.train": set()}
-    old["shared.streaming"] = {"shared.train"}
-    old["shared.train"] = {"shared.streaming"}
+    old = {"shared.streaming": {"shared.train"}, "shared.train": {"shared.streaming"}}
     assert find_cycle(old) == ["shared.streaming", "shared.train", "shared.streaming"]
 
 

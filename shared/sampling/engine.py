@@ -81,8 +81,9 @@ class _Context:
         self.history.extend(kept)
         return kept
 
-    def commit(self, lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> None:
-        """The finished frames lo.. of a block (video [B, n, C, H, W], struct [B, n, D] or None, one copy)."""
+    def commit(self, lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> list[Frame]:
+        """Add the finished frames lo.. of a block (video [B, n, C, H, W], struct [B, n, D] or None, one copy) to the
+        history; returns them as frames (all copies)."""
         video, struct = self._copies(video), self._copies(struct)
         done = [Frame(video[:, i], None if struct is None else struct[:, i], lo + 1 + i) for i in range(video.shape[1])]
         self.history.extend(done)
