@@ -73,34 +73,61 @@ class Batch:
     has_audio: torch.Tensor | None = None
 
 
-def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None,
-                  noise: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                  sigmas: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Flow-matching Diffusion Forcing loss. Returns {"loss", "video", "struct"} ("struct" absent when the
-    model has no struct head). `noise` / `sigmas` fix the draws (tests, evaluation)."""
-    mode = model.cfg.mode
+@dataclass
+class Draws:
+    """Every random draw of one training step: per-frame noise levels, the noise, and which samples keep their audio
+    (classifier-free guidance dropout). Drawn apart from the loss so that a seed-batched trainer
+    (`shared.training.seeds`) can draw each seed's exactly as `training_loss` would alone."""
+
+    sigma_video: torch.Tensor  # [B, T]
+    sigma_struct: torch.Tensor  # [B, T]
+    noise_video: torch.Tensor  # like batch.video
+    noise_struct: torch.Tensor | None  # like batch.struct
+    audio_keep: torch.Tensor  # [B] bool
+
+
+def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None) -> Draws:
+    """The draws of one training step, in a fixed order (sigmas, video noise, struct noise, audio dropout)."""
     b, t = batch.video.shape[:2]
     dev = batch.video.device
-    sv, ss = sigmas if sigmas is not None else training_sigmas(b, t, cfg, generator, dev)
-    if noise is None:
-        nv = torch.randn(batch.video.shape, generator=generator, device=dev, dtype=batch.video.dtype)
-        ns = None if batch.struct is None else torch.randn(batch.struct.shape, generator=generator, device=dev,
-                                                           dtype=batch.struct.dtype)
-    else:
-        nv, ns = noise
+    sv, ss = training_sigmas(b, t, cfg, generator, dev)
+    nv = torch.randn(batch.video.shape, generator=generator, device=dev, dtype=batch.video.dtype)
+    ns = None if batch.struct is None else torch.randn(batch.struct.shape, generator=generator, device=dev,
+                                                       dtype=batch.struct.dtype)
     keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_audio_drop
-    if batch.has_audio is not None:
-        keep = keep & batch.has_audio
+    return Draws(sv, ss, nv, ns, keep)
+
+
+def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None,
+                  noise: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                  sigmas: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  draws: Draws | None = None) -> dict[str, torch.Tensor]:
+    """Flow-matching Diffusion Forcing loss. Returns {"loss", "video", "struct"} ("struct" absent when the
+    model has no struct head). `draws` (or `noise` / `sigmas`) fix the random draws (tests, evaluation)."""
+    if draws is None:
+        draws = draw(batch, cfg, generator)
+        if sigmas is not None:
+            draws.sigma_video, draws.sigma_struct = sigmas
+        if noise is not None:
+            draws.noise_video, draws.noise_struct = noise
+    return flow_loss(model, batch, cfg, draws)
+
+
+def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws) -> dict[str, torch.Tensor]:
+    """The loss of one batch under given draws (no randomness: pure in its inputs, so it can be vmapped)."""
+    mode = model.cfg.mode
+    keep = d.audio_keep if batch.has_audio is None else d.audio_keep & batch.has_audio
     struct_in = None
     if mode.struct_generated:
-        struct_in = add_noise(batch.struct, ns, ss)
+        struct_in = add_noise(batch.struct, d.noise_struct, d.sigma_struct)
     elif mode.struct_condition:
         struct_in = batch.struct
-    vel_v, vel_s = model(add_noise(batch.video, nv, sv), sv, struct_in, ss, batch.audio, audio_keep=keep)
-    out = {"video": frame_mse(vel_v, nv - batch.video, sv)}
+    vel_v, vel_s = model(add_noise(batch.video, d.noise_video, d.sigma_video), d.sigma_video, struct_in,
+                         d.sigma_struct, batch.audio, audio_keep=keep)
+    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video)}
     loss = out["video"]
     if vel_s is not None:
-        out["struct"] = frame_mse(vel_s, ns - batch.struct, ss)
+        out["struct"] = frame_mse(vel_s, d.noise_struct - batch.struct, d.sigma_struct)
         loss = loss + cfg.struct_loss_weight * out["struct"]
     out["loss"] = loss
     return out

@@ -46,7 +46,7 @@ from shared.evaluation.evaluate import (POSE, AudioToStruct, bridge_usage, clip_
                                         load_eval_clips, read_clip, rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.evaluation.probes import r2, train_probe  # noqa: E402
-from shared.training import fit  # noqa: E402
+from shared.training.seeds import SeedJob, fit_together  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -271,40 +271,96 @@ def seed_dir(out: Path, name: str, k: int) -> Path:
     return out / "variants" / (name if k == 0 else f"{name}_seed{k}")
 
 
-def train_variant(v: Variant, cfg: C.Config, vdir: Path, seed: int, data: dict, metas: dict, args, phase, con,
-                  k: int) -> tuple[torch.nn.Module, list]:
-    """Train one variant for one seed into its run folder, or reuse it when its config and data are the same."""
-    vdir.mkdir(parents=True, exist_ok=True)
-    with phase(f"train {v.name}" + (f" (seed {seed})" if k else ""), vdir / "phases.json") as ph:
-        saved, made_from = vdir / runs.CONFIG, vdir / "data_key.txt"  # same config and the same data to reuse
-        same = (saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
-                and made_from.exists() and made_from.read_text() == data["dir"].name)
-        made_from.write_text(data["dir"].name)
-        runs.save_config(cfg, vdir)
-        runs.save_data_meta(metas[v.struct], vdir)  # the variant folder is a run folder generate.py takes
-        torch.manual_seed(seed)  # every variant of a seed starts from the same seed
-        model = DualForce(cfg.model)
-        ckpt = runs.latest_checkpoint(vdir)
-        done = ckpt is not None and runs.step_of(ckpt) == cfg.train.steps and (vdir / "history.json").exists()
-        if done and same and not args.retrain:
-            model.load_state_dict(runs.load_weights(vdir)[0])  # the EMA weights
-            history = json.loads((vdir / "history.json").read_text())
-            ph["reused"] = True
-            con.print(f"reusing {ckpt}")
-        else:
-            shutil.rmtree(vdir / runs.CHECKPOINTS, ignore_errors=True)
-            ds = WindowDataset(data["caches"][("train", v.struct)], frames=cfg.clip_frames, stride=4)
-            from rich.progress import Progress
+def saved_run(cfg: C.Config, vdir: Path, data: dict) -> bool:
+    """Whether `vdir` holds a finished run of exactly this config on this data (then it is reused)."""
+    saved, made_from = vdir / runs.CONFIG, vdir / "data_key.txt"
+    ckpt = runs.latest_checkpoint(vdir)
+    return (saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(cfg)))
+            and made_from.exists() and made_from.read_text() == data["dir"].name and ckpt is not None
+            and runs.step_of(ckpt) == cfg.train.steps and (vdir / "history.json").exists())
 
-            with Progress(console=con) as bar:
-                task = bar.add_task(v.name, total=cfg.train.steps)
-                res = fit(cfg, model, ds, vdir, resume="none",
-                          progress=lambda step, rec: bar.update(task, completed=step + 1,
-                                                                description=f"{v.name} loss {rec['loss']:.3f}"))
-            model = res["ema"] or model
-            history = res["history"]
-            (vdir / "history.json").write_text(json.dumps(history))
-    return model.to(cfg.train.accelerator).eval(), history
+
+def save_run(run, cfg: C.Config, vdir: Path, data: dict, meta) -> None:
+    """One seed's trained variant as a run folder `generate.py` takes: config, data description, a checkpoint
+    (trained and EMA weights), its history and its learning-curve snapshots."""
+    vdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(vdir / runs.CHECKPOINTS, ignore_errors=True)
+    runs.save_config(cfg, vdir)
+    runs.save_data_meta(meta, vdir)
+    tmp = runs.begin_checkpoint(vdir, cfg.train.steps)
+    state = {"model": run.model.state_dict(), "step": cfg.train.steps}
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    torch.save(state, tmp / runs.STATE)
+    runs.publish_checkpoint(tmp, cfg.train.steps, 1)
+    for step, weights in run.snapshots.items():
+        torch.save(weights, vdir / f"snapshot_{step:08d}.pt")
+    (vdir / "history.json").write_text(json.dumps(run.history))
+    (vdir / "data_key.txt").write_text(data["dir"].name)
+
+
+def load_run(cfg: C.Config, vdir: Path, device: str) -> tuple[torch.nn.Module, list, dict]:
+    """(EMA model, history, {step: snapshot weights}) of a saved seed run."""
+    model = DualForce(cfg.model)
+    model.load_state_dict(runs.load_weights(vdir)[0])
+    snaps = {int(p.stem.split("_")[1]): torch.load(p, map_location="cpu", weights_only=True)
+             for p in sorted(vdir.glob("snapshot_*.pt"))}
+    return model.to(device).eval(), json.loads((vdir / "history.json").read_text()), snaps
+
+
+def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Settings, args, con,
+                out: Path) -> tuple[list, list, list, bool]:
+    """Every variant's seeds, trained side by side (`shared.training.seeds.fit_together`: the seeds of a variant
+    batched in one model, the variants on their own CUDA streams), or reused where a finished run of the same config
+    and data exists. Returns per seed k: {name: EMA model}, {name: history}, {name: {step: snapshot weights}}; and
+    whether everything was reused."""
+    models = [{} for _ in range(s.seeds)]
+    hists = [{} for _ in range(s.seeds)]
+    snaps = [{} for _ in range(s.seeds)]
+    jobs, names = [], []
+    datasets = {}
+    for v in trained:
+        dirs = [seed_dir(out, v.name, k) for k in range(s.seeds)]
+        if not args.retrain and all(saved_run(cfgs[k][v.name], d, data) for k, d in enumerate(dirs)):
+            for k, d in enumerate(dirs):
+                models[k][v.name], hists[k][v.name], snaps[k][v.name] = load_run(cfgs[k][v.name], d,
+                                                                                 cfgs[k][v.name].train.accelerator)
+            con.print(f"reusing {v.name} ({s.seeds} seed{'s' if s.seeds > 1 else ''})")
+            continue
+        cfg = cfgs[0][v.name]
+        ds = datasets.setdefault(v.struct, WindowDataset(data["caches"][("train", v.struct)], frames=cfg.clip_frames,
+                                                         stride=4))
+        jobs.append(SeedJob(cfg, model_maker(cfg), ds, [s.seed + k for k in range(s.seeds)], curve_steps(s)))
+        names.append(v)
+    if not jobs:
+        return models, hists, snaps, True
+    from rich.progress import Progress
+
+    with Progress(console=con) as bar:
+        tasks = [bar.add_task(v.name, total=s.train_steps) for v in names]
+        results = fit_together(jobs, progress=lambda i, step, rec: bar.update(
+            tasks[i], completed=step + 1, description=f"{names[i].name} loss {rec['loss']:.3f}"))
+    for v, per_seed in zip(names, results):
+        for k, run in enumerate(per_seed):
+            save_run(run, cfgs[k][v.name], seed_dir(out, v.name, k), data, metas[v.struct])
+            models[k][v.name], hists[k][v.name] = run.ema or run.model, run.history
+            snaps[k][v.name] = {st: w for st, w in run.snapshots.items()}
+    con.print(f"trained {len(jobs)} variant(s) x {s.seeds} seed(s) x {s.train_steps} steps: "
+              f"{results[0][0].steady_steps_s:.1f} lockstep rounds/s after warm-up")
+    return models, hists, snaps, False
+
+
+def model_maker(cfg: C.Config):
+    """Seed -> a freshly initialised model (every variant of a seed starts from that seed)."""
+    def make(seed: int) -> DualForce:
+        torch.manual_seed(seed)
+        return DualForce(cfg.model)
+    return make
+
+
+def curve_steps(s: Settings) -> tuple[int, ...]:
+    """Steps at which learning-curve snapshots are kept (the final step is the trained model itself)."""
+    return tuple(sorted({max(1, s.train_steps * f // 8) for f in (1, 2, 4)} - {s.train_steps}))
 
 
 def evaluate(variants, models, cfgs, data, probe, codec, dims, s: Settings, n_roll: int, clip_frames: int, device,
@@ -419,20 +475,19 @@ def main(argv: list[str] | None = None) -> dict:
         dims = {"id_dims": probe_acc.pop("_id"), "pose_dims": probe_acc.pop("_pose")}
 
     metas = {kind: CacheReader(data["caches"][("train", kind)]).meta for kind in {v.struct for v in variants}}
+    trained = [v for v in variants if not v.model_of]
+    cfgs = [{v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device, s.seed + k) for v in variants}
+            for k in range(s.seeds)]
+    with phase(f"train: {len(trained)} variants x {s.seeds} seed(s), side by side", out / "phases.json") as ph:
+        models, hists, snaps, ph["reused"] = train_suite(trained, cfgs, data, metas, s, args, con, out)
     by_seed = []  # per training seed: (results, histories)
     for k in range(s.seeds):
         seed = s.seed + k
-        cfgs = {v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device, seed) for v in variants}
-        models, histories = {}, {}
-        for v in variants:
-            if not v.model_of:
-                models[v.name], histories[v.name] = train_variant(v, cfgs[v.name], seed_dir(out, v.name, k), seed, data,
-                                                                  metas, args, phase, con, k)
         name = "evaluate: held-out loss and rollouts" + (f" (seed {seed})" if k else "")
         with phase(name):
-            results, eval_clips, chance = evaluate(variants, models, cfgs, data, probe, codec, dims, s, n_roll,
+            results, eval_clips, chance = evaluate(variants, models[k], cfgs[k], data, probe, codec, dims, s, n_roll,
                                                    clip_frames, device, seed)
-        by_seed.append((results, histories))
+        by_seed.append((results, hists[k]))
     results, histories = by_seed[0]
 
     with phase("verdicts and report"):

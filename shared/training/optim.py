@@ -17,12 +17,17 @@ def optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     decay, keep = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (keep if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
+            (decay if decays(name, p.ndim) else keep).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     # fused: one kernel per step instead of a dozen foreach passes over 1.5 B parameters (checked at the first step,
     # so the parameters may still be on the host here)
     fused = cfg.accelerator != "cpu" and torch.cuda.is_available()
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+
+
+def decays(name: str, ndim: int) -> bool:
+    """Whether a parameter (its name and its number of dimensions in one model) gets weight decay."""
+    return ndim >= 2 and not any(k in name for k in NO_DECAY)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

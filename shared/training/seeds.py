@@ -1,0 +1,306 @@
+"""Several training seeds of one small model trained together, in one process (issue #19).
+
+A 2-3 M-parameter PoC model is launch-bound on a GPU: one eager step costs the same ~50-100 ms at batch 8 as at
+batch 400. So the seeds of a variant share every kernel: their parameters are stacked on a leading seed axis
+(`torch.func.stack_module_state`) and the loss is `vmap`ped over it (`torch.func.functional_call`), one backward
+and one AdamW step for all of them; on CUDA the whole step (gather the batch, forward, backward, per-seed gradient
+clipping, AdamW, EMA) is captured once in a CUDA graph and replayed.
+
+Each seed k is trained exactly as `shared.training.fit` trains it alone (tested, fp32, to 1e-4): its own data order
+(`StepBatches` seeded by k), its own noise generator (seeded k * 1000 and drawn in the same order by
+`shared.diffusion.draw`), the same AdamW parameter groups, learning-rate schedule, gradient clipping (the norm over
+that seed's parameters only) and EMA. Not here: Fabric, several ranks, resume (a PoC variant is re-trained whole), and
+`fit`'s skip of a step whose loss is not finite: a seed's non-finite step has its gradients zeroed instead (its Adam
+moments still decay) and is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..config import Config
+from ..diffusion import Batch, Draws, draw, flow_loss
+from .batches import StepBatches
+from .optim import decays, lr_factor
+
+STREAMS = ("loss", "video", "struct")
+
+
+@dataclass
+class SeedRun:
+    """What one seed's training gives back (the shape of `fit`'s result, plus learning-curve snapshots)."""
+
+    seed: int
+    history: list
+    model: torch.nn.Module
+    ema: torch.nn.Module | None
+    snapshots: dict = field(default_factory=dict)
+    """step -> the EMA (or trained) weights at that step, for learning curves."""
+    skipped: int = 0
+    seconds: float = 0.0
+    steady_steps_s: float = float("nan")
+    """Optimiser steps per second (all seeds together) after the first 10 steps (warm-up and capture)."""
+
+
+class _Functional:
+    """A stateless view of `base` that runs with given parameters (what `flow_loss` needs: `.cfg` and a call)."""
+
+    def __init__(self, base: torch.nn.Module, params: dict, buffers: dict, audio_index: torch.Tensor):
+        self.cfg, self.base, self.state, self.audio_index = base.cfg, base, (params, buffers), audio_index
+
+    def __call__(self, *args, **kwargs):
+        # the frames' audio positions already on the device: a CUDA graph cannot capture the host -> device copy
+        return functional_call(self.base, self.state, args, {**kwargs, "audio_index": self.audio_index})
+
+
+def window_tensors(dataset, device) -> dict[str, torch.Tensor]:
+    """Every window of `dataset`, stacked on the device once ([N, ...] per field): a step gathers its batch there
+    (the PoC's training cache is a few hundred MB at most)."""
+    items = [dataset[i] for i in range(len(dataset))]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if items[0][k] is not None}
+
+
+class Flat:
+    """Parameters of one AdamW group kept in one [S, P] buffer (and their gradients in another): every per-seed
+    parameter is a view of it, so clipping, AdamW and the EMA are a handful of kernels instead of a few per
+    parameter (a 2.6 M-parameter model has 234 parameter tensors)."""
+
+    def __init__(self, stacked: dict[str, torch.Tensor]):
+        s = next(iter(stacked.values())).shape[0]
+        self.data = torch.cat([t.reshape(s, -1) for t in stacked.values()], 1).requires_grad_(True)
+        self.data.grad = torch.zeros_like(self.data)
+        self.slots, self.views, off = {}, {}, 0
+        for n, t in stacked.items():
+            self.slots[n] = (off, t[0].numel(), t.shape[1:])
+            off += t[0].numel()
+            p = self.take(self.data.detach(), n).requires_grad_(True)  # a leaf sharing the buffer's memory
+            p.grad = self.take(self.data.grad, n)  # backward accumulates into the flat gradient in place
+            self.views[n] = p
+
+    def take(self, buffer: torch.Tensor, name: str) -> torch.Tensor:
+        """Parameter `name` [S, ...] as a view of a [S, P] buffer laid out like this one."""
+        off, size, shape = self.slots[name]
+        return buffer[:, off : off + size].view(buffer.shape[0], *shape)
+
+
+class SeedTrainer:
+    """Stacked parameters, optimiser, EMA and one step function over S seeds."""
+
+    def __init__(self, cfg: Config, models: list[torch.nn.Module], seeds: list[int], data: dict, device,
+                 graphs: bool | None = None):
+        tc = cfg.train
+        self.cfg, self.seeds, self.data, self.dev = cfg, seeds, data, torch.device(device)
+        params, buffers = stack_module_state([m.to(self.dev) for m in models])
+        self.base = copy.deepcopy(models[0]).to("meta")
+        decay = {n: p.detach() for n, p in params.items() if decays(n, p.ndim - 1)}
+        keep = {n: p.detach() for n, p in params.items() if not decays(n, p.ndim - 1)}
+        self.flats = [Flat(g) for g in (decay, keep) if g]
+        views = {n: p for f in self.flats for n, p in f.views.items()}
+        self.params = {n: views[n] for n in params}  # the model's own order
+        self.buffers = buffers
+        graphs = self.dev.type == "cuda" if graphs is None else graphs
+        self.lr = torch.tensor(tc.lr, device=self.dev) if graphs else tc.lr
+        groups = [{"params": [f.data], "weight_decay": tc.weight_decay if f.views.keys() <= decay.keys() else 0.0}
+                  for f in self.flats]
+        self.opt = torch.optim.AdamW(groups, lr=self.lr, betas=tc.betas, capturable=graphs, foreach=True)
+        self.ema = [f.data.detach().clone() for f in self.flats] if tc.ema > 0 else None
+        s, b = len(seeds), tc.global_batch
+        self.orders = [iter(StepBatches(len(data["video"]), b, b, 1, 0, seed, 0, tc.steps)) for seed in seeds]
+        self.gens = [torch.Generator(device=self.dev).manual_seed(seed * 1000) for seed in seeds]
+        # the step's inputs: static buffers a CUDA graph reads (refilled before each replay)
+        self.index = torch.zeros(s, b, dtype=torch.long, device=self.dev)
+        self.shape = Batch(data["video"][:1].expand(b, *data["video"].shape[1:]),
+                           data["struct"][:1].expand(b, *data["struct"].shape[1:]) if "struct" in data else None)
+        self.draws = self._draw([torch.Generator(device=self.dev)] * s)  # buffers only: the seeds' draws are untouched
+        self.skipped = torch.zeros(s, dtype=torch.long, device=self.dev)
+        self.audio_index = torch.arange(data["video"].shape[1], device=self.dev)
+        self.out: dict | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.use_graph = graphs
+        self.stream = torch.cuda.Stream(self.dev) if graphs else None
+
+    # -------------------------------------------------------------------------------------------- inputs
+
+    def _draw(self, gens: list | None = None) -> Draws:
+        """Each seed's draws from its own generator, stacked on the seed axis."""
+        per = [draw(self.shape, self.cfg.diffusion, g) for g in gens or self.gens]
+        return Draws(*(None if getattr(per[0], f) is None else torch.stack([getattr(d, f) for d in per])
+                       for f in ("sigma_video", "sigma_struct", "noise_video", "noise_struct", "audio_keep")))
+
+    def _next_inputs(self, step: int) -> None:
+        self.index.copy_(torch.tensor([next(o) for o in self.orders]), non_blocking=True)
+        new = self._draw()
+        for f in ("sigma_video", "sigma_struct", "noise_video", "noise_struct", "audio_keep"):
+            if getattr(new, f) is not None:
+                getattr(self.draws, f).copy_(getattr(new, f))
+        lr = self.cfg.train.lr * lr_factor(step, self.cfg.train)
+        if isinstance(self.lr, torch.Tensor):
+            self.lr.fill_(lr)
+        else:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+
+    # ---------------------------------------------------------------------------------------------- step
+
+    def _losses(self) -> dict[str, torch.Tensor]:
+        """Per-seed losses [S] of the current inputs (vmapped over the seed axis)."""
+        d = self.data
+
+        def one(params, buffers, index, sv, ss, nv, ns, keep):
+            batch = Batch(d["video"][index], d["struct"][index] if "struct" in d else None, d["audio"][index],
+                          d["has_audio"][index] if "has_audio" in d else None)
+            out = flow_loss(_Functional(self.base, params, buffers, self.audio_index), batch, self.cfg.diffusion,
+                            Draws(sv, ss, nv, ns, keep))
+            return {k: out[k] for k in STREAMS if k in out}
+
+        dr = self.draws
+        # SDPA's math kernel: plain matmul/softmax ops, each with a vmap rule (the fused kernels have none that
+        # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
+        with sdpa_kernel(SDPBackend.MATH):
+            return vmap(one)(self.params, self.buffers, self.index, dr.sigma_video, dr.sigma_struct, dr.noise_video,
+                             dr.noise_struct, dr.audio_keep)
+
+    def _step(self) -> dict[str, torch.Tensor]:
+        """Forward, backward, per-seed clipping, AdamW, EMA; no host sync (capturable)."""
+        tc = self.cfg.train
+        for f in self.flats:
+            f.data.grad.zero_()
+        out = self._losses()
+        with warnings.catch_warnings():  # views of a [S, P] buffer are strided by design: accumulating is what we want
+            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+            out["loss"].sum().backward()  # seeds are independent: d(sum)/d(seed k's weights) = seed k's gradient
+        norm = sum(f.data.grad.pow(2).sum(1) for f in self.flats).sqrt()  # [S]: each seed's own gradient norm
+        bad = ~torch.isfinite(out["loss"].detach())
+        scale = torch.where(bad, 0.0, (tc.grad_clip / (norm + 1e-6)).clamp(max=1.0) if tc.grad_clip > 0 else 1.0)
+        for f in self.flats:  # torch.where: a non-finite gradient times 0 would stay NaN
+            g = f.data.grad
+            g.copy_(torch.where(bad[:, None], 0.0, g * scale[:, None]))
+        self.opt.step()
+        self.skipped.add_(bad)
+        if self.ema is not None:
+            torch._foreach_lerp_(self.ema, [f.data.detach() for f in self.flats], 1 - tc.ema)
+        return {**{k: v.detach() for k, v in out.items()}, "grad_norm": norm, "bad": bad}
+
+    def on_stream(self):
+        """This trainer's CUDA stream as the current one (a no-op on the CPU): whatever reads its step's outputs
+        (logging, snapshots) must run there, after the replay that wrote them."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        """Optimiser step `step` for every seed: eager for the first steps, then one CUDA-graph replay (on this
+        trainer's own stream, so that several trainers' small kernels run side by side)."""
+        with self.on_stream():
+            self._next_inputs(step)
+            if not self.use_graph or step < 3:  # eager warm-up: AdamW's state exists before a capture
+                return self._step()
+            if self.graph is None:
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(self.dev)):
+                    self.out = self._step()
+            self.graph.replay()
+            return self.out
+
+    # --------------------------------------------------------------------------------------------- results
+
+    def weights(self, k: int, ema: bool = True) -> dict[str, torch.Tensor]:
+        """Seed k's state dict (its EMA weights when kept and `ema`)."""
+        found = {}
+        for i, f in enumerate(self.flats):
+            buf = self.ema[i] if ema and self.ema is not None else f.data.detach()
+            found.update({n: f.take(buf, n)[k].clone() for n in f.slots})
+        return {**{n: found[n] for n in self.params}, **{n: t[k].clone() for n, t in self.buffers.items()}}
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class SeedJob:
+    """One variant's seeds to train: `make_model(seed)` on `dataset` under `cfg` (its train.steps, batch, ...)."""
+
+    cfg: Config
+    make_model: Callable[[int], torch.nn.Module]
+    dataset: object
+    seeds: list[int]
+    snapshot_at: tuple[int, ...] = ()
+    """Steps after which every seed's EMA weights are kept (learning curves)."""
+
+
+def fit_seeds(cfg: Config, make_model: Callable[[int], torch.nn.Module], dataset, seeds: list[int],
+              progress: Callable[[int, dict], None] | None = None, snapshot_at: tuple[int, ...] = (),
+              device: str | None = None, graphs: bool | None = None) -> list[SeedRun]:
+    """Train `make_model(seed)` for every seed on `dataset` for cfg.train.steps, together (see the module doc).
+    progress(step, record of seed 0) is called every cfg.train.log_every steps (one host sync each)."""
+    prog = None if progress is None else (lambda job, step, rec: progress(step, rec))
+    return fit_together([SeedJob(cfg, make_model, dataset, seeds, snapshot_at)], prog, device, graphs)[0]
+
+
+def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None] | None = None,
+                 device: str | None = None, graphs: bool | None = None) -> list[list[SeedRun]]:
+    """Several variants' seed batches trained in lockstep, each on its own CUDA stream (a tiny model's kernels
+    leave most of the GPU idle: the variants fill it side by side). progress(job, step, record of its seed 0)
+    every train.log_every steps of that job. graphs: capture each step in a CUDA graph (default: on CUDA)."""
+    tc0 = jobs[0].cfg.train
+    dev = device or (tc0.accelerator if tc0.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    tensors: dict[int, dict] = {}
+    trainers = []
+    for job in jobs:
+        data = tensors.setdefault(id(job.dataset), window_tensors(job.dataset, dev))
+        trainers.append(SeedTrainer(job.cfg, [job.make_model(seed) for seed in job.seeds], job.seeds, data, dev,
+                                    graphs))
+    logged = [[] for _ in jobs]
+    snaps = [{} for _ in jobs]
+    t0, steady = time.perf_counter(), None
+    for step in range(max(j.cfg.train.steps for j in jobs)):
+        if step == 10:
+            sync(dev)
+            steady = time.perf_counter()
+        for i, (job, tr) in enumerate(zip(jobs, trainers)):
+            tc = job.cfg.train
+            if step >= tc.steps:
+                continue
+            out = tr.step(step)
+            with tr.on_stream():
+                if step % tc.log_every == 0 or step == tc.steps - 1:
+                    lr = tc.lr * lr_factor(step, tc)
+                    logged[i].append((step, lr, {k: v.clone() for k, v in out.items()}))
+                    if progress is not None:
+                        progress(i, step, {"step": step, "lr": lr,
+                                           **{k: float(v[0]) for k, v in out.items() if k != "bad"}})
+                if step + 1 in job.snapshot_at:
+                    snaps[i][step + 1] = [tr.weights(k) for k in range(len(job.seeds))]
+    sync(dev)
+    seconds = time.perf_counter() - t0
+    rate = (tc0.steps - 10) / (time.perf_counter() - steady) if steady is not None else float("nan")
+    return [results(job, tr, logged[i], snaps[i], seconds, rate, dev) for i, (job, tr) in enumerate(zip(jobs, trainers))]
+
+
+def results(job: SeedJob, tr: SeedTrainer, logged: list, snaps: dict, seconds: float, rate: float,
+            dev) -> list[SeedRun]:
+    """Each seed's history, trained model and EMA model."""
+    runs = []
+    for k, seed in enumerate(job.seeds):
+        hist = [{"step": st, "lr": lr, **{n: float(v[k]) for n, v in o.items() if n != "bad"}} for st, lr, o in logged]
+        model = job.make_model(seed).to(dev)
+        model.load_state_dict(tr.weights(k, ema=False))
+        ema = None
+        if tr.ema is not None:
+            ema = job.make_model(seed).to(dev).eval().requires_grad_(False)
+            ema.load_state_dict(tr.weights(k))
+        runs.append(SeedRun(seed, hist, model.eval(), ema, {st: w[k] for st, w in snaps.items()}, int(tr.skipped[k]),
+                            seconds, rate))
+        if any(not math.isfinite(h["loss"]) for h in hist):
+            print(f"fit_seeds: seed {seed} logged a non-finite loss")
+    return runs

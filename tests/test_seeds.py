@@ -1,0 +1,65 @@
+"""Seed-batched training (`shared.training.seeds`): seed k of a batched run is seed k trained alone by `fit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared import config as C
+from shared.data.cache import CacheMeta, CacheWriter, WindowDataset
+from shared.models import DualForce
+from shared.training import fit
+from shared.training.seeds import fit_seeds
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    meta = CacheMeta(32, (4, 8, 8), {"name": "test"}, "explicit", tuple("abcdef"), {"name": "logmel", "dim": 8}, 8)
+    g = np.random.default_rng(0)
+    with CacheWriter(path, meta) as w:
+        for i in range(3):
+            w.add_clip(f"c{i}", g.standard_normal((24, 4, 8, 8)).astype(np.float32),
+                       g.standard_normal((24, 6)).astype(np.float32), g.standard_normal((48, 8)).astype(np.float32),
+                       g.standard_normal((4, 8, 8)).astype(np.float32), g.standard_normal(6).astype(np.float32))
+    return path
+
+
+def _make(cfg):
+    def make(seed: int) -> DualForce:
+        torch.manual_seed(seed)
+        return DualForce(cfg.model)
+    return make
+
+
+def alone_model_weights(run: Path) -> dict:
+    from shared import runs
+
+    return runs.load_weights(run, ema=False)[0]
+
+
+@pytest.mark.parametrize("mode", ["dual", "video_only"])
+def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mode):
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 5, "train.accelerator": "cpu", "train.ckpt_every": 0,
+                                            "train.grad_clip": 0.05, "model.bridge_mode": mode,
+                                            "diffusion.p_audio_drop": 0.3})
+    ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    seeds = [3, 7]
+    batched = fit_seeds(cfg, _make(cfg), ds, seeds, snapshot_at=(2,))
+    for k, seed in enumerate(seeds):
+        alone_cfg = C.override(cfg, {"train.seed": seed})
+        alone = fit(alone_cfg, _make(alone_cfg)(seed), ds, tmp_path / f"s{seed}", resume="none")
+        want_ema = alone["ema"].state_dict()
+        for name, w in want_ema.items():
+            torch.testing.assert_close(batched[k].ema.state_dict()[name], w, atol=1e-4, rtol=1e-4, msg=name)
+        for name, w in alone_model_weights(tmp_path / f"s{seed}").items():  # the trained (non-EMA) weights too
+            torch.testing.assert_close(batched[k].model.state_dict()[name], w, atol=1e-4, rtol=1e-4, msg=name)
+        losses = [h["loss"] for h in alone["history"]]
+        np.testing.assert_allclose([h["loss"] for h in batched[k].history], losses, rtol=1e-4, atol=1e-5)
+        assert set(batched[k].snapshots) == {2}
+    # the seeds really differ (their own init, data order and noise)
+    a, b = (r.ema.state_dict() for r in batched)
+    assert any(not torch.allclose(a[n], b[n]) for n in a)
