@@ -111,3 +111,33 @@ def test_bridge_usage_is_zero_without_a_bridge_signal_and_positive_with_one():
         used = bridge_usage(tiny_model(mode), windows, cfg, "cpu")
         assert used["velocity_change"] > 1e-3 and used["gate_abs"] > 0, mode
     assert bridge_usage(tiny_model("video_only"), windows, cfg, "cpu") is None
+
+
+def _walks(rng, clips: int, frames: int, step: float) -> list:
+    """Random-walk head poses [frames, 3] (a free motion process: no two realisations agree)."""
+    return [np.cumsum(rng.normal(0, step, (frames, 3)), 0) for _ in range(clips)]
+
+
+def test_motion_ks_compares_distributions_not_realisations():
+    from shared.evaluation.metrics import motion_ks
+
+    rng = np.random.default_rng(0)
+    real = _walks(rng, 20, 150, 0.1)
+    same_process = _walks(rng, 20, 150, 0.1)  # other realisations of the same process: near 0
+    shaky = _walks(rng, 20, 150, 0.2)  # twice the speed: far
+    assert motion_ks(same_process, real) < 0.05
+    assert motion_ks(shaky, real) > 0.5
+    frozen = [np.zeros((150, 3)) for _ in range(20)]
+    assert motion_ks(frozen, real) > 0.95
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():
+    from shared.evaluation.metrics import kid, kid_ci
+
+    rng = np.random.default_rng(1)
+    same = [kid(rng.normal(size=(200, 16)), rng.normal(size=(200, 16))) for _ in range(20)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same)) + 1e-3  # expectation 0
+    shifted = kid(rng.normal(size=(200, 16)) + 0.5, rng.normal(size=(200, 16)))
+    assert shifted > 10 * np.std(same)
+    ci = kid_ci([rng.normal(size=(50, 16)) + 0.5 for _ in range(8)], [rng.normal(size=(50, 16)) for _ in range(8)])
+    assert ci["lo"] > 0 and ci["lo"] <= ci["hi"]

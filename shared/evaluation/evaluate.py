@@ -109,15 +109,22 @@ def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict[str
 
 @torch.no_grad()
 def rollout(model, clips: list[EvalClip], cfg: Config, device, seed: int = 0, cond_struct=None,
-            sample=None) -> dict[str, np.ndarray]:
-    """Stream len(clip.video) frames for every clip at once. Returns latents [B, N, C, h, w] and struct."""
-    n = clips[0].video.shape[0]
+            sample=None, frames: int | None = None) -> dict[str, np.ndarray]:
+    """Stream `frames` (default len(clip.video)) frames for every clip at once (a clip listed R times gets R
+    rollouts with different noise in the same batch); CUDA graphs on a GPU. Returns latents [B, N, C, h, w] and
+    struct [B, N, D] or None."""
+    from ..sampling import GraphedModel
+
+    n = frames or clips[0].video.shape[0]
     ref = torch.as_tensor(np.stack([c.ref_video for c in clips])).to(device)
     ref_s = torch.as_tensor(np.stack([c.ref_struct for c in clips])).to(device) if model.cfg.has_struct else None
-    audio = torch.as_tensor(np.stack([c.audio for c in clips])).to(device)
-    cs = torch.as_tensor(cond_struct).float().to(device) if cond_struct is not None else None
+    audio = torch.as_tensor(np.stack([c.audio[: 2 * n] for c in clips])).to(device)
+    cs = torch.as_tensor(cond_struct[:, :n]).float().to(device) if cond_struct is not None else None
+    graphs = GraphedModel(model) if torch.device(device).type == "cuda" else None
     out = generate(model, ref, ref_s, audio, n, sample=sample or cfg.sample,
-                   generator=torch.Generator(device=device).manual_seed(seed), cond_struct=cs)
+                   generator=torch.Generator(device=device).manual_seed(seed), cond_struct=cs, graphs=graphs)
+    if graphs is not None:
+        model.overlap_towers(False)
     return {"video": out["video"].float().cpu().numpy(),
             "struct": None if out["struct"] is None else out["struct"].float().cpu().numpy()}
 

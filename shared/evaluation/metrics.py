@@ -121,3 +121,59 @@ def verdict(comparisons: list[Comparison]) -> str:
     if "worse" in outs and "better" not in outs:
         return "not supported"
     return "inconclusive"
+
+
+# ------------------------------------------------------------------ distributions (compare sets, not realisations)
+
+
+def pose_dynamics(pose: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame head-motion magnitudes of one clip's pose [N, P] (std units): `speed` |d pose| [N-1] and
+    `accel` |d^2 pose| [N-2] (Euclidean over the pose entries). A free head-motion process has no single right
+    realisation, but its speed and acceleration distributions are fixed by the real data."""
+    d1 = np.diff(pose, axis=0)
+    return {"speed": np.linalg.norm(d1, axis=1), "accel": np.linalg.norm(np.diff(d1, axis=0), axis=1)}
+
+
+def motion_ks(generated: list[np.ndarray], real: list[np.ndarray]) -> float:
+    """Motion realism as a distance between distributions: the mean over {speed, accel} (`pose_dynamics`) of the
+    two-sample Kolmogorov-Smirnov statistic between every frame of the generated clips and every frame of the real
+    ones (0: identical distributions, 1: disjoint). Lists of per-clip poses [N, P]."""
+    from scipy.stats import ks_2samp
+
+    g = [pose_dynamics(p) for p in generated]
+    r = [pose_dynamics(p) for p in real]
+    return float(np.mean([ks_2samp(np.concatenate([x[k] for x in g]), np.concatenate([x[k] for x in r])).statistic
+                          for k in ("speed", "accel")]))
+
+
+def kid(x: np.ndarray, y: np.ndarray) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 between feature sets x [n, d] and
+    y [m, d] under the cubic polynomial kernel (a.b / d + 1)^3. Unbiased: its expectation is 0 when both sets come
+    from one distribution (it can then be slightly negative), unlike the Frechet distance on small samples."""
+    d = x.shape[1]
+    k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    n, m = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * kxy.mean())
+
+
+def kid_ci(gen_by_clip: list, real_by_clip: list, reps: int = 100, seed: int = 0,
+           max_frames: int = 2000) -> dict[str, float]:
+    """KID between generated and real features (lists of per-clip [N, d]) with a bootstrap interval over clips
+    (the clips, not the correlated frames, are the independent units). At most `max_frames` frames per set
+    (evenly spaced): the kernel matrices are n^2."""
+    rng = np.random.default_rng(seed)
+
+    def thin(parts):
+        x = np.concatenate(parts)
+        return x[np.linspace(0, len(x) - 1, min(len(x), max_frames)).astype(int)]
+
+    point = kid(thin(gen_by_clip), thin(real_by_clip))
+    n = len(gen_by_clip)
+    boots = []
+    for _ in range(reps if n > 1 else 0):
+        i = rng.integers(0, n, n)
+        boots.append(kid(thin([gen_by_clip[j] for j in i]), thin([real_by_clip[j] for j in i])))
+    lo, hi = (np.percentile(boots, [2.5, 97.5]) if boots else (point, point))
+    return {"mean": point, "lo": float(lo), "hi": float(hi), "n": n}

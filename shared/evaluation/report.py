@@ -120,3 +120,25 @@ def fmt_ci(d: dict, digits: int = 3) -> str:
     if d is None or d.get("n", 0) == 0:
         return "-"
     return f"{d['mean']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], path: Path) -> None:
+    """curves[variant][metric][step] = one value per seed: the seed mean against the optimiser step, the band
+    spanning the seeds' range, one panel per metric."""
+    plt = _plt()
+    metrics = sorted({m for c in curves.values() for m in c})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for name, c in curves.items():
+            if m not in c:
+                continue
+            steps = sorted(c[m])
+            vals = [np.array(c[m][st], float) for st in steps]
+            line, = ax.plot(steps, [v.mean() for v in vals], marker="o", label=name)
+            ax.fill_between(steps, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.15)
+        ax.set_title(m)
+        ax.set_xlabel("optimiser step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
