@@ -54,11 +54,14 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     return (1 - s) * x0 + s * noise
 
 
-def frame_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over frames with sigma > 0. The reference and clean-past frames are excluded: at
-    sigma = 0 the target noise - x0 cannot be inferred from the input, so they would only add irreducible loss."""
+def frame_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """Mean squared error over frames with sigma > 0 (per sample [B] when `per_sample`). The reference and
+    clean-past frames are excluded: at sigma = 0 the target noise - x0 cannot be inferred from the input, so they
+    would only add irreducible loss."""
     per_frame = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(2).mean(-1)  # [B, T]
     w = (sigma > 0).float()
+    if per_sample:
+        return (per_frame * w).sum(1) / w.sum(1).clamp_min(1.0)
     return (per_frame * w).sum() / w.sum().clamp_min(1.0)
 
 
@@ -113,8 +116,9 @@ def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Ge
     return flow_loss(model, batch, cfg, draws)
 
 
-def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws) -> dict[str, torch.Tensor]:
-    """The loss of one batch under given draws (no randomness: pure in its inputs, so it can be vmapped)."""
+def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: bool = False) -> dict[str, torch.Tensor]:
+    """The loss of one batch under given draws (no randomness: pure in its inputs, so it can be vmapped); each
+    entry [B] when `per_sample`."""
     mode = model.cfg.mode
     keep = d.audio_keep if batch.has_audio is None else d.audio_keep & batch.has_audio
     struct_in = None
@@ -124,10 +128,10 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws) -> dict[str, 
         struct_in = batch.struct
     vel_v, vel_s = model(add_noise(batch.video, d.noise_video, d.sigma_video), d.sigma_video, struct_in,
                          d.sigma_struct, batch.audio, audio_keep=keep)
-    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video)}
+    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video, per_sample)}
     loss = out["video"]
     if vel_s is not None:
-        out["struct"] = frame_mse(vel_s, d.noise_struct - batch.struct, d.sigma_struct)
+        out["struct"] = frame_mse(vel_s, d.noise_struct - batch.struct, d.sigma_struct, per_sample)
         loss = loss + cfg.struct_loss_weight * out["struct"]
     out["loss"] = loss
     return out

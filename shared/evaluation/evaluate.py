@@ -15,7 +15,7 @@ from ..config import Config
 from ..data.cache import CacheReader
 from ..data.codecs import VideoCodec
 from ..data.face import MOTION_LAYOUT
-from ..diffusion import Batch, add_noise, training_loss, training_sigmas
+from ..diffusion import Batch, Draws, add_noise, draw, flow_loss, training_sigmas
 from ..sampling import generate
 from .probes import Probe
 
@@ -59,22 +59,27 @@ def load_eval_clips(cache: str, frames: int, explicit_cache: str | None = None) 
 
 
 @torch.no_grad()
-def heldout_loss(model, windows, cfg: Config, device, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per-window flow-matching loss per stream with fixed noise, sigmas and audio (no CFG dropout)."""
+def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int = 64) -> dict[str, np.ndarray]:
+    """Per-window flow-matching loss per stream with fixed noise and sigmas (window i's drawn from seed + i, no
+    past-clean cut) and the audio always kept; `batch` windows per forward."""
     from dataclasses import replace
 
-    dcfg = replace(cfg.diffusion, p_audio_drop=0.0)
+    dcfg = replace(cfg.diffusion, p_audio_drop=0.0, p_clean_past=0.0)
     out: dict[str, list] = {}
-    for i, w in enumerate(windows):
-        g = torch.Generator().manual_seed(seed + i)
-        video, struct, audio = (w[k][None].to(device) for k in ("video", "struct", "audio"))
-        t = video.shape[1]
-        sig = tuple(s.to(device) for s in training_sigmas(1, t, replace(dcfg, p_clean_past=0.0), g))
-        noise = (torch.randn(video.shape, generator=g).to(device), torch.randn(struct.shape, generator=g).to(device))
-        losses = training_loss(model, Batch(video, struct if model.cfg.has_struct else None, audio), dcfg,
-                               noise=noise, sigmas=sig)
-        for k, v in losses.items():
-            out.setdefault(k, []).append(float(v))
+    for lo in range(0, len(windows), batch):
+        part = windows[lo : lo + batch]
+        draws = []
+        for i, w in enumerate(part, lo):
+            g = torch.Generator().manual_seed(seed + i)
+            draws.append(draw(Batch(w["video"][None], w["struct"][None]), dcfg, g))
+        stacked = Draws(*(None if getattr(draws[0], f) is None else torch.cat([getattr(d, f) for d in draws]).to(device)
+                          for f in ("sigma_video", "sigma_struct", "noise_video", "noise_struct", "audio_keep")))
+        b = Batch(*(torch.stack([w[k] for w in part]).to(device) for k in ("video", "struct", "audio")))
+        if not model.cfg.has_struct:
+            b.struct = None
+        for k, v in flow_loss(model, b, dcfg, stacked, per_sample=True).items():
+            if k != "loss":
+                out.setdefault(k, []).extend(v.float().cpu().tolist())
     return {k: np.array(v) for k, v in out.items()}
 
 
