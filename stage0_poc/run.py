@@ -93,8 +93,8 @@ QUICK = Settings(train_clips=6, eval_clips=3, val_clips=3, train_seconds=3.0, ev
                  train_steps=16, batch=4, rollout_factor=4)
 # The defaults on a GPU: the ones that decide (issue #19). 5 paired seeds, 48 fresh held-out clips with 4 rollouts of
 # 10x the training clip each; the suite trains side by side (`shared.training.seeds`).
-GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae_steps=1500, probe_steps=1500,
-               train_steps=3000, batch=8, rollout_factor=10, rollouts=4, seeds=5, curve_points=2)
+GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae_steps=600, probe_steps=800,
+               train_steps=2000, batch=8, rollout_factor=10, rollouts=4, seeds=5, curve_points=1)
 RELIABLE = 0.5  # held-out R^2 a probe reading needs before a metric uses it
 # Per-clip metrics of the clip-level rule (one seed's clips): the families' primary metrics as measured per clip.
 PRIMARY = {"lip_r": True, "id_err": False, "motion_ks_clip": False}  # metric -> higher is better
@@ -192,14 +192,18 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
     kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
     reused = (d / "tiny_ae.pt").exists() and all((d / f"{sp}_{k}.h5").exists() for sp in ("train", "eval")
                                                   for k in kinds)
+    t0 = time.perf_counter()
     synth.export(d / "train", s.train_clips, s.train_seconds, s.size, seed=s.seed, task=s.task, split="train")
     synth.export(d / "eval", s.eval_clips, s.eval_seconds, s.size, seed=s.seed + 1000, task=s.task, split="eval")
     synth.export(d / "val", s.val_clips, s.eval_seconds, s.size, seed=s.seed + 2000, task=s.task, split="eval")
+    con.print(f"[dim]export: {time.perf_counter() - t0:.1f} s[/]")
+    t0 = time.perf_counter()
     ae = d / "tiny_ae.pt"
     if not ae.exists():
         frames = np.concatenate([np.stack(list(iter_frames(p, s.size)))[::2] for p in sorted((d / "train").glob("*.mp4"))])
         con.print(f"training tiny-ae on {len(frames)} frames for {s.ae_steps} steps")
         save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
+    con.print(f"[dim]tiny-ae: {time.perf_counter() - t0:.1f} s[/]")
     caches = {}
     for split in ("train", "eval"):
         for kind in kinds:
@@ -459,6 +463,9 @@ def curve_steps(s: Settings) -> tuple[int, ...]:
     return tuple(sorted({max(1, s.train_steps * f // 8) for f in fractions} - {s.train_steps}))
 
 
+TIMES: dict[str, float] = {}  # where evaluation time goes (printed per phase)
+
+
 def motion_of(v: Variant, model, cfg, clips, reps: int, source, device, seed: int, frames: int):
     """condition_only's clean motion, [R*N, F, D]: the ground truth (the oracle) or what the motion source (the
     struct stream trained alone on audio, `motion_source`) samples for the same clips and rollouts."""
@@ -475,14 +482,17 @@ def pose(read: dict, probe, dims: dict) -> np.ndarray:
 
 
 def evaluate_variant(v: Variant, model, cfg, clips, real_reads, windows, probe, codec, dims, reps: int, frames: int,
-                     device, seed: int, source) -> dict:
+                     device, seed: int, source, light: bool = False) -> dict:
     """One variant of one seed: held-out loss, R rollouts of every held-out clip in one batch, read back by the
     probes; per-clip metrics averaged over the rollouts, the seed-level distribution metrics (motion KS, KID), bridge
     usage."""
     n = len(clips)
+    clock = time.perf_counter()
     cond = motion_of(v, model, cfg, clips, reps, source, device, seed, frames) if cfg.model.mode.struct_condition \
         else None
     roll = rollout(model, clips * reps, cfg, device, seed=seed * 1000, cond_struct=cond, frames=frames)
+    TIMES["rollouts"] = TIMES.get("rollouts", 0.0) + time.perf_counter() - clock
+    clock = time.perf_counter()
     per_clip, feats, poses = [], [[] for _ in clips], [[] for _ in clips]
     for i, c in enumerate(clips):
         ms = []
@@ -502,16 +512,20 @@ def evaluate_variant(v: Variant, model, cfg, clips, real_reads, windows, probe, 
         per_clip.append({**avg, "curves": ms[0]["curves"], **(keep if i < 2 else {})})
     real_poses = [pose(real_reads[c.name], probe, dims) for c in clips]
     keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
+    TIMES["read and metrics"] = TIMES.get("read and metrics", 0.0) + time.perf_counter() - clock
+    clock = time.perf_counter()
     hl = heldout_loss(model, windows, cfg, device, seed=seed)
+    usage = None if light else bridge_usage(model, windows, cfg, device, seed=seed)
+    TIMES["held-out loss, bridge"] = TIMES.get("held-out loss, bridge", 0.0) + time.perf_counter() - clock
     return {
-        "bridge_usage": bridge_usage(model, windows, cfg, device, seed=seed),
+        "bridge_usage": usage,
         "heldout_loss": {k: M.mean_ci(x) for k, x in hl.items()},
         "metrics": {k: M.mean_ci([p[k] for p in per_clip]) for k in keys},
         "per_clip": {k: [p[k] for p in per_clip] for k in keys},
         # seed-level distribution metrics: every rollout of every clip against every real clip
         "seed_metrics": {"motion_ks": M.motion_ks([p for ps in poses for p in ps], real_poses)},
-        "kid_probe": M.kid_ci([np.concatenate(f) for f in feats], [real_reads[c.name]["features"] for c in clips],
-                              seed=seed),
+        "kid_probe": None if light else M.kid_ci([np.concatenate(f) for f in feats],
+                                                 [real_reads[c.name]["features"] for c in clips], seed=seed),
         "_clips": per_clip,
     }
 
@@ -535,7 +549,7 @@ def evaluate(variants, models, cfgs, data, probe, codec, dims, s: Settings, n_ro
             continue
         results[v.name] = evaluate_variant(v, models[v.model_of or v.name], cfgs[v.name], eval_clips[v.struct],
                                            real_reads, windows[v.struct], probe, codec, dims, reps or s.rollouts,
-                                           n_roll, device, seed, source)
+                                           n_roll, device, seed, source, light=clips_limit is not None)
     results["real"] = real_ceilings(eval_clips["explicit"], real_reads, probe, dims, clip_frames)
     idd = dims["id_dims"]
     refs = np.stack([real_reads[c.name]["ref"]["identity"][idd] for c in eval_clips["explicit"]]) / probe.i_std.cpu().numpy()[idd]
@@ -607,6 +621,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, default=None, help="training seeds per variant (seed-level verdicts need >= 2)")
     ap.add_argument("--eval-clips", type=int, default=None, help="held-out clips (fresh identities and voices)")
     ap.add_argument("--rollouts", type=int, default=None, help="rollouts per held-out clip, averaged inside the clip")
+    ap.add_argument("--curve-points", type=int, default=None,
+                    help="learning-curve snapshots per variant (0-3; GPU default 1, CPU 0)")
     ap.add_argument("--task", choices=synth.TASKS, default=CORE.task,
                     help="SynthTalk task: v2 (default; a 3-D stream can matter) or v1 (the original)")
     args = ap.parse_args(argv)
@@ -619,8 +635,8 @@ def main(argv: list[str] | None = None) -> dict:
     s = replace(QUICK if args.quick else GPU if device == "cuda" else CORE, task=args.task)
     if device == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: the PoC models train in fp32
-    for key in ("seeds", "eval_clips", "rollouts"):
-        if getattr(args, key):
+    for key in ("seeds", "eval_clips", "rollouts", "curve_points"):
+        if getattr(args, key) is not None:
             s = replace(s, **{key: getattr(args, key)})
     if args.steps:
         s = replace(s, train_steps=args.steps)
@@ -655,12 +671,14 @@ def main(argv: list[str] | None = None) -> dict:
     windows = list(WindowDataset(data["caches"][("eval", "explicit")], frames=clip_frames, stride=clip_frames))
     for k in range(s.seeds):
         seed = s.seed + k
+        TIMES.clear()
         with phase("evaluate: held-out loss and rollouts" + (f" (seed {seed})" if k else "")):
             results, eval_clips, chance = evaluate(variants, models[k], cfgs[k], data, probe, codec, dims, s, n_roll,
                                                    clip_frames, device, seed)
             init = model_maker(cfgs[k]["dual"])(seed).to(device).eval()
             heldout_start.append({st: float(x.mean()) for st, x in heldout_loss(init, windows, cfgs[k]["dual"], device,
                                                                                    seed=seed).items()})
+        con.print(f"[dim]evaluation time by part: {', '.join(f'{k} {v:.1f} s' for k, v in TIMES.items())}[/]")
         if s.curve_points:
             with phase("learning curves" + (f" (seed {seed})" if k else "")):
                 learning_curve(curves, variants, models[k], snaps[k], cfgs[k], data, probe, codec, dims, s,

@@ -158,8 +158,8 @@ def kid(x: np.ndarray, y: np.ndarray) -> float:
                  - 2 * kxy.mean())
 
 
-def kid_ci(gen_by_clip: list, real_by_clip: list, reps: int = 100, seed: int = 0,
-           max_frames: int = 2000) -> dict[str, float]:
+def kid_ci(gen_by_clip: list, real_by_clip: list, reps: int = 50, seed: int = 0,
+           max_frames: int = 600) -> dict[str, float]:
     """KID between generated and real features (lists of per-clip [N, d]) with a bootstrap interval over clips
     (the clips, not the correlated frames, are the independent units). At most `max_frames` frames per set
     (evenly spaced): the kernel matrices are n^2."""
