@@ -43,7 +43,7 @@ from shared.data.ingest import Options, ingest  # noqa: E402
 from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
 from shared.data.face import IDENTITY_LAYOUT  # noqa: E402
 from shared.evaluation.evaluate import (POSE, bridge_usage, clip_metrics, heldout_loss,  # noqa: E402
-                                        load_eval_clips, read_clip, rollout)
+                                        load_eval_clips, read_clip, read_clips, rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.evaluation.probes import r2, train_probe  # noqa: E402
 from shared.training.seeds import SeedJob, fit_together  # noqa: E402
@@ -494,11 +494,12 @@ def evaluate_variant(v: Variant, model, cfg, clips, real_reads, windows, probe, 
     TIMES["rollouts"] = TIMES.get("rollouts", 0.0) + time.perf_counter() - clock
     clock = time.perf_counter()
     per_clip, feats, poses = [], [[] for _ in clips], [[] for _ in clips]
+    reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in clips] * reps))
     for i, c in enumerate(clips):
         ms = []
         for r in range(reps):
             j = r * n + i
-            rd = read_clip(probe, codec, roll["video"][j], c.ref_video)
+            rd = reads[j]
             st = roll["struct"][j] if roll["struct"] is not None else None
             m = clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims)
             m["id_err_last"] = float(np.mean(m["curves"]["id_err"][-cfg.clip_frames:]))

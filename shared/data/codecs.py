@@ -164,7 +164,7 @@ class TinyAECodec(VideoCodec):
     @torch.no_grad()
     def decode(self, latents) -> np.ndarray:
         z = torch.as_tensor(np.asarray(latents)).float()
-        return np.concatenate([to_uint8(self.model.decode(z[i : i + 64].to(self.device))) for i in range(0, len(z), 64)])
+        return np.concatenate([to_uint8(self.model.decode(z[i : i + 256].to(self.device))) for i in range(0, len(z), 256)])
 
 
 # ---------------------------------------------------------------------------------------------------- diffusers

@@ -141,6 +141,17 @@ def read_clip(probe: Probe, codec: VideoCodec, latents: np.ndarray, ref_latent: 
     return {"frames": frames[1:], "ref": {k: v[0] for k, v in r.items()}, **{k: v[1:] for k, v in r.items()}}
 
 
+def read_clips(probe: Probe, codec: VideoCodec, latents: np.ndarray, ref_latents: np.ndarray) -> list[dict]:
+    """`read_clip` for many clips at once ([B, N, C, h, w] and [B, C, h, w]): one decode and one probe pass over
+    every frame (a per-clip loop is launch-bound on a GPU)."""
+    b, n = latents.shape[:2]
+    frames = codec.decode(np.concatenate([ref_latents[:, None], latents], 1).reshape(b * (n + 1), *latents.shape[2:]))
+    r = {k: v.reshape(b, n + 1, *v.shape[1:]) for k, v in probe.read(frames, batch=1024).items()}
+    frames = frames.reshape(b, n + 1, *frames.shape[1:])
+    return [{"frames": frames[j, 1:], "ref": {k: v[j, 0] for k, v in r.items()}, **{k: v[j, 1:] for k, v in r.items()}}
+            for j in range(b)]
+
+
 def clip_metrics(read: dict, real: dict, clip: EvalClip, probe: Probe, struct: np.ndarray | None = None,
                  struct_is_explicit: bool = False, id_dims=None, pose_dims=None) -> dict:
     """Per-clip metrics of one rollout, against the real clip read the same way. id_dims / pose_dims: the
