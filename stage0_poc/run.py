@@ -90,7 +90,7 @@ class Settings:
 
 CORE = Settings()
 QUICK = Settings(train_clips=6, eval_clips=3, val_clips=3, train_seconds=3.0, eval_seconds=2.8, ae_steps=80, probe_steps=80,
-                 train_steps=16, batch=4, rollout_factor=4)
+                 train_steps=16, batch=4, rollout_factor=2)
 # The defaults on a GPU: the ones that decide (issue #19). 5 paired seeds, 48 fresh held-out clips with 4 rollouts of
 # 10x the training clip each; the suite trains side by side (`shared.training.seeds`).
 GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae_steps=600, probe_steps=800,
