@@ -1,17 +1,19 @@
 """Phase 0.5: tiny models on SynthTalk answer the critical-path hypotheses.
 
-    python stage0_poc/run.py [--suite core|full] [--quick] [--out DIR] [--device auto] [--steps N]
+    python stage0_poc/run.py [--suite core|full] [--quick] [--out DIR] [--device auto] [--seeds N] [--steps N]
 
-SynthTalk clips -> tiny-ae codec (trained once, cached) -> HDF5 caches -> every variant trained on the same
-data, steps and seed -> long streaming rollouts (4x the training clip) -> probes read motion and identity back
--> metrics with 95% intervals -> verdicts computed from the intervals -> report.md / report.json / plots /
-side-by-side videos. Re-running reuses the data, the codec and the probes; trained variants are reused too
-unless --retrain.
+SynthTalk clips -> tiny-ae codec (trained once, cached) -> HDF5 caches -> every variant and training seed trained
+side by side on the same data order and noise per seed (`shared.training.seeds`) -> streaming rollouts of fresh
+held-out clips (R per clip, one batch) -> probes read motion and identity back (what they read reliably chosen on
+validation clips) -> metrics -> seed-level verdicts (`shared.evaluation.verdicts`) -> report.md / report.json / plots /
+side-by-side videos. Re-running reuses the data, the codec, the probes and the trained variants unless --retrain.
+The GPU defaults (`GPU`) are the ones that decide; the CPU defaults (`CORE`) fit a laptop.
 
-H1  a causal Video DiT trained from scratch learns talking-head video (video_only: lip sync above zero and the
-    identity held well below chance);
-H2  the 3-D stream adds structure: dual beats video_only (H2a) and bidirectional dual beats condition_only (H2b);
-H3  per-frame independent-noise Diffusion Forcing trains stably with two streams (dual).
+H1  a causal Video DiT learns talking-head video from scratch (video_only: lip sync above zero and the identity
+    held well below chance);
+H2  the 3-D stream adds structure: dual beats video_only and the parameter-matched video_only_wide (H2a), and
+    bidirectional dual beats condition_only driven by a generative motion source and dual_oneway (H2b);
+H3  per-frame independent-noise Diffusion Forcing trains stably with two streams (dual, every seed).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from shared.training.seeds import SeedJob, fit_together  # noqa: E402
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes of one PoC run (`core` on a laptop CPU in ~10 minutes, `quick` in ~2)."""
+    """Sizes of one PoC run (`CORE` on a 2-core CPU, `QUICK` to exercise every part, `GPU` to decide)."""
 
     train_clips: int = 40
     """SynthTalk training clips (identities)."""
@@ -69,7 +71,7 @@ class Settings:
     """tiny-ae training steps."""
     probe_steps: int = 600
     """Probe training steps."""
-    train_steps: int = 400
+    train_steps: int = 350
     """Optimiser steps per variant."""
     batch: int = 8
     """Training batch (clips of clip_frames + 1 frames)."""

@@ -4,11 +4,15 @@ no path is hidden behind a zero-initialised gate or head."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 
 from shared.config import BRIDGE_MODES, get_preset
+from shared.data.cache import CacheMeta, CacheWriter
 from shared.models import DualForce
 
 
@@ -41,3 +45,19 @@ def tiny_inputs(model: DualForce, batch: int = 2, frames: int = 6, seed: int = 1
 @pytest.fixture(params=BRIDGE_MODES)
 def mode(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A tiny latent cache (4 clips of 30 frames, random latents): what the training loops read."""
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    meta = CacheMeta(32, (4, 8, 8), {"name": "test"}, "explicit", tuple("abcdef"), {"name": "logmel", "dim": 8}, 8)
+    g = np.random.default_rng(0)
+    with CacheWriter(path, meta) as w:
+        for i in range(4):
+            w.add_clip(f"c{i}", g.standard_normal((30, 4, 8, 8)).astype(np.float32),
+                       g.standard_normal((30, 6)).astype(np.float32), g.standard_normal((60, 8)).astype(np.float32),
+                       g.standard_normal((4, 8, 8)).astype(np.float32), g.standard_normal(6).astype(np.float32))
+    return path
+
+

@@ -9,23 +9,10 @@ import pytest
 import torch
 
 from shared import config as C
-from shared.data.cache import CacheMeta, CacheWriter, WindowDataset
+from shared.data.cache import WindowDataset
 from shared.models import DualForce
 from shared.training import fit
 from shared.training.seeds import fit_seeds
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    meta = CacheMeta(32, (4, 8, 8), {"name": "test"}, "explicit", tuple("abcdef"), {"name": "logmel", "dim": 8}, 8)
-    g = np.random.default_rng(0)
-    with CacheWriter(path, meta) as w:
-        for i in range(3):
-            w.add_clip(f"c{i}", g.standard_normal((24, 4, 8, 8)).astype(np.float32),
-                       g.standard_normal((24, 6)).astype(np.float32), g.standard_normal((48, 8)).astype(np.float32),
-                       g.standard_normal((4, 8, 8)).astype(np.float32), g.standard_normal(6).astype(np.float32))
-    return path
 
 
 def _make(cfg):

@@ -9,28 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from shared.data.cache import CacheMeta, CacheWriter
 from shared.training import latest_checkpoint, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    meta = CacheMeta(32, (4, 8, 8), {"name": "test"}, "explicit", tuple("abcdef"), {"name": "logmel", "dim": 8}, 8)
-    g = np.random.default_rng(0)
-    with CacheWriter(path, meta) as w:
-        for i in range(4):
-            w.add_clip(f"c{i}", g.standard_normal((30, 4, 8, 8)).astype(np.float32),
-                       g.standard_normal((30, 6)).astype(np.float32), g.standard_normal((60, 8)).astype(np.float32),
-                       g.standard_normal((4, 8, 8)).astype(np.float32), g.standard_normal(6).astype(np.float32))
-    return path
 
 
 def _run(cache: Path, out: Path, *extra: str) -> dict:
