@@ -321,40 +321,6 @@ def seed_verdicts(by_seed: list) -> dict:
     return out
 
 
-# H3, a stability test stated before any run: every dual seed must pass every clause.
-H3_RULES = {"h3_heldout_ratio": 0.8, "h3_spike": 3.0, "h3_grad_ratio": 10.0}
-
-
-def h3_stability(histories: list, start: list, end: list) -> dict:
-    """H3 per seed of `dual`: finite (every logged loss and gradient norm finite), no loss spike (no logged training
-    loss above h3_spike x the median of the 20 logged before it), learning (each stream's held-out loss at the end
-    <= h3_heldout_ratio x at initialisation), bounded gradients (the largest gradient norm of the second half <=
-    h3_grad_ratio x its median). `supported`: every seed passes; `not supported`: a seed is not finite or a held-out
-    loss does not fall; else `inconclusive`."""
-    seeds = []
-    for hist, h0, h1 in zip(histories, start, end):
-        loss = np.array([h["loss"] for h in hist])
-        grad = np.array([h.get("grad_norm", np.nan) for h in hist])
-        finite = bool(np.isfinite(loss).all() and np.isfinite(grad[~np.isnan(grad)]).all())
-        spikes = [int(hist[i]["step"]) for i in range(20, len(loss)) if loss[i] > H3_RULES["h3_spike"] *
-                  np.median(loss[i - 20 : i])]
-        ratio = {k: float(h1[k]["mean"] / h0[k]) for k in h0 if k in h1}
-        late = grad[len(grad) // 2 :]
-        late = late[np.isfinite(late)]
-        grad_ratio = float(late.max() / np.median(late)) if len(late) else float("nan")
-        seeds.append({"finite": finite, "spikes": spikes, "heldout_end_over_start": ratio, "grad_max_over_median":
-                      grad_ratio, "stable": finite and not spikes and all(r <= H3_RULES["h3_heldout_ratio"]
-                                                                          for r in ratio.values())
-                      and not grad_ratio > H3_RULES["h3_grad_ratio"]})
-    if all(x["stable"] for x in seeds):
-        verdict = "supported"
-    elif any(not x["finite"] or any(r >= 1.0 for r in x["heldout_end_over_start"].values()) for x in seeds):
-        verdict = "not supported"
-    else:
-        verdict = "inconclusive"
-    return {"verdict": verdict, "evidence": {"seeds": seeds, "rules": H3_RULES}}
-
-
 def combine_h2(outcomes: list[str]) -> str:
     """H2 from its questions: `supported` when every one is, `not supported` when one is worse (or not supported),
     `equivalent` when every one is, else `inconclusive`."""
@@ -690,7 +656,7 @@ def main(argv: list[str] | None = None) -> dict:
     results, histories = by_seed[0]
 
     with phase("verdicts and report"):
-        rules = {"h1_identity_fraction_of_chance": 0.5, **H3_RULES}
+        rules = {"h1_identity_fraction_of_chance": 0.5, **V.STABILITY_RULES}
         verdicts = {}
         vo = results["video_only"]["metrics"]
         if vo["lip_r"]["lo"] > 0 and vo["id_err"]["hi"] < rules["h1_identity_fraction_of_chance"] * chance:
@@ -713,7 +679,7 @@ def main(argv: list[str] | None = None) -> dict:
         # H2 from the seed-level verdicts (the clip-level ones of seed 0 when there is one seed)
         h2 = [v["verdict"] for q, v in (seed_level if s.seeds > 1 else comparisons).items() if q.startswith("H2")]
         verdicts["H2: the 3-D stream adds structure (H2a and H2b)"] = {"verdict": combine_h2(h2)}
-        verdicts["H3: two-stream Diffusion Forcing trains stably (dual)"] = h3_stability(
+        verdicts["H3: two-stream Diffusion Forcing trains stably (dual)"] = V.stability(
             [h["dual"] for _, h in by_seed], heldout_start, [res["dual"]["heldout_loss"] for res, _ in by_seed])
         report = write_report(out, args, s, device, data, probe_acc, results, histories, verdicts, rules, chance,
                               phase, eval_clips["explicit"], clip_frames, con, seed_level, curves, by_seed)

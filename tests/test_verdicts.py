@@ -60,3 +60,28 @@ def test_hypothesis_from_families():
     assert V.hypothesis(["equivalent", "equivalent"]) == "equivalent"
     assert V.hypothesis(["worse", "equivalent"]) == "worse"
 
+
+
+def _history(n: int = 200, spike_at: int | None = None, nan_at: int | None = None) -> list:
+    """A falling training loss with a little noise, its gradient norms, one record per logged step."""
+    rng = np.random.default_rng(0)
+    loss = 2.0 * np.exp(-np.arange(n) / 80) + 0.3 + 0.02 * rng.standard_normal(n)
+    if spike_at is not None:
+        loss[spike_at] *= 10
+    if nan_at is not None:
+        loss[nan_at] = np.nan
+    return [{"step": i, "loss": float(x), "grad_norm": 1.0 + 0.1 * rng.random()} for i, x in enumerate(loss)]
+
+
+def test_stability_on_known_histories():
+    from shared.evaluation.verdicts import stability
+
+    start = [{"video": 2.0, "struct": 1.0}] * 3
+    fell = [{"video": {"mean": 0.5}, "struct": {"mean": 0.2}}] * 3
+    assert stability([_history()] * 3, start, fell)["verdict"] == "supported"
+    diverged = [_history(), _history(nan_at=150), _history()]
+    assert stability(diverged, start, fell)["verdict"] == "not supported"
+    stuck = [{"video": {"mean": 2.1}, "struct": {"mean": 0.2}}] * 3  # a held-out loss that did not fall
+    assert stability([_history()] * 3, start, stuck)["verdict"] == "not supported"
+    spiked = stability([_history(), _history(spike_at=120), _history()], start, fell)
+    assert spiked["verdict"] == "inconclusive" and spiked["evidence"]["seeds"][1]["spikes"] == [120]

@@ -128,3 +128,39 @@ RULE = ("Each question 'A beats B' is a paired test over training seeds of A's i
         "Intervals are at the Bonferroni level. A question is `supported` when supported on one family and worse on "
         "none, `worse` symmetrically, `equivalent` when equivalent on every family. Fewer than two seeds decide "
         "nothing.")
+
+
+# H3 of the PoC: a stability test stated before any run; every seed must pass every clause.
+STABILITY_RULES = {"h3_heldout_ratio": 0.8, "h3_spike": 3.0, "h3_grad_ratio": 10.0}
+
+
+def stability(histories: list, start: list, end: list) -> dict:
+    """Training stability per seed (the PoC's H3, on `dual`). histories: per seed the logged records (loss,
+    grad_norm); start / end: per seed each stream's held-out loss at initialisation (floats) and at the end (mean_ci
+    dicts). Clauses: finite (every logged loss and gradient norm finite), no loss spike (no logged training
+    loss above h3_spike x the median of the 20 logged before it), learning (each stream's held-out loss at the end
+    <= h3_heldout_ratio x at initialisation), bounded gradients (the largest gradient norm of the second half <=
+    h3_grad_ratio x its median). `supported`: every seed passes; `not supported`: a seed is not finite or a held-out
+    loss does not fall; else `inconclusive`."""
+    seeds = []
+    for hist, h0, h1 in zip(histories, start, end):
+        loss = np.array([h["loss"] for h in hist])
+        grad = np.array([h.get("grad_norm", np.nan) for h in hist])
+        finite = bool(np.isfinite(loss).all() and np.isfinite(grad[~np.isnan(grad)]).all())
+        spikes = [int(hist[i]["step"]) for i in range(20, len(loss)) if loss[i] > STABILITY_RULES["h3_spike"] *
+                  np.median(loss[i - 20 : i])]
+        ratio = {k: float(h1[k]["mean"] / h0[k]) for k in h0 if k in h1}
+        late = grad[len(grad) // 2 :]
+        late = late[np.isfinite(late)]
+        grad_ratio = float(late.max() / np.median(late)) if len(late) else float("nan")
+        seeds.append({"finite": finite, "spikes": spikes, "heldout_end_over_start": ratio, "grad_max_over_median":
+                      grad_ratio, "stable": finite and not spikes and all(r <= STABILITY_RULES["h3_heldout_ratio"]
+                                                                          for r in ratio.values())
+                      and not grad_ratio > STABILITY_RULES["h3_grad_ratio"]})
+    if all(x["stable"] for x in seeds):
+        verdict = "supported"
+    elif any(not x["finite"] or any(r >= 1.0 for r in x["heldout_end_over_start"].values()) for x in seeds):
+        verdict = "not supported"
+    else:
+        verdict = "inconclusive"
+    return {"verdict": verdict, "evidence": {"seeds": seeds, "rules": STABILITY_RULES}}
