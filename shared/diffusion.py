@@ -7,7 +7,7 @@ so an Euler step from sigma to sigma' is x + (sigma' - sigma) * v.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,19 @@ class Draws:
     noise_video: torch.Tensor  # like batch.video
     noise_struct: torch.Tensor | None  # like batch.struct
     audio_keep: torch.Tensor  # [B] bool
+
+    @classmethod
+    def join(cls, parts: list["Draws"], dim: int = 0, stack: bool = False) -> "Draws":
+        """Several draws as one: concatenated along the batch (`dim`), or stacked on a new leading axis (seeds)."""
+        op = torch.stack if stack else torch.cat
+        return cls(*(None if getattr(parts[0], f.name) is None else op([getattr(d, f.name) for d in parts], dim)
+                     for f in fields(cls)))
+
+    def copy_(self, other: "Draws") -> None:
+        """Overwrite these tensors in place (static buffers a CUDA graph reads)."""
+        for f in fields(self):
+            if getattr(other, f.name) is not None:
+                getattr(self, f.name).copy_(getattr(other, f.name))
 
 
 def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None) -> Draws:

@@ -434,7 +434,7 @@ def curve_steps(s: Settings) -> tuple[int, ...]:
 TIMES: dict[str, float] = {}  # where evaluation time goes (printed per phase)
 
 
-def motion_of(v: Variant, model, cfg, clips, reps: int, source, device, seed: int, frames: int):
+def motion_of(v: Variant, clips, reps: int, source, device, seed: int, frames: int):
     """condition_only's clean motion, [R*N, F, D]: the ground truth (the oracle) or what the motion source (the
     struct stream trained alone on audio, `motion_source`) samples for the same clips and rollouts."""
     if v.motion == "truth":
@@ -456,7 +456,7 @@ def evaluate_variant(v: Variant, model, cfg, clips, real_reads, windows, probe, 
     usage."""
     n = len(clips)
     clock = time.perf_counter()
-    cond = motion_of(v, model, cfg, clips, reps, source, device, seed, frames) if cfg.model.mode.struct_condition \
+    cond = motion_of(v, clips, reps, source, device, seed, frames) if cfg.model.mode.struct_condition \
         else None
     roll = rollout(model, clips * reps, cfg, device, seed=seed * 1000, cond_struct=cond, frames=frames)
     TIMES["rollouts"] = TIMES.get("rollouts", 0.0) + time.perf_counter() - clock

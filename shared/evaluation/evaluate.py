@@ -72,8 +72,8 @@ def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int 
         for i, w in enumerate(part, lo):
             g = torch.Generator().manual_seed(seed + i)
             draws.append(draw(Batch(w["video"][None], w["struct"][None]), dcfg, g))
-        stacked = Draws(*(None if getattr(draws[0], f) is None else torch.cat([getattr(d, f) for d in draws]).to(device)
-                          for f in ("sigma_video", "sigma_struct", "noise_video", "noise_struct", "audio_keep")))
+        stacked = Draws.join(draws)
+        stacked = Draws(*(None if x is None else x.to(device) for x in vars(stacked).values()))
         b = Batch(*(torch.stack([w[k] for w in part]).to(device) for k in ("video", "struct", "audio")))
         if not model.cfg.has_struct:
             b.struct = None

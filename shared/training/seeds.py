@@ -126,23 +126,17 @@ class SeedTrainer:
         self.audio_index = torch.arange(data["video"].shape[1], device=self.dev)
         self.out: dict | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.use_graph = graphs
-        self.stream = torch.cuda.Stream(self.dev) if graphs else None
+        self.stream = torch.cuda.Stream(self.dev) if graphs else None  # also says whether steps are graphed
 
     # -------------------------------------------------------------------------------------------- inputs
 
     def _draw(self, gens: list | None = None) -> Draws:
         """Each seed's draws from its own generator, stacked on the seed axis."""
-        per = [draw(self.shape, self.cfg.diffusion, g) for g in gens or self.gens]
-        return Draws(*(None if getattr(per[0], f) is None else torch.stack([getattr(d, f) for d in per])
-                       for f in ("sigma_video", "sigma_struct", "noise_video", "noise_struct", "audio_keep")))
+        return Draws.join([draw(self.shape, self.cfg.diffusion, g) for g in gens or self.gens], stack=True)
 
     def _next_inputs(self, step: int) -> None:
         self.index.copy_(torch.tensor([next(o) for o in self.orders]), non_blocking=True)
-        new = self._draw()
-        for f in ("sigma_video", "sigma_struct", "noise_video", "noise_struct", "audio_keep"):
-            if getattr(new, f) is not None:
-                getattr(self.draws, f).copy_(getattr(new, f))
+        self.draws.copy_(self._draw())
         lr = self.cfg.train.lr * lr_factor(step, self.cfg.train)
         if isinstance(self.lr, torch.Tensor):
             self.lr.fill_(lr)
@@ -201,7 +195,7 @@ class SeedTrainer:
         trainer's own stream, so that several trainers' small kernels run side by side)."""
         with self.on_stream():
             self._next_inputs(step)
-            if not self.use_graph or step < 3:  # eager warm-up: AdamW's state exists before a capture
+            if self.stream is None or step < 3:  # eager warm-up: AdamW's state exists before a capture
                 return self._step()
             if self.graph is None:
                 self.graph = torch.cuda.CUDAGraph()
