@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -44,8 +45,8 @@ from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E
 from shared.data.ingest import Options, ingest  # noqa: E402
 from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
 from shared.data.face import IDENTITY_LAYOUT  # noqa: E402
-from shared.evaluation.evaluate import (POSE, bridge_usage, clip_metrics, heldout_loss,  # noqa: E402
-                                        load_eval_clips, read_clip, read_clips, rollout)
+from shared.evaluation.evaluate import (POSE, bridge_usage, clip_metrics, head_read, heldout_loss,  # noqa: E402
+                                        load_eval_clips, read_clips, rollout)
 from shared.models import DualForce  # noqa: E402
 from shared.evaluation.probes import r2, train_probe  # noqa: E402
 from shared.training.seeds import SeedJob, fit_together  # noqa: E402
@@ -94,9 +95,12 @@ CORE = Settings()
 QUICK = Settings(train_clips=6, eval_clips=3, val_clips=3, train_seconds=3.0, eval_seconds=2.8, ae_steps=80, probe_steps=80,
                  train_steps=16, batch=4, rollout_factor=2)
 # The defaults on a GPU: the ones that decide (issue #19). 5 paired seeds, 48 fresh held-out clips with 4 rollouts of
-# 10x the training clip each; the suite trains side by side (`shared.training.seeds`).
+# 10x the training clip each; the suite trains side by side (`shared.training.seeds`). 4000 steps: where the held-out
+# loss stops falling (`benchmarks/poc_plateau.py`, H100, 8000 steps at batch 8: held-out video loss 0.259 / 0.253 /
+# 0.252 at 3000 / 4000 / 5000 steps, then rising to 0.259 at 8000; the struct stream's lowest at 1000-2000: longer
+# training overfits the 40 training identities).
 GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae_steps=600, probe_steps=800,
-               train_steps=2000, batch=8, rollout_factor=10, rollouts=4, seeds=5, curve_points=1)
+               train_steps=4000, batch=8, rollout_factor=10, rollouts=4, seeds=5, curve_points=1)
 RELIABLE = 0.5  # held-out R^2 a probe reading needs before a metric uses it
 # Per-clip metrics of the clip-level rule (one seed's clips): the families' primary metrics as measured per clip.
 PRIMARY = {"lip_r": True, "id_err": False, "motion_ks_clip": False}  # metric -> higher is better
@@ -185,6 +189,21 @@ class Phases:
         self.con.print(f"[dim]{name}: {took} s[/]")
 
 
+def workers() -> int:
+    """Processes for rendering and ingesting clips: none on a 2-core machine (torch's own threads use both), else
+    up to 15, one core left to this process."""
+    n = os.cpu_count() or 1
+    return 0 if n <= 2 else min(15, n - 1)
+
+
+def read_videos(paths: list[Path], size: int, step: int = 1) -> list[np.ndarray]:
+    """Every `step`-th frame of each video [N, size, size, 3], decoded on threads (the decoder releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers())) as pool:
+        return list(pool.map(lambda p: np.stack(list(iter_frames(p, size)))[::step], paths))
+
+
 def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
     """SynthTalk export -> tiny-ae -> caches. Everything is keyed by the settings, so re-runs reuse it."""
     key = hashlib.sha1(json.dumps([s.train_clips, s.eval_clips, s.train_seconds, s.eval_seconds, s.size, s.ae_steps,
@@ -194,26 +213,33 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
     kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
     reused = (d / "tiny_ae.pt").exists() and all((d / f"{sp}_{k}.h5").exists() for sp in ("train", "eval")
                                                   for k in kinds)
-    t0 = time.perf_counter()
-    synth.export(d / "train", s.train_clips, s.train_seconds, s.size, seed=s.seed, task=s.task, split="train")
-    synth.export(d / "eval", s.eval_clips, s.eval_seconds, s.size, seed=s.seed + 1000, task=s.task, split="eval")
-    synth.export(d / "val", s.val_clips, s.eval_seconds, s.size, seed=s.seed + 2000, task=s.task, split="eval")
-    con.print(f"[dim]export: {time.perf_counter() - t0:.1f} s[/]")
-    t0 = time.perf_counter()
-    ae = d / "tiny_ae.pt"
-    if not ae.exists():
-        frames = np.concatenate([np.stack(list(iter_frames(p, s.size)))[::2] for p in sorted((d / "train").glob("*.mp4"))])
-        con.print(f"training tiny-ae on {len(frames)} frames for {s.ae_steps} steps")
-        save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
-    con.print(f"[dim]tiny-ae: {time.perf_counter() - t0:.1f} s[/]")
-    caches = {}
-    for split in ("train", "eval"):
-        for kind in kinds:
-            path = d / f"{split}_{kind}.h5"
-            if not path.exists():
-                opts = Options(size=s.size, codec=f"tiny-ae:{ae}", struct=kind, clip_frames=10_000, min_frames=17)
-                ingest(d / split, path, opts, console=con)
-            caches[(split, kind)] = path
+    from shared.data.workers import process_pool
+
+    w = workers()
+    with process_pool(w) if w else contextlib.nullcontext() as pool:  # one pool: a worker takes seconds to start
+        t0 = time.perf_counter()
+        for split, n, secs, offset, kind in (("train", s.train_clips, s.train_seconds, 0, "train"),
+                                             ("eval", s.eval_clips, s.eval_seconds, 1000, "eval"),
+                                             ("val", s.val_clips, s.eval_seconds, 2000, "eval")):
+            synth.export(d / split, n, secs, s.size, seed=s.seed + offset, task=s.task, split=kind, pool=pool)
+        con.print(f"[dim]export: {time.perf_counter() - t0:.1f} s[/]")
+        t0 = time.perf_counter()
+        ae = d / "tiny_ae.pt"
+        if not ae.exists():
+            frames = np.concatenate(read_videos(sorted((d / "train").glob("*.mp4")), s.size, 2))
+            con.print(f"training tiny-ae on {len(frames)} frames for {s.ae_steps} steps")
+            save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
+        con.print(f"[dim]tiny-ae: {time.perf_counter() - t0:.1f} s[/]")
+        t0 = time.perf_counter()
+        caches = {}
+        for split in ("train", "eval"):
+            for kind in kinds:
+                path = d / f"{split}_{kind}.h5"
+                if not path.exists():
+                    opts = Options(size=s.size, codec=f"tiny-ae:{ae}", struct=kind, clip_frames=10_000, min_frames=17)
+                    ingest(d / split, path, opts, console=con, pool=pool)
+                caches[(split, kind)] = path
+        con.print(f"[dim]ingest: {time.perf_counter() - t0:.1f} s[/]")
     return {"dir": d, "ae": ae, "caches": caches, "reused": reused}
 
 
@@ -224,18 +250,19 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
     codec = get_codec(f"tiny-ae:{data['ae']}", device)
 
     def frames_and_truth(split: str, step: int):
-        fr, mo, ids = [], [], []
-        for p in sorted((data["dir"] / split).glob("*.mp4")):
+        paths = sorted((data["dir"] / split).glob("*.mp4"))
+        videos = read_videos(paths, s.size, step)
+        mo, ids = [], []
+        for p, f in zip(paths, videos):
             z = np.load(p.with_suffix(".npz"))
-            f = np.stack(list(iter_frames(p, s.size)))[::step]
-            fr.append(codec.decode(codec.encode(f)))
             mo.append(z["motion"][::step][: len(f)])
             ids.append(np.repeat(z["identity"][None], len(f), 0))
-        return np.concatenate(fr), np.concatenate(mo), np.concatenate(ids)
+        return codec.decode(codec.encode(np.concatenate(videos))), np.concatenate(mo), np.concatenate(ids)
 
     from shared.evaluation.probes import Probe
 
     reused = path.exists()
+    t0 = time.perf_counter()
     if reused:
         probe = Probe()
         probe.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -244,15 +271,23 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
         con.print(f"training probes on {len(fr)} reconstructed frames for {s.probe_steps} steps")
         probe = train_probe(fr, mo, ids, steps=s.probe_steps, device=device, seed=s.seed).cpu()
         torch.save(probe.state_dict(), path)
+    con.print(f"[dim]probe training: {time.perf_counter() - t0:.1f} s[/]")
+    t0 = time.perf_counter()
+
     def held_out_r2(split: str):
         fr, mo, ids = frames_and_truth(split, 1)
         read = probe.read(fr)
         return r2(read["motion"], mo), r2(read["identity"], ids)
 
     # metrics use only what the probe reads reliably on held-out identities (R^2 >= RELIABLE), chosen on the
-    # validation clips, never on the test clips (their R^2 is reported beside)
-    m_r2, i_r2 = held_out_r2("val")
-    t_m_r2, t_i_r2 = held_out_r2("eval")
+    # validation clips, never on the test clips (their R^2 is reported beside); kept beside the probe
+    saved = path.with_name("probe_r2.json")
+    if reused and saved.exists():
+        m_r2, i_r2, t_m_r2, t_i_r2 = map(np.array, json.loads(saved.read_text()))
+    else:
+        (m_r2, i_r2), (t_m_r2, t_i_r2) = held_out_r2("val"), held_out_r2("eval")
+        saved.write_text(json.dumps([x.tolist() for x in (m_r2, i_r2, t_m_r2, t_i_r2)]))
+    con.print(f"[dim]probe R^2 on validation and test clips: {time.perf_counter() - t0:.1f} s[/]")
     pose_dims = [i for i in POSE if m_r2[i] >= RELIABLE] or list(POSE)
     id_dims = [i for i in range(len(i_r2)) if i_r2[i] >= RELIABLE] or list(range(len(i_r2)))
     acc = {"motion_r2": dict(zip(synth.MOTION_LAYOUT, np.round(m_r2, 3).tolist())),
@@ -449,43 +484,52 @@ def pose(read: dict, probe, dims: dict) -> np.ndarray:
     return read["motion"][:, pd] / probe.m_std.cpu().numpy()[pd]
 
 
+@contextlib.contextmanager
+def timed(part: str):
+    """Adds the block's wall time to TIMES[part]."""
+    clock = time.perf_counter()
+    yield
+    TIMES[part] = TIMES.get(part, 0.0) + time.perf_counter() - clock
+
+
 def evaluate_variant(v: Variant, model, cfg, clips, real_reads, windows, probe, codec, dims, reps: int, frames: int,
                      device, seed: int, source, light: bool = False) -> dict:
     """One variant of one seed: held-out loss, R rollouts of every held-out clip in one batch, read back by the
     probes; per-clip metrics averaged over the rollouts, the seed-level distribution metrics (motion KS, KID), bridge
     usage."""
     n = len(clips)
-    clock = time.perf_counter()
-    cond = motion_of(v, clips, reps, source, device, seed, frames) if cfg.model.mode.struct_condition \
-        else None
-    roll = rollout(model, clips * reps, cfg, device, seed=seed * 1000, cond_struct=cond, frames=frames)
-    TIMES["rollouts"] = TIMES.get("rollouts", 0.0) + time.perf_counter() - clock
-    clock = time.perf_counter()
+    with timed("motion source"):
+        cond = motion_of(v, clips, reps, source, device, seed, frames) if cfg.model.mode.struct_condition else None
+    with timed("rollouts"):
+        roll = rollout(model, clips * reps, cfg, device, seed=seed * 1000, cond_struct=cond, frames=frames)
+    with timed("decode and probe"):
+        reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in clips] * reps))
     per_clip, feats, poses = [], [[] for _ in clips], [[] for _ in clips]
-    reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in clips] * reps))
-    for i, c in enumerate(clips):
-        ms = []
-        for r in range(reps):
-            j = r * n + i
-            rd = reads[j]
-            st = roll["struct"][j] if roll["struct"] is not None else None
-            m = clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims)
-            m["id_err_last"] = float(np.mean(m["curves"]["id_err"][-cfg.clip_frames:]))
-            ms.append(m)
-            feats[i].append(rd["features"])
-            poses[i].append(pose(rd, probe, dims))
-            if r == 0 and i < 2:
-                keep = {"_frames": rd["frames"], "_struct": st}
-        avg = {k: float(np.mean([m[k] for m in ms])) for k in ms[0] if k != "curves" and np.isscalar(ms[0][k])}
-        avg["motion_ks_clip"] = M.motion_ks(poses[i], [pose(real_reads[c.name], probe, dims)])
-        per_clip.append({**avg, "curves": ms[0]["curves"], **(keep if i < 2 else {})})
-    real_poses = [pose(real_reads[c.name], probe, dims) for c in clips]
-    keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
-    TIMES["read and metrics"] = TIMES.get("read and metrics", 0.0) + time.perf_counter() - clock
-    clock = time.perf_counter()
-    hl = heldout_loss(model, windows, cfg, device, seed=seed)
-    usage = None if light else bridge_usage(model, windows, cfg, device, seed=seed)
-    TIMES["held-out loss, bridge"] = TIMES.get("held-out loss, bridge", 0.0) + time.perf_counter() - clock
+    with timed("metrics"):
+        for i, c in enumerate(clips):
+            ms = []
+            for r in range(reps):
+                j = r * n + i
+                rd = reads[j]
+                st = roll["struct"][j] if roll["struct"] is not None else None
+                m = clip_metrics(rd, real_reads[c.name], c, probe, st, v.struct == "explicit", **dims)
+                m["id_err_last"] = float(np.mean(m["curves"]["id_err"][-cfg.clip_frames:]))
+                ms.append(m)
+                feats[i].append(rd["features"])
+                poses[i].append(pose(rd, probe, dims))
+                if r == 0 and i < 2:
+                    keep = {"_frames": rd["frames"], "_struct": st}
+            avg = {k: float(np.mean([m[k] for m in ms])) for k in ms[0] if k != "curves" and np.isscalar(ms[0][k])}
+            avg["motion_ks_clip"] = M.motion_ks(poses[i], [pose(real_reads[c.name], probe, dims)])
+            per_clip.append({**avg, "curves": ms[0]["curves"], **(keep if i < 2 else {})})
+        real_poses = [pose(real_reads[c.name], probe, dims) for c in clips]
+        keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
+    with timed("held-out loss, bridge"):
+        hl = heldout_loss(model, windows, cfg, device, seed=seed)
+        usage = None if light else bridge_usage(model, windows, cfg, device, seed=seed)
+    with timed("KID"):
+        kid = None if light else M.kid_ci([np.concatenate(f) for f in feats],
+                                          [real_reads[c.name]["features"] for c in clips], seed=seed)
     return {
         "bridge_usage": usage,
         "heldout_loss": {k: M.mean_ci(x) for k, x in hl.items()},
@@ -493,37 +537,59 @@ def evaluate_variant(v: Variant, model, cfg, clips, real_reads, windows, probe, 
         "per_clip": {k: [p[k] for p in per_clip] for k in keys},
         # seed-level distribution metrics: every rollout of every clip against every real clip
         "seed_metrics": {"motion_ks": M.motion_ks([p for ps in poses for p in ps], real_poses)},
-        "kid_probe": None if light else M.kid_ci([np.concatenate(f) for f in feats],
-                                                 [real_reads[c.name]["features"] for c in clips], seed=seed),
+        "kid_probe": kid,
         "_clips": per_clip,
     }
 
 
-def evaluate(variants, models, cfgs, data, probe, codec, dims, s: Settings, n_roll: int, clip_frames: int, device,
-             seed: int, clips_limit: int | None = None, reps: int | None = None):
+@dataclass
+class Heldout:
+    """The held-out set every evaluation of a run reads, loaded and read by the probes once: the clips per struct
+    kind (rollout length each), the real clips' probe readings (by clip name), the training-length windows per kind
+    (held-out loss, bridge usage)."""
+
+    clips: dict
+    real_reads: dict
+    windows: dict
+
+    @classmethod
+    def load(cls, data: dict, kinds, probe, codec, frames: int, clip_frames: int) -> Heldout:
+        kinds = sorted(set(kinds) | {"explicit"})  # the explicit cache holds the ground-truth motion
+        clips = {k: load_eval_clips(data["caches"][("eval", k)], frames, data["caches"][("eval", "explicit")])
+                 for k in kinds}
+        real = clips["explicit"]
+        reads = read_clips(probe, codec, np.stack([c.video for c in real]), np.stack([c.ref_video for c in real]))
+        windows = {k: list(WindowDataset(data["caches"][("eval", k)], frames=clip_frames, stride=clip_frames))
+                   for k in kinds}
+        return cls(clips, {c.name: r for c, r in zip(real, reads)}, windows)
+
+    def head(self, clips: int, frames: int) -> Heldout:
+        """The first `clips` clips cut to their first `frames` frames (a smaller evaluation: learning curves)."""
+        return Heldout({k: [c.head(frames) for c in v[:clips]] for k, v in self.clips.items()},
+                       {n: head_read(r, frames) for n, r in self.real_reads.items()}, self.windows)
+
+
+def evaluate(variants, models, cfgs, held: Heldout, probe, dims, s: Settings, clip_frames: int, device, seed: int,
+             codec, reps: int | None = None, light: bool = False):
     """Every variant of one seed (`evaluate_variant`) and the real clips read the same way (the ceilings):
-    (results, held-out clips, identity chance). clips_limit / reps: a smaller evaluation (learning curves)."""
-    results, real_reads, eval_clips = {}, {}, {}
-    for kind in {v.struct for v in variants}:
-        clips = load_eval_clips(data["caches"][("eval", kind)], n_roll, data["caches"][("eval", "explicit")])
-        eval_clips[kind] = clips[:clips_limit]
-    for c in eval_clips["explicit"]:
-        real_reads[c.name] = read_clip(probe, codec, c.video[:n_roll], c.ref_video)
-    windows = {kind: list(WindowDataset(data["caches"][("eval", kind)], frames=clip_frames, stride=clip_frames))
-               for kind in eval_clips}
+    (results, identity chance). reps: rollouts per clip (default s.rollouts); light: no bridge usage or KID
+    (learning curves)."""
+    results = {}
+    frames = len(held.clips["explicit"][0].video)
     src = next((v for v in variants if v.role == "motion source"), None)
     source = (models[src.name], cfgs[src.name]) if src is not None else None
     for v in variants:
         if v.role == "motion source" or v.name not in cfgs or (v.model_of or v.name) not in models:
             continue
-        results[v.name] = evaluate_variant(v, models[v.model_of or v.name], cfgs[v.name], eval_clips[v.struct],
-                                           real_reads, windows[v.struct], probe, codec, dims, reps or s.rollouts,
-                                           n_roll, device, seed, source, light=clips_limit is not None)
-    results["real"] = real_ceilings(eval_clips["explicit"], real_reads, probe, dims, clip_frames)
+        results[v.name] = evaluate_variant(v, models[v.model_of or v.name], cfgs[v.name], held.clips[v.struct],
+                                           held.real_reads, held.windows[v.struct], probe, codec, dims,
+                                           reps or s.rollouts, frames, device, seed, source, light=light)
+    real = held.clips["explicit"]
+    results["real"] = real_ceilings(real, held.real_reads, probe, dims, clip_frames)
     idd = dims["id_dims"]
-    refs = np.stack([real_reads[c.name]["ref"]["identity"][idd] for c in eval_clips["explicit"]]) / probe.i_std.cpu().numpy()[idd]
+    refs = np.stack([held.real_reads[c.name]["ref"]["identity"][idd] for c in real]) / probe.i_std.cpu().numpy()[idd]
     chance = float(np.mean([np.linalg.norm(a - b) for i, a in enumerate(refs) for b in refs[i + 1 :]]))
-    return results, eval_clips, chance
+    return results, chance
 
 
 def real_ceilings(clips, real_reads, probe, dims, clip_frames: int) -> dict:
@@ -550,12 +616,13 @@ def real_ceilings(clips, real_reads, probe, dims, clip_frames: int) -> dict:
 CURVE_CLIPS = 16  # held-out clips of a learning-curve point (one rollout each, 4x the training clip)
 
 
-def learning_curve(curves: dict, variants, models, snaps, cfgs, data, probe, codec, dims, s: Settings,
+def learning_curve(curves: dict, variants, models, snaps, cfgs, held: Heldout, probe, codec, dims, s: Settings,
                    clip_frames: int, device, seed: int) -> None:
     """The primary metrics (and the held-out loss) of every variant at its snapshot steps and at the end, on a
-    smaller evaluation (the first CURVE_CLIPS held-out clips, one rollout of 4x the training clip): H2a may be about
+    smaller evaluation (`held`: the first CURVE_CLIPS held-out clips, one rollout of 4x the training clip): H2a may be about
     how fast the motion stream helps, not only where training ends. Appends curves[name][step] <- one value per
-    seed and metric."""
+    seed and metric. The upper bound (condition_only on true motion) is left out: it decides nothing."""
+    variants = [v for v in variants if v.role != "upper bound"]
     for step in sorted({st for v in snaps.values() for st in v} | {s.train_steps}):
         at = {}
         for v in variants:
@@ -568,8 +635,8 @@ def learning_curve(curves: dict, variants, models, snaps, cfgs, data, probe, cod
                 m = DualForce(cfgs[name].model)
                 m.load_state_dict(snaps[name][step])
                 at[name] = m.to(device).eval()
-        res, _, _ = evaluate(variants, at, cfgs, data, probe, codec, dims, s, 4 * clip_frames, clip_frames, device,
-                             seed, clips_limit=CURVE_CLIPS, reps=1)
+        res, _ = evaluate(variants, at, cfgs, held, probe, dims, s, clip_frames, device, seed, codec, reps=1,
+                          light=True)
         for name, r in res.items():
             if name == "real":
                 continue
@@ -637,20 +704,22 @@ def main(argv: list[str] | None = None) -> dict:
     with phase(f"train: {len(trained)} variants x {s.seeds} seed(s), side by side", out / "phases.json") as ph:
         models, hists, snaps, ph["reused"] = train_suite(trained, cfgs, data, metas, s, args, con, out)
     by_seed, heldout_start, curves = [], [], {}  # per training seed: (results, histories)
-    windows = list(WindowDataset(data["caches"][("eval", "explicit")], frames=clip_frames, stride=clip_frames))
+    with phase("held-out clips: load and read the real ones"):
+        held = Heldout.load(data, {v.struct for v in variants}, probe, codec, n_roll, clip_frames)
+        small = held.head(CURVE_CLIPS, 4 * clip_frames)
     for k in range(s.seeds):
         seed = s.seed + k
         TIMES.clear()
         with phase("evaluate: held-out loss and rollouts" + (f" (seed {seed})" if k else "")):
-            results, eval_clips, chance = evaluate(variants, models[k], cfgs[k], data, probe, codec, dims, s, n_roll,
-                                                   clip_frames, device, seed)
+            results, chance = evaluate(variants, models[k], cfgs[k], held, probe, dims, s, clip_frames, device, seed,
+                                       codec)
             init = model_maker(cfgs[k]["dual"])(seed).to(device).eval()
-            heldout_start.append({st: float(x.mean()) for st, x in heldout_loss(init, windows, cfgs[k]["dual"], device,
-                                                                                   seed=seed).items()})
+            start = heldout_loss(init, held.windows["explicit"], cfgs[k]["dual"], device, seed=seed)
+            heldout_start.append({st: float(x.mean()) for st, x in start.items()})
         con.print(f"[dim]evaluation time by part: {', '.join(f'{k} {v:.1f} s' for k, v in TIMES.items())}[/]")
         if s.curve_points:
             with phase("learning curves" + (f" (seed {seed})" if k else "")):
-                learning_curve(curves, variants, models[k], snaps[k], cfgs[k], data, probe, codec, dims, s,
+                learning_curve(curves, variants, models[k], snaps[k], cfgs[k], small, probe, codec, dims, s,
                                clip_frames, device, seed)
         by_seed.append((results, hists[k]))
     results, histories = by_seed[0]
@@ -682,7 +751,7 @@ def main(argv: list[str] | None = None) -> dict:
         verdicts["H3: two-stream Diffusion Forcing trains stably (dual)"] = V.stability(
             [h["dual"] for _, h in by_seed], heldout_start, [res["dual"]["heldout_loss"] for res, _ in by_seed])
         report = write_report(out, args, s, device, data, probe_acc, results, histories, verdicts, rules, chance,
-                              phase, eval_clips["explicit"], clip_frames, con, seed_level, curves, by_seed)
+                              phase, held.clips["explicit"], clip_frames, con, seed_level, curves, by_seed)
     report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 def to_unit(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(frames))
+    x = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -109,10 +109,10 @@ def train_tiny_ae(frames: np.ndarray, steps: int = 800, batch: int = 16, lr: flo
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
-    data = torch.as_tensor(frames)
+    data = torch.as_tensor(frames).to(device)  # uint8 frames on the device once: a step gathers its batch there
     for step in range(steps):
         idx = torch.randint(len(data), (batch,), generator=g)
-        x = to_unit(data[idx]).to(device)
+        x = to_unit(data[idx.to(device)])
         y = model.dec(model.enc(x))
         loss = F.l1_loss(y, x) + F.mse_loss(y, x)
         opt.zero_grad(set_to_none=True)
@@ -122,7 +122,7 @@ def train_tiny_ae(frames: np.ndarray, steps: int = 800, batch: int = 16, lr: flo
         if progress is not None:
             progress(step, loss.item())
     with torch.no_grad():
-        z = torch.cat([model.enc(to_unit(data[i : i + 256]).to(device)) for i in range(0, min(len(data), 2048), 256)])
+        z = torch.cat([model.enc(to_unit(data[i : i + 256])) for i in range(0, min(len(data), 2048), 256)])
         model.mean.copy_(z.mean((0, 2, 3)))
         model.std.copy_(z.std((0, 2, 3)).clamp_min(1e-3))
     return model.eval().cpu()
@@ -158,7 +158,8 @@ class TinyAECodec(VideoCodec):
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> np.ndarray:
-        out = [self.model.encode(to_unit(frames[i : i + 64]).to(self.device)).cpu() for i in range(0, len(frames), 64)]
+        out = [self.model.encode(to_unit(frames[i : i + 256]).to(self.device)).cpu()
+               for i in range(0, len(frames), 256)]
         return torch.cat(out).numpy()
 
     @torch.no_grad()

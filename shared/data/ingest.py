@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from .codecs import get_codec
 from .features import get_audio_features
 from .media import VIDEO_EXTS, MediaError, iter_frames, probe, read_audio
 from .motion import KINDS, StructError, detect_kind, load_struct
+from .workers import process_pool
 
 
 @dataclass
@@ -144,8 +143,10 @@ def resolve_struct_kind(kind: str, videos: list[Path]) -> str:
     return max(set(found), key=found.count) if found else "none"
 
 
-def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, console=None) -> dict:
-    """Build or extend the cache at `out` from the videos under `src`. Returns the summary."""
+def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, console=None, pool=None) -> dict:
+    """Build or extend the cache at `out` from the videos under `src`. Returns the summary. workers: parallel
+    decode/encode processes (0: this one); pool: an executor to use instead (`shared.data.workers.process_pool`, shut
+    down by the caller)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -195,17 +196,14 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
                     w.finish_source(r.key)
                 bar.update(task, advance=1, clips=summary["clips"])
 
-            if workers > 0:
-                # spawn, not fork: the parent has already started torch's thread pools, which fork would copy.
-                # Workers ignore Ctrl-C: the parent alone stops, keeping what is finished, and says how to resume.
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+            if pool is not None or workers > 0:
+                ex = pool or process_pool(workers)
                 try:
-                    for r in pool.map(process_video, [src] * len(todo), todo, [opts] * len(todo),
-                                      [kind] * len(todo)):
+                    for r in ex.map(process_video, [src] * len(todo), todo, [opts] * len(todo), [kind] * len(todo)):
                         consume(r)
                 finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    if pool is None:
+                        ex.shutdown(wait=True, cancel_futures=True)
             else:
                 for v in todo:
                     consume(process_video(src, v, opts, kind))

@@ -20,6 +20,7 @@ more in it than the named numbers, continuous held-out identities and voices (`-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 from dataclasses import dataclass
@@ -184,12 +185,13 @@ def _write_one(args: tuple) -> str:
 
 
 def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0, workers: int = 0,
-           task: str = "v1", split: str = "train", voice: str = "formant") -> None:
+           task: str = "v1", split: str = "train", voice: str = "formant", pool=None) -> None:
     """Write `clips` clips of `task` to `out` (existing complete clips are kept: re-running resumes). split and voice
-    are v2's (v1 has no split: its held-out clips use another seed)."""
-    from concurrent.futures import ProcessPoolExecutor
-
+    are v2's (v1 has no split: its held-out clips use another seed). workers: parallel processes (0: this one);
+    pool: an executor to use instead (`shared.data.workers.process_pool`, shut down by the caller)."""
     from rich.progress import Progress
+
+    from .workers import process_pool
 
     if size < 32 or size > 256 or size % 2:
         raise ValueError(f"--size {size}: SynthTalk renders even sizes from 32 to 256 px")
@@ -211,9 +213,9 @@ def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0
     jobs = [(out, i, seed, seconds, size, task, split, voice) for i in range(clips)]
     with Progress() as bar:
         task = bar.add_task(f"SynthTalk -> {out}", total=len(jobs))
-        if workers > 0:
-            with ProcessPoolExecutor(workers) as pool:
-                for _ in pool.map(_write_one, jobs):
+        if pool is not None or workers > 0:
+            with contextlib.nullcontext(pool) if pool is not None else process_pool(workers) as ex:
+                for _ in ex.map(_write_one, jobs):
                     bar.advance(task)
         else:
             for job in jobs:

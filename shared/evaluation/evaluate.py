@@ -5,7 +5,7 @@ Frechet distance in probe-feature space). Every per-clip number is kept, so vari
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +37,16 @@ class EvalClip:
     source: str
     start: int
 
+    def head(self, n: int) -> EvalClip:
+        """The same clip cut to its first n frames after the reference (a shorter rollout of it)."""
+        return replace(self, video=self.video[:n], struct=self.struct[:n], motion=self.motion[:n],
+                       audio=self.audio[: 2 * n])
+
+
+def head_read(read: dict, n: int) -> dict:
+    """A probe reading (`read_clip`) cut to its first n frames (the reference kept)."""
+    return {k: v if k == "ref" else v[:n] for k, v in read.items()}
+
 
 def load_eval_clips(cache: str, frames: int, explicit_cache: str | None = None) -> list[EvalClip]:
     """The first frames + 1 of every clip of `cache`; ground-truth motion from `explicit_cache` (same clips) when
@@ -59,11 +69,9 @@ def load_eval_clips(cache: str, frames: int, explicit_cache: str | None = None) 
 
 
 @torch.no_grad()
-def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int = 64) -> dict[str, np.ndarray]:
+def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int = 256) -> dict[str, np.ndarray]:
     """Per-window flow-matching loss per stream with fixed noise and sigmas (window i's drawn from seed + i, no
     past-clean cut) and the audio always kept; `batch` windows per forward."""
-    from dataclasses import replace
-
     dcfg = replace(cfg.diffusion, p_audio_drop=0.0, p_clean_past=0.0)
     out: dict[str, list] = {}
     for lo in range(0, len(windows), batch):
@@ -89,8 +97,6 @@ def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict[str
     velocity, |v(motion of another clip) - v(own motion)| / |v(own motion)|, on held-out windows with the same
     noise, sigmas and audio (the motion of window i swapped with window i + 1's), and the mean |gate| of the
     struct -> video bridge. None for a model without a motion stream."""
-    from dataclasses import replace
-
     if not model.cfg.has_struct or len(windows) < 2:
         return None
     dcfg = replace(cfg.diffusion, p_clean_past=0.0)

@@ -34,6 +34,7 @@ from .batches import StepBatches
 from .optim import decays, lr_factor
 
 STREAMS = ("loss", "video", "struct")
+PROGRESS_EVERY = 50  # steps between progress reports (each reads a loss on the host: a sync)
 
 
 @dataclass
@@ -236,7 +237,8 @@ def fit_seeds(cfg: Config, make_model: Callable[[int], torch.nn.Module], dataset
               progress: Callable[[int, dict], None] | None = None, snapshot_at: tuple[int, ...] = (),
               device: str | None = None, graphs: bool | None = None) -> list[SeedRun]:
     """Train `make_model(seed)` for every seed on `dataset` for cfg.train.steps, together (see the module doc).
-    progress(step, record of seed 0) is called every cfg.train.log_every steps (one host sync each)."""
+    progress(step, record of seed 0) is called at the logged steps that are multiples of PROGRESS_EVERY and the last
+    (one host sync each)."""
     prog = None if progress is None else (lambda job, step, rec: progress(step, rec))
     return fit_together([SeedJob(cfg, make_model, dataset, seeds, snapshot_at)], prog, device, graphs)[0]
 
@@ -245,7 +247,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                  device: str | None = None, graphs: bool | None = None) -> list[list[SeedRun]]:
     """Several variants' seed batches trained in lockstep, each on its own CUDA stream (a tiny model's kernels
     leave most of the GPU idle: the variants fill it side by side). progress(job, step, record of its seed 0)
-    every train.log_every steps of that job. graphs: capture each step in a CUDA graph (default: on CUDA)."""
+    at the logged steps of that job that are multiples of PROGRESS_EVERY, and its last. graphs: capture each step
+    in a CUDA graph (default: on CUDA)."""
     tc0 = jobs[0].cfg.train
     dev = device or (tc0.accelerator if tc0.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     tensors: dict[int, dict] = {}
@@ -270,7 +273,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                 if step % tc.log_every == 0 or step == tc.steps - 1:
                     lr = tc.lr * lr_factor(step, tc)
                     logged[i].append((step, lr, {k: v.clone() for k, v in out.items()}))
-                    if progress is not None:
+                    # the record is read on the host (a sync that stalls the side-by-side streams): not too often
+                    if progress is not None and (step % PROGRESS_EVERY == 0 or step == tc.steps - 1):
                         progress(i, step, {"step": step, "lr": lr,
                                            **{k: float(v[0]) for k, v in out.items() if k != "bad"}})
                 if step + 1 in job.snapshot_at:

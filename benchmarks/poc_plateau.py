@@ -1,0 +1,105 @@
+"""Where does PoC training flatten, and what does a larger batch cost? (issue #19: "trained to a plateau").
+
+On the PoC's GPU data (`stage0_poc.run.GPU` settings), two measurements in one process:
+1. lockstep rounds per second of the core suite (every trained variant x S seeds side by side, as the PoC trains
+   them) at each batch size of --batches (is a tiny model launch-bound, so that a larger batch is nearly free?);
+2. held-out loss per stream against the optimiser step (EMA snapshots every --every steps) for --variants x S seeds
+   at --batch for --steps: the step where it flattens is the PoC's training length.
+
+    python benchmarks/poc_plateau.py [--out runs/poc] [--batches 8,16,32] [--batch 32] [--steps 8000] [--every 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared import config as C  # noqa: E402
+from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
+from shared.evaluation.evaluate import heldout_loss  # noqa: E402
+from shared.models import DualForce  # noqa: E402
+from shared.training.seeds import SeedJob, fit_together  # noqa: E402
+from stage0_poc import run as poc  # noqa: E402
+
+
+def jobs_for(variants, s, data, meta, steps: int, dev: str, snapshot_at=()) -> list[SeedJob]:
+    base = C.get_preset("poc")
+    ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
+    out = []
+    for v in variants:
+        cfg = poc.variant_config(base, v, meta, s, steps, dev)
+        out.append(SeedJob(cfg, poc.model_maker(cfg), ds, [s.seed + k for k in range(s.seeds)], snapshot_at))
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/poc", help="the PoC's run folder (its data cache is reused or built)")
+    ap.add_argument("--batches", default="8,16,32", help="batch sizes whose suite throughput is measured ('': none)")
+    ap.add_argument("--rate-steps", type=int, default=150, help="steps per throughput measurement")
+    ap.add_argument("--batch", type=int, default=32, help="batch of the plateau run")
+    ap.add_argument("--steps", type=int, default=8000, help="steps of the plateau run")
+    ap.add_argument("--every", type=int, default=1000, help="held-out loss every this many steps")
+    ap.add_argument("--variants", default="video_only,dual,video_only_wide", help="variants of the plateau run")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write the result here")
+    ap.add_argument("--quick", action="store_true", help="the PoC's --quick data (a smoke test)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    torch.set_float32_matmul_precision("high")
+    s = replace(poc.QUICK if a.quick else poc.GPU, seeds=a.seeds)
+    dev = a.device
+    from rich.console import Console
+
+    con = Console()
+    t = time.perf_counter()
+    data = poc.build_data(s, Path(a.out), "core", dev, con)
+    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "data_s": round(time.perf_counter() - t, 1), "rates": {}}
+    meta = CacheReader(data["caches"][("train", "explicit")]).meta
+    trained = [v for v in poc.CORE_VARIANTS if not v.model_of]
+    for b in [int(x) for x in a.batches.split(",") if x]:
+        runs = fit_together(jobs_for(trained, replace(s, batch=b), data, meta, a.rate_steps, dev))
+        out["rates"][b] = round(runs[0][0].steady_steps_s, 2)
+        con.print(f"batch {b}: {out['rates'][b]} lockstep rounds/s ({len(trained)} variants x {s.seeds} seeds)")
+    chosen = [v for v in poc.CORE_VARIANTS if v.name in a.variants.split(",")]
+    at = tuple(range(a.every, a.steps, a.every))
+    t = time.perf_counter()
+    results = fit_together(jobs_for(chosen, replace(s, batch=a.batch), data, meta, a.steps, dev, at))
+    out["plateau_train_s"] = round(time.perf_counter() - t, 1)
+    base = C.get_preset("poc")
+    windows = list(WindowDataset(data["caches"][("eval", "explicit")], frames=base.clip_frames,
+                                 stride=base.clip_frames))
+    curves = {}
+    for v, per_seed in zip(chosen, results):
+        cfg = poc.variant_config(base, v, meta, replace(s, batch=a.batch), a.steps, dev)
+        for run in per_seed:
+            snaps = {**run.snapshots, a.steps: (run.ema or run.model).state_dict()}
+            for step, w in sorted(snaps.items()):
+                m = DualForce(cfg.model)
+                m.load_state_dict(w)
+                hl = heldout_loss(m.to(dev).eval(), windows, cfg, dev, seed=0)
+                for k, x in hl.items():
+                    curves.setdefault(v.name, {}).setdefault(k, {}).setdefault(step, []).append(float(np.mean(x)))
+    out["heldout"] = curves
+    for name, c in curves.items():
+        for k, pts in c.items():
+            con.print(f"{name} {k}: " + ", ".join(f"{st}: {np.mean(x):.4f}" for st, x in sorted(pts.items())))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+        from shared.evaluation.report import plot_learning_curves
+
+        plot_learning_curves(curves, Path(a.json).with_suffix(".png"))
+    return out
+
+
+if __name__ == "__main__":
+    main()
