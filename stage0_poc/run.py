@@ -934,8 +934,8 @@ the struct -> video bridge. A model that ignores its motion stream cannot show w
   of the two); the real row is two different halves of the real clips against each other.
 - jitter abs(log ratio): |log| of the generated clip's pose jitter over the real clip's (secondary).
 - struct-video agreement (dual, explicit): correlation of the probe's jaw on the video with the generated struct's jaw.
-- KID (probe): unbiased kernel distance between probe features of generated and real frames (bootstrap interval over
-  clips); real row: two halves of the real clips.
+- KID (probe): unbiased kernel distance between probe features of generated and real frames (delete-one-clip
+  jackknife interval); real row: two halves of the real clips.
 - condition_only is driven by motion sampled from `motion_source` (the struct stream trained alone on audio with the
   same Diffusion Forcing recipe, sampled the same way); condition_only_oracle by the ground-truth motion (an upper
   bound, never a baseline of a verdict).
