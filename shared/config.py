@@ -154,6 +154,10 @@ class DiffusionConfig:
     p_clean_past: float = 0.3
     """Probability that frames before a random cut get sigma=0 (both streams), mimicking inference where the
     history is clean (Diffusion Forcing train/inference gap; seed review, problem 3)."""
+    sigma_context: float = 0.0
+    """History noise in training: the frames that p_clean_past makes the history get a level drawn per sample from
+    U(0, sigma_context) instead of 0 (both streams; the reference stays clean), matching `sample.sigma_context` at
+    inference; 0: clean (and no extra draw)."""
     struct_loss_weight: float = 1.0
     """Weight of the struct-stream loss in the total."""
     p_audio_drop: float = 0.1
@@ -165,7 +169,8 @@ class SampleConfig:
     """Inference: the scheduling matrix and the streaming KV cache."""
 
     schedule: str = "autoregressive"
-    """Scheduling kind, a key of `shared.sampling.schedule.KINDS`: autoregressive | full_sequence | struct_leads."""
+    """Scheduling kind, a key of `shared.sampling.schedule.KINDS`: autoregressive | full_sequence | struct_leads |
+    rolling."""
     steps: int = 4
     """Euler steps K per frame (per chunk)."""
     shift: float = 3.0
@@ -178,14 +183,22 @@ class SampleConfig:
     the video's last steps see their own frame's clean motion."""
     chunk: int = 1
     """Frames denoised together per autoregressive block."""
+    rolling_window: int = 0
+    """Frames in flight in the `rolling` schedule (0: as many as `steps`, a new frame every step); must divide
+    `steps`: a frame joins every steps / rolling_window steps and takes the same `steps` steps as in the others."""
     window: int = 32
     """History frames visible besides the reference (the training clip length)."""
     roll_keep: int = 16
     """When the window is full, keep this many most recent frames and re-encode them (see `shared.sampling.engine`)."""
     audio_cfg: float = 1.0
     """Classifier-free guidance scale on audio (1 = off)."""
+    sigma_context: float = 0.0
+    """History noise: a finished frame enters the history (the KV cache) re-noised to this level, its noise drawn
+    once (Diffusion Forcing keeps the history slightly noisy); 0: clean. Train with `diffusion.sigma_context`."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.sigma_context < 1:
+            raise ValueError(f"SampleConfig: sigma_context={self.sigma_context} must be in [0, 1)")
         if self.steps < 1:
             raise ValueError(f"SampleConfig: steps={self.steps} must be >= 1")
         if not 0 < self.sigma_struct_start <= 1:
@@ -194,6 +207,8 @@ class SampleConfig:
             raise ValueError(f"SampleConfig: need 1 <= chunk={self.chunk} <= window={self.window}")
         if not 0 <= self.roll_keep < self.window:
             raise ValueError(f"SampleConfig: roll_keep={self.roll_keep} must be in [0, window={self.window})")
+        if self.rolling_window < 0:
+            raise ValueError(f"SampleConfig: rolling_window={self.rolling_window} must be >= 0 (0: steps)")
         if not 0 <= self.struct_lead < self.steps:
             raise ValueError(f"SampleConfig: struct_lead={self.struct_lead} must be in [0, steps={self.steps})")
 

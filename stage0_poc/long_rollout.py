@@ -1,13 +1,19 @@
-"""Long rollouts on SynthTalk: identity drift and motion jitter over time, far past the training clip.
+"""Long rollouts on SynthTalk: identity drift, motion jitter and lip sync far past the training clip, for each
+long-video method on the same trained models (issue #16).
 
     python stage0_poc/long_rollout.py [--suite core] [--quick] [--out runs/poc] [--factor 10] [--device auto]
+        [--methods baseline,rolling,history_noise,rolling+history_noise] [--sigma-context 0.05] [--variants ...]
 
-Needs a finished `stage0_poc/run.py` run with the same --suite / --quick / --out (its trained variants, probes
-and codec are reused). Each held-out clip's audio is looped to `factor` training clips; every trained variant
-streams that long through its rolling KV cache (the reference frame as a permanent sink, memory bounded by the
-window); the probes read identity and head pose back from the decoded frames. Curves are averaged over clips and
-compared with the real held-out clips read the same way. Writes RUN/long_rollout.json and
-RUN/plots/long_identity.png, RUN/plots/long_jitter.png (RUN = OUT/SUITE[-quick]).
+Needs a finished `stage0_poc/run.py` run with the same --suite / --quick / --out (its trained variants of seed 0,
+probes and codec are reused; on a GPU its GPU settings). Each held-out clip's audio (and true mouth track) is looped
+to `factor` training clips; every variant streams that long through its rolling KV cache (the reference frame as a
+permanent sink, memory bounded by the window) under each inference-only method (`METHODS`: a sampler setting on
+the same model); condition_only is driven by the run's motion source. The probes read identity, head pose and the
+jaw back from the decoded frames. Per variant and method, over the held-out clips (mean [95% interval]): identity
+error over the first and the last training-clip length and their ratio, jitter over the last training-clip length
+against the real clips', lip sync over the whole rollout, and (dual, explicit) struct <-> video jaw agreement.
+Writes RUN/long_rollout.json, RUN/long_rollout.md and RUN/plots/long_identity*.png, long_jitter.png (RUN =
+OUT/SUITE[-quick]).
 """
 
 from __future__ import annotations
@@ -23,31 +29,57 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run import CORE, FULL_VARIANTS, QUICK, CORE_VARIANTS, build_data, build_probe  # noqa: E402
+import run as poc  # noqa: E402
 
 from shared import config as C  # noqa: E402
 from shared import runs  # noqa: E402
+from shared.data.cache import CacheReader  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
-from shared.data.cache import CacheReader  # noqa: E402
-from shared.evaluation.evaluate import AudioToStruct, consistency_curves, load_eval_clips, read_clip  # noqa: E402
-from shared.sampling import generate  # noqa: E402
-from shared.models import DualForce  # noqa: E402
+from shared.evaluation.evaluate import JAW, consistency_curves, load_eval_clips, read_clips, rollout  # noqa: E402
+
+# Inference-only long-video methods: a sampler setting applied to the same trained model (issue #16).
+METHODS = {
+    "baseline": {},
+    # a window of frames in flight at staggered noise levels, one new frame per step (Diffusion Forcing's pyramid;
+    # Rolling Forcing)
+    "rolling": {"schedule": "rolling"},
+    # the history re-noised to a small level as it enters the cache (Diffusion Forcing)
+    "history_noise": {"sigma_context": None},
+    "rolling+history_noise": {"schedule": "rolling", "sigma_context": None},
+}
 
 
-def loop(audio: np.ndarray, frames: int) -> np.ndarray:
-    """50 Hz features [2n, A] repeated to cover `frames` video frames: [2 * frames, A]."""
-    reps = -(-2 * frames // len(audio))
-    return np.concatenate([audio] * reps)[: 2 * frames]
+def loop(x: np.ndarray, n: int) -> np.ndarray:
+    """x [m, ...] repeated along its first axis to n rows."""
+    return np.concatenate([x] * -(-n // len(x)))[:n]
 
 
-def summary(curves: dict[str, np.ndarray], clip: int) -> dict:
-    """First vs last training-clip length of the mean curves, and the slope per 100 frames."""
-    out = {}
-    for key, c in curves.items():
-        m = np.asarray(c).mean(0)
-        out[key] = {"first_clip": float(m[:clip].mean()), "last_clip": float(m[-clip:].mean()),
-                    "slope_per_100": M.slope_per_100(m)}
+def long_clips(clips, frames: int):
+    """Held-out clips with their audio and motion looped to `frames` generated frames."""
+    return [replace(c, audio=loop(c.audio, 2 * frames), motion=loop(c.motion, frames), struct=loop(c.struct, frames),
+                    video=c.video[:frames]) for c in clips]
+
+
+def method_sample(sample: C.SampleConfig, name: str, sigma_context: float) -> C.SampleConfig:
+    over = {k: (sigma_context if v is None else v) for k, v in METHODS[name].items()}
+    return replace(sample, **over)
+
+
+def per_clip(reads, clips, roll_struct, probe, dims, clip: int, real_jitter: float, explicit: bool) -> dict:
+    """Each clip's long-rollout numbers (`consistency_curves`, lip sync on the looped mouth track, agreement)."""
+    out: dict[str, list] = {}
+    for i, (rd, c) in enumerate(zip(reads, clips)):
+        cc = consistency_curves(rd, probe, **dims)
+        first, last = float(cc["id_err"][:clip].mean()), float(cc["id_err"][-clip:].mean())
+        row = {"id_first": first, "id_last": last, "id_ratio": last / max(first, 1e-6),
+               "jitter_last_vs_real": float(cc["jitter"][-clip:].mean()) / max(real_jitter, 1e-9),
+               "lip_r": M.lip_sync(rd["motion"][:, JAW], c.motion[:, JAW])["r"],
+               "_id": cc["id_err"], "_jitter": cc["jitter"]}
+        if roll_struct is not None and explicit:
+            row["agree_jaw_r"] = M.pearson(rd["motion"][:, JAW], roll_struct[i][:, JAW])
+        for k, v in row.items():
+            out.setdefault(k, []).append(v)
     return out
 
 
@@ -58,95 +90,143 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/poc")
     ap.add_argument("--factor", type=int, default=10, help="rollout length in training clips")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--task", choices=("v1", "v2"), default=CORE.task, help="the SynthTalk task run.py used")
+    ap.add_argument("--task", choices=("v1", "v2"), default=poc.CORE.task, help="the SynthTalk task run.py used")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--sigma-context", type=float, default=0.05, help="the history noise level of *history_noise")
+    ap.add_argument("--variants", default=None, help="comma-separated trained variants (default: every one)")
+    ap.add_argument("--clips", type=int, default=None, help="held-out clips (default: all)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
-    from rich.table import Table
 
     con = Console()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise SystemExit(f"error: --methods {args.methods}: choose from {', '.join(METHODS)}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    s = replace(QUICK if args.quick else CORE, task=args.task)
-    run = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
-    variants = [v for v in (FULL_VARIANTS if args.suite == "full" else CORE_VARIANTS) if not v.model_of]
-    missing = [v.name for v in variants if runs.latest_checkpoint(run / "variants" / v.name) is None]
+    s = replace(poc.QUICK if args.quick else poc.GPU if device == "cuda" else poc.CORE, task=args.task)
+    out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
+    suite = poc.FULL_VARIANTS if args.suite == "full" else poc.CORE_VARIANTS
+    trained = [v for v in suite if not v.model_of]
+    missing = [v.name for v in trained if runs.latest_checkpoint(poc.seed_dir(out, v.name, 0)) is None]
     if missing:
-        raise SystemExit(f"error: {run}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
+        raise SystemExit(f"error: {out}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
                          f"--suite/--quick/--out first")
-    data = build_data(s, Path(args.out), args.suite, device, con)  # reuses what run.py made
-    probe, codec, acc, _ = build_probe(s, data, device, con)
+    chosen = [v for v in trained if v.role == "variant" and (args.variants is None or v.name in args.variants.split(","))]
+    data = poc.build_data(s, Path(args.out), args.suite, device, con)  # reuses what run.py made
+    probe, codec, acc, _ = poc.build_probe(s, data, device, con)
     dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
     clip = C.get_preset("poc").clip_frames
     frames = args.factor * clip
 
-    curves: dict[str, dict[str, list]] = {"id_err": {}, "jitter": {}}
-    real_read, windows, eval_clips = {}, {}, {}
-    for v in variants:
-        vdir = run / "variants" / v.name
+    def load(name: str):
+        vdir = poc.seed_dir(out, name, 0)
         cfg = runs.load_config(vdir)
-        model = DualForce(cfg.model)
-        model.load_state_dict(runs.load_weights(vdir)[0])
-        model.to(device).eval()
-        windows[v.name] = cfg.sample.window
-        if v.struct not in eval_clips:  # every held-out clip whole (the real curves' length)
-            cache = data["caches"][("eval", v.struct)]
-            r = CacheReader(cache)
-            length = min(c.frames for c in r.clips) - 1
-            r.close()
-            eval_clips[v.struct] = load_eval_clips(cache, length, data["caches"][("eval", "explicit")])
-        clips = eval_clips[v.struct]
-        audio = np.stack([loop(c.audio, frames) for c in clips])
-        cond = None
-        if cfg.model.mode.struct_condition:  # the audio -> motion stage a one-way model needs
-            a2s = AudioToStruct.from_cache(data["caches"][("train", v.struct)])
-            cond = torch.as_tensor(np.stack([a2s(a) for a in audio])).to(device)
-        audio = torch.as_tensor(audio).to(device)
-        ref = torch.as_tensor(np.stack([c.ref_video for c in clips])).to(device)
-        ref_s = torch.as_tensor(np.stack([c.ref_struct for c in clips])).to(device) if cfg.model.has_struct else None
-        con.print(f"{v.name}: streaming {frames} frames ({args.factor} training clips, window "
-                  f"{cfg.sample.window}) for {len(clips)} held-out clips")
-        out = generate(model, ref, ref_s, audio, frames, sample=cfg.sample, cond_struct=cond,
-                       generator=torch.Generator(device=device).manual_seed(s.seed))
-        video = out["video"].float().cpu().numpy()
-        for key in curves:
-            curves[key][v.name] = []
-        for i, c in enumerate(clips):
-            cc = consistency_curves(read_clip(probe, codec, video[i], c.ref_video), probe, **dims)
-            for key in curves:
-                curves[key][v.name].append(cc[key])
-            if v.struct == "explicit" and c.name not in real_read:
-                real_read[c.name] = consistency_curves(read_clip(probe, codec, c.video, c.ref_video), probe, **dims)
-    for key in curves:
-        curves[key]["real"] = [r[key] for r in real_read.values()]
+        return poc.load_run(cfg, vdir, device)[0], cfg
 
-    plots = run / "plots"
+    src = next((v for v in suite if v.role == "motion source"), None)
+    source = load(src.name) if src is not None and any(v.name == "condition_only" for v in chosen) else None
+    clips, real = {}, None
+    for kind in {v.struct for v in chosen} | {"explicit"}:
+        cache = data["caches"][("eval", kind)]
+        r = CacheReader(cache)
+        length = min(c.frames for c in r.clips) - 1
+        r.close()
+        whole = load_eval_clips(cache, length, data["caches"][("eval", "explicit")])[: args.clips]
+        clips[kind] = long_clips(whole, frames)
+        if kind == "explicit":
+            real = [consistency_curves(rd, probe, **dims) for rd in read_clips(
+                probe, codec, np.stack([c.video for c in whole]), np.stack([c.ref_video for c in whole]))]
+    real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
+
+    res: dict[str, dict] = {}
+    for v in chosen:
+        model, cfg = load(v.name)
+        cl = clips[v.struct]
+        for m in methods:
+            sample = method_sample(cfg.sample, m, args.sigma_context)
+            con.print(f"{v.name} / {m}: {len(cl)} held-out clips x {frames} frames ({args.factor} training clips)")
+            cond = poc.motion_of(v, cl, 1, source, device, s.seed, frames) if cfg.model.mode.struct_condition else None
+            roll = rollout(model, cl, replace(cfg, sample=sample), device, seed=s.seed, cond_struct=cond,
+                           frames=frames)
+            reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in cl]))
+            res.setdefault(m, {})[v.name] = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter,
+                                                     v.struct == "explicit")
+    return write(out, args, res, real, real_jitter, frames, clip, device, con)
+
+
+def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: int, clip: int, device: str,
+          con) -> dict:
+    """long_rollout.json (the baseline's curves and summary as before, every method's numbers), .md and plots."""
+    plots = out / "plots"
     plots.mkdir(exist_ok=True)
-    R.plot_curves({n: np.array(c) for n, c in curves["id_err"].items()},
-                  f"identity drift over {args.factor} training clips: probe identity distance to the reference",
-                  "distance (std units)", plots / "long_identity.png", clip)
-    R.plot_curves({n: np.array([R.smooth(x, clip // 2 + 1) for x in c]) for n, c in curves["jitter"].items()},
-                  f"motion jitter over {args.factor} training clips: |2nd difference| of head pose (smoothed)",
+    base = next(iter(res))
+    curves = {k: {n: np.asarray(r[f"_{k}"]) for n, r in res[base].items()} for k in ("id", "jitter")}
+    curves["id"]["real"] = [r["id_err"] for r in real]
+    curves["jitter"]["real"] = [r["jitter"] for r in real]
+    R.plot_curves({n: np.array(c) if n != "real" else np.array(_ragged(c)) for n, c in curves["id"].items()},
+                  f"identity drift over {args.factor} training clips ({base}): probe identity distance to the "
+                  "reference", "distance (std units)", plots / "long_identity.png", clip)
+    R.plot_curves({n: np.array([R.smooth(x, clip // 2 + 1) for x in (c if n != "real" else _ragged(c))])
+                   for n, c in curves["jitter"].items()},
+                  f"motion jitter over {args.factor} training clips ({base}): |2nd difference| of head pose (smoothed)",
                   "std units per frame^2", plots / "long_jitter.png", clip)
-    names = [v.name for v in variants] + ["real"]
-    table = {n: summary({k: curves[k][n] for k in curves}, clip) for n in names}
-    real_len = len(next(iter(real_read.values()))["id_err"])
-    t = Table(title=f"consistency over {frames} frames ({args.factor} x {clip}); real clips are {real_len} frames")
-    for col in ("variant", "identity: first clip", "last clip", "slope /100 fr", "jitter: first clip", "last clip"):
-        t.add_column(col)
-    for n, r in table.items():
-        i, j = r["id_err"], r["jitter"]
-        t.add_row(n, f"{i['first_clip']:.3f}", f"{i['last_clip']:.3f}", f"{i['slope_per_100']:+.3f}",
-                  f"{j['first_clip']:.4f}", f"{j['last_clip']:.4f}")
-    con.print(t)
-    res = {"frames": frames, "factor": args.factor, "clip_frames": clip, "device": device, "summary": table,
-           "window": windows,
-           "curves": {k: {n: np.asarray(c).mean(0).round(5).tolist() for n, c in d.items()} for k, d in curves.items()},
-           "plots": ["plots/long_identity.png", "plots/long_jitter.png"]}
-    tmp = run / ".long_rollout.json.tmp"
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(run / "long_rollout.json")
-    con.print(f"wrote {run / 'long_rollout.json'} and {', '.join(res['plots'])}")
-    return res
+    pngs = ["plots/long_identity.png", "plots/long_jitter.png"]
+    for name in res[base]:
+        R.plot_curves({m: np.asarray(res[m][name]["_id"]) for m in res if name in res[m]},
+                      f"{name}: identity drift by long-video method", "distance (std units)",
+                      plots / f"long_identity_{name}.png", clip)
+        pngs.append(f"plots/long_identity_{name}.png")
+    table = {m: {n: {k: M.mean_ci(x) for k, x in r.items() if not k.startswith("_")} for n, r in per.items()}
+             for m, per in res.items()}
+    summary = {n: {"id_err": _summary(np.asarray(r["_id"]), clip), "jitter": _summary(np.asarray(r["_jitter"]), clip)}
+               for n, r in res[base].items()}
+    summary["real"] = {k: _summary(np.array(_ragged([r[k] for r in real])), clip) for k in ("id_err", "jitter")}
+    result = {"frames": frames, "factor": args.factor, "clip_frames": clip, "device": device, "baseline": base,
+              "sigma_context": args.sigma_context, "real_jitter": real_jitter, "methods": table, "summary": summary,
+              "curves": {"id_err": {n: np.asarray(c).mean(0).round(5).tolist() if n != "real" else
+                                    np.array(_ragged(c)).mean(0).round(5).tolist() for n, c in curves["id"].items()},
+                         "jitter": {n: np.asarray(c).mean(0).round(5).tolist() if n != "real" else
+                                    np.array(_ragged(c)).mean(0).round(5).tolist()
+                                    for n, c in curves["jitter"].items()}},
+              "plots": pngs}
+    tmp = out / ".long_rollout.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "long_rollout.json")
+    (out / "long_rollout.md").write_text(markdown(result))
+    con.print(markdown(result))
+    con.print(f"wrote {out / 'long_rollout.json'}, {out / 'long_rollout.md'} and {', '.join(pngs)}")
+    return result
+
+
+def _ragged(curves: list) -> list:
+    """Curves of different lengths cut to the shortest (the real clips)."""
+    n = min(len(c) for c in curves)
+    return [np.asarray(c)[:n] for c in curves]
+
+
+def _summary(curves: np.ndarray, clip: int) -> dict:
+    """First vs last training-clip length of the mean curve, and its slope per 100 frames."""
+    m = curves.mean(0)
+    return {"first_clip": float(m[:clip].mean()), "last_clip": float(m[-clip:].mean()),
+            "slope_per_100": M.slope_per_100(m)}
+
+
+def markdown(r: dict) -> str:
+    cols = ("id_first", "id_last", "id_ratio", "jitter_last_vs_real", "lip_r", "agree_jaw_r")
+    lines = [f"# Long rollouts: {r['frames']} frames = {r['factor']} x the {r['clip_frames']}-frame training clip "
+             f"({r['device']})", "",
+             "Mean [95% interval] over held-out clips, one training seed. id_first / id_last: probe identity error "
+             "over the first / last training-clip length; id_ratio: last / first (the issue's target: <= 1.3); "
+             f"jitter_last_vs_real: head-pose jitter over the last clip length / the real clips' ({r['real_jitter']:.4f};"
+             " target <= 1.5); lip_r: lip sync over the whole rollout; agree_jaw_r: the generated struct's jaw vs "
+             f"the jaw read from the video. history_noise: sigma_context {r['sigma_context']}.", "",
+             "| method | variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for m, per in r["methods"].items():
+        for n, t in per.items():
+            lines.append(f"| {m} | {n} | " + " | ".join(R.fmt_ci(t.get(c), 3) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

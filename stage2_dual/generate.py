@@ -2,7 +2,7 @@
 
     python stage2_dual/generate.py --ckpt RUN_OR_CKPT --ref face.png --audio voice.wav --out out.mp4 \\
         [--seconds S] [--steps K] [--schedule KIND] [--sigma-struct-start 0.7] [--struct-lead L] [--chunk C] \\
-        [--window W] [--audio-cfg G] [--seed X] [--threads N]
+        [--rolling-window W] [--window W] [--sigma-context S] [--audio-cfg G] [--seed X] [--threads N]
 
 Writes OUT.mp4 (25 fps, the driving audio muxed in), OUT.struct.npz (the generated motion trajectory and its
 layout; dual models) and OUT.timing.json (per-frame latency, fps, first-frame latency, device). Frames are decoded
@@ -37,7 +37,10 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, help="output .mp4")
     ap.add_argument("--seconds", type=float, help="length (default: the audio's)")
     ap.add_argument("--steps", type=int, help="sample.steps: denoising steps per frame (K)")
-    ap.add_argument("--schedule", help="sample.schedule: autoregressive | full_sequence | struct_leads")
+    ap.add_argument("--schedule", help="sample.schedule: autoregressive | full_sequence | struct_leads | rolling")
+    ap.add_argument("--rolling-window", type=int,
+                    help="sample.rolling_window: frames in flight in the rolling schedule (divides --steps; default: "
+                         "--steps, a new frame every step)")
     ap.add_argument("--sigma-struct-start", type=float,
                     help="sample.sigma_struct_start: the struct stream starts from the previous frame's clean struct "
                          "re-noised to this level (every schedule)")
@@ -45,6 +48,8 @@ def parse(argv=None) -> argparse.Namespace:
                     help="sample.struct_lead: the struct stream is clean this many steps before the video")
     ap.add_argument("--chunk", type=int, help="sample.chunk: frames denoised together")
     ap.add_argument("--window", type=int, help="sample.window: history frames the model sees")
+    ap.add_argument("--sigma-context", type=float,
+                    help="sample.sigma_context: history noise, finished frames enter the cache re-noised to this level")
     ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -84,7 +89,8 @@ def main(argv=None) -> dict:
                           "cpu" if a.device == "auto" else a.device)
     model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
     given = {"steps": a.steps, "schedule": a.schedule, "sigma_struct_start": a.sigma_struct_start,
-             "struct_lead": a.struct_lead, "chunk": a.chunk, "window": a.window, "audio_cfg": a.audio_cfg}
+             "struct_lead": a.struct_lead, "chunk": a.chunk, "rolling_window": a.rolling_window, "window": a.window,
+             "audio_cfg": a.audio_cfg, "sigma_context": a.sigma_context}
     sample = check_sample(sample_config(cfg.sample, given))
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
     ref = load_reference(a.ref, cfg, meta, codec)

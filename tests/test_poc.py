@@ -104,9 +104,11 @@ def test_quick_end_to_end(tmp_path):
     assert "training probes" in res.stdout and "training probes" not in res2.stdout
     assert "new clips" not in res2.stdout  # the caches are reused too
 
-    # long rollouts: 10 training clips through the rolling cache, identity and jitter curves per variant
+    # long rollouts: 10 training clips through the rolling cache, identity and jitter curves per variant, and the
+    # long-video methods' numbers on the same models
     res3 = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--device",
-                           "cpu", "--factor", "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "cpu", "--factor", "10", "--methods", "baseline,rolling+history_noise"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert res3.returncode == 0, res3.stdout[-3000:] + res3.stderr[-3000:]
     long = json.loads((run / "long_rollout.json").read_text())
     assert long["frames"] == 10 * rep["configs"]["dual"]["clip_frames"]
@@ -118,3 +120,9 @@ def test_quick_end_to_end(tmp_path):
     assert {"first_clip", "last_clip", "slope_per_100"} <= set(long["summary"]["dual"]["id_err"])
     for png in long["plots"]:
         assert (run / png).stat().st_size > 1000
+    assert set(long["methods"]) == {"baseline", "rolling+history_noise"}
+    for name in ("video_only", "condition_only", "dual"):
+        for m in long["methods"].values():
+            assert {"id_first", "id_last", "id_ratio", "jitter_last_vs_real", "lip_r"} <= set(m[name])
+    assert "agree_jaw_r" in long["methods"]["baseline"]["dual"]
+    assert "rolling+history_noise" in (run / "long_rollout.md").read_text()

@@ -70,9 +70,9 @@ def test_struct_start_and_lead_mean_one_thing_in_every_kind():
     base = SampleConfig(steps=4, shift=1.0, sigma_struct_start=0.7, struct_lead=1)
     for kind in sched.KINDS:
         m = sched.build(replace(base, schedule=kind), 3)
-        first = sched.blocks(m)[0]
-        col = m.struct[first.r0 : first.r1 + 1, 0]
-        assert col[0] == pytest.approx(0.7) and col[-2] == 0 and m.video[first.r1 - 1, 0] > 0, kind
+        r1 = int((m.video[:, 0] == 0).nonzero()[0])  # the row where frame 0 is clean (every kind starts it at row 0)
+        col = m.struct[: r1 + 1, 0]
+        assert col[0] == pytest.approx(0.7) and col[-2] == 0 and m.video[r1 - 1, 0] > 0, kind
     plain = sched.build(replace(base, struct_lead=0), 2)
     assert plain.struct[3, 0] > 0 and plain.struct[0, 0] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="struct_leads needs struct_lead >= 1"):
@@ -96,3 +96,26 @@ def test_a_new_kind_is_one_entry(monkeypatch):
     assert [(b.lo, b.hi) for b in sched.stream_rows(sample, 5)] == [(0, 2), (2, 4), (4, 5)]
     out = sampling.generate(model, ref, ref_s, torch.randn(1, 10, c.audio_dim), 5, sample=sample)
     assert out["video"].shape[1] == 5
+
+
+@pytest.mark.parametrize("window,lead", [(1, 0), (2, 0), (2, 1), (4, 0)])
+def test_rolling_steps_follow_the_rolling_matrix(window, lead):
+    """`rolling_steps` (linear) moves exactly the frames in flight, from and to the rows of the `rolling` matrix; a
+    frame joins from sigma 1 and leaves clean after `steps` steps; window 1 is the autoregressive matrix."""
+    sc = replace(SampleConfig(), schedule="rolling", steps=4, rolling_window=window, struct_lead=lead,
+                 sigma_struct_start=0.7, window=8, roll_keep=2)
+    m, steps = sched.build(sc, 7), sched.rolling_steps(sc, 7)
+    assert len(steps) == m.video.shape[0] - 1 and max(st.hi - st.lo for st in steps) == window
+    for t, st in enumerate(steps):
+        moved = ((m.video[t] != m.video[t + 1]) | (m.struct[t] != m.struct[t + 1])).nonzero().flatten().tolist()
+        assert all(st.lo <= j < st.hi for j in moved)
+        assert torch.equal(m.video[t : t + 2, st.lo : st.hi], st.video)
+        assert torch.equal(m.struct[t : t + 2, st.lo : st.hi], st.struct)
+        if st.joins:
+            assert st.video[0, -1] == 1.0
+        if st.leaves:
+            assert st.video[1, 0] == 0.0 and st.struct[1, 0] == 0.0
+    assert sum(st.leaves for st in steps) == sum(st.joins for st in steps) == 7
+    if window == 1:
+        ar = sched.autoregressive(7, 4, 1, sc.shift, 0.7, lead)
+        assert torch.equal(m.video, ar.video) and torch.equal(m.struct, ar.struct)

@@ -6,7 +6,10 @@ Rules (both contexts apply them identically):
 - the model sees the reference frame (time position 0, a permanent sink) plus at most `window` history frames at
   positions 1..window, as in a training clip (the reference plus `clip_frames` frames);
 - when a block would overflow the window, the history is cut to its `roll_keep` most recent frames, which move to
-  positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time).
+  positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time);
+- history noise (`sigma_context` > 0): a finished frame enters the history re-noised to that level, its noise drawn
+  once when it is committed (Diffusion Forcing, Chen et al. 2024, keeps the history slightly noisy so that the model
+  does not trust its own errors as ground truth); the reference stays clean.
 
 `CachedContext` keeps the history's keys/values in a `KVCache`: a roll re-encodes the kept frames in one clean pass,
 so every cached key/value is exactly what a fresh forward over the visible frames computes; finished frames are
@@ -35,6 +38,7 @@ class Frame:
     video: torch.Tensor  # [B, C, H, W] (all copies)
     struct: torch.Tensor | None  # [B, D]
     index: int  # audio index: 0 for the reference, 1 + i for generated frame i
+    sigma: float = 0.0  # the noise level it is seen at (history noise; the reference: 0)
 
 
 def context_audio(audio: torch.Tensor | None, frames: int, copies: int, device: torch.device):
@@ -49,11 +53,14 @@ def context_audio(audio: torch.Tensor | None, frames: int, copies: int, device: 
 
 class _Context:
     """History, roll and input stacking shared by both contexts. forward(video, sigma_video, struct, sigma_struct,
-    start=, audio_index=, cache=) is the model with its audio bound (or a `GraphedModel`)."""
+    start=, audio_index=, cache=) is the model with its audio bound (or a `GraphedModel`). sigma_context: history
+    noise, drawn from `generator` (one draw per committed frame, so both contexts see the same history)."""
 
     def __init__(self, forward, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, frames: int, window: int,
-                 roll_keep: int, copies: int, index_device: torch.device | str):
+                 roll_keep: int, copies: int, index_device: torch.device | str, sigma_context: float = 0.0,
+                 generator: torch.Generator | None = None):
         self.forward, self.window, self.roll_keep, self.copies = forward, window, roll_keep, copies
+        self.sigma_context, self.generator = sigma_context, generator
         self.ref = Frame(self._copies(ref_video), self._copies(ref_struct), 0)
         self.history: deque[Frame] = deque(maxlen=window)
         # audio index of every frame, where the model reads it: on the host for eager forwards (no device sync), on
@@ -64,13 +71,14 @@ class _Context:
         return x if x is None or self.copies == 1 else torch.cat([x] * self.copies)
 
     def stack(self, frames: list[Frame]):
-        """[B, n, ...] video and struct of `frames` and their audio indices [n]."""
+        """[B, n, ...] video and struct of `frames`, their audio indices [n] and their sigmas [B, n]."""
         video = torch.stack([f.video for f in frames], 1)
         struct = None if frames[0].struct is None else torch.stack([f.struct for f in frames], 1)
+        sigma = _levels(frames, video.shape[0], video.device)
         first = frames[0].index
         if all(f.index == first + i for i, f in enumerate(frames)):  # consecutive (always, in a stream)
-            return video, struct, self.index_all[first : first + len(frames)]
-        return video, struct, self.index_all[torch.tensor([f.index for f in frames], device=self.index_all.device)]
+            return video, struct, self.index_all[first : first + len(frames)], sigma
+        return video, struct, self.index_all[torch.tensor([f.index for f in frames], device=self.index_all.device)], sigma
 
     def _roll(self, n: int) -> list[Frame] | None:
         """Make room for a block of n frames: the kept frames if the history was cut, else None."""
@@ -81,11 +89,19 @@ class _Context:
         self.history.extend(kept)
         return kept
 
+    def _noised(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """x [B, n, ...] (one copy) re-noised to sigma_context (rectified flow: (1 - s) x + s noise)."""
+        if x is None or self.sigma_context == 0:
+            return x
+        noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        return (1 - self.sigma_context) * x + self.sigma_context * noise
+
     def commit(self, lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> list[Frame]:
         """Add the finished frames lo.. of a block (video [B, n, C, H, W], struct [B, n, D] or None, one copy) to the
-        history; returns them as frames (all copies)."""
-        video, struct = self._copies(video), self._copies(struct)
-        done = [Frame(video[:, i], None if struct is None else struct[:, i], lo + 1 + i) for i in range(video.shape[1])]
+        history (re-noised to sigma_context); returns them as frames (all copies)."""
+        video, struct = self._copies(self._noised(video)), self._copies(self._noised(struct))
+        done = [Frame(video[:, i], None if struct is None else struct[:, i], lo + 1 + i, self.sigma_context)
+                for i in range(video.shape[1])]
         self.history.extend(done)
         return done
 
@@ -94,8 +110,15 @@ def _cat(*xs: torch.Tensor | None) -> torch.Tensor | None:
     return None if xs[-1] is None else torch.cat(xs, 1)
 
 
-def _clean(b: int, n: int, device: torch.device) -> torch.Tensor:
-    return torch.zeros(b, n, device=device)
+def _levels(frames: list[Frame], b: int, device: torch.device) -> torch.Tensor:
+    """[B, n] the frames' sigmas, made on the device (no host -> device copy in the frame loop): every frame is at the
+    history level but the reference, always first when present, at 0."""
+    level = frames[-1].sigma
+    sigma = torch.zeros(b, len(frames), device=device) if level == 0 else torch.full((b, len(frames)), level,
+                                                                                      device=device)
+    if level != 0 and frames[0].index == 0:
+        sigma[:, 0] = 0.0
+    return sigma
 
 
 class CachedContext(_Context):
@@ -103,7 +126,7 @@ class CachedContext(_Context):
     buffer and replays the forward as CUDA graphs; else an eager forward over a fresh `KVCache`."""
 
     def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
-                 copies: int = 1, graphs=None):
+                 copies: int = 1, graphs=None, sigma_context: float = 0.0, generator: torch.Generator | None = None):
         dev = ref_video.device
         audio, keep = context_audio(audio, frames, copies, dev)
         if graphs is not None:
@@ -115,7 +138,7 @@ class CachedContext(_Context):
             forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, **kw)  # noqa: E731
             self.cache = KVCache(1 + window)
         super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies,
-                         dev if graphs is not None else "cpu")
+                         dev if graphs is not None else "cpu", sigma_context, generator)
         self.pending: list[Frame] = [self.ref]  # finished frames whose keys/values are not cached yet
 
     def denoiser(self, lo: int, hi: int) -> Denoiser:
@@ -134,9 +157,8 @@ class CachedContext(_Context):
             if not p:
                 return self.forward(video, sv, struct, ss, start=self.cache.length, audio_index=index,
                                     cache=self.cache)
-            pv, ps, pi = self.stack(self.pending)  # the previous block's clean frames first, then the noisy ones
-            zeros = _clean(b, p, video.device)
-            vv, vs = self.forward(_cat(pv, video), _cat(zeros, sv), _cat(ps, struct), _cat(zeros, ss),
+            pv, ps, pi, psig = self.stack(self.pending)  # the previous block's finished frames first, then the noisy
+            vv, vs = self.forward(_cat(pv, video), _cat(psig, sv), _cat(ps, struct), _cat(psig, ss),
                                   start=self.cache.length, audio_index=torch.cat([pi, index]), cache=self.cache)
             self.cache.commit(p)
             self.pending = []
@@ -145,10 +167,10 @@ class CachedContext(_Context):
         return denoise
 
     def _encode(self, frames: list[Frame]) -> None:
-        """Clean pass writing `frames` into the cache after its committed slots (sigma 0, as training's clean past)."""
-        video, struct, index = self.stack(frames)
-        zeros = _clean(video.shape[0], len(frames), video.device)
-        self.forward(video, zeros, struct, zeros, start=self.cache.length, audio_index=index, cache=self.cache)
+        """A pass writing `frames` into the cache after its committed slots (at their sigma: 0, as training's clean
+        past, or the history noise)."""
+        video, struct, index, sigma = self.stack(frames)
+        self.forward(video, sigma, struct, sigma, start=self.cache.length, audio_index=index, cache=self.cache)
         self.cache.commit(len(frames))
 
     def commit(self, lo, video, struct) -> None:
@@ -160,10 +182,11 @@ class RecomputeContext(_Context):
     The parity reference for `CachedContext`; cost grows with the window."""
 
     def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
-                 copies: int = 1):
+                 copies: int = 1, sigma_context: float = 0.0, generator: torch.Generator | None = None):
         audio, keep = context_audio(audio, frames, copies, ref_video.device)
         forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, **kw)  # noqa: E731
-        super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies, "cpu")
+        super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies, "cpu", sigma_context,
+                         generator)
 
     def denoiser(self, lo: int, hi: int) -> Denoiser:
         self._roll(hi - lo)
@@ -171,10 +194,9 @@ class RecomputeContext(_Context):
 
         def denoise(video, struct, sigma_video, sigma_struct):
             b, n = video.shape[:2]
-            hv, hs, hi_ = self.stack([self.ref, *self.history])
-            zeros = _clean(b, hv.shape[1], video.device)
-            vv, vs = self.forward(_cat(hv, video), _cat(zeros, sigma_video.expand(b, n)), _cat(hs, struct),
-                                  _cat(zeros, sigma_struct.expand(b, n)), start=0,
+            hv, hs, hi_, hsig = self.stack([self.ref, *self.history])
+            vv, vs = self.forward(_cat(hv, video), _cat(hsig, sigma_video.expand(b, n)), _cat(hs, struct),
+                                  _cat(hsig, sigma_struct.expand(b, n)), start=0,
                                   audio_index=torch.cat([hi_, index]), cache=None)
             return vv[:, -n:], None if vs is None else vs[:, -n:]
 

@@ -2,7 +2,9 @@
 
 Frames are generated block after block (a block = `chunk` frames taken from noise to clean in K Euler steps,
 Diffusion Forcing's block-sequential schedules, `shared.sampling.schedule`), each conditioned on the reference and
-the visible history through a context (`shared.sampling.engine`: KV-cached, or recomputed for parity).
+the visible history through a context (`shared.sampling.engine`: KV-cached, or recomputed for parity). The `rolling`
+schedule instead denoises its window of frames in flight one step at a time (context.denoiser -> euler_step), the
+head frame leaving clean into the context (context.commit) as a new one joins.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..models import DualForce
 from . import schedule as sched
 from .engine import CachedContext, RecomputeContext
 from .graphs import GraphedModel
-from .steps import euler_block, guided
+from .steps import euler_block, euler_step, guided
 
 
 def _check_inputs(model: DualForce, ref_video, ref_struct, audio, num_frames, cond_struct) -> None:
@@ -61,13 +63,29 @@ def block_rows(sample: SampleConfig, num_frames: int,
     return blocks
 
 
+def rolling_rows(sample: SampleConfig, num_frames: int) -> list[sched.RollStep]:
+    """The rolling schedule's steps, checked to fit the window (the frames in flight after roll_keep history)."""
+    steps = sched.rolling_steps(sample, num_frames)
+    flight = max(st.hi - st.lo for st in steps)
+    if flight > sample.window or not 0 <= sample.roll_keep <= sample.window - flight:
+        raise ValueError(f"window={sample.window} must hold the rolling window's {flight} frames after keeping "
+                         f"roll_keep={sample.roll_keep} history frames")
+    return steps
+
+
+def derived_generator(generator: torch.Generator | None, offset: int) -> torch.Generator | None:
+    """A generator of its own for one kind of draw, seeded from the stream's: the draws of one kind then do not shift
+    the others (a seeded stream's video noise is the same whatever else is drawn)."""
+    if generator is None:
+        return None
+    return torch.Generator(device=generator.device).manual_seed((generator.initial_seed() + offset) % 2**63)
+
+
 def struct_generator(generator: torch.Generator | None) -> torch.Generator | None:
     """The struct stream's own noise generator, seeded from the video one's seed: the video noise of a seeded stream
     is then the same whether or not the model also draws struct noise (every bridge mode sees the same video noise,
     so a comparison of modes is paired)."""
-    if generator is None:
-        return None
-    return torch.Generator(device=generator.device).manual_seed((generator.initial_seed() + 0x5EED) % 2**63)
+    return derived_generator(generator, 0x5EED)
 
 
 def initial_noise(model: DualForce, blk: sched.BlockRows, rows_struct: torch.Tensor, anchor, cond_struct,
@@ -90,30 +108,88 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
             graphs: GraphedModel | None = None) -> Iterator[dict]:
     sc = sample or SampleConfig()
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
-    blocks = block_rows(sc, num_frames, schedule)
+    rolling = schedule is None and sc.schedule == "rolling"
+    blocks = rolling_rows(sc, num_frames) if rolling else block_rows(sc, num_frames, schedule)
     copies = 2 if sc.audio_cfg != 1.0 and audio is not None else 1
     ref_struct = ref_struct if model.cfg.mode.struct_tower else None
     args = (model, ref_video, ref_struct, audio, num_frames, sc.window, sc.roll_keep, copies)
     if graphs is not None and not use_cache:
         raise ValueError("graphs: CUDA graphs replay the KV-cached forward (use_cache=True)")
-    ctx = CachedContext(*args, graphs=graphs) if use_cache else RecomputeContext(*args)
-    on_dev: dict[int, tuple] = {}  # blocks sharing row tensors share one device copy
+    history = {"sigma_context": sc.sigma_context, "generator": derived_generator(generator, 0xC0DE)}
+    ctx = CachedContext(*args, graphs=graphs, **history) if use_cache else RecomputeContext(*args, **history)
+    noise = Noise(model, ref_video, ref_struct, cond_struct, generator)
+    loop = _rolling if rolling else _blocks
+    yield from loop(ctx, blocks, noise, _OnDevice(ref_video.device), sc.audio_cfg)
 
-    def rows(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in on_dev:
-            on_dev[id(t)] = (t, t.to(ref_video.device, non_blocking=True))  # holding t keeps its id unique
-        return on_dev[id(t)][1]
 
-    anchor, struct_gen = ref_struct, struct_generator(generator)
+class _OnDevice:
+    """Row tensors on the sampler's device: steps sharing a row tensor share one copy (moved once)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.copies = device, {}
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in self.copies:
+            self.copies[id(t)] = (t, t.to(self.device, non_blocking=True))  # holding t keeps its id unique
+        return self.copies[id(t)][1]
+
+
+class Noise:
+    """Where frames start: video noise from the stream's generator, struct noise from its own generator around the
+    last clean struct (`anchor`, updated as frames finish) or the clean condition (`initial_noise`)."""
+
+    def __init__(self, model: DualForce, ref_video, ref_struct, cond_struct, generator):
+        self.model, self.like, self.cond, self.gen = model, ref_video, cond_struct, generator
+        self.anchor, self.struct_gen = ref_struct, struct_generator(generator)
+
+    def __call__(self, lo: int, hi: int, rows_struct: torch.Tensor):
+        blk = sched.BlockRows(lo, hi, rows_struct, rows_struct)
+        return initial_noise(self.model, blk, rows_struct, self.anchor, self.cond, self.like, self.gen, self.struct_gen)
+
+    def finished(self, struct: torch.Tensor | None) -> None:
+        """The newest clean struct [B, D] (a generated stream's anchor for the frames that start after it)."""
+        if self.model.cfg.mode.struct_generated:
+            self.anchor = struct
+
+
+def _frames(lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> Iterator[dict]:
+    for i in range(video.shape[1]):
+        yield {"index": lo + i, "video": video[:, i], "struct": None if struct is None else struct[:, i]}
+
+
+def _blocks(ctx, blocks: list[sched.BlockRows], noise: Noise, rows: _OnDevice, audio_cfg: float) -> Iterator[dict]:
+    """Block-sequential schedules: each block from noise to clean in its K steps, then into the context."""
     for blk in blocks:
         sv, ss = rows(blk.video), rows(blk.struct)
-        video, struct = initial_noise(model, blk, ss, anchor, cond_struct, ref_video, generator, struct_gen)
-        video, struct = euler_block(guided(ctx.denoiser(blk.lo, blk.hi), sc.audio_cfg), video, struct, sv, ss)
+        video, struct = noise(blk.lo, blk.hi, ss)
+        video, struct = euler_block(guided(ctx.denoiser(blk.lo, blk.hi), audio_cfg), video, struct, sv, ss)
         ctx.commit(blk.lo, video, struct)
-        if model.cfg.mode.struct_generated:
-            anchor = struct[:, -1]
-        for i in range(blk.hi - blk.lo):
-            yield {"index": blk.lo + i, "video": video[:, i], "struct": None if struct is None else struct[:, i]}
+        noise.finished(None if struct is None else struct[:, -1])
+        yield from _frames(blk.lo, video, struct)
+
+
+def _join(flight: torch.Tensor | None, new: torch.Tensor | None) -> torch.Tensor | None:
+    return new if flight is None or new is None else torch.cat([flight, new], 1)
+
+
+def _rolling(ctx, steps: list[sched.RollStep], noise: Noise, rows: _OnDevice, audio_cfg: float) -> Iterator[dict]:
+    """The rolling schedule: the frames in flight denoised together one step at a time; a frame joins at the tail
+    from noise, the head leaves clean into the context (and is handed out)."""
+    video = struct = None  # the frames in flight [B, n, ...]
+    for st in steps:
+        sv, ss = rows(st.video), rows(st.struct)
+        if st.joins:
+            v0, s0 = noise(st.hi - st.joins, st.hi, ss[:, -st.joins :])
+            video, struct = _join(video, v0), _join(struct, s0)
+        video, struct = euler_step(guided(ctx.denoiser(st.lo, st.hi), audio_cfg), video, struct, sv[0], ss[0], sv[1],
+                                   ss[1])
+        if st.leaves:
+            n = st.leaves
+            done_v, done_s = video[:, :n], None if struct is None else struct[:, :n]
+            ctx.commit(st.lo, done_v, done_s)
+            noise.finished(None if done_s is None else done_s[:, -1])
+            video, struct = video[:, n:], None if struct is None else struct[:, n:]
+            yield from _frames(st.lo, done_v, done_s)
 
 
 _stream_no_grad = torch.no_grad()(_stream)
@@ -146,8 +222,10 @@ def generate(model: DualForce, *args, **kwargs) -> dict[str, torch.Tensor | None
 def warm_up(graphs: GraphedModel, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor,
             num_frames: int, sample: SampleConfig) -> int:
     """Capture every graph a stream of these inputs will need (first step, steady state, roll) by streaming just far
-    enough; later streams of the same batch and audio length only replay. Returns the number of graphs."""
-    needed = min(num_frames, sample.window + sample.roll_keep + 2 * sample.chunk + 1)
+    enough; later streams of the same batch and audio length only replay (the rolling schedule's last steps, fewer
+    frames in flight, are captured when the stream reaches them). Returns the number of graphs."""
+    block = sched.resolve(sample, num_frames)[0]  # frames denoised together (chunk, or the rolling window)
+    needed = min(num_frames, sample.window + sample.roll_keep + 2 * block + 1)
     for i, _ in enumerate(stream(graphs.model, ref_video, ref_struct, audio, num_frames, sample=sample,
                                  graphs=graphs)):
         if i + 1 >= needed:

@@ -13,6 +13,11 @@ Kinds (`SampleConfig.schedule`) live in `KINDS`, one function each that turns th
 size and struct lead it uses, refusing settings it cannot honour; adding a kind is adding one entry here. Every
 kind honours `sigma_struct_start` (the struct stream starts from the previous frame's clean struct re-noised to
 that level) and `struct_lead` (the struct stream is clean that many steps before the video) the same way.
+
+One kind is not block-sequential: `rolling` (Diffusion Forcing's pyramid schedule, Chen et al. 2024 sec. 3.3;
+Rolling Forcing, Liu et al. 2025): a window of W frames in flight at staggered noise levels is denoised together,
+each frame taking the same K steps, a new frame joining at the tail every K / W steps and the head leaving clean
+(into the cache). Its steps come from `rolling_steps` (linear in the stream's length).
 """
 
 from __future__ import annotations
@@ -108,6 +113,66 @@ def struct_leads(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, st
     return autoregressive(frames, steps, chunk, shift, struct_start, max(struct_lead, 1))
 
 
+def rolling(frames: int, steps: int, window: int, shift: float = 1.0, struct_start: float = 1.0,
+            struct_lead: int = 0) -> Schedule:
+    """The rolling (pyramid) schedule as a matrix: frame j joins at row j * (steps / window) and takes the same
+    `steps` Euler steps as an autoregressive frame, so up to `window` frames are in flight at staggered levels.
+    window = 1 is `autoregressive` with chunk 1."""
+    every = _rolling_every(steps, window)
+    sv, ss = _unit_rows(frames, steps, 1, shift, struct_start, struct_lead)
+    rows = (frames - 1) * every + steps + 1
+    video = torch.empty(rows, frames)
+    struct = torch.empty(rows, frames)
+    for j in range(frames):
+        r0 = j * every
+        video[: r0 + 1, j], struct[: r0 + 1, j] = 1.0, struct_start
+        video[r0 : r0 + steps + 1, j], struct[r0 : r0 + steps + 1, j] = sv, ss
+        video[r0 + steps :, j], struct[r0 + steps :, j] = 0.0, 0.0
+    return Schedule(video, struct)
+
+
+def _rolling_every(steps: int, window: int) -> int:
+    """Steps between two frames joining the rolling window."""
+    if window < 1 or steps % window:
+        raise ValueError(f"schedule rolling: rolling_window={window} must divide steps={steps} (a frame joins every "
+                         f"steps / rolling_window steps)")
+    return steps // window
+
+
+@dataclass(frozen=True)
+class RollStep:
+    """One sampler step of the rolling schedule: the frames in flight [lo, hi) move from the sigmas video[0] /
+    struct[0] to video[1] / struct[1] ([2, hi - lo] each); the last `joins` of them enter from noise at this step,
+    the first `leaves` are clean after it."""
+
+    lo: int
+    hi: int
+    joins: int
+    leaves: int
+    video: torch.Tensor
+    struct: torch.Tensor
+
+
+def rolling_steps(sample: SampleConfig, frames: int) -> list[RollStep]:
+    """The rolling kind's steps without its matrix (O(frames * steps / window)); steps whose frames sit at the same
+    levels share one pair of row tensors (so a sampler moves them to its device once). Equal, step for step, to the
+    rows of `build(sample, frames)` restricted to the frames in flight (tested)."""
+    window, lead = resolve(sample, frames)
+    every = _rolling_every(sample.steps, window)
+    sv, ss = _unit_rows(frames, sample.steps, 1, sample.shift, sample.sigma_struct_start, lead)
+    shared: dict[tuple, tuple] = {}
+    out = []
+    for t in range((frames - 1) * every + sample.steps):
+        lo, hi = max(0, (t - sample.steps) // every + 1), min(frames, t // every + 1)
+        levels = tuple(t - j * every for j in range(lo, hi))  # each frame's step index, head first
+        if levels not in shared:
+            i = torch.tensor(levels)
+            shared[levels] = (torch.stack([sv[i], sv[i + 1]]), torch.stack([ss[i], ss[i + 1]]))
+        joins = int(t % every == 0 and t // every < frames)
+        out.append(RollStep(lo, hi, joins, int(levels[0] == sample.steps - 1), *shared[levels]))
+    return out
+
+
 def _autoregressive_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
     return sample.chunk, sample.struct_lead
 
@@ -126,9 +191,19 @@ def _struct_leads_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
     return sample.chunk, sample.struct_lead
 
 
+def _rolling_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
+    window = sample.rolling_window or sample.steps
+    _rolling_every(sample.steps, window)
+    if sample.chunk != 1:
+        raise ValueError(f"schedule rolling moves one frame in and out at a time; chunk={sample.chunk} means nothing "
+                         f"to it (leave chunk at 1, set rolling_window)")
+    return window, sample.struct_lead
+
+
 KINDS = {"autoregressive": _autoregressive_kind, "full_sequence": _full_sequence_kind,
-         "struct_leads": _struct_leads_kind}
-"""Schedule kind -> (sample config, frames) -> (block size, struct lead), raising ValueError for what it cannot do."""
+         "struct_leads": _struct_leads_kind, "rolling": _rolling_kind}
+"""Schedule kind -> (sample config, frames) -> (block size: the frames denoised together, struct lead), raising
+ValueError for what it cannot do."""
 
 
 def resolve(sample: SampleConfig, frames: int) -> tuple[int, int]:
@@ -142,6 +217,8 @@ def build(sample: SampleConfig, frames: int) -> Schedule:
     """The whole [R + 1, F] matrix of the sample config's kind (for inspection and tests; the sampler uses
     `stream_rows`)."""
     chunk, lead = resolve(sample, frames)
+    if sample.schedule == "rolling":
+        return rolling(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
     return autoregressive(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
 
 
@@ -186,8 +263,10 @@ def block_rows(schedule: Schedule) -> list[BlockRows]:
 
 def stream_rows(sample: SampleConfig, frames: int) -> list[BlockRows]:
     """`block_rows(build(sample, frames))` without the matrix: O(frames / chunk), and every full block shares one pair
-    of row tensors (so a sampler moves them to its device once)."""
+    of row tensors (so a sampler moves them to its device once). Not for `rolling` (`rolling_steps`)."""
     chunk, lead = resolve(sample, frames)
+    if sample.schedule == "rolling":
+        raise ValueError("schedule rolling is not block-sequential: its steps come from rolling_steps")
     sv, ss = _unit_rows(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
     full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
     out = []

@@ -55,6 +55,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
         ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
         ap.add_argument("--fusion-depth", type=int, help="model.fusion_depth")
         ap.add_argument("--p-clean-past", type=float, help="diffusion.p_clean_past")
+        ap.add_argument("--sigma-context", type=float,
+                        help="diffusion.sigma_context: history noise in training (the clean past at U(0, this))")
         ap.add_argument("--struct-kind", help="the struct kind the cache must hold (explicit, implicit, ...)")
         ap.add_argument("--init-video-from", help="a stage-1 checkpoint folder: start the video tower from it")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other config field")
@@ -70,7 +72,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
         flags["model.bridge_mode"] = "video_only"
     else:
         flags.update({"model.bridge_mode": a.bridge_mode, "model.fusion_depth": a.fusion_depth,
-                      "diffusion.p_clean_past": a.p_clean_past})
+                      "diffusion.p_clean_past": a.p_clean_past, "diffusion.sigma_context": a.sigma_context})
     try:
         meta = CacheReader(a.data).meta
     except CacheError as e:
