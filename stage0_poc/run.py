@@ -72,7 +72,7 @@ class Settings:
     """tiny-ae training steps."""
     probe_steps: int = 600
     """Probe training steps."""
-    train_steps: int = 350
+    train_steps: int = 300
     """Optimiser steps per variant."""
     batch: int = 8
     """Training batch (clips of clip_frames + 1 frames)."""
