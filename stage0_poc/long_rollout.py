@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {out}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
                          f"--suite/--quick/--out first")
     chosen = [v for v in trained if v.role == "variant" and (args.variants is None or v.name in args.variants.split(","))]
+    if not chosen:
+        names = ", ".join(v.name for v in trained if v.role == "variant")
+        raise SystemExit(f"error: --variants {args.variants}: none of the trained variants ({names})")
     data = poc.build_data(s, Path(args.out), args.suite, device, con)  # reuses what run.py made
     probe, codec, acc, _ = poc.build_probe(s, data, device, con)
     dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
