@@ -100,6 +100,10 @@ class Draws:
         return cls(*(None if getattr(parts[0], f.name) is None else op([getattr(d, f.name) for d in parts], dim)
                      for f in fields(cls)))
 
+    def to(self, device) -> "Draws":
+        return Draws(*(None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                       for f in fields(self)))
+
     def copy_(self, other: "Draws") -> None:
         """Overwrite these tensors in place (static buffers a CUDA graph reads)."""
         for f in fields(self):

@@ -165,14 +165,13 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     base = next(iter(res))
-    curves = {k: {n: np.asarray(r[f"_{k}"]) for n, r in res[base].items()} for k in ("id", "jitter")}
-    curves["id"]["real"] = [r["id_err"] for r in real]
-    curves["jitter"]["real"] = [r["jitter"] for r in real]
-    R.plot_curves({n: np.array(c) if n != "real" else np.array(_ragged(c)) for n, c in curves["id"].items()},
-                  f"identity drift over {args.factor} training clips ({base}): probe identity distance to the "
-                  "reference", "distance (std units)", plots / "long_identity.png", clip)
-    R.plot_curves({n: np.array([R.smooth(x, clip // 2 + 1) for x in (c if n != "real" else _ragged(c))])
-                   for n, c in curves["jitter"].items()},
+    # curves[metric][name] [clips, frames]: the baseline method's per variant, and the real clips (cut to the shortest)
+    curves = {key: {**{n: np.asarray(r[own]) for n, r in res[base].items()},
+                    "real": np.array(_ragged([r[key] for r in real]))}
+              for key, own in (("id_err", "_id"), ("jitter", "_jitter"))}
+    R.plot_curves(curves["id_err"], f"identity drift over {args.factor} training clips ({base}): probe identity "
+                  "distance to the reference", "distance (std units)", plots / "long_identity.png", clip)
+    R.plot_curves({n: np.array([R.smooth(x, clip // 2 + 1) for x in c]) for n, c in curves["jitter"].items()},
                   f"motion jitter over {args.factor} training clips ({base}): |2nd difference| of head pose (smoothed)",
                   "std units per frame^2", plots / "long_jitter.png", clip)
     pngs = ["plots/long_identity.png", "plots/long_jitter.png"]
@@ -183,16 +182,10 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
         pngs.append(f"plots/long_identity_{name}.png")
     table = {m: {n: {k: M.mean_ci(x) for k, x in r.items() if not k.startswith("_")} for n, r in per.items()}
              for m, per in res.items()}
-    summary = {n: {"id_err": _summary(np.asarray(r["_id"]), clip), "jitter": _summary(np.asarray(r["_jitter"]), clip)}
-               for n, r in res[base].items()}
-    summary["real"] = {k: _summary(np.array(_ragged([r[k] for r in real])), clip) for k in ("id_err", "jitter")}
+    summary = {n: {key: _summary(curves[key][n], clip) for key in curves} for n in curves["id_err"]}
     result = {"frames": frames, "factor": args.factor, "clip_frames": clip, "device": device, "baseline": base,
               "sigma_context": args.sigma_context, "real_jitter": real_jitter, "methods": table, "summary": summary,
-              "curves": {"id_err": {n: np.asarray(c).mean(0).round(5).tolist() if n != "real" else
-                                    np.array(_ragged(c)).mean(0).round(5).tolist() for n, c in curves["id"].items()},
-                         "jitter": {n: np.asarray(c).mean(0).round(5).tolist() if n != "real" else
-                                    np.array(_ragged(c)).mean(0).round(5).tolist()
-                                    for n, c in curves["jitter"].items()}},
+              "curves": {key: {n: c.mean(0).round(5).tolist() for n, c in per.items()} for key, per in curves.items()},
               "plots": pngs}
     tmp = out / ".long_rollout.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -43,7 +42,8 @@ from shared.data import synth  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E402
 from shared.data.ingest import Options, ingest  # noqa: E402
-from shared.data.media import iter_frames, read_audio, write_mp4  # noqa: E402
+from shared.data.media import read_audio, read_videos, write_mp4  # noqa: E402
+from shared.data.workers import default_workers, process_pool  # noqa: E402
 from shared.data.face import IDENTITY_LAYOUT  # noqa: E402
 from shared.evaluation.evaluate import (POSE, bridge_usage, clip_metrics, head_read, heldout_loss,  # noqa: E402
                                         load_eval_clips, read_clips, rollout)
@@ -189,21 +189,6 @@ class Phases:
         self.con.print(f"[dim]{name}: {took} s[/]")
 
 
-def workers() -> int:
-    """Processes for rendering and ingesting clips: none on a 2-core machine (torch's own threads use both), else
-    up to 15, one core left to this process."""
-    n = os.cpu_count() or 1
-    return 0 if n <= 2 else min(15, n - 1)
-
-
-def read_videos(paths: list[Path], size: int, step: int = 1) -> list[np.ndarray]:
-    """Every `step`-th frame of each video [N, size, size, 3], decoded on threads (the decoder releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, workers())) as pool:
-        return list(pool.map(lambda p: np.stack(list(iter_frames(p, size)))[::step], paths))
-
-
 def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
     """SynthTalk export -> tiny-ae -> caches. Everything is keyed by the settings, so re-runs reuse it."""
     key = hashlib.sha1(json.dumps([s.train_clips, s.eval_clips, s.train_seconds, s.eval_seconds, s.size, s.ae_steps,
@@ -213,9 +198,7 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
     kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
     reused = (d / "tiny_ae.pt").exists() and all((d / f"{sp}_{k}.h5").exists() for sp in ("train", "eval")
                                                   for k in kinds)
-    from shared.data.workers import process_pool
-
-    w = workers()
+    w = default_workers()
     with process_pool(w) if w else contextlib.nullcontext() as pool:  # one pool: a worker takes seconds to start
         t0 = time.perf_counter()
         for split, n, secs, offset, kind in (("train", s.train_clips, s.train_seconds, 0, "train"),
@@ -226,7 +209,7 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
         t0 = time.perf_counter()
         ae = d / "tiny_ae.pt"
         if not ae.exists():
-            frames = np.concatenate(read_videos(sorted((d / "train").glob("*.mp4")), s.size, 2))
+            frames = np.concatenate(read_videos(sorted((d / "train").glob("*.mp4")), s.size, 2, default_workers()))
             con.print(f"training tiny-ae on {len(frames)} frames for {s.ae_steps} steps")
             save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
         con.print(f"[dim]tiny-ae: {time.perf_counter() - t0:.1f} s[/]")
@@ -251,7 +234,7 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
 
     def frames_and_truth(split: str, step: int):
         paths = sorted((data["dir"] / split).glob("*.mp4"))
-        videos = read_videos(paths, s.size, step)
+        videos = read_videos(paths, s.size, step, default_workers())
         mo, ids = [], []
         for p, f in zip(paths, videos):
             z = np.load(p.with_suffix(".npz"))
@@ -569,8 +552,8 @@ class Heldout:
                        {n: head_read(r, frames) for n, r in self.real_reads.items()}, self.windows)
 
 
-def evaluate(variants, models, cfgs, held: Heldout, probe, dims, s: Settings, clip_frames: int, device, seed: int,
-             codec, reps: int | None = None, light: bool = False):
+def evaluate(variants, models, cfgs, held: Heldout, probe, codec, dims, s: Settings, clip_frames: int, device,
+             seed: int, reps: int | None = None, light: bool = False):
     """Every variant of one seed (`evaluate_variant`) and the real clips read the same way (the ceilings):
     (results, identity chance). reps: rollouts per clip (default s.rollouts); light: no bridge usage or KID
     (learning curves)."""
@@ -635,7 +618,7 @@ def learning_curve(curves: dict, variants, models, snaps, cfgs, held: Heldout, p
                 m = DualForce(cfgs[name].model)
                 m.load_state_dict(snaps[name][step])
                 at[name] = m.to(device).eval()
-        res, _ = evaluate(variants, at, cfgs, held, probe, dims, s, clip_frames, device, seed, codec, reps=1,
+        res, _ = evaluate(variants, at, cfgs, held, probe, codec, dims, s, clip_frames, device, seed, reps=1,
                           light=True)
         for name, r in res.items():
             if name == "real":
@@ -711,8 +694,8 @@ def main(argv: list[str] | None = None) -> dict:
         seed = s.seed + k
         TIMES.clear()
         with phase("evaluate: held-out loss and rollouts" + (f" (seed {seed})" if k else "")):
-            results, chance = evaluate(variants, models[k], cfgs[k], held, probe, dims, s, clip_frames, device, seed,
-                                       codec)
+            results, chance = evaluate(variants, models[k], cfgs[k], held, probe, codec, dims, s, clip_frames,
+                                       device, seed)
             init = model_maker(cfgs[k]["dual"])(seed).to(device).eval()
             start = heldout_loss(init, held.windows["explicit"], cfgs[k]["dual"], device, seed=seed)
             heldout_start.append({st: float(x.mean()) for st, x in start.items()})

@@ -103,6 +103,15 @@ def iter_frames(path: str | Path, size: int, fps: int = 25) -> Iterator[np.ndarr
             k += 1
 
 
+def read_videos(paths: list[str | Path], size: int, step: int = 1, threads: int = 1) -> list[np.ndarray]:
+    """Every `step`-th frame of each video ([N, size, size, 3] uint8, `iter_frames`), decoded on `threads` threads
+    (the decoder releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(lambda p: np.stack(list(iter_frames(p, size)))[::step], paths))
+
+
 def read_audio(path: str | Path, rate: int = 16000) -> np.ndarray | None:
     """First audio stream, mixed to mono and resampled to `rate` (FFmpeg's resampler), float32 [S] aligned so
     that sample 0 is the first video frame's time; None when the file has no audio stream."""

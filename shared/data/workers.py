@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 
@@ -13,3 +14,10 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     seconds (it imports the caller's modules): share one pool across calls where there are several."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+
+
+def default_workers() -> int:
+    """Processes for rendering and ingesting clips: none on a 2-core machine (torch's own threads use both), else
+    up to 15, one core left to the caller."""
+    n = os.cpu_count() or 1
+    return 0 if n <= 2 else min(15, n - 1)

@@ -80,8 +80,7 @@ def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int 
         for i, w in enumerate(part, lo):
             g = torch.Generator().manual_seed(seed + i)
             draws.append(draw(Batch(w["video"][None], w["struct"][None]), dcfg, g))
-        stacked = Draws.join(draws)
-        stacked = Draws(*(None if x is None else x.to(device) for x in vars(stacked).values()))
+        stacked = Draws.join(draws).to(device)
         b = Batch(*(torch.stack([w[k] for w in part]).to(device) for k in ("video", "struct", "audio")))
         if not model.cfg.has_struct:
             b.struct = None

@@ -56,20 +56,22 @@ def block_rows(sample: SampleConfig, num_frames: int,
     for blk in {id(b.video): b for b in blocks}.values():  # blocks sharing their rows are checked once
         if (blk.video[0] != 1).any():
             raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
-    widest = max(b.hi - b.lo for b in blocks)
-    if widest > sample.window or (len(blocks) > 1 and not 0 <= sample.roll_keep <= sample.window - widest):
-        raise ValueError(f"window={sample.window} must hold a block of {widest} frames after keeping "
-                         f"roll_keep={sample.roll_keep} history frames")
+    _check_window(sample, max(b.hi - b.lo for b in blocks), len(blocks) > 1)
     return blocks
+
+
+def _check_window(sample: SampleConfig, widest: int, rolls: bool) -> None:
+    """The window must hold the frames denoised together, and after a roll (when the stream can roll) the kept
+    history beside them."""
+    if widest > sample.window or (rolls and not 0 <= sample.roll_keep <= sample.window - widest):
+        raise ValueError(f"window={sample.window} must hold the {widest} frames denoised together after keeping "
+                         f"roll_keep={sample.roll_keep} history frames")
 
 
 def rolling_rows(sample: SampleConfig, num_frames: int) -> list[sched.RollStep]:
     """The rolling schedule's steps, checked to fit the window (the frames in flight after roll_keep history)."""
     steps = sched.rolling_steps(sample, num_frames)
-    flight = max(st.hi - st.lo for st in steps)
-    if flight > sample.window or not 0 <= sample.roll_keep <= sample.window - flight:
-        raise ValueError(f"window={sample.window} must hold the rolling window's {flight} frames after keeping "
-                         f"roll_keep={sample.roll_keep} history frames")
+    _check_window(sample, max(st.hi - st.lo for st in steps), len(steps) > 1)
     return steps
 
 
@@ -88,18 +90,18 @@ def struct_generator(generator: torch.Generator | None) -> torch.Generator | Non
     return derived_generator(generator, 0x5EED)
 
 
-def initial_noise(model: DualForce, blk: sched.BlockRows, rows_struct: torch.Tensor, anchor, cond_struct,
+def initial_noise(model: DualForce, lo: int, hi: int, rows_struct: torch.Tensor, anchor, cond_struct,
                   like: torch.Tensor, generator, struct_gen=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A block's starting point: video noise (from `generator`); the struct noise (from `struct_gen`) re-noised from
-    the last clean struct `anchor` to the block's starting struct sigma (sigma_struct_start < 1), or the clean
-    condition (condition_only)."""
-    mode, n, b = model.cfg.mode, blk.hi - blk.lo, like.shape[0]
+    """Frames lo..hi-1's starting point: video noise (from `generator`); the struct noise (from `struct_gen`)
+    re-noised from the last clean struct `anchor` to their starting struct sigma (rows_struct[0]; sigma_struct_start
+    < 1), or the clean condition (condition_only)."""
+    mode, n, b = model.cfg.mode, hi - lo, like.shape[0]
     video = torch.randn((b, n, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
     if mode.struct_generated:
         noise = torch.randn((b, n, model.cfg.struct_dim), generator=struct_gen, device=like.device, dtype=like.dtype)
         s0 = rows_struct[0][None, :, None]
         return video, s0 * noise + (1 - s0) * anchor[:, None]
-    return video, cond_struct[:, blk.lo : blk.hi] if mode.struct_condition else None
+    return video, cond_struct[:, lo:hi] if mode.struct_condition else None
 
 
 def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor | None,
@@ -143,8 +145,8 @@ class Noise:
         self.anchor, self.struct_gen = ref_struct, struct_generator(generator)
 
     def __call__(self, lo: int, hi: int, rows_struct: torch.Tensor):
-        blk = sched.BlockRows(lo, hi, rows_struct, rows_struct)
-        return initial_noise(self.model, blk, rows_struct, self.anchor, self.cond, self.like, self.gen, self.struct_gen)
+        return initial_noise(self.model, lo, hi, rows_struct, self.anchor, self.cond, self.like, self.gen,
+                             self.struct_gen)
 
     def finished(self, struct: torch.Tensor | None) -> None:
         """The newest clean struct [B, D] (a generated stream's anchor for the frames that start after it)."""
