@@ -59,5 +59,3 @@ def cache(tmp_path_factory) -> Path:
                        g.standard_normal((30, 6)).astype(np.float32), g.standard_normal((60, 8)).astype(np.float32),
                        g.standard_normal((4, 8, 8)).astype(np.float32), g.standard_normal(6).astype(np.float32))
     return path
-
-
