@@ -3,7 +3,10 @@ KV cache over recomputing the visible history (`use_cache=False`). Random weight
 bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT only (no video decoder).
 
     python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--compile] [--no-graphs]
-        [--recompute-frames N]
+        [--recompute-frames N] [--schedule autoregressive,rolling] [--sigma-context S] [--ref-weight W]
+
+Several comma-separated --schedule kinds are timed one after the other on the same (compiled) model: their figures
+are then comparable (`schedules` in the output; the first is also `cached`, `cached_latency`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,16 @@ def profile(path: str, run) -> dict:
     return out
 
 
+def prepare(model, graphs, inputs, frames: int, sample) -> None:
+    """Capture (or warm) every shape a stream will run before it is timed: `warm_up`, and for the rolling schedule,
+    whose last steps have fewer frames in flight (new shapes: captured, and compiled, when reached), a whole stream."""
+    if graphs is not None:  # a graph per input shape, captured once; later streams only replay
+        warm_up(graphs, *inputs, frames, sample)
+    if graphs is None or sample.schedule == "rolling":
+        stop = None if sample.schedule == "rolling" else sample.window + sample.roll_keep + 2
+        timed_stream(model, inputs, frames, sample, False, stop_after=stop, graphs=graphs)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="full")
@@ -71,9 +84,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", help="write a torch.profiler table of 8 streamed frames to this file")
     ap.add_argument("--stop-after", type=int, help="time only the first N frames of the --frames stream")
     ap.add_argument("--recompute-frames", type=int, help="frames for the use_cache=False run (default --frames; 0 = skip)")
+    ap.add_argument("--schedule", default=None, help="sample.schedule, or several comma-separated (timed in turn)")
+    ap.add_argument("--rolling-window", type=int, default=0, help="sample.rolling_window")
+    ap.add_argument("--sigma-context", type=float, default=0.0, help="sample.sigma_context (history noise)")
+    ap.add_argument("--ref-weight", type=float, default=1.0, help="sample.ref_weight (the weighted reference)")
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
-    sample = replace(cfg.sample, steps=a.steps)
+    sample = replace(cfg.sample, steps=a.steps, rolling_window=a.rolling_window, sigma_context=a.sigma_context,
+                     ref_weight=a.ref_weight)
+    kinds = (a.schedule or sample.schedule).split(",")
+    sample = replace(sample, schedule=kinds[0])
     torch.manual_seed(0)
     m = cfg.model
     model = DualForce(m).cuda().to(torch.bfloat16).eval()
@@ -83,6 +103,7 @@ def main(argv=None) -> dict:
     audio = torch.randn(1, 2 * a.frames, m.audio_dim, device=dev, dtype=bf)
     inputs = (ref, ref_s, audio)
     res = {"preset": a.preset, "steps": a.steps, "window": sample.window, "roll_keep": sample.roll_keep,
+           "sigma_context": a.sigma_context, "ref_weight": a.ref_weight,
            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": a.compile,
            "overlap": not a.no_overlap}
     if a.no_graphs:
@@ -91,15 +112,20 @@ def main(argv=None) -> dict:
             model.compile_blocks()
     graphs = None if a.no_graphs else GraphedModel(model, compile=a.compile, overlap=not a.no_overlap)
     t = time.perf_counter()
-    if graphs is not None:  # a graph per input shape, captured once; later streams only replay
-        warm_up(graphs, *inputs, a.frames, sample)
-    else:  # warm the eager kernels over the same stretch
-        timed_stream(model, inputs, a.frames, sample, False, stop_after=sample.window + sample.roll_keep + 2)
+    prepare(model, graphs, inputs, a.frames, sample)
     res["prepare_s"] = time.perf_counter() - t
     res["graphs_captured"] = len(graphs.graphs) if graphs else 0
     print("prepared", json.dumps(res), file=sys.stderr, flush=True)
     res["cached"] = timed_stream(model, inputs, a.frames, sample, False, a.stop_after, graphs=graphs)
     res["cached_latency"] = timed_stream(model, inputs, a.frames, sample, True, a.stop_after, graphs=graphs)
+    res["schedules"] = {kinds[0]: {"cached": res["cached"], "cached_latency": res["cached_latency"]}}
+    for kind in kinds[1:]:
+        other = replace(sample, schedule=kind)
+        prepare(model, graphs, inputs, a.frames, other)
+        res["schedules"][kind] = {"cached": timed_stream(model, inputs, a.frames, other, False, a.stop_after,
+                                                         graphs=graphs),
+                                  "cached_latency": timed_stream(model, inputs, a.frames, other, True, a.stop_after,
+                                                                 graphs=graphs)}
     print("cached", json.dumps(res), file=sys.stderr, flush=True)
     if a.profile:
         res["profile"] = profile(a.profile, lambda: timed_stream(model, inputs, a.frames, sample, False,

@@ -195,8 +195,13 @@ class SampleConfig:
     sigma_context: float = 0.0
     """History noise: a finished frame enters the history (the KV cache) re-noised to this level, its noise drawn
     once (Diffusion Forcing keeps the history slightly noisy); 0: clean. Train with `diffusion.sigma_context`."""
+    ref_weight: float = 1.0
+    """Identity anchor: every attention weighs the reference frame as if it were present this many times (a log
+    bias on its keys, `shared.models.attention.ref_bias`); 1: as in training."""
 
     def __post_init__(self) -> None:
+        if not self.ref_weight > 0:
+            raise ValueError(f"SampleConfig: ref_weight={self.ref_weight} must be > 0")
         if not 0 <= self.sigma_context < 1:
             raise ValueError(f"SampleConfig: sigma_context={self.sigma_context} must be in [0, 1)")
         if self.steps < 1:
@@ -270,6 +275,9 @@ class TrainConfig:
     """Recompute each block's activations in the backward pass (FSDP)."""
     compile: bool = False
     """torch.compile every block and bridge layer (regional compilation, `DualForce.compile_blocks`)."""
+    self_forcing: bool = False
+    """Train on the model's own rollouts (a fine-tuning mode, `shared.training.self_forcing`): each step's history
+    frames are streamed by the model (no gradients through them), the loss is on the frames after them."""
     inject_nan_at: tuple[int, ...] = ()
     """Testing aid: steps whose loss is replaced by NaN, to exercise the non-finite guard."""
 

@@ -1,19 +1,22 @@
 """Long rollouts on SynthTalk: identity drift, motion jitter and lip sync far past the training clip, for each
-long-video method on the same trained models (issue #16).
+long-video method (issue #16).
 
     python stage0_poc/long_rollout.py [--suite core] [--quick] [--out runs/poc] [--factor 10] [--device auto]
-        [--methods baseline,rolling,history_noise,rolling+history_noise] [--sigma-context 0.05] [--variants ...]
+        [--methods baseline,rolling,ref_weight,self_forcing+ref_weight,...] [--sigma-context 0.05]
+        [--train-sigma-context 0.1] [--ref-weight 4] [--finetune-steps N] [--variants ...] [--clips N]
 
 Needs a finished `stage0_poc/run.py` run with the same --suite / --quick / --out (its trained variants of seed 0,
 probes and codec are reused; on a GPU its GPU settings). Each held-out clip's audio (and true mouth track) is looped
 to `factor` training clips; every variant streams that long through its rolling KV cache (the reference frame as a
-permanent sink, memory bounded by the window) under each inference-only method (`METHODS`: a sampler setting on
-the same model); condition_only is driven by the run's motion source. The probes read identity, head pose and the
-jaw back from the decoded frames. Per variant and method, over the held-out clips (mean [95% interval]): identity
-error over the first and the last training-clip length and their ratio, jitter over the last training-clip length
-against the real clips', lip sync over the whole rollout, and (dual, explicit) struct <-> video jaw agreement.
-Writes RUN/long_rollout.json, RUN/long_rollout.md and RUN/plots/long_identity*.png, long_jitter.png (RUN =
-OUT/SUITE[-quick]).
+permanent sink, memory bounded by the window) under each method: components (`COMPONENTS`) joined by '+', each a
+sampler setting on the same trained model (rolling schedule, history noise, the weighted reference) or a fine-tune
+of it (`finetune`, the control: the same extra steps without a method; `train_history_noise`; `self_forcing`), all
+fine-tunes from the same weights with the same steps, data order and noise. condition_only is driven by the run's
+motion source. The probes read identity, head pose and the jaw back from the decoded frames. Per variant and
+method, over the held-out clips (mean [95% interval]): identity error over the first and the last training-clip
+length and their ratio, jitter over the last training-clip length against the real clips', lip sync over the whole
+rollout, and (dual, explicit) struct <-> video jaw agreement. Writes RUN/long_rollout.json, RUN/long_rollout.md and
+RUN/plots/long_identity*.png, long_jitter.png (RUN = OUT/SUITE[-quick]); fine-tunes in RUN/finetune/.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,21 +37,36 @@ import run as poc  # noqa: E402
 
 from shared import config as C  # noqa: E402
 from shared import runs  # noqa: E402
-from shared.data.cache import CacheReader  # noqa: E402
+from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
 from shared.evaluation.evaluate import JAW, consistency_curves, load_eval_clips, read_clips, rollout  # noqa: E402
+from shared.models import DualForce  # noqa: E402
+from shared.training import fit  # noqa: E402
 
-# Inference-only long-video methods: a sampler setting applied to the same trained model (issue #16).
-METHODS = {
-    "baseline": {},
+# Long-video methods (issue #16), each a combination of components ("a+b"): a sampler setting on the same trained
+# model, and/or a fine-tune of it. Every fine-tune starts from the same trained weights and takes the same steps, data
+# order and noise (train.seed), so `finetune` (the same extra steps without a method) is the control of the others.
+COMPONENTS = {
+    "baseline": ({}, None),
     # a window of frames in flight at staggered noise levels, one new frame per step (Diffusion Forcing's pyramid;
     # Rolling Forcing)
-    "rolling": {"schedule": "rolling"},
+    "rolling": ({"schedule": "rolling"}, None),
     # the history re-noised to a small level as it enters the cache (Diffusion Forcing)
-    "history_noise": {"sigma_context": None},
-    "rolling+history_noise": {"schedule": "rolling", "sigma_context": None},
+    "history_noise": ({"sigma_context": "sigma_context"}, None),
+    # the identity anchor: every attention weighs the reference as `ref_weight` frames (`ref_bias`)
+    "ref_weight": ({"ref_weight": "ref_weight"}, None),
+    # fine-tunes: plain (the control), with history noise in training, on the model's own rollouts (Self-Forcing)
+    "finetune": ({}, {}),
+    "train_history_noise": ({}, {"diffusion.sigma_context": "train_sigma_context"}),
+    "self_forcing": ({}, {"train.self_forcing": True}),
 }
+# Each method alone, and one combination fixed in advance (not picked from the results): the two anchors that attack
+# the two causes of drift, trusting a generated history (training on it) and a reference whose share of attention
+# fades as the history fills (weighting it).
+DEFAULT_METHODS = ("baseline", "rolling", "history_noise", "rolling+history_noise", "ref_weight", "finetune",
+                   "train_history_noise+history_noise", "self_forcing", "self_forcing+ref_weight")
+METHODS = DEFAULT_METHODS  # kept for callers of the old name
 
 
 def loop(x: np.ndarray, n: int) -> np.ndarray:
@@ -61,9 +80,40 @@ def long_clips(clips, frames: int):
                     video=c.video[:frames]) for c in clips]
 
 
-def method_sample(sample: C.SampleConfig, name: str, sigma_context: float) -> C.SampleConfig:
-    over = {k: (sigma_context if v is None else v) for k, v in METHODS[name].items()}
-    return replace(sample, **over)
+def resolve(method: str, levels: dict) -> tuple[dict, dict | None]:
+    """A method's (sampler overrides, fine-tune config overrides or None), its levels filled in from `levels`."""
+    sample, tune = {}, None
+    for part in method.split("+"):
+        if part not in COMPONENTS:
+            raise KeyError(part)
+        s, t = COMPONENTS[part]
+        sample.update({k: levels.get(v, v) if isinstance(v, str) else v for k, v in s.items()})
+        if t is not None:
+            tune = {**(tune or {}), **{k: levels.get(v, v) if isinstance(v, str) else v for k, v in t.items()}}
+    return sample, tune
+
+
+def method_sample(sample: C.SampleConfig, name: str, sigma_context: float, ref_weight: float = 4.0) -> C.SampleConfig:
+    return replace(sample, **resolve(name, {"sigma_context": sigma_context, "ref_weight": ref_weight})[0])
+
+
+def finetune(model, cfg: C.Config, tune: dict, steps: int, data: dict, struct: str, folder: Path, device: str, con):
+    """A copy of `model` fine-tuned `steps` steps under `tune` with `fit` (one process): from the trained weights at
+    a tenth of the training peak rate (the end of its cosine), warm-up a tenth of the steps. Reused when `folder`
+    holds the finished run of the same config. Returns (EMA model, its config)."""
+    tc = cfg.train
+    ft = C.override(cfg, {"train.steps": steps, "train.lr": tc.lr * tc.min_lr_ratio, "train.warmup": max(1, steps // 10),
+                          "train.ckpt_every": 0, "train.ckpt_minutes": 0.0, "train.tensorboard": False,
+                          "train.accelerator": device, "train.log_every": max(1, steps // 20), **tune})
+    ds = WindowDataset(data["caches"][("train", struct)], frames=cfg.clip_frames, stride=4)
+    copy = DualForce(cfg.model)
+    copy.load_state_dict(model.state_dict())
+    saved = folder / runs.CONFIG
+    same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(ft)))
+    res = fit(ft, copy, ds, folder, resume="auto" if same else "none",
+              progress=lambda step, rec: None if step % max(1, steps // 5) else con.print(
+                  f"  step {step}: loss {rec['loss']:.4f}"))
+    return (res["ema"] or copy).to(device).eval(), ft
 
 
 def per_clip(reads, clips, roll_struct, probe, dims, clip: int, real_jitter: float, explicit: bool) -> dict:
@@ -91,8 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--factor", type=int, default=10, help="rollout length in training clips")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--task", choices=("v1", "v2"), default=poc.CORE.task, help="the SynthTalk task run.py used")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
-    ap.add_argument("--sigma-context", type=float, default=0.05, help="the history noise level of *history_noise")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help=f"comma-separated; each one or more of {', '.join(COMPONENTS)} joined by '+'")
+    ap.add_argument("--sigma-context", type=float, default=0.05, help="history noise level at inference")
+    ap.add_argument("--train-sigma-context", type=float, default=0.1,
+                    help="train_history_noise: the clean past at U(0, this) in the fine-tune")
+    ap.add_argument("--ref-weight", type=float, default=4.0, help="ref_weight: the reference counts as this many frames")
+    ap.add_argument("--finetune-steps", type=int, default=None,
+                    help="steps of each fine-tune (default: an eighth of the PoC's training steps)")
     ap.add_argument("--variants", default=None, help="comma-separated trained variants (default: every one)")
     ap.add_argument("--clips", type=int, default=None, help="held-out clips (default: all)")
     args = ap.parse_args(argv)
@@ -101,11 +157,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     con = Console()
     methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise SystemExit(f"error: --methods {args.methods}: choose from {', '.join(METHODS)}")
+    levels = {"sigma_context": args.sigma_context, "ref_weight": args.ref_weight,
+              "train_sigma_context": args.train_sigma_context}
+    try:
+        plans = {m: resolve(m, levels) for m in methods}
+        C.SampleConfig(**{k: v for p in plans.values() for k, v in p[0].items()})
+    except KeyError as e:
+        raise SystemExit(f"error: --methods {args.methods}: {e.args[0]!r} is none of {', '.join(COMPONENTS)}") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not methods:
+        raise SystemExit(f"error: --methods is empty: choose from {', '.join(COMPONENTS)}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     s = replace(poc.QUICK if args.quick else poc.GPU if device == "cuda" else poc.CORE, task=args.task)
+    tune_steps = args.finetune_steps or max(2, s.train_steps // 8)
     out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
     suite = poc.FULL_VARIANTS if args.suite == "full" else poc.CORE_VARIANTS
     trained = [v for v in suite if not v.model_of]
@@ -144,23 +209,39 @@ def main(argv: list[str] | None = None) -> dict:
     real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
 
     res: dict[str, dict] = {}
+    seconds: dict[str, dict] = {}
     for v in chosen:
-        model, cfg = load(v.name)
+        base, base_cfg = load(v.name)
+        tuned: dict[str, tuple] = {}  # fine-tune overrides -> (model, config): methods sharing one share it
         cl = clips[v.struct]
         for m in methods:
-            sample = method_sample(cfg.sample, m, args.sigma_context)
+            over, tune = plans[m]
+            model, cfg = base, base_cfg
+            t0 = time.perf_counter()
+            if tune is not None:
+                key = json.dumps(tune, sort_keys=True)
+                if key not in tuned:
+                    name = "+".join(p for p in m.split("+") if COMPONENTS[p][1] is not None)
+                    con.print(f"{v.name}: fine-tuning ({name}) {tune_steps} steps")
+                    tuned[key] = finetune(base, base_cfg, tune, tune_steps, data, v.struct,
+                                          out / "finetune" / f"{v.name}-{name}", device, con)
+                model, cfg = tuned[key]
+            seconds.setdefault(m, {})[v.name] = {"finetune": time.perf_counter() - t0}
+            sample = replace(cfg.sample, **over)
             con.print(f"{v.name} / {m}: {len(cl)} held-out clips x {frames} frames ({args.factor} training clips)")
             cond = poc.motion_of(v, cl, 1, source, device, s.seed, frames) if cfg.model.mode.struct_condition else None
+            t0 = time.perf_counter()
             roll = rollout(model, cl, replace(cfg, sample=sample), device, seed=s.seed, cond_struct=cond,
                            frames=frames)
+            seconds[m][v.name]["rollout"] = time.perf_counter() - t0
             reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in cl]))
             res.setdefault(m, {})[v.name] = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter,
                                                      v.struct == "explicit")
-    return write(out, args, res, real, real_jitter, frames, clip, device, con)
+    return write(out, args, res, real, real_jitter, frames, clip, device, con, tune_steps, seconds)
 
 
 def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: int, clip: int, device: str,
-          con) -> dict:
+          con, tune_steps: int = 0, seconds: dict | None = None) -> dict:
     """long_rollout.json (the baseline's curves and summary as before, every method's numbers), .md and plots."""
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
@@ -184,7 +265,9 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
              for m, per in res.items()}
     summary = {n: {key: _summary(curves[key][n], clip) for key in curves} for n in curves["id_err"]}
     result = {"frames": frames, "factor": args.factor, "clip_frames": clip, "device": device, "baseline": base,
-              "sigma_context": args.sigma_context, "real_jitter": real_jitter, "methods": table, "summary": summary,
+              "sigma_context": args.sigma_context, "train_sigma_context": args.train_sigma_context,
+              "ref_weight": args.ref_weight, "finetune_steps": tune_steps, "seconds": seconds or {},
+              "real_jitter": real_jitter, "methods": table, "summary": summary,
               "curves": {key: {n: c.mean(0).round(5).tolist() for n, c in per.items()} for key, per in curves.items()},
               "plots": pngs}
     tmp = out / ".long_rollout.json.tmp"
@@ -217,7 +300,11 @@ def markdown(r: dict) -> str:
              "over the first / last training-clip length; id_ratio: last / first (the issue's target: <= 1.3); "
              f"jitter_last_vs_real: head-pose jitter over the last clip length / the real clips' ({r['real_jitter']:.4f};"
              " target <= 1.5); lip_r: lip sync over the whole rollout; agree_jaw_r: the generated struct's jaw vs "
-             f"the jaw read from the video. history_noise: sigma_context {r['sigma_context']}.", "",
+             f"the jaw read from the video. history_noise: sigma_context {r['sigma_context']} at inference; "
+             f"train_history_noise: a fine-tune with the clean past at U(0, {r['train_sigma_context']}); ref_weight: "
+             f"the reference weighs {r['ref_weight']} frames in every attention; finetune / self_forcing: "
+             f"{r['finetune_steps']} more steps from the trained weights, plain (the control) or on the model's own "
+             "rollouts.", "",
              "| method | variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for m, per in r["methods"].items():
         for n, t in per.items():

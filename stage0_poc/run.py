@@ -146,6 +146,9 @@ FULL_VARIANTS = CORE_VARIANTS + [
     Variant("dual_implicit", {}, struct="implicit"),
     Variant("dual_fusion1", {"model.fusion_depth": 1}),
     Variant("dual_fusion_all", {"model.fusion_depth": 4}),
+    # history noise in training (issue #16): the clean past at one U(0, 0.1) level per sample, sampled with the
+    # history at 0.05 (Diffusion Forcing keeps the history slightly noisy so that its errors are not trusted)
+    Variant("dual_history_noise", {"diffusion.sigma_context": 0.1}, sample=(("sigma_context", 0.05),)),
 ]
 QUESTIONS = [  # (question, A, B): "A beats B"
     ("H2a: dual beats video_only", "dual", "video_only"),
@@ -157,6 +160,7 @@ QUESTIONS = [  # (question, A, B): "A beats B"
     ("explicit struct beats implicit", "dual", "dual_implicit"),
     ("fusion depth 2 beats 1", "dual", "dual_fusion1"),
     ("fusion in all 4 layers beats 2", "dual_fusion_all", "dual"),
+    ("history noise in training and sampling beats none", "dual_history_noise", "dual"),
 ]
 
 

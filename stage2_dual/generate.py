@@ -2,7 +2,7 @@
 
     python stage2_dual/generate.py --ckpt RUN_OR_CKPT --ref face.png --audio voice.wav --out out.mp4 \\
         [--seconds S] [--steps K] [--schedule KIND] [--sigma-struct-start 0.7] [--struct-lead L] [--chunk C] \\
-        [--rolling-window W] [--window W] [--sigma-context S] [--audio-cfg G] [--seed X] [--threads N]
+        [--rolling-window W] [--window W] [--sigma-context S] [--ref-weight W] [--audio-cfg G] [--seed X] [--threads N]
 
 Writes OUT.mp4 (25 fps, the driving audio muxed in), OUT.struct.npz (the generated motion trajectory and its
 layout; dual models) and OUT.timing.json (per-frame latency, fps, first-frame latency, device). Frames are decoded
@@ -50,6 +50,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, help="sample.window: history frames the model sees")
     ap.add_argument("--sigma-context", type=float,
                     help="sample.sigma_context: history noise, finished frames enter the cache re-noised to this level")
+    ap.add_argument("--ref-weight", type=float,
+                    help="sample.ref_weight: identity anchor, every attention weighs the reference as this many frames")
     ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
     model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
     given = {"steps": a.steps, "schedule": a.schedule, "sigma_struct_start": a.sigma_struct_start,
              "struct_lead": a.struct_lead, "chunk": a.chunk, "rolling_window": a.rolling_window, "window": a.window,
-             "audio_cfg": a.audio_cfg, "sigma_context": a.sigma_context}
+             "audio_cfg": a.audio_cfg, "sigma_context": a.sigma_context,
+             "ref_weight": a.ref_weight}
     sample = check_sample(sample_config(cfg.sample, given))
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
     ref = load_reference(a.ref, cfg, meta, codec)

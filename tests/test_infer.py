@@ -316,3 +316,31 @@ def test_history_noise_cache_parity(schedule):
     clean = _gen(model, 11, True, replace(sc, sigma_context=0.0))
     assert torch.equal(a["video"][:, 0], clean["video"][:, 0])
     assert (a["video"][:, 3:] - clean["video"][:, 3:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("schedule", ["autoregressive", "rolling"])
+def test_ref_weight_cache_parity(schedule):
+    """The weighted reference (identity anchor): the cached and the recomputed context weigh it alike, through the
+    roll; weight 1 is the unweighted stream, another weight changes the frames."""
+    model = tiny_model("dual")
+    sc = replace(SC, schedule=schedule, ref_weight=4.0)
+    a, b = _gen(model, 11, True, sc), _gen(model, 11, False, sc)
+    assert (a["video"] - b["video"]).abs().max() <= 1e-4
+    assert (a["struct"] - b["struct"]).abs().max() <= 1e-4
+    plain = _gen(model, 11, True, replace(sc, ref_weight=1.0))
+    assert torch.equal(plain["video"], _gen(model, 11, True, replace(SC, schedule=schedule))["video"])
+    assert (a["video"] - plain["video"]).abs().max() > 1e-4
+
+
+def test_ref_bias_counts_the_reference_w_times():
+    """A log(w) bias on frame 0's keys equals attending to w copies of the reference (softmax identity)."""
+    import torch.nn.functional as F
+
+    from shared.models.attention import ref_bias
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 8, generator=g) for _ in range(3))  # 3 frames of 1 token
+    w = 3
+    biased = F.scaled_dot_product_attention(q, k, v, attn_mask=ref_bias(torch.zeros(3, 3), 1, float(w)))
+    kk, vv = torch.cat([k[:, :, :1]] * w + [k[:, :, 1:]], 2), torch.cat([v[:, :, :1]] * w + [v[:, :, 1:]], 2)
+    assert torch.allclose(biased, F.scaled_dot_product_attention(q, kk, vv), atol=1e-6)

@@ -119,3 +119,50 @@ def test_stage1_trains_video_only(cache, tmp_path):
     res2 = run_cli("dual", ["--preset", "tiny", "--data", str(cache), "--out", str(tmp_path / "s2"), "--accelerator",
                             "cpu", "--max-steps", "2", "--init-video-from", str(latest_checkpoint(tmp_path))])
     assert res2["step"] == 2
+
+
+def test_self_forcing_history_is_the_models_own(cache, tmp_path):
+    """The self-forcing step replaces frames 1..c-1 by the model's rollout from the reference, keeps frame 0 and the
+    frames from c on, puts the history at level 0 and leaves the later frames' levels as drawn; the cut is the same
+    for a step on every rank and a rerun."""
+    from dataclasses import replace
+
+    from shared import config as C
+    from shared.data.cache import WindowDataset
+    from shared.diffusion import draw
+    from shared.models import DualForce
+    from shared.training.batches import to_batch
+    from shared.training.self_forcing import cut_of, history_levels, own_history
+
+    cfg = C.get_preset("tiny")
+    ds = WindowDataset(cache, frames=cfg.clip_frames)
+    cfg = C.override(cfg, {"model.struct_dim": ds[0]["struct"].shape[-1], "model.audio_dim": ds[0]["audio"].shape[-1]})
+    batch = to_batch({k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0] if ds[0][k] is not None}, "cpu")
+    torch.manual_seed(0)
+    model = DualForce(cfg.model).train()
+    cut = cut_of(cfg, 5, batch.video.shape[1])
+    assert cut == cut_of(cfg, 5, batch.video.shape[1]) and 2 <= cut < batch.video.shape[1]
+    own = own_history(model, batch, cfg, cut, torch.Generator().manual_seed(1))
+    assert model.training
+    assert torch.equal(own.video[:, 0], batch.video[:, 0]) and torch.equal(own.video[:, cut:], batch.video[:, cut:])
+    assert not torch.allclose(own.video[:, 1:cut], batch.video[:, 1:cut])
+    assert torch.equal(own.struct[:, cut:], batch.struct[:, cut:])
+    d = draw(batch, cfg.diffusion, torch.Generator().manual_seed(2))
+    h = history_levels(d, cut, 0.0, None)
+    assert (h.sigma_video[:, :cut] == 0).all() and torch.equal(h.sigma_video[:, cut:], d.sigma_video[:, cut:])
+    noisy = history_levels(d, cut, 0.1, torch.Generator().manual_seed(3))
+    assert (noisy.sigma_struct[:, 0] == 0).all() and (noisy.sigma_struct[:, 1:cut] <= 0.1).all()
+    with pytest.raises(ValueError, match="self-forcing"):
+        cut_of(replace(cfg, clip_frames=1), 0, 2)
+
+
+def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):
+    """`--self-forcing` fine-tunes a few steps with 2 CPU processes (DDP): every rank rolls out the same number of
+    frames (the cut comes from the step), so the collectives line up."""
+    fabric = Path(sys.executable).with_name("fabric")
+    cmd = [str(fabric), "run", "--accelerator", "cpu", "--devices", "2", "stage2_dual/train.py", "--preset", "tiny",
+           "--data", str(cache), "--out", str(tmp_path), "--max-steps", "3", "--global-batch", "4", "--self-forcing"]
+    res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert latest_checkpoint(tmp_path).name == "step_00000003"
+    assert '"self_forcing": true' in (tmp_path / "config.json").read_text()

@@ -12,6 +12,7 @@ With a cache (streaming): SDPA over the whole static cache buffer with an additi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -138,6 +139,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Ten
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v)
     if isinstance(mask, torch.Tensor):
+        if mask.is_floating_point() and mask.dtype != q.dtype:  # a weighted reference's bias, made in fp32
+            mask = mask.to(q.dtype)
         if (q.is_cuda and mask.is_floating_point() and SPLIT_QUERIES[0] <= q.shape[2] <= SPLIT_QUERIES[1]
                 and k.shape[2] >= SPLIT_MIN_KEYS and (splits := kv_splits(k.shape[2])) > 1):
             return split_kv_attention(q, k, v, mask, splits)
@@ -191,13 +194,14 @@ class KVCache:
         return KVSlot(kb, vb, index)
 
     def view(self, batch: int, start: int | torch.Tensor, count: int, head_dim: int, dtype: torch.dtype,
-             device: torch.device) -> "CacheView":
-        """What one forward of `count` frames written at slots start.. needs from the cache."""
+             device: torch.device, ref_weight: float = 1.0) -> "CacheView":
+        """What one forward of `count` frames written at slots start.. needs from the cache (`ref_weight`: see
+        `ref_bias`)."""
         if not torch.is_tensor(start) and start != self.length:
             raise ValueError(f"start={start}: the cache has {self.length} committed slots; new frames go after them")
         if not torch.is_tensor(start) and start + count > self.max_frames:
             raise ValueError(f"frames {start}..{start + count - 1} do not fit a cache of {self.max_frames} slots")
-        return CacheView(self, batch, start, count, head_dim, dtype, device)
+        return CacheView(self, batch, start, count, head_dim, dtype, device, ref_weight)
 
     def commit(self, count: int) -> None:
         self.length += count
@@ -215,13 +219,14 @@ class CacheView:
     token rows start * tokens ..)."""
 
     def __init__(self, cache: KVCache, batch: int, start: int | torch.Tensor, count: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, ref_weight: float = 1.0):
         self.cache, self.batch, self.start, self.count = cache, batch, start, count
-        self.head_dim, self.dtype, self.device = head_dim, dtype, device
+        self.head_dim, self.dtype, self.device, self.ref_weight = head_dim, dtype, device, ref_weight
         self._rows: dict[int, torch.Tensor] = {}
 
     def mask(self, q_tokens: int, k_tokens: int) -> torch.Tensor:
-        return cache_mask(self.start, self.count, q_tokens, k_tokens, self.cache.max_frames, self.dtype, self.device)
+        bias = cache_mask(self.start, self.count, q_tokens, k_tokens, self.cache.max_frames, self.dtype, self.device)
+        return ref_bias(bias, k_tokens, self.ref_weight)  # slot 0 is the reference
 
     def slot(self, key: str, width: int, tokens: int) -> "KVSlot":
         if tokens not in self._rows:
@@ -234,14 +239,19 @@ class FrameView:
     """The same interface without a cache (training, recomputation): frame-causal masks (`frame_mask`) over the
     given frames, no slots."""
 
-    def __init__(self, start: int, count: int, backend: str, device: torch.device):
+    def __init__(self, start: int, count: int, backend: str, device: torch.device, ref_weight: float = 1.0):
         if torch.is_tensor(start):
             raise ValueError("a tensor `start` is for cached streaming; without a cache pass an int")
         self.start, self.count, self.backend, self.device = start, count, resolve_backend(backend, device), device
+        self.ref_weight = ref_weight if start == 0 else 1.0  # frame 0, the reference, is among the keys
 
     def mask(self, q_tokens: int, k_tokens: int):
-        return frame_mask(Span(self.start, self.count, q_tokens), Span(self.start, self.count, k_tokens),
-                          self.backend, self.device)
+        qs, ks = Span(self.start, self.count, q_tokens), Span(self.start, self.count, k_tokens)
+        if self.ref_weight == 1.0:
+            return frame_mask(qs, ks, self.backend, self.device)
+        allowed = dense_frame_mask(qs, ks, self.device)  # a weighted reference: an additive bias, dense
+        bias = torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min / 2)
+        return ref_bias(bias, k_tokens, self.ref_weight)
 
     def slot(self, key: str, width: int, tokens: int) -> None:
         return None
@@ -266,6 +276,17 @@ def cache_mask(start: int | torch.Tensor, count: int, q_tokens: int, k_tokens: i
     # finite, not -inf: exp underflows to exactly 0 all the same, and a chunk of `split_kv_attention` that is
     # masked whole gets a finite log-sum-exp (weight 0) instead of NaN
     return bias.masked_fill(kf[None, :] > qf[:, None], torch.finfo(dtype).min / 2)
+
+
+def ref_bias(bias: torch.Tensor, k_tokens: int, weight: float) -> torch.Tensor:
+    """An additive attention bias [Sq, Skv] with log(weight) added on the keys of frame 0 (the reference): every
+    query then weighs the reference as if it were present `weight` times (softmax: w e^s = e^(s + log w)). A stronger
+    identity anchor at inference (issue #16): the reference sink of StreamingLLM (Xiao et al. 2024) and the reference
+    sinks of streaming avatars hold a fixed share of attention only while the scores do; as the history fills with
+    generated frames, `weight` > 1 keeps the reference's share up without training. 1: unchanged."""
+    if weight == 1.0:
+        return bias
+    return torch.cat([bias[:, :k_tokens] + math.log(weight), bias[:, k_tokens:]], 1)
 
 
 class Attention(nn.Module):

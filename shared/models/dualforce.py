@@ -122,8 +122,8 @@ class DualForce(nn.Module):
     def forward(self, video: torch.Tensor, sigma_video: torch.Tensor, struct: torch.Tensor | None = None,
                 sigma_struct: torch.Tensor | None = None, audio: torch.Tensor | None = None, *,
                 audio_keep: torch.Tensor | None = None, start: int | torch.Tensor = 0,
-                audio_index: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                audio_index: torch.Tensor | None = None, cache: KVCache | None = None,
+                ref_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Velocities for every given frame.
 
         video [B, T, C, H, W]; sigma_* [B, T]; struct [B, T, D]; audio [B, 2Ta, A] at 50 Hz (audio frames 2i,
@@ -134,6 +134,8 @@ class DualForce(nn.Module):
         tensor (CUDA-graph streaming: one graph for every position).
         audio_index [T]: each frame's index into the 25 fps audio tokens (default start..start+T-1). On the CPU
         (no device sync) or, for CUDA-graph streaming, on the device (see `AudioWindows`).
+        ref_weight: every attention weighs frame 0 (the reference; with a cache, slot 0) as if present this many
+        times (`shared.models.attention.ref_bias`; inference only, 1 in training).
         Returns (video_velocity [B, T, C, H, W], struct_velocity [B, T, D] or None).
         """
         cfg = self.cfg
@@ -142,10 +144,10 @@ class DualForce(nn.Module):
         video, struct, audio = (None if x is None else x.to(wdt) for x in (video, struct, audio))
         (b, t), dev = video.shape[:2], video.device
         if cache is None:
-            view = FrameView(start, t, cfg.attn_backend, dev)
+            view = FrameView(start, t, cfg.attn_backend, dev, ref_weight)
         else:
             adt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else wdt
-            view = cache.view(b, start, t, cfg.head_dim, adt, dev)
+            view = cache.view(b, start, t, cfg.head_dim, adt, dev, ref_weight)
         win, windows = self._audio_windows(audio, audio_index, start, t, dev)
         pos = torch.arange(t, device=dev) + start
         xv = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)

@@ -7,6 +7,8 @@ Rules (both contexts apply them identically):
   positions 1..window, as in a training clip (the reference plus `clip_frames` frames);
 - when a block would overflow the window, the history is cut to its `roll_keep` most recent frames, which move to
   positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time);
+- the reference may weigh more than one frame in every attention (`ref_weight`, an identity anchor:
+  `shared.models.attention.ref_bias`);
 - history noise (`sigma_context` > 0): a finished frame enters the history re-noised to that level, its noise drawn
   once when it is committed (Diffusion Forcing, Chen et al. 2024, keeps the history slightly noisy so that the model
   does not trust its own errors as ground truth); the reference stays clean.
@@ -126,16 +128,17 @@ class CachedContext(_Context):
     buffer and replays the forward as CUDA graphs; else an eager forward over a fresh `KVCache`."""
 
     def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
-                 copies: int = 1, graphs=None, sigma_context: float = 0.0, generator: torch.Generator | None = None):
+                 copies: int = 1, graphs=None, sigma_context: float = 0.0, generator: torch.Generator | None = None,
+                 ref_weight: float = 1.0):
         dev = ref_video.device
         audio, keep = context_audio(audio, frames, copies, dev)
         if graphs is not None:
             if audio is None or dev.type != "cuda":
                 raise ValueError("graphs: CUDA graphs need a CUDA device and audio")
             graphs.set_audio(audio, keep)
-            forward, self.cache = graphs, graphs.cache(1 + window, dev)
+            forward, self.cache = graphs, graphs.cache(1 + window, dev, ref_weight)
         else:
-            forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, **kw)  # noqa: E731
+            forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, ref_weight=ref_weight, **kw)  # noqa: E731
             self.cache = KVCache(1 + window)
         super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies,
                          dev if graphs is not None else "cpu", sigma_context, generator)
@@ -182,9 +185,10 @@ class RecomputeContext(_Context):
     The parity reference for `CachedContext`; cost grows with the window."""
 
     def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
-                 copies: int = 1, sigma_context: float = 0.0, generator: torch.Generator | None = None):
+                 copies: int = 1, sigma_context: float = 0.0, generator: torch.Generator | None = None,
+                 ref_weight: float = 1.0):
         audio, keep = context_audio(audio, frames, copies, ref_video.device)
-        forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, **kw)  # noqa: E731
+        forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, ref_weight=ref_weight, **kw)  # noqa: E731
         super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies, "cpu", sigma_context,
                          generator)
 

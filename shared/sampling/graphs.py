@@ -29,11 +29,13 @@ class GraphedModel:
         self.keep: torch.Tensor | None = None
         self.kv: KVCache | None = None
         self.start: torch.Tensor | None = None
+        self.ref_weight = 1.0
 
-    def cache(self, max_frames: int, device: torch.device) -> KVCache:
-        """The KV cache the graphs read and write, emptied for a new stream."""
-        if self.kv is None or self.kv.max_frames != max_frames:
-            self.kv, self.graphs = KVCache(max_frames), {}
+    def cache(self, max_frames: int, device: torch.device, ref_weight: float = 1.0) -> KVCache:
+        """The KV cache the graphs read and write, emptied for a new stream (`ref_weight`: the forward's, captured
+        in the graphs)."""
+        if self.kv is None or self.kv.max_frames != max_frames or self.ref_weight != ref_weight:
+            self.kv, self.graphs, self.ref_weight = KVCache(max_frames), {}, ref_weight
             self.start = torch.zeros((), dtype=torch.long, device=device)
         self.kv.truncate(0)
         return self.kv
@@ -65,7 +67,7 @@ class GraphedModel:
 
         def fwd():
             return self.model(v, a, st, b, self.audio, audio_keep=self.keep, start=self.start, audio_index=idx,
-                              cache=self.kv)
+                              cache=self.kv, ref_weight=self.ref_weight)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

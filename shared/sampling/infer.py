@@ -117,7 +117,8 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
     args = (model, ref_video, ref_struct, audio, num_frames, sc.window, sc.roll_keep, copies)
     if graphs is not None and not use_cache:
         raise ValueError("graphs: CUDA graphs replay the KV-cached forward (use_cache=True)")
-    history = {"sigma_context": sc.sigma_context, "generator": derived_generator(generator, 0xC0DE)}
+    history = {"sigma_context": sc.sigma_context, "generator": derived_generator(generator, 0xC0DE),
+               "ref_weight": sc.ref_weight}
     ctx = CachedContext(*args, graphs=graphs, **history) if use_cache else RecomputeContext(*args, **history)
     noise = Noise(model, ref_video, ref_struct, cond_struct, generator)
     loop = _rolling if rolling else _blocks

@@ -26,6 +26,7 @@ from . import checkpoint
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
+from .self_forcing import self_forcing_loss
 
 
 def make_fabric(tc: TrainConfig, block_types: tuple = ()):
@@ -115,7 +116,10 @@ def train_step(run: Run, batches, step: int) -> dict:
     for m in range(run.order.accum):
         batch = to_batch(next(batches), fabric.device)
         with fabric.no_backward_sync(model, enabled=m < run.order.accum - 1):
-            losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
+            if tc.self_forcing:
+                losses = self_forcing_loss(model, batch, run.cfg, step, generator=run.gen)
+            else:
+                losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
             loss = losses["loss"] / run.order.accum
             if step in tc.inject_nan_at:
                 loss = loss * float("nan")
