@@ -113,6 +113,9 @@ def finetune(model, cfg: C.Config, tune: dict, steps: int, data: dict, struct: s
     res = fit(ft, copy, ds, folder, resume="auto" if same else "none",
               progress=lambda step, rec: None if step % max(1, steps // 5) else con.print(
                   f"  step {step}: loss {rec['loss']:.4f}"))
+    if res["stopped"]:
+        raise SystemExit(f"error: the fine-tune in {folder} stopped at step {res['step']} of {steps}: "
+                         f"{res['stopped']}; run again to resume it")
     return (res["ema"] or copy).to(device).eval(), ft
 
 

@@ -166,3 +166,32 @@ def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert latest_checkpoint(tmp_path).name == "step_00000003"
     assert '"self_forcing": true' in (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_self_forcing_rollout_graphs_match_eager(cache):
+    """The rollout replayed as CUDA graphs gives the eager rollout's frames, for every cut with one set of graphs,
+    and follows the parameters as the optimiser changes them in place."""
+    from shared import config as C
+    from shared.data.cache import WindowDataset
+    from shared.models import DualForce
+    from shared.training.batches import to_batch
+    from shared.training.self_forcing import own_history, rollout_graphs
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = C.get_preset("tiny")
+    ds = WindowDataset(cache, frames=cfg.clip_frames)
+    cfg = C.override(cfg, {"model.struct_dim": ds[0]["struct"].shape[-1], "model.audio_dim": ds[0]["audio"].shape[-1]})
+    batch = to_batch({k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0] if ds[0][k] is not None}, "cuda")
+    torch.manual_seed(0)
+    model = DualForce(cfg.model).cuda().train()
+    graphs = rollout_graphs(model, torch.device("cuda"))
+    for cut in (2, 5, cfg.clip_frames):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.01)  # an optimiser step, in place
+        gen = lambda: torch.Generator("cuda").manual_seed(cut)  # noqa: E731
+        a = own_history(model, batch, cfg, cut, gen(), graphs)
+        b = own_history(model, batch, cfg, cut, gen(), None)
+        assert (a.video - b.video).abs().max() < 1e-4 and (a.struct - b.struct).abs().max() < 1e-4
+    assert len(graphs.graphs) <= 3

@@ -26,7 +26,7 @@ from . import checkpoint
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
-from .self_forcing import self_forcing_loss
+from .self_forcing import rollout_graphs, self_forcing_loss
 
 
 def make_fabric(tc: TrainConfig, block_types: tuple = ()):
@@ -70,6 +70,8 @@ class Run:
     start: int
     state: dict = field(default_factory=dict)
     stop: dict = field(default_factory=lambda: {"why": None})
+    graphs: object = None
+    """Self-forcing's rollouts as CUDA graphs (`self_forcing.rollout_graphs`), or None."""
 
     def save(self, step: int) -> None:
         checkpoint.save(self.fabric, self.out, step, self.state, self.sched, self.ema, self.gen,
@@ -106,7 +108,8 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
     order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=0)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
-    return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state)
+    graphs = rollout_graphs(model, fabric.device) if tc.self_forcing else None
+    return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs)
 
 
 def train_step(run: Run, batches, step: int) -> dict:
@@ -117,7 +120,7 @@ def train_step(run: Run, batches, step: int) -> dict:
         batch = to_batch(next(batches), fabric.device)
         with fabric.no_backward_sync(model, enabled=m < run.order.accum - 1):
             if tc.self_forcing:
-                losses = self_forcing_loss(model, batch, run.cfg, step, generator=run.gen)
+                losses = self_forcing_loss(model, batch, run.cfg, step, generator=run.gen, graphs=run.graphs)
             else:
                 losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
             loss = losses["loss"] / run.order.accum

@@ -25,7 +25,9 @@ import torch
 
 from ..config import Config
 from ..diffusion import Batch, Draws, draw, flow_loss
-from ..sampling.infer import derived_generator, generate
+from ..models import DualForce
+from ..sampling.graphs import GraphedModel
+from ..sampling.infer import derived_generator, stream
 
 
 def cut_of(cfg: Config, step: int, frames: int) -> int:
@@ -36,27 +38,48 @@ def cut_of(cfg: Config, step: int, frames: int) -> int:
     return int(torch.randint(2, frames, (1,), generator=g))
 
 
+def rollout_graphs(model, device: torch.device) -> GraphedModel | None:
+    """CUDA-graph replay for the rollouts of a model held whole on one GPU (a small model's eager rollout is
+    launch-bound: ~1 s a step at the poc preset); None where the parameters are sharded (FSDP) or on the CPU. The
+    graphs read the parameters in place, so they follow the optimiser's updates."""
+    from lightning_fabric.wrappers import _FabricModule
+
+    inner = model.module if isinstance(model, _FabricModule) else model
+    if device.type != "cuda" or not isinstance(inner, DualForce):  # FSDP/DDP wrap it: keep the eager path
+        return None
+    return GraphedModel(inner, overlap=False)
+
+
 @torch.no_grad()
-def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Generator | None) -> Batch:
+def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Generator | None,
+                graphs: GraphedModel | None = None) -> Batch:
     """The batch with frames 1..cut-1 replaced by the model's rollout from frame 0 and the clip's audio
-    (condition_only: its clean motion stays the clip's, as at inference)."""
+    (condition_only: its clean motion stays the clip's, as at inference). graphs: replay the forward as CUDA graphs
+    (`rollout_graphs`). The stream is set up for the whole clip and stopped after cut-1 frames, so that every cut has
+    the same shapes (graphs captured once) and the same noise draws."""
     mode = model.cfg.mode
     was = model.training
     model.eval()
     sample = replace(cfg.sample, window=min(cfg.sample.window, cfg.clip_frames))
     ref_struct = batch.struct[:, 0] if mode.struct_tower else None
-    audio = None if batch.audio is None else batch.audio[:, 2 : 2 * cut]
-    cond = batch.struct[:, 1:cut] if mode.struct_condition else None
+    audio = None if batch.audio is None else batch.audio[:, 2:]
+    cond = batch.struct[:, 1:] if mode.struct_condition else None
+    if audio is None:
+        graphs = None
+    frames = batch.video.shape[1] - 1
     try:
         with torch.compiler.set_stance("force_eager"):  # rollout shapes change with the cut: not worth compiling
-            out = generate(model, batch.video[:, 0], ref_struct, audio, cut - 1, sample=sample, generator=generator,
-                           cond_struct=cond)
+            it = stream(model, batch.video[:, 0], ref_struct, audio, frames, sample=sample, generator=generator,
+                        cond_struct=cond, graphs=graphs)
+            got = [f for _, f in zip(range(cut - 1), it)]
     finally:
         model.train(was)
-    video = torch.cat([batch.video[:, :1], out["video"].to(batch.video.dtype), batch.video[:, cut:]], 1)
+    video = torch.cat([batch.video[:, :1], torch.stack([f["video"] for f in got], 1).to(batch.video.dtype),
+                       batch.video[:, cut:]], 1)
     struct = batch.struct
     if mode.struct_generated:
-        struct = torch.cat([batch.struct[:, :1], out["struct"].to(struct.dtype), batch.struct[:, cut:]], 1)
+        own = torch.stack([f["struct"] for f in got], 1).to(struct.dtype)
+        struct = torch.cat([batch.struct[:, :1], own, batch.struct[:, cut:]], 1)
     return Batch(video, struct, batch.audio, batch.has_audio)
 
 
@@ -75,13 +98,13 @@ def history_levels(d: Draws, cut: int, sigma_context: float, generator: torch.Ge
                    sigma_struct=torch.where(past, level, d.sigma_struct))
 
 
-def self_forcing_loss(model, batch: Batch, cfg: Config, step: int,
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def self_forcing_loss(model, batch: Batch, cfg: Config, step: int, generator: torch.Generator | None = None,
+                      graphs: GraphedModel | None = None) -> dict[str, torch.Tensor]:
     """The flow-matching loss of the frames after a history the model generated itself (see the module docstring).
     `generator` draws the step's noise as `training_loss` does; the rollout's noise comes from a generator derived
-    from it, so the loss's draws do not depend on the rollout's length."""
+    from it, so the loss's draws do not depend on the rollout's length. graphs: see `own_history`."""
     cut = cut_of(cfg, step, batch.video.shape[1])
     d = draw(batch, cfg.diffusion, generator)
     d = history_levels(d, cut, cfg.diffusion.sigma_context, generator)
-    own = own_history(model, batch, cfg, cut, derived_generator(generator, 0x5E1F + step))
+    own = own_history(model, batch, cfg, cut, derived_generator(generator, 0x5E1F + step), graphs)
     return flow_loss(model, own, cfg.diffusion, d)
