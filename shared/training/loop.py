@@ -108,7 +108,7 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
     order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=0)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
-    graphs = rollout_graphs(model, fabric.device) if tc.self_forcing else None
+    graphs = rollout_graphs(model, fabric.device) if tc.self_forcing and not sharded else None
     return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs)
 
 
