@@ -16,7 +16,8 @@ motion source. The probes read identity, head pose and the jaw back from the dec
 method, over the held-out clips (mean [95% interval]): identity error over the first and the last training-clip
 length and their ratio, jitter over the last training-clip length against the real clips', lip sync over the whole
 rollout, and (dual, explicit) struct <-> video jaw agreement. Writes RUN/long_rollout.json, RUN/long_rollout.md and
-RUN/plots/long_identity*.png, long_jitter.png (RUN = OUT/SUITE[-quick]); fine-tunes in RUN/finetune/.
+RUN/plots/long_identity*.png, long_jitter.png (RUN = OUT/SUITE[-quick]), and puts the table and the curves in
+RUN/report.md as its last section; fine-tunes in RUN/finetune/.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from shared.training import fit  # noqa: E402
 # model, and/or a fine-tune of it. Every fine-tune starts from the same trained weights and takes the same steps, data
 # order and noise (train.seed), so `finetune` (the same extra steps without a method) is the control of the others.
 COMPONENTS = {
-    "baseline": ({}, None),
+    "baseline": ({"schedule": "autoregressive"}, None),  # whatever the sampler's default: one frame at a time
     # a window of frames in flight at staggered noise levels, one new frame per step (Diffusion Forcing's pyramid;
     # Rolling Forcing)
     "rolling": ({"schedule": "rolling"}, None),
@@ -277,9 +278,23 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "long_rollout.json")
     (out / "long_rollout.md").write_text(markdown(result))
+    into_report(out / "report.md", result)
     con.print(markdown(result))
     con.print(f"wrote {out / 'long_rollout.json'}, {out / 'long_rollout.md'} and {', '.join(pngs)}")
     return result
+
+
+MARK = "<!-- long_rollout -->"
+
+
+def into_report(report: Path, r: dict) -> None:
+    """The table and the curves as the PoC report's last section (replacing the one a previous run put there)."""
+    if not report.exists():
+        return
+    text = report.read_text().split(MARK)[0].rstrip("\n")
+    body = markdown(r).replace("# Long rollouts", "## Long rollouts", 1)
+    plots = "\n".join(f"![{p}]({p})" for p in r["plots"])
+    report.write_text(f"{text}\n\n{MARK}\n{body}\n{plots}\n")
 
 
 def _ragged(curves: list) -> list:

@@ -14,7 +14,7 @@ from shared.sampling import engine
 from shared.sampling.schedule import autoregressive
 from tests.conftest import tiny_model
 
-SC = get_preset("tiny").sample  # window 4, roll_keep 2
+SC = replace(get_preset("tiny").sample, schedule="autoregressive")  # window 4, roll_keep 2; rolling where named
 
 
 def _args(model, frames: int, batch: int = 2, seed: int = 3):

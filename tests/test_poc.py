@@ -126,6 +126,7 @@ def test_quick_end_to_end(tmp_path):
             assert {"id_first", "id_last", "id_ratio", "jitter_last_vs_real", "lip_r"} <= set(m[name])
     assert "agree_jaw_r" in long["methods"]["baseline"]["dual"]
     assert "rolling+history_noise" in (run / "long_rollout.md").read_text()
+    assert "## Long rollouts" in (run / "report.md").read_text()
 
     # the training-side methods: fine-tunes of the same model (a plain one, the control, and on its own rollouts),
     # one shared by the methods that differ only at sampling
@@ -139,6 +140,7 @@ def test_quick_end_to_end(tmp_path):
     assert sorted(p.name for p in (run / "finetune").iterdir()) == ["dual-finetune", "dual-self_forcing"]
     assert json.loads((run / "finetune" / "dual-self_forcing" / "config.json").read_text())["train"]["self_forcing"]
     assert res4.stdout.count("fine-tuning") == 2
+    assert (run / "report.md").read_text().count("## Long rollouts") == 1  # the section replaced, not repeated
     bad = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--methods",
                           "self_forcing+nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "'nope' is none of" in bad.stderr and "Traceback" not in bad.stderr
