@@ -265,6 +265,10 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
                       f"{name}: identity drift by long-video method", "distance (std units)",
                       plots / f"long_identity_{name}.png", clip)
         pngs.append(f"plots/long_identity_{name}.png")
+        R.plot_curves({m: np.array([R.smooth(x, clip // 2 + 1) for x in res[m][name]["_jitter"]]) for m in res
+                       if name in res[m]}, f"{name}: motion jitter by long-video method (smoothed)",
+                      "std units per frame^2", plots / f"long_jitter_{name}.png", clip)
+        pngs.append(f"plots/long_jitter_{name}.png")
     table = {m: {n: {k: M.mean_ci(x) for k, x in r.items() if not k.startswith("_")} for n, r in per.items()}
              for m, per in res.items()}
     summary = {n: {key: _summary(curves[key][n], clip) for key in curves} for n in curves["id_err"]}

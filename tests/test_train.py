@@ -159,13 +159,21 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
 def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):
     """`--self-forcing` fine-tunes a few steps with 2 CPU processes (DDP): every rank rolls out the same number of
     frames (the cut comes from the step), so the collectives line up."""
+    base = _run(cache, tmp_path / "base", "--max-steps", "2")
+    assert base["step"] == 2
     fabric = Path(sys.executable).with_name("fabric")
+    out = tmp_path / "sf"
     cmd = [str(fabric), "run", "--accelerator", "cpu", "--devices", "2", "stage2_dual/train.py", "--preset", "tiny",
-           "--data", str(cache), "--out", str(tmp_path), "--max-steps", "3", "--global-batch", "4", "--self-forcing"]
+           "--data", str(cache), "--out", str(out), "--max-steps", "3", "--global-batch", "4", "--self-forcing",
+           "--init-from", str(tmp_path / "base")]
     res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert latest_checkpoint(tmp_path).name == "step_00000003"
-    assert '"self_forcing": true' in (tmp_path / "config.json").read_text()
+    assert latest_checkpoint(out).name == "step_00000003"
+    assert '"self_forcing": true' in (out / "config.json").read_text()
+    bad = subprocess.run([sys.executable, "stage2_dual/train.py", "--preset", "tiny", "--data", str(cache), "--out",
+                          str(tmp_path / "bad"), "--init-from", str(tmp_path / "nothing")], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "error: --init-from" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
