@@ -3,10 +3,13 @@ KV cache over recomputing the visible history (`use_cache=False`). Random weight
 bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT only (no video decoder).
 
     python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--compile] [--no-graphs]
-        [--recompute-frames N] [--schedule autoregressive,rolling] [--sigma-context S] [--ref-weight W]
+        [--recompute-frames N] [--schedule autoregressive,rolling] [--sigma-context S] [--ref-weight W] [--decode]
 
 Several comma-separated --schedule kinds are timed one after the other on the same (compiled) model: their figures
-are then comparable (`schedules` in the output; the first is also `cached`, `cached_latency`).
+are then comparable (`schedules` in the output; the first is also `cached`, `cached_latency`). --decode adds, per
+schedule, the same streams counting decoded RGB frames (`decoded`, `decoded_latency`): a diffusers `AutoencoderKL`
+decoder of the preset's latent shape (random weights), overlapped with the denoising on its own CUDA stream
+(`shared.sampling.decode.OverlappedDecoder`); needs `diffusers`.
 """
 
 from __future__ import annotations
@@ -24,16 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C
 from shared.sampling import GraphedModel, stream, warm_up
+from shared.sampling.decode import OverlappedDecoder, to_uint8
 from shared.models import DualForce
 
 
-def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int | None = None, **kw) -> dict:
-    """Wall time of a whole stream and of each frame (sync_each: wait for each frame, as a display would)."""
+def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int | None = None, decoder=None,
+                 **kw) -> dict:
+    """Wall time of a whole stream and of each frame (sync_each: wait for each frame, as a display would). decoder:
+    an `OverlappedDecoder`: the frames counted are decoded RGB frames."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     marks = []
     for f in stream(model, *inputs, frames, sample=sample, generator=torch.Generator("cuda").manual_seed(0), **kw):
-        if sync_each:
+        if decoder is not None:
+            _, done = decoder.submit(f["video"])
+            if sync_each:
+                done.synchronize()  # the RGB frame is really there
+        elif sync_each:
             f["video"].sum().item()  # the frame is really there
         marks.append(time.perf_counter() - t0)
         if stop_after and len(marks) == stop_after:
@@ -63,6 +73,27 @@ def profile(path: str, run) -> dict:
     return out
 
 
+def vae_decoder(m: C.ModelConfig, image_size: int, compile: bool):
+    """A diffusers `AutoencoderKL` decoder for the preset's latents (random weights: speed does not depend on them),
+    SD-VAE widths, as many upsamplings as image_size / latent_size needs; bf16, channels-last. Returns
+    (decode: latent [B, C, h, w] -> uint8 [B, H, W, 3], parameter count)."""
+    from diffusers import AutoencoderKL
+
+    ups = (image_size // m.latent_size).bit_length()  # factor 8 -> 4 blocks (3 upsamplings)
+    widths = (128, 256, 512, 512, 512, 512)[:ups]
+    vae = AutoencoderKL(latent_channels=m.latent_channels, down_block_types=("DownEncoderBlock2D",) * ups,
+                        up_block_types=("UpDecoderBlock2D",) * ups, block_out_channels=widths, layers_per_block=2)
+    vae = vae.cuda().to(torch.bfloat16).to(memory_format=torch.channels_last).eval()
+    run = torch.compile(vae.decode) if compile else vae.decode
+
+    @torch.no_grad()
+    def decode(z):
+        return to_uint8(run(z).sample)
+
+    return decode, sum(p.numel() for p in vae.decoder.parameters()) + sum(
+        p.numel() for p in vae.post_quant_conv.parameters())
+
+
 def prepare(model, graphs, inputs, frames: int, sample) -> None:
     """Capture (or warm) every shape a stream will run before it is timed: `warm_up`, and for the rolling schedule,
     whose last steps have fewer frames in flight (new shapes: captured, and compiled, when reached), a whole stream."""
@@ -88,6 +119,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rolling-window", type=int, default=0, help="sample.rolling_window")
     ap.add_argument("--sigma-context", type=float, default=0.0, help="sample.sigma_context (history noise)")
     ap.add_argument("--ref-weight", type=float, default=1.0, help="sample.ref_weight (the weighted reference)")
+    ap.add_argument("--decode", action="store_true",
+                    help="also time decoded RGB frames: a diffusers AutoencoderKL decoder on its own CUDA stream")
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
     sample = replace(cfg.sample, steps=a.steps, rolling_window=a.rolling_window, sigma_context=a.sigma_context,
@@ -126,6 +159,23 @@ def main(argv=None) -> dict:
                                                          graphs=graphs),
                                   "cached_latency": timed_stream(model, inputs, a.frames, other, True, a.stop_after,
                                                                  graphs=graphs)}
+    if a.decode:
+        decode, params = vae_decoder(m, cfg.image_size, a.compile)
+        t = time.perf_counter()
+        decoder = OverlappedDecoder(decode, torch.randn(1, m.latent_channels, m.latent_size, m.latent_size,
+                                                        device=dev, dtype=bf).contiguous(
+                                                            memory_format=torch.channels_last))
+        res["decoder"] = {"params": params, "prepare_s": time.perf_counter() - t}
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(20):
+            decoder.submit(decoder.input)[1].synchronize()
+        res["decoder"]["alone_ms"] = (time.perf_counter() - t) / 20 * 1e3
+        for kind, r in res["schedules"].items():
+            other = replace(sample, schedule=kind)
+            r["decoded"] = timed_stream(model, inputs, a.frames, other, False, a.stop_after, decoder, graphs=graphs)
+            r["decoded_latency"] = timed_stream(model, inputs, a.frames, other, True, a.stop_after, decoder,
+                                                graphs=graphs)
     print("cached", json.dumps(res), file=sys.stderr, flush=True)
     if a.profile:
         res["profile"] = profile(a.profile, lambda: timed_stream(model, inputs, a.frames, sample, False,

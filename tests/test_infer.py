@@ -344,3 +344,24 @@ def test_ref_bias_counts_the_reference_w_times():
     biased = F.scaled_dot_product_attention(q, k, v, attn_mask=ref_bias(torch.zeros(3, 3), 1, float(w)))
     kk, vv = torch.cat([k[:, :, :1]] * w + [k[:, :, 1:]], 2), torch.cat([v[:, :, :1]] * w + [v[:, :, 1:]], 2)
     assert torch.allclose(biased, F.scaled_dot_product_attention(q, kk, vv), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams and graphs")
+def test_overlapped_decoder_gives_each_frame_in_order():
+    """Frames decoded on the side stream (one CUDA graph) equal the decoder run directly, each the frame submitted,
+    even when the sampler frees its latent at once."""
+    from shared.sampling.decode import OverlappedDecoder, to_uint8
+
+    conv = torch.nn.ConvTranspose2d(4, 3, 8, stride=8).cuda()
+
+    @torch.no_grad()
+    def decode(z):
+        return to_uint8(torch.tanh(conv(z)))
+
+    dec = OverlappedDecoder(decode, torch.zeros(1, 4, 8, 8, device="cuda"))
+    latents = [torch.randn(1, 4, 8, 8, device="cuda") for _ in range(5)]
+    got = [dec.submit(z.clone()) for z in latents]
+    for (frame, done), z in zip(got, latents):
+        done.synchronize()
+        assert frame.shape == (1, 64, 64, 3) and frame.dtype == torch.uint8
+        assert torch.equal(frame, decode(z))
