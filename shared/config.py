@@ -280,8 +280,15 @@ class TrainConfig:
     self_forcing: bool = False
     """Train on the model's own rollouts (a fine-tuning mode, `shared.training.self_forcing`): each step's history
     frames are streamed by the model (no gradients through them), the loss is on the frames after them."""
+    self_forcing_p: float = 1.0
+    """With self_forcing: the fraction of steps on the model's own rollouts (the others plain Diffusion Forcing on
+    the clip), decided per step from (seed, step)."""
     inject_nan_at: tuple[int, ...] = ()
     """Testing aid: steps whose loss is replaced by NaN, to exercise the non-finite guard."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.self_forcing_p <= 1:
+            raise ValueError(f"TrainConfig: self_forcing_p={self.self_forcing_p} must be in [0, 1]")
 
 
 @dataclass(frozen=True)

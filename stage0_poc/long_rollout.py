@@ -61,6 +61,8 @@ COMPONENTS = {
     "finetune": ({}, {}),
     "train_history_noise": ({}, {"diffusion.sigma_context": "train_sigma_context"}),
     "self_forcing": ({}, {"train.self_forcing": True}),
+    # half the steps on own rollouts, half plain (scheduled sampling's mix)
+    "self_forcing_half": ({}, {"train.self_forcing": True, "train.self_forcing_p": 0.5}),
 }
 # Each method alone, and one combination fixed in advance (not picked from the results): the two anchors that attack
 # the two causes of drift, trusting a generated history (training on it) and a reference whose share of attention

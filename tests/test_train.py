@@ -132,7 +132,7 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
     from shared.diffusion import draw
     from shared.models import DualForce
     from shared.training.batches import to_batch
-    from shared.training.self_forcing import cut_of, history_levels, own_history
+    from shared.training.self_forcing import cut_of, history_levels, own_history, uses_own_history
 
     cfg = C.get_preset("tiny")
     ds = WindowDataset(cache, frames=cfg.clip_frames)
@@ -154,6 +154,10 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
     assert (noisy.sigma_struct[:, 0] == 0).all() and (noisy.sigma_struct[:, 1:cut] <= 0.1).all()
     with pytest.raises(ValueError, match="self-forcing"):
         cut_of(replace(cfg, clip_frames=1), 0, 2)
+    half = C.override(cfg, {"train.self_forcing_p": 0.5})
+    own = [uses_own_history(half, s) for s in range(2000)]
+    assert own == [uses_own_history(half, s) for s in range(2000)] and 0.45 < sum(own) / 2000 < 0.55
+    assert all(uses_own_history(cfg, s) for s in range(50))
 
 
 def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):

@@ -26,7 +26,7 @@ from . import checkpoint
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
-from .self_forcing import rollout_graphs, self_forcing_loss
+from .self_forcing import rollout_graphs, self_forcing_loss, uses_own_history
 
 
 def make_fabric(tc: TrainConfig, block_types: tuple = ()):
@@ -119,7 +119,7 @@ def train_step(run: Run, batches, step: int) -> dict:
     for m in range(run.order.accum):
         batch = to_batch(next(batches), fabric.device)
         with fabric.no_backward_sync(model, enabled=m < run.order.accum - 1):
-            if tc.self_forcing:
+            if tc.self_forcing and uses_own_history(run.cfg, step):
                 losses = self_forcing_loss(model, batch, run.cfg, step, generator=run.gen, graphs=run.graphs)
             else:
                 losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)

@@ -38,6 +38,15 @@ def cut_of(cfg: Config, step: int, frames: int) -> int:
     return int(torch.randint(2, frames, (1,), generator=g))
 
 
+def uses_own_history(cfg: Config, step: int) -> bool:
+    """Whether `step` trains on the model's own rollout (probability train.self_forcing_p; the same on every rank and
+    on a resumed run)."""
+    if cfg.train.self_forcing_p >= 1:
+        return True
+    g = torch.Generator().manual_seed(cfg.train.seed * 1_000_033 + step + 7)
+    return bool(torch.rand((), generator=g) < cfg.train.self_forcing_p)
+
+
 def rollout_graphs(model, device: torch.device) -> GraphedModel | None:
     """CUDA-graph replay for the rollouts of a model held whole on one GPU (a small model's eager rollout is
     launch-bound: ~1 s a step at the poc preset); None where the parameters are sharded (FSDP) or on the CPU. The
