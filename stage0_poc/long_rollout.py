@@ -69,7 +69,6 @@ COMPONENTS = {
 # fades as the history fills (weighting it).
 DEFAULT_METHODS = ("baseline", "rolling", "history_noise", "rolling+history_noise", "ref_weight", "finetune",
                    "train_history_noise+history_noise", "self_forcing", "self_forcing+ref_weight")
-METHODS = DEFAULT_METHODS  # kept for callers of the old name
 
 
 def loop(x: np.ndarray, n: int) -> np.ndarray:
@@ -94,10 +93,6 @@ def resolve(method: str, levels: dict) -> tuple[dict, dict | None]:
         if t is not None:
             tune = {**(tune or {}), **{k: levels.get(v, v) if isinstance(v, str) else v for k, v in t.items()}}
     return sample, tune
-
-
-def method_sample(sample: C.SampleConfig, name: str, sigma_context: float, ref_weight: float = 4.0) -> C.SampleConfig:
-    return replace(sample, **resolve(name, {"sigma_context": sigma_context, "ref_weight": ref_weight})[0])
 
 
 def finetune(model, cfg: C.Config, tune: dict, steps: int, data: dict, struct: str, folder: Path, device: str, con):
@@ -201,19 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     src = next((v for v in suite if v.role == "motion source"), None)
     source = load(src.name) if src is not None and any(v.name == "condition_only" for v in chosen) else None
-    clips, real = {}, None
-    for kind in {v.struct for v in chosen} | {"explicit"}:
-        cache = data["caches"][("eval", kind)]
-        r = CacheReader(cache)
-        length = min(c.frames for c in r.clips) - 1
-        r.close()
-        whole = load_eval_clips(cache, length, data["caches"][("eval", "explicit")])[: args.clips]
-        clips[kind] = long_clips(whole, frames)
-        if kind == "explicit":
-            real = [consistency_curves(rd, probe, **dims) for rd in read_clips(
-                probe, codec, np.stack([c.video for c in whole]), np.stack([c.ref_video for c in whole]))]
+    clips, real = held_out(data, {v.struct for v in chosen}, probe, codec, dims, frames, args.clips)
     real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
-
     res: dict[str, dict] = {}
     seconds: dict[str, dict] = {}
     for v in chosen:
@@ -221,29 +205,51 @@ def main(argv: list[str] | None = None) -> dict:
         tuned: dict[str, tuple] = {}  # fine-tune overrides -> (model, config): methods sharing one share it
         cl = clips[v.struct]
         for m in methods:
-            over, tune = plans[m]
-            model, cfg = base, base_cfg
             t0 = time.perf_counter()
-            if tune is not None:
-                key = json.dumps(tune, sort_keys=True)
-                if key not in tuned:
-                    name = "+".join(p for p in m.split("+") if COMPONENTS[p][1] is not None)
-                    con.print(f"{v.name}: fine-tuning ({name}) {tune_steps} steps")
-                    tuned[key] = finetune(base, base_cfg, tune, tune_steps, data, v.struct,
-                                          out / "finetune" / f"{v.name}-{name}", device, con)
-                model, cfg = tuned[key]
+            model, cfg = tuned_model(v.name, m, plans[m][1], base, base_cfg, tuned, tune_steps, data, v.struct, out,
+                                     device, con)
             seconds.setdefault(m, {})[v.name] = {"finetune": time.perf_counter() - t0}
-            sample = replace(cfg.sample, **over)
             con.print(f"{v.name} / {m}: {len(cl)} held-out clips x {frames} frames ({args.factor} training clips)")
             cond = poc.motion_of(v, cl, 1, source, device, s.seed, frames) if cfg.model.mode.struct_condition else None
             t0 = time.perf_counter()
-            roll = rollout(model, cl, replace(cfg, sample=sample), device, seed=s.seed, cond_struct=cond,
-                           frames=frames)
+            roll = rollout(model, cl, replace(cfg, sample=replace(cfg.sample, **plans[m][0])), device, seed=s.seed,
+                           cond_struct=cond, frames=frames)
             seconds[m][v.name]["rollout"] = time.perf_counter() - t0
             reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in cl]))
             res.setdefault(m, {})[v.name] = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter,
                                                      v.struct == "explicit")
     return write(out, args, res, real, real_jitter, frames, clip, device, con, tune_steps, seconds)
+
+
+def held_out(data: dict, kinds: set, probe, codec, dims: dict, frames: int, n: int | None) -> tuple[dict, list]:
+    """({struct kind: held-out clips looped to `frames`}, the real clips' consistency curves)."""
+    clips, real = {}, []
+    for kind in kinds | {"explicit"}:
+        cache = data["caches"][("eval", kind)]
+        r = CacheReader(cache)
+        length = min(c.frames for c in r.clips) - 1
+        r.close()
+        whole = load_eval_clips(cache, length, data["caches"][("eval", "explicit")])[:n]
+        clips[kind] = long_clips(whole, frames)
+        if kind == "explicit":
+            real = [consistency_curves(rd, probe, **dims) for rd in read_clips(
+                probe, codec, np.stack([c.video for c in whole]), np.stack([c.ref_video for c in whole]))]
+    return clips, real
+
+
+def tuned_model(variant: str, method: str, tune: dict | None, base, base_cfg, tuned: dict, steps: int, data: dict,
+                struct: str, out: Path, device: str, con) -> tuple:
+    """The (model, config) a method streams with: the trained one, or its fine-tune under `tune` (made once per
+    distinct `tune` and kept in `tuned`)."""
+    if tune is None:
+        return base, base_cfg
+    key = json.dumps(tune, sort_keys=True)
+    if key not in tuned:
+        name = "+".join(p for p in method.split("+") if COMPONENTS[p][1] is not None)
+        con.print(f"{variant}: fine-tuning ({name}) {steps} steps")
+        tuned[key] = finetune(base, base_cfg, tune, steps, data, struct, out / "finetune" / f"{variant}-{name}",
+                              device, con)
+    return tuned[key]
 
 
 def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: int, clip: int, device: str,
