@@ -14,7 +14,8 @@ with the inference sampler (`cfg.sample`, the KV-cached context), in eval mode a
 is a fixed input to the step: gradients are stopped at the history, as in scheduled sampling; backpropagating
 through a K-step rollout would multiply the step's memory by the rollout length); they replace the clip's frames
 1..c-1 at the history level (0, or one U(0, diffusion.sigma_context) level per sample, as `training_sigmas` gives a
-clean past); frames c..T-1 keep their independent noise levels and their real targets.
+clean past); frames c..T-1 keep their independent noise levels and their real targets. With train.self_forcing_p
+< 1 only that fraction of steps does this (`uses_own_history`), the others train on the clip as usual.
 """
 
 from __future__ import annotations
