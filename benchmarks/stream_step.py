@@ -1,6 +1,6 @@
 """Streaming speed of a preset on one GPU: frames/s, first-frame latency, per-frame latency, and the speed-up of the
 KV cache over recomputing the visible history (`use_cache=False`). Random weights (speed does not depend on them),
-bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT only (no video decoder).
+bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT only unless --decode.
 
     python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--compile] [--no-graphs]
         [--recompute-frames N] [--schedule autoregressive,rolling] [--sigma-context S] [--ref-weight W] [--decode]
@@ -71,6 +71,12 @@ def profile(path: str, run) -> dict:
     Path(path).write_text(json.dumps(out) + "\n\n" + events.table(sort_by="self_device_time_total", row_limit=40,
                                                                    max_name_column_width=90))
     return out
+
+
+def timed_pair(model, inputs, frames, sample, stop_after, decoder=None, graphs=None, name="cached") -> dict:
+    """{name: the stream as fast as it goes, name_latency: waiting for each frame} (`timed_stream`)."""
+    return {name: timed_stream(model, inputs, frames, sample, False, stop_after, decoder, graphs=graphs),
+            f"{name}_latency": timed_stream(model, inputs, frames, sample, True, stop_after, decoder, graphs=graphs)}
 
 
 def vae_decoder(m: C.ModelConfig, image_size: int, compile: bool):
@@ -149,16 +155,12 @@ def main(argv=None) -> dict:
     res["prepare_s"] = time.perf_counter() - t
     res["graphs_captured"] = len(graphs.graphs) if graphs else 0
     print("prepared", json.dumps(res), file=sys.stderr, flush=True)
-    res["cached"] = timed_stream(model, inputs, a.frames, sample, False, a.stop_after, graphs=graphs)
-    res["cached_latency"] = timed_stream(model, inputs, a.frames, sample, True, a.stop_after, graphs=graphs)
-    res["schedules"] = {kinds[0]: {"cached": res["cached"], "cached_latency": res["cached_latency"]}}
+    res["schedules"] = {kinds[0]: timed_pair(model, inputs, a.frames, sample, a.stop_after, graphs=graphs)}
+    res.update(res["schedules"][kinds[0]])  # `cached`, `cached_latency`: the first kind's, as before
     for kind in kinds[1:]:
         other = replace(sample, schedule=kind)
         prepare(model, graphs, inputs, a.frames, other)
-        res["schedules"][kind] = {"cached": timed_stream(model, inputs, a.frames, other, False, a.stop_after,
-                                                         graphs=graphs),
-                                  "cached_latency": timed_stream(model, inputs, a.frames, other, True, a.stop_after,
-                                                                 graphs=graphs)}
+        res["schedules"][kind] = timed_pair(model, inputs, a.frames, other, a.stop_after, graphs=graphs)
     if a.decode:
         decode, params = vae_decoder(m, cfg.image_size, a.compile)
         t = time.perf_counter()
@@ -172,10 +174,8 @@ def main(argv=None) -> dict:
             decoder.submit(decoder.input)[1].synchronize()
         res["decoder"]["alone_ms"] = (time.perf_counter() - t) / 20 * 1e3
         for kind, r in res["schedules"].items():
-            other = replace(sample, schedule=kind)
-            r["decoded"] = timed_stream(model, inputs, a.frames, other, False, a.stop_after, decoder, graphs=graphs)
-            r["decoded_latency"] = timed_stream(model, inputs, a.frames, other, True, a.stop_after, decoder,
-                                                graphs=graphs)
+            r.update(timed_pair(model, inputs, a.frames, replace(sample, schedule=kind), a.stop_after, decoder,
+                                graphs, name="decoded"))
     print("cached", json.dumps(res), file=sys.stderr, flush=True)
     if a.profile:
         res["profile"] = profile(a.profile, lambda: timed_stream(model, inputs, a.frames, sample, False,

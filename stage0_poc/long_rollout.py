@@ -49,7 +49,7 @@ from shared.training import fit  # noqa: E402
 # model, and/or a fine-tune of it. Every fine-tune starts from the same trained weights and takes the same steps, data
 # order and noise (train.seed), so `finetune` (the same extra steps without a method) is the control of the others.
 COMPONENTS = {
-    "baseline": ({"schedule": "autoregressive"}, None),  # whatever the sampler's default: one frame at a time
+    "baseline": ({"schedule": "autoregressive"}, None),  # one frame at a time, whatever the sampler's default
     # a window of frames in flight at staggered noise levels, one new frame per step (Diffusion Forcing's pyramid;
     # Rolling Forcing)
     "rolling": ({"schedule": "rolling"}, None),
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
               "train_sigma_context": args.train_sigma_context}
     try:
         plans = {m: resolve(m, levels) for m in methods}
-        C.SampleConfig(**{k: v for p in plans.values() for k, v in p[0].items()})
+        for sample, _ in plans.values():
+            C.SampleConfig(**sample)  # each method's levels checked before anything is loaded or trained
     except KeyError as e:
         raise SystemExit(f"error: --methods {args.methods}: {e.args[0]!r} is none of {', '.join(COMPONENTS)}") from None
     except ValueError as e:
