@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
     ap.add_argument("--loop", type=int, help="measure N steps through shared.training.fit (the real loop)")
+    ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
+                                                        "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
     if a.loop:
         return loop(a)
@@ -55,8 +57,8 @@ def main(argv=None) -> dict:
     model = DualForce(cfg.model)
     if a.compile:
         model.compile_blocks()
-    opt = optimizer(model, cfg.train)
-    model, opt = fabric.setup(model, opt)
+    model = fabric.setup_module(model)
+    opt = fabric.setup_optimizers(optimizer(model.module, cfg.train))
     m = cfg.model
     t = cfg.clip_frames + 1
     b = a.micro_batch
@@ -120,7 +122,7 @@ def loop(a) -> dict:
     m = cfg.model
     cfg = C.override(cfg, {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
                            "train.devices": "1", "train.activation_checkpointing": a.ac, "train.compile": a.compile,
-                           "train.steps": a.loop, "train.global_batch": a.micro_batch,
+                           "train.steps": a.loop, "train.global_batch": a.global_batch or a.micro_batch,
                            "train.micro_batch": a.micro_batch, "train.log_every": 1, "train.ckpt_every": 0,
                            "train.ckpt_minutes": 0.0, "train.tensorboard": False, "train.warmup": 10})
     mm = matmul_rate("cuda")
@@ -138,7 +140,8 @@ def loop(a) -> dict:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
-           "activation_checkpointing": a.ac, "micro_batch": a.micro_batch, "video_tokens_per_s": tok,
+           "activation_checkpointing": a.ac, "micro_batch": a.micro_batch,
+           "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "device": name, "torch": torch.__version__}

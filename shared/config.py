@@ -270,11 +270,15 @@ class TrainConfig:
     num_nodes: int = 1
     """Nodes."""
     strategy: str = "auto"
-    """auto | ddp | fsdp (one FSDP unit per block, see activation_checkpointing)."""
+    """auto | ddp | fsdp (FSDP2: one unit per block and bridge layer, the EMA sharded too; see
+    activation_checkpointing)."""
     precision: str = "32-true"
     """Fabric precision: 32-true, bf16-mixed, ..."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (FSDP)."""
+    loader_workers: int = 2
+    """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
+    reads each batch itself, and the accelerator waits meanwhile)."""
     compile: bool = False
     """torch.compile every block and bridge layer (regional compilation, `DualForce.compile_blocks`)."""
     self_forcing: bool = False
@@ -289,6 +293,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.self_forcing_p <= 1:
             raise ValueError(f"TrainConfig: self_forcing_p={self.self_forcing_p} must be in [0, 1]")
+        if self.loader_workers < 0:
+            raise ValueError(f"TrainConfig: loader_workers={self.loader_workers} must be >= 0")
 
 
 @dataclass(frozen=True)

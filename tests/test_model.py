@@ -219,3 +219,31 @@ def test_dual_oneway_cuts_the_video_to_struct_direction():
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
     assert (v3 - v1).abs().max() > 1e-4
     assert forward_flops(one.cfg, 5)["bridge"] < forward_flops(two.cfg, 5)["bridge"]
+
+
+def test_block_masks_only_where_every_query_sees_a_key_frame():
+    """`FLEX_OPTIONS` tells the kernel no query row is empty: a block mask is built only when the first query frame
+    sees a key frame (queries from before the keys start get a dense mask, which may hold empty rows)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    q, k = Span(0, 32, 256), Span(0, 32, 256)
+    assert isinstance(attention.frame_mask(q, k, "flex", torch.device("cpu")), BlockMask)
+    later = Span(2, 30, 256)
+    assert isinstance(attention.frame_mask(Span(0, 32, 256), later, "flex", torch.device("cpu")), torch.Tensor)
+
+
+def test_residual_stream_stays_in_the_autocast_dtype():
+    """Under bf16 autocast the fp32 gates do not lift the residual stream to fp32 (`residual_gate`); without
+    autocast everything stays fp32."""
+    model = tiny_model("dual")
+    seen = []
+    for blk in [*model.video.blocks, *model.struct.blocks, *model.bridge]:
+        blk.register_forward_hook(lambda m, a, out: seen.extend(o.dtype for o in (out if isinstance(out, tuple)
+                                                                                       else (out,))))
+    inp = tiny_inputs(model)
+    with torch.autocast("cpu", torch.bfloat16):
+        model(**inp)
+    assert seen and set(seen) == {torch.bfloat16}
+    seen.clear()
+    model(**inp)
+    assert set(seen) == {torch.float32}

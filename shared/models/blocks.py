@@ -20,7 +20,16 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tokens: 
 
 
 def gated(x: torch.Tensor, gate: torch.Tensor, tokens: int) -> torch.Tensor:
-    return (x.unflatten(1, (-1, tokens)) * gate[:, :, None]).flatten(1, 2)
+    """x [B, T*n, d] times a per-frame gate [B, T, d], in x's dtype (see `residual_gate`)."""
+    return (x.unflatten(1, (-1, tokens)) * residual_gate(gate, x)[:, :, None]).flatten(1, 2)
+
+
+def residual_gate(gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """A residual branch's gate in the branch's dtype. Under bf16 autocast the fp32 gate (an fp32 parameter or adaLN
+    table) would otherwise lift the whole residual stream to fp32: twice the memory traffic in every elementwise pass
+    of every block, for precision Megatron-LM also does without (its `fp32_residual_connection` is off by default), and
+    what FSDP2 with bf16 parameters computes anyway. Without autocast nothing changes."""
+    return gate.to(branch.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -217,8 +226,8 @@ class BridgeLayer(nn.Module):
         kvs = kvs or (None, None)
         nv, ns = self.norm_v(hv), self.norm_s(hs)
         dv = self.struct_to_video(nv, rope_v, masks[0], context=ns, rope_k=rope_s, kv=kvs[0])
-        hv_out = hv + self.gate_v * dv
+        hv_out = hv + residual_gate(self.gate_v, dv) * dv
         if not self.two_way:
             return hv_out, hs
         ds = self.video_to_struct(ns, rope_s, masks[1], context=nv, rope_k=rope_v, kv=kvs[1])
-        return hv_out, hs + self.gate_s * ds
+        return hv_out, hs + residual_gate(self.gate_s, ds) * ds

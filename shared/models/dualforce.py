@@ -181,16 +181,19 @@ class DualForce(nn.Module):
         if audio_index is None:
             if torch.is_tensor(start):
                 raise ValueError("a tensor `start` needs an explicit audio_index")
-            audio_index = torch.arange(start, start + t, device="cpu")
-        if audio_index.shape != (t,):
+            # made on the device that reads it: no host-to-device copy in every training forward
+            audio_index, last = torch.arange(start, start + t, device=dev), start + t - 1
+        elif audio_index.shape != (t,):
             raise ValueError(f"audio_index: expected [{t}], got {list(audio_index.shape)}")
-        on_host = audio_index.device.type == "cpu"
-        if not on_host and audio is None:
-            raise ValueError("a device audio_index needs audio (it is never read on the host)")
-        ta = audio.shape[1] // 2 if audio is not None else int(audio_index.max()) + 1
-        if on_host and int(audio_index.max()) >= ta:
-            raise ValueError(f"audio covers {ta} video frames but frame audio index {int(audio_index.max())} "
-                             f"was asked for")
+        elif audio_index.device.type != "cpu":
+            if audio is None:
+                raise ValueError("a device audio_index needs audio (it is never read on the host)")
+            last = None
+        else:
+            last = int(audio_index.max())
+        ta = audio.shape[1] // 2 if audio is not None else last + 1
+        if last is not None and last >= ta:
+            raise ValueError(f"audio covers {ta} video frames but frame audio index {last} was asked for")
         win = AudioWindows(audio_index, ta, cfg.audio_context, cfg.audio_lookahead, cfg.head_dim, cfg.rope_theta,
                            dev)
         return win, pool_audio(audio)[:, win.index] if audio is not None else None

@@ -43,4 +43,4 @@ def to_batch(d: dict, device: torch.device | str) -> Batch:
     return Batch(d["video"].to(device, non_blocking=True),
                  d["struct"].to(device, non_blocking=True) if d.get("struct") is not None else None,
                  d["audio"].to(device, non_blocking=True) if d.get("audio") is not None else None,
-                 d["has_audio"].to(device) if d.get("has_audio") is not None else None)
+                 d["has_audio"].to(device, non_blocking=True) if d.get("has_audio") is not None else None)

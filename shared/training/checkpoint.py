@@ -32,7 +32,9 @@ def rng_record(fabric, gen: torch.Generator) -> dict:
     gens = fabric.all_gather(state.to(fabric.device) if fabric.device.type != "cpu" else state)
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     world = fabric.world_size
-    return {"noise": [(gens[r] if world > 1 else gens).cpu() for r in range(world)],
+    # clone: a row of the gathered [world, N] tensor is a view at an offset, and Generator.set_state reads a state
+    # tensor's storage from its start (rank 1's restored state would be rank 0's bytes and beyond: a crash)
+    return {"noise": [(gens[r] if world > 1 else gens).cpu().clone() for r in range(world)],
             "torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
                       "gauss": gauss}}
@@ -56,7 +58,7 @@ def save(fabric, out: Path, step: int, state: dict, sched, ema, gen: torch.Gener
     tmp = Path(out, runs.CHECKPOINTS, f"step_{step:08d}.tmp")
     extra = {"sched": sched.state_dict(), "rng": rng}
     if ema is not None:
-        extra["ema"] = ema.model.state_dict()
+        extra["ema"] = ema.state_dict()
     fabric.save(tmp / runs.STATE, {**state, "step": step, **extra})
     fabric.barrier()
     if fabric.is_global_zero:
@@ -77,7 +79,7 @@ def resume(fabric, out: Path, resume: str, state: dict, sched, ema, gen: torch.G
             extra = fabric.load(ck / runs.STATE, state)
             sched.load_state_dict(extra["sched"])
             if ema is not None and "ema" in extra:
-                ema.model.load_state_dict(extra["ema"])
+                ema.load_state_dict(extra["ema"])
             restore_rng(extra["rng"], gen, fabric.global_rank)
             fabric.print(f"resumed from {ck} at step {state['step']}")
             return state["step"]

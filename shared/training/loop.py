@@ -27,23 +27,23 @@ from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
 from .self_forcing import rollout_graphs, self_forcing_loss, uses_own_history
+from .sharding import fsdp_strategy, is_sharded, local, world_size
 
 
 def make_fabric(tc: TrainConfig, block_types: tuple = ()):
     """Fabric from the config. Under `fabric run`, its --strategy (LT_STRATEGY) picks the strategy, and FSDP is
-    built here with one unit per block (and activation checkpointing when asked)."""
+    built here: FSDP2 with one unit per block (`sharding`; and activation checkpointing when asked)."""
     from lightning_fabric import Fabric
 
     name = os.environ.pop("LT_STRATEGY", None) or tc.strategy
     strategy = name
-    if name == "fsdp":
-        from lightning_fabric.strategies import FSDPStrategy
-
-        blocks = set(block_types)
-        strategy = FSDPStrategy(auto_wrap_policy=blocks or None, state_dict_type="full",
-                                activation_checkpointing_policy=blocks if tc.activation_checkpointing else None)
     devices = os.environ.get("LT_DEVICES") or tc.devices
     devices = int(devices) if str(devices).isdigit() else devices
+    if name == "fsdp":
+        accelerator = os.environ.get("LT_ACCELERATOR") or tc.accelerator
+        precision = os.environ.get("LT_PRECISION") or tc.precision
+        strategy = fsdp_strategy(precision, tuple(block_types), tc.activation_checkpointing,
+                                 world_size(devices, int(os.environ.get("LT_NUM_NODES") or tc.num_nodes), accelerator))
     kw = {} if os.environ.get("LT_CLI_USED") else {"accelerator": tc.accelerator, "devices": devices,
                                                     "num_nodes": tc.num_nodes, "precision": tc.precision}
     return Fabric(strategy=strategy, **kw)
@@ -89,24 +89,32 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
         (out / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         runs.save_config(cfg, out)
     fabric.seed_everything(tc.seed)
-    from lightning_fabric.strategies import FSDPStrategy
-
-    sharded = isinstance(fabric.strategy, FSDPStrategy)
-    if sharded and tc.ema > 0:
-        fabric.print("EMA is not kept under FSDP yet (sharded parameters); training without it")
-    ema = EMA(model, tc.ema) if tc.ema > 0 and not sharded else None
+    ema = EMA(model, tc.ema) if tc.ema > 0 else None
     if tc.compile:
         model.compile_blocks()
-    model, opt = fabric.setup(model, optimizer(model, tc))
+    # the model first, then its optimiser: FSDP2 replaces the parameters with sharded ones
+    model = fabric.setup_module(model)
+    opt = fabric.setup_optimizers(optimizer(model.module, tc))
+    sharded = is_sharded(model.module)
     if ema is not None:
-        ema.model.to(fabric.device)
+        ema.place(fabric)
+        if ema.sharded:
+            held = sum(t.numel() for t in local(ema.model.parameters()))
+            total = sum(p.numel() for p in ema.model.parameters())
+            fabric.print(f"FSDP: weights and EMA sharded over {fabric.world_size} processes (rank 0 keeps {held:,} "
+                         f"of {total:,} EMA values)")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc))
     gen = torch.Generator(device=fabric.device).manual_seed(tc.seed * 1000 + rank)  # noise differs per rank
     state = {"model": model, "optimizer": opt, "step": 0, "skipped": 0, "history": []}
     start = checkpoint.resume(fabric, out, resume, state, sched, ema, gen)
     micro = tc.micro_batch or tc.global_batch // world
     order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=0)
+    # workers read ahead (the order is the sampler's: resume stays exact); pinned host memory makes the copy to the
+    # device asynchronous (`to_batch`), so the accelerator never waits on the cache between steps
+    workers = tc.loader_workers
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers,
+                                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                                         pin_memory=fabric.device.type == "cuda")
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
     graphs = rollout_graphs(model, fabric.device) if tc.self_forcing and not sharded else None
     return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs)
