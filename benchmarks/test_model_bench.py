@@ -31,7 +31,7 @@ def test_train_step_cpu(benchmark, preset):
 def test_train_step_full_gpu(benchmark):
     from train_step import main
 
-    res = benchmark.pedantic(main, args=(["--preset", "full", "--strategy", "fsdp", "--compile", "--micro-batch", "3",
+    res = benchmark.pedantic(main, args=(["--preset", "full", "--strategy", "auto", "--compile", "--micro-batch", "3",
                                           "--steps", "4"],), rounds=1, iterations=1)
     benchmark.extra_info.update({k: res[k] for k in ("video_tokens_per_s", "mfu_datasheet", "ratio_to_matmul",
                                                      "peak_mem_gib", "step_ms")})

@@ -2,11 +2,11 @@
 optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 matmul measured in the same
 process, peak memory. Synthetic latents of the preset's shapes.
 
-    python benchmarks/train_step.py --preset full --strategy fsdp [--ac] [--compile] [--steps 8] [--micro-batch 1]
-        [--loop N]
+    python benchmarks/train_step.py --preset full [--strategy auto] [--ac] [--compile] [--steps 8] [--micro-batch 1]
+        [--loop N [--global-batch G]]
 
 --loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
-synthetic latent cache of the preset's shapes (data loading, logging, EMA where the strategy keeps one), reading
+synthetic latent cache of the preset's shapes (data loading, logging, the EMA; accumulation with --global-batch), reading
 its own throughput records (the median over the second half of the steps).
 """
 
@@ -35,7 +35,7 @@ from shared.training import make_fabric, optimizer  # noqa: E402
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="full")
-    ap.add_argument("--strategy", default="fsdp")
+    ap.add_argument("--strategy", default="auto", help="auto (one device) | ddp | fsdp (FSDP2)")
     ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
