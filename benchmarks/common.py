@@ -89,3 +89,70 @@ def synthetic_cache(path: Path, latent_shape: tuple[int, int, int], struct_dim: 
                        g.standard_normal((2 * frames, audio_dim), np.float32),
                        g.standard_normal(latent_shape, np.float32), g.standard_normal(struct_dim, np.float32))
     return path
+
+
+def plain_stack_step(micro_batch: int, device: str = "cuda", frames: int = 33, tokens: int = 256, dim: int = 1536,
+                     depth: int = 20, head_dim: int = 128):
+    """The bar #17 measures the dual model against: a plain pre-norm stack of the `full` width and depth (LayerNorm,
+    fused qkv, frame-causal flex_attention, SwiGLU of the same hidden size) with none of the dual model's extras
+    (adaLN, RoPE, qk-norm, audio, bridge, struct tower), compiled per block, bf16 autocast, fused AdamW.
+    Returns (step(), training FLOPs per step)."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from shared.models.attention import FLEX_OPTIONS
+
+    class PlainBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.w12, self.w3 = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(2 * dim, dim, bias=False)
+
+        def forward(self, x, mask):
+            b, n, _ = x.shape
+            q, k, v = self.qkv(self.n1(x)).view(b, n, 3, dim // head_dim, head_dim).permute(2, 0, 3, 1, 4)
+            o = flex_attention(q, k, v, block_mask=mask, kernel_options=FLEX_OPTIONS)
+            x = x + self.proj(o.transpose(1, 2).reshape(b, n, dim))
+            a, g = self.w12(self.n2(x)).chunk(2, -1)
+            return x + self.w3(F.silu(a) * g)
+
+    blocks = nn.ModuleList(PlainBlock() for _ in range(depth)).to(device)
+    for blk in blocks:
+        blk.compile(dynamic=False)
+    n = frames * tokens
+    mask = create_block_mask(lambda b, h, q, k: q // tokens >= k // tokens, None, None, n, n, device=device)
+    opt = torch.optim.AdamW(blocks.parameters(), fused=True)
+    x = torch.randn(micro_batch, n, dim, device=device)
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            h = x
+            for blk in blocks:
+                h = blk(h, mask)
+            loss = h.float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    pairs = tokens * tokens * frames * (frames + 1) // 2  # frame-causal query-key pairs
+    flops = 3 * depth * micro_batch * (2 * n * 10 * dim**2 + 4 * pairs * dim)
+    return step, flops
+
+
+def kernel_categories(events) -> dict[str, float]:
+    """GPU kernel time (ms) of a `torch.profiler` key-average table by kind: GEMM, flex_attention, cuDNN SDPA,
+    Triton elementwise (inductor's fused kernels), AdamW, the rest."""
+    out: dict[str, float] = {}
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        n = e.key.lower()
+        kind = ("flex_attention" if "flex" in n or "triton_tem" in n else
+                "gemm" if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma")) else
+                "sdpa" if any(k in n for k in ("cudnn", "fmha", "flash", "attention")) else
+                "adamw" if "adam" in n else
+                "triton elementwise" if n.startswith("triton_") else "other")
+        out[kind] = out.get(kind, 0.0) + e.self_device_time_total / 1e3
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

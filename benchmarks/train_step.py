@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import matmul_rate, synthetic_batch  # noqa: E402
+from common import kernel_categories, matmul_rate, plain_stack_step, synthetic_batch  # noqa: E402
 from shared import config as C  # noqa: E402
 from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
     ap.add_argument("--loop", type=int, help="measure N steps through shared.training.fit (the real loop)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the plain 20 x 1536 stack (common.plain_stack_step) in the same process")
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
@@ -51,6 +53,7 @@ def main(argv=None) -> dict:
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
                                               "train.devices": "1"})
     mm = matmul_rate("cuda")
+    ref = reference(a.micro_batch, mm) if a.reference else None
     fabric = make_fabric(cfg.train, (Block, BridgeLayer))
     fabric.launch()
     torch.manual_seed(0)
@@ -93,7 +96,8 @@ def main(argv=None) -> dict:
         from torch._dynamo.utils import counters
 
         Path(a.profile).write_text(
-            f"GPU busy {busy:.1%} of a {dt * 1e3:.0f} ms step\ndynamo counters: "
+            f"GPU busy {busy:.1%} of a {dt * 1e3:.0f} ms step\nkernel ms by kind: "
+            f"{json.dumps({k: round(v, 1) for k, v in kernel_categories(events).items()})}\ndynamo counters: "
             f"{json.dumps({k: dict(v) for k, v in counters.items()}, default=str)[:3000]}\n\n"
             + events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=80)
             + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=80))
@@ -105,9 +109,27 @@ def main(argv=None) -> dict:
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": flops / dt / mm, "gpu_busy": busy, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-           "device": name, "torch": torch.__version__}
+           "reference": ref, "device": name, "torch": torch.__version__}
     print(json.dumps(res))
     return res
+
+
+def reference(micro_batch: int, mm: float) -> dict:
+    """The plain stack's step time and ratio to the same in-process matmul (the bar the dual model is held to)."""
+    step, flops = plain_stack_step(micro_batch)
+    for _ in range(4):  # the first compiles
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
+    del step  # its blocks and optimiser: free the memory before the dual model is built
+    torch.cuda.empty_cache()
+    return {"step_ms": dt * 1e3, "ratio_to_matmul": flops / dt / mm}
 
 
 def loop(a) -> dict:
