@@ -146,8 +146,9 @@ def kernel_categories(events) -> dict[str, float]:
     Triton elementwise (inductor's fused kernels), AdamW, the rest."""
     out: dict[str, float] = {}
     for e in events:
-        if e.device_type != torch.autograd.DeviceType.CUDA:
-            continue
+        if (e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False)
+                or e.key.startswith(("Optimizer.", "ProfilerStep"))):
+            continue  # GPU-side ranges such as Optimizer.step would count their kernels twice
         n = e.key.lower()
         kind = ("flex_attention" if "flex" in n or "triton_tem" in n else
                 "gemm" if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma")) else

@@ -46,3 +46,22 @@ def test_numeric_gates_fail_below_threshold(tmp_path):
     rows = [r["status"] for r in gate.gates(th, measured, tmp_path / "none.json", {"train", "memory", "loader",
                                                                                    "stream"})]
     assert rows == ["PASS"] * 5
+
+
+def test_kernel_categories_count_each_kernel_once():
+    """`train_step.py --profile`'s kernel time by kind: GPU-side ranges (Optimizer.step) are not kernels."""
+    from types import SimpleNamespace
+
+    import torch
+    from common import kernel_categories
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    ev = [SimpleNamespace(key=k, device_type=d, self_device_time_total=us, is_user_annotation=ann)
+          for k, d, us, ann in [("nvjet_sm90_tst_192x192", cuda, 3000, False),
+                                ("triton_tem_fused_flex_attention_backward", cuda, 2000, False),
+                                ("triton_poi_fused_add_mul", cuda, 500, False),
+                                ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", cuda, 250, False),
+                                ("multi_tensor_apply_kernel<FusedAdamMathFunctor>", cuda, 400, False),
+                                ("Optimizer.step#AdamW.step", cuda, 400, True), ("aten::mm", cpu, 9000, False)]]
+    assert kernel_categories(ev) == {"gemm": 3.0, "flex_attention": 2.0, "triton elementwise": 0.5, "adamw": 0.4,
+                                     "sdpa": 0.25}
