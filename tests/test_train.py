@@ -84,12 +84,13 @@ def test_nan_is_skipped_and_counted(cache, tmp_path, capsys):
 def test_sigterm_saves_and_resumes(cache, tmp_path):
     args = [sys.executable, "stage2_dual/train.py", "--preset", "tiny", "--data", str(cache), "--out", str(tmp_path),
             "--accelerator", "cpu", "--max-steps", "100000", "--ckpt-every", "0"]
-    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     csv = tmp_path / "metrics.csv"
     deadline = time.time() + 120
     while (not csv.exists() or csv.read_text().count("\n") < 4) and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, loader workers too, as SLURM's scancel does
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-2000:]
     assert "SIGTERM: saved step" in out

@@ -114,10 +114,18 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
     workers = tc.loader_workers
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                                         pin_memory=fabric.device.type == "cuda")
+                                         pin_memory=fabric.device.type == "cuda", worker_init_fn=leave_signals)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
     graphs = rollout_graphs(model, fabric.device) if tc.self_forcing and not sharded else None
     return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs)
+
+
+def leave_signals(worker: int) -> None:
+    """A loader worker ignores SIGTERM / SIGUSR1: a scheduler that signals the whole process group (SLURM's scancel,
+    preemption) must not kill the workers under the training process, which saves the step and exits (the workers
+    stop with it)."""
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def train_step(run: Run, batches, step: int) -> dict:
