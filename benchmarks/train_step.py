@@ -6,8 +6,8 @@ process, peak memory. Synthetic latents of the preset's shapes.
         [--loop N [--global-batch G]]
 
 --loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
-synthetic latent cache of the preset's shapes (data loading, logging, the EMA; accumulation with --global-batch), reading
-its own throughput records (the median over the second half of the steps).
+synthetic latent cache of the preset's shapes (data loading, logging, the EMA; accumulation with --global-batch),
+reading its own throughput records (the median over the second half of the steps).
 """
 
 from __future__ import annotations

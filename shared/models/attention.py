@@ -83,8 +83,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def frame_mask(qs: Span, ks: Span, backend: str, device: torch.device):
     """What frame-causal attention from span qs to span ks needs: None (every key frame is visible to every query
     frame: plain flash attention), a flex `BlockMask` (long sequences on CUDA where the first query frame sees a key
-    frame, as `FLEX_OPTIONS` assumes; built once per shape and reused), or a dense [Sq, Skv] boolean mask. Built outside the blocks, once per forward, so that compiled blocks get it as an
-    input instead of tracing its construction."""
+    frame, as `FLEX_OPTIONS` assumes; built once per shape and reused), or a dense [Sq, Skv] boolean mask. Built
+    outside the blocks, once per forward, so that compiled blocks get it as an input instead of tracing its
+    construction."""
     if qs.start >= ks.last:
         return None
     if (resolve_backend(backend, device) == "flex" and qs.length * ks.length >= FLEX_MIN_PAIRS

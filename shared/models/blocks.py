@@ -133,8 +133,9 @@ class AudioWindows:
     """Which audio tokens each frame sees. Frame with audio index i sees i - context .. i + lookahead, clipped
     to [1, Ta); the reference frame (index 0) sees only token 0, which is always the null token.
 
-    The index may live on the host (training, eager streaming: nothing waits on the device) or on the device
-    (CUDA-graph streaming: never read on the host, so one captured graph serves every frame)."""
+    The index may live on the host (a caller's explicit index in eager streaming) or on the device (training's
+    default index, made there; CUDA-graph streaming, where it is never read on the host, so one captured graph serves
+    every frame)."""
 
     def __init__(self, audio_index: torch.Tensor, total: int, context: int, lookahead: int, head_dim: int,
                  theta: float, device: torch.device):
