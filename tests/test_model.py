@@ -200,6 +200,53 @@ def test_compiled_blocks_trace_whole_and_match_eager():
             torch.testing.assert_close(g0, g1)
 
 
+def test_activation_checkpoints_recompute_inside_compiled_blocks():
+    """`checkpoint_activations` (what --activation-checkpointing does): the chosen blocks run their forward again in
+    the backward pass (counted in eager), the others do not; compiled blocks still trace whole (fullgraph) with it,
+    and nothing changes: same outputs and gradients as eager without it. Without autograd nothing is recomputed."""
+    from shared.models.blocks import Block, BridgeLayer
+    from shared.training.sharding import checkpoint_activations
+
+    eager = tiny_model("dual")
+    inp = tiny_inputs(eager)
+    models = []
+    for compiled in (False, True):
+        m = tiny_model("dual")
+        m.load_state_dict(eager.state_dict())
+        assert checkpoint_activations(m, (Block, BridgeLayer), every=2) == 3  # of 2 + 2 blocks and 1 bridge layer
+        if compiled:
+            m.compile_blocks(backend="aot_eager", fullgraph=True)
+        models.append(m)
+    runs = {}
+    blocks = list(models[0].video.blocks) + list(models[0].struct.blocks)
+    for blk in blocks:
+        blk.calls = 0
+        blk.self_attention = (lambda f, b: lambda *a, **k: (setattr(b, "calls", b.calls + 1), f(*a, **k))[1])(
+            blk.self_attention, blk)
+    for name, model in (("eager", eager), ("ac", models[0]), ("compiled", models[1])):
+        vv, vs = model(**inp)
+        forward_calls = [b.calls for b in blocks]
+        (vv.square().mean() + vs.square().mean()).backward()
+        runs[name] = (vv, vs, [p.grad for p in model.parameters()])
+        if name == "ac":
+            assert forward_calls == [1, 1, 1, 1]
+            # every 2nd of video.blocks.0, video.blocks.1, bridge.0, struct.blocks.0, struct.blocks.1
+            assert [b.calls for b in blocks] == [2, 1, 1, 2]
+            with torch.no_grad():
+                model(**inp)
+            assert [b.calls for b in blocks] == [3, 2, 2, 3]
+    for name in ("ac", "compiled"):
+        torch.testing.assert_close(runs["eager"][0], runs[name][0])
+        torch.testing.assert_close(runs["eager"][1], runs[name][1])
+        for g0, g1 in zip(runs["eager"][2], runs[name][2]):
+            if g0 is not None:
+                torch.testing.assert_close(g0, g1)
+    with pytest.raises(ValueError, match="every=0"):
+        checkpoint_activations(tiny_model("dual"), (Block,), every=0)
+    with pytest.raises(ValueError, match="no"):
+        checkpoint_activations(tiny_model("dual"), ())
+
+
 def test_dual_oneway_cuts_the_video_to_struct_direction():
     """`bridge_video_to_struct=False` (the PoC's dual_oneway): both streams generated, but the struct prediction never
     depends on the video (known answer: change the video, the struct velocity stays bit for bit), while the video

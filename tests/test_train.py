@@ -50,6 +50,18 @@ def test_resume_is_exact(cache, tmp_path):
     assert (tmp_path / "a" / "config.json").is_file() and (tmp_path / "a" / "metrics.csv").read_text().count("\n") > 2
 
 
+def test_activation_checkpointing_changes_no_number(cache, tmp_path):
+    """Recomputing half of the blocks and bridge layers in the backward pass (strategy auto: it used to be FSDP-only
+    and silently ignored elsewhere) trains to the same weights, bit for bit on the CPU."""
+    plain = _run(cache, tmp_path / "a", "--max-steps", "3")
+    ac = _run(cache, tmp_path / "b", "--max-steps", "3", "--activation-checkpointing", "--checkpoint-every", "2")
+    assert [r["loss"] for r in plain["history"]] == [r["loss"] for r in ac["history"]]
+    a, b = _weights(latest_checkpoint(tmp_path / "a")), _weights(latest_checkpoint(tmp_path / "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):
+        _run(cache, tmp_path / "c", "--max-steps", "1", "--activation-checkpointing", "--checkpoint-every", "0")
+
+
 def test_truncated_checkpoint_is_reported_and_skipped(cache, tmp_path, capsys):
     _run(cache, tmp_path, "--max-steps", "6", "--ckpt-every", "3")
     last = latest_checkpoint(tmp_path)
@@ -119,8 +131,9 @@ def _fabric_run(cache: Path, out: Path, strategy: str, *extra: str) -> subproces
 
 def test_fsdp_two_processes_keeps_a_sharded_ema_and_resumes_exactly(cache, tmp_path):
     """FSDP2 over 2 CPU processes (gloo): each rank holds half of the weights and of the EMA; 6 steps straight ==
-    3 steps, resume, 3 steps (model, optimiser, EMA) bit for bit, in one-file checkpoints every strategy reads."""
-    _fabric_run(cache, tmp_path / "a", "fsdp", "--max-steps", "6", "--ckpt-every", "3")
+    3 steps, resume, 3 steps (model, optimiser, EMA) bit for bit, in one-file checkpoints every strategy reads. The
+    straight run also recomputes its activations (a checkpoint inside each FSDP unit): that changes no number."""
+    _fabric_run(cache, tmp_path / "a", "fsdp", "--max-steps", "6", "--ckpt-every", "3", "--activation-checkpointing")
     res = _fabric_run(cache, tmp_path / "b", "fsdp", "--max-steps", "6", "--ckpt-every", "3")
     held, total = (int(n.replace(",", "")) for n in
                    re.search(r"sharded over 2 processes \(rank 0 keeps ([\d,]+) of ([\d,]+) EMA", res.stdout).groups())

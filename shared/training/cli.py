@@ -51,6 +51,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--num-nodes", type=int, help="train.num_nodes")
     ap.add_argument("--activation-checkpointing", action="store_true", default=None,
                     help="train.activation_checkpointing")
+    ap.add_argument("--checkpoint-every", type=int, help="train.checkpoint_every (with --activation-checkpointing)")
     ap.add_argument("--loader-workers", type=int, help="train.loader_workers (processes reading batches ahead)")
     if stage == "dual":
         ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
@@ -72,7 +73,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
              "train.sample_every": a.sample_every,
              "train.precision": a.precision, "train.strategy": a.strategy, "train.accelerator": a.accelerator,
              "train.devices": a.devices, "train.num_nodes": a.num_nodes,
-             "train.activation_checkpointing": a.activation_checkpointing, "train.loader_workers": a.loader_workers}
+             "train.activation_checkpointing": a.activation_checkpointing, "train.checkpoint_every": a.checkpoint_every,
+             "train.loader_workers": a.loader_workers}
     if stage == "video":
         flags["model.bridge_mode"] = "video_only"
     else:

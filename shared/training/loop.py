@@ -27,12 +27,12 @@ from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
 from .self_forcing import rollout_graphs, self_forcing_loss, uses_own_history
-from .sharding import fsdp_strategy, is_sharded, local, world_size
+from .sharding import checkpoint_activations, fsdp_strategy, is_sharded, local, world_size
 
 
 def make_fabric(tc: TrainConfig, block_types: tuple = ()):
     """Fabric from the config. Under `fabric run`, its --strategy (LT_STRATEGY) picks the strategy, and FSDP is
-    built here: FSDP2 with one unit per block (`sharding`; and activation checkpointing when asked)."""
+    built here: FSDP2 with one unit per block (`sharding`)."""
     from lightning_fabric import Fabric
 
     name = os.environ.pop("LT_STRATEGY", None) or tc.strategy
@@ -42,7 +42,7 @@ def make_fabric(tc: TrainConfig, block_types: tuple = ()):
     if name == "fsdp":
         accelerator = os.environ.get("LT_ACCELERATOR") or tc.accelerator
         precision = os.environ.get("LT_PRECISION") or tc.precision
-        strategy = fsdp_strategy(precision, tuple(block_types), tc.activation_checkpointing,
+        strategy = fsdp_strategy(precision, tuple(block_types),
                                  world_size(devices, int(os.environ.get("LT_NUM_NODES") or tc.num_nodes), accelerator))
     kw = {} if os.environ.get("LT_CLI_USED") else {"accelerator": tc.accelerator, "devices": devices,
                                                     "num_nodes": tc.num_nodes, "precision": tc.precision}
@@ -90,6 +90,9 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
         runs.save_config(cfg, out)
     fabric.seed_everything(tc.seed)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    if tc.activation_checkpointing:  # after the EMA's copy: it never runs a backward pass
+        n = checkpoint_activations(model, tuple(block_types), tc.checkpoint_every)
+        fabric.print(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
     if tc.compile:
         model.compile_blocks()
     # the model first, then its optimiser: FSDP2 replaces the parameters with sharded ones

@@ -22,20 +22,20 @@ def world_size(devices, num_nodes: int, accelerator: str) -> int:
     return torch.cuda.device_count() * num_nodes
 
 
-def fsdp_strategy(precision: str, block_types: tuple, checkpointing: bool, world: int):
+def fsdp_strategy(precision: str, block_types: tuple, world: int):
     """Fabric's `ModelParallelStrategy` (its FSDP2 route) with `parallelize` as the sharding plan."""
     from lightning_fabric.strategies import ModelParallelStrategy
 
-    plan = partial(parallelize, block_types=block_types, bf16=str(precision).startswith("bf16"),
-                   checkpointing=checkpointing)
+    plan = partial(parallelize, block_types=block_types, bf16=str(precision).startswith("bf16"))
     return ModelParallelStrategy(plan, data_parallel_size=world, tensor_parallel_size=1,
                                  save_distributed_checkpoint=False)
 
 
-def parallelize(model: torch.nn.Module, mesh, block_types: tuple = (), bf16: bool = False,
-                checkpointing: bool = False) -> torch.nn.Module:
+def parallelize(model: torch.nn.Module, mesh, block_types: tuple = (), bf16: bool = False) -> torch.nn.Module:
     """Shard `model` in place over the mesh's data-parallel dimension: each module of `block_types` its own unit
-    (its parameters are gathered just before it runs and freed after), the rest in the root unit."""
+    (its parameters are gathered just before it runs and freed after), the rest in the root unit. A unit's hooks
+    stay outside an activation checkpoint made by `checkpoint_activations` (it lives in the forward itself), so the
+    weights are gathered again before a recomputation needs them."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
@@ -43,13 +43,40 @@ def parallelize(model: torch.nn.Module, mesh, block_types: tuple = (), bf16: boo
         else MixedPrecisionPolicy()
     for m in list(model.modules()):
         if block_types and isinstance(m, block_types):
-            if checkpointing:
-                from torch.distributed._composable import checkpoint
-
-                checkpoint(m)
             fully_shard(m, mesh=dp, mp_policy=policy)
     fully_shard(model, mesh=dp, mp_policy=policy)
     return model
+
+
+def checkpoint_activations(model: torch.nn.Module, block_types: tuple, every: int = 1) -> int:
+    """Activation checkpointing (Chen et al. 2016): every `every`-th module of `block_types` (in `model.modules()`
+    order) keeps only its inputs and recomputes the rest in the backward pass, under any strategy. Returns how
+    many modules recompute; raises when none would.
+
+    The checkpoint goes inside each module's own `forward` (`torch.utils.checkpoint`, non-reentrant), not in hooks
+    around it: a compiled block (`DualForce.compile_blocks`) then traces it whole and the compiler recomputes inside
+    its own backward graph, while the hooks of `torch.distributed._composable.checkpoint` break the graph. Without
+    autograd (sampling, evaluation) the forward runs unchanged."""
+    if every < 1:
+        raise ValueError(f"activation checkpointing: every={every} must be >= 1")
+    chosen = [m for m in model.modules() if block_types and isinstance(m, block_types)][::every]
+    if not chosen:
+        raise ValueError(f"activation checkpointing: the model has no {[t.__name__ for t in block_types]} module "
+                         f"to checkpoint")
+    for m in chosen:
+        m.forward = _recomputed(m.forward)
+    return len(chosen)
+
+
+def _recomputed(forward):
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
