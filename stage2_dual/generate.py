@@ -6,7 +6,8 @@
 
 Writes OUT.mp4 (25 fps, the driving audio muxed in), OUT.struct.npz (the generated motion trajectory and its
 layout; dual models) and OUT.timing.json (per-frame latency, fps, first-frame latency, device). Frames are decoded
-as they are produced (`shared.sampling.generation.stream_frames` is the Python API for live display).
+as they are produced, on a GPU on a CUDA stream of their own while the next frame is denoised
+(`shared.sampling.generation.stream_frames` is the Python API for live display).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from shared.data.codecs import get_codec  # noqa: E402
 from shared.config import SampleConfig  # noqa: E402
 from shared.sampling.generation import (InputError, check_output, check_sample, codec_from_spec,  # noqa: E402
                                        cpu_threads, features_from_spec, load_audio, load_model, load_reference,
-                                       prepare_graphs, stream_frames, write_outputs)
+                                       prepare_decoder, prepare_graphs, stream_frames, write_outputs)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -103,7 +104,7 @@ def main(argv=None) -> dict:
     if features.shape[1] != cfg.model.audio_dim:
         raise InputError(f"audio features have {features.shape[1]} dims, the model takes {cfg.model.audio_dim}")
 
-    graphs, prepare = None, 0.0
+    graphs, decoder, prepare = None, None, 0.0
     if device.type == "cuda":
         model.to(torch.bfloat16)
         if not (a.no_graphs or a.no_cache):
@@ -111,11 +112,12 @@ def main(argv=None) -> dict:
             print("compiling and capturing CUDA graphs (about a minute the first time)..." if not a.no_compile
                   else "capturing CUDA graphs...", flush=True)
             graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=not a.no_compile)
+            decoder = prepare_decoder(codec, cfg, device)
             prepare = time.perf_counter() - t
     got, latency, last = [], [], 0.0
     t0 = time.perf_counter()
     for f in stream_frames(model, ref, features, frames, codec, sample, device, a.seed, use_cache=not a.no_cache,
-                           graphs=graphs):
+                           graphs=graphs, decoder=decoder):
         got.append(f)
         latency.append(f["time"] - last)
         last = f["time"]
@@ -127,7 +129,7 @@ def main(argv=None) -> dict:
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
               "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.steps, "chunk": sample.chunk,
               "window": sample.window, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
-              "compiled": graphs is not None and not a.no_compile,
+              "compiled": graphs is not None and not a.no_compile, "overlapped_decoder": decoder is not None,
               "prepare_s": prepare, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "reference": ref.source, "checkpoint": str(a.ckpt)}

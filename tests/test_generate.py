@@ -74,11 +74,46 @@ def test_generate_on_cuda_compiles_and_replays_graphs(run, tmp_path):
     wav = _wav(tmp_path / "voice.wav", 2.0)
     res = generate.main(["--ckpt", str(run / "run"), "--ref", str(ref), "--audio", str(wav),
                          "--out", str(tmp_path / "out.mp4"), "--device", "cuda"])
-    assert res["compiled"] and res["cuda_graphs"] and res["frames"] == 50
+    assert res["compiled"] and res["cuda_graphs"] and res["overlapped_decoder"] and res["frames"] == 50
     info = probe(tmp_path / "out.mp4")
     assert info["fps"] == 25 and abs(info["duration"] - 2.0) < 0.05 and abs(info["audio_duration"] - 2.0) < 0.05
     frames = np.stack(list(iter_frames(tmp_path / "out.mp4", 32)))
     assert np.abs(np.diff(frames.astype(np.float32), axis=0)).mean() > 1
+
+
+def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypatch):
+    """`stream_frames` with a decoder (the GPU path, here with the decoder's contract faked on the CPU): the frames
+    and motion are those of decoding between frames, in order, and frame i is waited for only after frame i+1 has
+    been queued (that is the overlap), the last one at the end."""
+    from shared.config import SampleConfig
+    from shared.sampling import generation as G
+    from shared.sampling.decode import to_uint8
+
+    model, cfg, meta = G.load_model(run / "run", "cpu")
+    codec = G.codec_from_spec(meta.codec)
+    ref = G.load_reference(f"{run / 'c.h5'}", cfg, meta, codec)
+    feats = G.features_from_spec(meta.audio_features)(G.load_audio(next((run / "st").rglob("*.mp4")), 0.4), 10)
+    sample = SampleConfig(steps=1)
+    log = []
+
+    class Done:  # a CUDA event: the host waits on it
+        def synchronize(self):
+            log.append("wait")
+
+    class Decoder:  # `OverlappedDecoder`: (frame, event) at once
+        def submit(self, z, to_host=False):
+            log.append("submit")
+            assert to_host  # copied to the host on the decoder's stream, not behind the next frame's denoising
+            return to_uint8(codec.decode_rgb(z)), Done()
+
+    monkeypatch.setattr(G, "_recorded", Done)
+    plain = list(G.stream_frames(model, ref, feats, 10, codec, sample, torch.device("cpu")))
+    overlapped = list(G.stream_frames(model, ref, feats, 10, codec, sample, torch.device("cpu"), decoder=Decoder()))
+    assert [f["index"] for f in overlapped] == list(range(10))
+    for a, b in zip(plain, overlapped):
+        assert np.array_equal(a["frame"], b["frame"]) and np.array_equal(a["struct"], b["struct"])
+    # two waits per frame (its decoding, its motion's copy to the host), each after the next frame's submission
+    assert log == ["submit"] + ["submit", "wait", "wait"] * 9 + ["wait", "wait"]
 
 
 def test_training_wrote_a_streaming_sample_and_tensorboard(run):

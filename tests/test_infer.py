@@ -339,7 +339,7 @@ def test_ref_bias_counts_the_reference_w_times():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams and graphs")
 def test_overlapped_decoder_gives_each_frame_in_order():
     """Frames decoded on the side stream (one CUDA graph) equal the decoder run directly, each the frame submitted,
-    even when the sampler frees its latent at once."""
+    even when the sampler frees its latent at once; also when copied to the host on that stream."""
     from shared.sampling.decode import OverlappedDecoder, to_uint8
 
     conv = torch.nn.ConvTranspose2d(4, 3, 8, stride=8).cuda()
@@ -355,3 +355,7 @@ def test_overlapped_decoder_gives_each_frame_in_order():
         done.synchronize()
         assert frame.shape == (1, 64, 64, 3) and frame.dtype == torch.uint8
         assert torch.equal(frame, decode(z))
+    host = [dec.submit(z.clone(), to_host=True) for z in latents]  # copied to the host on the side stream
+    for (frame, done), z in zip(host, latents):
+        done.synchronize()
+        assert frame.device.type == "cpu" and torch.equal(frame, decode(z).cpu())

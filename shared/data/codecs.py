@@ -43,8 +43,22 @@ class VideoCodec:
         raise NotImplementedError
 
     def decode(self, latents: np.ndarray | torch.Tensor) -> np.ndarray:
-        """[N, C, h, w] -> uint8 [N, H, W, 3]."""
+        """[N, C, h, w] -> uint8 [N, H, W, 3], on the host."""
+        z = torch.as_tensor(np.asarray(latents)).float()
+        return np.concatenate([to_uint8(self.decode_rgb(z[i : i + self.decode_batch].to(self.device)))
+                               for i in range(0, len(z), self.decode_batch)])
+
+    def decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
+        """float [N, C, h, w] on the codec's device -> [N, 3, H, W] in [-1, 1] on it, with nothing read back to the
+        host: what streaming runs on a CUDA stream of its own (`shared.sampling.decode.OverlappedDecoder`)."""
         raise NotImplementedError
+
+    device: str = "cpu"
+    """Where decode_rgb runs."""
+    decode_batch: int = 256
+    """Latents per decode_rgb call in `decode` (memory)."""
+    graphable: bool = True
+    """Whether decode_rgb can be captured as one CUDA graph (no host reads, no state kept between calls)."""
 
 
 class Pixels(VideoCodec):
@@ -60,8 +74,8 @@ class Pixels(VideoCodec):
     def encode(self, frames: np.ndarray) -> np.ndarray:
         return F.pixel_unshuffle(to_unit(frames), self.factor).numpy()
 
-    def decode(self, latents) -> np.ndarray:
-        return to_uint8(F.pixel_shuffle(torch.as_tensor(np.asarray(latents)).float(), self.factor))
+    def decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, self.factor)
 
 
 # ----------------------------------------------------------------------------------------------------- tiny-ae
@@ -163,9 +177,8 @@ class TinyAECodec(VideoCodec):
         return torch.cat(out).numpy()
 
     @torch.no_grad()
-    def decode(self, latents) -> np.ndarray:
-        z = torch.as_tensor(np.asarray(latents)).float()
-        return np.concatenate([to_uint8(self.model.decode(z[i : i + 256].to(self.device))) for i in range(0, len(z), 256)])
+    def decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
 
 
 # ---------------------------------------------------------------------------------------------------- diffusers
@@ -190,6 +203,8 @@ class DiffusersVAE(VideoCodec):
             self.std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
             self.factor = 2 ** sum(1 for _ in cfg.dim_mult[1:])
             self.channels = cfg.z_dim
+            # on the device once: a host-to-device copy inside decode_rgb could not be captured in a CUDA graph
+            self.decode_mean, self.decode_std = self.mean.to(device), self.std.to(device)
         else:
             self.factor = 2 ** (len(cfg.block_out_channels) - 1)
             self.channels = cfg.latent_channels
@@ -214,19 +229,17 @@ class DiffusersVAE(VideoCodec):
             out.append(z)
         return torch.cat(out).float().numpy()
 
+    decode_batch = 16
+
+    @property
+    def graphable(self) -> bool:
+        return self.kind == "kl"  # measured (benchmarks/stream_step.py); Wan's decoder keeps a causal feature cache
+
     @torch.no_grad()
-    def decode(self, latents) -> np.ndarray:
-        z = torch.as_tensor(np.asarray(latents)).float()
-        out = []
-        for i in range(0, len(z), 16):
-            zi = z[i : i + 16]
-            if self.kind == "wan":
-                x = self.vae.decode((zi[:, :, None] * self.std + self.mean).to(self.device)).sample[:, :, 0]
-            else:
-                zi = zi / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
-                x = self.vae.decode(zi.to(self.device)).sample
-            out.append(to_uint8(x.cpu()))
-        return np.concatenate(out)
+    def decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "wan":
+            return self.vae.decode(z[:, :, None] * self.decode_std + self.decode_mean).sample[:, :, 0]
+        return self.vae.decode(z / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)).sample
 
 
 def get_codec(spec: str, device: str = "cpu") -> VideoCodec:

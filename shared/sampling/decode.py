@@ -41,15 +41,19 @@ class OverlappedDecoder:
             with torch.cuda.graph(self.graph):
                 self.output = decode(self.input)
 
-    def submit(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+    def submit(self, latent: torch.Tensor, to_host: bool = False) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """to_host: the frame comes back in pinned host memory, copied on the side stream too (a copy on the main
+        stream would wait for the denoising queued after this frame)."""
         self.side.wait_stream(torch.cuda.current_stream())  # the latent is finished
         with torch.cuda.stream(self.side):
             self.input.copy_(latent)
             if self.graph is not None:
                 self.graph.replay()
-                frame = self.output.clone()  # the next replay overwrites the graph's output
+                # the next replay overwrites the graph's output
+                frame = self.output.to("cpu", non_blocking=True) if to_host else self.output.clone()
             else:
                 frame = self.decode(self.input)
+                frame = frame.to("cpu", non_blocking=True) if to_host else frame
             done = torch.cuda.Event()
             done.record()
         latent.record_stream(self.side)  # the sampler may free it before the side stream has read it

@@ -8,6 +8,7 @@ codecs; the run folder's readers are `shared.runs`.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from ..data.features import AudioFeatures, LogMel, SSLFeatures
 from ..data.media import MediaError, fit_square, read_audio, write_mp4
 from ..models import DualForce
 from . import schedule as sched
+from .decode import OverlappedDecoder, to_uint8
 from .graphs import GraphedModel
 from .infer import stream, warm_up
 
@@ -266,20 +268,58 @@ def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frame
     return graphs
 
 
+def prepare_decoder(codec: VideoCodec, cfg: Config, device: torch.device) -> OverlappedDecoder:
+    """The codec's decoder on a CUDA stream of its own (one CUDA graph where the codec allows), warmed up before the
+    clock starts, for `stream_frames`."""
+    m = cfg.model
+    like = torch.zeros(1, m.latent_channels, m.latent_size, m.latent_size, device=device)
+    return OverlappedDecoder(lambda z: to_uint8(codec.decode_rgb(z)), like, graph=codec.graphable)
+
+
 def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
                   sample: SampleConfig, device: torch.device, seed: int = 0, use_cache: bool = True,
-                  graphs: GraphedModel | None = None) -> Iterator[dict]:
+                  graphs: GraphedModel | None = None, decoder: OverlappedDecoder | None = None) -> Iterator[dict]:
     """Decoded frames as they are produced: {"index", "frame" uint8 [H, W, 3], "struct" [D] or None, "time"
     (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz. Inputs take the
-    model's dtype (bf16 weights on GPU)."""
+    model's dtype (bf16 weights on GPU). With a `decoder` (`prepare_decoder`, CUDA), each frame is decoded on its
+    own CUDA stream while the next one is denoised (#17) and handed out as soon as its decoding is done; without,
+    `codec.decode` runs between frames."""
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(seed)
     ref_video, ref_struct, audio = _on_device(model, ref, features, frames, device)
-    for f in stream(model, ref_video, ref_struct, audio, frames, generator=gen, sample=sample, use_cache=use_cache,
-                    graphs=graphs):
-        frame = codec.decode(f["video"].float().cpu())[0]  # decoding syncs: the frame is really done
-        struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
-        yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
+    frames_out = stream(model, ref_video, ref_struct, audio, frames, generator=gen, sample=sample,
+                        use_cache=use_cache, graphs=graphs)
+    if decoder is None:
+        for f in frames_out:
+            frame = codec.decode(f["video"].float().cpu())[0]  # decoding syncs: the frame is really done
+            struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
+            yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
+        return
+    pending = collections.deque()
+    for f in frames_out:  # the stream reads nothing back: frame i+1 is queued before frame i is waited for
+        rgb, done = decoder.submit(f["video"][:1].float(), to_host=True)
+        struct = None if f["struct"] is None else f["struct"][0].float().to("cpu", non_blocking=True)
+        pending.append((f["index"], rgb, done, struct, _recorded()))
+        if len(pending) > 1:
+            yield _decoded(*pending.popleft(), t0)
+    while pending:
+        yield _decoded(*pending.popleft(), t0)
+
+
+def _recorded() -> torch.cuda.Event:
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _decoded(index: int, rgb: torch.Tensor, done: torch.cuda.Event, struct: torch.Tensor | None,
+             copied: torch.cuda.Event, t0: float) -> dict:
+    """One overlapped frame, once its decoding (side stream) and its struct's copy to the host (main stream) are
+    done."""
+    done.synchronize()
+    copied.synchronize()
+    return {"index": index, "frame": rgb[0].numpy(), "struct": None if struct is None else struct.numpy(),
+            "time": time.perf_counter() - t0}
 
 
 def write_outputs(out: Path, frames: list[np.ndarray], structs: list[np.ndarray | None], wav: np.ndarray | None,
