@@ -39,6 +39,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--strategy", default="auto", help="auto (one device) | ddp | fsdp (FSDP2)")
     ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
+    ap.add_argument("--flex-backend", choices=["AUTO", "FLASH"], default="AUTO",
+                    help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe DSL, "
+                         "needs the flash-attn-4 package)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
@@ -49,6 +52,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
+    if a.flex_backend != "AUTO":
+        from shared.models import attention
+
+        attention.FLEX_OPTIONS = {**attention.FLEX_OPTIONS, "BACKEND": a.flex_backend}
     if a.loop:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
@@ -109,7 +116,7 @@ def main(argv=None) -> dict:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
-           "checkpoint_every": a.checkpoint_every, "compile": a.compile,
+           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "compile": a.compile,
            "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3, "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
@@ -168,7 +175,8 @@ def loop(a) -> dict:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
-           "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every, "micro_batch": a.micro_batch,
+           "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend,
+           "micro_batch": a.micro_batch,
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,
