@@ -2,7 +2,7 @@
 optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 matmul measured in the same
 process, peak memory. Synthetic latents of the preset's shapes.
 
-    python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--compile] [--steps 8] [--micro-batch 1]
+    python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--float8 R] [--compile] [--steps 8] [--micro-batch 1]
         [--loop N [--global-batch G]]
 
 --loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
@@ -30,6 +30,7 @@ from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.models.blocks import Block, BridgeLayer  # noqa: E402
 from shared.training import make_fabric, optimizer  # noqa: E402
+from shared.training import float8  # noqa: E402
 from shared.training.sharding import checkpoint_activations  # noqa: E402
 
 
@@ -39,6 +40,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--strategy", default="auto", help="auto (one device) | ddp | fsdp (FSDP2)")
     ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
+    ap.add_argument("--float8", default="off", choices=["off", "tensorwise", "rowwise"],
+                    help="train.float8: the video tower's block matmuls in float8 (torchao)")
     ap.add_argument("--flex-backend", choices=["AUTO", "FLASH"], default="AUTO",
                     help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe DSL, "
                          "needs the flash-attn-4 package)")
@@ -67,6 +70,8 @@ def main(argv=None) -> dict:
     fabric.launch()
     torch.manual_seed(0)
     model = DualForce(cfg.model)
+    if a.float8 != "off":
+        float8.convert(model, a.float8, emulate=False)
     if a.ac:
         checkpoint_activations(model, (Block, BridgeLayer), a.checkpoint_every)
     if a.compile:
@@ -116,7 +121,8 @@ def main(argv=None) -> dict:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
-           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "compile": a.compile,
+           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
+           "compile": a.compile,
            "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3, "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
@@ -156,7 +162,7 @@ def loop(a) -> dict:
     m = cfg.model
     cfg = C.override(cfg, {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
                            "train.devices": "1", "train.activation_checkpointing": a.ac, "train.compile": a.compile,
-                           "train.checkpoint_every": a.checkpoint_every,
+                           "train.checkpoint_every": a.checkpoint_every, "train.float8": a.float8,
                            "train.steps": a.loop, "train.global_batch": a.global_batch or a.micro_batch,
                            "train.micro_batch": a.micro_batch, "train.log_every": 1, "train.ckpt_every": 0,
                            "train.ckpt_minutes": 0.0, "train.tensorboard": False, "train.warmup": 10})
@@ -176,7 +182,7 @@ def loop(a) -> dict:
     peak = peak_bf16(name)
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
            "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend,
-           "micro_batch": a.micro_batch,
+           "float8": a.float8, "micro_batch": a.micro_batch,
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,

@@ -279,6 +279,10 @@ class TrainConfig:
     checkpoint_every: int = 1
     """With activation_checkpointing: only every this-many-th block and bridge layer recomputes (1: all; 4: a
     quarter, for a micro-batch that just does not fit)."""
+    float8: str = "off"
+    """off | tensorwise | rowwise: the video tower's block matmuls in float8 with per-tensor or per-row scales
+    (`shared.training.float8`, torchao; float8 tensor cores, e.g. an H100); the weights, EMA and checkpoints stay as
+    they are."""
     loader_workers: int = 2
     """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
     reads each batch itself, and the accelerator waits meanwhile)."""
@@ -296,6 +300,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.self_forcing_p <= 1:
             raise ValueError(f"TrainConfig: self_forcing_p={self.self_forcing_p} must be in [0, 1]")
+        if self.float8 not in ("off", "tensorwise", "rowwise"):
+            raise ValueError(f"TrainConfig: float8={self.float8!r}: use off, tensorwise or rowwise")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig: checkpoint_every={self.checkpoint_every} must be >= 1")
         if self.loader_workers < 0:

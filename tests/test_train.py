@@ -62,6 +62,32 @@ def test_activation_checkpointing_changes_no_number(cache, tmp_path):
         _run(cache, tmp_path / "c", "--max-steps", "1", "--activation-checkpointing", "--checkpoint-every", "0")
 
 
+def test_float8_training_is_live_keeps_the_checkpoints_and_tracks_the_loss(cache, tmp_path):
+    """`--float8` (torchao, emulated on the CPU): the video tower's block linears really compute in float8 (outputs
+    move by a few percent, as e4m3's 3 mantissa bits allow), the checkpoint has the plain model's keys (generation
+    and --init-from read it unchanged), and the loss of a short run stays within 2% of the unconverted run's."""
+    pytest.importorskip("torchao")
+    import copy
+
+    from shared.training import float8
+    from tests.conftest import tiny_inputs, tiny_model
+
+    plain = tiny_model("dual")
+    fast = copy.deepcopy(plain)
+    assert float8.convert(fast, "tensorwise", emulate=True) == 14  # 7 per video block, 2 blocks
+    x = tiny_inputs(plain)
+    with torch.no_grad():
+        a, b = plain(**x)[0], fast(**x)[0]
+    assert 0.005 < ((a - b).norm() / a.norm()).item() < 0.2
+    ref = _run(cache, tmp_path / "a", "--max-steps", "4")
+    f8 = _run(cache, tmp_path / "b", "--max-steps", "4", "--float8", "tensorwise")
+    for r0, r1 in zip(ref["history"], f8["history"]):
+        assert abs(r1["loss"] - r0["loss"]) < 0.02 * r0["loss"]
+    assert _weights(latest_checkpoint(tmp_path / "b")).keys() == _weights(latest_checkpoint(tmp_path / "a")).keys()
+    with pytest.raises(SystemExit, match="use off, tensorwise or rowwise"):
+        _run(cache, tmp_path / "c", "--max-steps", "1", "--float8", "e5m2")
+
+
 def test_truncated_checkpoint_is_reported_and_skipped(cache, tmp_path, capsys):
     _run(cache, tmp_path, "--max-steps", "6", "--ckpt-every", "3")
     last = latest_checkpoint(tmp_path)

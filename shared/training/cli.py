@@ -15,6 +15,7 @@ from ..data.cache import CacheError, CacheReader, WindowDataset
 from ..models import DualForce
 from ..models.blocks import Block, BridgeLayer
 from ..summary import parse_sets
+from . import float8
 from .loop import fit
 from .samples import training_sampler
 
@@ -52,6 +53,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--activation-checkpointing", action="store_true", default=None,
                     help="train.activation_checkpointing")
     ap.add_argument("--checkpoint-every", type=int, help="train.checkpoint_every (with --activation-checkpointing)")
+    ap.add_argument("--float8", help="train.float8: off | tensorwise | rowwise (needs torchao and an H100-class GPU)")
     ap.add_argument("--loader-workers", type=int, help="train.loader_workers (processes reading batches ahead)")
     if stage == "dual":
         ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
@@ -74,6 +76,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
              "train.precision": a.precision, "train.strategy": a.strategy, "train.accelerator": a.accelerator,
              "train.devices": a.devices, "train.num_nodes": a.num_nodes,
              "train.activation_checkpointing": a.activation_checkpointing, "train.checkpoint_every": a.checkpoint_every,
+             "train.float8": a.float8,
              "train.loader_workers": a.loader_workers}
     if stage == "video":
         flags["model.bridge_mode"] = "video_only"
@@ -97,6 +100,11 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
     check_struct(cfg, meta, a.data)
+    if cfg.train.float8 != "off":
+        on_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()
+        why = float8.unavailable(emulate=not on_gpu)
+        if why:
+            raise SystemExit(f"error: --float8 {cfg.train.float8}: {why}")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = DualForce(cfg.model)
     if stage == "dual" and a.init_from:

@@ -22,7 +22,7 @@ import torch
 from .. import runs
 from ..config import Config, TrainConfig
 from ..diffusion import training_loss
-from . import checkpoint
+from . import checkpoint, float8
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
@@ -90,6 +90,9 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
         runs.save_config(cfg, out)
     fabric.seed_everything(tc.seed)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    if tc.float8 != "off":  # after the EMA's copy: it samples in bf16
+        n = float8.convert(model, tc.float8, emulate=fabric.device.type != "cuda")
+        fabric.print(f"float8 ({tc.float8}): {n} linear layers of the video tower")
     if tc.activation_checkpointing:  # after the EMA's copy: it never runs a backward pass
         n = checkpoint_activations(model, tuple(block_types), tc.checkpoint_every)
         fabric.print(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
