@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C
+from shared.data.codecs import rgb_to_uint8
 from shared.sampling import GraphedModel, stream, warm_up
-from shared.sampling.decode import OverlappedDecoder, to_uint8
+from shared.sampling.decode import OverlappedDecoder
 from shared.models import DualForce
 
 
@@ -94,7 +95,7 @@ def vae_decoder(m: C.ModelConfig, image_size: int, compile: bool):
 
     @torch.no_grad()
     def decode(z):
-        return to_uint8(run(z).sample)
+        return rgb_to_uint8(run(z).sample)
 
     return decode, sum(p.numel() for p in vae.decoder.parameters()) + sum(
         p.numel() for p in vae.post_quant_conv.parameters())

@@ -87,7 +87,7 @@ def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypat
     been queued (that is the overlap), the last one at the end."""
     from shared.config import SampleConfig
     from shared.sampling import generation as G
-    from shared.sampling.decode import to_uint8
+    from shared.data.codecs import rgb_to_uint8
 
     model, cfg, meta = G.load_model(run / "run", "cpu")
     codec = G.codec_from_spec(meta.codec)
@@ -104,7 +104,7 @@ def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypat
         def submit(self, z, to_host=False):
             log.append("submit")
             assert to_host  # copied to the host on the decoder's stream, not behind the next frame's denoising
-            return to_uint8(codec.decode_rgb(z)), Done()
+            return rgb_to_uint8(codec.decode_rgb(z)), Done()
 
     monkeypatch.setattr(G, "_recorded", Done)
     plain = list(G.stream_frames(model, ref, feats, 10, codec, sample, torch.device("cpu")))

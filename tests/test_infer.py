@@ -340,13 +340,14 @@ def test_ref_bias_counts_the_reference_w_times():
 def test_overlapped_decoder_gives_each_frame_in_order():
     """Frames decoded on the side stream (one CUDA graph) equal the decoder run directly, each the frame submitted,
     even when the sampler frees its latent at once; also when copied to the host on that stream."""
-    from shared.sampling.decode import OverlappedDecoder, to_uint8
+    from shared.data.codecs import rgb_to_uint8
+    from shared.sampling.decode import OverlappedDecoder
 
     conv = torch.nn.ConvTranspose2d(4, 3, 8, stride=8).cuda()
 
     @torch.no_grad()
     def decode(z):
-        return to_uint8(torch.tanh(conv(z)))
+        return rgb_to_uint8(torch.tanh(conv(z)))
 
     dec = OverlappedDecoder(decode, torch.zeros(1, 4, 8, 8, device="cuda"))
     latents = [torch.randn(1, 4, 8, 8, device="cuda") for _ in range(5)]

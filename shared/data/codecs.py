@@ -24,9 +24,14 @@ def to_unit(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def rgb_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] on x's device (what a display or an encoder takes)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] on the host."""
+    return rgb_to_uint8(x).cpu().numpy()
 
 
 class VideoCodec:

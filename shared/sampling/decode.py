@@ -13,11 +13,6 @@ from collections.abc import Callable
 import torch
 
 
-def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8 (what a display or an encoder takes)."""
-    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
 class OverlappedDecoder:
     """decode(latent [B, C, h, w]) -> frame, run on a side CUDA stream as a CUDA graph captured for `like`'s shape.
 
@@ -49,11 +44,13 @@ class OverlappedDecoder:
             self.input.copy_(latent)
             if self.graph is not None:
                 self.graph.replay()
-                # the next replay overwrites the graph's output
-                frame = self.output.to("cpu", non_blocking=True) if to_host else self.output.clone()
+                frame = self.output
             else:
                 frame = self.decode(self.input)
-                frame = frame.to("cpu", non_blocking=True) if to_host else frame
+            if to_host:
+                frame = frame.to("cpu", non_blocking=True)
+            elif self.graph is not None:
+                frame = frame.clone()  # the next replay overwrites the graph's output
             done = torch.cuda.Event()
             done.record()
         latent.record_stream(self.side)  # the sampler may free it before the side stream has read it

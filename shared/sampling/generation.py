@@ -22,12 +22,12 @@ import torch
 from .. import runs
 from ..config import Config, SampleConfig
 from ..data.cache import CacheMeta, CacheReader
-from ..data.codecs import VideoCodec, get_codec
+from ..data.codecs import VideoCodec, get_codec, rgb_to_uint8
 from ..data.features import AudioFeatures, LogMel, SSLFeatures
 from ..data.media import MediaError, fit_square, read_audio, write_mp4
 from ..models import DualForce
 from . import schedule as sched
-from .decode import OverlappedDecoder, to_uint8
+from .decode import OverlappedDecoder
 from .graphs import GraphedModel
 from .infer import stream, warm_up
 
@@ -273,7 +273,7 @@ def prepare_decoder(codec: VideoCodec, cfg: Config, device: torch.device) -> Ove
     clock starts, for `stream_frames`."""
     m = cfg.model
     like = torch.zeros(1, m.latent_channels, m.latent_size, m.latent_size, device=device)
-    return OverlappedDecoder(lambda z: to_uint8(codec.decode_rgb(z)), like, graph=codec.graphable)
+    return OverlappedDecoder(lambda z: rgb_to_uint8(codec.decode_rgb(z)), like, graph=codec.graphable)
 
 
 def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
@@ -291,7 +291,9 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
                         use_cache=use_cache, graphs=graphs)
     if decoder is None:
         for f in frames_out:
-            frame = codec.decode(f["video"].float().cpu())[0]  # decoding syncs: the frame is really done
+            # straight to the codec's device (no round trip through the host); reading it back syncs: the frame
+            # is really done
+            frame = rgb_to_uint8(codec.decode_rgb(f["video"][:1].float().to(codec.device)))[0].cpu().numpy()
             struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
             yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
         return
