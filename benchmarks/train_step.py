@@ -29,9 +29,7 @@ from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.models.blocks import Block, BridgeLayer  # noqa: E402
-from shared.training import make_fabric, optimizer  # noqa: E402
-from shared.training import float8  # noqa: E402
-from shared.training.sharding import checkpoint_activations  # noqa: E402
+from shared.training import make_fabric, optimizer, prepare_model  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -40,7 +38,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--strategy", default="auto", help="auto (one device) | ddp | fsdp (FSDP2)")
     ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
-    ap.add_argument("--float8", default="off", choices=["off", "tensorwise", "rowwise"],
+    ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
                     help="train.float8: the video tower's block matmuls in float8 (torchao)")
     ap.add_argument("--flex-backend", choices=["AUTO", "FLASH"], default="AUTO",
                     help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe DSL, "
@@ -63,19 +61,15 @@ def main(argv=None) -> dict:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
-                                              "train.devices": "1"})
+                                              "train.devices": "1", "train.checkpoint_every": a.checkpoint_every,
+                                              "train.float8": a.float8, "train.compile": a.compile})
     mm = matmul_rate("cuda")
     ref = reference(a.micro_batch, mm) if a.reference else None
     fabric = make_fabric(cfg.train, (Block, BridgeLayer))
     fabric.launch()
     torch.manual_seed(0)
     model = DualForce(cfg.model)
-    if a.float8 != "off":
-        float8.convert(model, a.float8, emulate=False)
-    if a.ac:
-        checkpoint_activations(model, (Block, BridgeLayer), a.checkpoint_every)
-    if a.compile:
-        model.compile_blocks()
+    prepare_model(model, cfg.train, (Block, BridgeLayer), fabric.device)  # as the loop's setup does
     model = fabric.setup_module(model)
     opt = fabric.setup_optimizers(optimizer(model.module, cfg.train))
     m = cfg.model

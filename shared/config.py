@@ -220,6 +220,10 @@ class SampleConfig:
             raise ValueError(f"SampleConfig: struct_lead={self.struct_lead} must be in [0, steps={self.steps})")
 
 
+FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")
+"""TrainConfig.float8's values (`shared.training.float8`)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, launch and fault tolerance."""
@@ -300,8 +304,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.self_forcing_p <= 1:
             raise ValueError(f"TrainConfig: self_forcing_p={self.self_forcing_p} must be in [0, 1]")
-        if self.float8 not in ("off", "tensorwise", "rowwise"):
-            raise ValueError(f"TrainConfig: float8={self.float8!r}: use off, tensorwise or rowwise")
+        if self.float8 not in FLOAT8_RECIPES:
+            raise ValueError(f"TrainConfig: float8={self.float8!r}: use {', '.join(FLOAT8_RECIPES[:-1])} or "
+                             f"{FLOAT8_RECIPES[-1]}")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig: checkpoint_every={self.checkpoint_every} must be >= 1")
         if self.loader_workers < 0:

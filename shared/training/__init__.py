@@ -5,11 +5,11 @@ from ..runs import checkpoints, latest_checkpoint
 from .batches import StepBatches, to_batch
 from .checkpoint import load_error
 from .cli import check_struct, run_cli
-from .loop import Stop, fit, make_fabric
+from .loop import Stop, fit, make_fabric, prepare_model
 from .meters import open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
 from .samples import training_sampler
 
 __all__ = ["EMA", "Stop", "StepBatches", "check_struct", "checkpoints", "fit", "latest_checkpoint", "load_error",
-           "lr_factor", "make_fabric", "open_metrics", "optimizer", "run_cli", "tensorboard_writer", "to_batch",
-           "training_sampler"]
+           "lr_factor", "make_fabric", "open_metrics", "optimizer", "prepare_model", "run_cli", "tensorboard_writer",
+           "to_batch", "training_sampler"]

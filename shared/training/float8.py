@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-RECIPES = ("off", "tensorwise", "rowwise")
+from ..config import FLOAT8_RECIPES as RECIPES
 
 
 def video_linears(module: torch.nn.Module, fqn: str) -> bool:

@@ -49,6 +49,22 @@ def make_fabric(tc: TrainConfig, block_types: tuple = ()):
     return Fabric(strategy=strategy, **kw)
 
 
+def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, device: torch.device) -> list[str]:
+    """What the training step runs, in place, before a strategy sets the model up: float8 linear layers, activation
+    checkpoints, compiled blocks (in that order: each wraps what the one before made). The EMA is copied before: it
+    samples in bf16 and never runs a backward pass. Returns what was done, one line each."""
+    done = []
+    if tc.float8 != "off":
+        n = float8.convert(model, tc.float8, emulate=device.type != "cuda")
+        done.append(f"float8 ({tc.float8}): {n} linear layers of the video tower")
+    if tc.activation_checkpointing:
+        n = checkpoint_activations(model, block_types, tc.checkpoint_every)
+        done.append(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
+    if tc.compile:
+        model.compile_blocks()
+    return done
+
+
 class Stop(Exception):
     """Raised to end training early (a signal, too many bad steps)."""
 
@@ -90,14 +106,8 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
         runs.save_config(cfg, out)
     fabric.seed_everything(tc.seed)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
-    if tc.float8 != "off":  # after the EMA's copy: it samples in bf16
-        n = float8.convert(model, tc.float8, emulate=fabric.device.type != "cuda")
-        fabric.print(f"float8 ({tc.float8}): {n} linear layers of the video tower")
-    if tc.activation_checkpointing:  # after the EMA's copy: it never runs a backward pass
-        n = checkpoint_activations(model, tuple(block_types), tc.checkpoint_every)
-        fabric.print(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
-    if tc.compile:
-        model.compile_blocks()
+    for line in prepare_model(model, tc, tuple(block_types), fabric.device):  # after the EMA's copy (see there)
+        fabric.print(line)
     # the model first, then its optimiser: FSDP2 replaces the parameters with sharded ones
     model = fabric.setup_module(model)
     opt = fabric.setup_optimizers(optimizer(model.module, tc))

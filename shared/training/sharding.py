@@ -1,5 +1,6 @@
-"""FSDP2 for the training loop: `fully_shard` (PyTorch's per-parameter sharding on DTensors) through Fabric's
-`ModelParallelStrategy`, one unit per block and bridge layer, then the root (torchtitan's layout).
+"""How the training loop spreads a model over memory: FSDP2, `fully_shard` (PyTorch's per-parameter sharding on
+DTensors) through Fabric's `ModelParallelStrategy`, one unit per block and bridge layer, then the root (torchtitan's
+layout); and activation checkpointing of those blocks under any strategy (`checkpoint_activations`).
 
 Under bf16-mixed the units all-gather bf16 parameters and reduce fp32 gradients (`MixedPrecisionPolicy`); the fp32
 shards stay the optimiser's master weights. Checkpoints are full state dicts gathered on rank 0 (one `state.pt`, as
