@@ -180,7 +180,8 @@ def loop(a) -> dict:
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "device": name, "torch": torch.__version__}
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "device": name, "torch": torch.__version__,
+           "losses": [round(r["loss"], 5) for r in res["history"]]}  # same seed and data: float8 vs bf16 loss parity
     print(json.dumps(out))
     return out
 
