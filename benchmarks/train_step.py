@@ -56,7 +56,8 @@ def main(argv=None) -> dict:
     if a.flex_backend != "AUTO":
         from shared.models import attention
 
-        attention.FLEX_OPTIONS = {**attention.FLEX_OPTIONS, "BACKEND": a.flex_backend}
+        # only the backend: the other options tune flex's Triton templates, which FLASH does not use
+        attention.FLEX_OPTIONS = {"BACKEND": a.flex_backend}
     if a.loop:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
