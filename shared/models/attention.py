@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .kernels import rms_norm_rope
 from .rope import apply_rope
 
 # Below this many (query x key) pairs a dense boolean mask is cheaper than building a block mask.
@@ -296,6 +297,16 @@ def ref_bias(bias: torch.Tensor, k_tokens: int, weight: float) -> torch.Tensor:
     return torch.cat([bias[:, :k_tokens] + math.log(weight), bias[:, k_tokens:]], 1)
 
 
+def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x [B, S, H, D] -> its qk-norm, then RoPE at each row's position (cos/sin [S or 1, D/2]); [B, S, H, D]. With an
+    RMSNorm, one fused kernel on CUDA (`kernels.rms_norm_rope`, the same maths elsewhere)."""
+    cos, sin = rope
+    if isinstance(norm, nn.RMSNorm):
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        return rms_norm_rope(x, norm.weight, eps, cos, sin)
+    return apply_rope(norm(x), cos[:, None], sin[:, None])
+
+
 class Attention(nn.Module):
     """Multi-head attention, self (context=None) or cross, frame-causal, with RMS qk-norm and RoPE."""
 
@@ -315,11 +326,10 @@ class Attention(nn.Module):
         cache slot the new keys/values are written into it and the queries attend to the whole buffer. mask:
         `frame_mask` (no cache) or `cache_mask`."""
         rope_k = rope_k or rope_q
-        q = rearrange(self.to_q(x), "b s (h d) -> b h s d", h=self.heads)
-        k, v = rearrange(self.to_kv(x if context is None else context), "b s (two h d) -> two b h s d",
-                         two=2, h=self.heads)
-        q = apply_rope(self.q_norm(q), *rope_q)
-        k = apply_rope(self.k_norm(k), *rope_k)
+        q = self.to_q(x).unflatten(-1, (self.heads, -1))  # [B, Sq, H, D]
+        k, v = self.to_kv(x if context is None else context).unflatten(-1, (2, self.heads, -1)).unbind(2)
+        q, k = norm_rope(q, self.q_norm, rope_q), norm_rope(k, self.k_norm, rope_k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
         if kv is not None:
             kv.k.index_copy_(2, kv.index, k)
             kv.v.index_copy_(2, kv.index, v)

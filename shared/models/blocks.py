@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import Attention, KVSlot
-from .rope import apply_rope, rope_1d
+from .attention import Attention, KVSlot, norm_rope
+from .rope import rope_1d
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -119,11 +119,10 @@ class AudioAttention(nn.Module):
     def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:
         """x [B, T*n, d]; audio [B, T, W, d]: each frame's window of audio tokens (`AudioEmbed`)."""
         b = x.shape[0]
-        q = rearrange(self.to_q(x), "b (t n) (h d) -> (b t) h n d", n=tokens, h=self.heads)
-        kv = self.to_kv(audio)  # [B, T, W, 2d]
-        k, v = rearrange(kv, "b t w (two h d) -> two (b t) h w d", two=2, h=self.heads)
-        q = apply_rope(self.q_norm(q), *win.rope_q)
-        k = apply_rope(self.k_norm(k), *win.rope_k)
+        q = norm_rope(self.to_q(x).unflatten(-1, (self.heads, -1)), self.q_norm, win.rope_q)  # [B, T*n, H, D]
+        q = rearrange(q, "b (t n) h d -> (b t) h n d", n=tokens)
+        k, v = self.to_kv(audio).flatten(0, 1).unflatten(-1, (2, self.heads, -1)).unbind(2)  # [(B T), W, H, D]
+        k, v = norm_rope(k, self.k_norm, win.rope_k).transpose(1, 2), v.transpose(1, 2)
         mask = win.valid.repeat(b, 1)[:, None, None, :]  # [(B T), 1, 1, W]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "(b t) h n d -> b (t n) (h d)", b=b))

@@ -1,0 +1,140 @@
+"""Fused kernels for the attention's elementwise work: qk RMSNorm and RoPE in one pass (#17).
+
+The two are separate passes over every query and key in eager and compiled code alike; a video block spends ~1.5 ms
+of 17 ms on them at the `full` preset (benchmarks/RESULTS.md). Here one Triton program normalises a block of
+head-rows and rotates them in registers: one read and one write of the activation forward, one read of it and of
+the gradient (and one write) backward. The maths is exactly `rope.apply_rope(rms_norm(x) * w, cos, sin)` in fp32;
+`rms_norm_rope` falls back to it on the CPU (and wherever Triton is missing), so CPU tests check the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .rope import apply_rope
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, S, H, D]; cos/sin [S or 1, D/2]: RMSNorm over D with `weight`, then RoPE by each row's position."""
+    y = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
+    return apply_rope(y, cos[:, None], sin[:, None]).to(x.dtype)
+
+
+def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                  fused: bool | None = None) -> torch.Tensor:
+    """`reference`, fused (default: on CUDA). x [B, S, H, D] with a contiguous last dimension (a slice of a
+    projection is fine); returns [B, S, H, D] contiguous, in x's dtype. fused=True on CPU tensors runs the Triton
+    kernels in Triton's interpreter (TRITON_INTERPRET=1 set before import: the tests)."""
+    if triton is None or not (x.is_cuda if fused is None else fused):
+        return reference(x, weight, eps, cos, sin)
+    return torch.ops.dualforce.rms_norm_rope(x, weight, cos.float().contiguous(), sin.float().contiguous(), eps)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _fwd(X, W, COS, SIN, Y, rows, H, S, COS_ROWS, sxb, sxs, sxh, eps, D: tl.constexpr, BLOCK: tl.constexpr):
+        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = r < rows
+        h, s, b = r % H, (r // H) % S, r // (H * S)
+        half = tl.arange(0, D // 2)
+        xrow = X + (b * sxb + s * sxs + h * sxh)[:, None]
+        xe = tl.load(xrow + 2 * half[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        xo = tl.load(xrow + 2 * half[None, :] + 1, mask=live[:, None], other=0.0).to(tl.float32)
+        rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / D + eps)
+        we = tl.load(W + 2 * half).to(tl.float32)
+        wo = tl.load(W + 2 * half + 1).to(tl.float32)
+        ye = xe * rstd[:, None] * we[None, :]
+        yo = xo * rstd[:, None] * wo[None, :]
+        pos = tl.where(COS_ROWS == 1, 0, s)
+        c = tl.load(COS + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
+        sn = tl.load(SIN + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
+        yrow = Y + r[:, None] * D
+        tl.store(yrow + 2 * half[None, :], (ye * c - yo * sn).to(Y.dtype.element_ty), mask=live[:, None])
+        tl.store(yrow + 2 * half[None, :] + 1, (ye * sn + yo * c).to(Y.dtype.element_ty), mask=live[:, None])
+
+    @triton.jit
+    def _bwd(G, X, W, COS, SIN, DX, DW, rows, H, S, COS_ROWS, sgb, sgs, sgh, sxb, sxs, sxh, eps,
+             D: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        r = pid * BLOCK + tl.arange(0, BLOCK)
+        live = r < rows
+        h, s, b = r % H, (r // H) % S, r // (H * S)
+        half = tl.arange(0, D // 2)
+        grow = G + (b * sgb + s * sgs + h * sgh)[:, None]
+        ge = tl.load(grow + 2 * half[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        go = tl.load(grow + 2 * half[None, :] + 1, mask=live[:, None], other=0.0).to(tl.float32)
+        pos = tl.where(COS_ROWS == 1, 0, s)
+        c = tl.load(COS + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
+        sn = tl.load(SIN + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
+        gye = ge * c + go * sn  # the rotation's transpose
+        gyo = go * c - ge * sn
+        xrow = X + (b * sxb + s * sxs + h * sxh)[:, None]
+        xe = tl.load(xrow + 2 * half[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        xo = tl.load(xrow + 2 * half[None, :] + 1, mask=live[:, None], other=0.0).to(tl.float32)
+        rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / D + eps)  # recomputed: x is read anyway
+        xe = xe * rstd[:, None]
+        xo = xo * rstd[:, None]
+        tl.store(DW + pid * D + 2 * half, tl.sum(gye * xe, 0))  # this block's part of the weight's gradient
+        tl.store(DW + pid * D + 2 * half + 1, tl.sum(gyo * xo, 0))
+        we = tl.load(W + 2 * half).to(tl.float32)
+        wo = tl.load(W + 2 * half + 1).to(tl.float32)
+        gxe = gye * we[None, :]
+        gxo = gyo * wo[None, :]
+        dot = (tl.sum(gxe * xe, 1) + tl.sum(gxo * xo, 1)) / D
+        dxrow = DX + r[:, None] * D
+        tl.store(dxrow + 2 * half[None, :], (rstd[:, None] * (gxe - xe * dot[:, None])).to(DX.dtype.element_ty),
+                 mask=live[:, None])
+        tl.store(dxrow + 2 * half[None, :] + 1, (rstd[:, None] * (gxo - xo * dot[:, None])).to(DX.dtype.element_ty),
+                 mask=live[:, None])
+
+    BLOCK_ROWS = 16
+
+    def _grid(rows: int) -> tuple[int]:
+        return (triton.cdiv(rows, BLOCK_ROWS),)
+
+    @torch.library.custom_op("dualforce::rms_norm_rope", mutates_args=())
+    def _op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float) -> torch.Tensor:
+        b, s, h, d = x.shape
+        y = torch.empty(b, s, h, d, dtype=x.dtype, device=x.device)
+        _fwd[_grid(b * s * h)](x, weight, cos, sin, y, b * s * h, h, s, cos.shape[0], x.stride(0), x.stride(1),
+                               x.stride(2), eps, D=d, BLOCK=BLOCK_ROWS)
+        return y
+
+    @_op.register_fake
+    def _(x, weight, cos, sin, eps):
+        return x.new_empty(x.shape)
+
+    @torch.library.custom_op("dualforce::rms_norm_rope_backward", mutates_args=())
+    def _bwd_op(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s, h, d = x.shape
+        rows = b * s * h
+        dx = torch.empty(b, s, h, d, dtype=x.dtype, device=x.device)
+        parts = torch.empty(_grid(rows)[0], d, dtype=torch.float32, device=x.device)
+        _bwd[_grid(rows)](g, x, weight, cos, sin, dx, parts, rows, h, s, cos.shape[0], g.stride(0), g.stride(1),
+                          g.stride(2), x.stride(0), x.stride(1), x.stride(2), eps, D=d, BLOCK=BLOCK_ROWS)
+        return dx, parts.sum(0).to(weight.dtype)
+
+    @_bwd_op.register_fake
+    def _(g, x, weight, cos, sin, eps):
+        return x.new_empty(x.shape), torch.empty_like(weight)
+
+    def _setup(ctx, inputs, output):
+        x, weight, cos, sin, eps = inputs
+        ctx.save_for_backward(x, weight, cos, sin)
+        ctx.eps = eps
+
+    def _backward(ctx, g):
+        x, weight, cos, sin = ctx.saved_tensors
+        dx, dw = _bwd_op(g, x, weight, cos, sin, ctx.eps)
+        return dx, dw, None, None, None
+
+    _op.register_autograd(_backward, setup_context=_setup)
