@@ -40,15 +40,26 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.
 if triton is not None:
 
     @triton.jit
+    def _pairs(X, off, live, D: tl.constexpr, BLOCK: tl.constexpr):
+        """Rows [BLOCK, D] loaded whole (coalesced), split into their (even, odd) channels [BLOCK, D/2] in fp32."""
+        x = tl.load(X + off[:, None] + tl.arange(0, D)[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        return tl.split(tl.reshape(x, (BLOCK, D // 2, 2)))
+
+    @triton.jit
+    def _store_pairs(Y, live, even, odd, D: tl.constexpr, BLOCK: tl.constexpr, row0):
+        r = row0 + tl.arange(0, BLOCK)
+        y = tl.reshape(tl.join(even, odd), (BLOCK, D))
+        tl.store(Y + r[:, None] * D + tl.arange(0, D)[None, :], y.to(Y.dtype.element_ty), mask=live[:, None])
+
+    @triton.jit
     def _fwd(X, W, COS, SIN, Y, rows, H, S, COS_ROWS, sxb, sxs, sxh, eps, D: tl.constexpr, BLOCK: tl.constexpr):
-        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        row0 = tl.program_id(0) * BLOCK
+        r = row0 + tl.arange(0, BLOCK)
         live = r < rows
         h, s, b = r % H, (r // H) % S, r // (H * S)
-        half = tl.arange(0, D // 2)
-        xrow = X + (b * sxb + s * sxs + h * sxh)[:, None]
-        xe = tl.load(xrow + 2 * half[None, :], mask=live[:, None], other=0.0).to(tl.float32)
-        xo = tl.load(xrow + 2 * half[None, :] + 1, mask=live[:, None], other=0.0).to(tl.float32)
+        xe, xo = _pairs(X, b * sxb + s * sxs + h * sxh, live, D, BLOCK)
         rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / D + eps)
+        half = tl.arange(0, D // 2)
         we = tl.load(W + 2 * half).to(tl.float32)
         wo = tl.load(W + 2 * half + 1).to(tl.float32)
         ye = xe * rstd[:, None] * we[None, :]
@@ -56,29 +67,24 @@ if triton is not None:
         pos = tl.where(COS_ROWS == 1, 0, s)
         c = tl.load(COS + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
         sn = tl.load(SIN + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
-        yrow = Y + r[:, None] * D
-        tl.store(yrow + 2 * half[None, :], (ye * c - yo * sn).to(Y.dtype.element_ty), mask=live[:, None])
-        tl.store(yrow + 2 * half[None, :] + 1, (ye * sn + yo * c).to(Y.dtype.element_ty), mask=live[:, None])
+        _store_pairs(Y, live, ye * c - yo * sn, ye * sn + yo * c, D, BLOCK, row0)
 
     @triton.jit
     def _bwd(G, X, W, COS, SIN, DX, DW, rows, H, S, COS_ROWS, sgb, sgs, sgh, sxb, sxs, sxh, eps,
              D: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
-        r = pid * BLOCK + tl.arange(0, BLOCK)
+        row0 = pid * BLOCK
+        r = row0 + tl.arange(0, BLOCK)
         live = r < rows
         h, s, b = r % H, (r // H) % S, r // (H * S)
         half = tl.arange(0, D // 2)
-        grow = G + (b * sgb + s * sgs + h * sgh)[:, None]
-        ge = tl.load(grow + 2 * half[None, :], mask=live[:, None], other=0.0).to(tl.float32)
-        go = tl.load(grow + 2 * half[None, :] + 1, mask=live[:, None], other=0.0).to(tl.float32)
+        ge, go = _pairs(G, b * sgb + s * sgs + h * sgh, live, D, BLOCK)
         pos = tl.where(COS_ROWS == 1, 0, s)
         c = tl.load(COS + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
         sn = tl.load(SIN + pos[:, None] * (D // 2) + half[None, :], mask=live[:, None], other=0.0)
         gye = ge * c + go * sn  # the rotation's transpose
         gyo = go * c - ge * sn
-        xrow = X + (b * sxb + s * sxs + h * sxh)[:, None]
-        xe = tl.load(xrow + 2 * half[None, :], mask=live[:, None], other=0.0).to(tl.float32)
-        xo = tl.load(xrow + 2 * half[None, :] + 1, mask=live[:, None], other=0.0).to(tl.float32)
+        xe, xo = _pairs(X, b * sxb + s * sxs + h * sxh, live, D, BLOCK)
         rstd = tl.rsqrt((tl.sum(xe * xe, 1) + tl.sum(xo * xo, 1)) / D + eps)  # recomputed: x is read anyway
         xe = xe * rstd[:, None]
         xo = xo * rstd[:, None]
@@ -89,13 +95,10 @@ if triton is not None:
         gxe = gye * we[None, :]
         gxo = gyo * wo[None, :]
         dot = (tl.sum(gxe * xe, 1) + tl.sum(gxo * xo, 1)) / D
-        dxrow = DX + r[:, None] * D
-        tl.store(dxrow + 2 * half[None, :], (rstd[:, None] * (gxe - xe * dot[:, None])).to(DX.dtype.element_ty),
-                 mask=live[:, None])
-        tl.store(dxrow + 2 * half[None, :] + 1, (rstd[:, None] * (gxo - xo * dot[:, None])).to(DX.dtype.element_ty),
-                 mask=live[:, None])
+        _store_pairs(DX, live, rstd[:, None] * (gxe - xe * dot[:, None]), rstd[:, None] * (gxo - xo * dot[:, None]),
+                     D, BLOCK, row0)
 
-    BLOCK_ROWS = 16
+    BLOCK_ROWS = 32
 
     def _grid(rows: int) -> tuple[int]:
         return (triton.cdiv(rows, BLOCK_ROWS),)
