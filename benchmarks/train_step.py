@@ -43,6 +43,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--flex-backend", choices=["AUTO", "FLASH"], default="AUTO",
                     help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe DSL, "
                          "needs the flash-attn-4 package)")
+    ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
+                    help="qk-norm + RoPE in one Triton kernel (attention.FUSED_NORM_ROPE)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
@@ -53,9 +55,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
-    if a.flex_backend != "AUTO":
-        from shared.models import attention
+    from shared.models import attention
 
+    attention.FUSED_NORM_ROPE = a.fused_norm_rope == "on"
+    if a.flex_backend != "AUTO":
         # only the backend: the other options tune flex's Triton templates, which FLASH does not use
         attention.FLEX_OPTIONS = {"BACKEND": a.flex_backend}
     if a.loop:
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
     peak = peak_bf16(name)
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
            "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
-           "compile": a.compile,
+           "fused_norm_rope": a.fused_norm_rope, "compile": a.compile,
            "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3, "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
@@ -177,7 +180,7 @@ def loop(a) -> dict:
     peak = peak_bf16(name)
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
            "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend,
-           "float8": a.float8, "micro_batch": a.micro_batch,
+           "float8": a.float8, "fused_norm_rope": a.fused_norm_rope, "micro_batch": a.micro_batch,
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,

@@ -297,11 +297,16 @@ def ref_bias(bias: torch.Tensor, k_tokens: int, weight: float) -> torch.Tensor:
     return torch.cat([bias[:, :k_tokens] + math.log(weight), bias[:, k_tokens:]], 1)
 
 
+# qk-norm and RoPE in one Triton kernel on CUDA (`kernels.rms_norm_rope`); off: inductor's own kernels. A switch for
+# measuring both in one process (benchmarks/train_step.py --fused-norm-rope).
+FUSED_NORM_ROPE = True
+
+
 def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """x [B, S, H, D] -> its qk-norm, then RoPE at each row's position (cos/sin [S or 1, D/2]); [B, S, H, D]. With an
     RMSNorm, one fused kernel on CUDA (`kernels.rms_norm_rope`, the same maths elsewhere)."""
     cos, sin = rope
-    if isinstance(norm, nn.RMSNorm):
+    if FUSED_NORM_ROPE and isinstance(norm, nn.RMSNorm):
         eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
         return rms_norm_rope(x, norm.weight, eps, cos, sin)
     return apply_rope(norm(x), cos[:, None], sin[:, None])
