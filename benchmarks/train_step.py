@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
                     help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe DSL, "
                          "needs the flash-attn-4 package)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
-                    help="qk-norm + RoPE in one Triton kernel (attention.FUSED_NORM_ROPE)")
+                    help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
@@ -55,10 +55,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
-    from shared.models import attention
-
-    attention.FUSED_NORM_ROPE = a.fused_norm_rope == "on"
     if a.flex_backend != "AUTO":
+        from shared.models import attention
+
         # only the backend: the other options tune flex's Triton templates, which FLASH does not use
         attention.FLEX_OPTIONS = {"BACKEND": a.flex_backend}
     if a.loop:
@@ -66,7 +65,8 @@ def main(argv=None) -> dict:
     cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
                                               "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
                                               "train.devices": "1", "train.checkpoint_every": a.checkpoint_every,
-                                              "train.float8": a.float8, "train.compile": a.compile})
+                                              "train.float8": a.float8, "train.compile": a.compile,
+                                              "train.fused_norm_rope": a.fused_norm_rope == "on"})
     mm = matmul_rate("cuda")
     ref = reference(a.micro_batch, mm) if a.reference else None
     fabric = make_fabric(cfg.train, (Block, BridgeLayer))
@@ -161,6 +161,7 @@ def loop(a) -> dict:
     cfg = C.override(cfg, {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
                            "train.devices": "1", "train.activation_checkpointing": a.ac, "train.compile": a.compile,
                            "train.checkpoint_every": a.checkpoint_every, "train.float8": a.float8,
+                           "train.fused_norm_rope": a.fused_norm_rope == "on",
                            "train.steps": a.loop, "train.global_batch": a.global_batch or a.micro_batch,
                            "train.micro_batch": a.micro_batch, "train.log_every": 1, "train.ckpt_every": 0,
                            "train.ckpt_minutes": 0.0, "train.tensorboard": False, "train.warmup": 10})

@@ -287,6 +287,10 @@ class TrainConfig:
     """off | tensorwise | rowwise: the video tower's block matmuls in float8 with per-tensor or per-row scales
     (`shared.training.float8`, torchao; float8 tensor cores, e.g. an H100); the weights, EMA and checkpoints stay as
     they are."""
+    fused_norm_rope: bool = True
+    """Every attention's qk-norm + RoPE in one Triton kernel on CUDA (`attention.fuse_norm_rope`; the same maths):
+    one pass over the queries and keys instead of inductor's several (benchmarks/RESULTS.md). No effect on a CPU; the
+    EMA and streaming keep inductor's kernels."""
     loader_workers: int = 2
     """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
     reads each batch itself, and the accelerator waits meanwhile)."""

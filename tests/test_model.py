@@ -328,3 +328,26 @@ print("ok")
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_else(mode):
+    """`TrainConfig.fused_norm_rope` reaches every attention (self, cross, audio) of the trained model through
+    `prepare_model`, the model computes the same function (on the CPU both paths are the fp32 reference maths), and
+    off leaves inductor's path."""
+    from shared.config import TrainConfig
+    from shared.training.loop import prepare_model
+
+    model = tiny_model(mode)
+    inp = tiny_inputs(model)
+    before = run(model, inp)
+    layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
+    assert layers and not any(m.fused_norm_rope for m in layers)
+    prepare_model(model, TrainConfig(fused_norm_rope=False), (), torch.device("cpu"))
+    assert not any(m.fused_norm_rope for m in layers)
+    done = prepare_model(model, TrainConfig(), (), torch.device("cpu"))
+    assert all(m.fused_norm_rope for m in layers) and any(str(len(layers)) in d for d in done)
+    kinds = {type(m).__name__ for m in layers}
+    assert "AudioAttention" in kinds and "Attention" in kinds
+    for a, b in zip(before, run(model, inp)):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -297,19 +297,25 @@ def ref_bias(bias: torch.Tensor, k_tokens: int, weight: float) -> torch.Tensor:
     return torch.cat([bias[:, :k_tokens] + math.log(weight), bias[:, k_tokens:]], 1)
 
 
-# qk-norm and RoPE in one Triton kernel on CUDA (`kernels.rms_norm_rope`); off: inductor's own kernels. A switch for
-# measuring both in one process (benchmarks/train_step.py --fused-norm-rope).
-FUSED_NORM_ROPE = True
-
-
-def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x [B, S, H, D] -> its qk-norm, then RoPE at each row's position (cos/sin [S or 1, D/2]); [B, S, H, D]. With an
-    RMSNorm, one fused kernel on CUDA (`kernels.rms_norm_rope`, the same maths elsewhere)."""
+def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor],
+              fused: bool = False) -> torch.Tensor:
+    """x [B, S, H, D] -> its qk-norm, then RoPE at each row's position (cos/sin [S or 1, D/2]); [B, S, H, D].
+    fused (with an RMSNorm): one Triton kernel on CUDA (`kernels.rms_norm_rope`; the same maths elsewhere)."""
     cos, sin = rope
-    if FUSED_NORM_ROPE and isinstance(norm, nn.RMSNorm):
+    if fused and isinstance(norm, nn.RMSNorm):
         eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
         return rms_norm_rope(x, norm.weight, eps, cos, sin)
     return apply_rope(norm(x), cos[:, None], sin[:, None])
+
+
+def fuse_norm_rope(model: nn.Module, on: bool = True) -> int:
+    """Every attention of `model` (self, cross, audio) takes its qk-norm + RoPE through the fused kernel (on) or
+    inductor's kernels (off); returns how many. Training turns it on (`TrainConfig.fused_norm_rope`); streaming
+    keeps the path its timings were measured with."""
+    layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
+    for m in layers:
+        m.fused_norm_rope = on
+    return len(layers)
 
 
 class Attention(nn.Module):
@@ -323,6 +329,7 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.fused_norm_rope = False  # `fuse_norm_rope`
 
     def forward(self, x: torch.Tensor, rope_q: tuple[torch.Tensor, torch.Tensor], mask,
                 context: torch.Tensor | None = None, rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -333,7 +340,8 @@ class Attention(nn.Module):
         rope_k = rope_k or rope_q
         q = self.to_q(x).unflatten(-1, (self.heads, -1))  # [B, Sq, H, D]
         k, v = self.to_kv(x if context is None else context).unflatten(-1, (2, self.heads, -1)).unbind(2)
-        q, k = norm_rope(q, self.q_norm, rope_q), norm_rope(k, self.k_norm, rope_k)
+        fused = self.fused_norm_rope
+        q, k = norm_rope(q, self.q_norm, rope_q, fused), norm_rope(k, self.k_norm, rope_k, fused)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
         if kv is not None:
             kv.k.index_copy_(2, kv.index, k)

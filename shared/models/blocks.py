@@ -115,14 +115,16 @@ class AudioAttention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.fused_norm_rope = False  # `attention.fuse_norm_rope`
 
     def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:
         """x [B, T*n, d]; audio [B, T, W, d]: each frame's window of audio tokens (`AudioEmbed`)."""
         b = x.shape[0]
-        q = norm_rope(self.to_q(x).unflatten(-1, (self.heads, -1)), self.q_norm, win.rope_q)  # [B, T*n, H, D]
+        q = norm_rope(self.to_q(x).unflatten(-1, (self.heads, -1)), self.q_norm, win.rope_q,
+                      self.fused_norm_rope)  # [B, T*n, H, D]
         q = rearrange(q, "b (t n) h d -> (b t) h n d", n=tokens)
         k, v = self.to_kv(audio).flatten(0, 1).unflatten(-1, (2, self.heads, -1)).unbind(2)  # [(B T), W, H, D]
-        k, v = norm_rope(k, self.k_norm, win.rope_k).transpose(1, 2), v.transpose(1, 2)
+        k, v = norm_rope(k, self.k_norm, win.rope_k, self.fused_norm_rope).transpose(1, 2), v.transpose(1, 2)
         mask = win.valid.repeat(b, 1)[:, None, None, :]  # [(B T), 1, 1, W]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "(b t) h n d -> b (t n) (h d)", b=b))

@@ -54,6 +54,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
                     help="train.activation_checkpointing")
     ap.add_argument("--checkpoint-every", type=int, help="train.checkpoint_every (with --activation-checkpointing)")
     ap.add_argument("--float8", help="train.float8: off | tensorwise | rowwise (needs torchao and an H100-class GPU)")
+    ap.add_argument("--fused-norm-rope", choices=["on", "off"],
+                    help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel on CUDA (default on)")
     ap.add_argument("--loader-workers", type=int, help="train.loader_workers (processes reading batches ahead)")
     if stage == "dual":
         ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
@@ -77,6 +79,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
              "train.devices": a.devices, "train.num_nodes": a.num_nodes,
              "train.activation_checkpointing": a.activation_checkpointing, "train.checkpoint_every": a.checkpoint_every,
              "train.float8": a.float8,
+             "train.fused_norm_rope": None if a.fused_norm_rope is None else a.fused_norm_rope == "on",
              "train.loader_workers": a.loader_workers}
     if stage == "video":
         flags["model.bridge_mode"] = "video_only"

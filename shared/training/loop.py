@@ -22,6 +22,7 @@ import torch
 from .. import runs
 from ..config import Config, TrainConfig
 from ..diffusion import training_loss
+from ..models.attention import fuse_norm_rope
 from . import checkpoint, float8
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
@@ -50,13 +51,16 @@ def make_fabric(tc: TrainConfig, block_types: tuple = ()):
 
 
 def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, device: torch.device) -> list[str]:
-    """What the training step runs, in place, before a strategy sets the model up: float8 linear layers, activation
-    checkpoints, compiled blocks (in that order: each wraps what the one before made). The EMA is copied before: it
+    """What the training step runs, in place, before a strategy sets the model up: float8 linear layers, the fused
+    qk-norm + RoPE kernel, activation checkpoints, compiled blocks (in that order: each wraps what the one before made). The EMA is copied before: it
     samples in bf16 and never runs a backward pass. Returns what was done, one line each."""
     done = []
     if tc.float8 != "off":
         n = float8.convert(model, tc.float8, emulate=device.type != "cuda")
         done.append(f"float8 ({tc.float8}): {n} linear layers of the video tower")
+    if tc.fused_norm_rope:
+        n = fuse_norm_rope(model)
+        done.append(f"fused qk-norm + RoPE kernel: {n} attention layers")
     if tc.activation_checkpointing:
         n = checkpoint_activations(model, block_types, tc.checkpoint_every)
         done.append(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
