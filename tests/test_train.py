@@ -88,6 +88,33 @@ def test_float8_training_is_live_keeps_the_checkpoints_and_tracks_the_loss(cache
         _run(cache, tmp_path / "c", "--max-steps", "1", "--float8", "e5m2")
 
 
+def test_float8_parity_benchmark_pairs_seeds_reuses_runs_and_refuses_bad_input(cache, tmp_path):
+    """benchmarks/float8_parity.py: both arms per seed, a paired test per loss, the same report when rerun (finished
+    runs are read, not retrained), a clear error for a missing cache."""
+    pytest.importorskip("torchao")
+    import importlib.util
+
+    from shared.evaluation.verdicts import OUTCOMES
+
+    spec = importlib.util.spec_from_file_location("float8_parity", ROOT / "benchmarks" / "float8_parity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--data", str(cache), "--preset", "tiny", "--steps", "4", "--last", "2", "--seeds", "0", "1",
+            "--out", str(tmp_path), "--", "--accelerator", "cpu"]
+    res = bench.main(argv)
+    assert sorted(p.name for p in tmp_path.glob("seed*")) == ["seed0_off", "seed0_tensorwise", "seed1_off",
+                                                              "seed1_tensorwise"]
+    assert [t["metric"] for t in res["tests"]] == ["loss", "video", "struct"]
+    assert all(t["outcome"] in OUTCOMES and t["n"] == 2 for t in res["tests"])
+    assert all(0 < abs(d) < 0.05 for d in res["relative_difference"]["video"])  # live, and close
+    assert (tmp_path / "losses.png").stat().st_size > 0
+    stamp = (tmp_path / "seed1_tensorwise" / "metrics.csv").stat().st_mtime_ns
+    assert bench.main(argv) == res
+    assert (tmp_path / "seed1_tensorwise" / "metrics.csv").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="no such file"):
+        bench.main(["--data", str(tmp_path / "none.h5")])
+
+
 def test_truncated_checkpoint_is_reported_and_skipped(cache, tmp_path, capsys):
     _run(cache, tmp_path, "--max-steps", "6", "--ckpt-every", "3")
     last = latest_checkpoint(tmp_path)
