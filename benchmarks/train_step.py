@@ -2,8 +2,9 @@
 optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 matmul measured in the same
 process, peak memory. Synthetic latents of the preset's shapes.
 
-    python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--float8 R] [--compile] [--steps 8] [--micro-batch 1]
-        [--loop N [--global-batch G]]
+    python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--float8 R]
+        [--fused-norm-rope on|off] [--flex-backend FLASH] [--compile] [--steps 8] [--micro-batch 1]
+        [--loop N [--global-batch G]] [--reference] [--profile FILE]
 
 --loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
 synthetic latent cache of the preset's shapes (data loading, logging, the EMA; accumulation with --global-batch),
@@ -62,11 +63,7 @@ def main(argv=None) -> dict:
         attention.FLEX_OPTIONS = {"BACKEND": a.flex_backend}
     if a.loop:
         return loop(a)
-    cfg = C.override(C.get_preset(a.preset), {"train.strategy": a.strategy, "train.precision": "bf16-mixed",
-                                              "train.activation_checkpointing": a.ac, "train.accelerator": "cuda",
-                                              "train.devices": "1", "train.checkpoint_every": a.checkpoint_every,
-                                              "train.float8": a.float8, "train.compile": a.compile,
-                                              "train.fused_norm_rope": a.fused_norm_rope == "on"})
+    cfg = C.override(C.get_preset(a.preset), training(a))
     mm = matmul_rate("cuda")
     ref = reference(a.micro_batch, mm) if a.reference else None
     fabric = make_fabric(cfg.train, (Block, BridgeLayer))
@@ -130,6 +127,13 @@ def main(argv=None) -> dict:
     return res
 
 
+def training(a) -> dict:
+    """The config fields both measurements take from the flags: one CUDA device, bf16-mixed, and the options."""
+    return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
+            "train.devices": "1", "train.activation_checkpointing": a.ac, "train.checkpoint_every": a.checkpoint_every,
+            "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on", "train.compile": a.compile}
+
+
 def reference(micro_batch: int, mm: float) -> dict:
     """The plain stack's step time and ratio to the same in-process matmul (the bar the dual model is held to)."""
     step, flops = plain_stack_step(micro_batch)
@@ -158,10 +162,7 @@ def loop(a) -> dict:
 
     cfg = C.get_preset(a.preset)
     m = cfg.model
-    cfg = C.override(cfg, {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
-                           "train.devices": "1", "train.activation_checkpointing": a.ac, "train.compile": a.compile,
-                           "train.checkpoint_every": a.checkpoint_every, "train.float8": a.float8,
-                           "train.fused_norm_rope": a.fused_norm_rope == "on",
+    cfg = C.override(cfg, {**training(a),
                            "train.steps": a.loop, "train.global_batch": a.global_batch or a.micro_batch,
                            "train.micro_batch": a.micro_batch, "train.log_every": 1, "train.ckpt_every": 0,
                            "train.ckpt_minutes": 0.0, "train.tensorboard": False, "train.warmup": 10})

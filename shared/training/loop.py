@@ -52,8 +52,9 @@ def make_fabric(tc: TrainConfig, block_types: tuple = ()):
 
 def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, device: torch.device) -> list[str]:
     """What the training step runs, in place, before a strategy sets the model up: float8 linear layers, the fused
-    qk-norm + RoPE kernel, activation checkpoints, compiled blocks (in that order: each wraps what the one before made). The EMA is copied before: it
-    samples in bf16 and never runs a backward pass. Returns what was done, one line each."""
+    qk-norm + RoPE kernel, activation checkpoints, compiled blocks (in that order: each wraps what the one before
+    made). The EMA is copied before: it samples in bf16 and never runs a backward pass. Returns what was done, one
+    line each."""
     done = []
     if tc.float8 != "off":
         n = float8.convert(model, tc.float8, emulate=device.type != "cuda")
