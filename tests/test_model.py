@@ -351,3 +351,15 @@ def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_el
     for a, b in zip(before, run(model, inp)):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_norm_rope_refuses_positions_of_another_length():
+    """The kernel indexes cos/sin by each row's position: a table of another length would be read out of place, so
+    it is refused with the shapes named (on every device, the CPU's reference path too)."""
+    from shared.models import kernels as K
+
+    x, w = torch.randn(2, 5, 3, 16), torch.ones(16)
+    with pytest.raises(ValueError, match=r"cos \(4, 8\).*x \[B, S, H, D\] = \(2, 5, 3, 16\)"):
+        K.rms_norm_rope(x, w, 1e-6, torch.randn(4, 8), torch.randn(4, 8))
+    for rows in (1, 5):
+        assert K.rms_norm_rope(x, w, 1e-6, torch.randn(rows, 8), torch.randn(rows, 8)).shape == x.shape

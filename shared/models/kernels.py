@@ -32,6 +32,9 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.
     """`reference`, fused (default: on CUDA). x [B, S, H, D] with a contiguous last dimension (a slice of a
     projection is fine); returns [B, S, H, D] contiguous, in x's dtype. fused=True on CPU tensors runs the Triton
     kernels in Triton's interpreter (TRITON_INTERPRET=1 set before import: the tests)."""
+    if cos.shape[0] not in (1, x.shape[1]) or cos.shape != sin.shape or cos.shape[-1] * 2 != x.shape[-1]:
+        raise ValueError(f"rms_norm_rope: cos {tuple(cos.shape)} / sin {tuple(sin.shape)} must be [1 or S, D/2] for "
+                         f"x [B, S, H, D] = {tuple(x.shape)}")
     if triton is None or not (x.is_cuda if fused is None else fused):
         return reference(x, weight, eps, cos, sin)
     return torch.ops.dualforce.rms_norm_rope(x, weight, cos.float().contiguous(), sin.float().contiguous(), eps)
