@@ -11,7 +11,8 @@ GPU pass `-- --accelerator cuda --precision bf16-mixed --compile` to compare flo
 The unit is the seed: per seed, the relative difference (float8 / plain - 1) of the mean training loss over the
 last `--last` steps, for the total and each stream's loss; over seeds a paired test (`shared.evaluation.verdicts`:
 t-test, TOST against +/- sesoi, Holm across the three losses). `equivalent` is the outcome that licenses float8.
-Finished runs are reused (a rerun only trains what is missing); writes OUT/parity.json and OUT/losses.png.
+Finished runs are reused (a rerun only trains what is missing; OUT/settings.json refuses runs of other settings);
+writes OUT/parity.json and OUT/losses.png.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def train(a, seed: int, recipe: str, out: Path) -> list[dict]:
     return history(out)
 
 
+def check_settings(a) -> None:
+    """OUT/settings.json records what its runs were trained with; runs of other settings are never reused."""
+    now = {"data": str(a.data.resolve()), "preset": a.preset, "steps": a.steps, "recipe": a.recipe,
+           "training_flags": a.training_flags}
+    path = a.out / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [k for k in now if old.get(k) != now[k]]
+        if diff:
+            raise SystemExit(f"error: {path}: its runs were trained with other settings ("
+                             + ", ".join(f"{k} {old.get(k)!r} here, {now[k]!r} asked" for k in diff)
+                             + "); use another --out")
+    a.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, indent=1))
+
+
 def tail_mean(hist: list[dict], key: str, steps: int, last: int) -> float:
     return float(np.mean([h[key] for h in hist if h["step"] >= steps - last]))
 
@@ -73,6 +90,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: --data {a.data}: no such file")
     if a.last >= a.steps:
         raise SystemExit(f"error: --last {a.last} must be below --steps {a.steps}")
+    check_settings(a)
     runs = {(s, r): train(a, s, r, a.out / f"seed{s}_{r}") for s in a.seeds for r in ("off", a.recipe)}
     rel = {k: [tail_mean(runs[s, a.recipe], k, a.steps, a.last) / tail_mean(runs[s, "off"], k, a.steps, a.last) - 1
                for s in a.seeds] for k in LOSSES}

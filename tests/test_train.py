@@ -90,7 +90,7 @@ def test_float8_training_is_live_keeps_the_checkpoints_and_tracks_the_loss(cache
 
 def test_float8_parity_benchmark_pairs_seeds_reuses_runs_and_refuses_bad_input(cache, tmp_path):
     """benchmarks/float8_parity.py: both arms per seed, a paired test per loss, the same report when rerun (finished
-    runs are read, not retrained), a clear error for a missing cache."""
+    runs are read, not retrained), runs of other settings never reused, a clear error for a missing cache."""
     pytest.importorskip("torchao")
     import importlib.util
 
@@ -111,6 +111,8 @@ def test_float8_parity_benchmark_pairs_seeds_reuses_runs_and_refuses_bad_input(c
     stamp = (tmp_path / "seed1_tensorwise" / "metrics.csv").stat().st_mtime_ns
     assert bench.main(argv) == res
     assert (tmp_path / "seed1_tensorwise" / "metrics.csv").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match=r"settings.json: its runs were trained with other settings \(steps 4 here, 5"):
+        bench.main([*argv[:5], "5", *argv[6:]])
     with pytest.raises(SystemExit, match="no such file"):
         bench.main(["--data", str(tmp_path / "none.h5")])
 
