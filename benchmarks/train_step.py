@@ -42,8 +42,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
                     help="train.float8: the video tower's block matmuls in float8 (torchao)")
     ap.add_argument("--flex-backend", choices=["AUTO", "FLASH"], default="AUTO",
-                    help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe DSL, "
-                         "needs the flash-attn-4 package)")
+                    help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe "
+                         "DSL, needs the flash-attn-4 package)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
     ap.add_argument("--compile", action="store_true")
@@ -118,10 +118,12 @@ def main(argv=None) -> dict:
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
            "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
            "fused_norm_rope": a.fused_norm_rope, "compile": a.compile,
-           "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3, "first_step_s": first,
+           "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
+           "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
-           "ratio_to_matmul": flops / dt / mm, "gpu_busy": busy, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+           "ratio_to_matmul": flops / dt / mm, "gpu_busy": busy,
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
            "reference": ref, "device": name, "torch": torch.__version__}
     print(json.dumps(res))
     return res
