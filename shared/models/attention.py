@@ -308,13 +308,13 @@ def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.
     return apply_rope(norm(x), cos[:, None], sin[:, None])
 
 
-def fuse_norm_rope(model: nn.Module, on: bool = True) -> int:
-    """Every attention of `model` (self, cross, audio) takes its qk-norm + RoPE through the fused kernel (on) or
-    inductor's kernels (off); returns how many. Training turns it on (`TrainConfig.fused_norm_rope`); streaming
-    keeps the path its timings were measured with."""
+def fuse_norm_rope(model: nn.Module) -> int:
+    """Every attention of `model` (self, cross, audio) takes its qk-norm + RoPE through the fused kernel instead of
+    inductor's kernels; returns how many. Training does this (`TrainConfig.fused_norm_rope`); streaming keeps the
+    path its timings were measured with."""
     layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
     for m in layers:
-        m.fused_norm_rope = on
+        m.fused_norm_rope = True
     return len(layers)
 
 
