@@ -142,15 +142,17 @@ def plain_stack_step(micro_batch: int, device: str = "cuda", frames: int = 33, t
 
 
 def kernel_categories(events) -> dict[str, float]:
-    """GPU kernel time (ms) of a `torch.profiler` key-average table by kind: GEMM, flex_attention, cuDNN SDPA,
-    Triton elementwise (inductor's fused kernels), AdamW, the rest."""
+    """GPU kernel time (ms) of a `torch.profiler` key-average table by kind: GEMM, flex_attention (either backend),
+    cuDNN SDPA, Triton elementwise (inductor's fused kernels), AdamW, the rest."""
     out: dict[str, float] = {}
     for e in events:
         if (e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False)
                 or e.key.startswith(("Optimizer.", "ProfilerStep"))):
             continue  # GPU-side ranges such as Optimizer.step would count their kernels twice
         n = e.key.lower()
-        kind = ("flex_attention" if "flex" in n or "triton_tem" in n else
+        # flex's FLASH backend runs FlashAttention-4's CuTe kernels ("kernel_cutlass_kernel_flash_attncute..."),
+        # which the "cutlass" of GEMMs would otherwise claim
+        kind = ("flex_attention" if "flex" in n or "triton_tem" in n or "flash_attncute" in n else
                 "gemm" if any(k in n for k in ("gemm", "nvjet", "cutlass", "xmma")) else
                 "sdpa" if any(k in n for k in ("cudnn", "fmha", "flash", "attention")) else
                 "adamw" if "adam" in n else

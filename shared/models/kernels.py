@@ -9,6 +9,8 @@ the gradient (and one write) backward. The maths is exactly `rope.apply_rope(rms
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,7 @@ from .rope import apply_rope
 try:
     import triton
     import triton.language as tl
+    from torch.library import wrap_triton
 except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
 
@@ -103,35 +106,35 @@ if triton is not None:
 
     BLOCK_ROWS = 32
 
+    # Triton's interpreter (the CPU tests) hands back kernels that wrap_triton refuses; nothing compiles there.
+    _launch = (lambda kernel: kernel) if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton
+
     def _grid(rows: int) -> tuple[int]:
         return (triton.cdiv(rows, BLOCK_ROWS),)
 
-    @torch.library.custom_op("dualforce::rms_norm_rope", mutates_args=())
+    # triton_op, not custom_op: inductor traces into the body and launches the kernels from its own generated code.
+    # An opaque custom op went through Python dispatch and Triton's launcher on every call, ~160 us (forward) and
+    # ~220 us (backward) of host time a call: with 384 calls a micro-step that kept the GPU waiting once attention
+    # got faster (torch.profiler, `full` preset, H100, benchmarks/RESULTS.md).
+    @torch.library.triton_op("dualforce::rms_norm_rope", mutates_args=())
     def _op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float) -> torch.Tensor:
         b, s, h, d = x.shape
         y = torch.empty(b, s, h, d, dtype=x.dtype, device=x.device)
-        _fwd[_grid(b * s * h)](x, weight, cos, sin, y, b * s * h, h, s, cos.shape[0], x.stride(0), x.stride(1),
-                               x.stride(2), eps, D=d, BLOCK=BLOCK_ROWS)
+        _launch(_fwd)[_grid(b * s * h)](x, weight, cos, sin, y, b * s * h, h, s, cos.shape[0], x.stride(0),
+                                        x.stride(1), x.stride(2), eps, D=d, BLOCK=BLOCK_ROWS)
         return y
 
-    @_op.register_fake
-    def _(x, weight, cos, sin, eps):
-        return x.new_empty(x.shape)
-
-    @torch.library.custom_op("dualforce::rms_norm_rope_backward", mutates_args=())
+    @torch.library.triton_op("dualforce::rms_norm_rope_backward", mutates_args=())
     def _bwd_op(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, h, d = x.shape
         rows = b * s * h
         dx = torch.empty(b, s, h, d, dtype=x.dtype, device=x.device)
         parts = torch.empty(_grid(rows)[0], d, dtype=torch.float32, device=x.device)
-        _bwd[_grid(rows)](g, x, weight, cos, sin, dx, parts, rows, h, s, cos.shape[0], g.stride(0), g.stride(1),
-                          g.stride(2), x.stride(0), x.stride(1), x.stride(2), eps, D=d, BLOCK=BLOCK_ROWS)
+        _launch(_bwd)[_grid(rows)](g, x, weight, cos, sin, dx, parts, rows, h, s, cos.shape[0], g.stride(0),
+                                   g.stride(1), g.stride(2), x.stride(0), x.stride(1), x.stride(2), eps, D=d,
+                                   BLOCK=BLOCK_ROWS)
         return dx, parts.sum(0).to(weight.dtype)
-
-    @_bwd_op.register_fake
-    def _(g, x, weight, cos, sin, eps):
-        return x.new_empty(x.shape), torch.empty_like(weight)
 
     def _setup(ctx, inputs, output):
         x, weight, cos, sin, eps = inputs
