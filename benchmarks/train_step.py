@@ -3,7 +3,7 @@ optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 ma
 process, peak memory. Synthetic latents of the preset's shapes.
 
     python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--float8 R]
-        [--fused-norm-rope on|off] [--flex-backend FLASH] [--compile] [--steps 8] [--micro-batch 1]
+        [--fused-norm-rope on|off] [--flex-backend flash] [--compile] [--steps 8] [--micro-batch 1]
         [--loop N [--global-batch G]] [--reference] [--profile FILE]
 
 --loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
@@ -41,9 +41,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
     ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
                     help="train.float8: the video tower's block matmuls in float8 (torchao)")
-    ap.add_argument("--flex-backend", choices=["AUTO", "FLASH"], default="AUTO",
-                    help="flex_attention's kernels: AUTO (its Triton ones) or FLASH (FlashAttention-4 through CuTe "
-                         "DSL, needs the flash-attn-4 package)")
+    ap.add_argument("--flex-backend", choices=["auto", "flash", "AUTO", "FLASH"], default="auto",
+                    help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
+                         "(FlashAttention-4 through CuTe DSL, needs the flash-attn-4 package)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
     ap.add_argument("--compile", action="store_true")
@@ -56,11 +56,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
-    if a.flex_backend != "AUTO":
-        from shared.models import attention
-
-        # only the backend: the other options tune flex's Triton templates, which FLASH does not use
-        attention.FLEX_OPTIONS = {"BACKEND": a.flex_backend}
     if a.loop:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), training(a))
@@ -110,13 +105,13 @@ def main(argv=None) -> dict:
             f"GPU busy {busy:.1%} of a {dt * 1e3:.0f} ms step\nkernel ms by kind: "
             f"{json.dumps({k: round(v, 1) for k, v in kernel_categories(events).items()})}\ndynamo counters: "
             f"{json.dumps({k: dict(v) for k, v in counters.items()}, default=str)[:3000]}\n\n"
-            + events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=80)
+            + events.table(sort_by="self_device_time_total", row_limit=80, max_name_column_width=80)
             + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=80))
     flops = 3 * forward_flops(m, t)["total"] * b
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
-           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
+           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend.lower(), "float8": a.float8,
            "fused_norm_rope": a.fused_norm_rope, "compile": a.compile,
            "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
            "first_step_s": first,
@@ -133,7 +128,8 @@ def training(a) -> dict:
     """The config fields both measurements take from the flags: one CUDA device, bf16-mixed, and the options."""
     return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
             "train.devices": "1", "train.activation_checkpointing": a.ac, "train.checkpoint_every": a.checkpoint_every,
-            "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on", "train.compile": a.compile}
+            "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on", "train.compile": a.compile,
+            "train.flex_backend": a.flex_backend.lower()}
 
 
 def reference(micro_batch: int, mm: float) -> dict:
@@ -183,8 +179,9 @@ def loop(a) -> dict:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
-           "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend,
-           "float8": a.float8, "fused_norm_rope": a.fused_norm_rope, "micro_batch": a.micro_batch,
+           "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every,
+           "flex_backend": a.flex_backend.lower(), "float8": a.float8, "fused_norm_rope": a.fused_norm_rope,
+           "micro_batch": a.micro_batch,
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,

@@ -222,6 +222,8 @@ class SampleConfig:
 
 FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")
 """TrainConfig.float8's values (`shared.training.float8`)."""
+FLEX_BACKENDS = ("auto", "flash")
+"""TrainConfig.flex_backend's values (`attention.use_flex_backend`)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,11 @@ class TrainConfig:
     """Every attention's qk-norm + RoPE in one Triton kernel on CUDA (`attention.fuse_norm_rope`; the same maths):
     one pass over the queries and keys instead of inductor's several (benchmarks/RESULTS.md). No effect on a CPU; the
     EMA and streaming keep inductor's kernels."""
+    flex_backend: str = "auto"
+    """auto | flash: the kernels of the frame-causal attention on CUDA (flex_attention). auto: flex's own Triton
+    kernels; flash: FlashAttention-4 through flex's FLASH backend (the flash-attn-4 package, CuTe DSL; compute
+    capability 9.0+), the same maths at ~1.4x the speed forward + backward on the training shape
+    (benchmarks/RESULTS.md). Applies to the whole process, the EMA's samples included."""
     loader_workers: int = 2
     """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
     reads each batch itself, and the accelerator waits meanwhile)."""
@@ -311,6 +318,8 @@ class TrainConfig:
         if self.float8 not in FLOAT8_RECIPES:
             raise ValueError(f"TrainConfig: float8={self.float8!r}: use {', '.join(FLOAT8_RECIPES[:-1])} or "
                              f"{FLOAT8_RECIPES[-1]}")
+        if self.flex_backend not in FLEX_BACKENDS:
+            raise ValueError(f"TrainConfig: flex_backend={self.flex_backend!r}: use {' or '.join(FLEX_BACKENDS)}")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig: checkpoint_every={self.checkpoint_every} must be >= 1")
         if self.loader_workers < 0:

@@ -88,6 +88,28 @@ def test_float8_training_is_live_keeps_the_checkpoints_and_tracks_the_loss(cache
         _run(cache, tmp_path / "c", "--max-steps", "1", "--float8", "e5m2")
 
 
+def test_flex_backend_flag_reaches_flex_and_refuses_what_cannot_run(cache, tmp_path):
+    """`--flex-backend`: "auto" keeps flex's Triton options, an unknown name and "flash" where FlashAttention-4 cannot
+    run (no flash-attn-4 package, no sm90 GPU: this machine) stop with an error naming what is missing, before any
+    training."""
+    from shared.config import TrainConfig
+    from shared.models import attention
+
+    before = dict(attention.FLEX_OPTIONS)
+    attention.use_flex_backend("auto")
+    assert attention.FLEX_OPTIONS == before and "BACKEND" not in before
+    with pytest.raises(ValueError, match="use auto or flash"):
+        TrainConfig(flex_backend="FA3")
+    if attention.flash_unavailable() is None:
+        pytest.skip("FlashAttention-4 runs here")
+    with pytest.raises(ValueError, match="flex_backend flash needs"):
+        attention.use_flex_backend("flash")
+    assert attention.FLEX_OPTIONS == before
+    with pytest.raises(SystemExit, match="--flex-backend flash: flex_backend flash needs"):
+        _run(cache, tmp_path / "a", "--max-steps", "1", "--flex-backend", "flash")
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+
 def test_float8_parity_benchmark_pairs_seeds_reuses_runs_and_refuses_bad_input(cache, tmp_path):
     """benchmarks/float8_parity.py: both arms per seed, a paired test per loss, the same report when rerun (finished
     runs are read, not retrained), runs of other settings never reused, a clear error for a missing cache."""

@@ -32,6 +32,37 @@ FLEX_MIN_PAIRS = 1 << 22
 # skip their empty-row and block-order checks: forward 395 -> 445 TFLOP/s, backward 299 -> 312 (one H100, 3 x 12 heads
 # x 33 x 256 tokens, benchmarks/RESULTS.md).
 FLEX_OPTIONS = {"ROWS_GUARANTEED_SAFE": True, "BLOCKS_ARE_CONTIGUOUS": True}
+_TRITON_OPTIONS = dict(FLEX_OPTIONS)
+
+
+def use_flex_backend(backend: str) -> None:
+    """flex_attention's kernels for this process (`TrainConfig.flex_backend`), before anything compiles: "auto" its
+    Triton templates with `FLEX_OPTIONS`; "flash" FlashAttention-4 (CuTe DSL) through its FLASH backend, which takes
+    none of the Triton options. Raises ValueError naming what is missing (`flash_unavailable`)."""
+    if backend not in ("auto", "flash"):
+        raise ValueError(f"flex backend {backend!r}: use auto or flash")
+    if backend == "flash" and (why := flash_unavailable()):
+        raise ValueError(why)
+    FLEX_OPTIONS.clear()  # in place: `attend` reads the dict each call
+    FLEX_OPTIONS.update({"BACKEND": "FLASH"} if backend == "flash" else _TRITON_OPTIONS)
+
+
+def flash_unavailable() -> str | None:
+    """Why flex's FLASH backend cannot run here (no flash-attn-4 package, no CUDA, a GPU older than sm90), or None."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("flash_attn.cute") is not None
+    except ModuleNotFoundError:  # no flash_attn at all
+        found = False
+    if not found:
+        return "flex_backend flash needs the flash-attn-4 package (FlashAttention-4: pip install flash-attn-4)"
+    if not torch.cuda.is_available():
+        return "flex_backend flash needs a CUDA GPU"
+    if torch.cuda.get_device_capability() < (9, 0):
+        return (f"flex_backend flash needs compute capability 9.0+ (an H100 or newer); {torch.cuda.get_device_name()}"
+                f" has {torch.cuda.get_device_capability()}")
+    return None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .. import runs
 from ..config import Config
 from ..data.cache import CacheError, CacheReader, WindowDataset
 from ..models import DualForce
+from ..models.attention import flash_unavailable
 from ..models.blocks import Block, BridgeLayer
 from ..summary import parse_sets
 from . import float8
@@ -56,6 +57,9 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--float8", help="train.float8: off | tensorwise | rowwise (needs torchao and an H100-class GPU)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"],
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel on CUDA (default on)")
+    ap.add_argument("--flex-backend", choices=["auto", "flash"],
+                    help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
+                         "(FlashAttention-4; needs flash-attn-4 and an H100-class GPU)")
     ap.add_argument("--loader-workers", type=int, help="train.loader_workers (processes reading batches ahead)")
     if stage == "dual":
         ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
@@ -80,7 +84,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
              "train.activation_checkpointing": a.activation_checkpointing, "train.checkpoint_every": a.checkpoint_every,
              "train.float8": a.float8,
              "train.fused_norm_rope": None if a.fused_norm_rope is None else a.fused_norm_rope == "on",
-             "train.loader_workers": a.loader_workers}
+             "train.flex_backend": a.flex_backend, "train.loader_workers": a.loader_workers}
     if stage == "video":
         flags["model.bridge_mode"] = "video_only"
     else:
@@ -108,6 +112,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
         why = float8.unavailable(emulate=not on_gpu)
         if why:
             raise SystemExit(f"error: --float8 {cfg.train.float8}: {why}")
+    if cfg.train.flex_backend == "flash" and (why := flash_unavailable()):
+        raise SystemExit(f"error: --flex-backend flash: {why}")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = DualForce(cfg.model)
     if stage == "dual" and a.init_from:
