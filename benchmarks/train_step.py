@@ -29,6 +29,7 @@ from shared import config as C  # noqa: E402
 from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
+from shared.models.attention import flash_unavailable  # noqa: E402
 from shared.models.blocks import Block, BridgeLayer  # noqa: E402
 from shared.training import make_fabric, optimizer, prepare_model  # noqa: E402
 
@@ -56,6 +57,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
+    if a.flex_backend.lower() == "flash" and (why := flash_unavailable()):
+        raise SystemExit(f"error: --flex-backend flash: {why}")
     if a.loop:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), training(a))
