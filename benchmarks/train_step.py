@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
     ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
                     help="train.float8: the video tower's block matmuls in float8 (torchao)")
-    ap.add_argument("--flex-backend", choices=["auto", "flash", "AUTO", "FLASH"], default="auto",
+    ap.add_argument("--flex-backend", type=str.lower, choices=C.FLEX_BACKENDS, default="auto",
                     help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
                          "(FlashAttention-4 through CuTe DSL, needs the flash-attn-4 package)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
-    if a.flex_backend.lower() == "flash" and (why := flash_unavailable()):
+    if a.flex_backend == "flash" and (why := flash_unavailable()):
         raise SystemExit(f"error: --flex-backend flash: {why}")
     if a.loop:
         return loop(a)
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
-           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend.lower(), "float8": a.float8,
+           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
            "fused_norm_rope": a.fused_norm_rope, "compile": a.compile,
            "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
            "first_step_s": first,
@@ -132,7 +132,7 @@ def training(a) -> dict:
     return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
             "train.devices": "1", "train.activation_checkpointing": a.ac, "train.checkpoint_every": a.checkpoint_every,
             "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on", "train.compile": a.compile,
-            "train.flex_backend": a.flex_backend.lower()}
+            "train.flex_backend": a.flex_backend}
 
 
 def reference(micro_batch: int, mm: float) -> dict:
@@ -183,7 +183,7 @@ def loop(a) -> dict:
     peak = peak_bf16(name)
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
            "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every,
-           "flex_backend": a.flex_backend.lower(), "float8": a.float8, "fused_norm_rope": a.fused_norm_rope,
+           "flex_backend": a.flex_backend, "float8": a.float8, "fused_norm_rope": a.fused_norm_rope,
            "micro_batch": a.micro_batch,
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,

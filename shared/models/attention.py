@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..config import FLEX_BACKENDS
 from .kernels import rms_norm_rope
 from .rope import apply_rope
 
@@ -32,19 +33,25 @@ FLEX_MIN_PAIRS = 1 << 22
 # skip their empty-row and block-order checks: forward 395 -> 445 TFLOP/s, backward 299 -> 312 (one H100, 3 x 12 heads
 # x 33 x 256 tokens, benchmarks/RESULTS.md).
 FLEX_OPTIONS = {"ROWS_GUARANTEED_SAFE": True, "BLOCKS_ARE_CONTIGUOUS": True}
-_TRITON_OPTIONS = dict(FLEX_OPTIONS)
+# What `attend` passes to flex_attention: FLEX_OPTIONS for its Triton kernels, or its FLASH backend (`use_flex_backend`)
+_kernel_options = FLEX_OPTIONS
 
 
 def use_flex_backend(backend: str) -> None:
     """flex_attention's kernels for this process (`TrainConfig.flex_backend`), before anything compiles: "auto" its
     Triton templates with `FLEX_OPTIONS`; "flash" FlashAttention-4 (CuTe DSL) through its FLASH backend, which takes
     none of the Triton options. Raises ValueError naming what is missing (`flash_unavailable`)."""
-    if backend not in ("auto", "flash"):
-        raise ValueError(f"flex backend {backend!r}: use auto or flash")
+    global _kernel_options
+    if backend not in FLEX_BACKENDS:
+        raise ValueError(f"flex backend {backend!r}: use {' or '.join(FLEX_BACKENDS)}")
     if backend == "flash" and (why := flash_unavailable()):
         raise ValueError(why)
-    FLEX_OPTIONS.clear()  # in place: `attend` reads the dict each call
-    FLEX_OPTIONS.update({"BACKEND": "FLASH"} if backend == "flash" else _TRITON_OPTIONS)
+    _kernel_options = {"BACKEND": "FLASH"} if backend == "flash" else FLEX_OPTIONS
+
+
+def flex_kernel_options() -> dict:
+    """The kernel options flex_attention gets now (`use_flex_backend`)."""
+    return _kernel_options
 
 
 def flash_unavailable() -> str | None:
@@ -187,8 +194,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Ten
     if torch.compiler.is_compiling():  # inside a compiled block: let it trace flex_attention itself
         from torch.nn.attention.flex_attention import flex_attention
 
-        return flex_attention(q, k, v, block_mask=mask, kernel_options=FLEX_OPTIONS)
-    return _flex()(q, k, v, block_mask=mask, kernel_options=FLEX_OPTIONS)
+        return flex_attention(q, k, v, block_mask=mask, kernel_options=_kernel_options)
+    return _flex()(q, k, v, block_mask=mask, kernel_options=_kernel_options)
 
 
 def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qs: Span, ks: Span,

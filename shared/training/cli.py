@@ -57,7 +57,7 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--float8", help="train.float8: off | tensorwise | rowwise (needs torchao and an H100-class GPU)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"],
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel on CUDA (default on)")
-    ap.add_argument("--flex-backend", choices=["auto", "flash"],
+    ap.add_argument("--flex-backend", choices=C.FLEX_BACKENDS,
                     help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
                          "(FlashAttention-4; needs flash-attn-4 and an H100-class GPU)")
     ap.add_argument("--loader-workers", type=int, help="train.loader_workers (processes reading batches ahead)")
