@@ -58,7 +58,7 @@ def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, d
     done = []
     if tc.float8 != "off":
         n = float8.convert(model, tc.float8, emulate=device.type != "cuda")
-        done.append(f"float8 ({tc.float8}): {n} linear layers of the video tower")
+        done.append(f"float8 ({tc.float8}): {n} linear layers over video tokens")
     if tc.fused_norm_rope:
         n = fuse_norm_rope(model)
         done.append(f"fused qk-norm + RoPE kernel: {n} attention layers")
