@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
     ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
-                    help="train.float8: the video tower's block matmuls in float8 (torchao)")
+                    help="train.float8: the matmuls over video tokens in float8 (torchao)")
     ap.add_argument("--flex-backend", type=str.lower, choices=C.FLEX_BACKENDS, default="auto",
                     help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
                          "(FlashAttention-4 through CuTe DSL, needs the flash-attn-4 package)")

@@ -286,9 +286,9 @@ class TrainConfig:
     """With activation_checkpointing: only every this-many-th block and bridge layer recomputes (1: all; 4: a
     quarter, for a micro-batch that just does not fit)."""
     float8: str = "off"
-    """off | tensorwise | rowwise: the video tower's block matmuls in float8 with per-tensor or per-row scales
-    (`shared.training.float8`, torchao; float8 tensor cores, e.g. an H100); the weights, EMA and checkpoints stay as
-    they are."""
+    """off | tensorwise | rowwise: the matmuls over video tokens (video tower blocks, the bridge's video-side
+    projections) in float8 with per-tensor or per-row scales (`shared.training.float8`, torchao; float8 tensor cores,
+    e.g. an H100); the weights, EMA and checkpoints stay as they are."""
     fused_norm_rope: bool = True
     """Every attention's qk-norm + RoPE in one Triton kernel on CUDA (`attention.fuse_norm_rope`; the same maths):
     one pass over the queries and keys instead of inductor's several (benchmarks/RESULTS.md). No effect on a CPU; the
