@@ -141,6 +141,34 @@ def plain_stack_step(micro_batch: int, device: str = "cuda", frames: int = 33, t
     return step, flops
 
 
+GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def idle_gaps(trace: list[dict], min_us: float = 20.0, parts: int = 10) -> dict:
+    """Where one GPU stream idles in a Chrome trace's events (`torch.profiler`'s `export_chrome_trace`): every gap of
+    at least `min_us` between the end of the work so far and the next kernel, copy or memset. Returns the span, the
+    kernel time, the idle time in those gaps, the idle time in each of `parts` equal slices of the span (where in the
+    step it idles) and the kernels that most often had to wait (by name, idle ms and count)."""
+    work = sorted((e for e in trace if e.get("cat") in GPU_WORK and "dur" in e), key=lambda e: e["ts"])
+    if not work:
+        raise ValueError("the trace has no GPU kernels, copies or memsets")
+    t0, end = work[0]["ts"], work[0]["ts"] + work[0]["dur"]
+    span = max(e["ts"] + e["dur"] for e in work) - t0
+    by_slice, waited, gaps = [0.0] * parts, {}, 0.0
+    for e in work[1:]:
+        gap = e["ts"] - end
+        if gap >= min_us:
+            gaps += gap
+            by_slice[min(parts - 1, int((end - t0) / span * parts))] += gap / 1e3
+            ms, n = waited.get(e["name"], (0.0, 0))
+            waited[e["name"]] = (ms + gap / 1e3, n + 1)
+        end = max(end, e["ts"] + e["dur"])
+    top = sorted(waited.items(), key=lambda kv: -kv[1][0])[:10]
+    return {"kernels": len(work), "span_ms": span / 1e3, "busy_ms": sum(e["dur"] for e in work) / 1e3,
+            "idle_ms": gaps / 1e3, "idle_ms_by_slice": [round(x, 2) for x in by_slice],
+            "waiting_kernels": [{"name": k[:80], "idle_ms": round(ms, 2), "gaps": n} for k, (ms, n) in top]}
+
+
 def kernel_categories(events) -> dict[str, float]:
     """GPU kernel time (ms) of a `torch.profiler` key-average table by kind: GEMM, flex_attention (either backend),
     cuDNN SDPA, Triton elementwise (inductor's fused kernels), AdamW, the rest."""

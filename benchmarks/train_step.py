@@ -4,11 +4,15 @@ process, peak memory. Synthetic latents of the preset's shapes.
 
     python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--float8 R]
         [--fused-norm-rope on|off] [--flex-backend flash] [--compile] [--steps 8] [--micro-batch 1]
-        [--loop N [--global-batch G]] [--reference] [--profile FILE]
+        [--loop N [--global-batch G]] [--reference] [--profile FILE] [--timeline FILE]
 
 --loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
 synthetic latent cache of the preset's shapes (data loading, logging, the EMA; accumulation with --global-batch),
 reading its own throughput records (the median over the second half of the steps).
+
+--timeline FILE writes where the GPU idles in one step of the copy (JSON): when the host had queued the forward, the
+backward and the optimiser against when the GPU finished each, the calls that made the host wait for the GPU
+(`torch.cuda.set_sync_debug_mode`), and the idle gaps of a trace (`common.idle_gaps`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import kernel_categories, matmul_rate, plain_stack_step, synthetic_batch  # noqa: E402
+from common import idle_gaps, kernel_categories, matmul_rate, plain_stack_step, synthetic_batch  # noqa: E402
 from shared import config as C  # noqa: E402
 from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
@@ -51,6 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
+    ap.add_argument("--timeline", help="write where the GPU idles in one step to this JSON file (see above)")
     ap.add_argument("--loop", type=int, help="measure N steps through shared.training.fit (the real loop)")
     ap.add_argument("--reference", action="store_true",
                     help="also time the plain 20 x 1536 stack (common.plain_stack_step) in the same process")
@@ -75,11 +80,15 @@ def main(argv=None) -> dict:
     t = cfg.clip_frames + 1
     b = a.micro_batch
     batch = synthetic_batch(cfg, b, fabric.device)
-    def step():
-        fabric.backward(training_loss(model, batch, cfg.diffusion)["loss"])
+    def step(marks: list | None = None):
+        loss = training_loss(model, batch, cfg.diffusion)["loss"]
+        mark(marks, "forward")
+        fabric.backward(loss)
+        mark(marks, "backward")
         fabric.clip_gradients(model, opt, max_norm=1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        mark(marks, "optimizer")
         torch.cuda.synchronize()
 
     torch.cuda.reset_peak_memory_stats()
@@ -110,6 +119,8 @@ def main(argv=None) -> dict:
             f"{json.dumps({k: dict(v) for k, v in counters.items()}, default=str)[:3000]}\n\n"
             + events.table(sort_by="self_device_time_total", row_limit=80, max_name_column_width=80)
             + "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=80))
+    if a.timeline:
+        Path(a.timeline).write_text(json.dumps(timeline(step), indent=1))
     flops = 3 * forward_flops(m, t)["total"] * b
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
@@ -125,6 +136,74 @@ def main(argv=None) -> dict:
            "reference": ref, "device": name, "torch": torch.__version__}
     print(json.dumps(res))
     return res
+
+
+def mark(marks: list | None, name: str) -> None:
+    """With a list: note that the host has queued `name` (the time now and a CUDA event behind the queued work)."""
+    if marks is not None:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        marks.append((name, time.perf_counter(), ev))
+
+
+def timeline(step) -> dict:
+    """Where the GPU idles in one step (the module docstring's --timeline): three more steps, one timed by phase, one
+    under the sync debug mode, one traced."""
+    marks: list = []
+    torch.cuda.synchronize()
+    mark(marks, "start")
+    step(marks)
+    (_, h0, e0), phases = marks[0], {}
+    for name, h, e in marks[1:]:
+        phases[name] = {"host_queued_ms": round((h - h0) * 1e3, 1), "gpu_done_ms": round(e0.elapsed_time(e), 1)}
+    return {"phases": phases, "sync_calls": sync_calls(step), **traced_gaps(step)}
+
+
+def sync_calls(step) -> dict[str, int]:
+    """The calls in one step that made the host wait for the GPU, by the innermost frame outside torch (the caller
+    that asked for it) and the innermost frame."""
+    import collections
+    import traceback
+    import warnings
+
+    calls: collections.Counter = collections.Counter()
+
+    def note(message, *args, **kwargs):
+        if "called a synchronizing" not in str(message):  # not the debug mode's own notice
+            return
+        calls[sync_site(traceback.extract_stack()[:-2])] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = note
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return dict(calls)
+
+
+def sync_site(frames: list) -> str:
+    """'caller (function) via innermost' for a stack: the caller is the innermost frame outside torch itself (a
+    torch installed in a virtual environment at /opt/torch/... counts as torch only below site-packages)."""
+    inside = lambda f: f.filename.split("site-packages/")[-1].startswith("torch/")  # noqa: E731
+    own = next((f for f in reversed(frames) if not inside(f)), frames[-1])
+    return f"{own.filename}:{own.lineno} ({own.name}) via {frames[-1].filename}:{frames[-1].lineno}"
+
+
+def traced_gaps(step) -> dict:
+    """`common.idle_gaps` of one traced step (the profiler's own overhead included: the gaps are an upper bound)."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        trace = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
+    return idle_gaps(trace)
 
 
 def training(a) -> dict:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gate  # noqa: E402
@@ -46,6 +48,35 @@ def test_numeric_gates_fail_below_threshold(tmp_path):
     rows = [r["status"] for r in gate.gates(th, measured, tmp_path / "none.json", {"train", "memory", "loader",
                                                                                    "stream"})]
     assert rows == ["PASS"] * 5
+
+
+def test_idle_gaps_finds_the_known_gaps():
+    """A trace with known answers: kernels at 0-10, 10-30 (overlapping a copy at 12-40), 100-110 and 300-400 us: idle
+    40-100 (60 us, before "b") and 110-300 (190 us, before "c"); gaps under the threshold and CPU events ignored."""
+    from common import idle_gaps
+
+    k = lambda name, ts, dur, cat="kernel": {"name": name, "cat": cat, "ts": ts, "dur": dur}  # noqa: E731
+    trace = [k("c", 300, 100), k("a", 0, 10), k("a", 10, 20), k("copy", 12, 28, "gpu_memcpy"), k("b", 100, 10),
+             k("host", 40, 500, "cpu_op"), k("a", 405, 1)]
+    out = idle_gaps(trace, min_us=20, parts=4)
+    assert out["kernels"] == 6 and out["span_ms"] == 0.406 and out["idle_ms"] == 0.25
+    assert out["busy_ms"] == (10 + 20 + 28 + 10 + 100 + 1) / 1e3
+    assert out["idle_ms_by_slice"] == [0.06, 0.19, 0.0, 0.0]  # the 60 us gap starts at 40, the 190 us one at 110
+    assert [(w["name"], w["idle_ms"], w["gaps"]) for w in out["waiting_kernels"]] == [("c", 0.19, 1), ("b", 0.06, 1)]
+    with pytest.raises(ValueError, match="no GPU kernels"):
+        idle_gaps([k("host", 0, 5, "cpu_op")])
+
+
+def test_sync_site_names_the_caller_outside_torch():
+    from traceback import FrameSummary
+
+    from train_step import sync_site
+
+    venv = "/opt/torch/.venv/lib/python3.12/site-packages"
+    frames = [FrameSummary("bench.py", 88, "step"), FrameSummary(f"{venv}/lightning_fabric/fabric.py", 574, "clip"),
+              FrameSummary(f"{venv}/torch/nn/utils/clip_grad.py", 110, "_get_total_norm")]
+    assert sync_site(frames) == (f"{venv}/lightning_fabric/fabric.py:574 (clip) via "
+                                 f"{venv}/torch/nn/utils/clip_grad.py:110")
 
 
 def test_kernel_categories_count_each_kernel_once():
