@@ -219,19 +219,26 @@ class DualForce(nn.Module):
         for i in range(n_layers):
             vb = self.video.blocks[i] if i < len(self.video.blocks) else None
             sb = self.struct.blocks[i] if s is not None and i < len(self.struct.blocks) else None
+            if i >= len(self.bridge):  # no bridge layer inside: each block in one call
+                if vb is not None:
+                    hv = vb("whole", hv, v.mod, v.n, v.rope, mask_v, view.slot(f"v{i}", cfg.dim, v.n), v.audio, win)
+                if sb is not None:
+                    with overlap.side():
+                        hs = sb("whole", hs, s.mod, s.n, s.rope, mask_s, view.slot(f"s{i}", cfg.struct_width, s.n),
+                                s.audio, win)
+                continue
             if vb is not None:
                 hv = vb("attn", hv, v.mod, v.n, v.rope, mask_v, view.slot(f"v{i}", cfg.dim, v.n))
             if sb is not None:
                 with overlap.side():
                     hs = sb("attn", hs, s.mod, s.n, s.rope, mask_s, view.slot(f"s{i}", cfg.struct_width, s.n))
-            if i < len(self.bridge):
-                # s2v caches struct keys (video queries), v2s caches video keys
-                kvs = None if isinstance(view, FrameView) else (
-                    view.slot(f"b{i}.s2v", cfg.dim, s.n),
-                    view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.bridge_two_way else None)
-                overlap.join()
-                hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs)
-                overlap.fork(hs)
+            # s2v caches struct keys (video queries), v2s caches video keys
+            kvs = None if isinstance(view, FrameView) else (
+                view.slot(f"b{i}.s2v", cfg.dim, s.n),
+                view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.bridge_two_way else None)
+            overlap.join()
+            hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs)
+            overlap.fork(hs)
             if vb is not None:
                 hv = vb("rest", hv, v.mod, v.n, v.audio, win)
             if sb is not None:
