@@ -51,6 +51,8 @@ def main(argv=None) -> dict:
                          "(FlashAttention-4 through CuTe DSL, needs the flash-attn-4 package)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
+    ap.add_argument("--overlap-towers", action="store_true",
+                    help="train.overlap_towers: the struct tower on a second CUDA stream")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=1)
@@ -127,7 +129,8 @@ def main(argv=None) -> dict:
     res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
            "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
            "fused_norm_rope": a.fused_norm_rope, "compile": a.compile,
-           "micro_batch": b, "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
+           "overlap_towers": a.overlap_towers, "micro_batch": b, "frames": t,
+           "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
            "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
@@ -211,7 +214,7 @@ def training(a) -> dict:
     return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
             "train.devices": "1", "train.activation_checkpointing": a.ac, "train.checkpoint_every": a.checkpoint_every,
             "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on", "train.compile": a.compile,
-            "train.flex_backend": a.flex_backend}
+            "train.flex_backend": a.flex_backend, "train.overlap_towers": a.overlap_towers}
 
 
 def reference(micro_batch: int, mm: float) -> dict:
@@ -263,7 +266,7 @@ def loop(a) -> dict:
     out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
            "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every,
            "flex_backend": a.flex_backend, "float8": a.float8, "fused_norm_rope": a.fused_norm_rope,
-           "micro_batch": a.micro_batch,
+           "overlap_towers": a.overlap_towers, "micro_batch": a.micro_batch,
            "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
            "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,

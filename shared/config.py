@@ -298,6 +298,10 @@ class TrainConfig:
     kernels; flash: FlashAttention-4 through flex's FLASH backend (the flash-attn-4 package, CuTe DSL; compute
     capability 9.0+), the same maths at ~1.4x the speed forward + backward on the training shape
     (benchmarks/RESULTS.md). Applies to the whole process, the EMA's samples included."""
+    overlap_towers: bool = False
+    """Run the struct tower on a second CUDA stream in training too (`DualForce.overlap_towers`): its 1-token blocks
+    (as many kernels as the video tower's for ~0.4% of the FLOPs) overlap the video tower's between bridge layers,
+    forward and backward (autograd runs each backward op on its forward op's stream). No effect on a CPU."""
     loader_workers: int = 2
     """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
     reads each batch itself, and the accelerator waits meanwhile)."""

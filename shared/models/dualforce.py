@@ -212,8 +212,7 @@ class DualForce(nn.Module):
         mask_s = view.mask(s.n, s.n) if s is not None else None
         mask_b = (view.mask(v.n, s.n), view.mask(s.n, v.n)) if s is not None else None
         hv, hs = v.h, None if s is None else s.h
-        overlap = _Overlap(self._side_queue if (s is not None and hv.device.type == "cuda"
-                                                and not torch.is_grad_enabled()) else None, hv.device)
+        overlap = _Overlap(self._side_queue if s is not None and hv.device.type == "cuda" else None, hv.device)
         overlap.fork(hs)
         n_layers = max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
         for i in range(n_layers):
@@ -251,9 +250,9 @@ class DualForce(nn.Module):
     _side_queue: "torch.cuda.Stream | None" = None
 
     def overlap_towers(self, on: bool = True) -> "DualForce":
-        """Inference on CUDA: run the struct tower on a second CUDA stream, overlapping the video tower between
-        bridge layers (CUDA graphs capture both streams as parallel branches). Off by default, ignored with
-        autograd on and on CPU."""
+        """On CUDA: run the struct tower on a second CUDA stream, overlapping the video tower between bridge layers
+        (CUDA graphs capture both streams as parallel branches; with autograd, each backward op runs on its forward
+        op's stream and the engine joins them where gradients cross). Off by default, ignored on a CPU."""
         self._side_queue = torch.cuda.Stream() if on and torch.cuda.is_available() else None
         return self
 

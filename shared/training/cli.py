@@ -60,6 +60,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--flex-backend", choices=C.FLEX_BACKENDS,
                     help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
                          "(FlashAttention-4; needs flash-attn-4 and an H100-class GPU)")
+    ap.add_argument("--overlap-towers", action="store_true", default=None,
+                    help="train.overlap_towers: the struct tower on a second CUDA stream")
     ap.add_argument("--loader-workers", type=int, help="train.loader_workers (processes reading batches ahead)")
     if stage == "dual":
         ap.add_argument("--bridge-mode", help="model.bridge_mode: dual | condition_only")
@@ -84,7 +86,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
              "train.activation_checkpointing": a.activation_checkpointing, "train.checkpoint_every": a.checkpoint_every,
              "train.float8": a.float8,
              "train.fused_norm_rope": None if a.fused_norm_rope is None else a.fused_norm_rope == "on",
-             "train.flex_backend": a.flex_backend, "train.loader_workers": a.loader_workers}
+             "train.flex_backend": a.flex_backend, "train.loader_workers": a.loader_workers,
+             "train.overlap_towers": a.overlap_towers}
     if stage == "video":
         flags["model.bridge_mode"] = "video_only"
     else:

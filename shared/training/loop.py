@@ -68,6 +68,9 @@ def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, d
     if tc.activation_checkpointing:
         n = checkpoint_activations(model, block_types, tc.checkpoint_every)
         done.append(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
+    if tc.overlap_towers and device.type == "cuda":
+        model.overlap_towers()
+        done.append("struct tower on a second CUDA stream")
     if tc.compile:
         model.compile_blocks()
     return done
