@@ -95,13 +95,14 @@ def plain_stack_step(micro_batch: int, device: str = "cuda", frames: int = 33, t
                      depth: int = 20, head_dim: int = 128):
     """The bar #17 measures the dual model against: a plain pre-norm stack of the `full` width and depth (LayerNorm,
     fused qkv, frame-causal flex_attention, SwiGLU of the same hidden size) with none of the dual model's extras
-    (adaLN, RoPE, qk-norm, audio, bridge, struct tower), compiled per block, bf16 autocast, fused AdamW.
+    (adaLN, RoPE, qk-norm, audio, bridge, struct tower), compiled per block, bf16 autocast, fused AdamW; the
+    attention through the process's flex backend (`attention.use_flex_backend`), as the model's.
     Returns (step(), training FLOPs per step)."""
     import torch.nn as nn
     import torch.nn.functional as F
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from shared.models.attention import FLEX_OPTIONS
+    from shared.models.attention import flex_kernel_options
 
     class PlainBlock(nn.Module):
         def __init__(self):
@@ -113,7 +114,7 @@ def plain_stack_step(micro_batch: int, device: str = "cuda", frames: int = 33, t
         def forward(self, x, mask):
             b, n, _ = x.shape
             q, k, v = self.qkv(self.n1(x)).view(b, n, 3, dim // head_dim, head_dim).permute(2, 0, 3, 1, 4)
-            o = flex_attention(q, k, v, block_mask=mask, kernel_options=FLEX_OPTIONS)
+            o = flex_attention(q, k, v, block_mask=mask, kernel_options=flex_kernel_options())
             x = x + self.proj(o.transpose(1, 2).reshape(b, n, dim))
             a, g = self.w12(self.n2(x)).chunk(2, -1)
             return x + self.w3(F.silu(a) * g)

@@ -33,7 +33,7 @@ from shared import config as C  # noqa: E402
 from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
-from shared.models.attention import flash_unavailable  # noqa: E402
+from shared.models.attention import flash_unavailable, use_flex_backend  # noqa: E402
 from shared.models.blocks import Block, BridgeLayer  # noqa: E402
 from shared.training import make_fabric, optimizer, prepare_model  # noqa: E402
 
@@ -70,6 +70,7 @@ def main(argv=None) -> dict:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), training(a))
     mm = matmul_rate("cuda")
+    use_flex_backend(a.flex_backend)  # the plain stack's attention runs the same kernels as the model's
     ref = reference(a.micro_batch, mm) if a.reference else None
     fabric = make_fabric(cfg.train, (Block, BridgeLayer))
     fabric.launch()
