@@ -179,6 +179,24 @@ def test_flex_matches_sdpa():
     torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams")
+def test_struct_tower_on_a_second_stream_trains_the_same():
+    """`overlap_towers` in training (`train.overlap_towers`): the struct tower's forward and backward on a second CUDA
+    stream give the same outputs and gradients as one stream (autograd joins the streams where gradients cross)."""
+    outs = []
+    for overlap in (False, True):
+        model = tiny_model("dual").cuda().overlap_towers(overlap)
+        inp = {k: v.cuda() if torch.is_tensor(v) else v for k, v in tiny_inputs(model).items()}
+        vv, vs = model(**inp)
+        (vv.square().mean() + vs.square().mean()).backward()
+        outs.append((vv, vs, [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    for g0, g1 in zip(outs[0][2], outs[1][2], strict=True):
+        if g0 is not None:
+            torch.testing.assert_close(g0, g1)
+
+
 def test_compiled_blocks_trace_whole_and_match_eager():
     """`compile_blocks` (what --compile does) traces every block without a graph break and changes nothing:
     same outputs and gradients as eager. aot_eager keeps the test fast; the GPU benchmark uses inductor."""
