@@ -307,9 +307,11 @@ def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
-def test_self_forcing_rollout_graphs_match_eager(cache):
+@pytest.mark.parametrize("overlap", [False, True], ids=["one-stream", "overlap-towers"])
+def test_self_forcing_rollout_graphs_match_eager(cache, overlap):
     """The rollout replayed as CUDA graphs gives the eager rollout's frames, for every cut with one set of graphs,
-    and follows the parameters as the optimiser changes them in place."""
+    and follows the parameters as the optimiser changes them in place; building the graphs keeps the model's
+    `train.overlap_towers` setting."""
     from shared import config as C
     from shared.data.cache import WindowDataset
     from shared.models import DualForce
@@ -322,8 +324,9 @@ def test_self_forcing_rollout_graphs_match_eager(cache):
     cfg = C.override(cfg, {"model.struct_dim": ds[0]["struct"].shape[-1], "model.audio_dim": ds[0]["audio"].shape[-1]})
     batch = to_batch({k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0] if ds[0][k] is not None}, "cuda")
     torch.manual_seed(0)
-    model = DualForce(cfg.model).cuda().train()
+    model = DualForce(cfg.model).cuda().train().overlap_towers(overlap)
     graphs = rollout_graphs(model, torch.device("cuda"))
+    assert model.overlapped == overlap
     for cut in (2, 5, cfg.clip_frames):
         with torch.no_grad():
             for p in model.parameters():

@@ -256,6 +256,11 @@ class DualForce(nn.Module):
         self._side_queue = torch.cuda.Stream() if on and torch.cuda.is_available() else None
         return self
 
+    @property
+    def overlapped(self) -> bool:
+        """Whether the struct tower runs on a second CUDA stream (`overlap_towers`)."""
+        return self._side_queue is not None
+
     def compile_blocks(self, **kwargs) -> "DualForce":
         """torch.compile each block and bridge layer in place (regional compilation: one graph per block type,
         reused by every layer; FSDP units and activation checkpoints stay around whole blocks). The forward's
