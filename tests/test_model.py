@@ -179,6 +179,21 @@ def test_flex_matches_sdpa():
     torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
 
 
+def outputs_and_grads(model: DualForce, inp: dict) -> tuple:
+    """Both velocities and every parameter's gradient of a simple loss over them."""
+    vv, vs = model(**inp)
+    (vv.square().mean() + vs.square().mean()).backward()
+    return vv, vs, [p.grad for p in model.parameters()]
+
+
+def assert_same_outputs_and_grads(a: tuple, b: tuple) -> None:
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    for g0, g1 in zip(a[2], b[2], strict=True):
+        if g0 is not None:
+            torch.testing.assert_close(g0, g1)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams")
 def test_struct_tower_on_a_second_stream_trains_the_same():
     """`overlap_towers` in training (`train.overlap_towers`): the struct tower's forward and backward on a second CUDA
@@ -187,14 +202,8 @@ def test_struct_tower_on_a_second_stream_trains_the_same():
     for overlap in (False, True):
         model = tiny_model("dual").cuda().overlap_towers(overlap)
         inp = {k: v.cuda() if torch.is_tensor(v) else v for k, v in tiny_inputs(model).items()}
-        vv, vs = model(**inp)
-        (vv.square().mean() + vs.square().mean()).backward()
-        outs.append((vv, vs, [p.grad for p in model.parameters()]))
-    torch.testing.assert_close(outs[0][0], outs[1][0])
-    torch.testing.assert_close(outs[0][1], outs[1][1])
-    for g0, g1 in zip(outs[0][2], outs[1][2], strict=True):
-        if g0 is not None:
-            torch.testing.assert_close(g0, g1)
+        outs.append(outputs_and_grads(model, inp))
+    assert_same_outputs_and_grads(*outs)
 
 
 def test_compiled_blocks_trace_whole_and_match_eager():
@@ -206,16 +215,7 @@ def test_compiled_blocks_trace_whole_and_match_eager():
     compiled = tiny_model("dual")
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_blocks(backend="aot_eager", fullgraph=True)  # fullgraph: a graph break is an error
-    outs = []
-    for model in (eager, compiled):
-        vv, vs = model(**inp)
-        (vv.square().mean() + vs.square().mean()).backward()
-        outs.append((vv, vs, [p.grad for p in model.parameters()]))
-    torch.testing.assert_close(outs[0][0], outs[1][0])
-    torch.testing.assert_close(outs[0][1], outs[1][1])
-    for g0, g1 in zip(outs[0][2], outs[1][2]):
-        if g0 is not None:
-            torch.testing.assert_close(g0, g1)
+    assert_same_outputs_and_grads(outputs_and_grads(eager, inp), outputs_and_grads(compiled, inp))
 
 
 def test_activation_checkpoints_recompute_inside_compiled_blocks():
@@ -254,11 +254,7 @@ def test_activation_checkpoints_recompute_inside_compiled_blocks():
                 model(**inp)
             assert [b.calls for b in blocks] == [3, 2, 2, 3]
     for name in ("ac", "compiled"):
-        torch.testing.assert_close(runs["eager"][0], runs[name][0])
-        torch.testing.assert_close(runs["eager"][1], runs[name][1])
-        for g0, g1 in zip(runs["eager"][2], runs[name][2]):
-            if g0 is not None:
-                torch.testing.assert_close(g0, g1)
+        assert_same_outputs_and_grads(runs["eager"], runs[name])
     with pytest.raises(ValueError, match="every=0"):
         checkpoint_activations(tiny_model("dual"), (Block,), every=0)
     with pytest.raises(ValueError, match="no"):
