@@ -127,11 +127,7 @@ def main(argv=None) -> dict:
     flops = 3 * forward_flops(m, t)["total"] * b
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
-    res = {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
-           "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
-           "fused_norm_rope": a.fused_norm_rope, "compile": a.compile,
-           "overlap_towers": a.overlap_towers, "micro_batch": b, "frames": t,
-           "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
+    res = {**options(a), "frames": t, "video_tokens_per_step": b * t * m.tokens_per_frame, "step_ms": dt * 1e3,
            "first_step_s": first,
            "video_tokens_per_s": b * t * m.tokens_per_frame / dt, "model_tflops": flops / dt / 1e12,
            "mfu_datasheet": flops / dt / peak if peak else None, "matmul_tflops": mm / 1e12,
@@ -210,6 +206,14 @@ def traced_gaps(step) -> dict:
     return idle_gaps(trace)
 
 
+def options(a) -> dict:
+    """The measured setting as both results report it (the flags that change the step)."""
+    return {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
+            "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
+            "fused_norm_rope": a.fused_norm_rope, "compile": a.compile, "overlap_towers": a.overlap_towers,
+            "micro_batch": a.micro_batch}
+
+
 def training(a) -> dict:
     """The config fields both measurements take from the flags: one CUDA device, bf16-mixed, and the options."""
     return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
@@ -264,12 +268,8 @@ def loop(a) -> dict:
     mfu = sorted(r["mfu"] for r in recs)[len(recs) // 2] if "mfu" in recs[0] else None
     name = torch.cuda.get_device_name()
     peak = peak_bf16(name)
-    out = {"preset": a.preset, "loop": True, "steps": a.loop, "strategy": a.strategy, "compile": a.compile,
-           "activation_checkpointing": a.ac, "checkpoint_every": a.checkpoint_every,
-           "flex_backend": a.flex_backend, "float8": a.float8, "fused_norm_rope": a.fused_norm_rope,
-           "overlap_towers": a.overlap_towers, "micro_batch": a.micro_batch,
-           "global_batch": a.global_batch or a.micro_batch, "video_tokens_per_s": tok,
-           "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
+    out = {**options(a), "loop": True, "steps": a.loop, "global_batch": a.global_batch or a.micro_batch,
+           "video_tokens_per_s": tok, "mfu_datasheet": mfu, "matmul_tflops": mm / 1e12,
            "ratio_to_matmul": mfu * peak / mm if mfu and peak else None, "wall_s": wall, "ema": res["ema"] is not None,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "device": name, "torch": torch.__version__,
            "losses": [round(r["loss"], 5) for r in res["history"]]}  # same seed and data: float8 vs bf16 loss parity
