@@ -344,6 +344,17 @@ print("ok")
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-2000:]
 
 
+def test_fused_norm_rope_kernels_take_eps_as_a_constant():
+    """eps reaches the Triton kernels as a constexpr: as a run-time argument inductor's launch types a Python float
+    as fp64 (Triton's own launcher: fp32), and every element's arithmetic after `* rstd` ran in fp64, the backward at
+    half speed in the compiled training step (H100, benchmarks/RESULTS.md, twelfth session)."""
+    pytest.importorskip("triton")
+    from shared.models import kernels as K
+
+    for kernel in (K._fwd, K._bwd):
+        assert {p.name for p in kernel.params if p.is_constexpr} >= {"eps", "D", "BLOCK"}
+
+
 def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_else(mode):
     """`TrainConfig.fused_norm_rope` reaches every attention (self, cross, audio) of the trained model through
     `prepare_model`, the model computes the same function (on the CPU both paths are the fp32 reference maths), and

@@ -58,7 +58,8 @@ if triton is not None:
         tl.store(Y + r[:, None] * D + tl.arange(0, D)[None, :], y.to(Y.dtype.element_ty), mask=live[:, None])
 
     @triton.jit
-    def _fwd(X, W, COS, SIN, Y, rows, H, S, COS_ROWS, sxb, sxs, sxh, eps, D: tl.constexpr, BLOCK: tl.constexpr):
+    def _fwd(X, W, COS, SIN, Y, rows, H, S, COS_ROWS, sxb, sxs, sxh, eps: tl.constexpr, D: tl.constexpr,
+             BLOCK: tl.constexpr):
         row0 = tl.program_id(0) * BLOCK
         r = row0 + tl.arange(0, BLOCK)
         live = r < rows
@@ -76,7 +77,7 @@ if triton is not None:
         _store_pairs(Y, live, ye * c - yo * sn, ye * sn + yo * c, D, BLOCK, row0)
 
     @triton.jit
-    def _bwd(G, X, W, COS, SIN, DX, DW, rows, H, S, COS_ROWS, sgb, sgs, sgh, sxb, sxs, sxh, eps,
+    def _bwd(G, X, W, COS, SIN, DX, DW, rows, H, S, COS_ROWS, sgb, sgs, sgh, sxb, sxs, sxh, eps: tl.constexpr,
              D: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         row0 = pid * BLOCK
@@ -105,6 +106,9 @@ if triton is not None:
                      D, BLOCK, row0)
 
     BLOCK_ROWS = 32
+    # eps is a constexpr: as a run-time argument inductor types a Python float as fp64 (Triton's JIT, fp32), which
+    # turned every element's arithmetic after `* rstd` into fp64: the backward ran at half speed launched from
+    # inductor's code (277 against 125 us a call at the `full` preset's shape; H100, benchmarks/RESULTS.md).
 
     # Triton's interpreter (the CPU tests) hands back kernels that wrap_triton refuses; nothing compiles there.
     _launch = (lambda kernel: kernel) if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton
