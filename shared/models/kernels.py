@@ -119,8 +119,8 @@ if triton is not None:
     # triton_op, not custom_op: inductor traces into the body and launches the kernels from its own generated code.
     # An opaque custom op went through Python dispatch and Triton's launcher on every call, ~160 us (forward) and
     # ~220 us (backward) of host time a call: with 384 calls a micro-step that kept the GPU waiting once attention
-    # got faster (torch.profiler, `full` preset, H100, benchmarks/RESULTS.md). The price: inductor's launch of the
-    # same kernels is slower on the GPU (backward ~2x, forward ~1.2x, not understood); net +3-5% in the loop.
+    # got faster (torch.profiler, `full` preset, H100, benchmarks/RESULTS.md): +3-5% in the loop. (Inductor's launch
+    # was slower on the GPU until eps became a constexpr, above.)
     @torch.library.triton_op("dualforce::rms_norm_rope", mutates_args=())
     def _op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float) -> torch.Tensor:
         b, s, h, d = x.shape
