@@ -148,9 +148,9 @@ GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
 def idle_gaps(trace: list[dict], min_us: float = 20.0, parts: int = 10) -> dict:
     """Where the GPU runs nothing, from a Chrome trace's events (`torch.profiler`'s `export_chrome_trace`; the work of
     all streams merged): every gap of at least `min_us` between the end of the work so far and the next kernel, copy
-    or memset. Returns the span, the
-    kernel time, the idle time in those gaps, the idle time in each of `parts` equal slices of the span (where in the
-    step it idles) and the kernels that most often had to wait (by name, idle ms and count)."""
+    or memset. Returns the span, the kernel time, the idle time in those gaps, the idle time in each of `parts` equal
+    slices of the span (where in the step it idles) and the kernels that most often had to wait (by name, idle ms and
+    count)."""
     work = sorted((e for e in trace if e.get("cat") in GPU_WORK and "dur" in e), key=lambda e: e["ts"])
     if not work:
         raise ValueError("the trace has no GPU kernels, copies or memsets")

@@ -68,6 +68,8 @@ def test_idle_gaps_finds_the_known_gaps():
 
 
 def test_sync_site_names_the_caller_outside_torch():
+    """`--timeline`'s sync report names the innermost caller outside torch (torch in a venv counts as torch only under
+    site-packages), then the frame that synchronised."""
     from traceback import FrameSummary
 
     from train_step import sync_site

@@ -57,6 +57,9 @@ if triton is not None:
         y = tl.reshape(tl.join(even, odd), (BLOCK, D))
         tl.store(Y + r[:, None] * D + tl.arange(0, D)[None, :], y.to(Y.dtype.element_ty), mask=live[:, None])
 
+    # eps is a constexpr: as a run-time argument inductor types a Python float as fp64 (Triton's JIT, fp32), which
+    # turned every element's arithmetic after `* rstd` into fp64: the backward ran at half speed launched from
+    # inductor's code (277 against 125 us a call at the `full` preset's shape; H100, benchmarks/RESULTS.md).
     @triton.jit
     def _fwd(X, W, COS, SIN, Y, rows, H, S, COS_ROWS, sxb, sxs, sxh, eps: tl.constexpr, D: tl.constexpr,
              BLOCK: tl.constexpr):
@@ -106,9 +109,6 @@ if triton is not None:
                      D, BLOCK, row0)
 
     BLOCK_ROWS = 32
-    # eps is a constexpr: as a run-time argument inductor types a Python float as fp64 (Triton's JIT, fp32), which
-    # turned every element's arithmetic after `* rstd` into fp64: the backward ran at half speed launched from
-    # inductor's code (277 against 125 us a call at the `full` preset's shape; H100, benchmarks/RESULTS.md).
 
     # Triton's interpreter (the CPU tests) hands back kernels that wrap_triton refuses; nothing compiles there.
     _launch = (lambda kernel: kernel) if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton
@@ -120,7 +120,7 @@ if triton is not None:
     # An opaque custom op went through Python dispatch and Triton's launcher on every call, ~160 us (forward) and
     # ~220 us (backward) of host time a call: with 384 calls a micro-step that kept the GPU waiting once attention
     # got faster (torch.profiler, `full` preset, H100, benchmarks/RESULTS.md): +3-5% in the loop. (Inductor's launch
-    # was slower on the GPU until eps became a constexpr, above.)
+    # was slower on the GPU until eps became a constexpr, see `_fwd`.)
     @torch.library.triton_op("dualforce::rms_norm_rope", mutates_args=())
     def _op(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float) -> torch.Tensor:
         b, s, h, d = x.shape
