@@ -51,6 +51,8 @@ def main(argv=None) -> dict:
                          "(FlashAttention-4 through CuTe DSL, needs the flash-attn-4 package)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
+    ap.add_argument("--fused-window-attention", choices=["on", "off"], default="on",
+                    help="train.fused_window_attention: the audio cross-attention in one Triton kernel")
     ap.add_argument("--overlap-towers", action="store_true",
                     help="train.overlap_towers: the struct tower on a second CUDA stream")
     ap.add_argument("--compile", action="store_true")
@@ -210,7 +212,8 @@ def options(a) -> dict:
     """The measured setting as both results report it (the flags that change the step)."""
     return {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
             "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
-            "fused_norm_rope": a.fused_norm_rope, "compile": a.compile, "overlap_towers": a.overlap_towers,
+            "fused_norm_rope": a.fused_norm_rope, "fused_window_attention": a.fused_window_attention,
+            "compile": a.compile, "overlap_towers": a.overlap_towers,
             "micro_batch": a.micro_batch}
 
 
@@ -218,7 +221,8 @@ def training(a) -> dict:
     """The config fields both measurements take from the flags: one CUDA device, bf16-mixed, and the options."""
     return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
             "train.devices": "1", "train.activation_checkpointing": a.ac, "train.checkpoint_every": a.checkpoint_every,
-            "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on", "train.compile": a.compile,
+            "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on",
+            "train.fused_window_attention": a.fused_window_attention == "on", "train.compile": a.compile,
             "train.flex_backend": a.flex_backend, "train.overlap_towers": a.overlap_towers}
 
 

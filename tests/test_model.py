@@ -378,6 +378,93 @@ def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_el
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_window_attention_kernels_match_sdpa():
+    """The window attention's Triton kernels (forward and backward), run in Triton's interpreter on the CPU, against
+    SDPA with the dense mask: a frame's own 7 keys (the audio attention's layout: v a strided slice of the key/value
+    projection, frames of 70 queries: two steps of the kernel's loop, the second part dead), and keys every frame
+    shares (the bridge's struct tokens: 20 and 33 keys, padded to 32 and 64), frame-causal or random masks."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    code = """
+import torch
+from shared.models import window_attention as WA
+torch.manual_seed(0)
+B, T, n, H, D = 2, 2, 70, 2, 16
+for shared, W in ((False, 7), (True, 20), (True, 33)):
+    valid = torch.rand(T, W) > 0.5 if W != 33 else torch.arange(T)[:, None] * 16 >= torch.arange(W)[None, :]
+    valid[:, 0] = True
+    q = torch.randn(B, T * n, H, D, requires_grad=True)
+    kv = torch.randn(B if shared else B * T, W, 2, H, D)
+    g = torch.randn(B, T * n, H, D)
+    outs = []
+    for fused in (True, False):
+        q.grad = None
+        kvl = kv.clone().requires_grad_(True)
+        o = WA.window_attention(q, kvl[:, :, 0], kvl[:, :, 1], valid, fused=fused)
+        (o * g).sum().backward()
+        outs.append((o.detach(), q.grad, kvl.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_window_attention_kernels_take_scales_as_constants():
+    """The softmax scales reach the kernels as constexprs (a Python float argument is typed fp64 in inductor's
+    launch: see `test_fused_norm_rope_kernels_take_eps_as_a_constant`)."""
+    pytest.importorskip("triton")
+    from shared.models import window_attention as WA
+
+    assert {p.name for p in WA._window_fwd.params if p.is_constexpr} >= {"QK_SCALE", "N", "W", "D", "WP"}
+    assert {p.name for p in WA._window_bwd.params if p.is_constexpr} >= {"QK_SCALE", "SCALE", "N", "W", "D", "WP"}
+
+
+def test_window_attention_refuses_shapes_that_do_not_agree():
+    from shared.models.window_attention import window_attention
+
+    q, kv = torch.randn(2, 12, 3, 8), torch.randn(6, 7, 3, 8)
+    assert window_attention(q, kv, kv, torch.ones(3, 7, dtype=torch.bool)).shape == q.shape
+    with pytest.raises(ValueError, match=r"valid \(3, 5\) = \[T, W\] do not agree"):
+        window_attention(q, kv, kv, torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"k \(6, 7, 3, 8\)"):
+        window_attention(q, kv, kv, torch.ones(5, 7, dtype=torch.bool))
+
+
+def test_training_switches_audio_and_bridge_attention_to_the_window_kernel(mode, monkeypatch):
+    """`TrainConfig.fused_window_attention` reaches every audio attention and the bridge's struct -> video
+    direction through `prepare_model`; the model computes the same function (on the CPU the window path is SDPA over
+    each frame's mask row, so this also checks the bridge picks the right rows), and off leaves SDPA's path."""
+    from shared.config import TrainConfig
+    from shared.models import attention as A, blocks as B
+    from shared.training.loop import prepare_model
+
+    calls = []
+    model = tiny_model(mode)
+    inp = tiny_inputs(model)
+    before = run(model, inp)
+    layers = [m for m in model.modules() if hasattr(m, "fused_window")]
+    prepare_model(model, TrainConfig(fused_window_attention=False), (), torch.device("cpu"))
+    assert layers and not any(m.fused_window for m in layers)
+    done = prepare_model(model, TrainConfig(), (), torch.device("cpu"))
+    assert all(m.fused_window for m in layers) and any(f"window attention kernel: {len(layers)}" in d for d in done)
+    monkeypatch.setattr(A, "window_attention", lambda *a, **k: calls.append("bridge") or B.window_attention(*a, **k))
+    after = run(model, inp)
+    audio = sum(isinstance(m, B.AudioAttention) for m in layers)
+    assert audio == len(model.video.blocks) + (len(model.struct.blocks) if model.struct is not None else 0)
+    assert calls.count("bridge") == len(model.bridge)
+    for a, b in zip(before, after):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_fused_norm_rope_refuses_positions_of_another_length():
     """The kernel indexes cos/sin by each row's position: a table of another length would be read out of place, so
     it is refused with the shapes named (on every device, the CPU's reference path too)."""

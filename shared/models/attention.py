@@ -25,6 +25,7 @@ from einops import rearrange
 from ..config import FLEX_BACKENDS
 from .kernels import rms_norm_rope
 from .rope import apply_rope
+from .window_attention import MAX_KEYS, window_attention
 
 # Below this many (query x key) pairs a dense boolean mask is cheaper than building a block mask.
 FLEX_MIN_PAIRS = 1 << 22
@@ -356,6 +357,16 @@ def fuse_norm_rope(model: nn.Module) -> int:
     return len(layers)
 
 
+def fuse_window_attention(model: nn.Module) -> int:
+    """Every audio cross-attention and bridge struct -> video attention of `model` runs through the window kernel on
+    CUDA (`window_attention`, the same maths as SDPA) instead of SDPA with a dense mask; returns how many. Training
+    does this (`TrainConfig.fused_window_attention`)."""
+    layers = [m for m in model.modules() if hasattr(m, "fused_window")]
+    for m in layers:
+        m.fused_window = True
+    return len(layers)
+
+
 class Attention(nn.Module):
     """Multi-head attention, self (context=None) or cross, frame-causal, with RMS qk-norm and RoPE."""
 
@@ -371,15 +382,20 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope_q: tuple[torch.Tensor, torch.Tensor], mask,
                 context: torch.Tensor | None = None, rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,
-                kv: KVSlot | None = None) -> torch.Tensor:
+                kv: KVSlot | None = None, frame_tokens: int | None = None) -> torch.Tensor:
         """x [B, Sq, dim]; context [B, Skv, context_dim] (defaults to x); ropes describe the new tokens. With a
         cache slot the new keys/values are written into it and the queries attend to the whole buffer. mask:
-        `frame_mask` (no cache) or `cache_mask`."""
+        `frame_mask` (no cache) or `cache_mask`. frame_tokens (queries a frame), with a boolean mask over at most
+        `MAX_KEYS` keys and no cache: the attention runs as `window_attention` (each frame's queries share a mask
+        row), through its kernel on CUDA."""
         rope_k = rope_k or rope_q
         q = self.to_q(x).unflatten(-1, (self.heads, -1))  # [B, Sq, H, D]
         k, v = self.to_kv(x if context is None else context).unflatten(-1, (2, self.heads, -1)).unbind(2)
         fused = self.fused_norm_rope
         q, k = norm_rope(q, self.q_norm, rope_q, fused), norm_rope(k, self.k_norm, rope_k, fused)
+        if (frame_tokens and kv is None and torch.is_tensor(mask) and mask.dtype == torch.bool
+                and k.shape[1] <= MAX_KEYS):
+            return self.proj(window_attention(q, k, v, mask[::frame_tokens]).flatten(2))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
         if kv is not None:
             kv.k.index_copy_(2, kv.index, k)

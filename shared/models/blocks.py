@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .attention import Attention, KVSlot, norm_rope
+from .window_attention import window_attention
 from .rope import rope_1d
 
 
@@ -116,18 +117,18 @@ class AudioAttention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.fused_norm_rope = False  # `attention.fuse_norm_rope`
+        self.fused_window = False  # `attention.fuse_window_attention`
 
     def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:
-        """x [B, T*n, d]; audio [B, T, W, d]: each frame's window of audio tokens (`AudioEmbed`)."""
-        b = x.shape[0]
+        """x [B, T*n, d] (n = tokens a frame); audio [B, T, W, d]: each frame's window of audio tokens."""
+        if x.shape[1] != win.valid.shape[0] * tokens:
+            raise ValueError(f"audio attention: {x.shape[1]} tokens for {win.valid.shape[0]} frames of {tokens}")
         q = norm_rope(self.to_q(x).unflatten(-1, (self.heads, -1)), self.q_norm, win.rope_q,
                       self.fused_norm_rope)  # [B, T*n, H, D]
-        q = rearrange(q, "b (t n) h d -> (b t) h n d", n=tokens)
         k, v = self.to_kv(audio).flatten(0, 1).unflatten(-1, (2, self.heads, -1)).unbind(2)  # [(B T), W, H, D]
-        k, v = norm_rope(k, self.k_norm, win.rope_k, self.fused_norm_rope).transpose(1, 2), v.transpose(1, 2)
-        mask = win.valid.repeat(b, 1)[:, None, None, :]  # [(B T), 1, 1, W]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(rearrange(out, "(b t) h n d -> b (t n) (h d)", b=b))
+        k = norm_rope(k, self.k_norm, win.rope_k, self.fused_norm_rope)
+        out = window_attention(q, k, v, win.valid, fused=None if self.fused_window else False)
+        return self.proj(out.flatten(2))
 
 
 class AudioWindows:
@@ -229,13 +230,17 @@ class BridgeLayer(nn.Module):
         if two_way:
             self.video_to_struct = Attention(struct_width, head_dim, context_dim=video_width, qk_norm=qk_norm)
             self.gate_s = nn.Parameter(torch.zeros(struct_width))
+        self.fused_window = False  # `attention.fuse_window_attention`: struct -> video through the window kernel
 
     def forward(self, hv: torch.Tensor, hs: torch.Tensor, rope_v, rope_s, masks,
-                kvs: tuple[KVSlot, KVSlot | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """masks: (struct-to-video, video-to-struct) frame masks; kvs: their cache slots when streaming."""
+                kvs: tuple[KVSlot, KVSlot | None] | None = None,
+                video_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """masks: (struct-to-video, video-to-struct) frame masks; kvs: their cache slots when streaming;
+        video_tokens: tokens a video frame (what the window kernel needs)."""
         kvs = kvs or (None, None)
         nv, ns = self.norm_v(hv), self.norm_s(hs)
-        dv = self.struct_to_video(nv, rope_v, masks[0], context=ns, rope_k=rope_s, kv=kvs[0])
+        dv = self.struct_to_video(nv, rope_v, masks[0], context=ns, rope_k=rope_s, kv=kvs[0],
+                                  frame_tokens=video_tokens if self.fused_window else None)
         hv_out = hv + residual_gate(self.gate_v, dv) * dv
         if not self.two_way:
             return hv_out, hs

@@ -236,7 +236,7 @@ class DualForce(nn.Module):
                 view.slot(f"b{i}.s2v", cfg.dim, s.n),
                 view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.bridge_two_way else None)
             overlap.join()
-            hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs)
+            hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs, v.n)
             overlap.fork(hs)
             if vb is not None:
                 hv = vb("rest", hv, v.mod, v.n, v.audio, win)

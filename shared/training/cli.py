@@ -57,6 +57,9 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--float8", help="train.float8: off | tensorwise | rowwise (needs torchao and an H100-class GPU)")
     ap.add_argument("--fused-norm-rope", choices=["on", "off"],
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel on CUDA (default on)")
+    ap.add_argument("--fused-window-attention", choices=["on", "off"],
+                    help="train.fused_window_attention: the audio cross-attention in one Triton kernel on CUDA "
+                         "(default on)")
     ap.add_argument("--flex-backend", choices=C.FLEX_BACKENDS,
                     help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
                          "(FlashAttention-4; needs flash-attn-4 and an H100-class GPU)")
@@ -86,6 +89,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
              "train.activation_checkpointing": a.activation_checkpointing, "train.checkpoint_every": a.checkpoint_every,
              "train.float8": a.float8,
              "train.fused_norm_rope": None if a.fused_norm_rope is None else a.fused_norm_rope == "on",
+             "train.fused_window_attention": (None if a.fused_window_attention is None
+                                              else a.fused_window_attention == "on"),
              "train.flex_backend": a.flex_backend, "train.loader_workers": a.loader_workers,
              "train.overlap_towers": a.overlap_towers}
     if stage == "video":

@@ -22,7 +22,7 @@ import torch
 from .. import runs
 from ..config import Config, TrainConfig
 from ..diffusion import training_loss
-from ..models.attention import fuse_norm_rope, use_flex_backend
+from ..models.attention import fuse_norm_rope, fuse_window_attention, use_flex_backend
 from . import checkpoint, float8
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
@@ -52,9 +52,9 @@ def make_fabric(tc: TrainConfig, block_types: tuple = ()):
 
 def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, device: torch.device) -> list[str]:
     """What the training step runs, in place, before a strategy sets the model up: float8 linear layers, the fused
-    qk-norm + RoPE kernel, flex_attention's backend, activation checkpoints, compiled blocks (in that order: each
-    wraps what the one before made). The EMA is copied before: it samples in bf16 and never runs a backward pass.
-    Returns what was done, one line each."""
+    qk-norm + RoPE kernel, the window attention kernel, flex_attention's backend, activation checkpoints, compiled
+    blocks (in that order: each wraps what the one before made). The EMA is copied before: it samples in bf16 and
+    never runs a backward pass. Returns what was done, one line each."""
     done = []
     if tc.float8 != "off":
         n = float8.convert(model, tc.float8, emulate=device.type != "cuda")
@@ -62,6 +62,9 @@ def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, d
     if tc.fused_norm_rope:
         n = fuse_norm_rope(model)
         done.append(f"fused qk-norm + RoPE kernel: {n} attention layers")
+    if tc.fused_window_attention:
+        n = fuse_window_attention(model)
+        done.append(f"window attention kernel: {n} layers (audio cross-attention, bridge struct -> video)")
     use_flex_backend(tc.flex_backend)
     if tc.flex_backend == "flash":
         done.append("flex_attention through FlashAttention-4 (FLASH backend)")
