@@ -310,14 +310,23 @@ def test_residual_stream_stays_in_the_autocast_dtype():
     assert set(seen) == {torch.float32}
 
 
-def test_fused_norm_rope_kernel_matches_the_reference():
-    """The Triton qk-norm + RoPE kernels (forward and backward), run in Triton's interpreter on the CPU: a strided
-    input (a slice of a projection), a transposed gradient, per-row and broadcast positions."""
+def assert_prints_ok_in_triton_interpreter(code: str) -> None:
+    """Run `code` in a fresh process with TRITON_INTERPRET=1 (set before Triton is imported: the kernels then run on
+    the CPU) and expect it to print "ok"."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_fused_norm_rope_kernel_matches_the_reference():
+    """The Triton qk-norm + RoPE kernels (forward and backward), run in Triton's interpreter on the CPU: a strided
+    input (a slice of a projection), a transposed gradient, per-row and broadcast positions."""
     pytest.importorskip("triton")
     code = """
 import torch
@@ -338,10 +347,7 @@ for rows in (5, 1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 print("ok")
 """
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
-    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-2000:]
+    assert_prints_ok_in_triton_interpreter(code)
 
 
 def test_fused_norm_rope_kernels_take_eps_as_a_constant():
@@ -383,11 +389,6 @@ def test_window_attention_kernels_match_sdpa():
     SDPA with the dense mask: a frame's own 7 keys (the audio attention's layout: v a strided slice of the key/value
     projection, frames of 70 queries: two steps of the kernel's loop, the second part dead), and keys every frame
     shares (the bridge's struct tokens: 20 and 33 keys, padded to 32 and 64), frame-causal or random masks."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     pytest.importorskip("triton")
     code = """
 import torch
@@ -411,10 +412,7 @@ for shared, W in ((False, 7), (True, 20), (True, 33)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 print("ok")
 """
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
-    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-2000:]
+    assert_prints_ok_in_triton_interpreter(code)
 
 
 def test_window_attention_kernels_take_scales_as_constants():
