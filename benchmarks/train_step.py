@@ -52,7 +52,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
     ap.add_argument("--fused-window-attention", choices=["on", "off"], default="on",
-                    help="train.fused_window_attention: the audio cross-attention in one Triton kernel")
+                    help="train.fused_window_attention: the audio cross-attention and the bridge's struct -> "
+                         "video attention in one Triton kernel")
     ap.add_argument("--overlap-towers", action="store_true",
                     help="train.overlap_towers: the struct tower on a second CUDA stream")
     ap.add_argument("--compile", action="store_true")

@@ -294,9 +294,9 @@ class TrainConfig:
     one pass over the queries and keys instead of inductor's several (benchmarks/RESULTS.md). No effect on a CPU; the
     EMA and streaming keep inductor's kernels."""
     fused_window_attention: bool = True
-    """Every audio cross-attention (W keys a frame) through one Triton kernel on CUDA (`attention.
-    fuse_window_attention`; the same maths as SDPA with its dense mask, without the transposed copies around it). No
-    effect on a CPU; the EMA and streaming keep SDPA."""
+    """Every audio cross-attention (7 keys a frame) and the bridge's struct -> video attention (the clip's struct
+    tokens) through one Triton kernel on CUDA (`attention.fuse_window_attention`; the same maths as SDPA with its dense
+    mask, without the transposed copies around it). No effect on a CPU; the EMA and streaming keep SDPA."""
     flex_backend: str = "auto"
     """auto | flash: the kernels of the frame-causal attention on CUDA (flex_attention). auto: flex's own Triton
     kernels; flash: FlashAttention-4 through flex's FLASH backend (the flash-attn-4 package, CuTe DSL; compute

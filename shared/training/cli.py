@@ -58,8 +58,8 @@ def run_cli(stage: str, argv: list[str] | None = None) -> dict:
     ap.add_argument("--fused-norm-rope", choices=["on", "off"],
                     help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel on CUDA (default on)")
     ap.add_argument("--fused-window-attention", choices=["on", "off"],
-                    help="train.fused_window_attention: the audio cross-attention in one Triton kernel on CUDA "
-                         "(default on)")
+                    help="train.fused_window_attention: the audio cross-attention and the bridge's struct -> video "
+                         "attention in one Triton kernel on CUDA (default on)")
     ap.add_argument("--flex-backend", choices=C.FLEX_BACKENDS,
                     help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
                          "(FlashAttention-4; needs flash-attn-4 and an H100-class GPU)")
