@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.evaluation.report import plot_losses  # noqa: E402
+from shared import errors  # noqa: E402
 from shared.evaluation.verdicts import decide, paired  # noqa: E402
 from shared.training import run_cli  # noqa: E402
 
@@ -75,14 +76,14 @@ def tail_mean(hist: list[dict], key: str, steps: int, last: int) -> float:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="HDF5 cache (e.g. the PoC's train_explicit.h5)")
     ap.add_argument("--preset", default="poc")
-    ap.add_argument("--steps", type=int, default=500, help="optimiser steps per run")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=errors.integer(1), default=500, help="optimiser steps per run")
+    ap.add_argument("--seeds", type=errors.integer(0), nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipe", default="tensorwise", help="train.float8 of the float8 arm: tensorwise | rowwise")
-    ap.add_argument("--last", type=int, default=100, help="steps at the end whose mean loss is compared")
-    ap.add_argument("--sesoi", type=float, default=0.01, help="smallest relative loss difference of interest")
+    ap.add_argument("--last", type=errors.integer(1), default=100, help="steps at the end whose mean loss is compared")
+    ap.add_argument("--sesoi", type=errors.real(0, lo_open=True), default=0.01, help="smallest relative loss difference of interest")
     ap.add_argument("--out", type=Path, default=Path("runs/float8_parity"))
     ap.add_argument("training_flags", nargs="*", help="after --: more stage-2 training flags, for both arms")
     a = ap.parse_args(argv)
@@ -108,4 +109,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

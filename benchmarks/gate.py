@@ -31,16 +31,53 @@ sys.path.insert(0, str(HERE))
 
 from common import cpu_stream, cpu_train_step, matmul_rate, synthetic_cache
 from shared import config as C
+from shared import errors
 from shared.data.cache import WindowDataset
 
 GATES = ("poc", "train", "memory", "loader", "stream")
 
 
+# Every threshold the gates read: (type, lowest, highest); None where a bound does not apply.
+SCHEMA = {
+    "poc_report": (str, None, None), "poc_required": (list, None, None),
+    "loader_over_training_min": (float, 0, None), "stream_fps_min": (float, 0, None),
+    "memory_use_max": (float, 0, 1), "dataset_hours": (float, 0, None), "scaling_efficiency_8gpu": (float, 0, 1),
+    "step_budget": (int, 1, None), "loop_steps": (int, 2, None), "micro_batch": (int, 1, None),
+    "global_batch": (int, 1, None), "stream_frames": (int, 1, None), "stream_decode": (bool, None, None),
+    "train_over_matmul_min": (float, 0, None), "mfu_min": (float, 0, 1), "stream_first_frame_ms_max": (float, 0, None),
+}
+OPTIONAL = {"global_batch", "stream_decode", "stream_first_frame_ms_max", "train_over_matmul_min", "mfu_min"}
+
+
 def load_thresholds(path: Path, preset: str) -> dict:
-    t = tomllib.loads(path.read_text())
-    if preset not in t:
-        raise SystemExit(f"{path}: no [{preset}] table")
-    return {**t.get("common", {}), **t[preset]}
+    """The [common] and [preset] tables of the thresholds file, every value checked against `SCHEMA` (name, type,
+    range): a bad file is one `error:` line naming the file, the key and the value."""
+    where = f"--thresholds {path}"
+    try:
+        t = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise errors.UserError(f"{where}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise errors.UserError(f"{where}: cannot read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise errors.UserError(f"{where}: not valid TOML ({e})") from None
+    if not isinstance(t.get(preset), dict):
+        raise errors.UserError(f"{where}: no [{preset}] table")
+    th = {**t.get("common", {}), **t[preset]}
+    for key, value in th.items():
+        if key not in SCHEMA:
+            raise errors.UserError(f"{where}: unknown threshold {key!r} (known: {', '.join(sorted(SCHEMA))})")
+        kind, lo, hi = SCHEMA[key]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)) or \
+            (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise errors.UserError(f"{where}: {key} = {value!r} must be {kind.__name__}")
+        if kind in (int, float):
+            errors.check_range(value, lo, hi, name=f"{where}: {key}", raise_as=errors.UserError)
+    missing = sorted(set(SCHEMA) - OPTIONAL - set(th))
+    if missing:
+        raise errors.UserError(f"{where}: [{preset}] (with [common]) lacks {', '.join(missing)}")
+    return th
 
 
 # ----------------------------------------------------------------------------------------------- measurements
@@ -203,9 +240,9 @@ def cost_model(cfg: C.Config, th: dict, tokens_per_s: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", required=True, choices=["tiny", "poc", "full"])
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", type=errors.device, default="auto")
     ap.add_argument("--thresholds", default=str(HERE / "thresholds.toml"))
     ap.add_argument("--poc-report", help="PoC report.json (default: the thresholds file's poc_report)")
     ap.add_argument("--only", default=",".join(GATES), help=f"comma list of {', '.join(GATES)}")
@@ -220,7 +257,7 @@ def main(argv=None) -> int:
     cfg = C.get_preset(a.preset)
     only = set(a.only.split(","))
     if only - set(GATES):
-        raise SystemExit(f"--only: unknown gates {sorted(only - set(GATES))}; known: {', '.join(GATES)}")
+        raise errors.UserError(f"--only: unknown gates {sorted(only - set(GATES))}; known: {', '.join(GATES)}")
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           "cpu" if a.device == "auto" else a.device)
     measured: dict = {}
@@ -272,4 +309,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
+from shared import errors  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation.evaluate import heldout_loss  # noqa: E402
 from shared.models import DualForce  # noqa: E402
@@ -42,15 +43,15 @@ def jobs_for(variants, s, data, meta, steps: int, dev: str, snapshot_at=()) -> l
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/poc", help="the PoC's run folder (its data cache is reused or built)")
     ap.add_argument("--batches", default="8,16,32", help="batch sizes whose suite throughput is measured ('': none)")
-    ap.add_argument("--rate-steps", type=int, default=150, help="steps per throughput measurement")
-    ap.add_argument("--batch", type=int, default=32, help="batch of the plateau run")
-    ap.add_argument("--steps", type=int, default=8000, help="steps of the plateau run")
-    ap.add_argument("--every", type=int, default=1000, help="held-out loss every this many steps")
+    ap.add_argument("--rate-steps", type=errors.integer(1), default=150, help="steps per throughput measurement")
+    ap.add_argument("--batch", type=errors.integer(1), default=32, help="batch of the plateau run")
+    ap.add_argument("--steps", type=errors.integer(1), default=8000, help="steps of the plateau run")
+    ap.add_argument("--every", type=errors.integer(1), default=1000, help="held-out loss every this many steps")
     ap.add_argument("--variants", default="video_only,dual,video_only_wide", help="variants of the plateau run")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=errors.integer(1), default=2)
     ap.add_argument("--json", default=None, help="write the result here")
     ap.add_argument("--quick", action="store_true", help="the PoC's --quick data (a smoke test)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -102,4 +103,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

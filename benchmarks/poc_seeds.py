@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
+from shared import errors  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.training.seeds import SeedJob, SeedRun, SeedTrainer, fit_seeds, fit_together, window_tensors  # noqa: E402
 
@@ -52,9 +53,9 @@ def timed(cfg, data, seeds, graphs, device) -> tuple[float, list]:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=300)
+    ap = errors.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=errors.integer(1), default=5)
+    ap.add_argument("--steps", type=errors.integer(1), default=300)
     ap.add_argument("--mode", default="dual")
     ap.add_argument("--skip-together", action="store_true", help="skip the side-by-side run of the core suite")
     ap.add_argument("--profile", action="store_true", help="CUDA kernel profile of 10 eager steps")
@@ -114,4 +115,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

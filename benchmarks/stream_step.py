@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C
+from shared import errors
 from shared.data.codecs import rgb_to_uint8
 from shared.sampling import GraphedModel, stream, warm_up
 from shared.sampling.decode import OverlappedDecoder
@@ -112,20 +113,20 @@ def prepare(model, graphs, inputs, frames: int, sample) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = errors.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="full")
-    ap.add_argument("--frames", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--frames", type=errors.integer(1), default=256)
+    ap.add_argument("--steps", type=errors.integer(1), default=4)
     ap.add_argument("--no-graphs", action="store_true", help="eager forwards instead of CUDA-graph replays")
     ap.add_argument("--compile", action="store_true", help="torch.compile the blocks (inside the graphs)")
     ap.add_argument("--no-overlap", action="store_true", help="struct tower on the main stream (no second stream)")
     ap.add_argument("--profile", help="write a torch.profiler table of 8 streamed frames to this file")
-    ap.add_argument("--stop-after", type=int, help="time only the first N frames of the --frames stream")
-    ap.add_argument("--recompute-frames", type=int, help="frames for the use_cache=False run (default --frames; 0 = skip)")
+    ap.add_argument("--stop-after", type=errors.integer(1), help="time only the first N frames of the --frames stream")
+    ap.add_argument("--recompute-frames", type=errors.integer(0), help="frames for the use_cache=False run (default --frames; 0 = skip)")
     ap.add_argument("--schedule", default=None, help="sample.schedule, or several comma-separated (timed in turn)")
-    ap.add_argument("--rolling-window", type=int, default=0, help="sample.rolling_window")
-    ap.add_argument("--sigma-context", type=float, default=0.0, help="sample.sigma_context (history noise)")
-    ap.add_argument("--ref-weight", type=float, default=1.0, help="sample.ref_weight (the weighted reference)")
+    ap.add_argument("--rolling-window", type=errors.integer(0), default=0, help="sample.rolling_window")
+    ap.add_argument("--sigma-context", type=errors.real(0, 1, hi_open=True), default=0.0, help="sample.sigma_context (history noise)")
+    ap.add_argument("--ref-weight", type=errors.real(0, lo_open=True), default=1.0, help="sample.ref_weight (the weighted reference)")
     ap.add_argument("--decode", action="store_true",
                     help="also time decoded RGB frames: a diffusers AutoencoderKL decoder on its own CUDA stream")
     a = ap.parse_args(argv)
@@ -195,4 +196,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import idle_gaps, kernel_categories, matmul_rate, plain_stack_step, synthetic_batch  # noqa: E402
 from shared import config as C  # noqa: E402
+from shared import errors  # noqa: E402
 from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
@@ -39,11 +40,11 @@ from shared.training import make_fabric, optimizer, prepare_model  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = errors.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="full")
     ap.add_argument("--strategy", default="auto", help="auto (one device) | ddp | fsdp (FSDP2)")
     ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
-    ap.add_argument("--checkpoint-every", type=int, default=1, help="with --ac: every N-th block and bridge layer")
+    ap.add_argument("--checkpoint-every", type=errors.integer(1), default=1, help="with --ac: every N-th block and bridge layer")
     ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
                     help="train.float8: the matmuls over video tokens in float8 (torchao)")
     ap.add_argument("--flex-backend", type=str.lower, choices=C.FLEX_BACKENDS, default="auto",
@@ -57,14 +58,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--overlap-towers", action="store_true",
                     help="train.overlap_towers: the struct tower on a second CUDA stream")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--steps", type=errors.integer(1), default=8)
+    ap.add_argument("--micro-batch", type=errors.integer(1), default=1)
     ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
     ap.add_argument("--timeline", help="write where the GPU idles in one step to this JSON file (see above)")
-    ap.add_argument("--loop", type=int, help="measure N steps through shared.training.fit (the real loop)")
+    ap.add_argument("--loop", type=errors.integer(1), help="measure N steps through shared.training.fit (the real loop)")
     ap.add_argument("--reference", action="store_true",
                     help="also time the plain 20 x 1536 stack (common.plain_stack_step) in the same process")
-    ap.add_argument("--global-batch", type=int, help="with --loop: samples per optimiser step (default: the "
+    ap.add_argument("--global-batch", type=errors.integer(1), help="with --loop: samples per optimiser step (default: the "
                                                         "micro-batch, no accumulation)")
     a = ap.parse_args(argv)
     if a.flex_backend == "flash" and (why := flash_unavailable()):
@@ -283,4 +284,4 @@ def loop(a) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

@@ -9,10 +9,46 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import math
 import textwrap
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from .errors import ConfigError, UserError
+
+
+class UnknownField(ConfigError, KeyError):
+    """A dotted key that names no config field."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _need(cfg: Any, cond: bool, msg: str) -> None:
+    """`__post_init__`'s check: a ConfigError naming the config class and the rule."""
+    if not cond:
+        raise ConfigError(f"{type(cfg).__name__}: {msg}")
+
+
+def _finite(cfg: Any) -> None:
+    """Every float field (and float in a tuple field) of `cfg` is finite."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in v if isinstance(v, tuple) else (v,):
+            _need(cfg, not isinstance(x, float) or math.isfinite(x), f"{f.name}={v!r} must be finite")
+
+
+def _positive(cfg: Any, *names: str, zero: bool = False) -> None:
+    """The named numeric fields are > 0 (`zero`: >= 0)."""
+    for n in names:
+        v = getattr(cfg, n)
+        _need(cfg, v >= 0 if zero else v > 0, f"{n}={v!r} must be {'>= 0' if zero else '> 0'}")
+
+
+def _within(cfg: Any, name: str, lo: float, hi: float, hi_open: bool = False) -> None:
+    v = getattr(cfg, name)
+    _need(cfg, lo <= v < hi if hi_open else lo <= v <= hi, f"{name}={v!r} must be in [{lo}, {hi}{')' if hi_open else ']'}")
 
 BridgeMode = Literal["dual", "condition_only", "video_only"]
 BRIDGE_MODES: tuple[str, ...] = ("dual", "condition_only", "video_only")
@@ -96,9 +132,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(f"ModelConfig: {msg}")
+            _need(self, cond, msg)
 
+        _finite(self)
+        _positive(self, "dim", "depth", "head_dim", "mlp_ratio", "latent_channels", "latent_size", "patch_size",
+                  "struct_dim", "struct_width", "struct_depth", "struct_tokens_per_frame", "audio_dim", "rope_theta")
+        need(self.attn_backend in ("auto", "sdpa", "flex"), f"attn_backend={self.attn_backend!r} not in auto, sdpa, flex")
         need(self.bridge_mode in BRIDGE_MODES, f"bridge_mode={self.bridge_mode!r} not in {BRIDGE_MODES}")
         need(self.dim % self.head_dim == 0, f"dim={self.dim} not a multiple of head_dim={self.head_dim}")
         need(self.struct_width % self.head_dim == 0,
@@ -163,6 +202,21 @@ class DiffusionConfig:
     p_audio_drop: float = 0.1
     """Per-sample probability of replacing the audio by the learned null embedding (for audio CFG)."""
 
+    def __post_init__(self) -> None:
+        _finite(self)
+        _need(self, self.sigma_dist in ("uniform", "logit_normal"),
+              f"sigma_dist={self.sigma_dist!r} not in uniform, logit_normal")
+        _positive(self, "logit_std", "shift_video", "shift_struct")
+        _positive(self, "struct_loss_weight", zero=True)
+        for name in ("p_clean_past", "p_audio_drop"):
+            _within(self, name, 0, 1)
+        _within(self, "sigma_context", 0, 1, hi_open=True)
+
+
+MAX_STEPS = 1000
+"""SampleConfig.steps' ceiling: more Euler steps a frame than any flow-matching sampler needs (a typo guard: 100000
+steps would run for hours before the first frame)."""
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -202,28 +256,29 @@ class SampleConfig:
     bias on its keys, `shared.models.attention.ref_bias`); 1: as in training."""
 
     def __post_init__(self) -> None:
-        if not self.ref_weight > 0:
-            raise ValueError(f"SampleConfig: ref_weight={self.ref_weight} must be > 0")
-        if not 0 <= self.sigma_context < 1:
-            raise ValueError(f"SampleConfig: sigma_context={self.sigma_context} must be in [0, 1)")
-        if self.steps < 1:
-            raise ValueError(f"SampleConfig: steps={self.steps} must be >= 1")
-        if not 0 < self.sigma_struct_start <= 1:
-            raise ValueError(f"SampleConfig: sigma_struct_start={self.sigma_struct_start} must be in (0, 1]")
-        if self.chunk < 1 or self.window < self.chunk:
-            raise ValueError(f"SampleConfig: need 1 <= chunk={self.chunk} <= window={self.window}")
-        if not 0 <= self.roll_keep < self.window:
-            raise ValueError(f"SampleConfig: roll_keep={self.roll_keep} must be in [0, window={self.window})")
-        if self.rolling_window < 0:
-            raise ValueError(f"SampleConfig: rolling_window={self.rolling_window} must be >= 0 (0: steps)")
-        if not 0 <= self.struct_lead < self.steps:
-            raise ValueError(f"SampleConfig: struct_lead={self.struct_lead} must be in [0, steps={self.steps})")
+        _finite(self)
+        _need(self, self.ref_weight > 0, f"ref_weight={self.ref_weight} must be > 0")
+        _need(self, self.audio_cfg >= 0, f"audio_cfg={self.audio_cfg} must be >= 0 (1 = off)")
+        _need(self, self.shift > 0, f"shift={self.shift} must be > 0")
+        _need(self, 0 <= self.sigma_context < 1, f"sigma_context={self.sigma_context} must be in [0, 1)")
+        _need(self, 1 <= self.steps <= MAX_STEPS, f"steps={self.steps} must be >= 1" if self.steps < 1 else
+              f"steps={self.steps} must be <= {MAX_STEPS} (Euler steps per frame; 4-50 is the useful range)")
+        _need(self, 0 < self.sigma_struct_start <= 1, f"sigma_struct_start={self.sigma_struct_start} must be in (0, 1]")
+        _need(self, 1 <= self.chunk <= self.window, f"need 1 <= chunk={self.chunk} <= window={self.window}")
+        _need(self, 0 <= self.roll_keep < self.window, f"roll_keep={self.roll_keep} must be in [0, window={self.window})")
+        _need(self, self.rolling_window >= 0, f"rolling_window={self.rolling_window} must be >= 0 (0: steps)")
+        _need(self, 0 <= self.struct_lead < self.steps, f"struct_lead={self.struct_lead} must be in [0, steps={self.steps})")
 
 
 FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")
 """TrainConfig.float8's values (`shared.training.float8`)."""
 FLEX_BACKENDS = ("auto", "flash")
 """TrainConfig.flex_backend's values (`attention.use_flex_backend`)."""
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+"""TrainConfig.accelerator's values (Lightning Fabric's names for the machines this project runs on)."""
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64",
+              "transformer-engine", "transformer-engine-float16")
+"""TrainConfig.precision's values (Lightning Fabric's)."""
 
 
 @dataclass(frozen=True)
@@ -321,17 +376,25 @@ class TrainConfig:
     """Testing aid: steps whose loss is replaced by NaN, to exercise the non-finite guard."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.self_forcing_p <= 1:
-            raise ValueError(f"TrainConfig: self_forcing_p={self.self_forcing_p} must be in [0, 1]")
-        if self.float8 not in FLOAT8_RECIPES:
-            raise ValueError(f"TrainConfig: float8={self.float8!r}: use {', '.join(FLOAT8_RECIPES[:-1])} or "
-                             f"{FLOAT8_RECIPES[-1]}")
-        if self.flex_backend not in FLEX_BACKENDS:
-            raise ValueError(f"TrainConfig: flex_backend={self.flex_backend!r}: use {' or '.join(FLEX_BACKENDS)}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"TrainConfig: checkpoint_every={self.checkpoint_every} must be >= 1")
-        if self.loader_workers < 0:
-            raise ValueError(f"TrainConfig: loader_workers={self.loader_workers} must be >= 0")
+        _finite(self)
+        _positive(self, "steps", "global_batch", "lr", "log_every", "sample_frames", "keep_last", "max_bad_steps",
+                  "num_nodes", "checkpoint_every")
+        _positive(self, "micro_batch", "warmup", "weight_decay", "grad_clip", "ckpt_every", "ckpt_minutes",
+                  "sample_every", "loader_workers", zero=True)
+        _within(self, "min_lr_ratio", 0, 1)
+        _within(self, "ema", 0, 1, hi_open=True)
+        _within(self, "self_forcing_p", 0, 1)
+        _need(self, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+              f"betas={self.betas!r} must be two numbers in [0, 1)")
+        _need(self, self.accelerator in ACCELERATORS, f"accelerator={self.accelerator!r} not in {', '.join(ACCELERATORS)}")
+        _need(self, self.devices == "auto" or all(d.strip().lstrip("-").isdigit() for d in self.devices.split(",")),
+              f"devices={self.devices!r}: a count, a comma list of device indices, or auto")
+        _need(self, self.precision in PRECISIONS, f"precision={self.precision!r} not in {', '.join(PRECISIONS)}")
+        _need(self, self.float8 in FLOAT8_RECIPES,
+              f"float8={self.float8!r}: use {', '.join(FLOAT8_RECIPES[:-1])} or {FLOAT8_RECIPES[-1]}")
+        _need(self, self.flex_backend in FLEX_BACKENDS,
+              f"flex_backend={self.flex_backend!r}: use {' or '.join(FLEX_BACKENDS)}")
+        _need(self, all(isinstance(s, int) for s in self.inject_nan_at), f"inject_nan_at={self.inject_nan_at!r}: steps")
 
 
 @dataclass(frozen=True)
@@ -354,6 +417,9 @@ class Config:
     """Sampler and streaming."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "clip_frames", "fps", "image_size")
 
 
 PRESETS: dict[str, Config] = {
@@ -382,15 +448,17 @@ PRESETS: dict[str, Config] = {
 
 def get_preset(name: str) -> Config:
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise UnknownField(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     return PRESETS[name]
 
 
 # --------------------------------------------------------------------------------------------- overrides / IO
 
 
-def override(cfg: Any, updates: dict[str, Any]) -> Any:
-    """Return `cfg` with dotted-key updates applied, e.g. {"model.fusion_depth": 2}; values are type-checked."""
+def override(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
+    """Return `cfg` with dotted-key updates applied, e.g. {"model.fusion_depth": 2}. Each value must have its field's
+    type (an int for an int field, a finite number for a float one, ...) and pass the config's range checks; a
+    `ConfigError` names the dotted field and the value otherwise."""
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for key, value in updates.items():
@@ -402,24 +470,53 @@ def override(cfg: Any, updates: dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cfg)}
     for key in list(flat) + list(nested):
         if key not in known:
-            raise KeyError(f"{type(cfg).__name__} has no field {key!r}; fields: {sorted(known)}")
+            raise UnknownField(f"{type(cfg).__name__} has no field {where + key!r}; fields: {', '.join(sorted(known))}")
     for key, sub in nested.items():
-        flat[key] = override(getattr(cfg, key), sub)
+        flat[key] = override(getattr(cfg, key), sub, f"{where}{key}.")
     for key, value in flat.items():
         current = getattr(cfg, key)
-        if is_dataclass(current) and isinstance(value, dict):
-            flat[key] = override(current, value)
-        elif isinstance(current, bool) and not isinstance(value, bool):
-            raise TypeError(f"{type(cfg).__name__}.{key}: expected bool, got {value!r}")
-        elif isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
-            if not value.is_integer():
-                raise TypeError(f"{type(cfg).__name__}.{key}: expected int, got {value!r}")
-            flat[key] = int(value)
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            flat[key] = float(value)
-        elif isinstance(current, tuple) and isinstance(value, list):
-            flat[key] = tuple(value)
+        if is_dataclass(current):
+            if not isinstance(value, dict) and not is_dataclass(value):
+                raise ConfigError(f"{where}{key}: expected a table of fields, got {value!r}")
+            if isinstance(value, dict):
+                flat[key] = override(current, value, f"{where}{key}.")
+        else:
+            flat[key] = _typed(f"{where}{key}", current, value)
     return replace(cfg, **flat)
+
+
+def _typed(name: str, current: Any, value: Any) -> Any:
+    """`value` as the type of the field's `current` value, or a ConfigError naming the field."""
+    def wrong(kind: str) -> ConfigError:
+        return ConfigError(f"{name}={value!r}: expected {kind}")
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if isinstance(current, int):
+        if not number or (isinstance(value, float) and not value.is_integer()):
+            raise wrong("an integer")
+        return int(value)
+    if isinstance(current, float):
+        if not number:
+            raise wrong("a number")
+        if not math.isfinite(value):
+            raise wrong("a finite number")
+        return float(value)
+    if isinstance(current, str):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # `--set train.devices=2` (parsed as JSON) into a string field
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise wrong("a list")
+        kinds = {type(x) for x in current}
+        return tuple(_typed(f"{name}[{i}]", current[0], x) if len(kinds) == 1 else x for i, x in enumerate(value))
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -428,16 +525,36 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config written by `save`: start from its preset, apply every stored field."""
-    base = get_preset(d.get("preset", "full"))
-    return override(base, d)
+    if not isinstance(d, dict):
+        raise ConfigError(f"expected a JSON object of config fields, got {type(d).__name__}")
+    preset = d.get("preset", "full")
+    if not isinstance(preset, str):
+        raise ConfigError(f"preset={preset!r}: expected a preset name")
+    return override(get_preset(preset), d)
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    """Write `cfg` as JSON, atomically (a temporary file renamed into place: a crash never leaves half a config)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    tmp.replace(p)
 
 
 def load(path: str | Path) -> Config:
-    return from_dict(json.loads(Path(path).read_text()))
+    """A config written by `save`; a file that is not one is a UserError naming the file, and the field when one is
+    wrong."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid JSON ({e})") from None
+    try:
+        return from_dict(d)
+    except ConfigError as e:
+        raise type(e)(f"{p}: {e}") from None
 
 
 def fields_help(cls: type) -> dict[str, str]:

@@ -8,6 +8,8 @@
 
 A step folder is written as `step_XXXXXXXX.tmp` and renamed when complete, then `latest` is replaced: a crash never
 leaves a half checkpoint under a final name. Weights load with `weights_only=True` (tensors and plain values only).
+One process writes a run folder at a time (`shared.lock.folder`, RUN/.lock while it trains); a rerun into a folder
+that holds checkpoints must build the same model on the same data (`check_rerun`), before anything is written.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+import zipfile
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ import torch
 from . import config as C
 from .config import Config
 from .data.cache import CacheMeta
+from .errors import UserError
 
 CONFIG = "config.json"
 DATA_META = "data.json"
@@ -32,7 +36,7 @@ LATEST = "latest"
 STATE = "state.pt"
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run folder or checkpoint cannot be used; the message names the file and what is wrong."""
 
 
@@ -47,20 +51,66 @@ def load_config(run: str | Path) -> Config:
     p = Path(run, CONFIG)
     if not p.is_file():
         raise RunError(f"{p} not found (a run folder holds the config it was trained with)")
-    return C.load(p)
+    try:
+        return C.load(p)
+    except UserError as e:
+        raise RunError(str(e)) from None
 
 
 def save_data_meta(meta: CacheMeta, run: str | Path) -> None:
-    """What a checkpoint needs from its data to generate (codec, audio features, struct layout)."""
-    Path(run, DATA_META).write_text(json.dumps(asdict(meta), indent=1))
+    """What a checkpoint needs from its data to generate (codec, audio features, struct layout); atomic."""
+    tmp = Path(run, f".{DATA_META}.tmp")
+    tmp.write_text(json.dumps(asdict(meta), indent=1))
+    tmp.replace(Path(run, DATA_META))
 
 
 def load_data_meta(run: str | Path) -> CacheMeta:
     p = Path(run, DATA_META)
     if not p.is_file():
         raise RunError(f"{p} not found: the run folder must hold the data description its training wrote")
-    d = json.loads(p.read_text())
-    return CacheMeta(**{**d, "latent_shape": tuple(d["latent_shape"]), "struct_layout": tuple(d["struct_layout"])})
+    try:
+        d = json.loads(p.read_text())
+        return CacheMeta(**{**d, "latent_shape": tuple(d["latent_shape"]), "struct_layout": tuple(d["struct_layout"])})
+    except (ValueError, TypeError, KeyError) as e:
+        want = ", ".join(f.name for f in fields(CacheMeta))
+        raise RunError(f"{p}: not a data description this project wrote ({type(e).__name__}: {e}); it holds the "
+                       f"fields {want}") from None
+
+
+def differences(old, new, where: str = "") -> list[str]:
+    """'field: old -> new' for every field where two configs (dataclasses) differ."""
+    out = []
+    for f in fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if hasattr(a, "__dataclass_fields__"):
+            out += differences(a, b, f"{where}{f.name}.")
+        elif a != b:
+            out.append(f"{where}{f.name}: {a!r} -> {b!r}")
+    return out
+
+
+def check_rerun(run: str | Path, cfg: Config, meta: CacheMeta | None = None) -> None:
+    """A run folder that already holds checkpoints takes only a rerun of the same model on the same data (longer
+    training, other logging, ...): anything else would leave checkpoints its config.json no longer describes.
+    Reads only; call it before writing anything."""
+    run = Path(run)
+    if not checkpoints(run) and latest_checkpoint(run) is None:
+        return
+    old = load_config(run)
+    changed = differences(old.model, cfg.model, "model.")
+    if meta is not None and Path(run, DATA_META).is_file() and load_data_meta(run) != meta:
+        changed.append(f"data: {load_data_meta(run)} -> {meta}")
+    if changed:
+        raise RunError(f"{run} holds checkpoints of another model ({'; '.join(changed)[:400]}); train into a new "
+                       f"--out, or move {run / CHECKPOINTS} away to start over there")
+
+
+def begin_run(run: str | Path, cfg: Config, meta: CacheMeta | None = None) -> None:
+    """Write the run's config.json (and data.json), after `check_rerun`."""
+    Path(run, CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run)
+    if meta is not None:
+        save_data_meta(meta, run)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -124,16 +174,39 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if p.is_dir() and (p / STATE).is_file():
         return p / STATE, p.parent.parent
     if p.is_file():
-        return p, p.parent
+        return p, p.parent.parent.parent if in_step_folder(p) else p.parent
     raise RunError(f"{p}: not a run folder, a checkpoint folder ({STATE}) or a weights file")
+
+
+def in_step_folder(weights: Path) -> bool:
+    """RUN/checkpoints/step_X/state.pt (its run is two levels up), not a weights file beside its own config.json."""
+    return (weights.parent.name.startswith("step_") and weights.parent.parent.name == CHECKPOINTS
+            and not (weights.parent / CONFIG).is_file())
+
+
+def load_error(e: Exception) -> str:
+    """One complete line saying why a checkpoint could not be loaded (torch's own messages run to paragraphs)."""
+    text = " ".join(str(e).split())
+    if "central directory" in text or "zip archive" in text:
+        return "truncated or not a torch checkpoint (its zip archive cannot be read)"
+    if "Weights only load failed" in text:
+        return "not a checkpoint this project wrote (torch's weights-only loader refused its contents)"
+    first = text.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {first if len(first) <= 300 else first[:297] + '...'}"
 
 
 def load_state(path: str | Path) -> dict:
     """A checkpoint's contents (tensors and plain values only)."""
+    p = Path(path)
+    if p.is_file() and not zipfile.is_zipfile(p):  # torch writes zip archives; a cut one has no directory at its end
+        size = p.stat().st_size
+        older = [c.name for c in checkpoints(p.parent.parent.parent) if c != p.parent] if in_step_folder(p) else []
+        raise RunError(f"{p}: truncated or not a torch checkpoint ({size:,} bytes, no zip directory at its end)"
+                       + (f"; other checkpoints: {', '.join(older)}" if older else ""))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (truncated or foreign files raise many kinds)
-        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:300]})") from e
+        raise RunError(f"{p}: unreadable checkpoint ({load_error(e)})") from e
 
 
 def load_weights(path: str | Path, ema: bool = True) -> tuple[dict, Path]:

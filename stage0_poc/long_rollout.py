@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import run as poc  # noqa: E402
 
 from shared import config as C  # noqa: E402
-from shared import runs  # noqa: E402
+from shared import errors, lock, runs  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
@@ -135,25 +135,29 @@ def per_clip(reads, clips, roll_struct, probe, dims, clip: int, real_jitter: flo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=["core", "full"], default="core")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="runs/poc")
-    ap.add_argument("--factor", type=int, default=10, help="rollout length in training clips")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--factor", type=errors.integer(1), default=10, help="rollout length in training clips")
+    ap.add_argument("--device", type=errors.device, default="auto", help="auto | cpu | cuda")
     ap.add_argument("--task", choices=("v1", "v2"), default=poc.CORE.task, help="the SynthTalk task run.py used")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma-separated; each one or more of {', '.join(COMPONENTS)} joined by '+'")
-    ap.add_argument("--sigma-context", type=float, default=0.05, help="history noise level at inference")
-    ap.add_argument("--train-sigma-context", type=float, default=0.1,
+    ap.add_argument("--sigma-context", type=errors.real(0, 1, hi_open=True), default=0.05, help="history noise level at inference")
+    ap.add_argument("--train-sigma-context", type=errors.real(0, 1, hi_open=True), default=0.1,
                     help="train_history_noise: the clean past at U(0, this) in the fine-tune")
-    ap.add_argument("--ref-weight", type=float, default=4.0, help="ref_weight: the reference counts as this many frames")
-    ap.add_argument("--finetune-steps", type=int, default=None,
+    ap.add_argument("--ref-weight", type=errors.real(0, lo_open=True), default=4.0, help="ref_weight: the reference counts as this many frames")
+    ap.add_argument("--finetune-steps", type=errors.integer(1), default=None,
                     help="steps of each fine-tune (default: an eighth of the PoC's training steps)")
     ap.add_argument("--variants", default=None, help="comma-separated trained variants (default: every one)")
-    ap.add_argument("--clips", type=int, default=None, help="held-out clips (default: all)")
+    ap.add_argument("--clips", type=errors.integer(1), default=None, help="held-out clips (default: all)")
     args = ap.parse_args(argv)
+    with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):  # not while run.py writes it
+        return run_methods(args)
 
+
+def run_methods(args) -> dict:
     from rich.console import Console
 
     con = Console()
@@ -344,4 +348,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

@@ -34,7 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
-from shared import runs  # noqa: E402
+from shared import errors, lock, runs  # noqa: E402
+from shared.errors import integer  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
 from shared.evaluation import verdicts as V  # noqa: E402
@@ -634,22 +635,31 @@ def learning_curve(curves: dict, variants, models, snaps, cfgs, held: Heldout, p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=["core", "full"], default="core", help="which variants to train")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: exercises every part in ~2 minutes")
     ap.add_argument("--out", default="runs/poc", help="run folder (data and codec are cached under it)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--steps", type=int, default=None, help="optimiser steps per variant (overrides the settings)")
+    ap.add_argument("--device", type=errors.device, default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--steps", type=integer(1), default=None,
+                    help="optimiser steps per variant (overrides the settings)")
     ap.add_argument("--retrain", action="store_true", help="train variants again even if a model is saved")
-    ap.add_argument("--seeds", type=int, default=None, help="training seeds per variant (seed-level verdicts need >= 2)")
-    ap.add_argument("--eval-clips", type=int, default=None, help="held-out clips (fresh identities and voices)")
-    ap.add_argument("--rollouts", type=int, default=None, help="rollouts per held-out clip, averaged inside the clip")
-    ap.add_argument("--curve-points", type=int, default=None,
+    ap.add_argument("--seeds", type=integer(1), default=None,
+                    help="training seeds per variant (seed-level verdicts need >= 2)")
+    ap.add_argument("--eval-clips", type=integer(1), default=None,
+                    help="held-out clips (fresh identities and voices)")
+    ap.add_argument("--rollouts", type=integer(1), default=None,
+                    help="rollouts per held-out clip, averaged inside the clip")
+    ap.add_argument("--curve-points", type=integer(0, 3), default=None,
                     help="learning-curve snapshots per variant (0-3; GPU default 1, CPU 0)")
     ap.add_argument("--task", choices=synth.TASKS, default=CORE.task,
                     help="SynthTalk task: v2 (default; a 3-D stream can matter) or v1 (the original)")
     args = ap.parse_args(argv)
+    with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):  # one PoC writes a folder at a time
+        return run_suite(args)
 
+
+def run_suite(args) -> dict:
+    """Data -> probes -> training -> evaluation -> verdicts -> report, for parsed arguments."""
     from rich.console import Console
     from rich.table import Table
 
@@ -661,7 +671,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("seeds", "eval_clips", "rollouts", "curve_points"):
         if getattr(args, key) is not None:
             s = replace(s, **{key: getattr(args, key)})
-    if args.steps:
+    if args.steps is not None:
         s = replace(s, train_steps=args.steps)
     out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
     out.mkdir(parents=True, exist_ok=True)
@@ -969,4 +979,4 @@ cyan bar: jaw opening, drawn from the struct stream (real: ground truth).
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

@@ -13,7 +13,9 @@ as they are produced, on a GPU on a CUDA stream of their own while the next fram
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import sys
 import time
 from dataclasses import replace
@@ -23,20 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from shared import errors  # noqa: E402
 from shared.data.codecs import get_codec  # noqa: E402
 from shared.config import SampleConfig  # noqa: E402
-from shared.sampling.generation import (InputError, check_output, check_sample, codec_from_spec,  # noqa: E402
-                                       cpu_threads, features_from_spec, load_audio, load_model, load_reference,
-                                       prepare_decoder, prepare_graphs, stream_frames, write_outputs)
+from shared.errors import integer, real  # noqa: E402
+from shared.sampling.generation import (InputError, Outputs, audio_pieces, check_fits, check_output,  # noqa: E402
+                                        check_sample, codec_from_spec, cpu_threads, features_from_spec, load_audio,
+                                        load_model, load_reference, prepare_decoder, prepare_graphs, stream_frames)
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="run folder (its latest checkpoint), step folder, or weights .pt")
     ap.add_argument("--ref", required=True, help="reference: .png/.jpg of any size, or CACHE.h5[:CLIP]")
     ap.add_argument("--audio", required=True, help="wav/flac/mp3 or a video with an audio track; any rate/channels")
     ap.add_argument("--out", required=True, help="output .mp4")
-    ap.add_argument("--seconds", type=float, help="length (default: the audio's)")
+    ap.add_argument("--seconds", type=real(0, lo_open=True), help="length (default: the audio's)")
     ap.add_argument("--steps", type=int, help="sample.steps: denoising steps per frame (K)")
     ap.add_argument("--schedule", help="sample.schedule: autoregressive | full_sequence | struct_leads | rolling")
     ap.add_argument("--rolling-window", type=int,
@@ -54,9 +58,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--ref-weight", type=float,
                     help="sample.ref_weight: identity anchor, every attention weighs the reference as this many frames")
     ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    ap.add_argument("--threads", type=int,
+    ap.add_argument("--seed", type=integer(0), default=0)
+    ap.add_argument("--device", type=errors.device, default="auto", help="auto | cpu | cuda[:N]")
+    ap.add_argument("--threads", type=integer(1),
                     help="CPU threads for torch (default: the cores not already busy; "
                          "shared.sampling.generation.cpu_threads)")
     ap.add_argument("--stage", default="dual", choices=["dual", "video"],
@@ -100,7 +104,9 @@ def main(argv=None) -> dict:
     ref = load_reference(a.ref, cfg, meta, codec)
     wav = load_audio(a.audio, a.seconds)
     frames = max(1, int(len(wav) / 16000 * cfg.fps))
+    check_fits(cfg, sample, frames, device, 2 if device.type == "cuda" else 4)
     features = features_from_spec(meta.audio_features)(wav, frames)
+    del wav  # read again, in pieces, when it is muxed: memory does not grow with the audio's length
     if features.shape[1] != cfg.model.audio_dim:
         raise InputError(f"audio features have {features.shape[1]} dims, the model takes {cfg.model.audio_dim}")
 
@@ -114,23 +120,24 @@ def main(argv=None) -> dict:
             graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=not a.no_compile)
             decoder = prepare_decoder(codec, cfg, device)
             prepare = time.perf_counter() - t
-    got, latency, last = [], [], 0.0
+    latency, last = [], 0.0
     t0 = time.perf_counter()
-    for f in stream_frames(model, ref, features, frames, codec, sample, device, a.seed, use_cache=not a.no_cache,
-                           graphs=graphs, decoder=decoder):
-        got.append(f)
-        latency.append(f["time"] - last)
-        last = f["time"]
-        print(f"\rframe {f['index'] + 1}/{frames}  {(f['index'] + 1) / f['time']:.1f} fps", end="", flush=True)
-    print()
-    total = time.perf_counter() - t0
-    paths = write_outputs(out, [g["frame"] for g in got], [g["struct"] for g in got], wav, meta.struct_layout,
-                          cfg.fps)
+    voice = audio_pieces(a.audio)
+    with Outputs(out, frames, voice, meta.struct_layout, cfg.fps) as written, progress(frames, sample) as bar:
+        for f in stream_frames(model, ref, features, frames, codec, sample, device, a.seed, use_cache=not a.no_cache,
+                               graphs=graphs, decoder=decoder):
+            written.add(f["frame"], f["struct"])  # encoded now: memory stays flat however long the audio
+            latency.append(f["time"] - last)
+            last = f["time"]
+            bar(f["index"] + 1)
+        total = time.perf_counter() - t0
+        paths = written.close()
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
               "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.steps, "chunk": sample.chunk,
               "window": sample.window, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
               "compiled": graphs is not None and not a.no_compile, "overlapped_decoder": decoder is not None,
-              "prepare_s": prepare, "device": str(device),
+              "prepare_s": prepare, "device": str(device), "peak_rss_mb": peak_rss_mb(),
+              "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "reference": ref.source, "checkpoint": str(a.ckpt)}
     tmp = out.with_name(f".{out.stem}.timing.json.tmp")
@@ -141,8 +148,31 @@ def main(argv=None) -> dict:
     return {**timing, "paths": {k: str(v) for k, v in paths.items()}}
 
 
-if __name__ == "__main__":
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far: VmHWM (Linux), the peak of this program alone; ru_maxrss
+    elsewhere, which also counts what a parent held when it forked this process."""
     try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def progress(frames: int, sample: SampleConfig):
+    """A progress bar over the frames (rate and time left), on stderr; yields update(frames_done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = (TextColumn(f"[bold]generating[/] ({sample.steps} steps a frame)"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
+    with Progress(*cols, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("generate", total=frames, fps="-")
+        t0 = time.perf_counter()
+        yield lambda done: bar.update(task, completed=done, fps=f"{done / (time.perf_counter() - t0):.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(errors.run(main))

@@ -90,7 +90,9 @@ def test_scripts_use_public_names_only():
 
 
 def test_layout_groups_by_concept():
-    """Packages for the model, data, sampling, training and evaluation; few modules at the root."""
+    """Packages for the model, data, sampling, training and evaluation; few modules at the root (the config, the maths
+    of the noise, FLOP accounting, the run folder, the summary CLI, user errors and the one-writer lock)."""
     assert {p.name for p in SHARED.iterdir() if (p / "__init__.py").exists()} == {
         "models", "data", "sampling", "training", "evaluation"}
-    assert {p.stem for p in SHARED.glob("*.py")} == {"__init__", "config", "diffusion", "flops", "runs", "summary"}
+    assert {p.stem for p in SHARED.glob("*.py")} == {"__init__", "config", "diffusion", "errors", "flops", "lock",
+                                                      "runs", "summary"}

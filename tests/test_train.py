@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.errors import UserError
 from shared.training import latest_checkpoint, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_activation_checkpointing_changes_no_number(cache, tmp_path):
     assert [r["loss"] for r in plain["history"]] == [r["loss"] for r in ac["history"]]
     a, b = _weights(latest_checkpoint(tmp_path / "a")), _weights(latest_checkpoint(tmp_path / "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError):
         _run(cache, tmp_path / "c", "--max-steps", "1", "--activation-checkpointing", "--checkpoint-every", "0")
 
 
@@ -88,7 +89,7 @@ def test_float8_training_is_live_keeps_the_checkpoints_and_tracks_the_loss(cache
     for r0, r1 in zip(ref["history"], f8["history"]):
         assert abs(r1["loss"] - r0["loss"]) < 0.02 * r0["loss"]
     assert _weights(latest_checkpoint(tmp_path / "b")).keys() == _weights(latest_checkpoint(tmp_path / "a")).keys()
-    with pytest.raises(SystemExit, match="use off, tensorwise or rowwise"):
+    with pytest.raises(UserError, match="use off, tensorwise or rowwise"):
         _run(cache, tmp_path / "c", "--max-steps", "1", "--float8", "e5m2")
 
 
@@ -108,7 +109,7 @@ def test_flex_backend_flag_reaches_flex_and_refuses_what_cannot_run(cache, tmp_p
     with pytest.raises(ValueError, match="flex_backend flash needs"):
         attention.use_flex_backend("flash")
     assert attention.flex_kernel_options() == attention.FLEX_OPTIONS  # a refused switch changes nothing
-    with pytest.raises(SystemExit, match="--flex-backend flash: flex_backend flash needs"):
+    with pytest.raises(UserError, match="--flex-backend flash: flex_backend flash needs"):
         _run(cache, tmp_path / "a", "--max-steps", "1", "--flex-backend", "flash")
     assert not (tmp_path / "a" / "checkpoints").exists()
 
@@ -159,7 +160,7 @@ def test_truncated_checkpoint_is_reported_and_skipped(cache, tmp_path, capsys):
 def test_all_checkpoints_corrupt_is_an_error(cache, tmp_path):
     _run(cache, tmp_path, "--max-steps", "3", "--ckpt-every", "3")
     (latest_checkpoint(tmp_path) / "state.pt").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="no usable checkpoint"):
+    with pytest.raises(UserError, match="no usable checkpoint"):
         _run(cache, tmp_path, "--max-steps", "6")
 
 

@@ -19,19 +19,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMAS = (1,)
 CHUNK_FRAMES = 8
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """The cache cannot be used; the message names the file, the clip and the field."""
 
 
@@ -61,6 +63,16 @@ class CacheMeta:
                    int(a["audio_dim"]), int(a["fps"]), int(a["audio_rate"]))
 
 
+def published_meta(path: Path) -> CacheMeta:
+    """The settings a finished cache was built with, read without opening it for writing."""
+    try:
+        with h5py.File(path, "r") as f:
+            return CacheMeta.from_attrs(f.attrs)
+    except (OSError, KeyError, ValueError) as e:
+        raise CacheError(f"{path}: cannot read its settings ({type(e).__name__}: {e}); not a DualForce cache, or "
+                         f"corrupt: move it away and run again") from None
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
@@ -75,6 +87,7 @@ class CacheWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         reopened = self.path.exists() and not self.partial.exists()
         if reopened:
+            self._same_meta(published_meta(self.path))  # refuse before the published cache is touched
             os.replace(self.path, self.partial)  # extend a finished cache: it is a .partial again until we close
         self.f = None
         if self.partial.exists():
@@ -88,11 +101,13 @@ class CacheWriter:
                                  f"If another process has it open, close that first; if it is corrupt, move it away "
                                  f"and run again to start a new cache") from e
         if self.f is not None:
-            old = CacheMeta.from_attrs(self.f.attrs)
-            if old != meta:
+            try:
+                self._same_meta(CacheMeta.from_attrs(self.f.attrs))
+            except CacheError:
                 self.f.close()
-                raise CacheError(f"{self.path}: the existing cache was built with {old}, this run asks for {meta}; "
-                                 f"use another --out or delete it")
+                if reopened:
+                    os.replace(self.partial, self.path)
+                raise
             for name in list(self.f.get("clips", {})):
                 if not self.f["clips"][name].attrs.get("done", False):
                     del self.f["clips"][name]  # half-written by a killed run
@@ -104,6 +119,13 @@ class CacheWriter:
             self.f.create_group("sources")
         self.f.attrs["complete"] = False
         self.f.flush()
+
+    def _same_meta(self, old: "CacheMeta") -> None:
+        if old != self.meta:
+            diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in zip(old.__dataclass_fields__, astuple(old),
+                                                               astuple(self.meta)) if a != b]
+            raise CacheError(f"{self.path}: the existing cache was built with other settings ({'; '.join(diff)}); "
+                             f"it is left as it was: write to another --out, or move it away to start over")
 
     def has_source(self, key: str) -> bool:
         return key in self.f["sources"]

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 def to_unit(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
@@ -247,15 +249,23 @@ class DiffusersVAE(VideoCodec):
         return self.vae.decode(z / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)).sample
 
 
+class CodecError(UserError, ValueError):
+    """A codec spec that names no usable codec (unknown kind, bad factor, missing or foreign weights)."""
+
+
 def get_codec(spec: str, device: str = "cpu") -> VideoCodec:
-    """`pixels[:F]`, `tiny-ae:PATH`, `diffusers-kl:PATH` or `diffusers-wan:PATH`."""
+    """`pixels[:F]`, `tiny-ae:PATH`, `diffusers-kl:PATH` or `diffusers-wan:PATH`; a spec that cannot be built is a
+    `CodecError` naming it."""
     kind, sep, arg = spec.partition(":")
-    if kind == "pixels":
-        return Pixels(int(arg) if arg else 4)
-    if not sep:
-        raise ValueError(f"codec {spec!r}: use pixels[:F], tiny-ae:PATH, diffusers-kl:PATH or diffusers-wan:PATH")
-    if kind == "tiny-ae":
-        return TinyAECodec(arg, device)
-    if kind in ("diffusers-kl", "diffusers-wan"):
-        return DiffusersVAE(kind.split("-")[1], arg, device)
-    raise ValueError(f"unknown codec {kind!r} in {spec!r}")
+    try:
+        if kind == "pixels":
+            if arg and not (arg.isdigit() and int(arg) >= 1):
+                raise ValueError(f"the factor {arg!r} must be a whole number >= 1")
+            return Pixels(int(arg) if arg else 4)
+        if kind == "tiny-ae" and sep:
+            return TinyAECodec(arg, device)
+        if kind in ("diffusers-kl", "diffusers-wan") and sep:
+            return DiffusersVAE(kind.split("-")[1], arg, device)
+    except (ValueError, OSError, ImportError, RuntimeError) as e:
+        raise CodecError(f"codec {spec!r}: {e}") from None
+    raise CodecError(f"codec {spec!r}: use pixels[:F], tiny-ae:PATH, diffusers-kl:PATH or diffusers-wan:PATH")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 SR = 16000
 HOP = 320  # 20 ms at 16 kHz -> 50 Hz
 
@@ -58,8 +60,23 @@ class LogMel(AudioFeatures):
                                                         n_mels=n_mels, f_min=20.0, f_max=7600.0, center=True,
                                                         power=2.0)
 
+    CHUNK = 1500  # feature frames (30 s) per transform: memory flat in the audio's length
+
     def raw(self, wav: torch.Tensor) -> torch.Tensor:
-        # frame i is centred on sample 320 i; scaled so that speech lands roughly in [-1, 2]
+        """[1 + len // 320, n_mels]: frame i is centred on sample 320 i, computed CHUNK frames at a time. A chunk
+        takes one hop of context on each side (more than the 256-sample half-window), so every frame sees the same
+        samples as in one transform of the whole signal, the reflect padding at its two ends included."""
+        n = len(wav) // HOP + 1
+        parts = []
+        for a in range(0, n, self.CHUNK):
+            b = min(n, a + self.CHUNK)
+            lo, hi = max(0, (a - 1) * HOP), min(len(wav), b * HOP)
+            first = a - lo // HOP
+            parts.append(self._logmel(wav[lo:hi])[first : first + b - a])
+        return torch.cat(parts)
+
+    def _logmel(self, wav: torch.Tensor) -> torch.Tensor:
+        # scaled so that speech lands roughly in [-1, 2]
         return ((self.mel(wav).clamp_min(1e-8).log() + 8.0) / 4.0).T
 
 
@@ -95,12 +112,22 @@ class SSLFeatures(AudioFeatures):
         return layers[-1][0]
 
 
+class FeatureError(UserError, ValueError):
+    """An audio feature spec that names no usable front-end (unknown architecture, missing or foreign weights)."""
+
+
 def get_audio_features(spec: str) -> AudioFeatures:
-    """`logmel`, or `ARCH:PATH[@LAYER]` (see the module docstring)."""
+    """`logmel`, or `ARCH:PATH[@LAYER]` (see the module docstring); a spec that cannot be built is a `FeatureError`
+    naming it."""
     if spec == "logmel":
         return LogMel()
     arch, sep, rest = spec.partition(":")
     if not sep:
-        raise ValueError(f"audio features {spec!r}: use 'logmel' or ARCH:PATH with ARCH in {sorted(SSL_ARCHS)}")
+        raise FeatureError(f"audio features {spec!r}: use 'logmel' or ARCH:PATH with ARCH in {sorted(SSL_ARCHS)}")
     path, _, layer = rest.partition("@")
-    return SSLFeatures(arch, path, int(layer) if layer else None)
+    if layer and not layer.isdigit():
+        raise FeatureError(f"audio features {spec!r}: the layer after '@' must be a number, got {layer!r}")
+    try:
+        return SSLFeatures(arch, path, int(layer) if layer else None)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise FeatureError(f"audio features {spec!r}: {e}") from None

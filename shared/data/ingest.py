@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import errors, lock
+from ..errors import UserError
 from .cache import CacheMeta, CacheWriter
 from .codecs import get_codec
 from .features import get_audio_features
@@ -50,6 +52,12 @@ class Options:
     device: str = "cpu"
     """Device for the encoders."""
 
+    def __post_init__(self) -> None:
+        for name, lo in (("size", 8), ("clip_frames", 1), ("min_frames", 1)):
+            errors.check_range(getattr(self, name), lo, name=f"--{name.replace('_', '-')}")
+        if self.struct != "auto" and self.struct not in KINDS:
+            raise errors.ConfigError(f"--struct {self.struct!r}: choose auto or one of {', '.join(KINDS)}")
+
 
 @dataclass
 class Result:
@@ -59,12 +67,24 @@ class Result:
     note: str | None = None
 
 
-class NothingIngested(Exception):
+class NothingIngested(UserError):
     """No usable clip came out of the source folder; the message lists why each video was skipped."""
 
 
 def source_key(src: Path, video: Path) -> str:
+    """The cache's name for a source video: its path under `src` with '/' as '|' (HDF5 names hold no '/'); '%' and
+    '|' are escaped first, so two different paths never share a key (`a|b.mp4` and `a/b.mp4`)."""
+    return str(video.relative_to(src)).replace("%", "%25").replace("|", "%7C").replace("/", "|")
+
+
+def legacy_key(src: Path, video: Path) -> str:
+    """The key caches written before the escaping held (same as `source_key` unless the path has '%' or '|')."""
     return str(video.relative_to(src)).replace("/", "|")
+
+
+def source_name(key: str) -> str:
+    """The relative path a `source_key` stands for."""
+    return key.replace("|", "/").replace("%7C", "|").replace("%25", "%")
 
 
 _ENC: dict = {}
@@ -118,7 +138,7 @@ def process_video(src: Path, video: Path, opts: Options, struct_kind: str) -> Re
 
 def find_videos(src: Path) -> list[Path]:
     if not src.is_dir():
-        raise SystemExit(f"ingest: {src} is not a folder")
+        raise UserError(f"{src}: {'is a file' if src.exists() else 'not found'}; give the folder of videos to ingest")
     return sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith("."))
 
 
@@ -137,7 +157,7 @@ def synth_task(video: Path) -> str | None:
 def resolve_struct_kind(kind: str, videos: list[Path]) -> str:
     if kind != "auto":
         if kind not in KINDS:
-            raise SystemExit(f"ingest: --struct {kind!r} not in auto, {', '.join(KINDS)}")
+            raise UserError(f"--struct {kind!r} not in auto, {', '.join(KINDS)}")
         return kind
     found = [k for k in (detect_kind(v) for v in videos) if k is not None]
     return max(set(found), key=found.count) if found else "none"
@@ -153,6 +173,7 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
 
     con = console or Console()
     src, out = Path(src), Path(out)
+    check_out(out)
     videos = find_videos(src)
     kind = resolve_struct_kind(opts.struct, videos)
     codec, feats = _encoders(opts)
@@ -164,15 +185,18 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
                 break
             except (StructError, MediaError):
                 continue
-    meta = CacheMeta(opts.size, codec.latent_shape(opts.size), codec.spec(), kind, tuple(probe_layout or ()),
-                     feats.spec(), feats.dim)
+    try:
+        latent = codec.latent_shape(opts.size)
+    except ValueError as e:
+        raise UserError(f"--size {opts.size} with --codec {opts.codec}: {e}") from None
+    meta = CacheMeta(opts.size, latent, codec.spec(), kind, tuple(probe_layout or ()), feats.spec(), feats.dim)
     tasks = sorted({t for t in map(synth_task, videos) if t is not None})
     summary = {"source": str(src), "cache": str(out), "struct_kind": kind, "synth_task": ",".join(tasks) or None,
                "videos": len(videos), "clips": 0, "already_cached": 0, "skipped": [], "notes": []}
-    with CacheWriter(out, meta) as w:
+    with lock.beside(out, f"cache {out}"), CacheWriter(out, meta) as w:
         if tasks:  # which SynthTalk task made the cache, beside its metadata (readers that do not know it ignore it)
             w.f.attrs["synth_task"] = ",".join(tasks)
-        todo = [v for v in videos if not w.has_source(source_key(src, v))]
+        todo = [v for v in videos if not (w.has_source(source_key(src, v)) or w.has_source(legacy_key(src, v)))]
         summary["already_cached"] = len(videos) - len(todo)
         cols = (TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[clips]} clips"),
                 TimeRemainingColumn())
@@ -181,18 +205,19 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
 
             def consume(r: Result) -> None:
                 if r.skipped:
-                    summary["skipped"].append({"video": r.key.replace("|", "/"), "reason": r.skipped})
+                    summary["skipped"].append({"video": source_name(r.key), "reason": r.skipped})
                 else:
                     for c in r.clips:
                         if c["struct"].shape[1] != len(meta.struct_layout):
-                            summary["skipped"].append({"video": r.key.replace("|", "/"),
+                            summary["skipped"].append({"video": source_name(r.key),
                                                        "reason": "struct layout differs from the cache's"})
                             return
+                    errors.need_space(w.partial, clip_bytes(r.clips), f"the clips of {source_name(r.key)}")
                     for c in r.clips:
                         w.add_clip(**c)
                     summary["clips"] += len(r.clips)
                     if r.note:
-                        summary["notes"].append({"video": r.key.replace("|", "/"), "note": r.note})
+                        summary["notes"].append({"video": source_name(r.key), "note": r.note})
                     w.finish_source(r.key)
                 bar.update(task, advance=1, clips=summary["clips"])
 
@@ -211,7 +236,9 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
             w.discard()
             raise NothingIngested(nothing_message(src, out, videos, summary))
     report = out.with_name(out.name + ".ingest.json")
-    report.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp = report.with_name(f".{report.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(report)
     if summary["skipped"]:
         t = Table(title=f"skipped {len(summary['skipped'])} of {len(videos)} videos")
         t.add_column("video")
@@ -227,6 +254,23 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
     return summary
 
 
+def check_out(out: Path) -> None:
+    """The cache path, before any work: a file name (not a folder) in a folder that can be created."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the cache's file name, such as {out / 'cache.h5'}")
+    errors.writable_parent(out.parent, "--out")
+
+
+HDF5_OVERHEAD = 64 * 1024  # bytes of group, attribute and chunk-index metadata a clip adds (measured: ~36 KB)
+
+
+def clip_bytes(clips: list[dict]) -> int:
+    """What a source's clips take in the cache (float16 video, audio and reference; float32 struct), with HDF5's
+    overhead."""
+    return sum(2 * (c["video"].size + c["ref_video"].size + (0 if c["audio"] is None else c["audio"].size))
+               + 4 * (c["struct"].size + c["ref_struct"].size) + HDF5_OVERHEAD for c in clips)
+
+
 def nothing_message(src: Path, out: Path, videos: list[Path], summary: dict) -> str:
     if not videos:
         return f"{src}: no videos found (looked for {', '.join(VIDEO_EXTS)}); {out} not written"
@@ -237,10 +281,11 @@ def nothing_message(src: Path, out: Path, videos: list[Path], summary: dict) -> 
 def main(argv: list[str] | None = None) -> None:
     from .. import config as C
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="folder of videos (searched recursively)")
     ap.add_argument("--out", required=True, help="cache file (.h5)")
-    ap.add_argument("--workers", type=int, default=0, help="parallel decode/encode processes (0: this one)")
+    ap.add_argument("--workers", type=errors.integer(0, 256), default=0,
+                    help="parallel decode/encode processes (0: this one)")
     docs = C.fields_help(Options)
     for f in Options.__dataclass_fields__.values():
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=docs[f.name])
@@ -248,8 +293,6 @@ def main(argv: list[str] | None = None) -> None:
     opts = Options(**{k: getattr(a, k) for k in Options.__dataclass_fields__})
     try:
         ingest(a.src, a.out, opts, a.workers)
-    except NothingIngested as e:
-        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         from .cache import partial_path
 
@@ -258,4 +301,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

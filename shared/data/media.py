@@ -3,6 +3,8 @@ write mp4 with an audio track. Writers are atomic (a temporary file renamed into
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 from collections.abc import Iterator
 from fractions import Fraction
@@ -12,10 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 
-class MediaError(Exception):
+class MediaError(UserError):
     """A media file cannot be used; the message names the file and why."""
 
 
@@ -112,83 +116,172 @@ def read_videos(paths: list[str | Path], size: int, step: int = 1, threads: int 
         return list(pool.map(lambda p: np.stack(list(iter_frames(p, size)))[::step], paths))
 
 
-def read_audio(path: str | Path, rate: int = 16000) -> np.ndarray | None:
-    """First audio stream, mixed to mono and resampled to `rate` (FFmpeg's resampler), float32 [S] aligned so
-    that sample 0 is the first video frame's time; None when the file has no audio stream."""
+def iter_audio(path: str | Path, rate: int = 16000) -> Iterator[np.ndarray]:
+    """The first audio stream, mixed to mono and resampled to `rate` (FFmpeg's resampler), as float32 pieces in
+    order, aligned so that sample 0 is the first video frame's time (leading silence added, or samples before it
+    dropped). Nothing when the file has no audio stream."""
     import av
 
     with _open(path) as c:
         if not c.streams.audio:
-            return None
+            return
         a = c.streams.audio[0]
         offset = 0.0
         if c.streams.video and a.start_time is not None and c.streams.video[0].start_time is not None:
             v = c.streams.video[0]
             offset = float(a.start_time * a.time_base) - float(v.start_time * v.time_base)
+        skip = int(round(offset * rate))
+        if skip > 0:
+            yield np.zeros(skip, np.float32)
+        skip = max(0, -skip)
         res = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks = []
         try:
-            for frame in c.decode(a):
+            for frame in itertools.chain(c.decode(a), [None]):  # None flushes the resampler
                 for out in res.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in res.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                    x = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    if skip:
+                        x, skip = x[skip:], max(0, skip - len(x))
+                    if len(x):
+                        yield x
         except Exception as e:
             raise MediaError(f"{path}: audio decoding failed ({type(e).__name__}: {e})") from e
-    x = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    shift = int(round(offset * rate))
-    if shift > 0:
-        x = np.concatenate([np.zeros(shift, np.float32), x])
-    elif shift < 0:
-        x = x[-shift:]
-    return x
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
-              audio_rate: int = 16000, crf: int = 18) -> None:
-    """frames uint8 [T, H, W, 3] (H, W even) -> H.264 mp4, with an AAC track when audio is given ([S] mono or
-    [channels, S], at `audio_rate`).
-    Written to a temporary name and renamed, so a crash never leaves a half file under `path`.
+def read_audio(path: str | Path, rate: int = 16000) -> np.ndarray | None:
+    """`iter_audio` as one float32 [S] array (written into one buffer sized from the stream's duration: the peak is
+    the audio once, not its pieces and their concatenation); None when the file has no audio stream."""
+    with _open(path) as c:
+        if not c.streams.audio:
+            return None
+        a = c.streams.audio[0]
+        duration = float(a.duration * a.time_base) if a.duration is not None else (c.duration or 0) / 1e6
+    buf, n = np.empty(int(duration * rate) + rate, np.float32), 0
+    for x in iter_audio(path, rate):
+        if n + len(x) > len(buf):
+            buf = np.resize(buf, max(2 * len(buf), n + len(x)))
+        buf[n : n + len(x)] = x
+        n += len(x)
+    return buf[:n]
+
+
+class Mp4Writer:
+    """Frames in one at a time -> H.264 mp4 (memory flat in the video's length), with an AAC track encoded at `close`
+    in one-second pieces from `audio`: an array ([S] mono or [channels, S] at `audio_rate`), or a function giving
+    mono pieces in order (`iter_audio` of a file: the voice is read again rather than held while the video is made);
+    `audio_samples` cuts it. Written to a temporary name and renamed by `close`; `abort` (or an exception inside
+    `with`) removes it, so a crash never leaves a half file under `path`.
 
     Deterministic: the same frames and audio give the same bytes. x264's macroblock-tree rate control made CRF
     encodes differ from run to run (6 encodes of one SynthTalk clip gave 5 different files, decoded frames up to
     36 grey levels apart), which let a seed fail to fix the PoC's numbers; with mbtree off, explicit frame
     timestamps and one encoder thread, 20 encodes out of 20 are byte-identical (tests/test_data_synth.py)."""
-    import av
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with av.open(str(tmp), "w", format="mp4") as c:
-            vs = c.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast",
-                                                            "x264-params": "mbtree=0"})
-            vs.width, vs.height = frames.shape[2], frames.shape[1]
-            vs.pix_fmt = "yuv420p"
-            vs.codec_context.thread_count, vs.codec_context.thread_type = 1, "NONE"
-            astream = None
-            if audio is not None:
-                audio = np.atleast_2d(np.asarray(audio, np.float32))
-                layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
-                astream = c.add_stream("aac", rate=audio_rate)
-                astream.layout = layout
-            for i, f in enumerate(frames):
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-                vf.pts, vf.time_base = i, Fraction(1, fps)
-                for p in vs.encode(vf):
-                    c.mux(p)
-            for p in vs.encode():
-                c.mux(p)
-            if astream is not None:
-                af = av.AudioFrame.from_ndarray(audio.T.reshape(1, -1).copy() if audio.shape[0] > 1 else audio,
-                                                format="flt", layout=layout)
-                af.sample_rate = audio_rate
-                af.time_base = Fraction(1, audio_rate)
-                af.pts = 0
-                for p in astream.encode(af):
-                    c.mux(p)
-                for p in astream.encode(None):
-                    c.mux(p)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    AUDIO_PIECE = 16000  # samples per audio frame handed to the encoder (it re-cuts them into its own 1024)
+
+    def __init__(self, path: str | Path, fps: int = 25, audio=None, audio_rate: int = 16000, crf: int = 18,
+                 audio_samples: int | None = None):
+        import av
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.fps, self.audio_rate, self.crf, self.frames = fps, audio_rate, crf, 0
+        if audio is not None and not callable(audio):
+            audio = np.atleast_2d(np.asarray(audio, np.float32))[:, :audio_samples]
+        self.audio, self.audio_samples = audio, audio_samples
+        self.c = av.open(str(self.tmp), "w", format="mp4")
+        self.vs = self.astream = None
+
+    def _streams(self, height: int, width: int) -> None:
+        """The video stream (its size from the first frame), then the audio one."""
+        self.vs = self.c.add_stream("libx264", rate=self.fps, options={"crf": str(self.crf), "preset": "veryfast",
+                                                                       "x264-params": "mbtree=0"})
+        self.vs.width, self.vs.height = width, height
+        self.vs.pix_fmt = "yuv420p"
+        self.vs.codec_context.thread_count, self.vs.codec_context.thread_type = 1, "NONE"
+        if self.audio is not None:
+            self.layout = "mono" if callable(self.audio) else {1: "mono", 2: "stereo"}[self.audio.shape[0]]
+            self.astream = self.c.add_stream("aac", rate=self.audio_rate)
+            self.astream.layout = self.layout
+
+    def write(self, frame: np.ndarray) -> None:
+        """One uint8 [H, W, 3] frame (H, W even; every frame the size of the first)."""
+        import av
+
+        if self.vs is None:
+            self._streams(*frame.shape[:2])
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts, vf.time_base = self.frames, Fraction(1, self.fps)
+        for p in self.vs.encode(vf):
+            self.c.mux(p)
+        self.frames += 1
+
+    def _pieces(self) -> Iterator[np.ndarray]:
+        """The audio as [channels, AUDIO_PIECE] pieces (the last one shorter), cut to `audio_samples`."""
+        if not callable(self.audio):
+            for start in range(0, self.audio.shape[1], self.AUDIO_PIECE):
+                yield self.audio[:, start : start + self.AUDIO_PIECE]
+            return
+        left, held = self.audio_samples, np.zeros(0, np.float32)
+        for x in self.audio():
+            held = np.concatenate([held, x[:left] if left is not None else x])
+            left = None if left is None else left - min(left, len(x))
+            while len(held) >= self.AUDIO_PIECE:
+                yield held[None, : self.AUDIO_PIECE]
+                held = held[self.AUDIO_PIECE :]
+            if left == 0:
+                break
+        if len(held):
+            yield held[None]
+
+    def _encode_audio(self) -> None:
+        import av
+
+        start = 0
+        for piece in self._pieces():
+            af = av.AudioFrame.from_ndarray(piece.T.reshape(1, -1).copy() if piece.shape[0] > 1 else
+                                            np.ascontiguousarray(piece), format="flt", layout=self.layout)
+            af.sample_rate, af.time_base, af.pts = self.audio_rate, Fraction(1, self.audio_rate), start
+            start += piece.shape[1]
+            for p in self.astream.encode(af):
+                self.c.mux(p)
+        for p in self.astream.encode(None):
+            self.c.mux(p)
+
+    def close(self) -> None:
+        """Flush the encoders, write the audio, rename into place."""
+        if self.vs is None:
+            self.abort()
+            raise MediaError(f"{self.path}: no frames to write")
+        try:
+            for p in self.vs.encode():
+                self.c.mux(p)
+            if self.astream is not None:
+                self._encode_audio()
+            self.c.close()
+            os.replace(self.tmp, self.path)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop and remove the temporary file (nothing under `path`)."""
+        with contextlib.suppress(Exception):
+            self.c.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
+              audio_rate: int = 16000, crf: int = 18) -> None:
+    """frames uint8 [T, H, W, 3] (H, W even) -> H.264 mp4, with an AAC track when audio is given ([S] mono or
+    [channels, S], at `audio_rate`); atomic and deterministic (`Mp4Writer`)."""
+    with Mp4Writer(path, fps, audio, audio_rate, crf) as w:
+        for f in frames:
+            w.write(f)

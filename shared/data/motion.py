@@ -2,7 +2,8 @@
 
 Files sit beside their video `X.mp4`:
 - `explicit` / `implicit`: `X.npz` written by SynthTalk (`motion` [T, 13] / `implicit` [T, 128], 25 fps);
-- `liveportrait`: `X.pkl`, a LivePortrait motion template: {"n_frames", "output_fps", "motion": [per-frame dict
+- `liveportrait`: `X.pkl`, a LivePortrait motion template (read by `SafeUnpickler`: dicts, lists, numbers, strings
+  and numpy arrays only, never code): {"n_frames", "output_fps", "motion": [per-frame dict
   with "scale" (1), "R" (3x3), "exp" (21x3), "t" (3), optional "kp", "x_s"]} -> [exp 63, R 9, t 3, scale 1];
   `kp` / `x_s` are left out (source keypoints carry identity);
 - `flame`: `X.flame.npz` (or an `X.npz` holding these keys), as trackers such as EMOCA or SMIRK write them:
@@ -12,19 +13,21 @@ Files sit beside their video `X.mp4`:
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .face import MOTION_LAYOUT
 
 KINDS = ("explicit", "implicit", "liveportrait", "flame", "none")
 FPS = 25
 
 
-class StructError(Exception):
+class StructError(UserError):
     """A struct file is missing or unusable; the message names the file and the reason."""
 
 
@@ -81,11 +84,69 @@ def resample(values: np.ndarray, src_fps: float, frames: int, path: Path, video_
     return np.stack([np.interp(t, t_src, values[:, j]) for j in range(values.shape[1])], 1).astype(np.float32)
 
 
+# The globals a pickled LivePortrait template refers to: numpy arrays, their dtypes and numpy scalars, as numpy 1.x
+# (numpy.core) and 2.x (numpy._core) pickle them at protocols 2-5 (LivePortrait's src/utils/io.py `dump` pickles a
+# dict of lists of float32 arrays and ints). Containers and numbers are pickle opcodes, not globals.
+SAFE_GLOBALS = frozenset({("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+                          ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))})
+
+
+def _plain_dtype(*args):
+    """numpy.dtype for a pickle: an object dtype (arrays of arbitrary pickled objects) is refused."""
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("an array of Python objects (dtype object)")
+    return dt
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """_codecs.encode as protocol-2 pickles use it for bytes (Python 2 compatible): latin-1 only."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"bytes in encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only containers, numbers, strings and numpy arrays: a pickle that names any other global (a
+    function such as os.system, a class) is refused by that name before anything is called."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (a LivePortrait template holds only "
+                                         f"dicts, lists, numbers and numpy arrays)")
+        if (module, name) == ("numpy", "dtype"):
+            return _plain_dtype
+        if module == "_codecs":
+            return _latin1
+        return getattr(importlib.import_module(module), name)
+
+
+def safe_load_pickle(path: Path):
+    with open(path, "rb") as f:
+        obj = SafeUnpickler(f).load()
+    _plain(obj)
+    return obj
+
+
+def _plain(obj) -> None:
+    """Every array in a loaded template holds numbers (booleans, integers, floats, complex): a dtype's pickled state
+    can still describe other kinds, which are refused here."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _plain(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _plain(v)
+    elif isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in "biufc":
+        raise pickle.UnpicklingError(f"an array of dtype {obj.dtype} (only numbers are read)")
+
+
 def _liveportrait(path: Path) -> tuple[np.ndarray, float, list[str]]:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f)
-    except Exception as e:
+        d = safe_load_pickle(path)
+    except Exception as e:  # noqa: BLE001  (a foreign or cut pickle raises many kinds)
         raise StructError(f"{path}: cannot read LivePortrait template ({type(e).__name__}: {e})") from e
     if not isinstance(d, dict) or "motion" not in d:
         raise StructError(f"{path}: not a LivePortrait motion template (no 'motion' list)")

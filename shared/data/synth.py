@@ -23,11 +23,13 @@ import argparse
 import contextlib
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import errors
 from .face import IDENTITY_LAYOUT, MOTION_LAYOUT, MOTION_SCALE, render
 from .speech import SR, synthesize, to_frames
 
@@ -208,7 +210,7 @@ def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0
         if not espeak_available():
             raise ValueError("--voice espeak: espeak-ng is not installed (apt-get install espeak-ng); the formant "
                              "voices (--voice formant) need nothing")
-    out = Path(out)
+    out = errors.folder_arg(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, i, seed, seconds, size, task, split, voice) for i in range(clips)]
     with Progress() as bar:
@@ -224,23 +226,23 @@ def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--clips", type=int, default=16, help="number of clips")
-    ap.add_argument("--seconds", type=float, default=8.0, help="length of each clip")
+    ap.add_argument("--clips", type=errors.integer(1), default=16, help="number of clips")
+    ap.add_argument("--seconds", type=errors.real(0, lo_open=True), default=8.0, help="length of each clip")
     ap.add_argument("--size", type=int, default=64, help="frame size in pixels (32..256, even)")
-    ap.add_argument("--seed", type=int, default=0, help="base seed (clip i uses SeedSequence([seed, i]))")
-    ap.add_argument("--workers", type=int, default=0, help="parallel processes (0: in this process)")
+    ap.add_argument("--seed", type=errors.integer(0), default=0, help="base seed (clip i uses SeedSequence([seed, i]))")
+    ap.add_argument("--workers", type=errors.integer(0, 256), default=0, help="parallel processes (0: in this process)")
     ap.add_argument("--task", choices=TASKS, default="v1", help="v1 (the original) or v2 (shared.data.synth_v2)")
     ap.add_argument("--split", choices=("train", "eval"), default="train",
                     help="v2: draw identities and voices from the split's own parameter bins")
     ap.add_argument("--voice", choices=VOICES, default="formant", help="v2: formant synthesis or espeak-ng sentences")
     a = ap.parse_args(argv)
     try:
-        export(a.out, a.clips, a.seconds, a.size, a.seed, a.workers, a.task, a.split, a.voice)
+        export(errors.folder_arg(a.out), a.clips, a.seconds, a.size, a.seed, a.workers, a.task, a.split, a.voice)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

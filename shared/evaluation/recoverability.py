@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 
+from .. import errors
 from ..data import synth, synth_v2
 from ..data.face import MOTION_LAYOUT
 from ..data.features import get_audio_features
@@ -109,13 +111,13 @@ def table(task: str, clips: int = 24, seconds: float = 8.0, window: int = 16, si
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=("v1", "v2"), default="v2")
-    ap.add_argument("--clips", type=int, default=24, help="training clips (held-out: a quarter, at least 4)")
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--window", type=int, default=16, help="history frames (the PoC model's window)")
-    ap.add_argument("--probe-steps", type=int, default=800)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clips", type=errors.integer(4), default=24, help="training clips (held-out: a quarter, at least 4)")
+    ap.add_argument("--seconds", type=errors.real(2, 600), default=8.0)
+    ap.add_argument("--window", type=errors.integer(1), default=16, help="history frames (the PoC model's window)")
+    ap.add_argument("--probe-steps", type=errors.integer(1), default=800)
+    ap.add_argument("--seed", type=errors.integer(0), default=0)
     a = ap.parse_args(argv)
     res = table(a.task, a.clips, a.seconds, a.window, seed=a.seed, probe_steps=a.probe_steps)
     print(json.dumps({"task": a.task, **res}))
@@ -123,4 +125,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import ModelConfig
 from ..models import DualForce, KVCache
 from .steps import Denoiser
 
@@ -123,6 +124,24 @@ def _levels(frames: list[Frame], b: int, device: torch.device) -> torch.Tensor:
     return sigma
 
 
+def cache_slots(window: int, frames: int) -> int:
+    """KV-cache slots of a stream: the reference and the window, or all the frames when fewer (the history never
+    holds more frames than were generated, so a window longer than the stream costs no memory)."""
+    return 1 + min(window, frames)
+
+
+def kv_cache_bytes(m: ModelConfig, window: int, frames: int, copies: int = 1, bytes_per_value: int = 4) -> int:
+    """What a stream's KV cache holds (`KVCache`: keys and values of every cached attention, one slot per frame):
+    each video block's self-attention over video tokens, each struct block's over struct tokens, and each bridge
+    layer's two directions."""
+    tv, ts = m.tokens_per_frame, m.struct_tokens_per_frame
+    per_slot = m.depth * tv * m.dim
+    if m.mode.struct_tower:
+        per_slot += m.struct_blocks * ts * m.struct_width + m.fusion_depth * ts * m.dim
+        per_slot += m.fusion_depth * tv * m.struct_width if m.bridge_two_way else 0
+    return 2 * per_slot * cache_slots(window, frames) * copies * bytes_per_value
+
+
 class CachedContext(_Context):
     """The KV-cached context (see the module docstring). graphs: a `GraphedModel` that owns the cache and the audio
     buffer and replays the forward as CUDA graphs; else an eager forward over a fresh `KVCache`."""
@@ -132,14 +151,15 @@ class CachedContext(_Context):
                  ref_weight: float = 1.0):
         dev = ref_video.device
         audio, keep = context_audio(audio, frames, copies, dev)
+        slots = cache_slots(window, frames)
         if graphs is not None:
             if audio is None or dev.type != "cuda":
                 raise ValueError("graphs: CUDA graphs need a CUDA device and audio")
             graphs.set_audio(audio, keep)
-            forward, self.cache = graphs, graphs.cache(1 + window, dev, ref_weight)
+            forward, self.cache = graphs, graphs.cache(slots, dev, ref_weight)
         else:
             forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, ref_weight=ref_weight, **kw)  # noqa: E731
-            self.cache = KVCache(1 + window)
+            self.cache = KVCache(slots)
         super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies,
                          dev if graphs is not None else "cpu", sigma_context, generator)
         self.pending: list[Frame] = [self.ref]  # finished frames whose keys/values are not cached yet

@@ -9,6 +9,7 @@ codecs; the run folder's readers are `shared.runs`.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import sys
 import time
@@ -20,14 +21,16 @@ import numpy as np
 import torch
 
 from .. import runs
+from ..errors import UserError
 from ..config import Config, SampleConfig
 from ..data.cache import CacheMeta, CacheReader
 from ..data.codecs import VideoCodec, get_codec, rgb_to_uint8
 from ..data.features import AudioFeatures, LogMel, SSLFeatures
-from ..data.media import MediaError, fit_square, read_audio, write_mp4
+from ..data.media import MediaError, Mp4Writer, fit_square, iter_audio, read_audio
 from ..models import DualForce
 from . import schedule as sched
 from .decode import OverlappedDecoder
+from .engine import kv_cache_bytes
 from .graphs import GraphedModel
 from .infer import stream, warm_up
 
@@ -38,7 +41,7 @@ UPSCALE_WARN = 2.0  # warn when the reference is enlarged more than this (a blur
 CROP_WARN = 0.6  # warn when the centre crop keeps less than this fraction of the image (framing unlike training)
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad user input (a file, its format or its contents); the message names the file and what is wrong."""
 
 
@@ -182,17 +185,9 @@ def load_reference(spec: str, cfg: Config, meta: CacheMeta, codec: VideoCodec) -
         struct = torch.from_numpy(np.asarray(r["ref_struct"], np.float32))[None]
         src = f"{p}:{name}"
     elif p.suffix.lower() in IMAGE_SUFFIXES:
-        from torchvision.io import ImageReadMode, decode_image
-
-        try:
-            img = decode_image(str(p), mode=ImageReadMode.UNCHANGED)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"reference {p}: unreadable image ({type(e).__name__}: {e})") from e
-        if img.shape[0] != 3:
-            kind = {1: "greyscale", 2: "greyscale + alpha", 4: "RGBA"}.get(img.shape[0], "")
-            raise InputError(f"reference {p}: {img.shape[0]} channels ({kind}); give an RGB image (3 channels)")
-        check_reference_size(p, *img.shape[1:], meta.image_size)
-        frame = fit_square(img.permute(1, 2, 0).numpy(), meta.image_size)
+        img = read_image(p)
+        check_reference_size(p, *img.shape[:2], meta.image_size)
+        frame = fit_square(img, meta.image_size)
         video = torch.from_numpy(codec.encode(frame[None]))
         struct = torch.zeros(1, d)
         src = str(p)
@@ -204,6 +199,41 @@ def load_reference(spec: str, cfg: Config, meta: CacheMeta, codec: VideoCodec) -
     if tuple(struct.shape) != (1, d):
         raise InputError(f"reference {src}: struct of {struct.shape[-1]} values, the model takes {d}")
     return Reference(video, struct if cfg.model.has_struct else None, src)
+
+
+MAX_IMAGE_PIXELS = 100_000_000  # a reference larger than this (10000 x 10000) is refused before it is decoded
+IMAGE_MODES = {"L": "greyscale", "LA": "greyscale + alpha", "1": "black and white, 1 bit", "I": "32-bit greyscale",
+               "I;16": "16-bit greyscale", "F": "floating-point greyscale", "RGBA": "RGBA", "CMYK": "CMYK, print colours",
+               "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV", "PA": "palette + alpha", "P": "palette + transparency"}
+
+
+def read_image(p: Path) -> np.ndarray:
+    """uint8 [H, W, 3] of an RGB image, or of a palette image (its colours looked up; nothing is lost). Its size is
+    read from the header and checked before any pixel is decoded (a small file can hold a huge image); other colour
+    modes are refused by name."""
+    from PIL import Image
+
+    bomb_check, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours, below, names the size
+    try:
+        with Image.open(p) as im:
+            Image.MAX_IMAGE_PIXELS = bomb_check
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise InputError(f"reference {p}: {w}x{h} pixels ({w * h / 1e6:.0f} MP, {p.stat().st_size:,} bytes "
+                                 f"on disk); references above {MAX_IMAGE_PIXELS / 1e6:.0f} MP are refused before "
+                                 f"decoding: downscale it first")
+            mode = im.mode
+            if mode not in ("RGB", "P") or (mode == "P" and "transparency" in im.info):
+                kind = IMAGE_MODES.get(mode, mode)
+                raise InputError(f"reference {p}: {len(im.getbands())} channels ({kind}); give an RGB image "
+                                 f"(3 channels)")
+            return np.array(im.convert("RGB"), dtype=np.uint8)  # a palette's colours looked up
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001  (PIL raises many kinds for a cut or foreign file)
+        raise InputError(f"reference {p}: unreadable image ({type(e).__name__}: {e})") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_check
 
 
 def check_reference_size(path: Path, h: int, w: int, size: int) -> list[str]:
@@ -225,10 +255,17 @@ def check_reference_size(path: Path, h: int, w: int, size: int) -> list[str]:
     return warnings
 
 
+def audio_pieces(path: str | Path):
+    """A function giving the 16 kHz mono samples of `path` in pieces, as `load_audio` read them (for `Outputs`)."""
+    return lambda: iter_audio(path)
+
+
 def load_audio(path: str | Path, seconds: float | None = None) -> np.ndarray:
     """Any file PyAV reads (wav, flac, mp3, the audio track of a video), any rate or channel count -> 16 kHz mono,
     cut to `seconds` if given."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"audio {p}: is a folder; give an audio file (wav, flac, mp3) or a video with sound")
     if not p.is_file():
         raise InputError(f"audio {p} not found")
     try:
@@ -238,14 +275,57 @@ def load_audio(path: str | Path, seconds: float | None = None) -> np.ndarray:
     if wav is None:
         raise InputError(f"audio {p}: the file has no audio stream")
     if seconds is not None:
-        if seconds <= 0:
-            raise InputError(f"--seconds {seconds}: must be > 0")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise InputError(f"--seconds {seconds}: must be a finite number > 0")
         wav = wav[: int(seconds * 16000)]
+    if not np.isfinite(wav).all():
+        bad = int(np.flatnonzero(~np.isfinite(wav))[0])
+        raise InputError(f"audio {p}: sample {bad} (at {bad / 16000:.3f} s, after resampling to 16 kHz mono) is "
+                         f"{wav[bad]}; the file holds non-finite samples (NaN or inf), repair or re-export it")
     if len(wav) < 16000 / 25:
         raise InputError(f"audio {p}: {len(wav) / 16000:.3f} s long; need at least one video frame (40 ms)")
-    if np.abs(wav).max() < SILENCE:
-        raise InputError(f"audio {p}: silent (peak amplitude {np.abs(wav).max():.1e}); give speech to drive the face")
+    peak = max(float(wav.max()), -float(wav.min()))  # no |wav| copy: an hour of audio is 230 MB
+    if peak < SILENCE:
+        raise InputError(f"audio {p}: silent (peak amplitude {peak:.1e}); give speech to drive the face")
     return wav
+
+
+def check_fits(cfg: Config, sample: SampleConfig, frames: int, device: torch.device, bytes_per_value: int,
+               available: int | None = None) -> int:
+    """Refuse, before any work, a stream whose KV cache (`engine.kv_cache_bytes`: window x layers x tokens) needs
+    more than half the memory free on `device`. Returns the bytes it needs."""
+    copies = 2 if sample.audio_cfg != 1.0 else 1
+    need = kv_cache_bytes(cfg.model, sample.window, frames, copies, bytes_per_value)
+    free = available if available is not None else free_memory(device)
+    if free is not None and need > free / 2:
+        raise InputError(f"--window {sample.window}: the KV cache of {min(sample.window, frames)} history frames "
+                         f"needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB is free on {device}; give a smaller --window "
+                         f"(the model was trained on {cfg.clip_frames}-frame clips)")
+    return need
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on a CUDA device, or MemAvailable of the host (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class NonFinite(InputError):
+    """A generated frame holds NaN or inf: guidance or reference weights too large for the model's precision."""
+
+
+def _check_finite(index: int, finite: bool, sample: SampleConfig) -> None:
+    if not finite:
+        raise NonFinite(f"frame {index}: the generated latent holds NaN or inf (audio_cfg={sample.audio_cfg}, "
+                        f"ref_weight={sample.ref_weight}, steps={sample.steps}); smaller guidance or reference "
+                        f"weights keep the sampler in range. Stopped; nothing was written")
 
 
 # --------------------------------------------------------------------------------------------------- stream
@@ -283,7 +363,8 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
     (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz. Inputs take the
     model's dtype (bf16 weights on GPU). With a `decoder` (`prepare_decoder`, CUDA), each frame is decoded on its
     own CUDA stream while the next one is denoised (#17) and handed out as soon as its decoding is done; without,
-    `codec.decode` runs between frames."""
+    `codec.decode` runs between frames. A frame that holds NaN or inf stops the stream (`NonFinite`, with its
+    index): the check rides along with the struct's copy to the host (no extra device sync)."""
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(seed)
     ref_video, ref_struct, audio = _on_device(model, ref, features, frames, device)
@@ -291,6 +372,7 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
                         use_cache=use_cache, graphs=graphs)
     if decoder is None:
         for f in frames_out:
+            _check_finite(f["index"], bool(_finite(f).item()), sample)
             # straight to the codec's device (no round trip through the host); reading it back syncs: the frame
             # is really done
             frame = rgb_to_uint8(codec.decode_rgb(f["video"][:1].float().to(codec.device)))[0].cpu().numpy()
@@ -301,11 +383,18 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
     for f in frames_out:  # the stream reads nothing back: frame i+1 is queued before frame i is waited for
         rgb, done = decoder.submit(f["video"][:1].float(), to_host=True)
         struct = None if f["struct"] is None else f["struct"][0].float().to("cpu", non_blocking=True)
-        pending.append((f["index"], rgb, done, struct, _recorded()))
+        finite = _finite(f).to("cpu", non_blocking=True)
+        pending.append((f["index"], rgb, done, struct, finite, _recorded()))
         if len(pending) > 1:
-            yield _decoded(*pending.popleft(), t0)
+            yield _decoded(*pending.popleft(), t0, sample)
     while pending:
-        yield _decoded(*pending.popleft(), t0)
+        yield _decoded(*pending.popleft(), t0, sample)
+
+
+def _finite(f: dict) -> torch.Tensor:
+    """A 0-d bool on the frame's device: its video (and struct) latents are all finite."""
+    ok = torch.isfinite(f["video"][:1]).all()
+    return ok if f["struct"] is None else ok & torch.isfinite(f["struct"][:1]).all()
 
 
 def _recorded() -> torch.cuda.Event:
@@ -315,26 +404,62 @@ def _recorded() -> torch.cuda.Event:
 
 
 def _decoded(index: int, rgb: torch.Tensor, done: torch.cuda.Event, struct: torch.Tensor | None,
-             copied: torch.cuda.Event, t0: float) -> dict:
+             finite: torch.Tensor, copied: torch.cuda.Event, t0: float, sample: SampleConfig) -> dict:
     """One overlapped frame, once its decoding (side stream) and its struct's copy to the host (main stream) are
     done."""
     done.synchronize()
     copied.synchronize()
+    _check_finite(index, bool(finite.item()), sample)
     return {"index": index, "frame": rgb[0].numpy(), "struct": None if struct is None else struct.numpy(),
             "time": time.perf_counter() - t0}
 
 
+class Outputs:
+    """OUT.mp4 (frames encoded as they come, the voice muxed in and cut to the video's duration) and OUT.struct.npz
+    (the motion trajectory and its layout; dual models), each renamed into place only when complete: `add` each
+    frame as `stream_frames` yields it, then `close`; `abort` (or an exception inside `with`) leaves nothing.
+    `voice`: 16 kHz mono samples, or a function giving them in pieces (`audio_pieces`: read again from the file at
+    the end, so an hour of voice is not held in memory while its video is made)."""
+
+    def __init__(self, out: Path, frames: int, voice, layout: tuple[str, ...], fps: int = 25):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.out, self.layout, self.fps, self.structs = out, layout, fps, []
+        self.video = Mp4Writer(out, fps, voice, audio_samples=round(frames / fps * 16000))
+
+    def add(self, frame: np.ndarray, struct: np.ndarray | None) -> None:
+        self.video.write(frame)
+        if struct is not None:
+            self.structs.append(struct)  # D floats a frame: 1.3 MB for an hour at D = 13
+
+    def close(self) -> dict[str, Path]:
+        self.video.close()
+        paths = {"video": self.out}
+        if self.structs:
+            paths["struct"] = self.out.with_suffix(".struct.npz")
+            tmp = paths["struct"].with_name(f".{paths['struct'].name}.tmp.npz")  # renamed when complete, as the mp4
+            try:
+                np.savez(tmp, struct=np.stack(self.structs).astype(np.float32), layout=np.array(self.layout),
+                         fps=self.fps)
+                os.replace(tmp, paths["struct"])
+            finally:
+                tmp.unlink(missing_ok=True)
+        return paths
+
+    def abort(self) -> None:
+        self.video.abort()
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
 def write_outputs(out: Path, frames: list[np.ndarray], structs: list[np.ndarray | None], wav: np.ndarray | None,
                   layout: tuple[str, ...], fps: int = 25) -> dict[str, Path]:
-    """OUT.mp4 (the voice muxed in, cut to the video's duration), OUT.struct.npz (trajectory + layout)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"video": out, "struct": out.with_suffix(".struct.npz")}
-    audio = None if wav is None else wav[: round(len(frames) / fps * 16000)]
-    write_mp4(out, np.stack(frames), fps=fps, audio=audio)
-    if structs and structs[0] is not None:
-        tmp = paths["struct"].with_name(f".{paths['struct'].name}.tmp.npz")  # renamed when complete, as the mp4
-        np.savez(tmp, struct=np.stack(structs).astype(np.float32), layout=np.array(layout), fps=fps)
-        os.replace(tmp, paths["struct"])
-    else:
-        paths.pop("struct")
-    return paths
+    """`Outputs` of frames already in memory (training's short periodic samples)."""
+    with Outputs(out, len(frames), wav, layout, fps) as o:
+        for f, st in zip(frames, structs):
+            o.add(f, st)
+        return o.close()

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..diffusion import Batch
+from ..errors import ConfigError
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -15,9 +16,9 @@ class StepBatches(torch.utils.data.Sampler):
 
     def __init__(self, n: int, global_batch: int, micro_batch: int, world: int, rank: int, seed: int,
                  start_step: int, steps: int):
-        if global_batch % (micro_batch * world):
-            raise ValueError(f"global_batch={global_batch} is not a multiple of micro_batch={micro_batch} x "
-                             f"world size={world}")
+        if micro_batch < 1 or global_batch % (micro_batch * world):
+            raise ConfigError(f"train.global_batch={global_batch} is not a multiple of train.micro_batch={micro_batch}"
+                              f" x world size={world} (--global-batch, --micro-batch, the devices)")
         self.n, self.g, self.b, self.w, self.r = n, global_batch, micro_batch, world, rank
         self.accum = global_batch // (micro_batch * world)
         self.seed, self.start, self.steps = seed, start_step, steps

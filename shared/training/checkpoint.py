@@ -4,24 +4,16 @@ atomic publish are `shared.runs`."""
 
 from __future__ import annotations
 
+import errno
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import runs
-
-
-def load_error(e: Exception) -> str:
-    """One complete line saying why a checkpoint could not be loaded (torch's own messages run to paragraphs)."""
-    text = " ".join(str(e).split())
-    if "central directory" in text or "zip archive" in text:
-        return "truncated or not a torch checkpoint (its zip archive cannot be read)"
-    if "Weights only load failed" in text:
-        return "not a checkpoint this project wrote (torch's weights-only loader refused its contents)"
-    first = text.split(". ")[0].rstrip(".")
-    return f"{type(e).__name__}: {first if len(first) <= 300 else first[:297] + '...'}"
+from .. import errors, runs
+from ..runs import load_error  # noqa: F401  (re-exported: shared.training.load_error)
 
 
 def rng_record(fabric, gen: torch.Generator) -> dict:
@@ -49,21 +41,79 @@ def restore_rng(rng: dict, gen: torch.Generator, rank: int) -> None:
     random.setstate(rng["python"])
 
 
+def state_bytes(state: dict, ema) -> int:
+    """About what a checkpoint of `state` takes on disk: its tensors (model, optimiser moments, EMA), all ranks."""
+    def size(obj) -> int:
+        if isinstance(obj, torch.nn.Module):
+            return sum(t.numel() * t.element_size() for t in obj.state_dict().values())
+        if isinstance(obj, torch.optim.Optimizer):
+            return sum(size(v) for v in obj.state.values())
+        if torch.is_tensor(obj):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        return 0
+    return size(state.get("model")) + size(state.get("optimizer")) + (size(ema.model) if ema is not None else 0)
+
+
 def save(fabric, out: Path, step: int, state: dict, sched, ema, gen: torch.Generator, keep_last: int) -> None:
-    """Write step `step` as a new step folder (every rank takes part: FSDP gathers the shards)."""
+    """Write step `step` as a new step folder (every rank takes part: FSDP gathers the shards). A disk without room
+    for it is a `DiskFull` error naming the folder and the size, on every rank, before anything is written; a write
+    that fails on any rank removes the half-written folder on all of them (the previous checkpoint stays)."""
     rng = rng_record(fabric, gen)
+    tmp = Path(out, runs.CHECKPOINTS, f"step_{step:08d}.tmp")
+    need = int(1.05 * state_bytes(state, ema))  # DTensor shards count their global size: one copy in all
+    free = _from_rank_zero(fabric, errors.free_bytes(tmp.parent) if fabric.is_global_zero else None)
+    if free is not None and free < need:
+        raise errors.DiskFull(f"{tmp.parent}: checkpoint step {step} needs about {errors.human(need)}, only "
+                              f"{errors.human(free)} free on its disk; free some space and run the same command to "
+                              f"resume from the previous checkpoint")
     if fabric.is_global_zero:
         runs.begin_checkpoint(out, step)
     fabric.barrier()
-    tmp = Path(out, runs.CHECKPOINTS, f"step_{step:08d}.tmp")
     extra = {"sched": sched.state_dict(), "rng": rng}
     if ema is not None:
         extra["ema"] = ema.state_dict()
-    fabric.save(tmp / runs.STATE, {**state, "step": step, **extra})
+    failed = None
+    try:
+        fabric.save(tmp / runs.STATE, {**state, "step": step, **extra})
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
+        failed = e
+    if _any_rank(fabric, failed is not None):
+        if fabric.is_global_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if failed is None:
+            raise runs.RunError(f"{tmp}: another rank failed writing checkpoint step {step}; it was removed")
+        if not _disk_full(failed, tmp.parent, need):
+            raise failed
+        raise errors.DiskFull(f"{tmp.parent}: the disk filled while writing checkpoint step {step} (about "
+                              f"{errors.human(need)}, {errors.human(errors.free_bytes(tmp.parent) or 0)} free now); "
+                              f"it was removed, the previous checkpoint is intact; free some space and run the same "
+                              f"command to resume") from None
     fabric.barrier()
     if fabric.is_global_zero:
         runs.publish_checkpoint(tmp, step, keep_last)
     fabric.barrier()
+
+
+def _from_rank_zero(fabric, value):
+    return fabric.broadcast(value, src=0) if fabric.world_size > 1 else value
+
+
+def _any_rank(fabric, flag: bool) -> bool:
+    if fabric.world_size == 1:
+        return flag
+    return bool(fabric.all_reduce(torch.tensor(float(flag), device=fabric.device), reduce_op="max").item() > 0)
+
+
+def _disk_full(e: Exception, folder: Path, need: int) -> bool:
+    """Whether a failed write ran out of disk: the error says so, or the disk has less room than the checkpoint."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    free = errors.free_bytes(folder)
+    return any(s in text for s in ("No space left", "file write failed")) or \
+        (free is not None and free < need)
 
 
 def resume(fabric, out: Path, resume: str, state: dict, sched, ema, gen: torch.Generator) -> int:
@@ -89,5 +139,5 @@ def resume(fabric, out: Path, resume: str, state: dict, sched, ema, gen: torch.G
             failures.append(f"{ck}: {msg}")
             state["step"] = 0
     if failures or resume != "auto":
-        raise RuntimeError("no usable checkpoint to resume from:\n  " + "\n  ".join(failures or [resume]))
+        raise runs.RunError(f"{out}: no usable checkpoint to resume from:\n  " + "\n  ".join(failures or [resume]))
     return 0

@@ -9,6 +9,7 @@ reported and the previous one used, non-finite losses are skipped and counted. E
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .. import runs
+from .. import lock, runs
 from ..config import Config, TrainConfig
 from ..diffusion import training_loss
 from ..models.attention import fuse_norm_rope, fuse_window_attention, use_flex_backend
@@ -108,16 +109,44 @@ class Run:
                         self.cfg.train.keep_last)
 
 
-def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, fabric, block_types: tuple) -> Run:
-    """Fabric, model, optimiser, schedule, EMA, noise generator, resume, and the data order from the resumed step."""
-    tc = cfg.train
+def launch(tc: TrainConfig, block_types: tuple, fabric=None):
+    """The Fabric of the run, its processes started."""
     fabric = fabric or make_fabric(tc, block_types)
     if not os.environ.get("LT_CLI_USED"):  # `fabric run` has already started the processes
         fabric.launch()
+    return fabric
+
+
+@contextlib.contextmanager
+def claim(fabric, out: Path):
+    """Rank 0 holds the run folder's lock (`shared.lock.folder`) while the run lasts. A refusal is every rank's (rank
+    0's answer is broadcast), so no rank trains on alone."""
+    held, why = None, None
+    if fabric.is_global_zero:
+        try:
+            held = lock.folder(out)
+            held.__enter__()
+        except lock.Locked as e:
+            held, why = None, str(e)
+    if fabric.world_size > 1:
+        why = fabric.broadcast(why, src=0)
+    if why:
+        raise lock.Locked(why)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.__exit__(None, None, None)
+
+
+def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, fabric, block_types: tuple,
+          data_meta=None) -> Run:
+    """Model, optimiser, schedule, EMA, noise generator, resume, and the data order from the resumed step, on a
+    launched Fabric. The run folder's config.json (and data.json) are written last, once all of that succeeded."""
+    tc = cfg.train
     rank, world = fabric.global_rank, fabric.world_size
     if fabric.is_global_zero:
-        (out / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        runs.save_config(cfg, out)
+        runs.check_rerun(out, cfg, data_meta)
     fabric.seed_everything(tc.seed)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     for line in prepare_model(model, tc, tuple(block_types), fabric.device):  # after the EMA's copy (see there)
@@ -147,6 +176,8 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
                                          pin_memory=fabric.device.type == "cuda", worker_init_fn=leave_signals)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
     graphs = rollout_graphs(model, fabric.device) if tc.self_forcing and not sharded else None
+    if fabric.is_global_zero:
+        runs.begin_run(out, cfg, data_meta)
     return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs)
 
 
@@ -275,16 +306,24 @@ def main(run: Run, log: Log, sampler) -> int:
 
 def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: str = "auto", fabric=None,
         progress: Callable[[int, dict], None] | None = None, block_types: tuple = (),
-        sampler: Callable[[torch.nn.Module, int, Path], None] | None = None) -> dict:
+        sampler: Callable[[torch.nn.Module, int, Path], None] | None = None, data_meta=None) -> dict:
     """Train `model` on `dataset` (items: dicts of video/struct/audio/has_audio) for cfg.train.steps.
 
     out: run folder (`shared.runs`). resume: "auto" (latest valid checkpoint in out), "none", or a checkpoint
     folder. sampler(model, step, out / "samples"): called on every rank (an FSDP forward needs all of them) every
     train.sample_every steps, with the EMA model when there is one.
+    data_meta: the cache's `CacheMeta`, written as data.json (what generation needs besides the weights).
+    One process trains into `out` at a time (`shared.lock`): a second is refused before it writes anything.
     Returns {"history", "ema" (EMA model or None), "skipped", "seconds", "step",
     "stopped" (None, or why training ended early)}.
     """
-    run = setup(cfg, model, dataset, Path(out), resume, fabric, block_types)
+    fabric = launch(cfg.train, tuple(block_types), fabric)
+    with claim(fabric, Path(out)):
+        return _fit(cfg, model, dataset, Path(out), resume, fabric, progress, block_types, sampler, data_meta)
+
+
+def _fit(cfg, model, dataset, out, resume, fabric, progress, block_types, sampler, data_meta) -> dict:
+    run = setup(cfg, model, dataset, out, resume, fabric, block_types, data_meta)
 
     def on_signal(signum, frame):
         run.stop["why"] = signal.Signals(signum).name
