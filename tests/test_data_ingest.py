@@ -138,7 +138,7 @@ def test_tiny_ae_codec_and_ssl_features(tmp_path):
     import torchaudio
 
     from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae
-    from shared.data.features import get_audio_features
+    from shared.data.features import FeatureError, get_audio_features
 
     clip = synth.make_clip(synth.clip_seed(0, 0), 1.0, 32)
     ae = train_tiny_ae(clip.frames, steps=30, batch=8, latent_channels=4)
@@ -151,7 +151,7 @@ def test_tiny_ae_codec_and_ssl_features(tmp_path):
     feats = get_audio_features(f"hubert-base:{tmp_path / 'hubert.pt'}@4")
     out = feats(clip.audio, 25)
     assert out.shape == (50, 768) and np.isfinite(out).all()
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(FeatureError, match="nope.pt"):
         get_audio_features(f"hubert-base:{tmp_path / 'nope.pt'}")
 
 
