@@ -201,14 +201,25 @@ class DiffusionConfig:
     """Weight of the struct-stream loss in the total."""
     p_audio_drop: float = 0.1
     """Per-sample probability of replacing the audio by the learned null embedding (for audio CFG)."""
+    struct_noise: Literal["independent", "at_most_video"] = "independent"
+    """How a frame's struct noise level relates to its video level in training. `independent`: drawn apart (Diffusion
+    Forcing per stream). `at_most_video`: the same draw, capped at the frame's video level (`struct leads`, issue
+    #34 remedy (a)): the video always sees a struct at least as clean as itself and can learn to rely on it, as
+    condition_only does on clean motion; sample with `sample.struct_lead` > 0 so the struct is ahead there too."""
+    p_video_audio_drop: float = 0.0
+    """Per-sample probability of hiding the audio from the video tower only (the struct tower keeps it; issue #34
+    remedy (d)): on those samples the mouth's motion can reach the video only through the bridge. 0: off (and no
+    extra draw)."""
 
     def __post_init__(self) -> None:
         _finite(self)
         _need(self, self.sigma_dist in ("uniform", "logit_normal"),
               f"sigma_dist={self.sigma_dist!r} not in uniform, logit_normal")
+        _need(self, self.struct_noise in ("independent", "at_most_video"),
+              f"struct_noise={self.struct_noise!r} not in independent, at_most_video")
         _positive(self, "logit_std", "shift_video", "shift_struct")
         _positive(self, "struct_loss_weight", zero=True)
-        for name in ("p_clean_past", "p_audio_drop"):
+        for name in ("p_clean_past", "p_audio_drop", "p_video_audio_drop"):
             _within(self, name, 0, 1)
         _within(self, "sigma_context", 0, 1, hi_open=True)
 

@@ -42,6 +42,8 @@ def training_sigmas(batch: int, frames: int, cfg: DiffusionConfig, generator: to
     sample from U(0, sigma_context), as a history kept slightly noisy at inference (Diffusion Forcing)."""
     sv = sample_sigma((batch, frames), cfg, cfg.shift_video, generator, device)
     ss = sample_sigma((batch, frames), cfg, cfg.shift_struct, generator, device)
+    if cfg.struct_noise == "at_most_video":  # the same draws, so a run with it pairs with one without
+        ss = torch.minimum(ss, sv)
     clean = torch.rand(batch, generator=generator, device=device) < cfg.p_clean_past
     cut = torch.randint(1, max(frames, 2), (batch,), generator=generator, device=device)
     idx = torch.arange(frames, device=device)
@@ -92,6 +94,7 @@ class Draws:
     noise_video: torch.Tensor  # like batch.video
     noise_struct: torch.Tensor | None  # like batch.struct
     audio_keep: torch.Tensor  # [B] bool
+    video_audio_keep: torch.Tensor | None = None  # [B] bool: the video tower hears the audio (p_video_audio_drop)
 
     @classmethod
     def join(cls, parts: list["Draws"], dim: int = 0, stack: bool = False) -> "Draws":
@@ -120,7 +123,10 @@ def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None =
     ns = None if batch.struct is None else torch.randn(batch.struct.shape, generator=generator, device=dev,
                                                        dtype=batch.struct.dtype)
     keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_audio_drop
-    return Draws(sv, ss, nv, ns, keep)
+    video_keep = None
+    if cfg.p_video_audio_drop > 0:  # drawn last and only when asked: other runs keep every draw they had
+        video_keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_video_audio_drop
+    return Draws(sv, ss, nv, ns, keep, video_keep)
 
 
 def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None,
@@ -148,8 +154,9 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: b
         struct_in = add_noise(batch.struct, d.noise_struct, d.sigma_struct)
     elif mode.struct_condition:
         struct_in = batch.struct
+    extra = {} if d.video_audio_keep is None else {"video_audio_keep": keep & d.video_audio_keep}
     vel_v, vel_s = model(add_noise(batch.video, d.noise_video, d.sigma_video), d.sigma_video, struct_in,
-                         d.sigma_struct, batch.audio, audio_keep=keep)
+                         d.sigma_struct, batch.audio, audio_keep=keep, **extra)
     out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video, per_sample)}
     loss = out["video"]
     if vel_s is not None:

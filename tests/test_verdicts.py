@@ -85,3 +85,52 @@ def test_stability_on_known_histories():
     assert stability([_history()] * 3, start, stuck)["verdict"] == "not supported"
     spiked = stability([_history(), _history(spike_at=120), _history()], start, fell)
     assert spiked["verdict"] == "inconclusive" and spiked["evidence"]["seeds"][1]["spikes"] == [120]
+
+
+# the oracle's headroom (#34) ------------------------------------------------------------------------------------
+
+
+def _pair(gap: float, sd: float, n: int, seed: int, higher: bool = True):
+    g = np.random.default_rng(seed)
+    base = g.normal(0.3, 0.1, n)
+    return base + (gap if higher else -gap) + g.normal(0, sd, n), base
+
+
+def test_headroom_on_known_gaps():
+    """A gap well above the smallest effect of interest is testable (also for a lower-is-better family); no gap, a
+    gap that only reaches the SESOI, a noisy gap and a single unit are not."""
+    room = V.headroom({"large": (*_pair(0.30, 0.02, 5, 0), True, 0.05),
+                       "large, lower is better": (*_pair(0.30, 0.02, 5, 1, higher=False), False, 0.05),
+                       "none": (*_pair(0.0, 0.02, 5, 2), True, 0.05),
+                       "at the SESOI": (*_pair(0.05, 0.01, 5, 3), True, 0.05),
+                       "noisy": (*_pair(0.15, 0.3, 3, 4), True, 0.05),
+                       "one unit": ([0.9], [0.1], True, 0.05)})
+    assert {k: r["status"] for k, r in room.items()} == {
+        "large": "testable", "large, lower is better": "testable", "none": V.NOT_TESTABLE,
+        "at the SESOI": V.NOT_TESTABLE, "noisy": V.NOT_TESTABLE, "one unit": V.NOT_TESTABLE}
+    assert room["large"]["gap"] == pytest.approx(0.30, abs=0.03) and room["large"]["lo"] > 0.05
+    assert room["large, lower is better"]["gap"] > 0  # an improvement, whatever the metric's direction
+
+
+def test_headroom_is_holm_corrected_across_families():
+    """A gap whose own one-sided p is just under alpha is not testable once two other families share the test."""
+    a, b = _pair(0.12, 0.05, 4, 5)
+    alone = V.headroom({"f": (a, b, True, 0.05)})["f"]
+    assert 0.01 < alone["p_above_sesoi"] < 0.05 and alone["status"] == "testable"
+    shared = V.headroom({"f": (a, b, True, 0.05), "g": (*_pair(0, .02, 4, 6), True, .05),
+                         "h": (*_pair(0, .02, 4, 7), True, .05)})["f"]
+    assert shared["p_holm"] == pytest.approx(min(1.0, 3 * alone["p_above_sesoi"])) and shared["status"] == V.NOT_TESTABLE
+
+
+def test_h2_tests_without_headroom_are_not_testable_and_the_rest_decide():
+    tests = V.decide([V.paired("H2a: dual beats video_only", "lip sync: lip_r", *_pair(0.1, 0.01, 5, 8), True, 0.05),
+                      V.paired("H2a: dual beats video_only", "motion: motion_ks", *_pair(-0.1, 0.01, 5, 9), True,
+                               0.05),
+                      V.paired("past frames clean p=0.3 beats p=0", "lip sync: lip_r", *_pair(0.0, 0.3, 5, 10), True,
+                               0.05)])
+    room = {"lip sync": {"status": V.NOT_TESTABLE}, "motion": {"status": "testable"}}
+    gated = V.gate_by_headroom(tests, room)
+    assert [t["outcome"] for t in gated] == [V.NOT_TESTABLE, "worse", tests[2].outcome]  # only H2 questions gated
+    assert gated[0]["outcome_before_headroom"] == "supported" and gated[0]["mean"] == tests[0].mean
+    assert V.hypothesis_with_headroom([t["outcome"] for t in gated[:2]]) == "worse"
+    assert V.hypothesis_with_headroom([V.NOT_TESTABLE, V.NOT_TESTABLE]) == V.NOT_TESTABLE

@@ -72,7 +72,7 @@ def load_eval_clips(cache: str, frames: int, explicit_cache: str | None = None) 
 def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int = 256) -> dict[str, np.ndarray]:
     """Per-window flow-matching loss per stream with fixed noise and sigmas (window i's drawn from seed + i, no
     past-clean cut) and the audio always kept; `batch` windows per forward."""
-    dcfg = replace(cfg.diffusion, p_audio_drop=0.0, p_clean_past=0.0)
+    dcfg = replace(cfg.diffusion, p_audio_drop=0.0, p_clean_past=0.0, p_video_audio_drop=0.0)
     out: dict[str, list] = {}
     for lo in range(0, len(windows), batch):
         part = windows[lo : lo + batch]
@@ -90,12 +90,17 @@ def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int 
     return {k: np.array(v) for k, v in out.items()}
 
 
+STRUCT_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 @torch.no_grad()
-def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict[str, float] | None:
+def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict | None:
     """How much the video prediction depends on the motion it is given (issue #19): the relative change of the video
     velocity, |v(motion of another clip) - v(own motion)| / |v(own motion)|, on held-out windows with the same
     noise, sigmas and audio (the motion of window i swapped with window i + 1's), and the mean |gate| of the
-    struct -> video bridge. None for a model without a motion stream."""
+    struct -> video bridge. For a generated struct also `by_struct_sigma`: the same change with every struct frame
+    at one noise level (`STRUCT_LEVELS`; the video's as drawn), i.e. what the video reads of the motion as the
+    motion gets noisier (issue #34). None for a model without a motion stream."""
     if not model.cfg.has_struct or len(windows) < 2:
         return None
     dcfg = replace(cfg.diffusion, p_clean_past=0.0)
@@ -111,10 +116,20 @@ def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict[str
         s_in = add_noise(struct, ns, ss) if model.cfg.mode.struct_generated else struct
         return model(x, sv, s_in, ss, stack["audio"])[0].float()
 
-    own, swapped = velocity(stack["struct"]), velocity(stack["struct"].roll(1, 0))
-    rel = ((swapped - own).flatten(1).norm(dim=1) / own.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()
+    def change(levels) -> float:
+        nonlocal ss
+        ss = levels
+        own, swapped = velocity(stack["struct"]), velocity(stack["struct"].roll(1, 0))
+        return float(((swapped - own).flatten(1).norm(dim=1) / own.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+
+    drawn = ss
+    out = {"velocity_change": change(drawn)}
     gates = [layer.gate_v.abs().mean() for layer in model.bridge]
-    return {"velocity_change": float(rel), "gate_abs": float(torch.stack(gates).mean()) if gates else 0.0}
+    out["gate_abs"] = float(torch.stack(gates).mean()) if gates else 0.0
+    if model.cfg.mode.struct_generated:
+        at_level = {lv: change(torch.full_like(drawn, lv).masked_fill(drawn == 0, 0.0)) for lv in STRUCT_LEVELS}
+        out["by_struct_sigma"] = {str(lv): v for lv, v in at_level.items()}
+    return out
 
 
 @torch.no_grad()

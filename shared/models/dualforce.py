@@ -121,14 +121,16 @@ class DualForce(nn.Module):
 
     def forward(self, video: torch.Tensor, sigma_video: torch.Tensor, struct: torch.Tensor | None = None,
                 sigma_struct: torch.Tensor | None = None, audio: torch.Tensor | None = None, *,
-                audio_keep: torch.Tensor | None = None, start: int | torch.Tensor = 0,
+                audio_keep: torch.Tensor | None = None, video_audio_keep: torch.Tensor | None = None,
+                start: int | torch.Tensor = 0,
                 audio_index: torch.Tensor | None = None, cache: KVCache | None = None,
                 ref_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Velocities for every given frame.
 
         video [B, T, C, H, W]; sigma_* [B, T]; struct [B, T, D]; audio [B, 2Ta, A] at 50 Hz (audio frames 2i,
         2i+1 belong to video frame i; frame 0's pair is never read: the reference sees the null token).
-        audio_keep [B] bool: False swaps a sample's audio for the null token (CFG).
+        audio_keep [B] bool: False swaps a sample's audio for the null token (CFG); video_audio_keep [B] bool: the
+        same for the video tower alone (default: audio_keep).
         start: time position (cache slot) of the first given frame. With a cache, the frames' keys/values are
         written at slots start..start+T-1 and every earlier slot is attended to; `start` may then be a 0-d device
         tensor (CUDA-graph streaming: one graph for every position).
@@ -152,8 +154,8 @@ class DualForce(nn.Module):
         pos = torch.arange(t, device=dev) + start
         xv = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)
         v = self._embed(self.video, xv, sigma_video, rope_3d(pos, cfg.latent_size // cfg.patch_size, cfg.head_dim,
-                                                             cfg.rope_theta), windows, win, audio_keep,
-                        cfg.tokens_per_frame)
+                                                             cfg.rope_theta), windows, win,
+                        audio_keep if video_audio_keep is None else video_audio_keep, cfg.tokens_per_frame)
         s = None
         if self.struct is not None:
             ns = cfg.struct_tokens_per_frame

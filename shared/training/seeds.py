@@ -151,19 +151,20 @@ class SeedTrainer:
         """Per-seed losses [S] of the current inputs (vmapped over the seed axis)."""
         d = self.data
 
-        def one(params, buffers, index, sv, ss, nv, ns, keep):
+        def one(params, buffers, index, *draws):
             batch = Batch(d["video"][index], d["struct"][index] if "struct" in d else None, d["audio"][index],
                           d["has_audio"][index] if "has_audio" in d else None)
             out = flow_loss(_Functional(self.base, params, buffers, self.audio_index), batch, self.cfg.diffusion,
-                            Draws(sv, ss, nv, ns, keep))
+                            Draws(*draws))
             return {k: out[k] for k in STREAMS if k in out}
 
         dr = self.draws
         # SDPA's math kernel: plain matmul/softmax ops, each with a vmap rule (the fused kernels have none that
         # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
         with sdpa_kernel(SDPBackend.MATH):
-            return vmap(one)(self.params, self.buffers, self.index, dr.sigma_video, dr.sigma_struct, dr.noise_video,
-                             dr.noise_struct, dr.audio_keep)
+            draws = [dr.sigma_video, dr.sigma_struct, dr.noise_video, dr.noise_struct, dr.audio_keep]
+            return vmap(one)(self.params, self.buffers, self.index, *draws,
+                             *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
 
     def _step(self) -> dict[str, torch.Tensor]:
         """Forward, backward, per-seed clipping, AdamW, EMA; no host sync (capturable)."""

@@ -1,0 +1,154 @@
+"""The scaling ladder (#34): the trend fit on known answers, rung settings, and the ladder's report from rung
+reports (built here as the PoC writes them, without training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.evaluation import ladder
+from shared.evaluation.verdicts import NOT_TESTABLE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _poc():
+    spec = importlib.util.spec_from_file_location("poc_run_ladder", ROOT / "stage0_poc" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_line_through_exact_points_is_recovered_and_extrapolated():
+    params = [2.6e6, 5.7e6, 31.8e6, 92.4e6]
+    y = [0.1 + 0.05 * math.log10(p) for p in params]
+    t = ladder.fit_trend(params, y, [0.01] * 4)
+    assert t.slope == pytest.approx(0.05) and t.intercept == pytest.approx(0.1)
+    at = t.predict(1.5e9)
+    assert at["mean"] == pytest.approx(0.1 + 0.05 * math.log10(1.5e9))
+    assert at["lo"] < at["mean"] < at["hi"] and at["se"] > t.predict(10e6)["se"]  # wider away from the rungs
+    assert ladder.fit_trend([1e6], [0.1], [0.01]) is None and ladder.fit_trend([1e6, 1e6], [0.1, 0.2], [1, 1]) is None
+
+
+def test_trend_intervals_cover_the_true_line():
+    """Rungs measured with known errors: the 95% interval of the extrapolation covers the true value in ~95% of
+    simulated ladders (and the slope's too); scatter beyond the errors widens them instead of being ignored."""
+    g = np.random.default_rng(0)
+    params = np.array([2.6e6, 5.7e6, 31.8e6, 92.4e6])
+    truth = lambda p: -0.2 + 0.04 * np.log10(p)  # noqa: E731
+    cover_at, cover_slope = 0, 0
+    for _ in range(400):
+        se = g.uniform(0.01, 0.03, 4)
+        t = ladder.fit_trend(params, truth(params) + g.normal(0, se), se)
+        at = t.predict(1.5e9)
+        cover_at += at["lo"] <= truth(1.5e9) <= at["hi"]
+        lo, hi = t.slope_interval()
+        cover_slope += lo <= 0.04 <= hi
+    assert 0.9 <= cover_at / 400 <= 0.99 and 0.9 <= cover_slope / 400 <= 0.99
+    tight = ladder.fit_trend(params, truth(params) + np.array([0.1, -0.1, 0.1, -0.1]), [0.01] * 4)
+    assert tight.chi2_per_dof > 1 and tight.slope_se > 0.01  # the scatter, not the stated errors, sets the width
+
+
+def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3) -> dict:
+    """A rung's report.json as stage0_poc/run.py writes it (the keys the ladder reads)."""
+    test = lambda m, mean: {"metric": m, "mean": mean, "se": 0.02, "lo": mean - 0.06, "hi": mean + 0.06,  # noqa
+                            "n": seeds, "outcome": "inconclusive"}
+    return {
+        "settings": {"seeds": seeds, "train_clips": 40, "train_steps": 4000},
+        "seed_verdicts": {"H2a: dual beats video_only": {"verdict": "inconclusive",
+                                                          "tests": [test("lip sync: lip_r", h2a)]},
+                          "past frames clean p=0.3 beats p=0": {"verdict": "x", "tests": [test("lip sync: lip_r", 9)]}},
+        "headroom": {"lip sync": {"gap": lip_gap, "se": 0.02, "lo": lip_gap - 0.05, "n": seeds, "sesoi": 0.05,
+                                  "status": "testable" if lip_gap > 0.15 else NOT_TESTABLE}},
+        "sizes": {"dual": {"parameters": dual_params, "tokens_per_frame": 16, "train_flops_per_frame": 1e9},
+                  "video_only": {"parameters": dual_params / 2.2, "tokens_per_frame": 16,
+                                 "train_flops_per_frame": 4e8}},
+        "per_seed": {"dual": {"lip_r": [0.3] * seeds, "bridge_velocity_change": [0.01] * seeds,
+                              "bridge_gate": [0.01] * seeds},
+                     "video_only": {"lip_r": [0.2] * seeds}},
+        "learning_curves": {"dual": {"heldout_video": {"2000": [0.30] * seeds, "4000": [0.28] * seeds}}},
+        "metrics": {"real": {"metrics": {"lip_r": {"mean": 0.9}}}},
+        "verdicts": {"H2: the 3-D stream adds structure (H2a and H2b)": {"verdict": NOT_TESTABLE}},
+        "wall_seconds": 100.0,
+    }
+
+
+def test_the_ladder_report_from_rung_reports(tmp_path):
+    reports = {"xs": _report(2.6e6, 0.04, -0.05), "s": _report(5.7e6, 0.1, 0.0), "m": _report(31.8e6, 0.3, 0.05),
+               "l": _report(92.4e6, 0.4, 0.1)}
+    res = ladder.write(tmp_path, reports, full=1.5e9)
+    assert (tmp_path / "trend.png").stat().st_size > 0 and json.loads((tmp_path / "ladder.json").read_text())
+    assert set(res["trends"]) == {"H2a vs video_only | lip sync: lip_r", "oracle gap | lip sync"}  # H2 only
+    gap = res["trends"]["oracle gap | lip sync"]
+    assert gap["points"] == 4 and gap["slope_per_decade"] > 0 and gap["extrapolation_to_full"]["mean"] > 0.4
+    md = (tmp_path / "ladder.md").read_text()
+    assert "An extrapolation, not a measurement" in md and "| l | 42.0 M | 92.4 M |" in md
+    assert res["rungs"][0]["data_starved_check"]["dual"]["still_falling_or_flat"]
+
+
+def test_rungs_grow_the_model_30x_and_keep_the_default():
+    poc = _poc()
+    from shared import config as C
+    from shared.data.cache import CacheMeta
+
+    meta = CacheMeta(64, (8, 16, 16), {"name": "tiny-ae"}, "explicit", tuple("m" * 13), {"name": "logmel", "dim": 80},
+                     80)
+    base = C.get_preset("poc")
+    size = {}
+    for rung, spec in poc.RUNGS.items():
+        s = replace(poc.GPU, rung=rung, **spec)
+        cfgs = {v.name: poc.variant_config(base, v, meta, s, s.train_steps, "cpu", 0) for v in poc.CORE_VARIANTS}
+        size[rung] = {n: poc.parameters(c.model) for n, c in cfgs.items()}
+        assert abs(size[rung]["video_only_wide"] / size[rung]["dual"] - 1) < 0.02  # parameter-matched at every rung
+    assert size["l"]["video_only"] >= 30 * size["xs"]["video_only"] and size["l"]["dual"] >= 30 * size["xs"]["dual"]
+    default = poc.variant_config(base, poc.VARIANTS["video_only_wide"], meta, poc.GPU, 4000, "cpu", 0)
+    assert default.model.dim == 192  # the default's baseline is the one earlier runs trained
+
+
+def _args(**kw):
+    import argparse
+
+    base = dict(quick=False, task="v2", rung="xs", seeds=None, eval_clips=None, rollouts=None, curve_points=None,
+                steps=None, suite="core", retrain=False, device="cpu", out="runs/poc", ladder=False)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_rung_settings_and_folders():
+    poc = _poc()
+    s = poc.settings(_args(rung="l"), "cuda")
+    assert (s.rung, s.seeds, s.train_steps, s.train_clips, s.eval_clips) == ("l", 3, 2000, 320, 32)
+    assert poc.settings(_args(rung="l", seeds=4, steps=100), "cuda").seeds == 4  # flags win over the rung
+    quick = poc.settings(_args(rung="l", quick=True), "cpu")
+    assert quick.train_steps == poc.QUICK.train_steps and quick.model == poc.RUNGS["l"]["model"]  # only the model
+    assert poc.settings(_args(), "cuda") == replace(poc.GPU, rung="xs")  # the default is the default
+    assert poc.run_name(_args(rung="l")) == "core-l" and poc.run_name(_args(quick=True)) == "core-quick"
+
+
+def test_the_ladder_reuses_finished_rungs(tmp_path, monkeypatch):
+    poc = _poc()
+    ran = []
+
+    def suite(a):  # stands in for a PoC run: the report a rung's run writes
+        ran.append(a.rung)
+        rep = {**_report({"xs": 2.6e6, "s": 5.7e6, "m": 31.8e6, "l": 92.4e6}[a.rung], 0.1, 0.0),
+               "settings": json.loads(json.dumps(poc.asdict(poc.settings(a, "cpu"))))}
+        (tmp_path / poc.run_name(a)).mkdir(parents=True, exist_ok=True)
+        (tmp_path / poc.run_name(a) / "report.json").write_text(json.dumps(rep))
+        return rep
+
+    monkeypatch.setattr(poc, "run_suite", suite)
+    first = poc.run_ladder(_args(out=str(tmp_path), ladder=True))
+    assert ran == list(poc.RUNGS) and len(first["rungs"]) == 4 and (tmp_path / "ladder" / "ladder.md").exists()
+    ran.clear()
+    poc.run_ladder(_args(out=str(tmp_path), ladder=True))
+    assert ran == []  # every rung finished with the same settings: read back
+    poc.run_ladder(_args(out=str(tmp_path), ladder=True, seeds=2))
+    assert ran == list(poc.RUNGS)  # other settings: run again
