@@ -117,6 +117,10 @@ class ModelConfig:
 
     fusion_depth: int = 8
     """The bridge couples the towers in their first `fusion_depth` blocks ("shallow fusion, deep specialisation")."""
+    align_dim: int = 0
+    """Size of the explicit motion a linear head reads off the struct stream's denoised estimate (the seed's 3-D
+    alignment path, issue #34 remedy (c): an implicit motion latent supervised towards the explicit motion with
+    `diffusion.align_loss_weight`); 0: no head."""
     bridge_mode: BridgeMode = "dual"
     """`dual`: both streams denoised, bridge both ways; `condition_only`: clean struct -> video only;
     `video_only`: no struct or bridge parameters."""
@@ -148,6 +152,9 @@ class ModelConfig:
         need(0 <= self.fusion_depth <= min(self.depth, self.struct_depth),
              f"fusion_depth={self.fusion_depth} must be in [0, min(depth, struct_depth)]")
         need(self.audio_lookahead >= 0 and self.audio_context >= 0, "audio_lookahead/audio_context must be >= 0")
+        need(self.align_dim >= 0, f"align_dim={self.align_dim} must be >= 0")
+        need(self.align_dim == 0 or self.bridge_mode == "dual",
+             f"align_dim={self.align_dim} reads a generated motion stream: bridge_mode dual only")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -210,6 +217,15 @@ class DiffusionConfig:
     """Per-sample probability of hiding the audio from the video tower only (the struct tower keeps it; issue #34
     remedy (d)): on those samples the mouth's motion can reach the video only through the bridge. 0: off (and no
     extra draw)."""
+    sync_loss_weight: float = 0.0
+    """Weight of the latent lip-sync loss on the video stream's denoised estimate (issue #34 remedy (b),
+    `shared.diffusion.sync_loss`); 0: off."""
+    sync_expert: str = ""
+    """The frozen sync expert the loss uses (`shared.training.sync.train_sync_expert`, saved with
+    `shared.models.sync.save_expert`)."""
+    align_loss_weight: float = 0.0
+    """Weight of the 3-D alignment loss (issue #34 remedy (c)): the model's `align` head on the struct stream's
+    denoised estimate against the batch's explicit motion (`Batch.align`); 0: off."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -221,6 +237,9 @@ class DiffusionConfig:
         _positive(self, "struct_loss_weight", zero=True)
         for name in ("p_clean_past", "p_audio_drop", "p_video_audio_drop"):
             _within(self, name, 0, 1)
+        _positive(self, "sync_loss_weight", "align_loss_weight", zero=True)
+        _need(self, self.sync_loss_weight == 0 or bool(self.sync_expert),
+              f"sync_loss_weight={self.sync_loss_weight} needs sync_expert (the expert's file)")
         _within(self, "sigma_context", 0, 1, hi_open=True)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from .config import DiffusionConfig
 
@@ -72,6 +73,31 @@ def frame_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, per
     return (per_frame * w).sum() / w.sum().clamp_min(1.0)
 
 
+def denoised(x_sigma: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The clean estimate x0 = x_sigma - sigma * v (rectified flow: v = noise - x0)."""
+    return x_sigma - sigma.reshape(*sigma.shape, *([1] * (x_sigma.ndim - sigma.ndim))).to(x_sigma.dtype) * velocity
+
+
+def sync_loss(expert, video0: torch.Tensor, audio: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
+              per_sample: bool = False) -> torch.Tensor:
+    """Latent lip-sync loss (issue #34 remedy (b); Wav2Lip's expert loss, Prajwal et al. 2020, in latent space):
+    -log p(in sync) of the frozen expert on non-overlapping windows of the denoised video frames 1.. with their
+    audio, each window weighted by 1 - its mean sigma (an estimate from pure noise says nothing about the mouth) and
+    by whether the sample kept its audio. video0 [B, T, C, h, w], audio [B, 2T, A], sigma [B, T], keep [B]."""
+    b, t = video0.shape[:2]
+    f = expert.frames
+    n = (t - 1) // f
+    if n < 1:
+        return video0.new_zeros(b if per_sample else ())
+    v = rearrange(video0[:, 1 : 1 + n * f], "b (n f) c h w -> (b n) f c h w", f=f)
+    a = rearrange(audio[:, 2 : 2 + 2 * n * f], "b (n f) a -> (b n) f a", f=2 * f)
+    nll = F.softplus(-expert(v.float(), a.float())).view(b, n)
+    w = (1 - sigma[:, 1 : 1 + n * f].reshape(b, n, f).mean(-1)).clamp_min(0) * keep[:, None].float()
+    if per_sample:
+        return (nll * w).sum(1) / w.sum(1).clamp_min(1e-6)
+    return (nll * w).sum() / w.sum().clamp_min(1e-6)
+
+
 @dataclass
 class Batch:
     """One training batch. video [B, T, C, H, W] and struct [B, T, D] are clean latents with frame 0 the
@@ -81,6 +107,7 @@ class Batch:
     struct: torch.Tensor | None = None
     audio: torch.Tensor | None = None
     has_audio: torch.Tensor | None = None
+    align: torch.Tensor | None = None  # [B, T, E] explicit motion of the frames (the alignment loss's target)
 
 
 @dataclass
@@ -155,12 +182,24 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: b
     elif mode.struct_condition:
         struct_in = batch.struct
     extra = {} if d.video_audio_keep is None else {"video_audio_keep": keep & d.video_audio_keep}
-    vel_v, vel_s = model(add_noise(batch.video, d.noise_video, d.sigma_video), d.sigma_video, struct_in,
-                         d.sigma_struct, batch.audio, audio_keep=keep, **extra)
+    x_video = add_noise(batch.video, d.noise_video, d.sigma_video)
+    vel_v, vel_s = model(x_video, d.sigma_video, struct_in, d.sigma_struct, batch.audio, audio_keep=keep, **extra)
     out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video, per_sample)}
     loss = out["video"]
+    if cfg.sync_loss_weight > 0 and batch.audio is not None:
+        from .models.sync import load_expert
+
+        expert = load_expert(cfg.sync_expert, str(x_video.device))
+        video_keep = keep if d.video_audio_keep is None else keep & d.video_audio_keep
+        out["sync"] = sync_loss(expert, denoised(x_video, vel_v, d.sigma_video), batch.audio, d.sigma_video,
+                                video_keep, per_sample)
+        loss = loss + cfg.sync_loss_weight * out["sync"]
     if vel_s is not None:
         out["struct"] = frame_mse(vel_s, d.noise_struct - batch.struct, d.sigma_struct, per_sample)
         loss = loss + cfg.struct_loss_weight * out["struct"]
+        if cfg.align_loss_weight > 0 and batch.align is not None:
+            motion = model.align(denoised(struct_in, vel_s, d.sigma_struct).float())
+            out["align"] = frame_mse(motion, batch.align, d.sigma_struct, per_sample)
+            loss = loss + cfg.align_loss_weight * out["align"]
     out["loss"] = loss
     return out

@@ -41,7 +41,7 @@ from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
 from shared.evaluation import verdicts as V  # noqa: E402
 from shared.data import synth  # noqa: E402
-from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
+from shared.data.cache import AlignedWindows, CacheReader, WindowDataset  # noqa: E402
 from shared.data.codecs import get_codec, save_tiny_ae, train_tiny_ae  # noqa: E402
 from shared.data.ingest import Options, ingest  # noqa: E402
 from shared.data.media import read_audio, read_videos, write_mp4  # noqa: E402
@@ -86,6 +86,8 @@ class Settings:
     """Seed of everything (data, init, noise)."""
     seeds: int = 1
     """Training seeds per variant (paired across variants: the unit of a variant effect, `shared.evaluation.verdicts`)."""
+    sync_steps: int = 2000
+    """Training steps of the latent lip-sync expert (remedy (b)), when a variant uses it."""
     curve_points: int = 0
     """Learning-curve snapshots per variant (at 1/8, 1/4, 1/2 of training, up to 3), each evaluated on a smaller
     held-out set, plus the end; 0: none."""
@@ -99,7 +101,7 @@ class Settings:
 
 CORE = Settings()
 QUICK = Settings(train_clips=6, eval_clips=3, val_clips=3, train_seconds=3.0, eval_seconds=2.8, ae_steps=80, probe_steps=80,
-                 train_steps=16, batch=4, rollout_factor=2)
+                 train_steps=16, batch=4, rollout_factor=2, sync_steps=40)
 # The defaults on a GPU: the ones that decide (issue #19). 5 paired seeds, 48 fresh held-out clips with 4 rollouts of
 # 10x the training clip each; the suite trains side by side (`shared.training.seeds`). 4000 steps: where the held-out
 # loss stops falling (`benchmarks/poc_plateau.py`, H100, 8000 steps at batch 8: held-out video loss 0.259 / 0.253 /
@@ -148,9 +150,12 @@ class Variant:
     (reported, never a baseline of a verdict)."""
     width_of: str | None = None
     """The variant whose parameter count this one's video tower is widened to match (`matched_dim`), at every rung."""
+    align_with: str | None = None
+    """Another struct kind whose motion of the same frames the batches carry as the alignment target (remedy (c))."""
 
 
 FUSE_ALL = -1  # a fusion depth of every block the rung's towers have
+SYNC_EXPERT = "<the run's sync expert>"  # resolved to the file the run trains (`build_sync_expert`)
 
 CORE_VARIANTS = [
     Variant("video_only", {"model.bridge_mode": "video_only"}),
@@ -187,10 +192,18 @@ FULL_VARIANTS = CORE_VARIANTS + [
     # motion reaches the video only through the bridge, so reading the bridge pays off in the loss; at inference the
     # video hears the audio as before
     Variant("dual_video_audio_drop", {"diffusion.p_video_audio_drop": 0.5}),
+    # (b) the seed's lip-sync loss in latent space: a sync expert trained on the cache (aligned against shifted audio,
+    # its held-out accuracy reported first) scores the video stream's denoised estimate, weight 0.1
+    Variant("dual_sync", {"diffusion.sync_loss_weight": 0.1, "diffusion.sync_expert": SYNC_EXPERT}),
+    # (c) the seed's 3-D alignment path: the implicit motion latent, read by a linear head into the explicit motion of
+    # the same frames (an MSE, weight 1), against dual_implicit without it
+    Variant("dual_implicit_align", {"model.align_dim": 13, "diffusion.align_loss_weight": 1.0}, struct="implicit",
+            align_with="explicit"),
 ]
 # The remedies against the baselines they must beat, without the other ablations: what the top rung can afford.
-REMEDY_VARIANTS = [v for v in CORE_VARIANTS if v.name != "dual_oneway" and v.name != "video_only_wide"] + [
-    v for v in FULL_VARIANTS if v.name in ("dual_struct_leads", "dual_video_audio_drop")]
+REMEDIES = ("dual_struct_leads", "dual_sync", "dual_implicit", "dual_implicit_align", "dual_video_audio_drop")
+REMEDY_VARIANTS = [v for v in CORE_VARIANTS if v.name not in ("dual_oneway", "video_only_wide")] + [
+    v for v in FULL_VARIANTS if v.name in REMEDIES]
 SUITES = {"core": CORE_VARIANTS, "full": FULL_VARIANTS, "remedies": REMEDY_VARIANTS}
 VARIANTS = {v.name: v for v in FULL_VARIANTS}
 QUESTIONS = [  # (question, A, B): "A beats B"
@@ -204,9 +217,9 @@ QUESTIONS = [  # (question, A, B): "A beats B"
     ("fusion depth 2 beats 1", "dual", "dual_fusion1"),
     ("fusion in all 4 layers beats 2", "dual_fusion_all", "dual"),
     ("history noise in training and sampling beats none", "dual_history_noise", "dual"),
-    *[(f"remedy ({k}) {name}: beats {b}", name, b) for k, name in (("a", "dual_struct_leads"),
-                                                                   ("d", "dual_video_audio_drop"))
-      for b in ("dual", "condition_only", "video_only")],
+    *[(f"remedy ({k}) {name}: beats {b}", name, b) for k, name, own in (
+        ("a", "dual_struct_leads", "dual"), ("b", "dual_sync", "dual"), ("c", "dual_implicit_align", "dual_implicit"),
+        ("d", "dual_video_audio_drop", "dual")) for b in (own, "condition_only", "video_only")],
 ]
 
 
@@ -245,7 +258,7 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
                                    s.seed] + ([s.task] if s.task != "v1" else [])).encode()).hexdigest()[:10]
     d = root / f"data-{key}"
     d.mkdir(parents=True, exist_ok=True)
-    kinds = ["explicit", "implicit"] if suite == "full" else ["explicit"]
+    kinds = sorted({v.struct for v in SUITES[suite]} | {v.align_with for v in SUITES[suite] if v.align_with})
     reused = (d / "tiny_ae.pt").exists() and all((d / f"{sp}_{k}.h5").exists() for sp in ("train", "eval")
                                                   for k in kinds)
     w = default_workers()
@@ -274,6 +287,25 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
                 caches[(split, kind)] = path
         con.print(f"[dim]ingest: {time.perf_counter() - t0:.1f} s[/]")
     return {"dir": d, "ae": ae, "caches": caches, "reused": reused}
+
+
+def build_sync_expert(s: Settings, data: dict, device: str, con) -> dict:
+    """The latent lip-sync expert of remedy (b), trained once on the training cache and saved beside the data, with
+    its held-out accuracy (the held-out clips' aligned against shifted audio): {path, metrics, reused}."""
+    from shared.models.sync import save_expert
+    from shared.training.sync import train_sync_expert
+
+    path = data["dir"] / "sync_expert.pt"
+    record = path.with_suffix(".json")
+    if path.exists() and record.exists():
+        return {"path": str(path), "metrics": json.loads(record.read_text()), "reused": True}
+    expert, metrics = train_sync_expert(data["caches"][("train", "explicit")], data["caches"][("eval", "explicit")],
+                                        steps=s.sync_steps, device=device, seed=s.seed)
+    save_expert(expert, path, metrics)
+    record.write_text(json.dumps(metrics, indent=1))
+    con.print(f"sync expert: held-out accuracy {metrics['heldout_accuracy']:.3f} (train {metrics['train_accuracy']:.3f}; "
+              f"chance 0.5)")
+    return {"path": str(path), "metrics": metrics, "reused": False}
 
 
 def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
@@ -333,10 +365,11 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
 
 
 def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, device: str,
-                   seed: int | None = None) -> C.Config:
+                   seed: int | None = None, paths: dict | None = None) -> C.Config:
+    """A variant's config at the settings' rung; `paths` resolves placeholders such as SYNC_EXPERT."""
     c, h, _ = meta.latent_shape
     rung = C.override(base, dict(s.model))
-    over = dict(v.overrides)
+    over = {k: (paths or {}).get(x, x) if isinstance(x, str) else x for k, x in v.overrides.items()}
     if over.get("model.fusion_depth") == FUSE_ALL:
         over["model.fusion_depth"] = min(rung.model.depth, rung.model.struct_depth)
     cfg = C.override(rung, {"model.latent_channels": c, "model.latent_size": h,
@@ -345,7 +378,7 @@ def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, de
                             "train.seed": s.seed if seed is None else seed,
                             "train.warmup": max(2, steps // 10), **over})
     if v.width_of is not None:
-        target = variant_config(base, VARIANTS[v.width_of], meta, s, steps, device, seed)
+        target = variant_config(base, VARIANTS[v.width_of], meta, s, steps, device, seed, paths)
         cfg = C.override(cfg, {"model.dim": matched_dim(cfg.model, parameters(target.model))})
     return C.override(cfg, {f"sample.{k}": val for k, val in v.sample})
 
@@ -511,8 +544,11 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
             con.print(f"reusing {v.name} ({s.seeds} seed{'s' if s.seeds > 1 else ''})")
             continue
         cfg = cfgs[0][v.name]
-        ds = datasets.setdefault(v.struct, WindowDataset(data["caches"][("train", v.struct)], frames=cfg.clip_frames,
-                                                         stride=4))
+        if (v.struct, v.align_with) not in datasets:
+            windows = lambda kind: WindowDataset(data["caches"][("train", kind)], frames=cfg.clip_frames, stride=4)  # noqa
+            datasets[v.struct, v.align_with] = windows(v.struct) if v.align_with is None else \
+                AlignedWindows(windows(v.struct), windows(v.align_with))
+        ds = datasets[v.struct, v.align_with]
         jobs.append(SeedJob(cfg, model_maker(cfg), ds, [s.seed + k for k in range(s.seeds)], curve_steps(s)))
         names.append(v)
     if not jobs:
@@ -826,9 +862,15 @@ def run_suite(args) -> dict:
         dims = {"id_dims": probe_acc.pop("_id"), "pose_dims": probe_acc.pop("_pose")}
 
     metas = {kind: CacheReader(data["caches"][("train", kind)]).meta for kind in {v.struct for v in variants}}
+    sync = None
+    if any(x == SYNC_EXPERT for v in variants for x in v.overrides.values()):
+        with phase("sync expert: aligned vs shifted audio, held-out accuracy", data["dir"] / "phases.json") as ph:
+            sync = build_sync_expert(s, data, device, con)
+            ph["reused"] = sync["reused"]
     trained = [v for v in variants if not v.model_of]
-    cfgs = [{v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device, s.seed + k) for v in variants}
-            for k in range(s.seeds)]
+    paths = {SYNC_EXPERT: sync["path"]} if sync else {}
+    cfgs = [{v.name: variant_config(base, v, metas[v.struct], s, s.train_steps, device, s.seed + k, paths)
+             for v in variants} for k in range(s.seeds)]
     with phase(f"train: {len(trained)} variants x {s.seeds} seed(s), side by side", out / "phases.json") as ph:
         models, hists, snaps, ph["reused"] = train_suite(trained, cfgs, data, metas, s, args, con, out)
     by_seed, heldout_start, curves = [], [], {}  # per training seed: (results, histories)
@@ -885,6 +927,14 @@ def run_suite(args) -> dict:
         report = write_report(out, args, s, device, data, probe_acc, results, histories, verdicts, rules, chance,
                               phase, held.clips["explicit"], clip_frames, con, seed_level, curves, by_seed, room)
     report.update(scale_record(cfgs[0], by_seed, clip_frames))
+    report["sync_expert"] = sync["metrics"] if sync else None
+    if sync:
+        m = sync["metrics"]
+        with open(out / "report.md", "a") as f:
+            f.write(f"\n## Latent lip-sync expert (remedy (b))\n\nHeld-out accuracy {m['heldout_accuracy']:.3f} on "
+                    f"{m['heldout_pairs']} balanced pairs of held-out clips (aligned audio against the same clip's "
+                    f"audio shifted by {m['negative_shift_frames'][0]}-{m['negative_shift_frames'][1]} frames; chance "
+                    f"0.5), train {m['train_accuracy']:.3f}; {m['steps']} steps. dual_sync's loss uses it frozen.\n")
     report["learning_curves"] = {n: {m: {str(st): v for st, v in c.items()} for m, c in cs.items()}
                                  for n, cs in curves.items()}
     report["wall_seconds"] = round(time.perf_counter() - t_start, 1)

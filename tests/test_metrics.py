@@ -106,10 +106,15 @@ def test_bridge_usage_is_zero_without_a_bridge_signal_and_positive_with_one():
                for _ in range(3)]
     torch.manual_seed(0)
     fresh = bridge_usage(DualForce(m).eval(), windows, cfg, "cpu")
-    assert fresh == {"velocity_change": 0.0, "gate_abs": 0.0}
+    assert fresh == {"velocity_change": 0.0, "gate_abs": 0.0, "by_struct_sigma": {k: 0.0 for k in
+                                                                                 ("0.0", "0.25", "0.5", "0.75", "1.0")}}
     for mode in ("dual", "condition_only"):
         used = bridge_usage(tiny_model(mode), windows, cfg, "cpu")
         assert used["velocity_change"] > 1e-3 and used["gate_abs"] > 0, mode
+    by_level = bridge_usage(tiny_model("dual"), windows, cfg, "cpu")["by_struct_sigma"]
+    # at sigma 1 the swapped motion is the same noise whichever clip it came from, and only the reference frame's
+    # (clean) motion still differs: less change than with every frame's motion clean
+    assert by_level["0.0"] > by_level["1.0"] > 0
     assert bridge_usage(tiny_model("video_only"), windows, cfg, "cpu") is None
 
 

@@ -28,12 +28,29 @@ def alone_model_weights(run: Path) -> dict:
     return runs.load_weights(run, ema=False)[0]
 
 
-@pytest.mark.parametrize("mode", ["dual", "video_only"])
+def _remedies(tmp_path) -> dict:
+    """Every remedy of issue #34 at once: struct leads, a (random) sync expert's loss, the alignment head, the video
+    tower deaf on some samples."""
+    from shared.models.sync import SyncExpert, save_expert
+
+    torch.manual_seed(0)
+    save_expert(SyncExpert(4, 8, frames=3, width=16), tmp_path / "sync.pt")
+    return {"diffusion.struct_noise": "at_most_video", "diffusion.p_video_audio_drop": 0.5,
+            "diffusion.sync_loss_weight": 0.1, "diffusion.sync_expert": str(tmp_path / "sync.pt"),
+            "model.align_dim": 6, "diffusion.align_loss_weight": 1.0}
+
+
+@pytest.mark.parametrize("mode", ["dual", "video_only", "dual with every remedy"])
 def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mode):
+    remedies = _remedies(tmp_path) if mode.startswith("dual with") else {}
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 5, "train.accelerator": "cpu", "train.ckpt_every": 0,
-                                            "train.grad_clip": 0.05, "model.bridge_mode": mode,
-                                            "diffusion.p_audio_drop": 0.3})
+                                            "train.grad_clip": 0.05, "model.bridge_mode": mode.split()[0],
+                                            "diffusion.p_audio_drop": 0.3, **remedies})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    if remedies:  # the same cache's motion as the alignment target (a real run pairs implicit with explicit)
+        from shared.data.cache import AlignedWindows
+
+        ds = AlignedWindows(ds, WindowDataset(cache, frames=cfg.clip_frames, stride=4))
     seeds = [3, 7]
     batched = fit_seeds(cfg, _make(cfg), ds, seeds, snapshot_at=(2,))
     for k, seed in enumerate(seeds):
@@ -46,6 +63,8 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
             torch.testing.assert_close(batched[k].model.state_dict()[name], w, atol=1e-4, rtol=1e-4, msg=name)
         losses = [h["loss"] for h in alone["history"]]
         np.testing.assert_allclose([h["loss"] for h in batched[k].history], losses, rtol=1e-4, atol=1e-5)
+        if remedies:  # every remedy's term really is in the loss
+            assert {"sync", "align"} <= set(alone["history"][0]) and alone["history"][0]["align"] > 0
         assert set(batched[k].snapshots) == {2}
     # the seeds really differ (their own init, data order and noise)
     a, b = (r.ema.state_dict() for r in batched)

@@ -332,6 +332,24 @@ class WindowDataset(torch.utils.data.Dataset):
                 "audio": torch.from_numpy(audio), "has_audio": torch.tensor(d["has_audio"])}
 
 
+class AlignedWindows(torch.utils.data.Dataset):
+    """The windows of `main` with another cache's motion of the same frames as `align` (issue #34 remedy (c): an
+    implicit-motion cache with the explicit motion as the alignment target). Both caches must hold the same clips
+    and frames (two ingests of one folder with different --struct): checked window by window."""
+
+    def __init__(self, main: WindowDataset, other: WindowDataset):
+        if main.index != other.index:
+            raise CacheError(f"{main.reader.path} and {other.reader.path}: not the same clips and windows (ingest one "
+                             f"folder twice, with --struct implicit and --struct explicit)")
+        self.main, self.other = main, other
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.main[i], "align": self.other[i]["struct"]}
+
+
 # Unambiguous names beside the historical ones: the HDF5 cache of per-frame latents, as opposed to the attention
 # `KVCache` of `shared.models`.
 LatentCache = CacheReader

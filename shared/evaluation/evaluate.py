@@ -100,7 +100,8 @@ def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict | N
     noise, sigmas and audio (the motion of window i swapped with window i + 1's), and the mean |gate| of the
     struct -> video bridge. For a generated struct also `by_struct_sigma`: the same change with every struct frame
     at one noise level (`STRUCT_LEVELS`; the video's as drawn), i.e. what the video reads of the motion as the
-    motion gets noisier (issue #34). None for a model without a motion stream."""
+    motion gets noisier (issue #34); the reference frame's motion stays clean and swapped, so even at sigma 1 the
+    change is that of the reference's motion alone. None for a model without a motion stream."""
     if not model.cfg.has_struct or len(windows) < 2:
         return None
     dcfg = replace(cfg.diffusion, p_clean_past=0.0)

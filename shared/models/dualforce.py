@@ -92,6 +92,12 @@ class DualForce(nn.Module):
             self.bridge = nn.ModuleList(
                 BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.bridge_two_way)
                 for _ in range(cfg.fusion_depth))
+        self.align_head = nn.Linear(cfg.struct_dim, cfg.align_dim) if cfg.align_dim else None
+
+    def align(self, struct0: torch.Tensor) -> torch.Tensor:
+        """The explicit motion [..., align_dim] read off a (denoised) motion latent [..., struct_dim] by the alignment
+        head (`ModelConfig.align_dim`); a loss-side read-out, never part of the forward pass."""
+        return self.align_head(struct0)
 
     # ------------------------------------------------------------------------------------------------ checks
 

@@ -41,7 +41,6 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def to_batch(d: dict, device: torch.device | str) -> Batch:
-    return Batch(d["video"].to(device, non_blocking=True),
-                 d["struct"].to(device, non_blocking=True) if d.get("struct") is not None else None,
-                 d["audio"].to(device, non_blocking=True) if d.get("audio") is not None else None,
-                 d["has_audio"].to(device, non_blocking=True) if d.get("has_audio") is not None else None)
+    """A loader's batch dict on the device (fields it lacks stay None)."""
+    move = lambda k: d[k].to(device, non_blocking=True) if d.get(k) is not None else None  # noqa: E731
+    return Batch(move("video"), move("struct"), move("audio"), move("has_audio"), move("align"))

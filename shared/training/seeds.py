@@ -33,7 +33,7 @@ from ..diffusion import Batch, Draws, draw, flow_loss
 from .batches import StepBatches
 from .optim import decays, lr_factor
 
-STREAMS = ("loss", "video", "struct")
+STREAMS = ("loss", "video", "struct", "sync", "align")
 PROGRESS_EVERY = 50  # steps between progress reports (each reads a loss on the host: a sync)
 
 
@@ -62,6 +62,11 @@ class _Functional:
     def __call__(self, *args, **kwargs):
         # the frames' audio positions already on the device: a CUDA graph cannot capture the host -> device copy
         return functional_call(self.base, self.state, args, {**kwargs, "audio_index": self.audio_index})
+
+    def align(self, struct0: torch.Tensor) -> torch.Tensor:
+        """The alignment head (`DualForce.align`) with these parameters."""
+        params = {k[len("align_head."):]: v for k, v in self.state[0].items() if k.startswith("align_head.")}
+        return functional_call(self.base.align_head, params, (struct0,))
 
 
 def window_tensors(dataset, device) -> dict[str, torch.Tensor]:
@@ -101,6 +106,10 @@ class SeedTrainer:
                  graphs: bool | None = None):
         tc = cfg.train
         self.cfg, self.seeds, self.data, self.dev = cfg, seeds, data, torch.device(device)
+        if cfg.diffusion.sync_loss_weight > 0:  # read the expert's file now: not inside vmap or a graph capture
+            from ..models.sync import load_expert
+
+            load_expert(cfg.diffusion.sync_expert, str(self.dev))
         params, buffers = stack_module_state([m.to(self.dev) for m in models])
         self.base = copy.deepcopy(models[0]).to("meta")
         decay = {n: p.detach() for n, p in params.items() if decays(n, p.ndim - 1)}
@@ -153,7 +162,8 @@ class SeedTrainer:
 
         def one(params, buffers, index, *draws):
             batch = Batch(d["video"][index], d["struct"][index] if "struct" in d else None, d["audio"][index],
-                          d["has_audio"][index] if "has_audio" in d else None)
+                          d["has_audio"][index] if "has_audio" in d else None,
+                          d["align"][index] if "align" in d else None)
             out = flow_loss(_Functional(self.base, params, buffers, self.audio_index), batch, self.cfg.diffusion,
                             Draws(*draws))
             return {k: out[k] for k in STREAMS if k in out}

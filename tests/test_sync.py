@@ -1,0 +1,90 @@
+"""The latent lip-sync expert (#34 remedy (b)) on caches with known answers, its loss, and the alignment target
+(remedy (c))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared.data.cache import AlignedWindows, CacheError, CacheMeta, CacheWriter, WindowDataset
+from shared.diffusion import denoised, sync_loss
+from shared.models.sync import load_expert, save_expert
+from shared.training.sync import pairs, train_sync_expert
+
+
+def _cache(path: Path, linked: bool, seed: int, clips: int = 16) -> Path:
+    """Clips whose video latents carry the audio's per-frame energy in channel 0 (`linked`: the mouth follows the
+    sound) or carry an unrelated signal of the same statistics (nothing to find)."""
+    meta = CacheMeta(32, (4, 8, 8), {"name": "test"}, "explicit", tuple("ab"), {"name": "logmel", "dim": 8}, 8)
+    g = np.random.default_rng(seed)
+    with CacheWriter(path, meta) as w:
+        for i in range(clips):
+            t = 48
+            energy = np.convolve(g.standard_normal(t + 1), np.ones(2) / 2, "valid")[:t]  # a "syllable" track
+            audio = np.repeat(energy[:, None], 2, 0) * np.ones((1, 8)) + 0.3 * g.standard_normal((2 * t, 8))
+            video = 0.3 * g.standard_normal((t, 4, 8, 8))
+            mouth = energy if linked else np.convolve(g.standard_normal(t + 1), np.ones(2) / 2, "valid")[:t]
+            video[:, 0, 5:, 2:6] += 2 * mouth[:, None, None]
+            w.add_clip(f"c{i}", video.astype(np.float32), g.standard_normal((t, 2)).astype(np.float32),
+                       audio.astype(np.float32), video[0].astype(np.float32), np.zeros(2, np.float32))
+    return path
+
+
+SMALL = {"steps": 200, "frames": 5, "batch": 64, "heldout_pairs": 1000, "width": 32}
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("sync")
+    return _cache(d / "train.h5", True, 0), _cache(d / "eval.h5", True, 1, clips=6)
+
+
+@pytest.fixture(scope="module")
+def trained(linked):
+    return train_sync_expert(*linked, **SMALL)
+
+
+def test_the_expert_finds_a_mouth_that_follows_the_sound_and_nothing_where_there_is_none(trained, tmp_path):
+    assert trained[1]["heldout_accuracy"] > 0.8 and trained[1]["train_accuracy"] > 0.8
+    unrelated = (_cache(tmp_path / "u_train.h5", False, 2), _cache(tmp_path / "u_eval.h5", False, 3, clips=6))
+    _, none = train_sync_expert(*unrelated, **SMALL)
+    assert 0.4 < none["heldout_accuracy"] < 0.6  # chance: the accuracy is no artefact of the pairing
+
+
+def test_pairs_are_balanced_and_shifted_by_3_to_8_frames():
+    t = np.arange(40, dtype=np.float32)
+    clip = (t[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32), np.repeat(t, 2)[:, None] * np.ones((1, 3)))
+    v, a, y = pairs([clip], 200, 5, np.random.default_rng(0))
+    offsets = a[:, 0, 0] / 1 - v[:, 0, 0, 0, 0]  # audio row 2(t+shift) holds t+shift, video frame t holds t
+    assert y.mean() == 0.5 and np.all(offsets[y == 1] == 0)
+    assert set(np.abs(offsets[y == 0]).astype(int)) <= set(range(3, 9)) and len(set(offsets[y == 0])) > 4
+
+
+def test_sync_loss_prefers_aligned_audio_ignores_pure_noise_and_trains_the_video(linked, trained, tmp_path):
+    save_expert(trained[0], tmp_path / "e.pt")
+    frozen = load_expert(str(tmp_path / "e.pt"))
+    r = WindowDataset(linked[1], frames=20)
+    w = [r[i] for i in range(4)]
+    video, audio = torch.stack([x["video"] for x in w]), torch.stack([x["audio"] for x in w])
+    sigma, keep = torch.zeros(4, 21), torch.ones(4, dtype=torch.bool)
+    aligned = sync_loss(frozen, video, audio, sigma, keep)
+    shifted = sync_loss(frozen, video, audio.roll(10, 1), sigma, keep)
+    assert aligned < shifted
+    assert sync_loss(frozen, video, audio, torch.ones(4, 21), keep) == 0  # estimates from pure noise: no weight
+    x = video.clone().requires_grad_(True)
+    sync_loss(frozen, x, audio, sigma, keep).backward()
+    assert x.grad[:, 1:].abs().sum() > 0 and x.grad[:, 0].abs().sum() == 0  # the reference is not scored
+    v = torch.randn(2, 3, 4)
+    assert torch.allclose(denoised((1 - 0.3) * v + 0.3 * torch.ones_like(v), torch.ones_like(v) - v,
+                                   torch.full((2, 3), 0.3)), v, atol=1e-6)
+
+
+def test_aligned_windows_need_the_same_clips(linked, tmp_path):
+    a = WindowDataset(linked[0], frames=8)
+    both = AlignedWindows(a, WindowDataset(linked[0], frames=8))
+    assert torch.equal(both[3]["align"], a[3]["struct"])
+    with pytest.raises(CacheError, match="not the same clips and windows"):
+        AlignedWindows(a, WindowDataset(linked[1], frames=8))
