@@ -8,8 +8,8 @@ are still winding down.
 
 The lock file holds the holder's description and is removed on release; an acquirer checks that the file it locked
 is still the one at the path (else a releasing holder unlinked it in between, and it tries again), so two processes
-can never both hold a lock on one path. `filelock` is not used: its 3.x releases (torch's floor) truncate the file
-before they hold the lock, so a refused process could not say who holds it.
+can never both hold a lock on one path. `filelock` (torch's own dependency) is not used: it locks with `flock`
+(4.3.1, filelock/_native/_unix.py), which is the inheritance above.
 """
 
 from __future__ import annotations
