@@ -97,6 +97,9 @@ class Settings:
     """The scaling-ladder rung these settings are (`RUNGS`; xs: the default)."""
     model: tuple = ()
     """(dotted key, value) overrides of the poc preset every variant starts from (a rung's width, depth, ...)."""
+    precision: str = "32-true"
+    """The side-by-side training's precision on a GPU (`train.precision`): 32-true (fp32 with TF32 matmuls, the
+    default's) or bf16-mixed (bf16 autocast: the large rungs, where training is compute-bound); fp32 on the CPU."""
 
 
 CORE = Settings()
@@ -123,10 +126,10 @@ RUNGS: dict[str, dict] = {
           "rollouts": 2},
     "m": {"model": (("model.dim", 384), ("model.depth", 6), ("model.struct_width", 384), ("model.struct_depth", 6),
                     ("model.fusion_depth", 3)), "train_clips": 160, "train_steps": 3000, "eval_clips": 32,
-          "rollouts": 2},
+          "rollouts": 2, "precision": "bf16-mixed"},
     "l": {"model": (("model.dim", 576), ("model.depth", 8), ("model.struct_width", 576), ("model.struct_depth", 8),
                     ("model.fusion_depth", 4)), "train_clips": 320, "train_steps": 2000, "seeds": 3, "eval_clips": 32,
-          "rollouts": 2},
+          "rollouts": 2, "precision": "bf16-mixed"},
 }
 RELIABLE = 0.5  # held-out R^2 a probe reading needs before a metric uses it
 # Per-clip metrics of the clip-level rule (one seed's clips): the families' primary metrics as measured per clip.
@@ -375,6 +378,7 @@ def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, de
     cfg = C.override(rung, {"model.latent_channels": c, "model.latent_size": h,
                             "model.struct_dim": len(meta.struct_layout), "model.audio_dim": meta.audio_dim,
                             "train.steps": steps, "train.global_batch": s.batch, "train.accelerator": device,
+                            "train.precision": s.precision,
                             "train.seed": s.seed if seed is None else seed,
                             "train.warmup": max(2, steps // 10), **over})
     if v.width_of is not None:
@@ -784,6 +788,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="learning-curve snapshots per variant (0-3; GPU default 1, CPU 0)")
     ap.add_argument("--task", choices=synth.TASKS, default=CORE.task,
                     help="SynthTalk task: v2 (default; a 3-D stream can matter) or v1 (the original)")
+    ap.add_argument("--precision", choices=("32-true", "bf16-mixed"), default=None,
+                    help="training precision on a GPU (Settings.precision; default: the rung's)")
     ap.add_argument("--rung", choices=list(RUNGS), default="xs",
                     help="scaling-ladder rung (RUNGS: model width and depth, training identities; xs: the default)")
     ap.add_argument("--ladder", action="store_true",
@@ -803,9 +809,11 @@ def settings(args, device: str) -> Settings:
     s = replace(QUICK if args.quick else GPU if device == "cuda" else CORE, task=args.task)
     rung = RUNGS[args.rung] if not args.quick else {k: v for k, v in RUNGS[args.rung].items() if k == "model"}
     s = replace(s, rung=args.rung, **rung)  # --quick keeps its small sizes: a rung changes only the model there
-    for key in ("seeds", "eval_clips", "rollouts", "curve_points"):
-        if getattr(args, key) is not None:
+    for key in ("seeds", "eval_clips", "rollouts", "curve_points", "precision"):
+        if getattr(args, key, None) is not None:
             s = replace(s, **{key: getattr(args, key)})
+    if device != "cuda":
+        s = replace(s, precision="32-true")
     return replace(s, train_steps=args.steps) if args.steps is not None else s
 
 

@@ -171,10 +171,17 @@ class SeedTrainer:
         dr = self.draws
         # SDPA's math kernel: plain matmul/softmax ops, each with a vmap rule (the fused kernels have none that
         # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), self._autocast():
             draws = [dr.sigma_video, dr.sigma_struct, dr.noise_video, dr.noise_struct, dr.audio_keep]
             return vmap(one)(self.params, self.buffers, self.index, *draws,
                              *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
+
+    def _autocast(self):
+        """bf16 autocast under a bf16 `train.precision` (fp32 weights, optimiser and losses); its cast cache off,
+        as a CUDA graph capture needs (torch.cuda.graph's documentation)."""
+        if not str(self.cfg.train.precision).startswith("bf16"):
+            return contextlib.nullcontext()
+        return torch.autocast(self.dev.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def _step(self) -> dict[str, torch.Tensor]:
         """Forward, backward, per-seed clipping, AdamW, EMA; no host sync (capturable)."""
