@@ -559,10 +559,18 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
         return models, hists, snaps, True
     from rich.progress import Progress
 
+    t0, printed = time.perf_counter(), [0]
+
+    def progress(i: int, step: int, rec: dict) -> None:
+        bar.update(tasks[i], completed=step + 1, description=f"{names[i].name} loss {rec['loss']:.3f}")
+        tenth = (step + 1) * 10 // s.train_steps
+        if not con.is_terminal and i == 0 and tenth > printed[0]:  # a log file sees no bar: a line a tenth
+            printed[0], took = tenth, time.perf_counter() - t0
+            con.print(f"train step {step + 1}/{s.train_steps}: {took:.0f} s, {(step + 1) / took:.2f} rounds/s")
+
     with Progress(console=con) as bar:
         tasks = [bar.add_task(v.name, total=s.train_steps) for v in names]
-        results = fit_together(jobs, progress=lambda i, step, rec: bar.update(
-            tasks[i], completed=step + 1, description=f"{names[i].name} loss {rec['loss']:.3f}"))
+        results = fit_together(jobs, progress=progress)
     for v, per_seed in zip(names, results):
         for k, run in enumerate(per_seed):
             save_run(run, cfgs[k][v.name], seed_dir(out, v.name, k), data, metas[v.struct])
