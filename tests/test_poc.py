@@ -37,6 +37,9 @@ def test_quick_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "core-quick"
     rep = json.loads((run / "report.json").read_text())
+    # behaviour unchanged through the #35 redesign: every measured number as at commit 7068cd2, bit for bit
+    golden = json.loads((ROOT / "tests" / "golden" / "quick_report.json").read_text())
+    assert {k: json.loads(json.dumps(rep[k])) for k in golden} == golden
     evaluated = {"video_only", "condition_only", "dual", "video_only_wide", "dual_oneway", "condition_only_oracle"}
     assert set(rep["metrics"]) == evaluated | {"real"}  # motion_source drives condition_only, it is no variant
     for name in evaluated:
