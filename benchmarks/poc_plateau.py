@@ -1,6 +1,6 @@
 """Where does PoC training flatten, and what does a larger batch cost? (issue #19: "trained to a plateau").
 
-On the PoC's GPU data (`stage0_poc.run.GPU` settings), two measurements in one process:
+On the PoC's GPU data (`shared.poc.settings.GPU` settings), two measurements in one process:
 1. lockstep rounds per second of the core suite (every trained variant x S seeds side by side, as the PoC trains
    them) at each batch size of --batches (is a tiny model launch-bound, so that a larger batch is nearly free?);
 2. held-out loss per stream against the optimiser step (EMA snapshots every --every steps) for --variants x S seeds
@@ -29,7 +29,9 @@ from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation.evaluate import heldout_loss  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.training.seeds import SeedJob, fit_together  # noqa: E402
-from stage0_poc import run as poc  # noqa: E402
+from shared.poc import assets  # noqa: E402
+from shared.poc import settings as PS  # noqa: E402
+from shared.poc import suite as PV  # noqa: E402
 
 
 def jobs_for(variants, s, data, meta, steps: int, dev: str, snapshot_at=()) -> list[SeedJob]:
@@ -37,8 +39,8 @@ def jobs_for(variants, s, data, meta, steps: int, dev: str, snapshot_at=()) -> l
     ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
     out = []
     for v in variants:
-        cfg = poc.variant_config(base, v, meta, s, steps, dev)
-        out.append(SeedJob(cfg, poc.model_maker(cfg), ds, [s.seed + k for k in range(s.seeds)], snapshot_at))
+        cfg = PV.variant_config(base, v, meta, s, steps, dev)
+        out.append(SeedJob(cfg, PV.model_maker(cfg), ds, [s.seed + k for k in range(s.seeds)], snapshot_at))
     return out
 
 
@@ -57,21 +59,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    s = replace(poc.QUICK if a.quick else poc.GPU, seeds=a.seeds)
+    s = replace(PS.QUICK if a.quick else PS.GPU, seeds=a.seeds)
     dev = a.device
     from rich.console import Console
 
     con = Console()
     t = time.perf_counter()
-    data = poc.build_data(s, Path(a.out), "core", dev, con)
+    data = assets.build_data(s, Path(a.out), "core", dev, con)
     out = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "data_s": round(time.perf_counter() - t, 1), "rates": {}}
     meta = CacheReader(data["caches"][("train", "explicit")]).meta
-    trained = [v for v in poc.CORE_VARIANTS if not v.model_of]
+    trained = [v for v in PV.CORE_VARIANTS if not v.model_of]
     for b in [int(x) for x in a.batches.split(",") if x]:
         runs = fit_together(jobs_for(trained, replace(s, batch=b), data, meta, a.rate_steps, dev))
         out["rates"][b] = round(runs[0][0].steady_steps_s, 2)
         con.print(f"batch {b}: {out['rates'][b]} lockstep rounds/s ({len(trained)} variants x {s.seeds} seeds)")
-    chosen = [v for v in poc.CORE_VARIANTS if v.name in a.variants.split(",")]
+    chosen = [v for v in PV.CORE_VARIANTS if v.name in a.variants.split(",")]
     at = tuple(range(a.every, a.steps, a.every))
     t = time.perf_counter()
     results = fit_together(jobs_for(chosen, replace(s, batch=a.batch), data, meta, a.steps, dev, at))
@@ -81,7 +83,7 @@ def main(argv=None) -> dict:
                                  stride=base.clip_frames))
     curves = {}
     for v, per_seed in zip(chosen, results):
-        cfg = poc.variant_config(base, v, meta, replace(s, batch=a.batch), a.steps, dev)
+        cfg = PV.variant_config(base, v, meta, replace(s, batch=a.batch), a.steps, dev)
         for run in per_seed:
             snaps = {**run.snapshots, a.steps: (run.ema or run.model).state_dict()}
             for step, w in sorted(snaps.items()):

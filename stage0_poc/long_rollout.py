@@ -34,15 +34,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import run as poc  # noqa: E402
-
 from shared import config as C  # noqa: E402
 from shared import errors, lock, runs  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
 from shared.evaluation.evaluate import JAW, consistency_curves, load_eval_clips, read_clips, rollout  # noqa: E402
+from shared.evaluation.heldout import motion_of  # noqa: E402
 from shared.models import DualForce  # noqa: E402
+from shared.poc import assets  # noqa: E402
+from shared.poc import settings as PS  # noqa: E402
+from shared.poc import suite as PV  # noqa: E402
+from shared.poc.training import load_run, seed_dir  # noqa: E402
 from shared.training import fit  # noqa: E402
 
 # Long-video methods (issue #16), each a combination of components ("a+b"): a sampler setting on the same trained
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/poc")
     ap.add_argument("--factor", type=errors.integer(1), default=10, help="rollout length in training clips")
     ap.add_argument("--device", type=errors.device, default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--task", choices=("v1", "v2"), default=poc.CORE.task, help="the SynthTalk task run.py used")
+    ap.add_argument("--task", choices=("v1", "v2"), default=PS.CORE.task, help="the SynthTalk task run.py used")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"comma-separated; each one or more of {', '.join(COMPONENTS)} joined by '+'")
     ap.add_argument("--sigma-context", type=errors.real(0, 1, hi_open=True), default=0.05, help="history noise level at inference")
@@ -175,12 +178,12 @@ def run_methods(args) -> dict:
     if not methods:
         raise SystemExit(f"error: --methods is empty: choose from {', '.join(COMPONENTS)}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    s = replace(poc.QUICK if args.quick else poc.GPU if device == "cuda" else poc.CORE, task=args.task)
+    s = replace(PS.QUICK if args.quick else PS.GPU if device == "cuda" else PS.CORE, task=args.task)
     tune_steps = args.finetune_steps or max(2, s.train_steps // 8)
     out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
-    suite = poc.FULL_VARIANTS if args.suite == "full" else poc.CORE_VARIANTS
+    suite = PV.FULL_VARIANTS if args.suite == "full" else PV.CORE_VARIANTS
     trained = [v for v in suite if not v.model_of]
-    missing = [v.name for v in trained if runs.latest_checkpoint(poc.seed_dir(out, v.name, 0)) is None]
+    missing = [v.name for v in trained if runs.latest_checkpoint(seed_dir(out, v.name, 0)) is None]
     if missing:
         raise SystemExit(f"error: {out}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
                          f"--suite/--quick/--out first")
@@ -188,16 +191,16 @@ def run_methods(args) -> dict:
     if not chosen:
         names = ", ".join(v.name for v in trained if v.role == "variant")
         raise SystemExit(f"error: --variants {args.variants}: none of the trained variants ({names})")
-    data = poc.build_data(s, Path(args.out), args.suite, device, con)  # reuses what run.py made
-    probe, codec, acc, _ = poc.build_probe(s, data, device, con)
+    data = assets.build_data(s, Path(args.out), args.suite, device, con)  # reuses what run.py made
+    probe, codec, acc, _ = assets.build_probe(s, data, device, con)
     dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
     clip = C.get_preset("poc").clip_frames
     frames = args.factor * clip
 
     def load(name: str):
-        vdir = poc.seed_dir(out, name, 0)
+        vdir = seed_dir(out, name, 0)
         cfg = runs.load_config(vdir)
-        return poc.load_run(cfg, vdir, device)[0], cfg
+        return load_run(cfg, vdir, device)[0], cfg
 
     src = next((v for v in suite if v.role == "motion source"), None)
     source = load(src.name) if src is not None and any(v.name == "condition_only" for v in chosen) else None
@@ -215,7 +218,7 @@ def run_methods(args) -> dict:
                                      device, con)
             seconds.setdefault(m, {})[v.name] = {"finetune": time.perf_counter() - t0}
             con.print(f"{v.name} / {m}: {len(cl)} held-out clips x {frames} frames ({args.factor} training clips)")
-            cond = poc.motion_of(v, cl, 1, source, device, s.seed, frames) if cfg.model.mode.struct_condition else None
+            cond = motion_of(v, cl, 1, source, device, s.seed, frames) if cfg.model.mode.struct_condition else None
             t0 = time.perf_counter()
             roll = rollout(model, cl, replace(cfg, sample=replace(cfg.sample, **plans[m][0])), device, seed=s.seed,
                            cond_struct=cond, frames=frames)

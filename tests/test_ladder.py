@@ -3,10 +3,8 @@ reports (built here as the PoC writes them, without training)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,11 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _poc():
-    spec = importlib.util.spec_from_file_location("poc_run_ladder", ROOT / "stage0_poc" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The PoC's public names in one namespace (settings, suite, the ladder's climb)."""
+    import types
+    from dataclasses import asdict
+
+    from shared.poc import ladder as L
+    from shared.poc import settings as S
+    from shared.poc import suite as V
+
+    names = {k: getattr(m, k) for m in (S, V) for k in dir(m) if not k.startswith("_")}
+    return types.SimpleNamespace(**{**names, "settings": S.resolve, "asdict": asdict, "climb": L.climb})
 
 
 def test_a_line_through_exact_points_is_recovered_and_extrapolated():
@@ -132,7 +135,7 @@ def test_rung_settings_and_folders():
     assert poc.run_name(_args(rung="l")) == "core-l" and poc.run_name(_args(quick=True)) == "core-quick"
 
 
-def test_the_ladder_reuses_finished_rungs(tmp_path, monkeypatch):
+def test_the_ladder_reuses_finished_rungs(tmp_path):
     poc = _poc()
     ran = []
 
@@ -144,11 +147,10 @@ def test_the_ladder_reuses_finished_rungs(tmp_path, monkeypatch):
         (tmp_path / poc.run_name(a) / "report.json").write_text(json.dumps(rep))
         return rep
 
-    monkeypatch.setattr(poc, "run_suite", suite)
-    first = poc.run_ladder(_args(out=str(tmp_path), ladder=True))
+    first = poc.climb(_args(out=str(tmp_path), ladder=True), suite)
     assert ran == list(poc.RUNGS) and len(first["rungs"]) == 4 and (tmp_path / "ladder" / "ladder.md").exists()
     ran.clear()
-    poc.run_ladder(_args(out=str(tmp_path), ladder=True))
+    poc.climb(_args(out=str(tmp_path), ladder=True), suite)
     assert ran == []  # every rung finished with the same settings: read back
-    poc.run_ladder(_args(out=str(tmp_path), ladder=True, seeds=2))
+    poc.climb(_args(out=str(tmp_path), ladder=True, seeds=2), suite)
     assert ran == list(poc.RUNGS)  # other settings: run again

@@ -90,9 +90,33 @@ def test_scripts_use_public_names_only():
 
 
 def test_layout_groups_by_concept():
-    """Packages for the model, data, sampling, training and evaluation; few modules at the root (the config, the maths
-    of the noise, FLOP accounting, the run folder, the summary CLI, user errors and the one-writer lock)."""
+    """Packages for the model, data, sampling, training and evaluation, and the PoC experiment built on them (#35: its
+    script stays thin); few modules at the root (the config, the maths of the noise, FLOP accounting, the run folder,
+    the summary CLI, user errors and the one-writer lock)."""
     assert {p.name for p in SHARED.iterdir() if (p / "__init__.py").exists()} == {
-        "models", "data", "sampling", "training", "evaluation"}
+        "models", "data", "sampling", "training", "evaluation", "poc"}
     assert {p.stem for p in SHARED.glob("*.py")} == {"__init__", "config", "diffusion", "errors", "flops", "lock",
                                                       "runs", "summary"}
+
+
+def _python_files():
+    skip = {".venv", ".git", "runs", "node_modules"}
+    return [p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts)]
+
+
+def test_the_poc_script_is_thin_and_nothing_imports_it():
+    """#35: stage0_poc/run.py is the pipeline at a glance (parse -> data -> train -> evaluate -> decide -> write) over
+    `shared.poc`; no script, benchmark or test imports it or loads it as a module."""
+    script = ROOT / "stage0_poc" / "run.py"
+    assert len(script.read_text().splitlines()) <= 150
+    for path in _python_files():
+        if path in (script, Path(__file__)):
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                assert not any(a.name in ("run", "stage0_poc.run") for a in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert node.module != "run" and not (node.module == "stage0_poc" and
+                                                      any(a.name == "run" for a in node.names)), path
+        assert 'stage0_poc" / "run.py")' not in text or "spec_from_file_location" not in text, path

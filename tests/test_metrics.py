@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from shared.evaluation import metrics as M
+from shared.evaluation import verdicts as V
 from shared.evaluation.evaluate import JAW, POSE, EvalClip, clip_metrics
 
 
@@ -57,9 +58,9 @@ def test_mean_ci_and_verdicts():
     assert M.compare("lip_r", tiny, a, True).outcome == "better"
     assert M.compare("lip_r", tiny, a, True, min_effect=0.05).outcome == "tie"
     better, worse, tie = (M.Comparison("m", {}, o) for o in ("better", "worse", "tie"))
-    assert M.verdict([better, tie]) == "supported"
-    assert M.verdict([worse, tie]) == "not supported"
-    assert M.verdict([better, worse]) == "inconclusive" and M.verdict([tie, tie]) == "inconclusive"
+    assert V.clip_verdict([better, tie]) == "supported"
+    assert V.clip_verdict([worse, tie]) == "not supported"
+    assert V.clip_verdict([better, worse]) == "inconclusive" and V.clip_verdict([tie, tie]) == "inconclusive"
 
 
 def _read(motion, identity):

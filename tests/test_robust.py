@@ -46,9 +46,14 @@ def _script(path: str, name: str):
 
 
 generate = _script("stage2_dual/generate.py", "generate_cli")
-poc = _script("stage0_poc/run.py", "poc_run_cli")
 gate = _script("benchmarks/gate.py", "gate_cli")
 from shared import summary  # noqa: E402
+from shared.poc import cli as poc_cli  # noqa: E402
+
+
+def poc_main(argv):
+    """stage0_poc/run.py's command line up to the run itself (its refusals all come first)."""
+    return poc_cli.main(argv, lambda args: {})
 
 
 def refused(capsys, main, *argv) -> str:
@@ -142,7 +147,7 @@ def test_ingest_and_poc_refuse_a_folder_another_process_writes(videos, tmp_path,
         assert f"cache {cache} is in use by pid {pid}" in line
     assert not cache.exists() and not partial_path(cache).exists()
     with held_elsewhere("folder", tmp_path / "poc") as pid:
-        line = refused(capsys, poc.main, "--quick", "--out", tmp_path / "poc", "--device", "cpu")
+        line = refused(capsys, poc_main, "--quick", "--out", tmp_path / "poc", "--device", "cpu")
         assert f"PoC folder {tmp_path / 'poc'} is in use by pid {pid}" in line
 
 
@@ -323,7 +328,7 @@ def test_audio_with_a_nan_sample_is_refused_before_generating(run, cache, tmp_pa
                                                 ("--rollouts", "0", "--rollouts: 0 must be >= 1"),
                                                 ("--curve-points", "9", "--curve-points: 9 must be in [0, 3]")])
 def test_poc_refuses_counts_that_cannot_run_before_touching_its_folder(tmp_path, capsys, flag, value, match):
-    assert match in refused(capsys, poc.main, "--quick", "--out", tmp_path / "poc", "--device", "cpu", flag, value)
+    assert match in refused(capsys, poc_main, "--quick", "--out", tmp_path / "poc", "--device", "cpu", flag, value)
     assert not (tmp_path / "poc").exists()
 
 
@@ -512,7 +517,7 @@ def test_a_bad_config_json_is_named_by_training_and_generation(run, cache, tmp_p
 def test_asking_for_a_gpu_where_there_is_none(run, cache, tmp_path, capsys):
     assert "no CUDA GPU is visible" in refused(capsys, generate.main,
                                                *_gen_args(run, cache, tmp_path)[:-2], "--device", "cuda")
-    assert "no CUDA GPU is visible" in refused(capsys, poc.main, "--quick", "--out", tmp_path, "--device", "cuda")
+    assert "no CUDA GPU is visible" in refused(capsys, poc_main, "--quick", "--out", tmp_path, "--device", "cuda")
     assert "no CUDA GPU is visible" in refused(capsys, train(), "--preset", "tiny", "--data", cache, "--out",
                                                tmp_path / "r", "--accelerator", "cuda")
     assert "no CUDA GPU is visible" in refused(capsys, gate.main, "--preset", "poc", "--device", "cuda")
@@ -567,7 +572,7 @@ def test_ingest_options_out_of_range(videos, tmp_path, capsys, argv, match):
 def test_output_paths_that_are_files(videos, cache, tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
-    assert f"--out {f}: is a file" in refused(capsys, poc.main, "--quick", "--out", f, "--device", "cpu")
+    assert f"--out {f}: is a file" in refused(capsys, poc_main, "--quick", "--out", f, "--device", "cpu")
     assert f"--out {f}: is a file" in refused(capsys, synth.main, "--out", f, "--clips", "1")
     under = f / "sub"
     assert f"--out {under}: {f} is a file, not a folder" in refused(capsys, synth.main, "--out", under)

@@ -106,23 +106,6 @@ def compare(metric: str, a, b, higher_is_better: bool, min_effect: float = 0.0) 
     return Comparison(metric, d, outcome)
 
 
-VERDICT_RULE = ("A hypothesis 'A beats B' is `supported` when A is significantly better than B (the paired 95% "
-                "interval of the per-clip difference excludes 0 on A's side, and the mean difference is at least "
-                "the metric's smallest effect of interest) on at least one primary metric and "
-                "significantly worse on none; `not supported` when A is significantly worse on at least one "
-                "primary metric and better on none; `inconclusive` otherwise (all ties, or better on some and "
-                "worse on others).")
-
-
-def verdict(comparisons: list[Comparison]) -> str:
-    outs = {c.outcome for c in comparisons}
-    if "better" in outs and "worse" not in outs:
-        return "supported"
-    if "worse" in outs and "better" not in outs:
-        return "not supported"
-    return "inconclusive"
-
-
 # ------------------------------------------------------------------ distributions (compare sets, not realisations)
 
 

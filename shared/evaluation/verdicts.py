@@ -179,6 +179,56 @@ RULE = ("Each question 'A beats B' is a paired test over training seeds of A's i
         "nothing.")
 
 
+CLIP_RULE = ("A hypothesis 'A beats B' is `supported` when A is significantly better than B (the paired 95% "
+             "interval of the per-clip difference excludes 0 on A's side, and the mean difference is at least "
+             "the metric's smallest effect of interest) on at least one primary metric and "
+             "significantly worse on none; `not supported` when A is significantly worse on at least one "
+             "primary metric and better on none; `inconclusive` otherwise (all ties, or better on some and "
+             "worse on others).")
+
+
+def clip_verdict(comparisons: list) -> str:
+    """The clip-level rule (`CLIP_RULE`) over one seed's per-clip comparisons (`metrics.compare`)."""
+    outs = {c.outcome for c in comparisons}
+    if "better" in outs and "worse" not in outs:
+        return "supported"
+    if "worse" in outs and "better" not in outs:
+        return "not supported"
+    return "inconclusive"
+
+
+def overall(outcomes: list[str]) -> str:
+    """A hypothesis made of questions (H2: H2a and H2b against every baseline): `supported` when every question is,
+    `not supported` when one is worse (or not supported), `equivalent` when every one is, else `inconclusive`;
+    questions `not testable at this scale` left out (all of them: not testable at this scale)."""
+    if outcomes and all(o == NOT_TESTABLE for o in outcomes):
+        return NOT_TESTABLE
+    outcomes = [o for o in outcomes if o != NOT_TESTABLE]
+    if outcomes and all(o == "supported" for o in outcomes):
+        return "supported"
+    if any(o in ("worse", "not supported") for o in outcomes):
+        return "not supported"
+    if outcomes and all(o == "equivalent" for o in outcomes):
+        return "equivalent"
+    return "inconclusive"
+
+
+H1_IDENTITY_FRACTION = 0.5  # of the distance between two different real identities
+
+
+def learns(lip_r: dict, id_err: dict, chance: float) -> str:
+    """H1 (video_only learns talking heads) from its lip-sync and identity-error intervals (`metrics.mean_ci`):
+    `supported` when lip sync is above 0 and the identity error below H1_IDENTITY_FRACTION x `chance` (the distance
+    between two different real identities), `not supported` when lip sync is <= 0 or the identity error is at or
+    above that bound, `inconclusive` otherwise."""
+    bound = H1_IDENTITY_FRACTION * chance
+    if lip_r["lo"] > 0 and id_err["hi"] < bound:
+        return "supported"
+    if lip_r["hi"] <= 0 or id_err["lo"] >= bound:
+        return "not supported"
+    return "inconclusive"
+
+
 # H3 of the PoC: a stability test stated before any run; every seed must pass every clause.
 STABILITY_RULES = {"h3_heldout_ratio": 0.8, "h3_spike": 3.0, "h3_grad_ratio": 10.0}
 

@@ -1,0 +1,28 @@
+"""`--ladder`: the core suite at every rung of `settings.RUNGS`, each in its own folder; a rung whose report.json was
+written with the same settings is read back, not rerun; then the trend (`shared.evaluation.ladder`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from .. import config as C
+from ..evaluation import ladder
+from .settings import RUNGS, device_of, resolve, run_name
+from .suite import parameters
+
+
+def climb(args: argparse.Namespace, run_suite: Callable[[argparse.Namespace], dict]) -> dict:
+    """Every rung through `run_suite` (or its saved report), then the trend in OUT/ladder[-quick]/."""
+    reports = {}
+    for rung in RUNGS:
+        a = argparse.Namespace(**{**vars(args), "rung": rung, "ladder": False})
+        path = Path(args.out) / run_name(a) / "report.json"
+        want = json.loads(json.dumps(asdict(resolve(a, device_of(a)))))
+        done = json.loads(path.read_text()) if path.exists() and not args.retrain else None
+        reports[rung] = done if done and done.get("settings") == want else run_suite(a)
+    folder = Path(args.out) / f"ladder{'-quick' if args.quick else ''}"
+    return ladder.write(folder, reports, full=parameters(C.get_preset("full").model))

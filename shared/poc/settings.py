@@ -1,0 +1,111 @@
+"""The sizes of one PoC run: `Settings`, the presets (`CORE` on a 2-core CPU, `QUICK` to exercise every part, `GPU`
+to decide) and the scaling ladder's rungs (`RUNGS`), resolved from the command line by `resolve`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one PoC run (`CORE` on a 2-core CPU, `QUICK` to exercise every part, `GPU` to decide)."""
+
+    train_clips: int = 40
+    """SynthTalk training clips (identities)."""
+    eval_clips: int = 8
+    """Held-out clips (other identities) for evaluation."""
+    val_clips: int = 8
+    """Validation clips (held-out identities, not the test clips): what the probe reads reliably is chosen on them."""
+    train_seconds: float = 8.0
+    """Length of each training clip."""
+    eval_seconds: float = 3.0
+    """Length of each held-out clip (must hold the rollout)."""
+    size: int = 64
+    """Frame size in pixels."""
+    ae_steps: int = 800
+    """tiny-ae training steps."""
+    probe_steps: int = 600
+    """Probe training steps."""
+    train_steps: int = 300
+    """Optimiser steps per variant."""
+    batch: int = 8
+    """Training batch (clips of clip_frames + 1 frames)."""
+    rollout_factor: int = 4
+    """Rollout length in training clip lengths."""
+    rollouts: int = 1
+    """Rollouts per held-out clip (different noise), averaged inside the clip."""
+    seed: int = 0
+    """Seed of everything (data, init, noise)."""
+    seeds: int = 1
+    """Training seeds per variant (paired across variants: the unit of a variant effect, `shared.evaluation.verdicts`)."""
+    sync_steps: int = 2000
+    """Training steps of the latent lip-sync expert (remedy (b)), when a variant uses it."""
+    curve_points: int = 0
+    """Learning-curve snapshots per variant (at 1/8, 1/4, 1/2 of training, up to 3), each evaluated on a smaller
+    held-out set, plus the end; 0: none."""
+    task: str = "v2"
+    """SynthTalk task (`shared.data.synth`): v2, on which a 3-D motion stream can matter, or the original v1."""
+    rung: str = "xs"
+    """The scaling-ladder rung these settings are (`RUNGS`; xs: the default)."""
+    model: tuple = ()
+    """(dotted key, value) overrides of the poc preset every variant starts from (a rung's width, depth, ...)."""
+    precision: str = "32-true"
+    """The side-by-side training's precision on a GPU (`train.precision`): 32-true (fp32 with TF32 matmuls, the
+    default's) or bf16-mixed (bf16 autocast: the large rungs, where training is compute-bound); fp32 on the CPU."""
+
+
+CORE = Settings()
+QUICK = Settings(train_clips=6, eval_clips=3, val_clips=3, train_seconds=3.0, eval_seconds=2.8, ae_steps=80, probe_steps=80,
+                 train_steps=16, batch=4, rollout_factor=2, sync_steps=40)
+# The defaults on a GPU: the ones that decide (issue #19). 5 paired seeds, 48 fresh held-out clips with 4 rollouts of
+# 10x the training clip each; the suite trains side by side (`shared.training.seeds`). 4000 steps: where the held-out
+# loss stops falling (`benchmarks/poc_plateau.py`, H100, 8000 steps at batch 8: held-out video loss 0.259 / 0.253 /
+# 0.252 at 3000 / 4000 / 5000 steps, then rising to 0.259 at 8000; the struct stream's lowest at 1000-2000: longer
+# training overfits the 40 training identities).
+GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae_steps=600, probe_steps=800,
+               train_steps=4000, batch=8, rollout_factor=10, rollouts=4, seeds=5, curve_points=1)
+# The scaling ladder (issue #34): each rung grows the model (width and depth, both towers, the bridge over the first
+# half of the blocks) and the training identities together, so that no rung is starved of data; the codec, probes,
+# evaluation and sampler are the default's. Parameters (poc latents, logmel, 13-d motion): video_only / dual
+# xs 1.2 / 2.6 M, s 2.6 / 5.7 M, m 14.2 / 31.8 M, l 40.9 / 92.4 M (35x / 36x xs). `--rung R` runs one, `--ladder` all.
+# Steps and seeds are what one H200 affords (benchmarks/RESULTS.md, 2026-12-02: the core suite trains at 4.3 lockstep
+# rounds/s at m with 5 seeds and 3.1 at l with 3, fp32 with TF32 matmuls): the larger rungs train fewer steps, and the
+# learning curves (held-out loss at half and at the end) say whether a rung was still learning; their evaluation is
+# the first 32 held-out clips x 2 rollouts (the rollouts of the default's 48 x 4 would take 5 min a seed at l).
+RUNGS: dict[str, dict] = {
+    "xs": {},
+    "s": {"model": (("model.dim", 192), ("model.struct_width", 192)), "train_clips": 80, "eval_clips": 32,
+          "rollouts": 2},
+    "m": {"model": (("model.dim", 384), ("model.depth", 6), ("model.struct_width", 384), ("model.struct_depth", 6),
+                    ("model.fusion_depth", 3)), "train_clips": 160, "train_steps": 3000, "eval_clips": 32,
+          "rollouts": 2, "precision": "bf16-mixed"},
+    "l": {"model": (("model.dim", 576), ("model.depth", 8), ("model.struct_width", 576), ("model.struct_depth", 8),
+                    ("model.fusion_depth", 4)), "train_clips": 320, "train_steps": 2000, "seeds": 3, "eval_clips": 32,
+          "rollouts": 2, "precision": "bf16-mixed"},
+}
+
+
+def device_of(args) -> str:
+    """--device auto: the GPU when one is visible."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+
+def resolve(args, device: str) -> Settings:
+    """The run's sizes: the machine's defaults (or --quick), the rung, then the flags given."""
+    s = replace(QUICK if args.quick else GPU if device == "cuda" else CORE, task=args.task)
+    rung = RUNGS[args.rung] if not args.quick else {k: v for k, v in RUNGS[args.rung].items() if k == "model"}
+    s = replace(s, rung=args.rung, **rung)  # --quick keeps its small sizes: a rung changes only the model there
+    for key in ("seeds", "eval_clips", "rollouts", "curve_points", "precision"):
+        if getattr(args, key, None) is not None:
+            s = replace(s, **{key: getattr(args, key)})
+    if device != "cuda":
+        s = replace(s, precision="32-true")
+    return replace(s, train_steps=args.steps) if args.steps is not None else s
+
+
+def run_name(args) -> str:
+    """The run's folder under --out: the suite, -quick, -RUNG (none for the default rung)."""
+    return f"{args.suite}{'-quick' if args.quick else ''}{'' if args.rung == 'xs' else '-' + args.rung}"
+
