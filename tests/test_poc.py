@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOT_TESTABLE = "not testable at this scale"  # where the oracle's gap is not above the SESOI (#34)
 VERDICTS = {"supported", "not supported", "inconclusive", NOT_TESTABLE}
-OUTCOMES = {"supported", "worse", "equivalent", "inconclusive", NOT_TESTABLE}
+OUTCOMES = {"supported", "not supported", "equivalent", "inconclusive", NOT_TESTABLE}  # one vocabulary (#35)
 
 
 def _close(a, b, path=""):

@@ -16,9 +16,9 @@ def _test(effect: float, sd: float, n: int, seed: int, sesoi: float = 0.05, high
     return V.paired("A beats B", "m", a, b, higher, sesoi)
 
 
-def test_a_true_effect_is_supported_and_its_reverse_worse():
+def test_a_true_effect_is_supported_and_its_reverse_not_supported():
     got = V.decide([_test(0.10, 0.02, 8, 0), _test(-0.10, 0.02, 8, 1)])
-    assert [t.outcome for t in got] == ["supported", "worse"]
+    assert [t.outcome for t in got] == ["supported", "not supported"]
     assert got[0].lo > 0 and got[0].mde < 0.10
     lower_is_better = V.decide([_test(0.10, 0.02, 8, 2, higher=False)])[0]
     assert lower_is_better.outcome == "supported" and lower_is_better.mean > 0
@@ -37,13 +37,13 @@ def test_no_power_stays_inconclusive_and_says_what_it_could_see():
 
 
 def test_error_rates_on_many_simulated_suites():
-    """Under the null the Holm-corrected rule calls `supported`/`worse` in at most ~alpha of suites (family-wise);
+    """Under the null the Holm-corrected rule calls `supported`/`not supported` in at most ~alpha of suites (family-wise);
     under a true effect of 2 SE-units per seed it finds it in most suites."""
     g = np.random.default_rng(5)
     false_calls, hits = 0, 0
     for _ in range(300):
         nulls = [V.paired("q", f"m{k}", g.normal(0, 1, 5), np.zeros(5), True, 0.01) for k in range(4)]
-        false_calls += any(t.outcome in ("supported", "worse") for t in V.decide(nulls))
+        false_calls += any(t.outcome in ("supported", "not supported") for t in V.decide(nulls))
         effect = V.paired("q", "m", g.normal(1.5, 0.5, 6), np.zeros(6), True, 0.01)
         hits += V.decide([effect])[0].outcome == "supported"
     assert false_calls / 300 <= 0.08 and hits / 300 >= 0.9
@@ -56,9 +56,9 @@ def test_holm_adjustment_by_hand():
 
 def test_hypothesis_from_families():
     assert V.hypothesis(["supported", "inconclusive"]) == "supported"
-    assert V.hypothesis(["supported", "worse"]) == "inconclusive"
+    assert V.hypothesis(["supported", "not supported"]) == "inconclusive"
     assert V.hypothesis(["equivalent", "equivalent"]) == "equivalent"
-    assert V.hypothesis(["worse", "equivalent"]) == "worse"
+    assert V.hypothesis(["not supported", "equivalent"]) == "not supported"
 
 
 
@@ -130,7 +130,7 @@ def test_h2_tests_without_headroom_are_not_testable_and_the_rest_decide():
                                0.05)])
     room = {"lip sync": {"status": V.NOT_TESTABLE}, "motion": {"status": "testable"}}
     gated = V.gate_by_headroom(tests, room)
-    assert [t["outcome"] for t in gated] == [V.NOT_TESTABLE, "worse", tests[2].outcome]  # only H2 questions gated
+    assert [t["outcome"] for t in gated] == [V.NOT_TESTABLE, "not supported", tests[2].outcome]  # only H2 questions gated
     assert gated[0]["outcome_before_headroom"] == "supported" and gated[0]["mean"] == tests[0].mean
-    assert V.hypothesis_with_headroom([t["outcome"] for t in gated[:2]]) == "worse"
+    assert V.hypothesis_with_headroom([t["outcome"] for t in gated[:2]]) == "not supported"
     assert V.hypothesis_with_headroom([V.NOT_TESTABLE, V.NOT_TESTABLE]) == V.NOT_TESTABLE

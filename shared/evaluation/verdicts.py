@@ -13,11 +13,14 @@ lower-is-better metrics). For every comparison of a suite:
   with 80% power given the observed spread, (t_{1 - alpha / 2m} + t_{0.8}) * se.
 
 Outcome: `equivalent` when p_tost_holm < alpha (the effect is within +/- sesoi, whatever its sign or significance);
-else `supported` when p_holm < alpha and mean(d) > 0; `worse` when p_holm < alpha and mean(d) < 0; else
-`inconclusive` (no power to tell: the MDE says how large an effect the design could have seen). With fewer than two
-seeds nothing can be decided: `inconclusive`, p = 1.
-A hypothesis over several metric families is `supported` when supported on at least one and worse on none, `worse`
-symmetrically, `equivalent` when equivalent on every family, else `inconclusive`.
+else `supported` when p_holm < alpha and mean(d) > 0; `not supported` when p_holm < alpha and mean(d) < 0 (A is
+significantly worse); else `inconclusive` (no power to tell: the MDE says how large an effect the design could have
+seen). With fewer than two seeds nothing can be decided: `inconclusive`, p = 1.
+A hypothesis over several metric families is `supported` when supported on at least one and not supported on none,
+`not supported` symmetrically, `equivalent` when equivalent on every family, else `inconclusive`.
+
+One vocabulary (`VERDICTS`) for every verdict of the project: a family's test, a question at the seed or the clip
+level, a hypothesis made of questions, H1 and H3; `not testable at this scale` where the oracle's headroom is missing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-OUTCOMES = ("supported", "worse", "equivalent", "inconclusive")
+SUPPORTED, NOT_SUPPORTED, EQUIVALENT, INCONCLUSIVE = "supported", "not supported", "equivalent", "inconclusive"
+NOT_TESTABLE = "not testable at this scale"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, EQUIVALENT, INCONCLUSIVE, NOT_TESTABLE)
+OUTCOMES = VERDICTS[:4]  # what a test over seeds can say (the headroom gate adds NOT_TESTABLE)
 POWER = 0.8
 
 
@@ -100,7 +106,7 @@ def decide(tests: list[Test], alpha: float = 0.05) -> list[Test]:
         if pt_h < alpha:
             outcome = "equivalent"
         elif p_h < alpha:
-            outcome = "supported" if t.mean > 0 else "worse"
+            outcome = SUPPORTED if t.mean > 0 else NOT_SUPPORTED
         else:
             outcome = "inconclusive"
         out.append(Test(**{**t.as_dict(), "p_holm": p_h, "p_tost_holm": pt_h, "lo": t.mean - crit * t.se,
@@ -111,16 +117,13 @@ def decide(tests: list[Test], alpha: float = 0.05) -> list[Test]:
 def hypothesis(outcomes: list[str]) -> str:
     """One hypothesis from its metric families' outcomes (see the module docstring)."""
     s = set(outcomes)
-    if "supported" in s and "worse" not in s:
-        return "supported"
-    if "worse" in s and "supported" not in s:
-        return "worse"
-    if s == {"equivalent"}:
-        return "equivalent"
-    return "inconclusive"
-
-
-NOT_TESTABLE = "not testable at this scale"
+    if SUPPORTED in s and NOT_SUPPORTED not in s:
+        return SUPPORTED
+    if NOT_SUPPORTED in s and SUPPORTED not in s:
+        return NOT_SUPPORTED
+    if s == {EQUIVALENT}:
+        return EQUIVALENT
+    return INCONCLUSIVE
 
 
 def headroom(families: dict[str, tuple], alpha: float = 0.05) -> dict[str, dict]:
@@ -172,11 +175,12 @@ def hypothesis_with_headroom(outcomes: list[str]) -> str:
 RULE = ("Each question 'A beats B' is a paired test over training seeds of A's improvement on each family's primary "
         "metric (clips and rollouts averaged inside a seed). Holm's correction runs across every test of the suite; "
         "`equivalent` when the two one-sided tests (TOST) put the improvement within +/- the smallest effect of "
-        "interest, `supported` / `worse` when the Holm-adjusted two-sided test rejects no difference, `inconclusive` "
+        "interest, `supported` / `not supported` when the Holm-adjusted two-sided test rejects no difference (A better / "
+        "worse), `inconclusive` "
         "otherwise (the minimum detectable effect at 80% power says how large an effect the design could see). "
-        "Intervals are at the Bonferroni level. A question is `supported` when supported on one family and worse on "
-        "none, `worse` symmetrically, `equivalent` when equivalent on every family. Fewer than two seeds decide "
-        "nothing.")
+        "Intervals are at the Bonferroni level. A question is `supported` when supported on one family and not "
+        "supported on none, `not supported` symmetrically, `equivalent` when equivalent on every family. Fewer than "
+        "two seeds decide nothing.")
 
 
 CLIP_RULE = ("A hypothesis 'A beats B' is `supported` when A is significantly better than B (the paired 95% "
@@ -199,18 +203,18 @@ def clip_verdict(comparisons: list) -> str:
 
 def overall(outcomes: list[str]) -> str:
     """A hypothesis made of questions (H2: H2a and H2b against every baseline): `supported` when every question is,
-    `not supported` when one is worse (or not supported), `equivalent` when every one is, else `inconclusive`;
-    questions `not testable at this scale` left out (all of them: not testable at this scale)."""
+    `not supported` when one is, `equivalent` when every one is, else `inconclusive`; questions `not testable at this
+    scale` left out (all of them: not testable at this scale)."""
     if outcomes and all(o == NOT_TESTABLE for o in outcomes):
         return NOT_TESTABLE
     outcomes = [o for o in outcomes if o != NOT_TESTABLE]
-    if outcomes and all(o == "supported" for o in outcomes):
-        return "supported"
-    if any(o in ("worse", "not supported") for o in outcomes):
-        return "not supported"
-    if outcomes and all(o == "equivalent" for o in outcomes):
-        return "equivalent"
-    return "inconclusive"
+    if outcomes and all(o == SUPPORTED for o in outcomes):
+        return SUPPORTED
+    if NOT_SUPPORTED in outcomes:
+        return NOT_SUPPORTED
+    if outcomes and all(o == EQUIVALENT for o in outcomes):
+        return EQUIVALENT
+    return INCONCLUSIVE
 
 
 H1_IDENTITY_FRACTION = 0.5  # of the distance between two different real identities
