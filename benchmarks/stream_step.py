@@ -29,6 +29,7 @@ from shared import config as C
 from shared import errors
 from shared.data.codecs import rgb_to_uint8
 from shared.sampling import GraphedModel, stream, warm_up
+from shared.sampling import schedule as sched
 from shared.sampling.decode import OverlappedDecoder
 from shared.models import DualForce
 
@@ -107,8 +108,9 @@ def prepare(model, graphs, inputs, frames: int, sample) -> None:
     whose last steps have fewer frames in flight (new shapes: captured, and compiled, when reached), a whole stream."""
     if graphs is not None:  # a graph per input shape, captured once; later streams only replay
         warm_up(graphs, *inputs, frames, sample)
-    if graphs is None or sample.schedule == "rolling":
-        stop = None if sample.schedule == "rolling" else sample.window + sample.roll_keep + 2
+    windowed = sched.plan(sample, frames).windowed
+    if graphs is None or windowed:
+        stop = None if windowed else sample.window + sample.roll_keep + 2
         timed_stream(model, inputs, frames, sample, False, stop_after=stop, graphs=graphs)
 
 

@@ -120,3 +120,14 @@ def test_the_poc_script_is_thin_and_nothing_imports_it():
                 assert node.module != "run" and not (node.module == "stage0_poc" and
                                                       any(a.name == "run" for a in node.names)), path
         assert 'stage0_poc" / "run.py")' not in text or "spec_from_file_location" not in text, path
+
+
+def test_no_schedule_kind_is_tested_by_name_outside_schedule_py():
+    """#35: the kind is resolved once (`schedule.plan`); code elsewhere asks the plan, never compares a kind's name."""
+    for path in _python_files():
+        if path.name == "schedule.py" or path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                assert not {"rolling", "autoregressive", "full_sequence", "struct_leads"} & set(names), path

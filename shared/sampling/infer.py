@@ -110,7 +110,7 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
             graphs: GraphedModel | None = None) -> Iterator[dict]:
     sc = sample or SampleConfig()
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
-    rolling = schedule is None and sc.schedule == "rolling"
+    rolling = schedule is None and sched.plan(sc, num_frames).windowed
     blocks = rolling_rows(sc, num_frames) if rolling else block_rows(sc, num_frames, schedule)
     copies = 2 if sc.audio_cfg != 1.0 and audio is not None else 1
     ref_struct = ref_struct if model.cfg.mode.struct_tower else None
@@ -227,7 +227,7 @@ def warm_up(graphs: GraphedModel, ref_video: torch.Tensor, ref_struct: torch.Ten
     """Capture every graph a stream of these inputs will need (first step, steady state, roll) by streaming just far
     enough; later streams of the same batch and audio length only replay (the rolling schedule's last steps, fewer
     frames in flight, are captured when the stream reaches them). Returns the number of graphs."""
-    block = sched.resolve(sample, num_frames)[0]  # frames denoised together (chunk, or the rolling window)
+    block = sched.plan(sample, num_frames).block  # frames denoised together (chunk, or the rolling window)
     needed = min(num_frames, sample.window + sample.roll_keep + 2 * block + 1)
     for i, _ in enumerate(stream(graphs.model, ref_video, ref_struct, audio, num_frames, sample=sample,
                                  graphs=graphs)):

@@ -206,6 +206,11 @@ KINDS = {"autoregressive": _autoregressive_kind, "full_sequence": _full_sequence
 ValueError for what it cannot do."""
 
 
+WINDOWED = frozenset({"rolling"})
+"""Kinds whose frames join and leave a window of frames in flight one at a time (steps from `rolling_steps`); every
+other kind is block-sequential (rows from `stream_rows`)."""
+
+
 def resolve(sample: SampleConfig, frames: int) -> tuple[int, int]:
     """(block size, struct lead) of the sample config's kind for `frames` frames; ValueError names the problem."""
     if sample.schedule not in KINDS:
@@ -213,13 +218,33 @@ def resolve(sample: SampleConfig, frames: int) -> tuple[int, int]:
     return KINDS[sample.schedule](sample, frames)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A sample config's schedule kind resolved once for a stream (`plan`): what a sampler needs to know of it. No
+    code outside this module tests a kind by its name."""
+
+    kind: str
+    block: int
+    """Frames denoised together: the chunk, or the rolling window."""
+    lead: int
+    """Steps the struct is clean before the video."""
+    windowed: bool
+    """Frames join and leave a window one at a time (`rolling_steps`), else block-sequential (`stream_rows`)."""
+
+
+def plan(sample: SampleConfig, frames: int) -> Plan:
+    """The sample config's kind for `frames` frames, checked (ValueError names the problem)."""
+    block, lead = resolve(sample, frames)
+    return Plan(sample.schedule, block, lead, sample.schedule in WINDOWED)
+
+
 def build(sample: SampleConfig, frames: int) -> Schedule:
     """The whole [R + 1, F] matrix of the sample config's kind (for inspection and tests; the sampler uses
     `stream_rows`)."""
-    chunk, lead = resolve(sample, frames)
-    if sample.schedule == "rolling":
-        return rolling(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
-    return autoregressive(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
+    p = plan(sample, frames)
+    if p.windowed:
+        return rolling(frames, sample.steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
+    return autoregressive(frames, sample.steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
 
 
 def blocks(schedule: Schedule) -> list[Block]:
@@ -264,9 +289,10 @@ def block_rows(schedule: Schedule) -> list[BlockRows]:
 def stream_rows(sample: SampleConfig, frames: int) -> list[BlockRows]:
     """`block_rows(build(sample, frames))` without the matrix: O(frames / chunk), and every full block shares one pair
     of row tensors (so a sampler moves them to its device once). Not for `rolling` (`rolling_steps`)."""
-    chunk, lead = resolve(sample, frames)
-    if sample.schedule == "rolling":
-        raise ValueError("schedule rolling is not block-sequential: its steps come from rolling_steps")
+    p = plan(sample, frames)
+    if p.windowed:
+        raise ValueError(f"schedule {p.kind} is not block-sequential: its steps come from rolling_steps")
+    chunk, lead = p.block, p.lead
     sv, ss = _unit_rows(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
     full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
     out = []
