@@ -283,7 +283,7 @@ class SampleConfig:
     once (Diffusion Forcing keeps the history slightly noisy); 0: clean. Train with `diffusion.sigma_context`."""
     ref_weight: float = 1.0
     """Identity anchor: every attention weighs the reference frame as if it were present this many times (a log
-    bias on its keys, `shared.models.attention.ref_bias`); 1: as in training."""
+    bias on its keys, `shared.models.masks.ref_bias`); 1: as in training."""
 
     def __post_init__(self) -> None:
         _finite(self)

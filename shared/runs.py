@@ -160,6 +160,17 @@ def publish_checkpoint(tmp: Path, step: int, keep_last: int) -> Path:
     return final
 
 
+def save_weights(run: str | Path, step: int, model: dict, ema: dict | None = None) -> Path:
+    """A weights-only checkpoint of `run` at `step` (trained weights and their EMA: what `load_weights` and
+    generate.py read; no optimiser or RNG state, so not resumable), published atomically as the only one kept."""
+    tmp = begin_checkpoint(run, step)
+    state = {"model": model, "step": step}
+    if ema is not None:
+        state["ema"] = ema
+    torch.save(state, tmp / STATE)
+    return publish_checkpoint(tmp, step, 1)
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(weights file, run folder) from a run folder (its latest checkpoint), a step folder, or a weights .pt file
     beside config.json."""

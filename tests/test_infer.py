@@ -326,7 +326,7 @@ def test_ref_bias_counts_the_reference_w_times():
     """A log(w) bias on frame 0's keys equals attending to w copies of the reference (softmax identity)."""
     import torch.nn.functional as F
 
-    from shared.models.attention import ref_bias
+    from shared.models.masks import ref_bias
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 3, 8, generator=g) for _ in range(3))  # 3 frames of 1 token

@@ -131,3 +131,12 @@ def test_no_schedule_kind_is_tested_by_name_outside_schedule_py():
             if isinstance(node, ast.Compare):
                 names = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
                 assert not {"rolling", "autoregressive", "full_sequence", "struct_leads"} & set(names), path
+
+
+def test_the_forward_pass_reads_as_the_method():
+    """#35: DualForce.forward is embed -> per layer (video block, struct block, bridge) -> heads, in <= 30 lines."""
+    import inspect
+
+    from shared.models import DualForce
+
+    assert len(inspect.getsource(DualForce.forward).splitlines()) <= 30

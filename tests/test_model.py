@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from shared.models import DualForce, Span, pool_audio
-from shared.models import attention
-from shared.models.attention import (cache_mask, dense_frame_mask, frame_causal_attention, kv_splits,
-                                     split_kv_attention)
+from shared.models import attention, masks
+from shared.models.attention import frame_causal_attention, kv_splits, split_kv_attention
+from shared.models.masks import cache_mask, dense_frame_mask
 from tests.conftest import tiny_inputs, tiny_model
 
 
@@ -288,9 +288,9 @@ def test_block_masks_only_where_every_query_sees_a_key_frame():
     from torch.nn.attention.flex_attention import BlockMask
 
     q, k = Span(0, 32, 256), Span(0, 32, 256)
-    assert isinstance(attention.frame_mask(q, k, "flex", torch.device("cpu")), BlockMask)
+    assert isinstance(masks.frame_mask(q, k, "flex", torch.device("cpu")), BlockMask)
     later = Span(2, 30, 256)
-    assert isinstance(attention.frame_mask(Span(0, 32, 256), later, "flex", torch.device("cpu")), torch.Tensor)
+    assert isinstance(masks.frame_mask(Span(0, 32, 256), later, "flex", torch.device("cpu")), torch.Tensor)
 
 
 def test_residual_stream_stays_in_the_autocast_dtype():

@@ -1,21 +1,11 @@
-"""Frame-causal attention and the streaming KV cache.
-
-Tokens are laid out frame-major: a `Span` is a run of consecutive frames (time positions start .. start+count-1)
-with `tokens` tokens each. A query token of frame t sees every key token of frames <= t.
-
-Kernels without a cache (training, recomputation): no mask when every key frame is visible to every query frame;
-block-sparse `flex_attention` on CUDA for long sequences (never a dense S x S mask: frame boundaries are whole
-128-token blocks at 256 tokens per frame); SDPA with a dense boolean mask otherwise (CPU, short sequences).
-With a cache (streaming): SDPA over the whole static cache buffer with an additive frame-causal bias
-(`cache_mask`), so that the shapes never change as the cache fills.
-"""
+"""Attention under the frame-causal masks of `masks`: `attend` (SDPA, flex_attention with its kernel options,
+flash-decoding over a long cache), the qk-norm + RoPE, and the `Attention` module (self or cross, writing its
+keys/values into a `kvcache.KVSlot` when streaming). flex_attention's backend is chosen per process
+(`use_flex_backend`)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -24,11 +14,11 @@ from einops import rearrange
 
 from ..config import FLEX_BACKENDS
 from .kernels import rms_norm_rope
+from .kvcache import KVSlot
+from .masks import Span, frame_mask
 from .rope import apply_rope
 from .window_attention import MAX_KEYS, window_attention
 
-# Below this many (query x key) pairs a dense boolean mask is cheaper than building a block mask.
-FLEX_MIN_PAIRS = 1 << 22
 # What a frame-causal block mask guarantees flex_attention (`frame_mask` builds one only where both hold): every query
 # row sees at least its own frame, and a query block's visible key blocks are one run from the first. The kernels then
 # skip their empty-row and block-order checks: forward 395 -> 445 TFLOP/s, backward 299 -> 312 (one H100, 3 x 12 heads
@@ -73,65 +63,11 @@ def flash_unavailable() -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Span:
-    """Consecutive frames at time positions start..start+count-1, `tokens` tokens per frame (frame-major)."""
-
-    start: int
-    count: int
-    tokens: int
-
-    @property
-    def length(self) -> int:
-        return self.count * self.tokens
-
-    @property
-    def last(self) -> int:
-        return self.start + self.count - 1
-
-
-def dense_frame_mask(q: Span, k: Span, device: torch.device) -> torch.Tensor:
-    """[Sq, Skv] bool, True where the query frame >= the key frame."""
-    qf = q.start + torch.arange(q.length, device=device) // q.tokens
-    kf = k.start + torch.arange(k.length, device=device) // k.tokens
-    return qf[:, None] >= kf[None, :]
-
-
-@lru_cache(maxsize=64)
-def _block_mask(q: Span, k: Span, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def frame_causal(b, h, qi, ki):
-        return (q.start + qi // q.tokens) >= (k.start + ki // k.tokens)
-
-    return create_block_mask(frame_causal, None, None, q.length, k.length, device=device)
-
-
 @lru_cache(maxsize=1)
 def _flex():
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend == "auto":
-        return "flex" if device.type == "cuda" else "sdpa"
-    return backend
-
-
-def frame_mask(qs: Span, ks: Span, backend: str, device: torch.device):
-    """What frame-causal attention from span qs to span ks needs: None (every key frame is visible to every query
-    frame: plain flash attention), a flex `BlockMask` (long sequences on CUDA where the first query frame sees a key
-    frame, as `FLEX_OPTIONS` assumes; built once per shape and reused), or a dense [Sq, Skv] boolean mask. Built
-    outside the blocks, once per forward, so that compiled blocks get it as an input instead of tracing its
-    construction."""
-    if qs.start >= ks.last:
-        return None
-    if (resolve_backend(backend, device) == "flex" and qs.length * ks.length >= FLEX_MIN_PAIRS
-            and qs.start >= ks.start):
-        return _block_mask(qs, ks, str(device))
-    return dense_frame_mask(qs, ks, device)
 
 
 # Split the keys of a cached attention when a frame's queries meet a long cache (see `split_kv_attention`); the
@@ -203,137 +139,6 @@ def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qs
                            backend: str = "auto") -> torch.Tensor:
     """q [B, H, Sq, D], k/v [B, H, Skv, D] -> [B, H, Sq, D], frame-causal between spans qs and ks."""
     return attend(q, k, v, frame_mask(qs, ks, backend, q.device))
-
-
-class KVCache:
-    """Pre-allocated keys/values of every attention layer, one slot per frame; slot i holds time position i.
-
-    Slot 0 is the reference frame (a permanent sink). A cached forward writes the keys/values of its frames into
-    slots [start, start + count) and attends to *every* slot under the frame-causal mask "key slot <= query
-    frame" (`cache_mask`): slots past the query hold stale or no frames and are masked out. So the shapes never
-    depend on how full the cache is, and one compiled kernel or one CUDA graph serves every position (`start`
-    may be a device tensor). `length` is the host's count of committed slots: the sampler's bookkeeping.
-    Keys are stored rotated (RoPE applied): a slot's position never changes while it is held.
-    """
-
-    def __init__(self, max_frames: int):
-        self.max_frames = max_frames
-        self.length = 0
-        self._buf: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def slot(self, key: str, batch: int, heads: int, tokens: int, head_dim: int, index: torch.Tensor,
-             dtype: torch.dtype, device: torch.device) -> "KVSlot":
-        """Layer `key`'s buffers [B, H, max_frames * tokens, D] (made on first use) and the token rows `index`
-        this forward writes (start * tokens + arange(count * tokens))."""
-        shape = (batch, heads, self.max_frames * tokens, head_dim)
-        if key not in self._buf:
-            # zeros, not empty: a masked slot has weight 0, and 0 * NaN-garbage would still be NaN
-            self._buf[key] = (torch.zeros(shape, dtype=dtype, device=device),
-                              torch.zeros(shape, dtype=dtype, device=device))
-        kb, vb = self._buf[key]
-        if kb.shape != shape or kb.dtype != dtype:
-            raise RuntimeError(f"KVCache[{key}]: buffer {list(kb.shape)} {kb.dtype}, asked for {list(shape)} {dtype}")
-        if torch.is_grad_enabled():
-            # differentiable use (training on the model's own rollouts): earlier forwards' attention saved the old
-            # buffers for the backward pass, so this forward writes into copies, which the cache then holds
-            kb, vb = kb.clone(), vb.clone()
-            self._buf[key] = (kb, vb)
-        return KVSlot(kb, vb, index)
-
-    def view(self, batch: int, start: int | torch.Tensor, count: int, head_dim: int, dtype: torch.dtype,
-             device: torch.device, ref_weight: float = 1.0) -> "CacheView":
-        """What one forward of `count` frames written at slots start.. needs from the cache (`ref_weight`: see
-        `ref_bias`)."""
-        if not torch.is_tensor(start) and start != self.length:
-            raise ValueError(f"start={start}: the cache has {self.length} committed slots; new frames go after them")
-        if not torch.is_tensor(start) and start + count > self.max_frames:
-            raise ValueError(f"frames {start}..{start + count - 1} do not fit a cache of {self.max_frames} slots")
-        return CacheView(self, batch, start, count, head_dim, dtype, device, ref_weight)
-
-    def commit(self, count: int) -> None:
-        self.length += count
-
-    def truncate(self, length: int) -> None:
-        """Forget every slot from `length` on (the buffers stay allocated; the mask hides what they hold)."""
-        self.length = length
-
-    def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self._buf.values())
-
-
-class CacheView:
-    """A cached forward's masks (`cache_mask` over the whole buffer) and its layers' slots (`KVCache.slot`, writing
-    token rows start * tokens ..)."""
-
-    def __init__(self, cache: KVCache, batch: int, start: int | torch.Tensor, count: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device, ref_weight: float = 1.0):
-        self.cache, self.batch, self.start, self.count = cache, batch, start, count
-        self.head_dim, self.dtype, self.device, self.ref_weight = head_dim, dtype, device, ref_weight
-        self._rows: dict[int, torch.Tensor] = {}
-
-    def mask(self, q_tokens: int, k_tokens: int) -> torch.Tensor:
-        bias = cache_mask(self.start, self.count, q_tokens, k_tokens, self.cache.max_frames, self.dtype, self.device)
-        return ref_bias(bias, k_tokens, self.ref_weight)  # slot 0 is the reference
-
-    def slot(self, key: str, width: int, tokens: int) -> "KVSlot":
-        if tokens not in self._rows:
-            self._rows[tokens] = self.start * tokens + torch.arange(self.count * tokens, device=self.device)
-        return self.cache.slot(key, self.batch, width // self.head_dim, tokens, self.head_dim, self._rows[tokens],
-                               self.dtype, self.device)
-
-
-class FrameView:
-    """The same interface without a cache (training, recomputation): frame-causal masks (`frame_mask`) over the
-    given frames, no slots."""
-
-    def __init__(self, start: int, count: int, backend: str, device: torch.device, ref_weight: float = 1.0):
-        if torch.is_tensor(start):
-            raise ValueError("a tensor `start` is for cached streaming; without a cache pass an int")
-        self.start, self.count, self.backend, self.device = start, count, resolve_backend(backend, device), device
-        self.ref_weight = ref_weight if start == 0 else 1.0  # frame 0, the reference, is among the keys
-
-    def mask(self, q_tokens: int, k_tokens: int):
-        qs, ks = Span(self.start, self.count, q_tokens), Span(self.start, self.count, k_tokens)
-        if self.ref_weight == 1.0:
-            return frame_mask(qs, ks, self.backend, self.device)
-        allowed = dense_frame_mask(qs, ks, self.device)  # a weighted reference: an additive bias, dense
-        bias = torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min / 2)
-        return ref_bias(bias, k_tokens, self.ref_weight)
-
-    def slot(self, key: str, width: int, tokens: int) -> None:
-        return None
-
-
-class KVSlot(NamedTuple):
-    """One layer's cache buffers k/v [B, H, slots * tokens, D] and the token rows [S] this forward writes."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    index: torch.Tensor
-
-
-def cache_mask(start: int | torch.Tensor, count: int, q_tokens: int, k_tokens: int, max_frames: int,
-               dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive attention bias [Sq, max_frames * k_tokens] for frames start..start+count-1 attending to a whole
-    `KVCache` buffer: 0 where the key's slot <= the query's frame, a huge negative elsewhere (an additive bias in the
-    query dtype is read as is by SDPA; a boolean mask would be converted again in every layer)."""
-    qf = start + torch.arange(count * q_tokens, device=device) // q_tokens
-    kf = torch.arange(max_frames * k_tokens, device=device) // k_tokens
-    bias = torch.zeros(qf.shape[0], kf.shape[0], dtype=dtype, device=device)
-    # finite, not -inf: exp underflows to exactly 0 all the same, and a chunk of `split_kv_attention` that is
-    # masked whole gets a finite log-sum-exp (weight 0) instead of NaN
-    return bias.masked_fill(kf[None, :] > qf[:, None], torch.finfo(dtype).min / 2)
-
-
-def ref_bias(bias: torch.Tensor, k_tokens: int, weight: float) -> torch.Tensor:
-    """An additive attention bias [Sq, Skv] with log(weight) added on the keys of frame 0 (the reference): every
-    query then weighs the reference as if it were present `weight` times (softmax: w e^s = e^(s + log w)). A stronger
-    identity anchor at inference (issue #16): the reference sink of StreamingLLM (Xiao et al. 2024) and the reference
-    sinks of streaming avatars hold a fixed share of attention only while the scores do; as the history fills with
-    generated frames, `weight` > 1 keeps the reference's share up without training. 1: unchanged."""
-    if weight == 1.0:
-        return bias
-    return torch.cat([bias[:, :k_tokens] + math.log(weight), bias[:, k_tokens:]], 1)
 
 
 def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor],

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import Attention, KVSlot, norm_rope
+from .attention import Attention, norm_rope
+from .kvcache import KVSlot
 from .window_attention import window_attention
 from .rope import rope_1d
 
@@ -104,19 +105,13 @@ class AudioEmbed(nn.Module):
         return torch.where(drop, null, self.proj(windows))
 
 
-class AudioAttention(nn.Module):
+class AudioAttention(Attention):
     """Each frame's tokens attend to a short window of audio tokens [t - context, t + lookahead] with time RoPE
-    inside the window; causal up to the lookahead by construction, O(T * window) cost."""
+    inside the window; causal up to the lookahead by construction, O(T * window) cost. `Attention`'s projections and
+    qk-norms (the audio tokens already have the model's width); only the keys each query sees differ."""
 
     def __init__(self, dim: int, head_dim: int, qk_norm: bool = True):
-        super().__init__()
-        self.heads = dim // head_dim
-        self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-        self.fused_norm_rope = False  # `attention.fuse_norm_rope`
+        super().__init__(dim, head_dim, qk_norm=qk_norm)
         self.fused_window = False  # `attention.fuse_window_attention`
 
     def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from ..config import ModelConfig
-from .attention import FrameView, KVCache
+from .kvcache import FrameView, KVCache
 from .blocks import AudioEmbed, AudioWindows, Block, BridgeLayer, FinalLayer, SigmaEmbed, pool_audio
 from .rope import rope_1d, rope_3d
 
@@ -73,7 +73,39 @@ class TowerInput(NamedTuple):
     n: int
 
 
+class Frames(NamedTuple):
+    """What every layer of one forward reads about its T frames, built once (`DualForce._frames`): time positions,
+    the view (masks and KV-cache slots: `kvcache.FrameView` or `CacheView`), the audio windows and the pooled audio
+    tokens they gather, the masks (video, struct, bridge both ways), the bridge's RoPE over video tokens, and the
+    struct tower's queue (`_Overlap`)."""
+
+    t: int
+    pos: torch.Tensor
+    view: object
+    win: AudioWindows
+    windows: torch.Tensor | None
+    mask_v: object
+    mask_s: object
+    mask_bridge: tuple | None
+    rope_bridge: tuple | None
+    overlap: _Overlap
+
+
 class DualForce(nn.Module):
+    """The two towers and the bridge (see the module docstring). The inputs of `forward`:
+
+    video [B, T, C, H, W]; sigma_* [B, T]; struct [B, T, D]; audio [B, 2Ta, A] at 50 Hz (audio frames 2i, 2i+1
+    belong to video frame i; frame 0's pair is never read: the reference sees the null token).
+    audio_keep [B] bool: False swaps a sample's audio for the null token (CFG); video_audio_keep [B] bool: the same
+    for the video tower alone (default: audio_keep).
+    start: time position (cache slot) of the first given frame. With a cache, the frames' keys/values are written at
+    slots start..start+T-1 and every earlier slot is attended to; `start` may then be a 0-d device tensor (CUDA-graph
+    streaming: one graph for every position).
+    audio_index [T]: each frame's index into the 25 fps audio tokens (default start..start+T-1). On the CPU (no
+    device sync) or, for CUDA-graph streaming, on the device (see `AudioWindows`).
+    ref_weight: every attention weighs frame 0 (the reference; with a cache, slot 0) as if present this many times
+    (`shared.models.masks.ref_bias`; inference only, 1 in training)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -128,58 +160,78 @@ class DualForce(nn.Module):
     def forward(self, video: torch.Tensor, sigma_video: torch.Tensor, struct: torch.Tensor | None = None,
                 sigma_struct: torch.Tensor | None = None, audio: torch.Tensor | None = None, *,
                 audio_keep: torch.Tensor | None = None, video_audio_keep: torch.Tensor | None = None,
-                start: int | torch.Tensor = 0,
-                audio_index: torch.Tensor | None = None, cache: KVCache | None = None,
+                start: int | torch.Tensor = 0, audio_index: torch.Tensor | None = None, cache: KVCache | None = None,
                 ref_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Velocities for every given frame.
-
-        video [B, T, C, H, W]; sigma_* [B, T]; struct [B, T, D]; audio [B, 2Ta, A] at 50 Hz (audio frames 2i,
-        2i+1 belong to video frame i; frame 0's pair is never read: the reference sees the null token).
-        audio_keep [B] bool: False swaps a sample's audio for the null token (CFG); video_audio_keep [B] bool: the
-        same for the video tower alone (default: audio_keep).
-        start: time position (cache slot) of the first given frame. With a cache, the frames' keys/values are
-        written at slots start..start+T-1 and every earlier slot is attended to; `start` may then be a 0-d device
-        tensor (CUDA-graph streaming: one graph for every position).
-        audio_index [T]: each frame's index into the 25 fps audio tokens (default start..start+T-1). On the CPU
-        (no device sync) or, for CUDA-graph streaming, on the device (see `AudioWindows`).
-        ref_weight: every attention weighs frame 0 (the reference; with a cache, slot 0) as if present this many
-        times (`shared.models.attention.ref_bias`; inference only, 1 in training).
-        Returns (video_velocity [B, T, C, H, W], struct_velocity [B, T, D] or None).
-        """
-        cfg = self.cfg
+        """(video velocity [B, T, C, H, W], struct velocity [B, T, D] or None) for every given frame: embed both
+        streams, then per layer the video block, the struct block and (in the first fusion_depth) the bridge between
+        their attention and the rest, then the heads (the inputs: the class docstring)."""
         self._check(video, sigma_video, struct, sigma_struct, audio)
-        wdt = self.video.embed.weight.dtype  # bf16 weights (inference) take bf16 inputs; autocast casts itself
-        video, struct, audio = (None if x is None else x.to(wdt) for x in (video, struct, audio))
+        video, struct, audio = self._cast(video, struct, audio)
+        f = self._frames(video, audio, start, audio_index, cache, ref_weight)
+        v = self._embed_video(video, sigma_video, f, audio_keep if video_audio_keep is None else video_audio_keep)
+        s = self._embed_struct(struct, sigma_struct, sigma_video, f, audio_keep)
+        hv, hs = v.h, None if s is None else s.h
+        f.overlap.fork(hs)
+        for i in range(self.layers):
+            hv, hs = self._layer(i, hv, hs, v, s, f)
+        return self._heads(hv, hs, v, s, f)
+
+    @property
+    def layers(self) -> int:
+        """Layers of the forward: the deeper tower's blocks (a shallower tower sits out the last ones)."""
+        return max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
+
+    def _cast(self, *xs):
+        """The inputs in the weights' dtype (bf16 weights at inference take bf16 inputs; autocast casts itself)."""
+        wdt = self.video.embed.weight.dtype
+        return tuple(None if x is None else x.to(wdt) for x in xs)
+
+    def _frames(self, video, audio, start, audio_index, cache, ref_weight) -> Frames:
+        """What every layer reads about the given frames (`Frames`), built once per forward: compiled blocks take
+        the masks as inputs instead of tracing their construction."""
+        cfg = self.cfg
         (b, t), dev = video.shape[:2], video.device
         if cache is None:
             view = FrameView(start, t, cfg.attn_backend, dev, ref_weight)
         else:
+            wdt = self.video.embed.weight.dtype
             adt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else wdt
             view = cache.view(b, start, t, cfg.head_dim, adt, dev, ref_weight)
         win, windows = self._audio_windows(audio, audio_index, start, t, dev)
+        nv, ns = cfg.tokens_per_frame, cfg.struct_tokens_per_frame
+        two = self.struct is not None
         pos = torch.arange(t, device=dev) + start
-        xv = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)
-        v = self._embed(self.video, xv, sigma_video, rope_3d(pos, cfg.latent_size // cfg.patch_size, cfg.head_dim,
-                                                             cfg.rope_theta), windows, win,
-                        audio_keep if video_audio_keep is None else video_audio_keep, cfg.tokens_per_frame)
-        s = None
-        if self.struct is not None:
-            ns = cfg.struct_tokens_per_frame
-            if cfg.mode.struct_condition:
-                sigma_struct = torch.zeros_like(sigma_video)  # a clean condition, whatever the caller passed
-            s = self._embed(self.struct, rearrange(struct, "b t (s d) -> b (t s) d", s=ns), sigma_struct,
-                            rope_1d(pos.repeat_interleave(ns), cfg.head_dim, cfg.rope_theta), windows, win,
-                            audio_keep, ns)
-        rope_bv = rope_1d(pos.repeat_interleave(v.n), cfg.head_dim, cfg.rope_theta) if s is not None else None
-        hv, hs, overlap = self._layers(v, s, rope_bv, view, win)
-        grid = cfg.latent_size // cfg.patch_size
-        vel_v = rearrange(self.video.head(hv, v.c, v.n), "b (t h w) (c p q) -> b t c (h p) (w q)", t=t, h=grid,
+        return Frames(t, pos, view, win, windows, view.mask(nv, nv), view.mask(ns, ns) if two else None,
+                      (view.mask(nv, ns), view.mask(ns, nv)) if two else None,
+                      rope_1d(pos.repeat_interleave(nv), cfg.head_dim, cfg.rope_theta) if two else None,
+                      _Overlap(self._side_queue if two and dev.type == "cuda" else None, dev))
+
+    def _embed_video(self, video, sigma, f: Frames, audio_keep) -> TowerInput:
+        cfg = self.cfg
+        x = rearrange(video, "b t c (h p) (w q) -> b (t h w) (c p q)", p=cfg.patch_size, q=cfg.patch_size)
+        rope = rope_3d(f.pos, cfg.latent_size // cfg.patch_size, cfg.head_dim, cfg.rope_theta)
+        return self._embed(self.video, x, sigma, rope, f.windows, f.win, audio_keep, cfg.tokens_per_frame)
+
+    def _embed_struct(self, struct, sigma, sigma_video, f: Frames, audio_keep) -> TowerInput | None:
+        if self.struct is None:
+            return None
+        cfg, ns = self.cfg, self.cfg.struct_tokens_per_frame
+        if cfg.mode.struct_condition:
+            sigma = torch.zeros_like(sigma_video)  # a clean condition, whatever the caller passed
+        x = rearrange(struct, "b t (s d) -> b (t s) d", s=ns)
+        rope = rope_1d(f.pos.repeat_interleave(ns), cfg.head_dim, cfg.rope_theta)
+        return self._embed(self.struct, x, sigma, rope, f.windows, f.win, audio_keep, ns)
+
+    def _heads(self, hv, hs, v: TowerInput, s: TowerInput | None, f: Frames):
+        """Each tower's velocity from its last hidden state (the struct's on the side queue when overlapped)."""
+        cfg, grid = self.cfg, self.cfg.latent_size // self.cfg.patch_size
+        vel_v = rearrange(self.video.head(hv, v.c, v.n), "b (t h w) (c p q) -> b t c (h p) (w q)", t=f.t, h=grid,
                           w=grid, p=cfg.patch_size, q=cfg.patch_size)
         vel_s = None
         if s is not None and self.struct.head is not None:
-            with overlap.side():
-                vel_s = rearrange(self.struct.head(hs, s.c, s.n), "b (t s) d -> b t (s d)", t=t)
-        overlap.join()
+            with f.overlap.side():
+                vel_s = rearrange(self.struct.head(hs, s.c, s.n), "b (t s) d -> b t (s d)", t=f.t)
+        f.overlap.join()
         return vel_v, vel_s
 
     def _audio_windows(self, audio, audio_index, start, t: int, dev):
@@ -211,47 +263,38 @@ class DualForce(nn.Module):
         c, mod = tower.sigma(sigma)
         return TowerInput(tower.embed(x), c, mod, rope, tower.audio(windows, win, x.shape[0], audio_keep), n)
 
-    def _layers(self, v: TowerInput, s: TowerInput | None, rope_bv, view, win):
-        """Both towers block by block, the bridge between the attention and the rest of the first fusion_depth
-        blocks; the struct tower on the side queue when overlapped (returned un-joined: its head runs there too).
-        Masks are built once here (compiled blocks take them as inputs)."""
+    def _layer(self, i: int, hv, hs, v: TowerInput, s: TowerInput | None, f: Frames):
+        """Layer i: both towers' blocks, the bridge between their attention and the rest in the first fusion_depth
+        layers; the struct tower on the side queue when overlapped."""
         cfg = self.cfg
-        mask_v = view.mask(v.n, v.n)
-        mask_s = view.mask(s.n, s.n) if s is not None else None
-        mask_b = (view.mask(v.n, s.n), view.mask(s.n, v.n)) if s is not None else None
-        hv, hs = v.h, None if s is None else s.h
-        overlap = _Overlap(self._side_queue if s is not None and hv.device.type == "cuda" else None, hv.device)
-        overlap.fork(hs)
-        n_layers = max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
-        for i in range(n_layers):
-            vb = self.video.blocks[i] if i < len(self.video.blocks) else None
-            sb = self.struct.blocks[i] if s is not None and i < len(self.struct.blocks) else None
-            if i >= len(self.bridge):  # no bridge layer inside: each block in one call
-                if vb is not None:
-                    hv = vb("whole", hv, v.mod, v.n, v.rope, mask_v, view.slot(f"v{i}", cfg.dim, v.n), v.audio, win)
-                if sb is not None:
-                    with overlap.side():
-                        hs = sb("whole", hs, s.mod, s.n, s.rope, mask_s, view.slot(f"s{i}", cfg.struct_width, s.n),
-                                s.audio, win)
-                continue
+        vb = self.video.blocks[i] if i < len(self.video.blocks) else None
+        sb = self.struct.blocks[i] if s is not None and i < len(self.struct.blocks) else None
+        if i >= len(self.bridge):  # no bridge layer inside: each block in one call
             if vb is not None:
-                hv = vb("attn", hv, v.mod, v.n, v.rope, mask_v, view.slot(f"v{i}", cfg.dim, v.n))
+                hv = vb("whole", hv, v.mod, v.n, v.rope, f.mask_v, f.view.slot(f"v{i}", cfg.dim, v.n), v.audio, f.win)
             if sb is not None:
-                with overlap.side():
-                    hs = sb("attn", hs, s.mod, s.n, s.rope, mask_s, view.slot(f"s{i}", cfg.struct_width, s.n))
-            # s2v caches struct keys (video queries), v2s caches video keys
-            kvs = None if isinstance(view, FrameView) else (
-                view.slot(f"b{i}.s2v", cfg.dim, s.n),
-                view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.bridge_two_way else None)
-            overlap.join()
-            hv, hs = self.bridge[i](hv, hs, rope_bv, s.rope, mask_b, kvs, v.n)
-            overlap.fork(hs)
-            if vb is not None:
-                hv = vb("rest", hv, v.mod, v.n, v.audio, win)
-            if sb is not None:
-                with overlap.side():
-                    hs = sb("rest", hs, s.mod, s.n, s.audio, win)
-        return hv, hs, overlap
+                with f.overlap.side():
+                    hs = sb("whole", hs, s.mod, s.n, s.rope, f.mask_s, f.view.slot(f"s{i}", cfg.struct_width, s.n),
+                            s.audio, f.win)
+            return hv, hs
+        if vb is not None:
+            hv = vb("attn", hv, v.mod, v.n, v.rope, f.mask_v, f.view.slot(f"v{i}", cfg.dim, v.n))
+        if sb is not None:
+            with f.overlap.side():
+                hs = sb("attn", hs, s.mod, s.n, s.rope, f.mask_s, f.view.slot(f"s{i}", cfg.struct_width, s.n))
+        # s2v caches struct keys (video queries), v2s caches video keys
+        kvs = None if isinstance(f.view, FrameView) else (
+            f.view.slot(f"b{i}.s2v", cfg.dim, s.n),
+            f.view.slot(f"b{i}.v2s", cfg.struct_width, v.n) if cfg.bridge_two_way else None)
+        f.overlap.join()
+        hv, hs = self.bridge[i](hv, hs, f.rope_bridge, s.rope, f.mask_bridge, kvs, v.n)
+        f.overlap.fork(hs)
+        if vb is not None:
+            hv = vb("rest", hv, v.mod, v.n, v.audio, f.win)
+        if sb is not None:
+            with f.overlap.side():
+                hs = sb("rest", hs, s.mod, s.n, s.audio, f.win)
+        return hv, hs
 
     # ------------------------------------------------------------------------------------------------ helpers
 

@@ -40,12 +40,8 @@ def save_run(run, cfg: C.Config, vdir: Path, data: dict, meta) -> None:
     shutil.rmtree(vdir / runs.CHECKPOINTS, ignore_errors=True)
     runs.save_config(cfg, vdir)
     runs.save_data_meta(meta, vdir)
-    tmp = runs.begin_checkpoint(vdir, cfg.train.steps)
-    state = {"model": run.model.state_dict(), "step": cfg.train.steps}
-    if run.ema is not None:
-        state["ema"] = run.ema.state_dict()
-    torch.save(state, tmp / runs.STATE)
-    runs.publish_checkpoint(tmp, cfg.train.steps, 1)
+    ema = run.ema.state_dict() if run.ema is not None else None
+    runs.save_weights(vdir, cfg.train.steps, run.model.state_dict(), ema)
     for step, weights in run.snapshots.items():
         torch.save(weights, vdir / f"snapshot_{step:08d}.pt")
     (vdir / "history.json").write_text(json.dumps(run.history))

@@ -8,7 +8,7 @@ Rules (both contexts apply them identically):
 - when a block would overflow the window, the history is cut to its `roll_keep` most recent frames, which move to
   positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time);
 - the reference may weigh more than one frame in every attention (`ref_weight`, an identity anchor:
-  `shared.models.attention.ref_bias`);
+  `shared.models.masks.ref_bias`);
 - history noise (`sigma_context` > 0): a finished frame enters the history re-noised to that level, its noise drawn
   once when it is committed (Diffusion Forcing, Chen et al. 2024, keeps the history slightly noisy so that the model
   does not trust its own errors as ground truth); the reference stays clean.
