@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
 from shared import errors, lock, runs  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
+from shared.data.synth import TASKS  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
 from shared.evaluation.evaluate import JAW, consistency_curves, load_eval_clips, read_clips, rollout  # noqa: E402
@@ -137,24 +139,41 @@ def per_clip(reads, clips, roll_struct, probe, dims, clip: int, real_jitter: flo
     return out
 
 
+@dataclass(frozen=True)
+class LongOptions:
+    """The long rollouts' command line (`shared.cli`: one flag per field)."""
+
+    suite: str = flag("core", choices=("core", "full"))
+    """The suite run.py trained."""
+    quick: bool = False
+    """The --quick run's models."""
+    out: str = "runs/poc"
+    """The PoC's run folder."""
+    factor: int = flag(10, check=errors.integer(1))
+    """Rollout length in training clips."""
+    device: str = flag("auto", check=errors.device)
+    """auto | cpu | cuda."""
+    task: str = flag(PS.CORE.task, choices=TASKS)
+    """The SynthTalk task run.py used."""
+    methods: str = ",".join(DEFAULT_METHODS)
+    """Comma-separated; each one or more of the COMPONENTS joined by '+'."""
+    sigma_context: float = flag(0.05, check=errors.real(0, 1, hi_open=True))
+    """History noise level at inference."""
+    train_sigma_context: float = flag(0.1, check=errors.real(0, 1, hi_open=True))
+    """train_history_noise: the clean past at U(0, this) in the fine-tune."""
+    ref_weight: float = flag(4.0, check=errors.real(0, lo_open=True))
+    """ref_weight: the reference counts as this many frames."""
+    finetune_steps: int | None = flag(None, check=errors.integer(1))
+    """Steps of each fine-tune (default: an eighth of the PoC's training steps)."""
+    variants: str | None = None
+    """Comma-separated trained variants (default: every one)."""
+    clips: int | None = flag(None, check=errors.integer(1))
+    """Held-out clips (default: all)."""
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["core", "full"], default="core")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="runs/poc")
-    ap.add_argument("--factor", type=errors.integer(1), default=10, help="rollout length in training clips")
-    ap.add_argument("--device", type=errors.device, default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--task", choices=("v1", "v2"), default=PS.CORE.task, help="the SynthTalk task run.py used")
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                    help=f"comma-separated; each one or more of {', '.join(COMPONENTS)} joined by '+'")
-    ap.add_argument("--sigma-context", type=errors.real(0, 1, hi_open=True), default=0.05, help="history noise level at inference")
-    ap.add_argument("--train-sigma-context", type=errors.real(0, 1, hi_open=True), default=0.1,
-                    help="train_history_noise: the clean past at U(0, this) in the fine-tune")
-    ap.add_argument("--ref-weight", type=errors.real(0, lo_open=True), default=4.0, help="ref_weight: the reference counts as this many frames")
-    ap.add_argument("--finetune-steps", type=errors.integer(1), default=None,
-                    help="steps of each fine-tune (default: an eighth of the PoC's training steps)")
-    ap.add_argument("--variants", default=None, help="comma-separated trained variants (default: every one)")
-    ap.add_argument("--clips", type=errors.integer(1), default=None, help="held-out clips (default: all)")
+    add_fields(ap, LongOptions)
     args = ap.parse_args(argv)
     with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):  # not while run.py writes it
         return run_methods(args)

@@ -120,7 +120,7 @@ def _args(**kw):
     import argparse
 
     base = dict(quick=False, task="v2", rung="xs", seeds=None, eval_clips=None, rollouts=None, curve_points=None,
-                steps=None, suite="core", retrain=False, device="cpu", out="runs/poc", ladder=False)
+                train_steps=None, suite="core", retrain=False, device="cpu", out="runs/poc", ladder=False)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -128,7 +128,7 @@ def test_rung_settings_and_folders():
     poc = _poc()
     s = poc.settings(_args(rung="l"), "cuda")
     assert (s.rung, s.seeds, s.train_steps, s.train_clips, s.eval_clips) == ("l", 3, 2000, 320, 32)
-    assert poc.settings(_args(rung="l", seeds=4, steps=100), "cuda").seeds == 4  # flags win over the rung
+    assert poc.settings(_args(rung="l", seeds=4, train_steps=100), "cuda").seeds == 4  # flags win over the rung
     quick = poc.settings(_args(rung="l", quick=True), "cpu")
     assert quick.train_steps == poc.QUICK.train_steps and quick.model == poc.RUNGS["l"]["model"]  # only the model
     assert poc.settings(_args(), "cuda") == replace(poc.GPU, rung="xs")  # the default is the default

@@ -7,51 +7,57 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..cli import flag, given
+from ..data.synth import TASKS
+from ..errors import integer, real
+
+PRECISIONS = ("32-true", "bf16-mixed")  # of the side-by-side training (`train.precision`)
+
 
 @dataclass(frozen=True)
 class Settings:
     """Sizes of one PoC run (`CORE` on a 2-core CPU, `QUICK` to exercise every part, `GPU` to decide)."""
 
-    train_clips: int = 40
+    train_clips: int = flag(40, check=integer(1))
     """SynthTalk training clips (identities)."""
-    eval_clips: int = 8
+    eval_clips: int = flag(8, check=integer(1))
     """Held-out clips (other identities) for evaluation."""
-    val_clips: int = 8
+    val_clips: int = flag(8, check=integer(1))
     """Validation clips (held-out identities, not the test clips): what the probe reads reliably is chosen on them."""
-    train_seconds: float = 8.0
+    train_seconds: float = flag(8.0, check=real(0, lo_open=True))
     """Length of each training clip."""
-    eval_seconds: float = 3.0
+    eval_seconds: float = flag(3.0, check=real(0, lo_open=True))
     """Length of each held-out clip (must hold the rollout)."""
-    size: int = 64
+    size: int = flag(64, check=integer(16))
     """Frame size in pixels."""
-    ae_steps: int = 800
+    ae_steps: int = flag(800, check=integer(1))
     """tiny-ae training steps."""
-    probe_steps: int = 600
+    probe_steps: int = flag(600, check=integer(1))
     """Probe training steps."""
-    train_steps: int = 300
+    train_steps: int = flag(300, check=integer(1), flags=("--steps",))
     """Optimiser steps per variant."""
-    batch: int = 8
+    batch: int = flag(8, check=integer(1))
     """Training batch (clips of clip_frames + 1 frames)."""
-    rollout_factor: int = 4
+    rollout_factor: int = flag(4, check=integer(1))
     """Rollout length in training clip lengths."""
-    rollouts: int = 1
+    rollouts: int = flag(1, check=integer(1))
     """Rollouts per held-out clip (different noise), averaged inside the clip."""
-    seed: int = 0
+    seed: int = flag(0, check=integer(0))
     """Seed of everything (data, init, noise)."""
-    seeds: int = 1
+    seeds: int = flag(1, check=integer(1))
     """Training seeds per variant (paired across variants: the unit of a variant effect, `shared.evaluation.verdicts`)."""
-    sync_steps: int = 2000
+    sync_steps: int = flag(2000, check=integer(1))
     """Training steps of the latent lip-sync expert (remedy (b)), when a variant uses it."""
-    curve_points: int = 0
+    curve_points: int = flag(0, check=integer(0, 3))
     """Learning-curve snapshots per variant (at 1/8, 1/4, 1/2 of training, up to 3), each evaluated on a smaller
     held-out set, plus the end; 0: none."""
-    task: str = "v2"
+    task: str = flag("v2", choices=TASKS)
     """SynthTalk task (`shared.data.synth`): v2, on which a 3-D motion stream can matter, or the original v1."""
     rung: str = "xs"
     """The scaling-ladder rung these settings are (`RUNGS`; xs: the default)."""
     model: tuple = ()
     """(dotted key, value) overrides of the poc preset every variant starts from (a rung's width, depth, ...)."""
-    precision: str = "32-true"
+    precision: str = flag("32-true", choices=PRECISIONS)
     """The side-by-side training's precision on a GPU (`train.precision`): 32-true (fp32 with TF32 matmuls, the
     default's) or bf16-mixed (bf16 autocast: the large rungs, where training is compute-bound); fp32 on the CPU."""
 
@@ -93,16 +99,13 @@ def device_of(args) -> str:
 
 
 def resolve(args, device: str) -> Settings:
-    """The run's sizes: the machine's defaults (or --quick), the rung, then the flags given."""
-    s = replace(QUICK if args.quick else GPU if device == "cuda" else CORE, task=args.task)
+    """The run's sizes: the machine's defaults (or --quick), the rung, then the Settings flags given
+    (`shared.cli.given`); fp32 off a GPU."""
+    s = QUICK if args.quick else GPU if device == "cuda" else CORE
     rung = RUNGS[args.rung] if not args.quick else {k: v for k, v in RUNGS[args.rung].items() if k == "model"}
     s = replace(s, rung=args.rung, **rung)  # --quick keeps its small sizes: a rung changes only the model there
-    for key in ("seeds", "eval_clips", "rollouts", "curve_points", "precision"):
-        if getattr(args, key, None) is not None:
-            s = replace(s, **{key: getattr(args, key)})
-    if device != "cuda":
-        s = replace(s, precision="32-true")
-    return replace(s, train_steps=args.steps) if args.steps is not None else s
+    s = replace(s, **given(args, Settings, skip=("rung", "model")))
+    return s if device == "cuda" else replace(s, precision="32-true")
 
 
 def run_name(args) -> str:
