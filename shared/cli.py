@@ -44,10 +44,14 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, .
     for f in fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not MISSING else None
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if required else f.default
         opts = [f"--{f.name.replace('_', '-')}", *f.metadata.get(FLAGS, ())]
-        text = docs.get(f.name, "").replace("%", "%%") + (f" (default: {default})" if keep_defaults else "")
+        shown = " (required)" if required else f" (default: {default})" if keep_defaults else ""
+        text = docs.get(f.name, "").replace("%", "%%") + shown
         kw: dict[str, Any] = {"dest": f.name, "default": default if keep_defaults else None, "help": text}
+        if required:
+            kw["required"] = True
         kind = _scalar(hints[f.name])
         if kind is bool:
             kw["action"] = "store_true" if keep_defaults and default is False else argparse.BooleanOptionalAction

@@ -18,7 +18,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag, given  # noqa: E402
 from shared.data.codecs import get_codec  # noqa: E402
 from shared.config import SampleConfig  # noqa: E402
 from shared.errors import integer, real  # noqa: E402
@@ -34,49 +35,51 @@ from shared.sampling.generation import (InputError, Outputs, audio_pieces, check
                                         load_model, load_reference, prepare_decoder, prepare_graphs, stream_frames)
 
 
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What to generate from, into, and how to run (the sampler: the SampleConfig flags)."""
+
+    ckpt: str
+    """Run folder (its latest checkpoint), step folder, or weights .pt."""
+    ref: str
+    """Reference: .png/.jpg of any size, or CACHE.h5[:CLIP]."""
+    audio: str
+    """wav/flac/mp3 or a video with an audio track; any rate/channels."""
+    out: str
+    """Output .mp4."""
+    seconds: float | None = flag(None, check=real(0, lo_open=True))
+    """Length (default: the audio's)."""
+    seed: int = flag(0, check=integer(0))
+    """Seed of the noise."""
+    device: str = flag("auto", check=errors.device)
+    """auto | cpu | cuda[:N]."""
+    threads: int | None = flag(None, check=integer(1))
+    """CPU threads for torch (default: the cores not already busy; shared.sampling.generation.cpu_threads)."""
+    stage: str = flag("dual", choices=("dual", "video"))
+    """The model the checkpoint must hold (video: a stage-1 / video_only checkpoint)."""
+    preset: str | None = None
+    """The preset the checkpoint must be of (checked when given)."""
+    codec: str | None = None
+    """Codec spec overriding the run's (e.g. tiny-ae:PATH if its file moved)."""
+    no_cache: bool = False
+    """Recompute the visible history at every step."""
+    no_graphs: bool = False
+    """On CUDA: eager forwards instead of CUDA graphs."""
+    no_compile: bool = False
+    """On CUDA: do not torch.compile the blocks (starts ~1 min sooner, streams ~1.5x slower)."""
+
+
 def parse(argv=None) -> argparse.Namespace:
+    """The command line (`shared.cli`): GenerateOptions, then every SampleConfig field (not given: the run's)."""
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="run folder (its latest checkpoint), step folder, or weights .pt")
-    ap.add_argument("--ref", required=True, help="reference: .png/.jpg of any size, or CACHE.h5[:CLIP]")
-    ap.add_argument("--audio", required=True, help="wav/flac/mp3 or a video with an audio track; any rate/channels")
-    ap.add_argument("--out", required=True, help="output .mp4")
-    ap.add_argument("--seconds", type=real(0, lo_open=True), help="length (default: the audio's)")
-    ap.add_argument("--steps", type=int, help="sample.steps: denoising steps per frame (K)")
-    ap.add_argument("--schedule", help="sample.schedule: autoregressive | full_sequence | struct_leads | rolling")
-    ap.add_argument("--rolling-window", type=int,
-                    help="sample.rolling_window: frames in flight in the rolling schedule (divides --steps; default: "
-                         "--steps, a new frame every step)")
-    ap.add_argument("--sigma-struct-start", type=float,
-                    help="sample.sigma_struct_start: the struct stream starts from the previous frame's clean struct "
-                         "re-noised to this level (every schedule)")
-    ap.add_argument("--struct-lead", type=int,
-                    help="sample.struct_lead: the struct stream is clean this many steps before the video")
-    ap.add_argument("--chunk", type=int, help="sample.chunk: frames denoised together")
-    ap.add_argument("--window", type=int, help="sample.window: history frames the model sees")
-    ap.add_argument("--sigma-context", type=float,
-                    help="sample.sigma_context: history noise, finished frames enter the cache re-noised to this level")
-    ap.add_argument("--ref-weight", type=float,
-                    help="sample.ref_weight: identity anchor, every attention weighs the reference as this many frames")
-    ap.add_argument("--audio-cfg", type=float, help="sample.audio_cfg: audio guidance scale (1 = off)")
-    ap.add_argument("--seed", type=integer(0), default=0)
-    ap.add_argument("--device", type=errors.device, default="auto", help="auto | cpu | cuda[:N]")
-    ap.add_argument("--threads", type=integer(1),
-                    help="CPU threads for torch (default: the cores not already busy; "
-                         "shared.sampling.generation.cpu_threads)")
-    ap.add_argument("--stage", default="dual", choices=["dual", "video"],
-                    help="the model the checkpoint must hold (video: a stage-1 / video_only checkpoint)")
-    ap.add_argument("--preset", help="the preset the checkpoint must be of (checked when given)")
-    ap.add_argument("--codec", help="codec spec overriding the run's (e.g. tiny-ae:PATH if its file moved)")
-    ap.add_argument("--no-cache", action="store_true", help="recompute the visible history at every step")
-    ap.add_argument("--no-graphs", action="store_true", help="on CUDA: eager forwards instead of CUDA graphs")
-    ap.add_argument("--no-compile", action="store_true",
-                    help="on CUDA: do not torch.compile the blocks (starts ~1 min sooner, streams ~1.5x slower)")
+    add_fields(ap, GenerateOptions)
+    add_fields(ap, SampleConfig, keep_defaults=False)
     return ap.parse_args(argv)
 
 
-def sample_config(sample: SampleConfig, given: dict) -> SampleConfig:
+def sample_config(sample: SampleConfig, flags: dict) -> SampleConfig:
     """`sample` with the flags that were given; a value the config refuses is an InputError naming its flag."""
-    for k, v in given.items():
+    for k, v in flags.items():
         if v is None:
             continue
         try:
@@ -95,11 +98,7 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           "cpu" if a.device == "auto" else a.device)
     model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
-    given = {"steps": a.steps, "schedule": a.schedule, "sigma_struct_start": a.sigma_struct_start,
-             "struct_lead": a.struct_lead, "chunk": a.chunk, "rolling_window": a.rolling_window, "window": a.window,
-             "audio_cfg": a.audio_cfg, "sigma_context": a.sigma_context,
-             "ref_weight": a.ref_weight}
-    sample = check_sample(sample_config(cfg.sample, given))
+    sample = check_sample(sample_config(cfg.sample, given(a, SampleConfig)))
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
     ref = load_reference(a.ref, cfg, meta, codec)
     wav = load_audio(a.audio, a.seconds)
