@@ -75,14 +75,15 @@ def run_suite(args) -> dict:
 
     with phase("verdicts and report"):
         verdicts, seed_level, room = decide.decide(by_seed, chance, start)
-        rep = report.write_report(out, args.suite, args.quick, s, device, data, probe_acc, by_seed[0][0],
-                                  by_seed[0][1], verdicts, chance, phase, held.clips["explicit"], clip_frames,
-                                  seed_level, curves, by_seed, room)
+        rep = report.write_report(out, args.suite, args.quick, s, device, data, probe_acc, by_seed, verdicts, chance,
+                                  phase, held.clips["explicit"], clip_frames, seed_level, curves, room)
     rep |= report.scale_record(cfgs[0], by_seed, clip_frames) | report.sync_record(out, sync)
     rep["learning_curves"] = {n: {m: {str(st): v for st, v in c.items()} for m, c in cs.items()}
                               for n, cs in curves.items()}
     rep["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+    tmp = out / ".report.json.tmp"  # whole or not at all: a rung's report is what --ladder reads back
+    tmp.write_text(json.dumps(rep, indent=2, default=float) + "\n")
+    tmp.replace(out / "report.json")
     report.console_summary(con, rep, by_seed[0][0], args.suite, args.quick, device, s.seeds)
     con.print(f"report: {out / 'report.md'}")
     return rep

@@ -164,9 +164,11 @@ def probe_fields(acc: dict) -> dict:
 
 
 def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, data: dict, probe_acc: dict,
-                 results: dict, histories: dict, verdicts: dict, chance: float, phase: Phases, clips: list,
-                 clip_frames: int, seed_level: dict, curves: dict, by_seed: list, room: dict) -> dict:
-    """report.md, plots/ and samples/ in `out`; returns the report.json record (without the ladder's keys)."""
+                 by_seed: list, verdicts: dict, chance: float, phase: Phases, clips: list, clip_frames: int,
+                 seed_level: dict, curves: dict, room: dict) -> dict:
+    """report.md, plots/ and samples/ in `out` (the tables of seed 0, the seed-level ones over `by_seed`: per seed
+    (results, histories)); returns the report.json record (without the ladder's keys)."""
+    results, histories = by_seed[0]
     plot(out, results, histories, curves, clip_frames)
     samples = write_samples(out, results, clips, data["ae"])
     names = [n for n in results if n != "real"]
