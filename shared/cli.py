@@ -32,7 +32,7 @@ def flag(default: Any, *, check: Callable[[str], Any] | None = None, flags: tupl
     return field(default=default, metadata={k: v for k, v in meta.items() if v})
 
 
-SCALARS = {int: int, float: float, str: str}
+SCALARS = (int, float, str)  # annotations a flag parses with the type itself (unless `check` is given)
 
 
 def add_fields(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
@@ -56,7 +56,7 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, .
         if kind is bool:
             kw["action"] = "store_true" if keep_defaults and default is False else argparse.BooleanOptionalAction
         elif kind in SCALARS:
-            kw["type"] = f.metadata.get(CHECK) or SCALARS[kind]
+            kw["type"] = f.metadata.get(CHECK) or kind
             kw["choices"] = f.metadata.get(CHOICES)
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {hints[f.name]} field (skip it)")

@@ -80,8 +80,6 @@ def parse(argv=None) -> argparse.Namespace:
 def sample_config(sample: SampleConfig, flags: dict) -> SampleConfig:
     """`sample` with the flags that were given; a value the config refuses is an InputError naming its flag."""
     for k, v in flags.items():
-        if v is None:
-            continue
         try:
             sample = replace(sample, **{k: v})
         except ValueError as e:

@@ -194,8 +194,8 @@ class DualForce(nn.Module):
         if cache is None:
             view = FrameView(start, t, cfg.attn_backend, dev, ref_weight)
         else:
-            wdt = self.video.embed.weight.dtype
-            adt = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else wdt
+            adt = (torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type)
+                   else self.video.embed.weight.dtype)
             view = cache.view(b, start, t, cfg.head_dim, adt, dev, ref_weight)
         win, windows = self._audio_windows(audio, audio_index, start, t, dev)
         nv, ns = cfg.tokens_per_frame, cfg.struct_tokens_per_frame
