@@ -48,7 +48,7 @@ def cpu_train_step(cfg: C.Config, batch: int):
     """(step(), training FLOPs per step, video tokens per step) of the preset on the CPU, fp32, AdamW."""
     torch.manual_seed(0)
     model = DualForce(cfg.model)
-    opt = optimizer(model, replace(cfg.train, accelerator="cpu"))
+    opt = optimizer(model, cfg.train)
     data = synthetic_batch(cfg, batch)
 
     def step():

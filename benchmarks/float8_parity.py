@@ -3,7 +3,7 @@
     python benchmarks/float8_parity.py --data CACHE.h5 [--preset poc] [--steps 500] [--seeds 0 1 2]
         [--recipe tensorwise] [--last 100] [--sesoi 0.01] [--out runs/float8_parity] [-- TRAINING FLAGS]
 
-Each seed trains twice through the stage-2 command line (`shared.training.run_cli`): train.float8 off, then the
+Each seed trains twice through the stage-2 command line (`shared.training.run_cli`): runtime.float8 off, then the
 recipe, with everything else equal (the seed gives the same initial weights, data order and noise). On a CPU the
 float8 arm runs in torchao's emulation (the same scaled e4m3 casts, matmuls in higher precision) against fp32; on a
 GPU pass `-- --accelerator cuda --precision bf16-mixed --compile` to compare float8 tensor cores with bf16.
@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.evaluation.report import plot_losses  # noqa: E402
 from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
 from shared.evaluation.verdicts import decide, paired  # noqa: E402
 from shared.training import run_cli  # noqa: E402
 
@@ -75,18 +77,47 @@ def tail_mean(hist: list[dict], key: str, steps: int, last: int) -> float:
     return float(np.mean([h[key] for h in hist if h["step"] >= steps - last]))
 
 
+@dataclass(frozen=True)
+class ParityRun:
+    """The paired runs and their comparison (`shared.cli`: one flag per field; the training flags after --)."""
+
+    data: str
+    """HDF5 cache (e.g. the PoC's train_explicit.h5)."""
+    preset: str = "poc"
+    """The config preset trained."""
+    steps: int = flag(500, check=errors.integer(1))
+    """Optimiser steps per run."""
+    seeds: tuple[str, ...] = ("0", "1", "2")
+    """Training seeds (integers >= 0): each trains both arms."""
+    recipe: str = "tensorwise"
+    """runtime.float8 of the float8 arm: tensorwise | rowwise."""
+    last: int = flag(100, check=errors.integer(1))
+    """Steps at the end whose mean loss is compared."""
+    sesoi: float = flag(0.01, check=errors.real(0, lo_open=True))
+    """Smallest relative loss difference of interest."""
+    out: str = "runs/float8_parity"
+    """Folder of the runs, settings.json, parity.json and losses.png."""
+
+
+def listed(ap: argparse.ArgumentParser, name: str, texts: tuple[str, ...], parse) -> list:
+    """A list flag's values: `add_fields` gives a tuple field nargs="*" and no type, so each text is parsed here by
+    `parse` (an argparse type) and refused as argparse would with type=parse, nargs="+"."""
+    if not texts:
+        ap.error(f"argument {name}: expected at least one argument")
+    try:
+        return [parse(t) for t in texts]
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"argument {name}: {e}")
+
+
 def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="HDF5 cache (e.g. the PoC's train_explicit.h5)")
-    ap.add_argument("--preset", default="poc")
-    ap.add_argument("--steps", type=errors.integer(1), default=500, help="optimiser steps per run")
-    ap.add_argument("--seeds", type=errors.integer(0), nargs="+", default=[0, 1, 2])
-    ap.add_argument("--recipe", default="tensorwise", help="train.float8 of the float8 arm: tensorwise | rowwise")
-    ap.add_argument("--last", type=errors.integer(1), default=100, help="steps at the end whose mean loss is compared")
-    ap.add_argument("--sesoi", type=errors.real(0, lo_open=True), default=0.01, help="smallest relative loss difference of interest")
-    ap.add_argument("--out", type=Path, default=Path("runs/float8_parity"))
+    add_fields(ap, ParityRun)
+    # a positional list has no generated flag (`add_fields` makes options); `-- TRAINING FLAGS` is how it is called
     ap.add_argument("training_flags", nargs="*", help="after --: more stage-2 training flags, for both arms")
     a = ap.parse_args(argv)
+    a.seeds = listed(ap, "--seeds", a.seeds, errors.integer(0))
+    a.data, a.out = Path(a.data), Path(a.out)  # the code below works on paths
     if not a.data.exists():
         raise SystemExit(f"error: --data {a.data}: no such file")
     if a.last >= a.steps:

@@ -19,8 +19,10 @@ import sys
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from common import cpu_stream, cpu_train_step, matmul_rate, synthetic_cache
 from shared import config as C
 from shared import errors
+from shared.cli import add_fields, flag
 from shared.data.cache import WindowDataset
 
 GATES = ("poc", "train", "memory", "loader", "stream")
@@ -239,15 +242,29 @@ def cost_model(cfg: C.Config, th: dict, tokens_per_s: float) -> dict:
             "scaling_efficiency_8gpu (assumed)": eff}
 
 
+@dataclass(frozen=True)
+class GateRun:
+    """The gates run and where they are written (`shared.cli`: one flag per field)."""
+
+    preset: Literal["tiny", "poc", "full"]
+    """The preset measured (tiny: against the poc thresholds)."""
+    device: str = flag("auto", check=errors.device)
+    """auto | cpu | cuda | cuda:N."""
+    thresholds: str = str(HERE / "thresholds.toml")
+    """The thresholds file (TOML: a [common] table and one per preset)."""
+    poc_report: str | None = None
+    """PoC report.json (default: the thresholds file's poc_report)."""
+    only: str = ",".join(GATES)
+    """Comma list of the gates run: poc, train, memory, loader, stream."""
+    out: str = "runs/gates"
+    """Folder for gates.json."""
+    append_results: bool = False
+    """Append the table to benchmarks/RESULTS.md."""
+
+
 def main(argv=None) -> int:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", required=True, choices=["tiny", "poc", "full"])
-    ap.add_argument("--device", type=errors.device, default="auto")
-    ap.add_argument("--thresholds", default=str(HERE / "thresholds.toml"))
-    ap.add_argument("--poc-report", help="PoC report.json (default: the thresholds file's poc_report)")
-    ap.add_argument("--only", default=",".join(GATES), help=f"comma list of {', '.join(GATES)}")
-    ap.add_argument("--out", default="runs/gates", help="folder for gates.json")
-    ap.add_argument("--append-results", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    add_fields(ap, GateRun)
     a = ap.parse_args(argv)
     from rich.console import Console
     from rich.table import Table

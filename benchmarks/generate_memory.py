@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
 
 
 def poc_model(folder: Path, device: str) -> Path:
@@ -62,16 +64,42 @@ def voice(path: Path, seconds: float) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class MemoryBench:
+    """The lengths measured and the model generating them (`shared.cli`: one flag per field)."""
+
+    seconds: tuple[str, ...] = ("60", "600")
+    """Audio lengths in seconds (each >= 1), one generate.py run each."""
+    device: str = flag("cpu", check=errors.device)
+    """auto | cpu | cuda | cuda:N, for building the model and for generate.py."""
+    ckpt: str | None = None
+    """A run folder to generate from (default: a poc-preset dual model built here)."""
+    ref: str | None = None
+    """The reference (with --ckpt; default: the cache the model here was built on)."""
+    threads: int | None = flag(None, check=errors.integer(1))
+    """generate.py --threads."""
+    out: str = "runs/generate_memory"
+    """Folder for the model built here, the voices, the videos and memory.json."""
+    build_only: bool = False
+    """Internal: only build the poc model into --out (what this script runs in a process of its own)."""
+
+
+def listed(ap: argparse.ArgumentParser, name: str, texts: tuple[str, ...], parse) -> list:
+    """A list flag's values: `add_fields` gives a tuple field nargs="*" and no type, so each text is parsed here by
+    `parse` (an argparse type) and refused as argparse would with type=parse, nargs="+"."""
+    if not texts:
+        ap.error(f"argument {name}: expected at least one argument")
+    try:
+        return [parse(t) for t in texts]
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"argument {name}: {e}")
+
+
 def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=errors.real(1), nargs="+", default=[60.0, 600.0])
-    ap.add_argument("--device", type=errors.device, default="cpu")
-    ap.add_argument("--ckpt", help="a run folder to generate from (default: a poc-preset dual model built here)")
-    ap.add_argument("--ref", help="the reference (with --ckpt; default: the cache the model here was built on)")
-    ap.add_argument("--threads", type=errors.integer(1), help="generate.py --threads")
-    ap.add_argument("--out", default="runs/generate_memory")
-    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    add_fields(ap, MemoryBench)
     a = ap.parse_args(argv)
+    seconds = listed(ap, "--seconds", a.seconds, errors.real(1))
     out = errors.folder_arg(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.build_only:
@@ -83,7 +111,7 @@ def main(argv=None) -> dict:
     run = Path(a.ckpt) if a.ckpt else out / "run"
     ref = a.ref or str(out / "cache.h5")
     rows = []
-    for secs in a.seconds:
+    for secs in seconds:
         wav = voice(out / f"voice_{secs:g}s.wav", secs)
         mp4 = out / f"out_{secs:g}s.mp4"
         cmd = [sys.executable, str(ROOT / "stage2_dual/generate.py"), "--ckpt", str(run), "--ref", ref, "--audio",

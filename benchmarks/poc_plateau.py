@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
 from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation.evaluate import heldout_loss  # noqa: E402
 from shared.models import DualForce  # noqa: E402
@@ -44,19 +45,37 @@ def jobs_for(variants, s, data, meta, steps: int, dev: str, snapshot_at=()) -> l
     return out
 
 
+@dataclass(frozen=True)
+class PlateauBench:
+    """The throughput and plateau runs (`shared.cli`: one flag per field)."""
+
+    out: str = "runs/poc"
+    """The PoC's run folder (its data cache is reused or built)."""
+    batches: str = "8,16,32"
+    """Batch sizes whose suite throughput is measured, comma-separated ('': none)."""
+    rate_steps: int = flag(150, check=errors.integer(1))
+    """Steps per throughput measurement."""
+    batch: int = flag(32, check=errors.integer(1))
+    """Batch of the plateau run."""
+    steps: int = flag(8000, check=errors.integer(1))
+    """Steps of the plateau run."""
+    every: int = flag(1000, check=errors.integer(1))
+    """Held-out loss every this many steps."""
+    variants: str = "video_only,dual,video_only_wide"
+    """Variants of the plateau run, comma-separated."""
+    seeds: int = flag(2, check=errors.integer(1))
+    """Seeds S per variant, trained side by side."""
+    json: str | None = None
+    """Write the result here (and its learning curves beside it, .png)."""
+    quick: bool = False
+    """The PoC's --quick data (a smoke test)."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Where to train: cuda when one is visible, else cpu."""
+
+
 def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/poc", help="the PoC's run folder (its data cache is reused or built)")
-    ap.add_argument("--batches", default="8,16,32", help="batch sizes whose suite throughput is measured ('': none)")
-    ap.add_argument("--rate-steps", type=errors.integer(1), default=150, help="steps per throughput measurement")
-    ap.add_argument("--batch", type=errors.integer(1), default=32, help="batch of the plateau run")
-    ap.add_argument("--steps", type=errors.integer(1), default=8000, help="steps of the plateau run")
-    ap.add_argument("--every", type=errors.integer(1), default=1000, help="held-out loss every this many steps")
-    ap.add_argument("--variants", default="video_only,dual,video_only_wide", help="variants of the plateau run")
-    ap.add_argument("--seeds", type=errors.integer(1), default=2)
-    ap.add_argument("--json", default=None, help="write the result here")
-    ap.add_argument("--quick", action="store_true", help="the PoC's --quick data (a smoke test)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_fields(ap, PlateauBench)
     a = ap.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     s = replace(PS.QUICK if a.quick else PS.GPU, seeds=a.seeds)

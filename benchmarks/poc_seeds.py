@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
 from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.training.seeds import SeedJob, SeedRun, SeedTrainer, fit_seeds, fit_together, window_tensors  # noqa: E402
 
@@ -52,20 +54,34 @@ def timed(cfg, data, seeds, graphs, device) -> tuple[float, list]:
     return cfg.train.steps / (time.perf_counter() - t), runs
 
 
+@dataclass(frozen=True)
+class SeedsBench:
+    """The seed-batched training measured (`shared.cli`: one flag per field)."""
+
+    seeds: int = flag(5, check=errors.integer(1))
+    """Seeds S trained together."""
+    steps: int = flag(300, check=errors.integer(1))
+    """Optimiser steps of the batched run (the one-seed eager run: at most 60)."""
+    mode: str = "dual"
+    """model.bridge_mode of the PoC model trained."""
+    skip_together: bool = False
+    """Skip the side-by-side run of the core suite."""
+    profile: bool = False
+    """CUDA kernel profile of 10 eager steps."""
+    tf32: bool = False
+    """TF32 matmuls (torch.set_float32_matmul_precision('high'))."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Where to train: cuda when one is visible, else cpu."""
+
+
 def main(argv=None) -> dict:
-    ap = errors.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=errors.integer(1), default=5)
-    ap.add_argument("--steps", type=errors.integer(1), default=300)
-    ap.add_argument("--mode", default="dual")
-    ap.add_argument("--skip-together", action="store_true", help="skip the side-by-side run of the core suite")
-    ap.add_argument("--profile", action="store_true", help="CUDA kernel profile of 10 eager steps")
-    ap.add_argument("--tf32", action="store_true", help="TF32 matmuls (torch.set_float32_matmul_precision('high'))")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fields(ap, SeedsBench)
     a = ap.parse_args(argv)
     if a.tf32:
         torch.set_float32_matmul_precision("high")
-    cfg = C.override(C.get_preset("poc"), {"train.steps": a.steps, "train.log_every": 50, "train.warmup": 10,
-                                           "model.bridge_mode": a.mode, "train.accelerator": a.device})
+    cfg = C.override(C.get_preset("poc"), {"train.steps": a.steps, "output.log_every": 50, "train.warmup": 10,
+                                           "model.bridge_mode": a.mode, "launch.accelerator": a.device})
     data = windows(cfg)
     seeds = list(range(a.seeds))
     out = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "mode": a.mode,
@@ -102,7 +118,7 @@ def main(argv=None) -> dict:
         out["eager_kernels_per_step"] = sum(e.count for e in ev if e.device_type.name == "CUDA") / 10
         print(ev.table(sort_by="self_cuda_time_total", row_limit=30))
     if a.device == "cuda":  # the graph replays what the eager step computes
-        check = C.override(cfg, {"train.steps": 20, "train.log_every": 1})
+        check = C.override(cfg, {"train.steps": 20, "output.log_every": 1})
         _, g = timed(check, data, seeds[:2], True, a.device)
         _, e = timed(check, data, seeds[:2], False, a.device)
         out["graph_losses"] = [round(x["loss"], 5) for x in g[0].history[:8]]

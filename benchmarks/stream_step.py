@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C
 from shared import errors
+from shared.cli import add_fields, flag
 from shared.data.codecs import rgb_to_uint8
 from shared.sampling import GraphedModel, stream, warm_up
 from shared.sampling import schedule as sched
@@ -114,23 +115,44 @@ def prepare(model, graphs, inputs, frames: int, sample) -> None:
         timed_stream(model, inputs, frames, sample, False, stop_after=stop, graphs=graphs)
 
 
+@dataclass(frozen=True)
+class StreamBench:
+    """One streaming measurement (`shared.cli`: one flag per field). The sample fields are declared here rather than
+    taken from `SampleConfig`'s flags: these are range-checked at parse time, and --schedule takes a list."""
+
+    preset: str = "full"
+    """The config preset measured."""
+    frames: int = flag(256, check=errors.integer(1))
+    """Frames streamed."""
+    steps: int = flag(4, check=errors.integer(1))
+    """sample.steps: Euler steps K per frame."""
+    no_graphs: bool = False
+    """Eager forwards instead of CUDA-graph replays."""
+    compile: bool = False
+    """torch.compile the blocks (inside the graphs)."""
+    no_overlap: bool = False
+    """The struct tower on the main stream (no second stream)."""
+    profile: str | None = None
+    """Write a torch.profiler table of 8 streamed frames to this file."""
+    stop_after: int | None = flag(None, check=errors.integer(1))
+    """Time only the first N frames of the --frames stream."""
+    recompute_frames: int | None = flag(None, check=errors.integer(0))
+    """Frames for the use_cache=False run (unset: as many as --frames; 0 = skip)."""
+    schedule: str | None = None
+    """sample.schedule, or several comma-separated (timed in turn; unset: the preset's)."""
+    rolling_window: int = flag(0, check=errors.integer(0))
+    """sample.rolling_window."""
+    sigma_context: float = flag(0.0, check=errors.real(0, 1, hi_open=True))
+    """sample.sigma_context (history noise)."""
+    ref_weight: float = flag(1.0, check=errors.real(0, lo_open=True))
+    """sample.ref_weight (the weighted reference)."""
+    decode: bool = False
+    """Also time decoded RGB frames: a diffusers AutoencoderKL decoder on its own CUDA stream."""
+
+
 def main(argv=None) -> dict:
-    ap = errors.ArgumentParser(description=__doc__)
-    ap.add_argument("--preset", default="full")
-    ap.add_argument("--frames", type=errors.integer(1), default=256)
-    ap.add_argument("--steps", type=errors.integer(1), default=4)
-    ap.add_argument("--no-graphs", action="store_true", help="eager forwards instead of CUDA-graph replays")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the blocks (inside the graphs)")
-    ap.add_argument("--no-overlap", action="store_true", help="struct tower on the main stream (no second stream)")
-    ap.add_argument("--profile", help="write a torch.profiler table of 8 streamed frames to this file")
-    ap.add_argument("--stop-after", type=errors.integer(1), help="time only the first N frames of the --frames stream")
-    ap.add_argument("--recompute-frames", type=errors.integer(0), help="frames for the use_cache=False run (default --frames; 0 = skip)")
-    ap.add_argument("--schedule", default=None, help="sample.schedule, or several comma-separated (timed in turn)")
-    ap.add_argument("--rolling-window", type=errors.integer(0), default=0, help="sample.rolling_window")
-    ap.add_argument("--sigma-context", type=errors.real(0, 1, hi_open=True), default=0.0, help="sample.sigma_context (history noise)")
-    ap.add_argument("--ref-weight", type=errors.real(0, lo_open=True), default=1.0, help="sample.ref_weight (the weighted reference)")
-    ap.add_argument("--decode", action="store_true",
-                    help="also time decoded RGB frames: a diffusers AutoencoderKL decoder on its own CUDA stream")
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fields(ap, StreamBench)
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
     sample = replace(cfg.sample, steps=a.steps, rolling_window=a.rolling_window, sigma_context=a.sigma_context,

@@ -2,11 +2,11 @@
 optimiser, loss): tokens/s, MFU against the datasheet peak and against a bf16 matmul measured in the same
 process, peak memory. Synthetic latents of the preset's shapes.
 
-    python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--checkpoint-every N]] [--float8 R]
+    python benchmarks/train_step.py --preset full [--strategy auto] [--ac [--recompute-every N]] [--float8 R]
         [--fused-norm-rope on|off] [--flex-backend flash] [--compile] [--steps 8] [--micro-batch 1]
         [--loop N [--global-batch G]] [--reference] [--profile FILE] [--timeline FILE]
 
---loop N measures the real loop instead of a copy of its step: `shared.training.fit` for N optimiser steps on a
+--loop N measures the real loop instead of a copy of its step: `shared.training.train` for N optimiser steps on a
 synthetic latent cache of the preset's shapes (data loading, logging, the EMA; accumulation with --global-batch),
 reading its own throughput records (the median over the second half of the steps).
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import idle_gaps, kernel_categories, matmul_rate, plain_stack_step, synthetic_batch  # noqa: E402
 from shared import config as C  # noqa: E402
 from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag, given  # noqa: E402
 from shared.diffusion import training_loss  # noqa: E402
 from shared.flops import forward_flops, peak_bf16  # noqa: E402
 from shared.models import DualForce  # noqa: E402
@@ -39,50 +41,51 @@ from shared.models.blocks import Block, BridgeLayer  # noqa: E402
 from shared.training import make_fabric, optimizer, prepare_model  # noqa: E402
 
 
+@dataclass(frozen=True)
+class Bench:
+    """One measurement of the training step (the runtime switches: `RuntimeConfig`'s flags)."""
+
+    preset: str = flag("full", choices=tuple(sorted(C.PRESETS)))
+    """The config preset measured."""
+    strategy: str = "auto"
+    """auto (one device) | ddp | fsdp (FSDP2)."""
+    steps: int = flag(8, check=errors.integer(1))
+    """Steps timed (after 3 warm-up steps; the median is reported)."""
+    micro_batch: int = flag(1, check=errors.integer(1))
+    """Clips per forward."""
+    loop: int | None = flag(None, check=errors.integer(1))
+    """Measure N steps through shared.training.train (the real loop) instead of a copy of its step."""
+    global_batch: int | None = flag(None, check=errors.integer(1))
+    """With --loop: clips per optimiser step (default: the micro-batch, no accumulation)."""
+    reference: bool = False
+    """Also time the plain 20 x 1536 stack (common.plain_stack_step) in the same process."""
+    profile: str | None = None
+    """Write a torch.profiler table of one measured step to this file."""
+    timeline: str | None = None
+    """Write where the GPU idles in one step to this JSON file (see above)."""
+
+
 def main(argv=None) -> dict:
-    ap = errors.ArgumentParser(description=__doc__)
-    ap.add_argument("--preset", default="full")
-    ap.add_argument("--strategy", default="auto", help="auto (one device) | ddp | fsdp (FSDP2)")
-    ap.add_argument("--ac", action="store_true", help="activation checkpointing per block")
-    ap.add_argument("--checkpoint-every", type=errors.integer(1), default=1, help="with --ac: every N-th block and bridge layer")
-    ap.add_argument("--float8", default="off", choices=C.FLOAT8_RECIPES,
-                    help="train.float8: the matmuls over video tokens in float8 (torchao)")
-    ap.add_argument("--flex-backend", type=str.lower, choices=C.FLEX_BACKENDS, default="auto",
-                    help="train.flex_backend: flex_attention's kernels, auto (its Triton ones) or flash "
-                         "(FlashAttention-4 through CuTe DSL, needs the flash-attn-4 package)")
-    ap.add_argument("--fused-norm-rope", choices=["on", "off"], default="on",
-                    help="train.fused_norm_rope: qk-norm + RoPE in one Triton kernel")
-    ap.add_argument("--fused-window-attention", choices=["on", "off"], default="on",
-                    help="train.fused_window_attention: the audio cross-attention and the bridge's struct -> "
-                         "video attention in one Triton kernel")
-    ap.add_argument("--overlap-towers", action="store_true",
-                    help="train.overlap_towers: the struct tower on a second CUDA stream")
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--steps", type=errors.integer(1), default=8)
-    ap.add_argument("--micro-batch", type=errors.integer(1), default=1)
-    ap.add_argument("--profile", help="write a torch.profiler table of one measured step to this file")
-    ap.add_argument("--timeline", help="write where the GPU idles in one step to this JSON file (see above)")
-    ap.add_argument("--loop", type=errors.integer(1), help="measure N steps through shared.training.fit (the real loop)")
-    ap.add_argument("--reference", action="store_true",
-                    help="also time the plain 20 x 1536 stack (common.plain_stack_step) in the same process")
-    ap.add_argument("--global-batch", type=errors.integer(1), help="with --loop: samples per optimiser step (default: the "
-                                                        "micro-batch, no accumulation)")
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fields(ap, Bench)
+    add_fields(ap, C.RuntimeConfig, aliases={"activation_checkpointing": ("--ac",)})
     a = ap.parse_args(argv)
-    if a.flex_backend == "flash" and (why := flash_unavailable()):
+    a.runtime = C.RuntimeConfig(**given(a, C.RuntimeConfig))
+    if a.runtime.flex_backend == "flash" and (why := flash_unavailable()):
         raise SystemExit(f"error: --flex-backend flash: {why}")
     if a.loop:
         return loop(a)
     cfg = C.override(C.get_preset(a.preset), training(a))
     mm = matmul_rate("cuda")
-    use_flex_backend(a.flex_backend)  # the plain stack's attention runs the same kernels as the model's
+    use_flex_backend(a.runtime.flex_backend)  # the plain stack's attention runs the same kernels as the model's
     ref = reference(a.micro_batch, mm) if a.reference else None
-    fabric = make_fabric(cfg.train, (Block, BridgeLayer))
+    fabric = make_fabric(cfg.launch, (Block, BridgeLayer))
     fabric.launch()
     torch.manual_seed(0)
     model = DualForce(cfg.model)
-    prepare_model(model, cfg.train, (Block, BridgeLayer), fabric.device)  # as the loop's setup does
+    prepare_model(model, cfg.runtime, (Block, BridgeLayer), fabric.device)  # as the loop does
     model = fabric.setup_module(model)
-    opt = fabric.setup_optimizers(optimizer(model.module, cfg.train))
+    opt = fabric.setup_optimizers(optimizer(model.module, cfg.train, fused=True))
     m = cfg.model
     t = cfg.clip_frames + 1
     b = a.micro_batch
@@ -212,20 +215,13 @@ def traced_gaps(step) -> dict:
 
 def options(a) -> dict:
     """The measured setting as both results report it (the flags that change the step)."""
-    return {"preset": a.preset, "strategy": a.strategy, "activation_checkpointing": a.ac,
-            "checkpoint_every": a.checkpoint_every, "flex_backend": a.flex_backend, "float8": a.float8,
-            "fused_norm_rope": a.fused_norm_rope, "fused_window_attention": a.fused_window_attention,
-            "compile": a.compile, "overlap_towers": a.overlap_towers,
-            "micro_batch": a.micro_batch}
+    return {"preset": a.preset, "strategy": a.strategy, "micro_batch": a.micro_batch, **asdict(a.runtime)}
 
 
 def training(a) -> dict:
     """The config fields both measurements take from the flags: one CUDA device, bf16-mixed, and the options."""
-    return {"train.strategy": a.strategy, "train.precision": "bf16-mixed", "train.accelerator": "cuda",
-            "train.devices": "1", "train.activation_checkpointing": a.ac, "train.checkpoint_every": a.checkpoint_every,
-            "train.float8": a.float8, "train.fused_norm_rope": a.fused_norm_rope == "on",
-            "train.fused_window_attention": a.fused_window_attention == "on", "train.compile": a.compile,
-            "train.flex_backend": a.flex_backend, "train.overlap_towers": a.overlap_towers}
+    return {"launch.strategy": a.strategy, "launch.precision": "bf16-mixed", "launch.accelerator": "cuda",
+            "launch.devices": "1", **{f"runtime.{k}": v for k, v in asdict(a.runtime).items()}}
 
 
 def reference(micro_batch: int, mm: float) -> dict:
@@ -247,26 +243,26 @@ def reference(micro_batch: int, mm: float) -> dict:
 
 
 def loop(a) -> dict:
-    """Throughput of `fit` itself on a synthetic cache (see the module docstring)."""
+    """Throughput of `train` itself on a synthetic cache (see the module docstring)."""
     import tempfile
 
     from common import synthetic_cache
     from shared.data.cache import WindowDataset
-    from shared.training import fit
+    from shared.training import train
 
     cfg = C.get_preset(a.preset)
     m = cfg.model
     cfg = C.override(cfg, {**training(a),
                            "train.steps": a.loop, "train.global_batch": a.global_batch or a.micro_batch,
-                           "train.micro_batch": a.micro_batch, "train.log_every": 1, "train.ckpt_every": 0,
-                           "train.ckpt_minutes": 0.0, "train.tensorboard": False, "train.warmup": 10})
+                           "train.micro_batch": a.micro_batch, "output.log_every": 1, "output.ckpt_every": 0,
+                           "output.ckpt_minutes": 0.0, "output.tensorboard": False, "train.warmup": 10})
     mm = matmul_rate("cuda")
     with tempfile.TemporaryDirectory() as tmp:
         cache = synthetic_cache(Path(tmp) / "c.h5", (m.latent_channels, m.latent_size, m.latent_size), m.struct_dim,
                                 m.audio_dim, clips=8, frames=cfg.clip_frames + 8, image_size=cfg.image_size)
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        res = fit(cfg, DualForce(m), WindowDataset(cache, frames=cfg.clip_frames), Path(tmp) / "run", resume="none",
+        res = train(cfg, DualForce(m), WindowDataset(cache, frames=cfg.clip_frames), Path(tmp) / "run", resume="none",
                   block_types=(Block, BridgeLayer), progress=lambda step, rec: None)
         wall = time.perf_counter() - t0
     recs = res["history"][len(res["history"]) // 2 :]

@@ -1,21 +1,20 @@
 """Typed configuration: one dataclass per concern, named presets, CLI mapping.
 
-Every field has a docstring (the string literal under it); `fields_help` reads them for `--help`.
+Every field has a docstring (the string literal under it); `shared.cli.fields_help` reads them for `--help`, and
+`shared.cli.flag` gives a field the option strings and parse-time check of its flag.
 Presets: `tiny` (unit tests, < 1M params), `poc` (stage 0 on a laptop CPU), `full` (the research numbers).
 """
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import math
-import textwrap
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError, UserError
+from .cli import flag
+from .errors import ConfigError, UserError, integer, on_off, real
 
 
 class UnknownField(ConfigError, KeyError):
@@ -115,13 +114,13 @@ class ModelConfig:
     audio_context: int = 4
     """Video frames of past audio a frame sees (its audio window is [t - context, t + lookahead])."""
 
-    fusion_depth: int = 8
+    fusion_depth: int = flag(8, check=integer(0), flags=("--fusion-depth",))
     """The bridge couples the towers in their first `fusion_depth` blocks ("shallow fusion, deep specialisation")."""
     align_dim: int = 0
     """Size of the explicit motion a linear head reads off the struct stream's denoised estimate (the seed's 3-D
     alignment path, issue #34 remedy (c): an implicit motion latent supervised towards the explicit motion with
     `diffusion.align_loss_weight`); 0: no head."""
-    bridge_mode: BridgeMode = "dual"
+    bridge_mode: BridgeMode = flag("dual", flags=("--bridge-mode",))
     """`dual`: both streams denoised, bridge both ways; `condition_only`: clean struct -> video only;
     `video_only`: no struct or bridge parameters."""
     bridge_video_to_struct: bool = True
@@ -197,10 +196,10 @@ class DiffusionConfig:
     """Timestep shift s for the video stream: sigma' = s*sigma / (1 + (s-1)*sigma) (SD3 eq. 23)."""
     shift_struct: float = 1.0
     """Timestep shift for the struct stream (low-dimensional, so it needs less shift)."""
-    p_clean_past: float = 0.3
+    p_clean_past: float = flag(0.3, check=real(0, 1), flags=("--p-clean-past",))
     """Probability that frames before a random cut get sigma=0 (both streams), mimicking inference where the
     history is clean (Diffusion Forcing train/inference gap; seed review, problem 3)."""
-    sigma_context: float = 0.0
+    sigma_context: float = flag(0.0, check=real(0, 1, hi_open=True), flags=("--sigma-context",))
     """History noise in training: the frames that p_clean_past makes the history get a level drawn per sample from
     U(0, sigma_context) instead of 0 (both streams; the reference stays clean), matching `sample.sigma_context` at
     inference; 0: clean (and no extra draw)."""
@@ -301,27 +300,27 @@ class SampleConfig:
 
 
 FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")
-"""TrainConfig.float8's values (`shared.training.float8`)."""
+"""RuntimeConfig.float8's values (`shared.training.float8`)."""
 FLEX_BACKENDS = ("auto", "flash")
-"""TrainConfig.flex_backend's values (`attention.use_flex_backend`)."""
+"""RuntimeConfig.flex_backend's values (`attention.use_flex_backend`)."""
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
-"""TrainConfig.accelerator's values (Lightning Fabric's names for the machines this project runs on)."""
+"""LaunchConfig.accelerator's values (Lightning Fabric's names for the machines this project runs on)."""
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64",
               "transformer-engine", "transformer-engine-float16")
-"""TrainConfig.precision's values (Lightning Fabric's)."""
+"""LaunchConfig.precision's values (Lightning Fabric's)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, launch and fault tolerance."""
+    """Optimisation: steps, batch, AdamW and its schedule, EMA, seed, the non-finite guard, the fine-tuning mode."""
 
-    steps: int = 100_000
+    steps: int = flag(100_000, check=integer(1), flags=("--max-steps",))
     """Optimiser steps."""
-    global_batch: int = 8
+    global_batch: int = flag(8, check=integer(1), flags=("--global-batch",))
     """Clips per optimiser step over all ranks (= micro_batch x accumulation x world size)."""
-    micro_batch: int = 0
+    micro_batch: int = flag(0, check=integer(0), flags=("--micro-batch",))
     """Clips per forward on one rank (0: global_batch / world size, no accumulation)."""
-    lr: float = 1e-4
+    lr: float = flag(1e-4, check=real(0, lo_open=True), flags=("--lr",))
     """Peak learning rate (AdamW)."""
     warmup: int = 1000
     """Linear warm-up steps, then cosine decay to `min_lr_ratio * lr`."""
@@ -335,54 +334,81 @@ class TrainConfig:
     """Clip the global gradient norm to this (0 = off)."""
     ema: float = 0.999
     """EMA decay of the weights used for sampling (0 = no EMA)."""
-    seed: int = 0
+    seed: int = flag(0, check=integer(0), flags=("--seed",))
     """Seed for initialisation (the same on every rank), data order and noise (different per rank)."""
-    log_every: int = 10
-    """Record the losses every this many steps."""
-    ckpt_every: int = 1000
-    """Save a checkpoint every this many steps (0: only at the end, on a signal and every ckpt_minutes)."""
-    ckpt_minutes: float = 30.0
-    """Also save when this many minutes of training have passed since the last save (0 = off): a run killed
-    without warning (kill -9, a lost node) loses at most this much, whatever ckpt_every is."""
-    sample_every: int = 0
-    """Write a short streaming sample (mp4 + struct .npz) to samples/ every this many steps (0 = off)."""
-    sample_frames: int = 50
-    """Frames of each periodic sample (2 s at 25 fps)."""
-    tensorboard: bool = True
-    """Also log to TensorBoard (run folder's tb/; needs the tensorboard package, else CSV only)."""
-    keep_last: int = 3
-    """Checkpoints kept (older step folders are deleted)."""
     max_bad_steps: int = 20
     """Stop when this many optimiser steps in a row have a non-finite loss (they are skipped and counted)."""
-    accelerator: str = "auto"
+    self_forcing: bool = flag(False, flags=("--self-forcing",))
+    """Train on the model's own rollouts (a fine-tuning mode, `shared.training.self_forcing`): each step's history
+    frames are streamed by the model (no gradients through them), the loss is on the frames after them."""
+    self_forcing_p: float = 1.0
+    """With self_forcing: the fraction of steps on the model's own rollouts (the others plain Diffusion Forcing on
+    the clip), decided per step from (seed, step)."""
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _positive(self, "steps", "global_batch", "lr", "max_bad_steps")
+        _positive(self, "micro_batch", "warmup", "weight_decay", "grad_clip", zero=True)
+        _within(self, "min_lr_ratio", 0, 1)
+        _within(self, "ema", 0, 1, hi_open=True)
+        _within(self, "self_forcing_p", 0, 1)
+        _need(self, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+              f"betas={self.betas!r} must be two numbers in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Where the training runs: Lightning Fabric's arguments, and the processes that feed it."""
+
+    accelerator: str = flag("auto", choices=ACCELERATORS)
     """Lightning Fabric accelerator: auto | cpu | cuda."""
     devices: str = "1"
     """Devices per node (an int, or 'auto')."""
-    num_nodes: int = 1
+    num_nodes: int = flag(1, check=integer(1))
     """Nodes."""
     strategy: str = "auto"
     """auto | ddp | fsdp (FSDP2: one unit per block and bridge layer, the EMA sharded too)."""
-    precision: str = "32-true"
+    precision: str = flag("32-true", choices=PRECISIONS)
     """Fabric precision: 32-true, bf16-mixed, ..."""
+    loader_workers: int = flag(2, check=integer(0))
+    """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
+    reads each batch itself, and the accelerator waits meanwhile)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_nodes")
+        _positive(self, "loader_workers", zero=True)
+        _need(self, self.accelerator in ACCELERATORS, f"accelerator={self.accelerator!r} not in {', '.join(ACCELERATORS)}")
+        _need(self, self.devices == "auto" or all(d.strip().lstrip("-").isdigit() for d in self.devices.split(",")),
+              f"devices={self.devices!r}: a count, a comma list of device indices, or auto")
+        _need(self, self.precision in PRECISIONS, f"precision={self.precision!r} not in {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the training step runs the network: kernels, compilation, memory, streams. Applied to the model from
+    outside its forward pass (`shared.training.runtime.prepare_model`); all but float8 leave the maths as it is."""
+
+    compile: bool = False
+    """torch.compile every block and bridge layer (regional compilation, `DualForce.compile_blocks`)."""
     activation_checkpointing: bool = False
     """Keep only each block's and bridge layer's inputs and recompute the rest in the backward pass, under any
     strategy (`sharding.checkpoint_activations`): about a third more compute for a larger micro-batch."""
-    checkpoint_every: int = 1
-    """With activation_checkpointing: only every this-many-th block and bridge layer recomputes (1: all; 4: a
-    quarter, for a micro-batch that just does not fit)."""
-    float8: str = "off"
+    recompute_every: int = flag(1, check=integer(1), flags=("--checkpoint-every",))
+    """With activation_checkpointing: only every this-many-th block and bridge layer recomputes its activations in
+    the backward pass (1: all; 4: a quarter, for a micro-batch that just does not fit)."""
+    float8: str = flag("off", choices=FLOAT8_RECIPES)
     """off | tensorwise | rowwise: the matmuls over video tokens (video tower blocks, the bridge's video-side
     projections) in float8 with per-tensor or per-row scales (`shared.training.float8`, torchao; float8 tensor cores,
     e.g. an H100); the weights, EMA and checkpoints stay as they are."""
-    fused_norm_rope: bool = True
+    fused_norm_rope: bool = flag(True, check=on_off)
     """Every attention's qk-norm + RoPE in one Triton kernel on CUDA (`attention.fuse_norm_rope`; the same maths):
     one pass over the queries and keys instead of inductor's several (benchmarks/RESULTS.md). No effect on a CPU; the
     EMA and streaming keep inductor's kernels."""
-    fused_window_attention: bool = True
+    fused_window_attention: bool = flag(True, check=on_off)
     """Every audio cross-attention (7 keys a frame) and the bridge's struct -> video attention (the clip's struct
     tokens) through one Triton kernel on CUDA (`attention.fuse_window_attention`; the same maths as SDPA with its dense
     mask, without the transposed copies around it). No effect on a CPU; the EMA and streaming keep SDPA."""
-    flex_backend: str = "auto"
+    flex_backend: str = flag("auto", choices=FLEX_BACKENDS)
     """auto | flash: the kernels of the frame-causal attention on CUDA (flex_attention). auto: flex's own Triton
     kernels; flash: FlashAttention-4 through flex's FLASH backend (the flash-attn-4 package, CuTe DSL; compute
     capability 9.0+), the same maths at ~1.4x the speed forward + backward on the training shape
@@ -391,40 +417,39 @@ class TrainConfig:
     """Run the struct tower on a second CUDA stream in training too (`DualForce.overlap_towers`): its 1-token blocks
     (as many kernels as the video tower's for ~0.4% of the FLOPs) overlap the video tower's between bridge layers,
     forward and backward (autograd runs each backward op on its forward op's stream). No effect on a CPU."""
-    loader_workers: int = 2
-    """DataLoader processes reading the next batches from the cache while the model trains (0: the training process
-    reads each batch itself, and the accelerator waits meanwhile)."""
-    compile: bool = False
-    """torch.compile every block and bridge layer (regional compilation, `DualForce.compile_blocks`)."""
-    self_forcing: bool = False
-    """Train on the model's own rollouts (a fine-tuning mode, `shared.training.self_forcing`): each step's history
-    frames are streamed by the model (no gradients through them), the loss is on the frames after them."""
-    self_forcing_p: float = 1.0
-    """With self_forcing: the fraction of steps on the model's own rollouts (the others plain Diffusion Forcing on
-    the clip), decided per step from (seed, step)."""
-    inject_nan_at: tuple[int, ...] = ()
-    """Testing aid: steps whose loss is replaced by NaN, to exercise the non-finite guard."""
 
     def __post_init__(self) -> None:
-        _finite(self)
-        _positive(self, "steps", "global_batch", "lr", "log_every", "sample_frames", "keep_last", "max_bad_steps",
-                  "num_nodes", "checkpoint_every")
-        _positive(self, "micro_batch", "warmup", "weight_decay", "grad_clip", "ckpt_every", "ckpt_minutes",
-                  "sample_every", "loader_workers", zero=True)
-        _within(self, "min_lr_ratio", 0, 1)
-        _within(self, "ema", 0, 1, hi_open=True)
-        _within(self, "self_forcing_p", 0, 1)
-        _need(self, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-              f"betas={self.betas!r} must be two numbers in [0, 1)")
-        _need(self, self.accelerator in ACCELERATORS, f"accelerator={self.accelerator!r} not in {', '.join(ACCELERATORS)}")
-        _need(self, self.devices == "auto" or all(d.strip().lstrip("-").isdigit() for d in self.devices.split(",")),
-              f"devices={self.devices!r}: a count, a comma list of device indices, or auto")
-        _need(self, self.precision in PRECISIONS, f"precision={self.precision!r} not in {', '.join(PRECISIONS)}")
+        _positive(self, "recompute_every")
         _need(self, self.float8 in FLOAT8_RECIPES,
               f"float8={self.float8!r}: use {', '.join(FLOAT8_RECIPES[:-1])} or {FLOAT8_RECIPES[-1]}")
         _need(self, self.flex_backend in FLEX_BACKENDS,
               f"flex_backend={self.flex_backend!r}: use {' or '.join(FLEX_BACKENDS)}")
-        _need(self, all(isinstance(s, int) for s in self.inject_nan_at), f"inject_nan_at={self.inject_nan_at!r}: steps")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a training run writes into its folder, and when: losses, checkpoints, samples."""
+
+    log_every: int = 10
+    """Record the losses every this many steps."""
+    ckpt_every: int = flag(1000, check=integer(0), flags=("--ckpt-every",))
+    """Save a checkpoint every this many steps (0: only at the end, on a signal and every ckpt_minutes)."""
+    ckpt_minutes: float = 30.0
+    """Also save when this many minutes of training have passed since the last save (0 = off): a run killed
+    without warning (kill -9, a lost node) loses at most this much, whatever ckpt_every is."""
+    keep_last: int = 3
+    """Checkpoints kept (older step folders are deleted)."""
+    sample_every: int = flag(0, check=integer(0), flags=("--sample-every",))
+    """Write a short streaming sample (mp4 + struct .npz) to samples/ every this many steps (0 = off)."""
+    sample_frames: int = 50
+    """Frames of each periodic sample (2 s at 25 fps)."""
+    tensorboard: bool = True
+    """Also log to TensorBoard (run folder's tb/; needs the tensorboard package, else CSV only)."""
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        _positive(self, "log_every", "sample_frames", "keep_last")
+        _positive(self, "ckpt_every", "ckpt_minutes", "sample_every", zero=True)
 
 
 @dataclass(frozen=True)
@@ -447,6 +472,12 @@ class Config:
     """Sampler and streaming."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    """Where the training runs."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """How the training step runs the network (kernels, compilation, memory)."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """What a training run writes, and when."""
 
     def __post_init__(self) -> None:
         _positive(self, "clip_frames", "fps", "image_size")
@@ -459,8 +490,8 @@ PRESETS: dict[str, Config] = {
                           struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
                           fusion_depth=1),
         sample=SampleConfig(steps=2, window=4, roll_keep=2),
-        train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9, log_every=1, ckpt_every=10,
-                          ckpt_minutes=5.0),
+        train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9),
+        output=OutputConfig(log_every=1, ckpt_every=10, ckpt_minutes=5.0),
     ),
     # Phase 0.5 on a laptop CPU: 64 px SynthTalk through a factor-4 tiny-ae (8 x 16 x 16 latents), patch 4 ->
     # 16 tokens per frame; struct_dim / audio_dim are set from the cache.
@@ -469,8 +500,8 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=4,
                           struct_dim=13, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
         sample=SampleConfig(steps=4, window=16, roll_keep=8),
-        train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98, log_every=5, ckpt_every=500,
-                          ckpt_minutes=10.0),
+        train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98),
+        output=OutputConfig(log_every=5, ckpt_every=500, ckpt_minutes=10.0),
     ),
     "full": Config(preset="full"),
 }
@@ -537,7 +568,7 @@ def _typed(name: str, current: Any, value: Any) -> Any:
         return float(value)
     if isinstance(current, str):
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # `--set train.devices=2` (parsed as JSON) into a string field
+            return str(value)  # `--set launch.devices=2` (parsed as JSON) into a string field
         if not isinstance(value, str):
             raise wrong("a string")
         return value
@@ -553,10 +584,40 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
 
+MOVED = {"train": {**{k: "launch" for k in ("accelerator", "devices", "num_nodes", "strategy", "precision",
+                                           "loader_workers")},
+                   **{k: "runtime" for k in ("compile", "activation_checkpointing", "checkpoint_every", "float8",
+                                             "fused_norm_rope", "fused_window_attention", "flex_backend",
+                                             "overlap_towers")},
+                   **{k: "output" for k in ("log_every", "ckpt_every", "ckpt_minutes", "keep_last", "sample_every",
+                                            "sample_frames", "tensorboard")}}}
+"""Fields an older config.json holds under `train` and their table now (issue #35 split TrainConfig by concern)."""
+RENAMED = {"runtime.checkpoint_every": "recompute_every"}
+"""Fields of an older config.json renamed since (table.old_name -> new name)."""
+
+
+def upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.json written before the split of TrainConfig as today's tables: runs trained then still load."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for table, moves in MOVED.items():
+        old = d.get(table) if isinstance(d.get(table), dict) else {}
+        for name in [n for n in old if n in moves]:
+            d.setdefault(moves[name], {})[name] = old.pop(name)
+    old = d.get("train") if isinstance(d.get("train"), dict) else {}
+    old.pop("inject_nan_at", None)  # a test aid, now an argument of `train`
+    for key, new in RENAMED.items():
+        table, _, name = key.partition(".")
+        if isinstance(d.get(table), dict) and name in d[table]:
+            d[table][new] = d[table].pop(name)
+    return d
+
+
 def from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config written by `save`: start from its preset, apply every stored field."""
+    """Rebuild a Config written by `save`: start from its preset, apply every stored field (an older file's
+    `upgrade`d)."""
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object of config fields, got {type(d).__name__}")
+    d = upgrade(d)
     preset = d.get("preset", "full")
     if not isinstance(preset, str):
         raise ConfigError(f"preset={preset!r}: expected a preset name")
@@ -585,15 +646,3 @@ def load(path: str | Path) -> Config:
         return from_dict(d)
     except ConfigError as e:
         raise type(e)(f"{p}: {e}") from None
-
-
-def fields_help(cls: type) -> dict[str, str]:
-    """Field name -> its docstring (the string literal that follows it in the class body)."""
-    src = textwrap.dedent(inspect.getsource(cls))
-    body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
-    out: dict[str, str] = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
-                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
-            out[a.target.id] = " ".join(b.value.value.split())
-    return out

@@ -118,6 +118,13 @@ def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False
     return parse
 
 
+def on_off(text: str) -> bool:
+    """An argparse type: on | off, as a bool (a switch whose default is on)."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected on or off")
+    return text == "on"
+
+
 def device(text: str) -> str:
     """An argparse type: auto | cpu | cuda | cuda:N, refused when no such GPU is visible."""
     import torch

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import errors
+from .cli import add_fields, flag
 from .config import PRESETS, Config, get_preset, override
 from .errors import UserError
 from .flops import forward_flops, measured_forward_flops
@@ -76,15 +78,26 @@ def _table(s: dict[str, Any]) -> None:
         con.print(f"FlopCounterMode / analytic (dense attention): {c['ratio']:.4f}")
 
 
+@dataclass(frozen=True)
+class SummaryOptions:
+    """Which config to summarise, and how."""
+
+    preset: str = flag("full", choices=tuple(sorted(PRESETS)))
+    """tiny | poc | full."""
+    json: bool = False
+    """Print one JSON object instead of a table."""
+    set: tuple[str, ...] = ()
+    """KEY=VALUE ...: override config fields."""
+    measure: bool = True
+    """Cross-check the analytic FLOPs with FlopCounterMode (--no-measure: skip it)."""
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="full", choices=sorted(PRESETS), help="tiny | poc | full")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
-    ap.add_argument("--no-measure", action="store_true", help="skip the FlopCounterMode cross-check")
+    add_fields(ap, SummaryOptions)
     args = ap.parse_args(argv)
     cfg = override(get_preset(args.preset), parse_sets(args.set))
-    s = summarize(cfg, measure=not args.no_measure)
+    s = summarize(cfg, measure=args.measure)
     if args.json:
         print(json.dumps(s, indent=2))
     else:

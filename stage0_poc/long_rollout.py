@@ -48,7 +48,7 @@ from shared.poc import assets  # noqa: E402
 from shared.poc import settings as PS  # noqa: E402
 from shared.poc import suite as PV  # noqa: E402
 from shared.poc.training import load_run, seed_dir  # noqa: E402
-from shared.training import fit  # noqa: E402
+from shared.training import train  # noqa: E402
 
 # Long-video methods (issue #16), each a combination of components ("a+b"): a sampler setting on the same trained
 # model, and/or a fine-tune of it. Every fine-tune starts from the same trained weights and takes the same steps, data
@@ -101,19 +101,19 @@ def resolve(method: str, levels: dict) -> tuple[dict, dict | None]:
 
 
 def finetune(model, cfg: C.Config, tune: dict, steps: int, data: dict, struct: str, folder: Path, device: str, con):
-    """A copy of `model` fine-tuned `steps` steps under `tune` with `fit` (one process): from the trained weights at
+    """A copy of `model` fine-tuned `steps` steps under `tune` with `train` (one process): from the trained weights at
     a tenth of the training peak rate (the end of its cosine), warm-up a tenth of the steps. Reused when `folder`
     holds the finished run of the same config. Returns (EMA model, its config)."""
     tc = cfg.train
     ft = C.override(cfg, {"train.steps": steps, "train.lr": tc.lr * tc.min_lr_ratio, "train.warmup": max(1, steps // 10),
-                          "train.ckpt_every": 0, "train.ckpt_minutes": 0.0, "train.tensorboard": False,
-                          "train.accelerator": device, "train.log_every": max(1, steps // 20), **tune})
+                          "output.ckpt_every": 0, "output.ckpt_minutes": 0.0, "output.tensorboard": False,
+                          "launch.accelerator": device, "output.log_every": max(1, steps // 20), **tune})
     ds = WindowDataset(data["caches"][("train", struct)], frames=cfg.clip_frames, stride=4)
     copy = DualForce(cfg.model)
     copy.load_state_dict(model.state_dict())
     saved = folder / runs.CONFIG
     same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(ft)))
-    res = fit(ft, copy, ds, folder, resume="auto" if same else "none",
+    res = train(ft, copy, ds, folder, resume="auto" if same else "none",
               progress=lambda step, rec: None if step % max(1, steps // 5) else con.print(
                   f"  step {step}: loss {rec['loss']:.4f}"))
     if res["stopped"]:

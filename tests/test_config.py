@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_field_is_documented():
-    for cls in (C.ModelConfig, C.DiffusionConfig, C.SampleConfig, C.Config):
-        docs = C.fields_help(cls)
+    from shared.cli import fields_help
+
+    for cls in (C.ModelConfig, C.DiffusionConfig, C.SampleConfig, C.TrainConfig, C.LaunchConfig, C.RuntimeConfig,
+                C.OutputConfig, C.Config):
+        docs = fields_help(cls)
         missing = [f.name for f in fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
 

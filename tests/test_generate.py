@@ -46,7 +46,7 @@ def run(tmp_path_factory) -> Path:
     py("shared.data.ingest", str(d / "st"), "--out", str(d / "c.h5"), "--size", "32", "--struct", "explicit",
        "--min-frames", "20")
     run_cli("dual", ["--preset", "tiny", "--data", str(d / "c.h5"), "--out", str(d / "run"), "--accelerator", "cpu",
-                     "--max-steps", "3", "--sample-every", "3", "--set", "train.sample_frames=6"])
+                     "--max-steps", "3", "--sample-every", "3", "--set", "output.sample_frames=6"])
     return d
 
 

@@ -200,7 +200,7 @@ def test_ingest_interrupted_says_how_to_resume_and_resumes(tmp_path):
 
 def test_every_preset_checkpoints_while_it_trains():
     for name, cfg in C.PRESETS.items():
-        assert cfg.train.ckpt_every > 0 and cfg.train.ckpt_minutes > 0, name
+        assert cfg.output.ckpt_every > 0 and cfg.output.ckpt_minutes > 0, name
 
 
 def test_kill_9_resumes_from_the_last_checkpoint_without_duplicate_log_rows(cache, tmp_path):
@@ -225,8 +225,8 @@ def test_kill_9_resumes_from_the_last_checkpoint_without_duplicate_log_rows(cach
 
 def test_timed_checkpoints_and_tensorboard_purged_on_resume(cache, tmp_path):
     res = run_cli("dual", ["--preset", "tiny", "--data", str(cache), "--out", str(tmp_path), "--accelerator", "cpu",
-                           "--max-steps", "4", "--set", "train.ckpt_every=0", "train.ckpt_minutes=1e-9",
-                           "train.keep_last=10"])
+                           "--max-steps", "4", "--set", "output.ckpt_every=0", "output.ckpt_minutes=1e-9",
+                           "output.keep_last=10"])
     assert res["step"] == 4
     assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] and \
         sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [f"step_{i:08d}" for i in range(1, 5)]

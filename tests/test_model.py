@@ -196,7 +196,7 @@ def assert_same_outputs_and_grads(a: tuple, b: tuple) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams")
 def test_struct_tower_on_a_second_stream_trains_the_same():
-    """`overlap_towers` in training (`train.overlap_towers`): the struct tower's forward and backward on a second CUDA
+    """`overlap_towers` in training (`runtime.overlap_towers`): the struct tower's forward and backward on a second CUDA
     stream give the same outputs and gradients as one stream (autograd joins the streams where gradients cross)."""
     outs = []
     for overlap in (False, True):
@@ -362,10 +362,10 @@ def test_fused_norm_rope_kernels_take_eps_as_a_constant():
 
 
 def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_else(mode):
-    """`TrainConfig.fused_norm_rope` reaches every attention (self, cross, audio) of the trained model through
+    """`RuntimeConfig.fused_norm_rope` reaches every attention (self, cross, audio) of the trained model through
     `prepare_model`, the model computes the same function (on the CPU both paths are the fp32 reference maths), and
     off leaves inductor's path."""
-    from shared.config import TrainConfig
+    from shared.config import RuntimeConfig
     from shared.training.loop import prepare_model
 
     model = tiny_model(mode)
@@ -373,9 +373,9 @@ def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_el
     before = run(model, inp)
     layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
     assert layers and not any(m.fused_norm_rope for m in layers)
-    prepare_model(model, TrainConfig(fused_norm_rope=False), (), torch.device("cpu"))
+    prepare_model(model, RuntimeConfig(fused_norm_rope=False), (), torch.device("cpu"))
     assert not any(m.fused_norm_rope for m in layers)
-    done = prepare_model(model, TrainConfig(), (), torch.device("cpu"))
+    done = prepare_model(model, RuntimeConfig(), (), torch.device("cpu"))
     assert all(m.fused_norm_rope for m in layers) and any(str(len(layers)) in d for d in done)
     kinds = {type(m).__name__ for m in layers}
     assert "AudioAttention" in kinds and "Attention" in kinds
@@ -437,10 +437,10 @@ def test_window_attention_refuses_shapes_that_do_not_agree():
 
 
 def test_training_switches_audio_and_bridge_attention_to_the_window_kernel(mode, monkeypatch):
-    """`TrainConfig.fused_window_attention` reaches every audio attention and the bridge's struct -> video
+    """`RuntimeConfig.fused_window_attention` reaches every audio attention and the bridge's struct -> video
     direction through `prepare_model`; the model computes the same function (on the CPU the window path is SDPA over
     each frame's mask row, so this also checks the bridge picks the right rows), and off leaves SDPA's path."""
-    from shared.config import TrainConfig
+    from shared.config import RuntimeConfig
     from shared.models import attention as A, blocks as B
     from shared.training.loop import prepare_model
 
@@ -449,9 +449,9 @@ def test_training_switches_audio_and_bridge_attention_to_the_window_kernel(mode,
     inp = tiny_inputs(model)
     before = run(model, inp)
     layers = [m for m in model.modules() if hasattr(m, "fused_window")]
-    prepare_model(model, TrainConfig(fused_window_attention=False), (), torch.device("cpu"))
+    prepare_model(model, RuntimeConfig(fused_window_attention=False), (), torch.device("cpu"))
     assert layers and not any(m.fused_window for m in layers)
-    done = prepare_model(model, TrainConfig(), (), torch.device("cpu"))
+    done = prepare_model(model, RuntimeConfig(), (), torch.device("cpu"))
     assert all(m.fused_window for m in layers) and any(f"window attention kernel: {len(layers)}" in d for d in done)
     monkeypatch.setattr(A, "window_attention", lambda *a, **k: calls.append("bridge") or B.window_attention(*a, **k))
     after = run(model, inp)

@@ -98,7 +98,7 @@ def cache(tmp_path_factory) -> Path:
 def run(tmp_path_factory, cache) -> Path:
     out = tmp_path_factory.mktemp("robust_run") / "run"
     run_cli("dual", ["--preset", "tiny", "--data", str(cache), "--out", str(out), "--accelerator", "cpu",
-                     "--max-steps", "4", "--ckpt-every", "2", "--set", "train.keep_last=3"])
+                     "--max-steps", "4", "--ckpt-every", "2", "--set", "output.keep_last=3"])
     return out
 
 

@@ -1,4 +1,4 @@
-"""Seed-batched training (`shared.training.seeds`): seed k of a batched run is seed k trained alone by `fit`."""
+"""Seed-batched training (`shared.training.seeds`): seed k of a batched run is seed k trained alone by `train`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from shared import config as C
 from shared.data.cache import WindowDataset
 from shared.models import DualForce
-from shared.training import fit
+from shared.training import train
 from shared.training.seeds import fit_seeds
 
 
@@ -43,7 +43,7 @@ def _remedies(tmp_path) -> dict:
 @pytest.mark.parametrize("mode", ["dual", "video_only", "dual with every remedy"])
 def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mode):
     remedies = _remedies(tmp_path) if mode.startswith("dual with") else {}
-    cfg = C.override(C.get_preset("tiny"), {"train.steps": 5, "train.accelerator": "cpu", "train.ckpt_every": 0,
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 5, "launch.accelerator": "cpu", "output.ckpt_every": 0,
                                             "train.grad_clip": 0.05, "model.bridge_mode": mode.split()[0],
                                             "diffusion.p_audio_drop": 0.3, **remedies})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
@@ -55,7 +55,7 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
     batched = fit_seeds(cfg, _make(cfg), ds, seeds, snapshot_at=(2,))
     for k, seed in enumerate(seeds):
         alone_cfg = C.override(cfg, {"train.seed": seed})
-        alone = fit(alone_cfg, _make(alone_cfg)(seed), ds, tmp_path / f"s{seed}", resume="none")
+        alone = train(alone_cfg, _make(alone_cfg)(seed), ds, tmp_path / f"s{seed}", resume="none")
         want_ema = alone["ema"].state_dict()
         for name, w in want_ema.items():
             torch.testing.assert_close(batched[k].ema.state_dict()[name], w, atol=1e-4, rtol=1e-4, msg=name)
@@ -74,10 +74,10 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
 def test_bf16_mixed_trains_under_autocast_with_fp32_weights_and_near_fp32_losses(cache):
     """The large rungs' precision: the forward runs in bf16 (its losses differ from fp32 by bf16 rounding, not
     more), the weights and the optimiser stay fp32."""
-    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "train.accelerator": "cpu", "train.ckpt_every": 0})
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
     fp32 = fit_seeds(cfg, _make(cfg), ds, [3])[0]
-    bf16 = fit_seeds(C.override(cfg, {"train.precision": "bf16-mixed"}), _make(cfg), ds, [3])[0]
+    bf16 = fit_seeds(C.override(cfg, {"launch.precision": "bf16-mixed"}), _make(cfg), ds, [3])[0]
     a, b = (np.array([h["loss"] for h in r.history]) for r in (fp32, bf16))
     assert np.all(np.isfinite(b)) and not np.array_equal(a, b)  # autocast was on
     np.testing.assert_allclose(b, a, rtol=0.05)

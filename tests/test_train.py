@@ -20,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def _args(cache: Path, out: Path) -> list[str]:
+    return ["--preset", "tiny", "--data", str(cache), "--out", str(out), "--accelerator", "cpu"]
+
+
 def _run(cache: Path, out: Path, *extra: str) -> dict:
-    return run_cli("dual", ["--preset", "tiny", "--data", str(cache), "--out", str(out), "--accelerator", "cpu",
-                            *extra])
+    return run_cli("dual", [*_args(cache, out), *extra])
 
 
 def _weights(ckpt: Path) -> dict:
@@ -97,13 +100,13 @@ def test_flex_backend_flag_reaches_flex_and_refuses_what_cannot_run(cache, tmp_p
     """`--flex-backend`: "auto" keeps flex's Triton options, an unknown name and "flash" where FlashAttention-4 cannot
     run (no flash-attn-4 package, no sm90 GPU: this machine) stop with an error naming what is missing, before any
     training."""
-    from shared.config import TrainConfig
+    from shared.config import RuntimeConfig
     from shared.models import attention
 
     attention.use_flex_backend("auto")
     assert attention.flex_kernel_options() == attention.FLEX_OPTIONS and "BACKEND" not in attention.FLEX_OPTIONS
     with pytest.raises(ValueError, match="use auto or flash"):
-        TrainConfig(flex_backend="FA3")
+        RuntimeConfig(flex_backend="FA3")
     if attention.flash_unavailable() is None:
         pytest.skip("FlashAttention-4 runs here")
     with pytest.raises(ValueError, match="flex_backend flash needs"):
@@ -124,6 +127,7 @@ def test_float8_parity_benchmark_pairs_seeds_reuses_runs_and_refuses_bad_input(c
 
     spec = importlib.util.spec_from_file_location("float8_parity", ROOT / "benchmarks" / "float8_parity.py")
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     argv = ["--data", str(cache), "--preset", "tiny", "--steps", "4", "--last", "2", "--seeds", "0", "1",
             "--out", str(tmp_path), "--", "--accelerator", "cpu"]
@@ -165,12 +169,12 @@ def test_all_checkpoints_corrupt_is_an_error(cache, tmp_path):
 
 
 def test_nan_is_skipped_and_counted(cache, tmp_path, capsys):
-    res = _run(cache, tmp_path, "--max-steps", "6", "--set", "train.inject_nan_at=[2,3]")
+    res = run_cli("dual", [*_args(cache, tmp_path), "--max-steps", "6"], nan_steps=(2, 3))
     assert res["skipped"] == 2 and res["step"] == 6 and res["stopped"] is None
     assert "step 2: non-finite loss, skipped" in capsys.readouterr().out
     assert all(torch.isfinite(v).all() for v in _weights(latest_checkpoint(tmp_path)).values())
-    bad = _run(cache, tmp_path / "bad", "--max-steps", "20", "--set", "train.inject_nan_at=[1,2,3,4]",
-               "train.max_bad_steps=3")
+    bad = run_cli("dual", [*_args(cache, tmp_path / "bad"), "--max-steps", "20", "--train.max-bad-steps", "3"],
+                  nan_steps=(1, 2, 3, 4))
     assert "3 non-finite losses in a row" in bad["stopped"]
 
 
@@ -312,7 +316,7 @@ def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):
 def test_self_forcing_rollout_graphs_match_eager(cache, overlap):
     """The rollout replayed as CUDA graphs gives the eager rollout's frames, for every cut with one set of graphs,
     and follows the parameters as the optimiser changes them in place; building the graphs keeps the model's
-    `train.overlap_towers` setting."""
+    `runtime.overlap_towers` setting."""
     from shared import config as C
     from shared.data.cache import WindowDataset
     from shared.models import DualForce

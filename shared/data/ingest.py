@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import errors, lock
+from ..cli import add_fields, flag, given
 from ..errors import UserError
 from .cache import CacheMeta, CacheWriter
 from .codecs import get_codec
@@ -57,6 +58,18 @@ class Options:
             errors.check_range(getattr(self, name), lo, name=f"--{name.replace('_', '-')}")
         if self.struct != "auto" and self.struct not in KINDS:
             raise errors.ConfigError(f"--struct {self.struct!r}: choose auto or one of {', '.join(KINDS)}")
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """Where the videos come from and where the cache goes."""
+
+    src: str = flag(positional=True)
+    """Folder of videos (searched recursively)."""
+    out: str = flag()
+    """Cache file (.h5)."""
+    workers: int = flag(0, check=errors.integer(0, 256))
+    """Parallel decode/encode processes (0: this one)."""
 
 
 @dataclass
@@ -279,18 +292,11 @@ def nothing_message(src: Path, out: Path, videos: list[Path], summary: dict) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .. import config as C
-
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="folder of videos (searched recursively)")
-    ap.add_argument("--out", required=True, help="cache file (.h5)")
-    ap.add_argument("--workers", type=errors.integer(0, 256), default=0,
-                    help="parallel decode/encode processes (0: this one)")
-    docs = C.fields_help(Options)
-    for f in Options.__dataclass_fields__.values():
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=docs[f.name])
+    add_fields(ap, IngestRun)
+    add_fields(ap, Options)
     a = ap.parse_args(argv)
-    opts = Options(**{k: getattr(a, k) for k in Options.__dataclass_fields__})
+    opts = Options(**given(a, Options))
     try:
         ingest(a.src, a.out, opts, a.workers)
     except KeyboardInterrupt:

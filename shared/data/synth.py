@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import errors
+from ..cli import add_fields, flag
 from .face import IDENTITY_LAYOUT, MOTION_LAYOUT, MOTION_SCALE, render
 from .speech import SR, synthesize, to_frames
 
@@ -225,18 +226,33 @@ def export(out: str | Path, clips: int, seconds: float, size: int, seed: int = 0
                 bar.advance(task)
 
 
+@dataclass(frozen=True)
+class SynthOptions:
+    """What `python -m shared.data.synth` renders."""
+
+    out: str
+    """Output folder."""
+    clips: int = flag(16, check=errors.integer(1))
+    """Number of clips."""
+    seconds: float = flag(8.0, check=errors.real(0, lo_open=True))
+    """Length of each clip."""
+    size: int = 64
+    """Frame size in pixels (32..256, even)."""
+    seed: int = flag(0, check=errors.integer(0))
+    """Base seed (clip i uses SeedSequence([seed, i]))."""
+    workers: int = flag(0, check=errors.integer(0, 256))
+    """Parallel processes (0: in this process)."""
+    task: str = flag("v1", choices=TASKS)
+    """v1 (the original) or v2 (shared.data.synth_v2)."""
+    split: str = flag("train", choices=("train", "eval"))
+    """v2: draw identities and voices from the split's own parameter bins."""
+    voice: str = flag("formant", choices=VOICES)
+    """v2: formant synthesis or espeak-ng sentences."""
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--clips", type=errors.integer(1), default=16, help="number of clips")
-    ap.add_argument("--seconds", type=errors.real(0, lo_open=True), default=8.0, help="length of each clip")
-    ap.add_argument("--size", type=int, default=64, help="frame size in pixels (32..256, even)")
-    ap.add_argument("--seed", type=errors.integer(0), default=0, help="base seed (clip i uses SeedSequence([seed, i]))")
-    ap.add_argument("--workers", type=errors.integer(0, 256), default=0, help="parallel processes (0: in this process)")
-    ap.add_argument("--task", choices=TASKS, default="v1", help="v1 (the original) or v2 (shared.data.synth_v2)")
-    ap.add_argument("--split", choices=("train", "eval"), default="train",
-                    help="v2: draw identities and voices from the split's own parameter bins")
-    ap.add_argument("--voice", choices=VOICES, default="formant", help="v2: formant synthesis or espeak-ng sentences")
+    add_fields(ap, SynthOptions)
     a = ap.parse_args(argv)
     try:
         export(errors.folder_arg(a.out), a.clips, a.seconds, a.size, a.seed, a.workers, a.task, a.split, a.voice)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import errors
+from ..cli import add_fields, flag
 from ..data import synth, synth_v2
 from ..data.face import MOTION_LAYOUT
 from ..data.features import get_audio_features
@@ -110,14 +112,27 @@ def table(task: str, clips: int = 24, seconds: float = 8.0, window: int = 16, si
     return {k: dict(zip(MOTION_LAYOUT, np.round(np.asarray(v, float), 3).tolist())) for k, v in out.items()}
 
 
+@dataclass(frozen=True)
+class RecoverOptions:
+    """What the recoverability table measures on."""
+
+    task: str = flag("v2", choices=("v1", "v2"))
+    """SynthTalk task."""
+    clips: int = flag(24, check=errors.integer(4))
+    """Training clips (held-out: a quarter, at least 4)."""
+    seconds: float = flag(8.0, check=errors.real(2, 600))
+    """Length of each clip."""
+    window: int = flag(16, check=errors.integer(1))
+    """History frames (the PoC model's window)."""
+    probe_steps: int = flag(800, check=errors.integer(1))
+    """Probe training steps."""
+    seed: int = flag(0, check=errors.integer(0))
+    """Seed of the clips and the probe."""
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=("v1", "v2"), default="v2")
-    ap.add_argument("--clips", type=errors.integer(4), default=24, help="training clips (held-out: a quarter, at least 4)")
-    ap.add_argument("--seconds", type=errors.real(2, 600), default=8.0)
-    ap.add_argument("--window", type=errors.integer(1), default=16, help="history frames (the PoC model's window)")
-    ap.add_argument("--probe-steps", type=errors.integer(1), default=800)
-    ap.add_argument("--seed", type=errors.integer(0), default=0)
+    add_fields(ap, RecoverOptions)
     a = ap.parse_args(argv)
     res = table(a.task, a.clips, a.seconds, a.window, seed=a.seed, probe_steps=a.probe_steps)
     print(json.dumps({"task": a.task, **res}))

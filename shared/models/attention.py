@@ -29,7 +29,7 @@ _kernel_options = FLEX_OPTIONS
 
 
 def use_flex_backend(backend: str) -> None:
-    """flex_attention's kernels for this process (`TrainConfig.flex_backend`), before anything compiles: "auto" its
+    """flex_attention's kernels for this process (`RuntimeConfig.flex_backend`), before anything compiles: "auto" its
     Triton templates with `FLEX_OPTIONS`; "flash" FlashAttention-4 (CuTe DSL) through its FLASH backend, which takes
     none of the Triton options. Raises ValueError naming what is missing (`flash_unavailable`)."""
     global _kernel_options
@@ -154,7 +154,7 @@ def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.
 
 def fuse_norm_rope(model: nn.Module) -> int:
     """Every attention of `model` (self, cross, audio) takes its qk-norm + RoPE through the fused kernel instead of
-    inductor's kernels; returns how many. Training does this (`TrainConfig.fused_norm_rope`); streaming keeps the
+    inductor's kernels; returns how many. Training does this (`RuntimeConfig.fused_norm_rope`); streaming keeps the
     path its timings were measured with."""
     layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
     for m in layers:
@@ -165,7 +165,7 @@ def fuse_norm_rope(model: nn.Module) -> int:
 def fuse_window_attention(model: nn.Module) -> int:
     """Every audio cross-attention and bridge struct -> video attention of `model` runs through the window kernel on
     CUDA (`window_attention`, the same maths as SDPA) instead of SDPA with a dense mask; returns how many. Training
-    does this (`TrainConfig.fused_window_attention`)."""
+    does this (`RuntimeConfig.fused_window_attention`)."""
     layers = [m for m in model.modules() if hasattr(m, "fused_window")]
     for m in layers:
         m.fused_window = True

@@ -11,7 +11,7 @@ from ..cli import flag, given
 from ..data.synth import TASKS
 from ..errors import integer, real
 
-PRECISIONS = ("32-true", "bf16-mixed")  # of the side-by-side training (`train.precision`)
+PRECISIONS = ("32-true", "bf16-mixed")  # of the side-by-side training (`launch.precision`)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Settings:
     model: tuple = ()
     """(dotted key, value) overrides of the poc preset every variant starts from (a rung's width, depth, ...)."""
     precision: str = flag("32-true", choices=PRECISIONS)
-    """The side-by-side training's precision on a GPU (`train.precision`): 32-true (fp32 with TF32 matmuls, the
+    """The side-by-side training's precision on a GPU (`launch.precision`): 32-true (fp32 with TF32 matmuls, the
     default's) or bf16-mixed (bf16 autocast: the large rungs, where training is compute-bound); fp32 on the CPU."""
 
 

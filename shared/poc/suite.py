@@ -152,8 +152,8 @@ def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, de
         over["model.fusion_depth"] = min(rung.model.depth, rung.model.struct_depth)
     cfg = C.override(rung, {"model.latent_channels": c, "model.latent_size": h,
                             "model.struct_dim": len(meta.struct_layout), "model.audio_dim": meta.audio_dim,
-                            "train.steps": steps, "train.global_batch": s.batch, "train.accelerator": device,
-                            "train.precision": s.precision,
+                            "train.steps": steps, "train.global_batch": s.batch, "launch.accelerator": device,
+                            "launch.precision": s.precision,
                             "train.seed": s.seed if seed is None else seed,
                             "train.warmup": max(2, steps // 10), **over})
     if v.width_of is not None:

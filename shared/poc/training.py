@@ -73,7 +73,7 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
         if not retrain and all(saved_run(cfgs[k][v.name], d, data) for k, d in enumerate(dirs)):
             for k, d in enumerate(dirs):
                 models[k][v.name], hists[k][v.name], snaps[k][v.name] = load_run(cfgs[k][v.name], d,
-                                                                                 cfgs[k][v.name].train.accelerator)
+                                                                                 cfgs[k][v.name].launch.accelerator)
             con.print(f"reusing {v.name} ({s.seeds} seed{'s' if s.seeds > 1 else ''})")
             continue
         cfg = cfgs[0][v.name]

@@ -1,10 +1,11 @@
-"""The training loop, on Lightning Fabric: one process, DDP or FSDP, on CPU or GPU (litgpt's shape: setup, then
-the step loop, then `fit` composing them).
+"""The training loop, on Lightning Fabric: one process, DDP or FSDP, on CPU or GPU. `train` composes litgpt's three
+roles: `setup` (the Fabric, its processes launched), `main` (model, optimiser, EMA, resume, data: a `Run`), `fit`
+(the step loop).
 
 AdamW with warm-up + cosine, gradient accumulation without gradient sync on the inner micro-steps, clipping,
 EMA, and a run that is never lost: atomic step-folder checkpoints every `ckpt_every` steps and `ckpt_minutes`
 minutes (`checkpoint`, `shared.runs`), exact resume, SIGTERM / SIGUSR1 save and exit cleanly, a corrupt checkpoint is
-reported and the previous one used, non-finite losses are skipped and counted. Every stage trains through `fit`.
+reported and the previous one used, non-finite losses are skipped and counted. Every stage trains through `train`.
 """
 
 from __future__ import annotations
@@ -21,63 +22,34 @@ from pathlib import Path
 import torch
 
 from .. import lock, runs
-from ..config import Config, TrainConfig
+from ..config import Config, LaunchConfig
 from ..diffusion import training_loss
-from ..models.attention import fuse_norm_rope, fuse_window_attention, use_flex_backend
-from . import checkpoint, float8
+from . import checkpoint
 from .batches import StepBatches, to_batch
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
 from .self_forcing import rollout_graphs, self_forcing_loss, uses_own_history
-from .sharding import checkpoint_activations, fsdp_strategy, is_sharded, local, world_size
+from .runtime import prepare_model
+from .sharding import fsdp_strategy, is_sharded, local, world_size
 
 
-def make_fabric(tc: TrainConfig, block_types: tuple = ()):
+def make_fabric(lc: LaunchConfig, block_types: tuple = ()):
     """Fabric from the config. Under `fabric run`, its --strategy (LT_STRATEGY) picks the strategy, and FSDP is
     built here: FSDP2 with one unit per block (`sharding`)."""
     from lightning_fabric import Fabric
 
-    name = os.environ.pop("LT_STRATEGY", None) or tc.strategy
+    name = os.environ.pop("LT_STRATEGY", None) or lc.strategy
     strategy = name
-    devices = os.environ.get("LT_DEVICES") or tc.devices
+    devices = os.environ.get("LT_DEVICES") or lc.devices
     devices = int(devices) if str(devices).isdigit() else devices
     if name == "fsdp":
-        accelerator = os.environ.get("LT_ACCELERATOR") or tc.accelerator
-        precision = os.environ.get("LT_PRECISION") or tc.precision
+        accelerator = os.environ.get("LT_ACCELERATOR") or lc.accelerator
+        precision = os.environ.get("LT_PRECISION") or lc.precision
         strategy = fsdp_strategy(precision, tuple(block_types),
-                                 world_size(devices, int(os.environ.get("LT_NUM_NODES") or tc.num_nodes), accelerator))
-    kw = {} if os.environ.get("LT_CLI_USED") else {"accelerator": tc.accelerator, "devices": devices,
-                                                    "num_nodes": tc.num_nodes, "precision": tc.precision}
+                                 world_size(devices, int(os.environ.get("LT_NUM_NODES") or lc.num_nodes), accelerator))
+    kw = {} if os.environ.get("LT_CLI_USED") else {"accelerator": lc.accelerator, "devices": devices,
+                                                    "num_nodes": lc.num_nodes, "precision": lc.precision}
     return Fabric(strategy=strategy, **kw)
-
-
-def prepare_model(model: torch.nn.Module, tc: TrainConfig, block_types: tuple, device: torch.device) -> list[str]:
-    """What the training step runs, in place, before a strategy sets the model up: float8 linear layers, the fused
-    qk-norm + RoPE kernel, the window attention kernel, flex_attention's backend, activation checkpoints, compiled
-    blocks (in that order: each wraps what the one before made). The EMA is copied before: it samples in bf16 and
-    never runs a backward pass. Returns what was done, one line each."""
-    done = []
-    if tc.float8 != "off":
-        n = float8.convert(model, tc.float8, emulate=device.type != "cuda")
-        done.append(f"float8 ({tc.float8}): {n} linear layers over video tokens")
-    if tc.fused_norm_rope:
-        n = fuse_norm_rope(model)
-        done.append(f"fused qk-norm + RoPE kernel: {n} attention layers")
-    if tc.fused_window_attention:
-        n = fuse_window_attention(model)
-        done.append(f"window attention kernel: {n} layers (audio cross-attention, bridge struct -> video)")
-    use_flex_backend(tc.flex_backend)
-    if tc.flex_backend == "flash":
-        done.append("flex_attention through FlashAttention-4 (FLASH backend)")
-    if tc.activation_checkpointing:
-        n = checkpoint_activations(model, block_types, tc.checkpoint_every)
-        done.append(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
-    if tc.overlap_towers and device.type == "cuda":
-        model.overlap_towers()
-        done.append("struct tower on a second CUDA stream")
-    if tc.compile:
-        model.compile_blocks()
-    return done
 
 
 class Stop(Exception):
@@ -103,15 +75,17 @@ class Run:
     stop: dict = field(default_factory=lambda: {"why": None})
     graphs: object = None
     """Self-forcing's rollouts as CUDA graphs (`self_forcing.rollout_graphs`), or None."""
+    nan_steps: tuple[int, ...] = ()
+    """A test aid: steps whose loss is made NaN, to exercise the non-finite guard."""
 
     def save(self, step: int) -> None:
         checkpoint.save(self.fabric, self.out, step, self.state, self.sched, self.ema, self.gen,
-                        self.cfg.train.keep_last)
+                        self.cfg.output.keep_last)
 
 
-def launch(tc: TrainConfig, block_types: tuple, fabric=None):
-    """The Fabric of the run, its processes started."""
-    fabric = fabric or make_fabric(tc, block_types)
+def setup(lc: LaunchConfig, block_types: tuple, fabric=None):
+    """The Fabric of the run, its processes started (litgpt's `setup`)."""
+    fabric = fabric or make_fabric(lc, block_types)
     if not os.environ.get("LT_CLI_USED"):  # `fabric run` has already started the processes
         fabric.launch()
     return fabric
@@ -139,8 +113,8 @@ def claim(fabric, out: Path):
             held.__exit__(None, None, None)
 
 
-def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, fabric, block_types: tuple,
-          data_meta=None) -> Run:
+def build_run(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, fabric, block_types: tuple,
+              data_meta=None) -> Run:
     """Model, optimiser, schedule, EMA, noise generator, resume, and the data order from the resumed step, on a
     launched Fabric. The run folder's config.json (and data.json) are written last, once all of that succeeded."""
     tc = cfg.train
@@ -149,11 +123,11 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
         runs.check_rerun(out, cfg, data_meta)
     fabric.seed_everything(tc.seed)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
-    for line in prepare_model(model, tc, tuple(block_types), fabric.device):  # after the EMA's copy (see there)
+    for line in prepare_model(model, cfg.runtime, tuple(block_types), fabric.device):  # after the EMA's copy
         fabric.print(line)
     # the model first, then its optimiser: FSDP2 replaces the parameters with sharded ones
     model = fabric.setup_module(model)
-    opt = fabric.setup_optimizers(optimizer(model.module, tc))
+    opt = fabric.setup_optimizers(optimizer(model.module, tc, fused=fabric.device.type == "cuda"))
     sharded = is_sharded(model.module)
     if ema is not None:
         ema.place(fabric)
@@ -170,7 +144,7 @@ def setup(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: str, 
     order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
     # workers read ahead (the order is the sampler's: resume stays exact); pinned host memory makes the copy to the
     # device asynchronous (`to_batch`), so the accelerator never waits on the cache between steps
-    workers = tc.loader_workers
+    workers = cfg.launch.loader_workers
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                                          pin_memory=fabric.device.type == "cuda", worker_init_fn=leave_signals)
@@ -201,7 +175,7 @@ def train_step(run: Run, batches, step: int) -> dict:
             else:
                 losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
             loss = losses["loss"] / run.order.accum
-            if step in tc.inject_nan_at:
+            if step in run.nan_steps:
                 loss = loss * float("nan")
                 losses["loss"] = losses["loss"] * float("nan")
             fabric.backward(loss)
@@ -233,13 +207,13 @@ class Log:
     """Rank 0's records: history, metrics.csv (rows of repeated steps dropped on resume), TensorBoard, progress."""
 
     def __init__(self, run: Run, progress: Callable[[int, dict], None] | None):
-        zero, tc = run.fabric.is_global_zero, run.cfg.train
-        self.line = ProgressLine(tc.steps, run.start) if progress is None and zero else None
+        zero = run.fabric.is_global_zero
+        self.line = ProgressLine(run.cfg.train.steps, run.start) if progress is None and zero else None
         self.progress = self.line.update if self.line is not None else progress
         self.speed = Throughput(run.cfg, run.start, run.fabric.world_size, run.fabric.device) if zero else None
         self.file = open_metrics(run.out, run.start) if zero else None
         self.csv = csv.writer(self.file) if self.file else None
-        self.tb = tensorboard_writer(run.out, run.start) if zero and tc.tensorboard else None
+        self.tb = tensorboard_writer(run.out, run.start) if zero and run.cfg.output.tensorboard else None
 
     def __call__(self, run: Run, step: int, losses: dict) -> None:
         rec = {"step": step, "lr": run.sched.get_last_lr()[0], **{k: float(v.detach()) for k, v in losses.items()},
@@ -266,15 +240,15 @@ class Log:
             self.line.close()
 
 
-def main(run: Run, log: Log, sampler) -> int:
-    """The step loop from the resumed step to cfg.train.steps; returns the step reached."""
-    tc, out = run.cfg.train, run.out
+def fit(run: Run, log: Log, sampler) -> int:
+    """The step loop from the resumed step to cfg.train.steps (litgpt's `fit`); returns the step reached."""
+    tc, oc, out = run.cfg.train, run.cfg.output, run.out
     last_save, bad_run, step = time.monotonic(), 0, run.start
     batches = iter(run.loader)
     while step < tc.steps:
         run.model.train()
         losses = train_step(run, batches, step)
-        due = tc.ckpt_minutes > 0 and time.monotonic() - last_save >= 60 * tc.ckpt_minutes
+        due = oc.ckpt_minutes > 0 and time.monotonic() - last_save >= 60 * oc.ckpt_minutes
         bad, stop_now, timed = agree(run, losses, due)
         if bad:
             run.state["skipped"] += 1
@@ -289,41 +263,45 @@ def main(run: Run, log: Log, sampler) -> int:
         run.sched.step()
         step += 1
         run.state["step"] = step
-        if (step - 1) % tc.log_every == 0 or step == tc.steps:
+        if (step - 1) % oc.log_every == 0 or step == tc.steps:
             log(run, step - 1, losses)
-        if ((tc.ckpt_every and step % tc.ckpt_every == 0) or timed) and step < tc.steps:
+        if ((oc.ckpt_every and step % oc.ckpt_every == 0) or timed) and step < tc.steps:
             run.save(step)
             last_save = time.monotonic()
-        if sampler is not None and tc.sample_every and step % tc.sample_every == 0:
+        if sampler is not None and oc.sample_every and step % oc.sample_every == 0:
             sampler(run.ema.model if run.ema is not None else run.model, step, out / "samples")
         if stop_now:
             run.save(step)
             raise Stop(f"{run.stop['why'] or 'signal on another rank'}: saved step {step}, exiting")
-    if tc.ckpt_every or tc.steps > run.start:
+    if oc.ckpt_every or tc.steps > run.start:
         run.save(step)
     return step
 
 
-def fit(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: str = "auto", fabric=None,
-        progress: Callable[[int, dict], None] | None = None, block_types: tuple = (),
-        sampler: Callable[[torch.nn.Module, int, Path], None] | None = None, data_meta=None) -> dict:
+def train(cfg: Config, model: torch.nn.Module, dataset, out: str | Path, resume: str = "auto", fabric=None,
+          progress: Callable[[int, dict], None] | None = None, block_types: tuple = (),
+          sampler: Callable[[torch.nn.Module, int, Path], None] | None = None, data_meta=None,
+          nan_steps: tuple[int, ...] = ()) -> dict:
     """Train `model` on `dataset` (items: dicts of video/struct/audio/has_audio) for cfg.train.steps.
 
     out: run folder (`shared.runs`). resume: "auto" (latest valid checkpoint in out), "none", or a checkpoint
     folder. sampler(model, step, out / "samples"): called on every rank (an FSDP forward needs all of them) every
-    train.sample_every steps, with the EMA model when there is one.
+    output.sample_every steps, with the EMA model when there is one.
     data_meta: the cache's `CacheMeta`, written as data.json (what generation needs besides the weights).
-    One process trains into `out` at a time (`shared.lock`): a second is refused before it writes anything.
-    Returns {"history", "ema" (EMA model or None), "skipped", "seconds", "step",
-    "stopped" (None, or why training ended early)}.
+    nan_steps: a test aid (steps whose loss is made NaN). One process trains into `out` at a time (`shared.lock`): a
+    second is refused before it writes anything. Returns {"history", "ema" (EMA model or None), "skipped",
+    "seconds", "step", "stopped" (None, or why training ended early)}.
     """
-    fabric = launch(cfg.train, tuple(block_types), fabric)
+    fabric = setup(cfg.launch, tuple(block_types), fabric)
     with claim(fabric, Path(out)):
-        return _fit(cfg, model, dataset, Path(out), resume, fabric, progress, block_types, sampler, data_meta)
+        return main(fabric, cfg, model, dataset, Path(out), resume, progress, block_types, sampler, data_meta,
+                    nan_steps)
 
 
-def _fit(cfg, model, dataset, out, resume, fabric, progress, block_types, sampler, data_meta) -> dict:
-    run = setup(cfg, model, dataset, out, resume, fabric, block_types, data_meta)
+def main(fabric, cfg, model, dataset, out, resume, progress, block_types, sampler, data_meta, nan_steps) -> dict:
+    """The run built (`build_run`), trained with SIGTERM / SIGUSR1 caught (litgpt's `main`); its results."""
+    run = build_run(cfg, model, dataset, out, resume, fabric, block_types, data_meta)
+    run.nan_steps = tuple(nan_steps)
 
     def on_signal(signum, frame):
         run.stop["why"] = signal.Signals(signum).name
@@ -332,7 +310,7 @@ def _fit(cfg, model, dataset, out, resume, fabric, progress, block_types, sample
     log = Log(run, progress)
     t0, step = time.perf_counter(), run.start
     try:
-        step = main(run, log, sampler)
+        step = fit(run, log, sampler)
     except Stop as e:
         run.stop["why"] = str(e)
         step = run.state["step"]

@@ -1,4 +1,4 @@
-"""Periodic streaming samples during training: a short mp4 + struct trajectory every `train.sample_every` steps."""
+"""Periodic streaming samples during training: a short mp4 + struct trajectory every `output.sample_every` steps."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from ..sampling.generation import Reference, codec_from_spec, stream_frames, wri
 
 
 def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Module, int, Path], None]:
-    """A `fit` sampler: every train.sample_every steps, stream train.sample_frames frames from the first clip of
+    """A `train` sampler: every output.sample_every steps, stream output.sample_frames frames from the first clip of
     `cache` (its reference and audio features; the cache holds no waveform, so the sample is silent) and write
     samples/step_XXXXXXXX.mp4 + .struct.npz. Runs on every rank (FSDP forwards need them all); rank 0 writes."""
     reader = CacheReader(cache)
     meta = reader.meta
     clip = max(reader.clips, key=lambda c: c.frames)
     d = reader.read(clip.name)
-    frames = min(cfg.train.sample_frames, clip.frames)
+    frames = min(cfg.output.sample_frames, clip.frames)
     feats = np.zeros((2 * frames, meta.audio_dim), np.float32) if d["audio"] is None else d["audio"][: 2 * frames]
     ref = Reference(torch.from_numpy(np.asarray(d["ref_video"], np.float32))[None],
                     torch.from_numpy(np.asarray(d["ref_struct"], np.float32))[None] if cfg.model.has_struct else None,

@@ -177,9 +177,9 @@ class SeedTrainer:
                              *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
 
     def _autocast(self):
-        """bf16 autocast under a bf16 `train.precision` (fp32 weights, optimiser and losses); its cast cache off,
+        """bf16 autocast under a bf16 `launch.precision` (fp32 weights, optimiser and losses); its cast cache off,
         as a CUDA graph capture needs (torch.cuda.graph's documentation)."""
-        if not str(self.cfg.train.precision).startswith("bf16"):
+        if not str(self.cfg.launch.precision).startswith("bf16"):
             return contextlib.nullcontext()
         return torch.autocast(self.dev.type, dtype=torch.bfloat16, cache_enabled=False)
 
@@ -267,8 +267,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     leave most of the GPU idle: the variants fill it side by side). progress(job, step, record of its seed 0)
     at the logged steps of that job that are multiples of PROGRESS_EVERY, and its last. graphs: capture each step
     in a CUDA graph (default: on CUDA)."""
-    tc0 = jobs[0].cfg.train
-    dev = device or (tc0.accelerator if tc0.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    lc = jobs[0].cfg.launch
+    dev = device or (lc.accelerator if lc.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     tensors: dict[int, dict] = {}
     trainers = []
     for job in jobs:
@@ -288,7 +288,7 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                 continue
             out = tr.step(step)
             with tr.on_stream():
-                if step % tc.log_every == 0 or step == tc.steps - 1:
+                if step % job.cfg.output.log_every == 0 or step == tc.steps - 1:
                     lr = tc.lr * lr_factor(step, tc)
                     logged[i].append((step, lr, {k: v.clone() for k, v in out.items()}))
                     # the record is read on the host (a sync that stalls the side-by-side streams): not too often
@@ -299,7 +299,7 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                     snaps[i][step + 1] = [tr.weights(k) for k in range(len(job.seeds))]
     sync(dev)
     seconds = time.perf_counter() - t0
-    rate = (tc0.steps - 10) / (time.perf_counter() - steady) if steady is not None else float("nan")
+    rate = (jobs[0].cfg.train.steps - 10) / (time.perf_counter() - steady) if steady is not None else float("nan")
     return [results(job, tr, logged[i], snaps[i], seconds, rate, dev) for i, (job, tr) in enumerate(zip(jobs, trainers))]
 
 

@@ -52,7 +52,7 @@ def rollout_graphs(model, device: torch.device) -> GraphedModel | None:
     """CUDA-graph replay for the rollouts of a model held whole on one GPU (a small model's eager rollout is
     launch-bound: ~1 s a step at the poc preset); None where the parameters are sharded (FSDP) or on the CPU. The
     graphs read the parameters in place, so they follow the optimiser's updates. Not for FSDP (the caller's check):
-    a rank holds only a shard of them. The model keeps its own stream setting (`train.overlap_towers`): building the
+    a rank holds only a shard of them. The model keeps its own stream setting (`runtime.overlap_towers`): building the
     graphs must not switch the training forward's second stream off."""
     from lightning_fabric.wrappers import _FabricModule
 

@@ -19,7 +19,7 @@ def world_size(devices, num_nodes: int, accelerator: str) -> int:
     if isinstance(devices, int) or str(devices).isdigit():
         return int(devices) * num_nodes
     if accelerator == "cpu":
-        raise ValueError(f"train.devices={devices!r}: FSDP on the CPU needs a number of processes")
+        raise ValueError(f"launch.devices={devices!r}: FSDP on the CPU needs a number of processes")
     return torch.cuda.device_count() * num_nodes
 
 

@@ -1,0 +1,42 @@
+"""The runtime layer of training: how the step runs the network, applied to the model from outside its forward pass
+(`RuntimeConfig`): float8 matmuls, the fused kernels, flex_attention's backend, activation checkpoints, the second
+CUDA queue, compiled blocks. The forward pass stays the method's maths; each switch here either keeps it exactly
+(kernels, recomputation, streams, compilation) or says that it does not (float8)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import RuntimeConfig
+from ..models.attention import fuse_norm_rope, fuse_window_attention, use_flex_backend
+from . import float8
+from .sharding import checkpoint_activations
+
+
+def prepare_model(model: torch.nn.Module, rc: RuntimeConfig, block_types: tuple, device: torch.device) -> list[str]:
+    """Apply `rc` to `model` in place, before a strategy sets it up, in this order (each wraps what the one before
+    made): float8 linear layers, the fused qk-norm + RoPE kernel, the window attention kernel, flex_attention's
+    backend, activation checkpoints, the second CUDA queue, compiled blocks. The EMA is copied before: it samples in
+    bf16 and never runs a backward pass. Returns what was done, one line each."""
+    done = []
+    if rc.float8 != "off":
+        n = float8.convert(model, rc.float8, emulate=device.type != "cuda")
+        done.append(f"float8 ({rc.float8}): {n} linear layers over video tokens")
+    if rc.fused_norm_rope:
+        n = fuse_norm_rope(model)
+        done.append(f"fused qk-norm + RoPE kernel: {n} attention layers")
+    if rc.fused_window_attention:
+        n = fuse_window_attention(model)
+        done.append(f"window attention kernel: {n} layers (audio cross-attention, bridge struct -> video)")
+    use_flex_backend(rc.flex_backend)
+    if rc.flex_backend == "flash":
+        done.append("flex_attention through FlashAttention-4 (FLASH backend)")
+    if rc.activation_checkpointing:
+        n = checkpoint_activations(model, block_types, rc.recompute_every)
+        done.append(f"activation checkpointing: {n} blocks and bridge layers recompute in the backward pass")
+    if rc.overlap_towers and device.type == "cuda":
+        model.overlap_towers()
+        done.append("struct tower on a second CUDA stream")
+    if rc.compile:
+        model.compile_blocks()
+    return done
