@@ -87,8 +87,8 @@ class ParityRun:
     """The config preset trained."""
     steps: int = flag(500, check=errors.integer(1))
     """Optimiser steps per run."""
-    seeds: tuple[str, ...] = ("0", "1", "2")
-    """Training seeds (integers >= 0): each trains both arms."""
+    seeds: tuple[int, ...] = flag((0, 1, 2), check=errors.integer(0))
+    """Training seeds: each trains both arms."""
     recipe: str = "tensorwise"
     """runtime.float8 of the float8 arm: tensorwise | rowwise."""
     last: int = flag(100, check=errors.integer(1))
@@ -97,26 +97,15 @@ class ParityRun:
     """Smallest relative loss difference of interest."""
     out: str = "runs/float8_parity"
     """Folder of the runs, settings.json, parity.json and losses.png."""
-
-
-def listed(ap: argparse.ArgumentParser, name: str, texts: tuple[str, ...], parse) -> list:
-    """A list flag's values: `add_fields` gives a tuple field nargs="*" and no type, so each text is parsed here by
-    `parse` (an argparse type) and refused as argparse would with type=parse, nargs="+"."""
-    if not texts:
-        ap.error(f"argument {name}: expected at least one argument")
-    try:
-        return [parse(t) for t in texts]
-    except argparse.ArgumentTypeError as e:
-        ap.error(f"argument {name}: {e}")
+    training_flags: tuple[str, ...] = flag((), positional=True)
+    """After --: more stage-2 training flags, for both arms."""
 
 
 def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, ParityRun)
-    # a positional list has no generated flag (`add_fields` makes options); `-- TRAINING FLAGS` is how it is called
-    ap.add_argument("training_flags", nargs="*", help="after --: more stage-2 training flags, for both arms")
     a = ap.parse_args(argv)
-    a.seeds = listed(ap, "--seeds", a.seeds, errors.integer(0))
+    a.seeds = list(a.seeds)
     a.data, a.out = Path(a.data), Path(a.out)  # the code below works on paths
     if not a.data.exists():
         raise SystemExit(f"error: --data {a.data}: no such file")

@@ -68,8 +68,8 @@ def voice(path: Path, seconds: float) -> Path:
 class MemoryBench:
     """The lengths measured and the model generating them (`shared.cli`: one flag per field)."""
 
-    seconds: tuple[str, ...] = ("60", "600")
-    """Audio lengths in seconds (each >= 1), one generate.py run each."""
+    seconds: tuple[float, ...] = flag((60.0, 600.0), check=errors.real(1))
+    """Audio lengths in seconds, one generate.py run each."""
     device: str = flag("cpu", check=errors.device)
     """auto | cpu | cuda | cuda:N, for building the model and for generate.py."""
     ckpt: str | None = None
@@ -84,22 +84,11 @@ class MemoryBench:
     """Internal: only build the poc model into --out (what this script runs in a process of its own)."""
 
 
-def listed(ap: argparse.ArgumentParser, name: str, texts: tuple[str, ...], parse) -> list:
-    """A list flag's values: `add_fields` gives a tuple field nargs="*" and no type, so each text is parsed here by
-    `parse` (an argparse type) and refused as argparse would with type=parse, nargs="+"."""
-    if not texts:
-        ap.error(f"argument {name}: expected at least one argument")
-    try:
-        return [parse(t) for t in texts]
-    except argparse.ArgumentTypeError as e:
-        ap.error(f"argument {name}: {e}")
-
-
 def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, MemoryBench)
     a = ap.parse_args(argv)
-    seconds = listed(ap, "--seconds", a.seconds, errors.real(1))
+    seconds = list(a.seconds)
     out = errors.folder_arg(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.build_only:

@@ -71,8 +71,11 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, .
             kw["metavar"] = "on|off" if kind is bool else None if kw["choices"] else f.name.upper()
         elif typing.get_origin(kind) is Literal:
             kw["type"], kw["choices"] = check or str, typing.get_args(kind)
-        elif kind == tuple[str, ...]:
-            kw["nargs"], kw["metavar"] = "*", f.name.upper()
+        elif typing.get_origin(kind) is tuple and typing.get_args(kind)[1:] == (...,) \
+                and typing.get_args(kind)[0] in SCALARS:  # a list: --seeds 0 1 2 (each item checked)
+            kw["type"] = check or typing.get_args(kind)[0]
+            kw["nargs"] = "*" if f.metadata.get(POSITIONAL) else "+"
+            kw["metavar"] = f.name.upper()
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {hints[f.name]} field (skip it)")
         group.add_argument(*opts, **kw)

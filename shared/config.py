@@ -199,9 +199,9 @@ class DiffusionConfig:
     p_clean_past: float = flag(0.3, check=real(0, 1), flags=("--p-clean-past",))
     """Probability that frames before a random cut get sigma=0 (both streams), mimicking inference where the
     history is clean (Diffusion Forcing train/inference gap; seed review, problem 3)."""
-    sigma_context: float = flag(0.0, check=real(0, 1, hi_open=True), flags=("--sigma-context",))
-    """History noise in training: the frames that p_clean_past makes the history get a level drawn per sample from
-    U(0, sigma_context) instead of 0 (both streams; the reference stays clean), matching `sample.sigma_context` at
+    sigma_context_max: float = flag(0.0, check=real(0, 1, hi_open=True), flags=("--sigma-context",))
+    """History noise in training, a bound: the frames that p_clean_past makes the history get a level drawn per
+    sample from U(0, sigma_context_max) instead of 0 (both streams; the reference stays clean), matching `sample.sigma_context` at
     inference; 0: clean (and no extra draw)."""
     struct_loss_weight: float = 1.0
     """Weight of the struct-stream loss in the total."""
@@ -239,7 +239,7 @@ class DiffusionConfig:
         _positive(self, "sync_loss_weight", "align_loss_weight", zero=True)
         _need(self, self.sync_loss_weight == 0 or bool(self.sync_expert),
               f"sync_loss_weight={self.sync_loss_weight} needs sync_expert (the expert's file)")
-        _within(self, "sigma_context", 0, 1, hi_open=True)
+        _within(self, "sigma_context_max", 0, 1, hi_open=True)
 
 
 MAX_STEPS = 1000
@@ -279,7 +279,7 @@ class SampleConfig:
     """Classifier-free guidance scale on audio (1 = off)."""
     sigma_context: float = 0.0
     """History noise: a finished frame enters the history (the KV cache) re-noised to this level, its noise drawn
-    once (Diffusion Forcing keeps the history slightly noisy); 0: clean. Train with `diffusion.sigma_context`."""
+    once (Diffusion Forcing keeps the history slightly noisy); 0: clean. Train with `diffusion.sigma_context_max`."""
     ref_weight: float = 1.0
     """Identity anchor: every attention weighs the reference frame as if it were present this many times (a log
     bias on its keys, `shared.models.masks.ref_bias`); 1: as in training."""
@@ -592,7 +592,7 @@ MOVED = {"train": {**{k: "launch" for k in ("accelerator", "devices", "num_nodes
                    **{k: "output" for k in ("log_every", "ckpt_every", "ckpt_minutes", "keep_last", "sample_every",
                                             "sample_frames", "tensorboard")}}}
 """Fields an older config.json holds under `train` and their table now (issue #35 split TrainConfig by concern)."""
-RENAMED = {"runtime.checkpoint_every": "recompute_every"}
+RENAMED = {"runtime.checkpoint_every": "recompute_every", "diffusion.sigma_context": "sigma_context_max"}
 """Fields of an older config.json renamed since (table.old_name -> new name)."""
 
 

@@ -39,8 +39,8 @@ def training_sigmas(batch: int, frames: int, cfg: DiffusionConfig, generator: to
                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma_video, sigma_struct), each [B, T]: independent per frame and per stream; frame 0 (the reference)
     at 0; with probability p_clean_past the frames before a random cut c in [1, T-1] are 0 in both streams, as at
-    inference, where the history is clean (seed review, problem 3), or, with sigma_context > 0, at one level per
-    sample from U(0, sigma_context), as a history kept slightly noisy at inference (Diffusion Forcing)."""
+    inference, where the history is clean (seed review, problem 3), or, with sigma_context_max > 0, at one level per
+    sample from U(0, sigma_context_max), as a history kept slightly noisy at inference (Diffusion Forcing)."""
     sv = sample_sigma((batch, frames), cfg, cfg.shift_video, generator, device)
     ss = sample_sigma((batch, frames), cfg, cfg.shift_struct, generator, device)
     if cfg.struct_noise == "at_most_video":  # the same draws, so a run with it pairs with one without
@@ -50,8 +50,8 @@ def training_sigmas(batch: int, frames: int, cfg: DiffusionConfig, generator: to
     idx = torch.arange(frames, device=device)
     past = (clean[:, None] & (idx[None, :] < cut[:, None])) | (idx[None, :] == 0)
     history = torch.zeros(batch, 1, device=device)
-    if cfg.sigma_context > 0:  # drawn only when asked: a run without history noise keeps its draws
-        history = cfg.sigma_context * torch.rand(batch, 1, generator=generator, device=device)
+    if cfg.sigma_context_max > 0:  # drawn only when asked: a run without history noise keeps its draws
+        history = cfg.sigma_context_max * torch.rand(batch, 1, generator=generator, device=device)
     level = history.expand(batch, frames).masked_fill(idx[None, :] == 0, 0.0)
     return torch.where(past, level, sv), torch.where(past, level, ss)
 

@@ -64,7 +64,7 @@ COMPONENTS = {
     "ref_weight": ({"ref_weight": "ref_weight"}, None),
     # fine-tunes: plain (the control), with history noise in training, on the model's own rollouts (Self-Forcing)
     "finetune": ({}, {}),
-    "train_history_noise": ({}, {"diffusion.sigma_context": "train_sigma_context"}),
+    "train_history_noise": ({}, {"diffusion.sigma_context_max": "train_sigma_context"}),
     "self_forcing": ({}, {"train.self_forcing": True}),
     # half the steps on own rollouts, half plain (scheduled sampling's mix)
     "self_forcing_half": ({}, {"train.self_forcing": True, "train.self_forcing_p": 0.5}),

@@ -84,8 +84,8 @@ def test_nested_config_flags_are_dotted_with_earlier_names_kept():
 
 
 def test_a_config_json_from_before_the_split_still_loads(tmp_path):
-    """Runs saved when TrainConfig held launch, kernel and output fields (and `checkpoint_every`) load as today's
-    tables, so their checkpoints still generate."""
+    """Runs saved when TrainConfig held launch, kernel and output fields (and `checkpoint_every`; the training bound
+    of history noise was `diffusion.sigma_context`) load as today's tables, so their checkpoints still generate."""
     import json
 
     from shared import config as C
@@ -95,7 +95,9 @@ def test_a_config_json_from_before_the_split_still_loads(tmp_path):
         old["train"].update(old.pop(table))
     old["train"]["checkpoint_every"] = old["train"].pop("recompute_every")
     old["train"].update(precision="bf16-mixed", checkpoint_every=4, ckpt_every=7, inject_nan_at=[])
+    old["diffusion"]["sigma_context"] = old["diffusion"].pop("sigma_context_max") + 0.05
     (tmp_path / "config.json").write_text(json.dumps(old))
     cfg = C.load(tmp_path / "config.json")
     assert (cfg.launch.precision, cfg.runtime.recompute_every, cfg.output.ckpt_every) == ("bf16-mixed", 4, 7)
+    assert cfg.diffusion.sigma_context_max == 0.05
     assert cfg.train == C.get_preset("tiny").train

@@ -94,16 +94,16 @@ def test_overfits_fixed_batch(mode):
 
 
 def test_history_noise_in_training_sigmas():
-    """sigma_context > 0: the history that p_clean_past makes gets one level per sample in [0, sigma_context] (the
-    reference stays at 0); sigma_context = 0 keeps the clean history and draws exactly what it drew before."""
+    """sigma_context_max > 0: the history that p_clean_past makes gets one level per sample in [0, sigma_context_max]
+    (the reference stays at 0); sigma_context_max = 0 keeps the clean history and draws exactly what it drew before."""
     from dataclasses import replace
 
     from shared.config import DiffusionConfig
     from shared.diffusion import training_sigmas
 
-    cfg = replace(DiffusionConfig(), p_clean_past=1.0, sigma_context=0.1)
+    cfg = replace(DiffusionConfig(), p_clean_past=1.0, sigma_context_max=0.1)
     sv, ss = training_sigmas(64, 9, cfg, torch.Generator().manual_seed(0))
-    clean_v, clean_s = training_sigmas(64, 9, replace(cfg, sigma_context=0.0), torch.Generator().manual_seed(0))
+    clean_v, clean_s = training_sigmas(64, 9, replace(cfg, sigma_context_max=0.0), torch.Generator().manual_seed(0))
     assert (sv[:, 0] == 0).all() and (ss[:, 0] == 0).all()
     past = clean_v == 0  # where the clean run has its history (and the reference)
     past[:, 0] = False

@@ -92,7 +92,7 @@ def test_float8_training_is_live_keeps_the_checkpoints_and_tracks_the_loss(cache
     for r0, r1 in zip(ref["history"], f8["history"]):
         assert abs(r1["loss"] - r0["loss"]) < 0.02 * r0["loss"]
     assert _weights(latest_checkpoint(tmp_path / "b")).keys() == _weights(latest_checkpoint(tmp_path / "a")).keys()
-    with pytest.raises(UserError, match="use off, tensorwise or rowwise"):
+    with pytest.raises(UserError, match=r"--float8: invalid choice: 'e5m2' \(choose from 'off', 'tensorwise'"):
         _run(cache, tmp_path / "c", "--max-steps", "1", "--float8", "e5m2")
 
 

@@ -99,7 +99,7 @@ FULL_VARIANTS = CORE_VARIANTS + [
     Variant("dual_fusion_all", {"model.fusion_depth": FUSE_ALL}),
     # history noise in training (issue #16): the clean past at one U(0, 0.1) level per sample, sampled with the
     # history at 0.05 (Diffusion Forcing keeps the history slightly noisy so that its errors are not trusted)
-    Variant("dual_history_noise", {"diffusion.sigma_context": 0.1}, sample=(("sigma_context", 0.05),)),
+    Variant("dual_history_noise", {"diffusion.sigma_context_max": 0.1}, sample=(("sigma_context", 0.05),)),
     # remedies for a dual that ignores its bridge (issue #34), each against dual on the same seeds, data and noise:
     # (a) struct leads: in training the struct's noise level is capped at the video's, frame by frame, and in sampling
     # the struct is clean 2 of the 4 steps before the video, so the video can rely on a cleaner motion, the joint

@@ -6,11 +6,11 @@ batch 400. So the seeds of a variant share every kernel: their parameters are st
 and one AdamW step for all of them; on CUDA the whole step (gather the batch, forward, backward, per-seed gradient
 clipping, AdamW, EMA) is captured once in a CUDA graph and replayed.
 
-Each seed k is trained exactly as `shared.training.fit` trains it alone (tested, fp32, to 1e-4): its own data order
+Each seed k is trained exactly as `shared.training.train` trains it alone (tested, fp32, to 1e-4): its own data order
 (`StepBatches` seeded by k), its own noise generator (seeded k * 1000 and drawn in the same order by
 `shared.diffusion.draw`), the same AdamW parameter groups, learning-rate schedule, gradient clipping (the norm over
 that seed's parameters only) and EMA. Not here: Fabric, several ranks, resume (a PoC variant is re-trained whole), and
-`fit`'s skip of a step whose loss is not finite: a seed's non-finite step has its gradients zeroed instead (its Adam
+`train`'s skip of a step whose loss is not finite: a seed's non-finite step has its gradients zeroed instead (its Adam
 moments still decay) and is counted.
 """
 
@@ -39,7 +39,7 @@ PROGRESS_EVERY = 50  # steps between progress reports (each reads a loss on the 
 
 @dataclass
 class SeedRun:
-    """What one seed's training gives back (the shape of `fit`'s result, plus learning-curve snapshots)."""
+    """What one seed's training gives back (the shape of `train`'s result, plus learning-curve snapshots)."""
 
     seed: int
     history: list

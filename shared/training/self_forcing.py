@@ -13,7 +13,7 @@ number of them), from (seed, step); frames 1..c-1 are streamed by the model from
 with the inference sampler (`cfg.sample`, the KV-cached context), in eval mode and **without gradients** (the rollout
 is a fixed input to the step: gradients are stopped at the history, as in scheduled sampling; backpropagating
 through a K-step rollout would multiply the step's memory by the rollout length); they replace the clip's frames
-1..c-1 at the history level (0, or one U(0, diffusion.sigma_context) level per sample, as `training_sigmas` gives a
+1..c-1 at the history level (0, or one U(0, diffusion.sigma_context_max) level per sample, as `training_sigmas` gives a
 clean past); frames c..T-1 keep their independent noise levels and their real targets. With train.self_forcing_p
 < 1 only that fraction of steps does this (`uses_own_history`), the others train on the clip as usual.
 """
@@ -117,6 +117,6 @@ def self_forcing_loss(model, batch: Batch, cfg: Config, step: int, generator: to
     from it, so the loss's draws do not depend on the rollout's length. graphs: see `own_history`."""
     cut = cut_of(cfg, step, batch.video.shape[1])
     d = draw(batch, cfg.diffusion, generator)
-    d = history_levels(d, cut, cfg.diffusion.sigma_context, generator)
+    d = history_levels(d, cut, cfg.diffusion.sigma_context_max, generator)
     own = own_history(model, batch, cfg, cut, derived_generator(generator, 0x5E1F + step), graphs)
     return flow_loss(model, own, cfg.diffusion, d)
