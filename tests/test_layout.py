@@ -100,8 +100,9 @@ def test_layout_groups_by_concept():
 
 
 def _python_files():
-    skip = {".venv", ".git", "runs", "node_modules"}
-    return [p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts)]
+    skip = {"runs", "node_modules"}  # and hidden folders (.venv, .git, local scratch)
+    return [p for p in ROOT.rglob("*.py")
+            if not skip & set(parts := p.relative_to(ROOT).parts) and not any(x.startswith(".") for x in parts)]
 
 
 def test_the_poc_script_is_thin_and_nothing_imports_it():
@@ -153,3 +154,19 @@ def test_flags_are_generated_from_typed_configs():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
                 calls += 1
     assert calls <= 25, calls
+
+
+def test_every_generation_goes_through_one_sampler_loop():
+    """#35: one way into generation. generate.py and the training samples stream decoded frames
+    (`generation.stream_frames`), the evaluation rollouts collect them (`infer.generate`), self-forcing and the
+    benchmarks stream latents (`infer.stream`): all of them are `infer.stream`, tensors in -> frames out. Nothing
+    outside shared/sampling builds a context or takes a sampler step itself."""
+    inner = {"CachedContext", "RecomputeContext", "euler_step", "euler_block", "guided", "block_rows", "rolling_rows",
+             "engine", "steps"}
+    for path in _python_files():
+        if "sampling" in path.parts or path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and "sampling" in (node.module or ""):
+                names = {a.name for a in node.names} | {node.module.rpartition(".")[2]}
+                assert not inner & names, (path, inner & names)
