@@ -4,7 +4,6 @@ synthetic inputs of a preset's shapes, a CPU training step, a CPU stream and a s
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
