@@ -406,7 +406,7 @@ class RuntimeConfig:
     EMA and streaming keep inductor's kernels."""
     fused_window_attention: bool = flag(True, check=on_off)
     """Every audio cross-attention (7 keys a frame) and the bridge's struct -> video attention (the clip's struct
-    tokens) through one Triton kernel on CUDA (`attention.fuse_window_attention`; the same maths as SDPA with its dense
+    tokens) through one Triton kernel on CUDA (`blocks.fuse_window_attention`; the same maths as SDPA with its dense
     mask, without the transposed copies around it). No effect on a CPU; the EMA and streaming keep SDPA."""
     flex_backend: str = flag("auto", choices=FLEX_BACKENDS)
     """auto | flash: the kernels of the frame-causal attention on CUDA (flex_attention). auto: flex's own Triton

@@ -7,7 +7,8 @@ import torch
 
 from shared.models import DualForce, Span, pool_audio
 from shared.models import attention, masks
-from shared.models.attention import frame_causal_attention, kv_splits, split_kv_attention
+from shared.models.attention import Attention, frame_causal_attention, kv_splits, split_kv_attention
+from shared.models.blocks import AudioAttention, BridgeLayer
 from shared.models.masks import cache_mask, dense_frame_mask
 from tests.conftest import tiny_inputs, tiny_model
 
@@ -371,7 +372,7 @@ def test_training_switches_every_attention_to_the_fused_norm_rope_and_nothing_el
     model = tiny_model(mode)
     inp = tiny_inputs(model)
     before = run(model, inp)
-    layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
     assert layers and not any(m.fused_norm_rope for m in layers)
     prepare_model(model, RuntimeConfig(fused_norm_rope=False), (), torch.device("cpu"))
     assert not any(m.fused_norm_rope for m in layers)
@@ -448,7 +449,7 @@ def test_training_switches_audio_and_bridge_attention_to_the_window_kernel(mode,
     model = tiny_model(mode)
     inp = tiny_inputs(model)
     before = run(model, inp)
-    layers = [m for m in model.modules() if hasattr(m, "fused_window")]
+    layers = [m for m in model.modules() if isinstance(m, (AudioAttention, BridgeLayer))]
     prepare_model(model, RuntimeConfig(fused_window_attention=False), (), torch.device("cpu"))
     assert layers and not any(m.fused_window for m in layers)
     done = prepare_model(model, RuntimeConfig(), (), torch.device("cpu"))

@@ -156,24 +156,17 @@ def fuse_norm_rope(model: nn.Module) -> int:
     """Every attention of `model` (self, cross, audio) takes its qk-norm + RoPE through the fused kernel instead of
     inductor's kernels; returns how many. Training does this (`RuntimeConfig.fused_norm_rope`); streaming keeps the
     path its timings were measured with."""
-    layers = [m for m in model.modules() if hasattr(m, "fused_norm_rope")]
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
     for m in layers:
         m.fused_norm_rope = True
     return len(layers)
 
 
-def fuse_window_attention(model: nn.Module) -> int:
-    """Every audio cross-attention and bridge struct -> video attention of `model` runs through the window kernel on
-    CUDA (`window_attention`, the same maths as SDPA) instead of SDPA with a dense mask; returns how many. Training
-    does this (`RuntimeConfig.fused_window_attention`)."""
-    layers = [m for m in model.modules() if hasattr(m, "fused_window")]
-    for m in layers:
-        m.fused_window = True
-    return len(layers)
-
-
 class Attention(nn.Module):
     """Multi-head attention, self (context=None) or cross, frame-causal, with RMS qk-norm and RoPE."""
+
+    fused_norm_rope: bool = False
+    """qk-norm + RoPE through `kernels.rms_norm_rope` (the same maths); switched on from outside (`fuse_norm_rope`)."""
 
     def __init__(self, dim: int, head_dim: int, context_dim: int | None = None, qk_norm: bool = True):
         super().__init__()
@@ -183,7 +176,6 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
-        self.fused_norm_rope = False  # `fuse_norm_rope`
 
     def forward(self, x: torch.Tensor, rope_q: tuple[torch.Tensor, torch.Tensor], mask,
                 context: torch.Tensor | None = None, rope_k: tuple[torch.Tensor, torch.Tensor] | None = None,

@@ -110,9 +110,12 @@ class AudioAttention(Attention):
     inside the window; causal up to the lookahead by construction, O(T * window) cost. `Attention`'s projections and
     qk-norms (the audio tokens already have the model's width); only the keys each query sees differ."""
 
+    fused_window: bool = False
+    """Through the window kernel (`window_attention`, the same maths as SDPA); switched on from outside
+    (`fuse_window_attention`)."""
+
     def __init__(self, dim: int, head_dim: int, qk_norm: bool = True):
         super().__init__(dim, head_dim, qk_norm=qk_norm)
-        self.fused_window = False  # `attention.fuse_window_attention`
 
     def forward(self, x: torch.Tensor, tokens: int, audio: torch.Tensor, win: "AudioWindows") -> torch.Tensor:
         """x [B, T*n, d] (n = tokens a frame); audio [B, T, W, d]: each frame's window of audio tokens."""
@@ -215,6 +218,10 @@ class BridgeLayer(nn.Module):
     direction's residual has a zero-initialised per-channel gate (Flamingo's gated cross-attention), so the
     towers start independent and learn how much to couple."""
 
+    fused_window: bool = False
+    """struct -> video through the window kernel (`window_attention`); switched on from outside
+    (`fuse_window_attention`)."""
+
     def __init__(self, video_width: int, struct_width: int, head_dim: int, qk_norm: bool, two_way: bool):
         super().__init__()
         self.norm_v = nn.RMSNorm(video_width, eps=1e-6)
@@ -225,7 +232,6 @@ class BridgeLayer(nn.Module):
         if two_way:
             self.video_to_struct = Attention(struct_width, head_dim, context_dim=video_width, qk_norm=qk_norm)
             self.gate_s = nn.Parameter(torch.zeros(struct_width))
-        self.fused_window = False  # `attention.fuse_window_attention`: struct -> video through the window kernel
 
     def forward(self, hv: torch.Tensor, hs: torch.Tensor, rope_v, rope_s, masks,
                 kvs: tuple[KVSlot, KVSlot | None] | None = None,
@@ -241,3 +247,13 @@ class BridgeLayer(nn.Module):
             return hv_out, hs
         ds = self.video_to_struct(ns, rope_s, masks[1], context=nv, rope_k=rope_v, kv=kvs[1])
         return hv_out, hs + residual_gate(self.gate_s, ds) * ds
+
+
+def fuse_window_attention(model: nn.Module) -> int:
+    """Every audio cross-attention and bridge struct -> video attention of `model` runs through the window kernel on
+    CUDA (`window_attention`, the same maths as SDPA) instead of SDPA with a dense mask; returns how many. Training
+    does this (`RuntimeConfig.fused_window_attention`)."""
+    layers = [m for m in model.modules() if isinstance(m, (AudioAttention, BridgeLayer))]
+    for m in layers:
+        m.fused_window = True
+    return len(layers)

@@ -166,7 +166,6 @@ class DualForce(nn.Module):
         streams, then per layer the video block, the struct block and (in the first fusion_depth) the bridge between
         their attention and the rest, then the heads (the inputs: the class docstring)."""
         self._check(video, sigma_video, struct, sigma_struct, audio)
-        video, struct, audio = self._cast(video, struct, audio)
         f = self._frames(video, audio, start, audio_index, cache, ref_weight)
         v = self._embed_video(video, sigma_video, f, audio_keep if video_audio_keep is None else video_audio_keep)
         s = self._embed_struct(struct, sigma_struct, sigma_video, f, audio_keep)
@@ -181,22 +180,13 @@ class DualForce(nn.Module):
         """Layers of the forward: the deeper tower's blocks (a shallower tower sits out the last ones)."""
         return max(len(self.video.blocks), len(self.struct.blocks) if self.struct is not None else 0)
 
-    def _cast(self, *xs):
-        """The inputs in the weights' dtype (bf16 weights at inference take bf16 inputs; autocast casts itself)."""
-        wdt = self.video.embed.weight.dtype
-        return tuple(None if x is None else x.to(wdt) for x in xs)
-
     def _frames(self, video, audio, start, audio_index, cache, ref_weight) -> Frames:
         """What every layer reads about the given frames (`Frames`), built once per forward: compiled blocks take
         the masks as inputs instead of tracing their construction."""
         cfg = self.cfg
         (b, t), dev = video.shape[:2], video.device
-        if cache is None:
-            view = FrameView(start, t, cfg.attn_backend, dev, ref_weight)
-        else:
-            adt = (torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type)
-                   else self.video.embed.weight.dtype)
-            view = cache.view(b, start, t, cfg.head_dim, adt, dev, ref_weight)
+        view = (FrameView(start, t, cfg.attn_backend, dev, ref_weight) if cache is None
+                else cache.view(b, start, t, cfg.head_dim, dev, ref_weight))
         win, windows = self._audio_windows(audio, audio_index, start, t, dev)
         nv, ns = cfg.tokens_per_frame, cfg.struct_tokens_per_frame
         two = self.struct is not None

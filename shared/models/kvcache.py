@@ -21,8 +21,9 @@ class KVCache:
     Keys are stored rotated (RoPE applied): a slot's position never changes while it is held.
     """
 
-    def __init__(self, max_frames: int):
+    def __init__(self, max_frames: int, dtype: torch.dtype = torch.float32):
         self.max_frames = max_frames
+        self.dtype = dtype  # of the keys/values and masks: the forward's compute dtype, chosen by whoever streams
         self.length = 0
         self._buf: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -45,15 +46,15 @@ class KVCache:
             self._buf[key] = (kb, vb)
         return KVSlot(kb, vb, index)
 
-    def view(self, batch: int, start: int | torch.Tensor, count: int, head_dim: int, dtype: torch.dtype,
-             device: torch.device, ref_weight: float = 1.0) -> "CacheView":
+    def view(self, batch: int, start: int | torch.Tensor, count: int, head_dim: int, device: torch.device,
+             ref_weight: float = 1.0) -> "CacheView":
         """What one forward of `count` frames written at slots start.. needs from the cache (`ref_weight`: see
         `ref_bias`)."""
         if not torch.is_tensor(start) and start != self.length:
             raise ValueError(f"start={start}: the cache has {self.length} committed slots; new frames go after them")
         if not torch.is_tensor(start) and start + count > self.max_frames:
             raise ValueError(f"frames {start}..{start + count - 1} do not fit a cache of {self.max_frames} slots")
-        return CacheView(self, batch, start, count, head_dim, dtype, device, ref_weight)
+        return CacheView(self, batch, start, count, head_dim, self.dtype, device, ref_weight)
 
     def commit(self, count: int) -> None:
         self.length += count

@@ -124,6 +124,35 @@ def _levels(frames: list[Frame], b: int, device: torch.device) -> torch.Tensor:
     return sigma
 
 
+def compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype a forward of `model` computes its keys/values in, which its KV cache must hold: autocast's where
+    autocast is on (training's own rollouts: fp32 weights, bf16 matmuls), else the weights' (bf16 at inference).
+    The dtype policy lives here, with the streaming machinery, not in the forward pass."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+def in_weight_dtype(model: torch.nn.Module, *xs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """xs in the weights' dtype, at the call: bf16 weights (the EMA, inference) take the sampler's states, which stay
+    in whatever dtype its updates give (fp32 sigma rows promote them), and bf16 audio; under autocast the weights
+    are fp32 and this is a no-op."""
+    dtype = next(model.parameters()).dtype
+    return tuple(None if x is None else x.to(dtype) for x in xs)
+
+
+def eager_forward(model: DualForce, audio: torch.Tensor | None, keep: torch.Tensor | None, ref_weight: float):
+    """forward(video, sigma_video, struct, sigma_struct, **kw): the model with its audio bound, its inputs cast to
+    the weights' dtype (`in_weight_dtype`)."""
+    (audio,) = in_weight_dtype(model, audio)
+
+    def forward(video, sigma_video, struct, sigma_struct, **kw):
+        video, struct = in_weight_dtype(model, video, struct)
+        return model(video, sigma_video, struct, sigma_struct, audio, audio_keep=keep, ref_weight=ref_weight, **kw)
+
+    return forward
+
+
 def cache_slots(window: int, frames: int) -> int:
     """KV-cache slots of a stream: the reference and the window, or all the frames when fewer (the history never
     holds more frames than were generated, so a window longer than the stream costs no memory)."""
@@ -158,8 +187,8 @@ class CachedContext(_Context):
             graphs.set_audio(audio, keep)
             forward, self.cache = graphs, graphs.cache(slots, dev, ref_weight)
         else:
-            forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, ref_weight=ref_weight, **kw)  # noqa: E731
-            self.cache = KVCache(slots)
+            forward = eager_forward(model, audio, keep, ref_weight)
+            self.cache = KVCache(slots, compute_dtype(model, dev))
         super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies,
                          dev if graphs is not None else "cpu", sigma_context, generator)
         self.pending: list[Frame] = [self.ref]  # finished frames whose keys/values are not cached yet
@@ -208,8 +237,7 @@ class RecomputeContext(_Context):
                  copies: int = 1, sigma_context: float = 0.0, generator: torch.Generator | None = None,
                  ref_weight: float = 1.0):
         audio, keep = context_audio(audio, frames, copies, ref_video.device)
-        forward = lambda *x, **kw: model(*x, audio, audio_keep=keep, ref_weight=ref_weight, **kw)  # noqa: E731
-        super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies, "cpu", sigma_context,
+        super().__init__(eager_forward(model, audio, keep, ref_weight), ref_video, ref_struct, frames, window, roll_keep, copies, "cpu", sigma_context,
                          generator)
 
     def denoiser(self, lo: int, hi: int) -> Denoiser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..models import DualForce, KVCache
+from .engine import compute_dtype, in_weight_dtype
 
 
 class GraphedModel:
@@ -35,12 +36,13 @@ class GraphedModel:
         """The KV cache the graphs read and write, emptied for a new stream (`ref_weight`: the forward's, captured
         in the graphs)."""
         if self.kv is None or self.kv.max_frames != max_frames or self.ref_weight != ref_weight:
-            self.kv, self.graphs, self.ref_weight = KVCache(max_frames), {}, ref_weight
+            self.kv, self.graphs, self.ref_weight = KVCache(max_frames, compute_dtype(self.model, device)), {}, ref_weight
             self.start = torch.zeros((), dtype=torch.long, device=device)
         self.kv.truncate(0)
         return self.kv
 
     def set_audio(self, audio: torch.Tensor, keep: torch.Tensor) -> None:
+        (audio,) = in_weight_dtype(self.model, audio)
         if self.audio is None or self.audio.shape != audio.shape:
             self.audio, self.keep, self.graphs = audio.clone(), keep.clone(), {}  # new shapes: capture again
         else:
@@ -50,6 +52,7 @@ class GraphedModel:
     def __call__(self, video, sv, struct, ss, *, start: int, audio_index: torch.Tensor, cache: KVCache):
         if cache is not self.kv:
             raise ValueError("GraphedModel: run with the cache from graphs.cache(...)")
+        video, struct = in_weight_dtype(self.model, video, struct)
         key = (tuple(video.shape), None if struct is None else tuple(struct.shape))
         self.start.fill_(start)
         if key not in self.graphs:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from ..config import RuntimeConfig
-from ..models.attention import fuse_norm_rope, fuse_window_attention, use_flex_backend
+from ..models.attention import fuse_norm_rope, use_flex_backend
+from ..models.blocks import fuse_window_attention
 from . import float8
 from .sharding import checkpoint_activations
 
