@@ -125,7 +125,7 @@ class StreamBench:
     frames: int = flag(256, check=errors.integer(1))
     """Frames streamed."""
     steps: int = flag(4, check=errors.integer(1))
-    """sample.steps: Euler steps K per frame."""
+    """sample.denoise_steps: Euler steps K per frame."""
     no_graphs: bool = False
     """Eager forwards instead of CUDA-graph replays."""
     compile: bool = False
@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
     add_fields(ap, StreamBench)
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
-    sample = replace(cfg.sample, steps=a.steps, rolling_window=a.rolling_window, sigma_context=a.sigma_context,
+    sample = replace(cfg.sample, denoise_steps=a.steps, rolling_window=a.rolling_window, sigma_context=a.sigma_context,
                      ref_weight=a.ref_weight)
     kinds = (a.schedule or sample.schedule).split(",")
     sample = replace(sample, schedule=kinds[0])

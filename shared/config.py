@@ -243,7 +243,7 @@ class DiffusionConfig:
 
 
 MAX_STEPS = 1000
-"""SampleConfig.steps' ceiling: more Euler steps a frame than any flow-matching sampler needs (a typo guard: 100000
+"""SampleConfig.denoise_steps' ceiling: more Euler steps a frame than any flow-matching sampler needs (a typo guard: 100000
 steps would run for hours before the first frame)."""
 
 
@@ -256,8 +256,8 @@ class SampleConfig:
     rolling. Rolling by default (issue #16's long-rollout ablation, benchmarks/RESULTS.md): on the PoC models as good
     as autoregressive over 50 training clips (and with self-forcing, less jitter), and 1.8x the frame rate on one H100
     (one forward of the frames in flight per new frame instead of K)."""
-    steps: int = 4
-    """Euler steps K per frame (per chunk)."""
+    denoise_steps: int = 4
+    """Euler steps K per frame (per chunk): the sampler's steps (the optimiser's are `TrainConfig.steps`)."""
     shift: float = 3.0
     """Timestep shift of the inference sigma grid (more steps at high noise)."""
     sigma_struct_start: float = 1.0
@@ -270,7 +270,8 @@ class SampleConfig:
     """Frames denoised together per autoregressive block."""
     rolling_window: int = 0
     """Frames in flight in the `rolling` schedule (0: as many as `steps`, a new frame every step); must divide
-    `steps`: a frame joins every steps / rolling_window steps and takes the same `steps` steps as in the others."""
+    `denoise_steps`: a frame joins every denoise_steps / rolling_window steps and takes the same denoise_steps steps as
+    in the others."""
     window: int = 32
     """History frames visible besides the reference (the training clip length)."""
     roll_keep: int = 16
@@ -290,13 +291,14 @@ class SampleConfig:
         _need(self, self.audio_cfg >= 0, f"audio_cfg={self.audio_cfg} must be >= 0 (1 = off)")
         _need(self, self.shift > 0, f"shift={self.shift} must be > 0")
         _need(self, 0 <= self.sigma_context < 1, f"sigma_context={self.sigma_context} must be in [0, 1)")
-        _need(self, 1 <= self.steps <= MAX_STEPS, f"steps={self.steps} must be >= 1" if self.steps < 1 else
-              f"steps={self.steps} must be <= {MAX_STEPS} (Euler steps per frame; 4-50 is the useful range)")
+        k = self.denoise_steps
+        _need(self, 1 <= k <= MAX_STEPS, f"denoise_steps={k} must be >= 1" if k < 1 else
+              f"denoise_steps={k} must be <= {MAX_STEPS} (Euler steps per frame; 4-50 is the useful range)")
         _need(self, 0 < self.sigma_struct_start <= 1, f"sigma_struct_start={self.sigma_struct_start} must be in (0, 1]")
         _need(self, 1 <= self.chunk <= self.window, f"need 1 <= chunk={self.chunk} <= window={self.window}")
         _need(self, 0 <= self.roll_keep < self.window, f"roll_keep={self.roll_keep} must be in [0, window={self.window})")
-        _need(self, self.rolling_window >= 0, f"rolling_window={self.rolling_window} must be >= 0 (0: steps)")
-        _need(self, 0 <= self.struct_lead < self.steps, f"struct_lead={self.struct_lead} must be in [0, steps={self.steps})")
+        _need(self, self.rolling_window >= 0, f"rolling_window={self.rolling_window} must be >= 0 (0: denoise_steps)")
+        _need(self, 0 <= self.struct_lead < k, f"struct_lead={self.struct_lead} must be in [0, denoise_steps={k})")
 
 
 FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")
@@ -489,7 +491,7 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(dim=32, depth=2, head_dim=16, latent_channels=4, latent_size=8, patch_size=2,
                           struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
                           fusion_depth=1),
-        sample=SampleConfig(steps=2, window=4, roll_keep=2),
+        sample=SampleConfig(denoise_steps=2, window=4, roll_keep=2),
         train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9),
         output=OutputConfig(log_every=1, ckpt_every=10, ckpt_minutes=5.0),
     ),
@@ -499,7 +501,7 @@ PRESETS: dict[str, Config] = {
         preset="poc", clip_frames=16, image_size=64,
         model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=4,
                           struct_dim=13, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
-        sample=SampleConfig(steps=4, window=16, roll_keep=8),
+        sample=SampleConfig(denoise_steps=4, window=16, roll_keep=8),
         train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98),
         output=OutputConfig(log_every=5, ckpt_every=500, ckpt_minutes=10.0),
     ),
@@ -592,7 +594,8 @@ MOVED = {"train": {**{k: "launch" for k in ("accelerator", "devices", "num_nodes
                    **{k: "output" for k in ("log_every", "ckpt_every", "ckpt_minutes", "keep_last", "sample_every",
                                             "sample_frames", "tensorboard")}}}
 """Fields an older config.json holds under `train` and their table now (issue #35 split TrainConfig by concern)."""
-RENAMED = {"runtime.checkpoint_every": "recompute_every", "diffusion.sigma_context": "sigma_context_max"}
+RENAMED = {"runtime.checkpoint_every": "recompute_every", "diffusion.sigma_context": "sigma_context_max",
+           "sample.steps": "denoise_steps"}
 """Fields of an older config.json renamed since (table.old_name -> new name)."""
 
 

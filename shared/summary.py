@@ -51,7 +51,7 @@ def summarize(cfg: Config, measure: bool = True) -> dict[str, Any]:
     out["sequence_frames"] = frames
     out["fwd_flops_per_frame"] = {k: v / frames for k, v in fwd.items()}
     out["train_flops_per_frame"] = 3 * fwd["total"] / frames
-    out["stream_flops_per_frame"] = (cfg.sample.steps + 1) * step["total"]
+    out["stream_flops_per_frame"] = (cfg.sample.denoise_steps + 1) * step["total"]
     if measure:
         dense = forward_flops(cfg.model, frames, causal=False)["total"]
         got = measured_forward_flops(cfg.model, frames)

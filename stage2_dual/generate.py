@@ -73,8 +73,12 @@ def parse(argv=None) -> argparse.Namespace:
     """The command line (`shared.cli`): GenerateOptions, then every SampleConfig field (not given: the run's)."""
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, GenerateOptions)
-    add_fields(ap, SampleConfig, keep_defaults=False)
+    add_fields(ap, SampleConfig, keep_defaults=False, aliases=ALIASES)
     return ap.parse_args(argv)
+
+
+ALIASES = {"denoise_steps": ("--steps",)}
+"""SampleConfig flags also spelled as before the field's rename (an error names the first)."""
 
 
 def sample_config(sample: SampleConfig, flags: dict) -> SampleConfig:
@@ -84,7 +88,7 @@ def sample_config(sample: SampleConfig, flags: dict) -> SampleConfig:
             sample = replace(sample, **{k: v})
         except ValueError as e:
             reason = str(e).removeprefix("SampleConfig: ")
-            raise InputError(f"--{k.replace('_', '-')} {v}: {reason}") from None
+            raise InputError(f"{ALIASES.get(k, ('--' + k.replace('_', '-'),))[0]} {v}: {reason}") from None
     return sample
 
 
@@ -130,7 +134,7 @@ def main(argv=None) -> dict:
         total = time.perf_counter() - t0
         paths = written.close()
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
-              "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.steps, "chunk": sample.chunk,
+              "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.denoise_steps, "chunk": sample.chunk,
               "window": sample.window, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
               "compiled": graphs is not None and not a.no_compile, "overlapped_decoder": decoder is not None,
               "prepare_s": prepare, "device": str(device), "peak_rss_mb": peak_rss_mb(),
@@ -163,7 +167,7 @@ def progress(frames: int, sample: SampleConfig):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    cols = (TextColumn(f"[bold]generating[/] ({sample.steps} steps a frame)"), BarColumn(), MofNCompleteColumn(),
+    cols = (TextColumn(f"[bold]generating[/] ({sample.denoise_steps} steps a frame)"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
     with Progress(*cols, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generate", total=frames, fps="-")

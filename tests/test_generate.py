@@ -93,7 +93,7 @@ def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypat
     codec = G.codec_from_spec(meta.codec)
     ref = G.load_reference(f"{run / 'c.h5'}", cfg, meta, codec)
     feats = G.features_from_spec(meta.audio_features)(G.load_audio(next((run / "st").rglob("*.mp4")), 0.4), 10)
-    sample = SampleConfig(steps=1)
+    sample = SampleConfig(denoise_steps=1)
     log = []
 
     class Done:  # a CUDA event: the host waits on it

@@ -95,7 +95,7 @@ def _wav(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("flag, value, match", [("--steps", "0", "--steps 0: steps=0 must be >= 1"),
+@pytest.mark.parametrize("flag, value, match", [("--steps", "0", "--steps 0: denoise_steps=0 must be >= 1"),
                                                 ("--chunk", "0", "--chunk 0: need 1 <= chunk=0"),
                                                 ("--window", "1", "--window 1: roll_keep")])
 def test_generate_flag_refused_by_the_config_is_an_error_line(run, cache, tmp_path, flag, value, match):

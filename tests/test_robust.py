@@ -406,7 +406,7 @@ def test_kv_cache_estimate_is_what_the_cache_allocates():
             cond = torch.randn(1, 6, m.struct_dim) if mode == "condition_only" else None
             list(stream(model, torch.randn(1, m.latent_channels, m.latent_size, m.latent_size),
                         torch.randn(1, m.struct_dim) if m.has_struct else None, torch.randn(1, 12, m.audio_dim), 6,
-                        sample=SampleConfig(steps=2, window=4, roll_keep=2), cond_struct=cond))
+                        sample=SampleConfig(denoise_steps=2, window=4, roll_keep=2), cond_struct=cond))
         finally:
             engine.CachedContext.__init__ = init
         assert made[0].nbytes() == engine.kv_cache_bytes(m, 4, 6), mode

@@ -56,7 +56,7 @@ def test_rejects_schedules_a_stream_cannot_serve():
                                         ("full_sequence", 1)])
 def test_stream_rows_are_the_matrix_blocks(kind, chunk):
     """The sampler's linear-size block rows are exactly the blocks of the (quadratic) matrix."""
-    sample = SampleConfig(schedule=kind, steps=4, chunk=chunk, shift=3.0, sigma_struct_start=0.7, struct_lead=1)
+    sample = SampleConfig(schedule=kind, denoise_steps=4, chunk=chunk, shift=3.0, sigma_struct_start=0.7, struct_lead=1)
     got, want = sched.stream_rows(sample, 7), sched.block_rows(sched.build(sample, 7))
     assert [(b.lo, b.hi) for b in got] == [(b.lo, b.hi) for b in want]
     for g, w in zip(got, want):
@@ -67,7 +67,7 @@ def test_stream_rows_are_the_matrix_blocks(kind, chunk):
 def test_struct_start_and_lead_mean_one_thing_in_every_kind():
     """sigma_struct_start and struct_lead are honoured the same way by every kind, or refused with a message: no
     kind ignores them silently (the PoC's struct-start ablation and generate.py's flag are one sampler)."""
-    base = SampleConfig(steps=4, shift=1.0, sigma_struct_start=0.7, struct_lead=1)
+    base = SampleConfig(denoise_steps=4, shift=1.0, sigma_struct_start=0.7, struct_lead=1)
     for kind in sched.KINDS:
         m = sched.build(replace(base, schedule=kind), 3)
         r1 = int((m.video[:, 0] == 0).nonzero()[0])  # the row where frame 0 is clean (every kind starts it at row 0)
@@ -80,7 +80,7 @@ def test_struct_start_and_lead_mean_one_thing_in_every_kind():
     with pytest.raises(ValueError, match="full_sequence denoises every frame together"):
         sched.stream_rows(replace(base, schedule="full_sequence", chunk=2), 3)
     with pytest.raises(ValueError, match="struct_lead=4"):
-        SampleConfig(steps=4, struct_lead=4)
+        SampleConfig(denoise_steps=4, struct_lead=4)
 
 
 def test_a_new_kind_is_one_entry(monkeypatch):
@@ -92,7 +92,7 @@ def test_a_new_kind_is_one_entry(monkeypatch):
     model = tiny_model("dual")
     c = model.cfg
     ref, ref_s = torch.randn(1, c.latent_channels, c.latent_size, c.latent_size), torch.randn(1, c.struct_dim)
-    sample = SampleConfig(schedule="pairs", steps=2, window=4, roll_keep=2)
+    sample = SampleConfig(schedule="pairs", denoise_steps=2, window=4, roll_keep=2)
     assert [(b.lo, b.hi) for b in sched.stream_rows(sample, 5)] == [(0, 2), (2, 4), (4, 5)]
     out = sampling.generate(model, ref, ref_s, torch.randn(1, 10, c.audio_dim), 5, sample=sample)
     assert out["video"].shape[1] == 5
@@ -102,7 +102,7 @@ def test_a_new_kind_is_one_entry(monkeypatch):
 def test_rolling_steps_follow_the_rolling_matrix(window, lead):
     """`rolling_steps` (linear) moves exactly the frames in flight, from and to the rows of the `rolling` matrix; a
     frame joins from sigma 1 and leaves clean after `steps` steps; window 1 is the autoregressive matrix."""
-    sc = replace(SampleConfig(), schedule="rolling", steps=4, rolling_window=window, struct_lead=lead,
+    sc = replace(SampleConfig(), schedule="rolling", denoise_steps=4, rolling_window=window, struct_lead=lead,
                  sigma_struct_start=0.7, window=8, roll_keep=2)
     m, steps = sched.build(sc, 7), sched.rolling_steps(sc, 7)
     assert len(steps) == m.video.shape[0] - 1 and max(st.hi - st.lo for st in steps) == window

@@ -324,7 +324,7 @@ class NonFinite(InputError):
 def _check_finite(index: int, finite: bool, sample: SampleConfig) -> None:
     if not finite:
         raise NonFinite(f"frame {index}: the generated latent holds NaN or inf (audio_cfg={sample.audio_cfg}, "
-                        f"ref_weight={sample.ref_weight}, steps={sample.steps}); smaller guidance or reference "
+                        f"ref_weight={sample.ref_weight}, denoise_steps={sample.denoise_steps}); smaller guidance or reference "
                         f"weights keep the sampler in range. Stopped; nothing was written")
 
 

@@ -158,18 +158,18 @@ def rolling_steps(sample: SampleConfig, frames: int) -> list[RollStep]:
     levels share one pair of row tensors (so a sampler moves them to its device once). Equal, step for step, to the
     rows of `build(sample, frames)` restricted to the frames in flight (tested)."""
     window, lead = resolve(sample, frames)
-    every = _rolling_every(sample.steps, window)
-    sv, ss = _unit_rows(frames, sample.steps, 1, sample.shift, sample.sigma_struct_start, lead)
+    every = _rolling_every(sample.denoise_steps, window)
+    sv, ss = _unit_rows(frames, sample.denoise_steps, 1, sample.shift, sample.sigma_struct_start, lead)
     shared: dict[tuple, tuple] = {}
     out = []
-    for t in range((frames - 1) * every + sample.steps):
-        lo, hi = max(0, (t - sample.steps) // every + 1), min(frames, t // every + 1)
+    for t in range((frames - 1) * every + sample.denoise_steps):
+        lo, hi = max(0, (t - sample.denoise_steps) // every + 1), min(frames, t // every + 1)
         levels = tuple(t - j * every for j in range(lo, hi))  # each frame's step index, head first
         if levels not in shared:
             i = torch.tensor(levels)
             shared[levels] = (torch.stack([sv[i], sv[i + 1]]), torch.stack([ss[i], ss[i + 1]]))
         joins = int(t % every == 0 and t // every < frames)
-        out.append(RollStep(lo, hi, joins, int(levels[0] == sample.steps - 1), *shared[levels]))
+        out.append(RollStep(lo, hi, joins, int(levels[0] == sample.denoise_steps - 1), *shared[levels]))
     return out
 
 
@@ -192,8 +192,8 @@ def _struct_leads_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
 
 
 def _rolling_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
-    window = sample.rolling_window or sample.steps
-    _rolling_every(sample.steps, window)
+    window = sample.rolling_window or sample.denoise_steps
+    _rolling_every(sample.denoise_steps, window)
     if sample.chunk != 1:
         raise ValueError(f"schedule rolling moves one frame in and out at a time; chunk={sample.chunk} means nothing "
                          f"to it (leave chunk at 1, set rolling_window)")
@@ -243,8 +243,8 @@ def build(sample: SampleConfig, frames: int) -> Schedule:
     `stream_rows`)."""
     p = plan(sample, frames)
     if p.windowed:
-        return rolling(frames, sample.steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
-    return autoregressive(frames, sample.steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
+        return rolling(frames, sample.denoise_steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
+    return autoregressive(frames, sample.denoise_steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
 
 
 def blocks(schedule: Schedule) -> list[Block]:
@@ -293,7 +293,7 @@ def stream_rows(sample: SampleConfig, frames: int) -> list[BlockRows]:
     if p.windowed:
         raise ValueError(f"schedule {p.kind} is not block-sequential: its steps come from rolling_steps")
     chunk, lead = p.block, p.lead
-    sv, ss = _unit_rows(frames, sample.steps, chunk, sample.shift, sample.sigma_struct_start, lead)
+    sv, ss = _unit_rows(frames, sample.denoise_steps, chunk, sample.shift, sample.sigma_struct_start, lead)
     full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
     out = []
     for lo in range(0, frames, chunk):
