@@ -69,16 +69,16 @@ class GenerateOptions:
     """On CUDA: do not torch.compile the blocks (starts ~1 min sooner, streams ~1.5x slower)."""
 
 
+ALIASES = {"denoise_steps": ("--steps",)}
+"""SampleConfig flags also spelled as before the field's rename (an error names the first)."""
+
+
 def parse(argv=None) -> argparse.Namespace:
     """The command line (`shared.cli`): GenerateOptions, then every SampleConfig field (not given: the run's)."""
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, GenerateOptions)
     add_fields(ap, SampleConfig, keep_defaults=False, aliases=ALIASES)
     return ap.parse_args(argv)
-
-
-ALIASES = {"denoise_steps": ("--steps",)}
-"""SampleConfig flags also spelled as before the field's rename (an error names the first)."""
 
 
 def sample_config(sample: SampleConfig, flags: dict) -> SampleConfig:
