@@ -111,7 +111,7 @@ def prepare(model, graphs, inputs, frames: int, sample) -> None:
         warm_up(graphs, *inputs, frames, sample)
     windowed = sched.plan(sample, frames).windowed
     if graphs is None or windowed:
-        stop = None if windowed else sample.window + sample.roll_keep + 2
+        stop = None if windowed else sample.history_frames + sample.roll_keep + 2
         timed_stream(model, inputs, frames, sample, False, stop_after=stop, graphs=graphs)
 
 
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     ref_s = torch.randn(1, m.struct_dim, device=dev, dtype=bf) if m.has_struct else None
     audio = torch.randn(1, 2 * a.frames, m.audio_dim, device=dev, dtype=bf)
     inputs = (ref, ref_s, audio)
-    res = {"preset": a.preset, "steps": a.steps, "window": sample.window, "roll_keep": sample.roll_keep,
+    res = {"preset": a.preset, "steps": a.steps, "window": sample.history_frames, "roll_keep": sample.roll_keep,
            "sigma_context": a.sigma_context, "ref_weight": a.ref_weight,
            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": a.compile,
            "overlap": not a.no_overlap}

@@ -272,10 +272,10 @@ class SampleConfig:
     """Frames in flight in the `rolling` schedule (0: as many as `steps`, a new frame every step); must divide
     `denoise_steps`: a frame joins every denoise_steps / rolling_window steps and takes the same denoise_steps steps as
     in the others."""
-    window: int = 32
-    """History frames visible besides the reference (the training clip length)."""
+    history_frames: int = 32
+    """History frames visible besides the reference (the training clip length; `--window` in generate.py)."""
     roll_keep: int = 16
-    """When the window is full, keep this many most recent frames and re-encode them (see `shared.sampling.engine`)."""
+    """When the history is full, keep this many most recent frames and re-encode them (see `shared.sampling.engine`)."""
     audio_cfg: float = 1.0
     """Classifier-free guidance scale on audio (1 = off)."""
     sigma_context: float = 0.0
@@ -295,8 +295,10 @@ class SampleConfig:
         _need(self, 1 <= k <= MAX_STEPS, f"denoise_steps={k} must be >= 1" if k < 1 else
               f"denoise_steps={k} must be <= {MAX_STEPS} (Euler steps per frame; 4-50 is the useful range)")
         _need(self, 0 < self.sigma_struct_start <= 1, f"sigma_struct_start={self.sigma_struct_start} must be in (0, 1]")
-        _need(self, 1 <= self.chunk <= self.window, f"need 1 <= chunk={self.chunk} <= window={self.window}")
-        _need(self, 0 <= self.roll_keep < self.window, f"roll_keep={self.roll_keep} must be in [0, window={self.window})")
+        _need(self, 1 <= self.chunk <= self.history_frames,
+              f"need 1 <= chunk={self.chunk} <= history_frames={self.history_frames}")
+        _need(self, 0 <= self.roll_keep < self.history_frames,
+              f"roll_keep={self.roll_keep} must be in [0, history_frames={self.history_frames})")
         _need(self, self.rolling_window >= 0, f"rolling_window={self.rolling_window} must be >= 0 (0: denoise_steps)")
         _need(self, 0 <= self.struct_lead < k, f"struct_lead={self.struct_lead} must be in [0, denoise_steps={k})")
 
@@ -491,7 +493,7 @@ PRESETS: dict[str, Config] = {
         model=ModelConfig(dim=32, depth=2, head_dim=16, latent_channels=4, latent_size=8, patch_size=2,
                           struct_dim=6, struct_width=32, struct_depth=2, audio_dim=8, audio_context=2,
                           fusion_depth=1),
-        sample=SampleConfig(denoise_steps=2, window=4, roll_keep=2),
+        sample=SampleConfig(denoise_steps=2, history_frames=4, roll_keep=2),
         train=TrainConfig(steps=20, global_batch=2, lr=1e-3, warmup=2, ema=0.9),
         output=OutputConfig(log_every=1, ckpt_every=10, ckpt_minutes=5.0),
     ),
@@ -501,7 +503,7 @@ PRESETS: dict[str, Config] = {
         preset="poc", clip_frames=16, image_size=64,
         model=ModelConfig(dim=128, depth=4, head_dim=32, latent_channels=8, latent_size=16, patch_size=4,
                           struct_dim=13, struct_width=128, struct_depth=4, audio_dim=80, fusion_depth=2),
-        sample=SampleConfig(denoise_steps=4, window=16, roll_keep=8),
+        sample=SampleConfig(denoise_steps=4, history_frames=16, roll_keep=8),
         train=TrainConfig(steps=300, global_batch=8, lr=1e-3, warmup=30, ema=0.98),
         output=OutputConfig(log_every=5, ckpt_every=500, ckpt_minutes=10.0),
     ),
@@ -531,6 +533,8 @@ def override(cfg: Any, updates: dict[str, Any], where: str = "") -> Any:
         else:
             flat[key] = value
     known = {f.name: f for f in fields(cfg)}
+    for key in [k for k in flat if where and where + k in RENAMED]:  # a field renamed since: its new name
+        flat[RENAMED[where + key]] = flat.pop(key)
     for key in list(flat) + list(nested):
         if key not in known:
             raise UnknownField(f"{type(cfg).__name__} has no field {where + key!r}; fields: {', '.join(sorted(known))}")
@@ -595,7 +599,7 @@ MOVED = {"train": {**{k: "launch" for k in ("accelerator", "devices", "num_nodes
                                             "sample_frames", "tensorboard")}}}
 """Fields an older config.json holds under `train` and their table now (issue #35 split TrainConfig by concern)."""
 RENAMED = {"runtime.checkpoint_every": "recompute_every", "diffusion.sigma_context": "sigma_context_max",
-           "sample.steps": "denoise_steps"}
+           "sample.steps": "denoise_steps", "sample.window": "history_frames"}
 """Fields of an older config.json renamed since (table.old_name -> new name)."""
 
 

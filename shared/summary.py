@@ -43,7 +43,7 @@ def summarize(cfg: Config, measure: bool = True) -> dict[str, Any]:
     params["total"] = sum(params.values())
     frames = cfg.clip_frames + 1
     fwd = forward_flops(cfg.model, frames)
-    step = forward_flops(cfg.model, cfg.sample.window + 1, query_frames=1)
+    step = forward_flops(cfg.model, cfg.sample.history_frames + 1, query_frames=1)
     out: dict[str, Any] = dict(params)
     out["preset"] = cfg.preset
     out["bridge_mode"] = cfg.model.bridge_mode

@@ -69,7 +69,7 @@ class GenerateOptions:
     """On CUDA: do not torch.compile the blocks (starts ~1 min sooner, streams ~1.5x slower)."""
 
 
-ALIASES = {"denoise_steps": ("--steps",)}
+ALIASES = {"denoise_steps": ("--steps",), "history_frames": ("--window",)}
 """SampleConfig flags also spelled as before the field's rename (an error names the first)."""
 
 
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
         paths = written.close()
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
               "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.denoise_steps, "chunk": sample.chunk,
-              "window": sample.window, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
+              "window": sample.history_frames, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
               "compiled": graphs is not None and not a.no_compile, "overlapped_decoder": decoder is not None,
               "prepare_s": prepare, "device": str(device), "peak_rss_mb": peak_rss_mb(),
               "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,

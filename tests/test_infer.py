@@ -115,7 +115,7 @@ def test_cache_memory_is_bounded_by_the_window():
         finally:
             engine.KVCache = orig
         sizes[frames] = caches[0].nbytes()
-        assert caches[0].max_frames == 1 + SC.window
+        assert caches[0].max_frames == 1 + SC.history_frames
     assert sizes[clip] == sizes[10 * clip] > 0
 
 
@@ -138,10 +138,10 @@ def test_bad_inputs():
         infer.generate(model, ref, ref_s, audio[:, :5], 4, sample=SC)
     with pytest.raises(ValueError, match="cond_struct"):
         infer.generate(tiny_model("condition_only"), ref, ref_s, audio, 4, sample=SC)
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(ValueError, match="history_frames"):
         infer.generate(model, ref, ref_s, audio, 4, sample=replace(SC, chunk=3, roll_keep=2))
     with pytest.raises(ValueError, match="roll_keep"):
-        SampleConfig(window=4, roll_keep=4)
+        SampleConfig(history_frames=4, roll_keep=4)
     warm = autoregressive(4, steps=2)
     warm.video[:5, 2] = 0.9  # frame 2 would start its block (rows 4..6) part-denoised from nothing
     with pytest.raises(ValueError, match="frames 2..2 must start from pure noise"):
@@ -200,7 +200,7 @@ def test_euler_block_is_differentiable_through_two_frames():
     frame 0's keys/values to frame 0's noise."""
     model = tiny_model("dual").train()
     ref, ref_s, audio, _ = _args(model, 2)
-    ctx = engine.CachedContext(model, ref, ref_s, audio, 2, SC.window, SC.roll_keep)
+    ctx = engine.CachedContext(model, ref, ref_s, audio, 2, SC.history_frames, SC.roll_keep)
     rows = infer.schedule.stream_rows(SC, 2)
     noise0 = torch.randn(2, 1, *ref.shape[1:], requires_grad=True)
     frames = []
@@ -215,7 +215,7 @@ def test_euler_block_is_differentiable_through_two_frames():
     assert grads and all(torch.isfinite(g).all() for g in grads)
     with torch.no_grad():  # the same maths as the no-grad stream
         want = infer.generate(model.eval(), ref, ref_s, audio, 1, sample=SC, generator=torch.Generator().manual_seed(0))
-    ctx = engine.CachedContext(model, ref, ref_s, audio, 1, SC.window, SC.roll_keep)
+    ctx = engine.CachedContext(model, ref, ref_s, audio, 1, SC.history_frames, SC.roll_keep)
     from shared.sampling.infer import struct_generator
 
     g = torch.Generator().manual_seed(0)

@@ -406,7 +406,7 @@ def test_kv_cache_estimate_is_what_the_cache_allocates():
             cond = torch.randn(1, 6, m.struct_dim) if mode == "condition_only" else None
             list(stream(model, torch.randn(1, m.latent_channels, m.latent_size, m.latent_size),
                         torch.randn(1, m.struct_dim) if m.has_struct else None, torch.randn(1, 12, m.audio_dim), 6,
-                        sample=SampleConfig(denoise_steps=2, window=4, roll_keep=2), cond_struct=cond))
+                        sample=SampleConfig(denoise_steps=2, history_frames=4, roll_keep=2), cond_struct=cond))
         finally:
             engine.CachedContext.__init__ = init
         assert made[0].nbytes() == engine.kv_cache_bytes(m, 4, 6), mode
@@ -540,7 +540,7 @@ def test_generate_flags_out_of_range(run, cache, tmp_path, capsys, argv, match):
     (["--set", "train.lr=NaN"], "train.lr=nan: expected a finite number"),
     (["--set", "train.steps=0"], "steps=0 must be > 0"),
     (["--set", "diffusion.p_clean_past=1.5"], "p_clean_past=1.5 must be in [0, 1]"),
-    (["--set", "sample.window=0"], "need 1 <= chunk=1 <= window=0"),
+    (["--set", "sample.window=0"], "need 1 <= chunk=1 <= history_frames=0"),
     (["--set", "train.betas=[0.9]"], "betas=(0.9,) must be two numbers"),
     (["--set", "model.depth"], "--set expects KEY=VALUE"),
     (["--preset", "bogus"], "--preset: invalid choice: 'bogus'"),

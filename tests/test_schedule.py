@@ -92,7 +92,7 @@ def test_a_new_kind_is_one_entry(monkeypatch):
     model = tiny_model("dual")
     c = model.cfg
     ref, ref_s = torch.randn(1, c.latent_channels, c.latent_size, c.latent_size), torch.randn(1, c.struct_dim)
-    sample = SampleConfig(schedule="pairs", denoise_steps=2, window=4, roll_keep=2)
+    sample = SampleConfig(schedule="pairs", denoise_steps=2, history_frames=4, roll_keep=2)
     assert [(b.lo, b.hi) for b in sched.stream_rows(sample, 5)] == [(0, 2), (2, 4), (4, 5)]
     out = sampling.generate(model, ref, ref_s, torch.randn(1, 10, c.audio_dim), 5, sample=sample)
     assert out["video"].shape[1] == 5
@@ -103,7 +103,7 @@ def test_rolling_steps_follow_the_rolling_matrix(window, lead):
     """`rolling_steps` (linear) moves exactly the frames in flight, from and to the rows of the `rolling` matrix; a
     frame joins from sigma 1 and leaves clean after `steps` steps; window 1 is the autoregressive matrix."""
     sc = replace(SampleConfig(), schedule="rolling", denoise_steps=4, rolling_window=window, struct_lead=lead,
-                 sigma_struct_start=0.7, window=8, roll_keep=2)
+                 sigma_struct_start=0.7, history_frames=8, roll_keep=2)
     m, steps = sched.build(sc, 7), sched.rolling_steps(sc, 7)
     assert len(steps) == m.video.shape[0] - 1 and max(st.hi - st.lo for st in steps) == window
     for t, st in enumerate(steps):

@@ -3,9 +3,9 @@ values. A context gives a sampler step its denoiser (`denoiser(lo, hi)`) and tak
 (`commit`); it owns every streaming rule, so the sampler steps (`shared.sampling.steps`) stay pure.
 
 Rules (both contexts apply them identically):
-- the model sees the reference frame (time position 0, a permanent sink) plus at most `window` history frames at
-  positions 1..window, as in a training clip (the reference plus `clip_frames` frames);
-- when a block would overflow the window, the history is cut to its `roll_keep` most recent frames, which move to
+- the model sees the reference frame (time position 0, a permanent sink) plus at most `history_frames` frames of history
+  at positions 1..history_frames, as in a training clip (the reference plus `clip_frames` frames);
+- when a block would overflow the history, the history is cut to its `roll_keep` most recent frames, which move to
   positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time);
 - the reference may weigh more than one frame in every attention (`ref_weight`, an identity anchor:
   `shared.models.masks.ref_bias`);
@@ -59,13 +59,13 @@ class _Context:
     start=, audio_index=, cache=) is the model with its audio bound (or a `GraphedModel`). sigma_context: history
     noise, drawn from `generator` (one draw per committed frame, so both contexts see the same history)."""
 
-    def __init__(self, forward, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, frames: int, window: int,
-                 roll_keep: int, copies: int, index_device: torch.device | str, sigma_context: float = 0.0,
-                 generator: torch.Generator | None = None):
-        self.forward, self.window, self.roll_keep, self.copies = forward, window, roll_keep, copies
+    def __init__(self, forward, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, frames: int,
+                 history_frames: int, roll_keep: int, copies: int, index_device: torch.device | str,
+                 sigma_context: float = 0.0, generator: torch.Generator | None = None):
+        self.forward, self.history_frames, self.roll_keep, self.copies = forward, history_frames, roll_keep, copies
         self.sigma_context, self.generator = sigma_context, generator
         self.ref = Frame(self._copies(ref_video), self._copies(ref_struct), 0)
-        self.history: deque[Frame] = deque(maxlen=window)
+        self.history: deque[Frame] = deque(maxlen=history_frames)
         # audio index of every frame, where the model reads it: on the host for eager forwards (no device sync), on
         # the device for graph replays (no host data inside a graph)
         self.index_all = torch.arange(frames + 1, device=index_device)
@@ -85,7 +85,7 @@ class _Context:
 
     def _roll(self, n: int) -> list[Frame] | None:
         """Make room for a block of n frames: the kept frames if the history was cut, else None."""
-        if len(self.history) + n <= self.window:
+        if len(self.history) + n <= self.history_frames:
             return None
         kept = list(self.history)[len(self.history) - self.roll_keep:] if self.roll_keep else []
         self.history.clear()
@@ -153,13 +153,13 @@ def eager_forward(model: DualForce, audio: torch.Tensor | None, keep: torch.Tens
     return forward
 
 
-def cache_slots(window: int, frames: int) -> int:
-    """KV-cache slots of a stream: the reference and the window, or all the frames when fewer (the history never
-    holds more frames than were generated, so a window longer than the stream costs no memory)."""
-    return 1 + min(window, frames)
+def cache_slots(history_frames: int, frames: int) -> int:
+    """KV-cache slots of a stream: the reference and the history, or all the frames when fewer (the history never
+    holds more frames than were generated, so a history longer than the stream costs no memory)."""
+    return 1 + min(history_frames, frames)
 
 
-def kv_cache_bytes(m: ModelConfig, window: int, frames: int, copies: int = 1, bytes_per_value: int = 4) -> int:
+def kv_cache_bytes(m: ModelConfig, history_frames: int, frames: int, copies: int = 1, bytes_per_value: int = 4) -> int:
     """What a stream's KV cache holds (`KVCache`: keys and values of every cached attention, one slot per frame):
     each video block's self-attention over video tokens, each struct block's over struct tokens, and each bridge
     layer's two directions."""
@@ -168,19 +168,19 @@ def kv_cache_bytes(m: ModelConfig, window: int, frames: int, copies: int = 1, by
     if m.mode.struct_tower:
         per_slot += m.struct_blocks * ts * m.struct_width + m.fusion_depth * ts * m.dim
         per_slot += m.fusion_depth * tv * m.struct_width if m.bridge_two_way else 0
-    return 2 * per_slot * cache_slots(window, frames) * copies * bytes_per_value
+    return 2 * per_slot * cache_slots(history_frames, frames) * copies * bytes_per_value
 
 
 class CachedContext(_Context):
     """The KV-cached context (see the module docstring). graphs: a `GraphedModel` that owns the cache and the audio
     buffer and replays the forward as CUDA graphs; else an eager forward over a fresh `KVCache`."""
 
-    def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
-                 copies: int = 1, graphs=None, sigma_context: float = 0.0, generator: torch.Generator | None = None,
-                 ref_weight: float = 1.0):
+    def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, history_frames: int,
+                 roll_keep: int, copies: int = 1, graphs=None, sigma_context: float = 0.0,
+                 generator: torch.Generator | None = None, ref_weight: float = 1.0):
         dev = ref_video.device
         audio, keep = context_audio(audio, frames, copies, dev)
-        slots = cache_slots(window, frames)
+        slots = cache_slots(history_frames, frames)
         if graphs is not None:
             if audio is None or dev.type != "cuda":
                 raise ValueError("graphs: CUDA graphs need a CUDA device and audio")
@@ -189,7 +189,7 @@ class CachedContext(_Context):
         else:
             forward = eager_forward(model, audio, keep, ref_weight)
             self.cache = KVCache(slots, compute_dtype(model, dev))
-        super().__init__(forward, ref_video, ref_struct, frames, window, roll_keep, copies,
+        super().__init__(forward, ref_video, ref_struct, frames, history_frames, roll_keep, copies,
                          dev if graphs is not None else "cpu", sigma_context, generator)
         self.pending: list[Frame] = [self.ref]  # finished frames whose keys/values are not cached yet
 
@@ -231,14 +231,14 @@ class CachedContext(_Context):
 
 class RecomputeContext(_Context):
     """No cache: every denoiser call runs the reference and the visible history (sigma 0) before the block's frames.
-    The parity reference for `CachedContext`; cost grows with the window."""
+    The parity reference for `CachedContext`; cost grows with the history."""
 
-    def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, window: int, roll_keep: int,
-                 copies: int = 1, sigma_context: float = 0.0, generator: torch.Generator | None = None,
+    def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, history_frames: int,
+                 roll_keep: int, copies: int = 1, sigma_context: float = 0.0, generator: torch.Generator | None = None,
                  ref_weight: float = 1.0):
         audio, keep = context_audio(audio, frames, copies, ref_video.device)
-        super().__init__(eager_forward(model, audio, keep, ref_weight), ref_video, ref_struct, frames, window, roll_keep, copies, "cpu", sigma_context,
-                         generator)
+        super().__init__(eager_forward(model, audio, keep, ref_weight), ref_video, ref_struct, frames, history_frames,
+                         roll_keep, copies, "cpu", sigma_context, generator)
 
     def denoiser(self, lo: int, hi: int) -> Denoiser:
         self._roll(hi - lo)

@@ -295,10 +295,11 @@ def check_fits(cfg: Config, sample: SampleConfig, frames: int, device: torch.dev
     """Refuse, before any work, a stream whose KV cache (`engine.kv_cache_bytes`: window x layers x tokens) needs
     more than half the memory free on `device`. Returns the bytes it needs."""
     copies = 2 if sample.audio_cfg != 1.0 else 1
-    need = kv_cache_bytes(cfg.model, sample.window, frames, copies, bytes_per_value)
+    need = kv_cache_bytes(cfg.model, sample.history_frames, frames, copies, bytes_per_value)
     free = available if available is not None else free_memory(device)
     if free is not None and need > free / 2:
-        raise InputError(f"--window {sample.window}: the KV cache of {min(sample.window, frames)} history frames "
+        held = min(sample.history_frames, frames)
+        raise InputError(f"--window {sample.history_frames}: the KV cache of {held} history frames "
                          f"needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB is free on {device}; give a smaller --window "
                          f"(the model was trained on {cfg.clip_frames}-frame clips)")
     return need
@@ -324,8 +325,8 @@ class NonFinite(InputError):
 def _check_finite(index: int, finite: bool, sample: SampleConfig) -> None:
     if not finite:
         raise NonFinite(f"frame {index}: the generated latent holds NaN or inf (audio_cfg={sample.audio_cfg}, "
-                        f"ref_weight={sample.ref_weight}, denoise_steps={sample.denoise_steps}); smaller guidance or reference "
-                        f"weights keep the sampler in range. Stopped; nothing was written")
+                        f"ref_weight={sample.ref_weight}, denoise_steps={sample.denoise_steps}); smaller guidance or "
+                        f"reference weights keep the sampler in range. Stopped; nothing was written")
 
 
 # --------------------------------------------------------------------------------------------------- stream

@@ -36,7 +36,8 @@ class GraphedModel:
         """The KV cache the graphs read and write, emptied for a new stream (`ref_weight`: the forward's, captured
         in the graphs)."""
         if self.kv is None or self.kv.max_frames != max_frames or self.ref_weight != ref_weight:
-            self.kv, self.graphs, self.ref_weight = KVCache(max_frames, compute_dtype(self.model, device)), {}, ref_weight
+            self.kv = KVCache(max_frames, compute_dtype(self.model, device))
+            self.graphs, self.ref_weight = {}, ref_weight
             self.start = torch.zeros((), dtype=torch.long, device=device)
         self.kv.truncate(0)
         return self.kv

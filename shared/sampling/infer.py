@@ -61,11 +61,11 @@ def block_rows(sample: SampleConfig, num_frames: int,
 
 
 def _check_window(sample: SampleConfig, widest: int, rolls: bool) -> None:
-    """The window must hold the frames denoised together, and after a roll (when the stream can roll) the kept
+    """The history must hold the frames denoised together, and after a roll (when the stream can roll) the kept
     history beside them."""
-    if widest > sample.window or (rolls and not 0 <= sample.roll_keep <= sample.window - widest):
-        raise ValueError(f"window={sample.window} must hold the {widest} frames denoised together after keeping "
-                         f"roll_keep={sample.roll_keep} history frames")
+    if widest > sample.history_frames or (rolls and not 0 <= sample.roll_keep <= sample.history_frames - widest):
+        raise ValueError(f"history_frames={sample.history_frames} must hold the {widest} frames denoised together "
+                         f"after keeping roll_keep={sample.roll_keep} history frames")
 
 
 def rolling_rows(sample: SampleConfig, num_frames: int) -> list[sched.RollStep]:
@@ -114,7 +114,7 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
     blocks = rolling_rows(sc, num_frames) if rolling else block_rows(sc, num_frames, schedule)
     copies = 2 if sc.audio_cfg != 1.0 and audio is not None else 1
     ref_struct = ref_struct if model.cfg.mode.struct_tower else None
-    args = (model, ref_video, ref_struct, audio, num_frames, sc.window, sc.roll_keep, copies)
+    args = (model, ref_video, ref_struct, audio, num_frames, sc.history_frames, sc.roll_keep, copies)
     if graphs is not None and not use_cache:
         raise ValueError("graphs: CUDA graphs replay the KV-cached forward (use_cache=True)")
     history = {"sigma_context": sc.sigma_context, "generator": derived_generator(generator, 0xC0DE),
@@ -228,7 +228,7 @@ def warm_up(graphs: GraphedModel, ref_video: torch.Tensor, ref_struct: torch.Ten
     enough; later streams of the same batch and audio length only replay (the rolling schedule's last steps, fewer
     frames in flight, are captured when the stream reaches them). Returns the number of graphs."""
     block = sched.plan(sample, num_frames).block  # frames denoised together (chunk, or the rolling window)
-    needed = min(num_frames, sample.window + sample.roll_keep + 2 * block + 1)
+    needed = min(num_frames, sample.history_frames + sample.roll_keep + 2 * block + 1)
     for i, _ in enumerate(stream(graphs.model, ref_video, ref_struct, audio, num_frames, sample=sample,
                                  graphs=graphs)):
         if i + 1 >= needed:

@@ -29,7 +29,7 @@ def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Modul
                     torch.from_numpy(np.asarray(d["ref_struct"], np.float32))[None] if cfg.model.has_struct else None,
                     f"{cache}:{clip.name}")
     reader.close()
-    sample = replace(cfg.sample, window=min(cfg.sample.window, cfg.clip_frames))
+    sample = replace(cfg.sample, history_frames=min(cfg.sample.history_frames, cfg.clip_frames))
     codec: list[VideoCodec] = []
 
     def run(model, step: int, folder: Path) -> None:

@@ -72,7 +72,7 @@ def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Gen
     mode = model.cfg.mode
     was = model.training
     model.eval()
-    sample = replace(cfg.sample, window=min(cfg.sample.window, cfg.clip_frames))
+    sample = replace(cfg.sample, history_frames=min(cfg.sample.history_frames, cfg.clip_frames))
     ref_struct = batch.struct[:, 0] if mode.struct_tower else None
     audio = None if batch.audio is None else batch.audio[:, 2:]
     cond = batch.struct[:, 1:] if mode.struct_condition else None
