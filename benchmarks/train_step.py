@@ -280,4 +280,4 @@ def loop(a) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main))
+    sys.exit(errors.entry(main))

@@ -4,7 +4,7 @@ A user error (a bad flag, file, field or value) ends a command with one line, `e
 stderr and exit status 1, never a traceback; a bug still shows its traceback. Every script's entry point is
 
     if __name__ == "__main__":
-        sys.exit(errors.run(main))
+        sys.exit(errors.entry(main))
 
 and its parser an `errors.ArgumentParser` with `errors.integer(...)` / `errors.real(...)` as flag types, so a flag out
 of range is refused at parse time, before anything is read or written.
@@ -41,7 +41,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 # ------------------------------------------------------------------------------------------- the entry point
 
 
-def run(main: Callable[..., object], argv: list[str] | None = None) -> int:
+def entry(main: Callable[..., object], argv: list[str] | None = None) -> int:
     """Run a command line's `main(argv)`; a user error (or a full disk) prints one `error:` line and returns 1; an
     int `main` returns is the exit status (anything else: 0)."""
     try:

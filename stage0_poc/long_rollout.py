@@ -370,4 +370,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main))
+    sys.exit(errors.entry(main))

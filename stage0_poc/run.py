@@ -90,4 +90,4 @@ def run_suite(args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main))
+    sys.exit(errors.entry(main))

@@ -176,4 +176,4 @@ def progress(frames: int, sample: SampleConfig):
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main))
+    sys.exit(errors.entry(main))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.errors import run  # noqa: E402
+from shared.errors import entry  # noqa: E402
 from shared.training import run_cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run(lambda argv: run_cli("dual", argv)))
+    sys.exit(entry(lambda argv: run_cli("dual", argv)))

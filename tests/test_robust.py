@@ -1,5 +1,5 @@
 """Issue #33 [robust]: nothing lost, nothing run, nothing silent. One test (or more) per numbered case of the issue,
-each through the command line where the user meets it: in-process through `errors.run(main, argv)` (what every
+each through the command line where the user meets it: in-process through `errors.entry(main, argv)` (what every
 script's `__main__` runs), and once per script as a real subprocess (`test_every_script_ends_a_user_error_...`).
 A user error must end in exactly one `error:` line and status 1, with no traceback and nothing written."""
 
@@ -60,7 +60,7 @@ def refused(capsys, main, *argv) -> str:
     """Run a command line in-process as its script does; it must end in exactly one `error:` line and status 1 (any
     other exception propagates: the traceback a user would see). Returns the line."""
     capsys.readouterr()
-    rc = errors.run(main, [str(a) for a in argv])
+    rc = errors.entry(main, [str(a) for a in argv])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err

@@ -261,4 +261,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(errors.run(main))
+    sys.exit(errors.entry(main))

@@ -1,6 +1,6 @@
 """The stage 1 / stage 2 training command line (`stage1_video/train.py`, `stage2_dual/train.py`): flags -> config,
 cache -> dataset, then `train`. A user error raises a `shared.errors.UserError` (one `error:` line under
-`errors.run`) before anything is written to --out."""
+`errors.entry`) before anything is written to --out."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Modul
     sample = replace(cfg.sample, history_frames=min(cfg.sample.history_frames, cfg.clip_frames))
     codec: list[VideoCodec] = []
 
-    def run(model, step: int, folder: Path) -> None:
+    def write(model, step: int, folder: Path) -> None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         if not codec:
             codec.append(codec_from_spec(meta.codec))
@@ -46,4 +46,4 @@ def training_sampler(cfg: Config, cache: str | Path) -> Callable[[torch.nn.Modul
             write_outputs(folder / f"step_{step:08d}.mp4", [g["frame"] for g in got], [g["struct"] for g in got],
                           None, meta.struct_layout, cfg.fps)
 
-    return run
+    return write

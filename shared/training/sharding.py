@@ -72,12 +72,12 @@ def checkpoint_activations(model: torch.nn.Module, block_types: tuple, every: in
 def _recomputed(forward):
     from torch.utils.checkpoint import checkpoint
 
-    def run(*args, **kwargs):
+    def recomputed(*args, **kwargs):
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
-    return run
+    return recomputed
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
