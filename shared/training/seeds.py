@@ -136,7 +136,7 @@ class SeedTrainer:
         self.audio_index = torch.arange(data["video"].shape[1], device=self.dev)
         self.out: dict | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.stream = torch.cuda.Stream(self.dev) if graphs else None  # also says whether steps are graphed
+        self.queue = torch.cuda.Stream(self.dev) if graphs else None  # also says whether steps are graphed
 
     # -------------------------------------------------------------------------------------------- inputs
 
@@ -204,17 +204,17 @@ class SeedTrainer:
             torch._foreach_lerp_(self.ema, [f.data.detach() for f in self.flats], 1 - tc.ema)
         return {**{k: v.detach() for k, v in out.items()}, "grad_norm": norm, "bad": bad}
 
-    def on_stream(self):
+    def on_queue(self):
         """This trainer's CUDA stream as the current one (a no-op on the CPU): whatever reads its step's outputs
         (logging, snapshots) must run there, after the replay that wrote them."""
-        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        return torch.cuda.stream(self.queue) if self.queue is not None else contextlib.nullcontext()
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
         """Optimiser step `step` for every seed: eager for the first steps, then one CUDA-graph replay (on this
         trainer's own stream, so that several trainers' small kernels run side by side)."""
-        with self.on_stream():
+        with self.on_queue():
             self._next_inputs(step)
-            if self.stream is None or step < 3:  # eager warm-up: AdamW's state exists before a capture
+            if self.queue is None or step < 3:  # eager warm-up: AdamW's state exists before a capture
                 return self._step()
             if self.graph is None:
                 self.graph = torch.cuda.CUDAGraph()
@@ -287,7 +287,7 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
             if step >= tc.steps:
                 continue
             out = tr.step(step)
-            with tr.on_stream():
+            with tr.on_queue():
                 if step % job.cfg.output.log_every == 0 or step == tc.steps - 1:
                     lr = tc.lr * lr_factor(step, tc)
                     logged[i].append((step, lr, {k: v.clone() for k, v in out.items()}))
