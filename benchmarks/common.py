@@ -72,7 +72,8 @@ def cpu_stream(cfg: C.Config, frames: int, use_cache: bool = True) -> dict:
         for _ in stream(model, *args, sample=cfg.sample, use_cache=use_cache):
             first = first or time.perf_counter() - t0
         total = time.perf_counter() - t0
-    return {"seconds": total, "fps": frames / total, "first_frame_ms": first * 1e3, "steps": cfg.sample.denoise_steps}
+    return {"seconds": total, "fps": frames / total, "first_frame_ms": first * 1e3,
+            "steps": cfg.sample.denoise_steps}
 
 
 def synthetic_cache(path: Path, latent_shape: tuple[int, int, int], struct_dim: int, audio_dim: int, clips: int,

@@ -155,8 +155,8 @@ def main(argv=None) -> dict:
     add_fields(ap, StreamBench)
     a = ap.parse_args(argv)
     cfg = C.get_preset(a.preset)
-    sample = replace(cfg.sample, denoise_steps=a.steps, rolling_window=a.rolling_window, sigma_context=a.sigma_context,
-                     ref_weight=a.ref_weight)
+    sample = replace(cfg.sample, denoise_steps=a.steps, rolling_window=a.rolling_window,
+                     sigma_context=a.sigma_context, ref_weight=a.ref_weight)
     kinds = (a.schedule or sample.schedule).split(",")
     sample = replace(sample, schedule=kinds[0])
     torch.manual_seed(0)

@@ -243,8 +243,8 @@ class DiffusionConfig:
 
 
 MAX_STEPS = 1000
-"""SampleConfig.denoise_steps' ceiling: more Euler steps a frame than any flow-matching sampler needs (a typo guard: 100000
-steps would run for hours before the first frame)."""
+"""SampleConfig.denoise_steps' ceiling: more Euler steps a frame than any flow-matching sampler needs (a typo guard:
+100000 steps would run for hours before the first frame)."""
 
 
 @dataclass(frozen=True)

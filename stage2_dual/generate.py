@@ -134,8 +134,9 @@ def main(argv=None) -> dict:
         total = time.perf_counter() - t0
         paths = written.close()
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
-              "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.denoise_steps, "chunk": sample.chunk,
-              "window": sample.history_frames, "use_cache": not a.no_cache, "cuda_graphs": graphs is not None,
+              "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.denoise_steps,
+              "chunk": sample.chunk, "window": sample.history_frames, "use_cache": not a.no_cache,
+              "cuda_graphs": graphs is not None,
               "compiled": graphs is not None and not a.no_compile, "overlapped_decoder": decoder is not None,
               "prepare_s": prepare, "device": str(device), "peak_rss_mb": peak_rss_mb(),
               "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
@@ -167,8 +168,8 @@ def progress(frames: int, sample: SampleConfig):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    cols = (TextColumn(f"[bold]generating[/] ({sample.denoise_steps} steps a frame)"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
+    cols = (TextColumn(f"[bold]generating[/] ({sample.denoise_steps} steps a frame)"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
     with Progress(*cols, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generate", total=frames, fps="-")
         t0 = time.perf_counter()

@@ -54,7 +54,7 @@ class KVCache:
             raise ValueError(f"start={start}: the cache has {self.length} committed slots; new frames go after them")
         if not torch.is_tensor(start) and start + count > self.max_frames:
             raise ValueError(f"frames {start}..{start + count - 1} do not fit a cache of {self.max_frames} slots")
-        return CacheView(self, batch, start, count, head_dim, self.dtype, device, ref_weight)
+        return CacheView(self, batch, start, count, head_dim, device, ref_weight)
 
     def commit(self, count: int) -> None:
         self.length += count
@@ -72,9 +72,9 @@ class CacheView:
     token rows start * tokens ..)."""
 
     def __init__(self, cache: KVCache, batch: int, start: int | torch.Tensor, count: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device, ref_weight: float = 1.0):
+                 device: torch.device, ref_weight: float = 1.0):
         self.cache, self.batch, self.start, self.count = cache, batch, start, count
-        self.head_dim, self.dtype, self.device, self.ref_weight = head_dim, dtype, device, ref_weight
+        self.head_dim, self.dtype, self.device, self.ref_weight = head_dim, cache.dtype, device, ref_weight
         self._rows: dict[int, torch.Tensor] = {}
 
     def mask(self, q_tokens: int, k_tokens: int) -> torch.Tensor:

@@ -133,21 +133,23 @@ def compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def in_weight_dtype(model: torch.nn.Module, *xs: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """xs in the weights' dtype, at the call: bf16 weights (the EMA, inference) take the sampler's states, which stay
-    in whatever dtype its updates give (fp32 sigma rows promote them), and bf16 audio; under autocast the weights
-    are fp32 and this is a no-op."""
-    dtype = next(model.parameters()).dtype
+def in_weight_dtype(model: torch.nn.Module, *xs: torch.Tensor | None, dtype: torch.dtype | None = None
+                    ) -> tuple[torch.Tensor | None, ...]:
+    """xs in the weights' dtype (`dtype` when the caller knows it), at the call: bf16 weights (the EMA, inference)
+    take the sampler's states, which stay in whatever dtype its updates give (fp32 sigma rows promote them), and bf16
+    audio; under autocast the weights are fp32 and this is a no-op."""
+    dtype = dtype or next(model.parameters()).dtype
     return tuple(None if x is None else x.to(dtype) for x in xs)
 
 
 def eager_forward(model: DualForce, audio: torch.Tensor | None, keep: torch.Tensor | None, ref_weight: float):
     """forward(video, sigma_video, struct, sigma_struct, **kw): the model with its audio bound, its inputs cast to
     the weights' dtype (`in_weight_dtype`)."""
-    (audio,) = in_weight_dtype(model, audio)
+    dtype = next(model.parameters()).dtype  # once: the forward runs every sampler step
+    (audio,) = in_weight_dtype(model, audio, dtype=dtype)
 
     def forward(video, sigma_video, struct, sigma_struct, **kw):
-        video, struct = in_weight_dtype(model, video, struct)
+        video, struct = in_weight_dtype(model, video, struct, dtype=dtype)
         return model(video, sigma_video, struct, sigma_struct, audio, audio_keep=keep, ref_weight=ref_weight, **kw)
 
     return forward

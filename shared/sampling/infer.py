@@ -56,11 +56,11 @@ def block_rows(sample: SampleConfig, num_frames: int,
     for blk in {id(b.video): b for b in blocks}.values():  # blocks sharing their rows are checked once
         if (blk.video[0] != 1).any():
             raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
-    _check_window(sample, max(b.hi - b.lo for b in blocks), len(blocks) > 1)
+    _check_history(sample, max(b.hi - b.lo for b in blocks), len(blocks) > 1)
     return blocks
 
 
-def _check_window(sample: SampleConfig, widest: int, rolls: bool) -> None:
+def _check_history(sample: SampleConfig, widest: int, rolls: bool) -> None:
     """The history must hold the frames denoised together, and after a roll (when the stream can roll) the kept
     history beside them."""
     if widest > sample.history_frames or (rolls and not 0 <= sample.roll_keep <= sample.history_frames - widest):
@@ -71,7 +71,7 @@ def _check_window(sample: SampleConfig, widest: int, rolls: bool) -> None:
 def rolling_rows(sample: SampleConfig, num_frames: int) -> list[sched.RollStep]:
     """The rolling schedule's steps, checked to fit the window (the frames in flight after roll_keep history)."""
     steps = sched.rolling_steps(sample, num_frames)
-    _check_window(sample, max(st.hi - st.lo for st in steps), len(steps) > 1)
+    _check_history(sample, max(st.hi - st.lo for st in steps), len(steps) > 1)
     return steps
 
 
