@@ -143,7 +143,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="roll_keep"):
         SampleConfig(history_frames=4, roll_keep=4)
     warm = autoregressive(4, steps=2)
-    warm.video[:5, 2] = 0.9  # frame 2 would start its block (rows 4..6) part-denoised from nothing
+    warm.video[:5, 2] = 0.9  # frame 2 would start its chunk (rows 4..6) part-denoised from nothing
     with pytest.raises(ValueError, match="frames 2..2 must start from pure noise"):
         infer.generate(model, ref, ref_s, audio, 4, schedule=warm, sample=SC)
 
@@ -204,10 +204,10 @@ def test_euler_block_is_differentiable_through_two_frames():
     rows = infer.schedule.stream_rows(SC, 2)
     noise0 = torch.randn(2, 1, *ref.shape[1:], requires_grad=True)
     frames = []
-    for blk, x in zip(rows, (noise0, torch.randn(2, 1, *ref.shape[1:]))):
+    for ck, x in zip(rows, (noise0, torch.randn(2, 1, *ref.shape[1:]))):
         s = torch.randn(2, 1, model.cfg.struct_dim)
-        video, struct = infer.euler_block(ctx.denoiser(blk.lo, blk.hi), x, s, blk.video, blk.struct)
-        ctx.commit(blk.lo, video, struct)
+        video, struct = infer.euler_chunk(ctx.denoiser(ck.lo, ck.hi), x, s, ck.video, ck.struct)
+        ctx.commit(ck.lo, video, struct)
         frames.append(video)
     frames[1].square().mean().backward()
     assert noise0.grad is not None and noise0.grad.abs().sum() > 0  # frame 1 saw frame 0 through the cache
@@ -221,7 +221,7 @@ def test_euler_block_is_differentiable_through_two_frames():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, *ref.shape[1:], generator=g)
     noise = torch.randn(2, 1, model.cfg.struct_dim, generator=struct_generator(g))
-    got, _ = infer.euler_block(ctx.denoiser(0, 1), x, noise, rows[0].video, rows[0].struct)
+    got, _ = infer.euler_chunk(ctx.denoiser(0, 1), x, noise, rows[0].video, rows[0].struct)
     torch.testing.assert_close(got[:, 0], want["video"][:, 0])
 
 
@@ -247,7 +247,7 @@ def test_guided_denoiser_mixes_the_halves():
 
 
 def test_video_noise_is_shared_across_bridge_modes(monkeypatch):
-    """A seeded stream draws the same video noise in every block whatever the bridge mode: the struct stream has its
+    """A seeded stream draws the same video noise in every chunk whatever the bridge mode: the struct stream has its
     own generator (so `dual` vs `video_only` is a paired comparison on the same noise)."""
     from shared.sampling import infer as loop
 

@@ -161,7 +161,7 @@ def test_every_generation_goes_through_one_sampler_loop():
     (`generation.stream_frames`), the evaluation rollouts collect them (`infer.generate`), self-forcing and the
     benchmarks stream latents (`infer.stream`): all of them are `infer.stream`, tensors in -> frames out. Nothing
     outside shared/sampling builds a context or takes a sampler step itself."""
-    inner = {"CachedContext", "RecomputeContext", "euler_step", "euler_block", "guided", "block_rows", "rolling_rows",
+    inner = {"CachedContext", "RecomputeContext", "euler_step", "euler_block", "euler_chunk", "guided", "chunk_rows", "rolling_rows",
              "engine", "steps"}
     for path in _python_files():
         if "sampling" in path.parts or path.parent.name == "tests":

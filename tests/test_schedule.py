@@ -1,4 +1,4 @@
-"""Scheduling matrices: shapes, monotonicity, block structure, struct start and lead."""
+"""Scheduling matrices: shapes, monotonicity, chunk structure, struct start and lead."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ def test_autoregressive_matrix():
     assert (s.video[0] == 1).all() and (s.video[-1] == 0).all()
     # frame 1 waits at sigma 1 until frame 0 is clean, then takes 4 steps
     assert (s.video[:5, 1] == 1).all() and s.video[4, 0] == 0 and (s.video[8:, 1] == 0).all()
-    assert [(b.lo, b.hi, b.r0, b.r1) for b in sched.blocks(s)] == [(0, 1, 0, 4), (1, 2, 4, 8), (2, 3, 8, 12)]
+    assert [(b.lo, b.hi, b.r0, b.r1) for b in sched.chunks(s)] == [(0, 1, 0, 4), (1, 2, 4, 8), (2, 3, 8, 12)]
 
 
 def test_chunked_and_full_sequence():
     s = sched.autoregressive(frames=5, steps=2, chunk=2)
-    assert [(b.lo, b.hi) for b in sched.blocks(s)] == [(0, 2), (2, 4), (4, 5)]
+    assert [(b.lo, b.hi) for b in sched.chunks(s)] == [(0, 2), (2, 4), (4, 5)]
     f = sched.full_sequence(frames=5, steps=3)
-    assert f.video.shape == (4, 5) and [(b.lo, b.hi) for b in sched.blocks(f)] == [(0, 5)]
+    assert f.video.shape == (4, 5) and [(b.lo, b.hi) for b in sched.chunks(f)] == [(0, 5)]
 
 
 def test_struct_leads():
@@ -33,7 +33,7 @@ def test_struct_leads():
     assert col[0] == pytest.approx(0.7) and col[3] == 0 and col[4] == 0  # clean one step before the video
     assert s.video[3, 0] > 0 and s.video[4, 0] == 0
     assert s.struct[0, 1] == pytest.approx(0.7)  # waiting frames sit at their start level
-    assert len(sched.blocks(s)) == 2
+    assert len(sched.chunks(s)) == 2
 
 
 def test_shift_puts_more_steps_at_high_noise():
@@ -45,9 +45,9 @@ def test_shift_puts_more_steps_at_high_noise():
 def test_rejects_schedules_a_stream_cannot_serve():
     pyramid = torch.tensor([[1.0, 1.0], [0.5, 1.0], [0.0, 0.5], [0.0, 0.0]])
     with pytest.raises(ValueError, match="not clean"):
-        sched.blocks(sched.Schedule(pyramid, pyramid.clone()))
+        sched.chunks(sched.Schedule(pyramid, pyramid.clone()))
     with pytest.raises(ValueError, match="last row"):
-        sched.blocks(sched.Schedule(pyramid[:2], pyramid[:2]))
+        sched.chunks(sched.Schedule(pyramid[:2], pyramid[:2]))
     with pytest.raises(ValueError, match="unknown schedule"):
         sched.build(SampleConfig(schedule="zigzag"), 3)
 
@@ -55,9 +55,9 @@ def test_rejects_schedules_a_stream_cannot_serve():
 @pytest.mark.parametrize("kind,chunk", [("autoregressive", 1), ("autoregressive", 3), ("struct_leads", 2),
                                         ("full_sequence", 1)])
 def test_stream_rows_are_the_matrix_blocks(kind, chunk):
-    """The sampler's linear-size block rows are exactly the blocks of the (quadratic) matrix."""
+    """The sampler's linear-size chunk rows are exactly the chunks of the (quadratic) matrix."""
     sample = SampleConfig(schedule=kind, denoise_steps=4, chunk=chunk, shift=3.0, sigma_struct_start=0.7, struct_lead=1)
-    got, want = sched.stream_rows(sample, 7), sched.block_rows(sched.build(sample, 7))
+    got, want = sched.stream_rows(sample, 7), sched.chunk_rows(sched.build(sample, 7))
     assert [(b.lo, b.hi) for b in got] == [(b.lo, b.hi) for b in want]
     for g, w in zip(got, want):
         torch.testing.assert_close(g.video, w.video)

@@ -1,11 +1,11 @@
-"""Sampling: schedules (`schedule`), pure sampler steps (`steps`: `euler_block`, `guided`), the contexts a block is
+"""Sampling: schedules (`schedule`), pure sampler steps (`steps`: `euler_chunk`, `guided`), the contexts a chunk is
 denoised in (`engine`: `CachedContext`, `RecomputeContext`), CUDA-graph replay (`graphs`), the streaming loop
 (`infer`: `stream`, `generate`, `warm_up`) and files in / talking head out (`generation`)."""
 
 from .engine import CachedContext, RecomputeContext
 from .graphs import GraphedModel
-from .infer import block_rows, generate, stream, warm_up
-from .steps import Denoiser, euler_block, euler_step, guided
+from .infer import chunk_rows, generate, stream, warm_up
+from .steps import Denoiser, euler_block, euler_chunk, euler_step, guided
 
-__all__ = ["CachedContext", "Denoiser", "GraphedModel", "RecomputeContext", "block_rows", "euler_block", "euler_step",
-           "generate", "guided", "stream", "warm_up"]
+__all__ = ["CachedContext", "Denoiser", "GraphedModel", "RecomputeContext", "chunk_rows", "euler_block", "euler_chunk",
+           "euler_step", "generate", "guided", "stream", "warm_up"]

@@ -1,11 +1,11 @@
-"""The context a block of frames is denoised in: the reference, the visible history, and (cached) their keys and
+"""The context a chunk of frames is denoised in: the reference, the visible history, and (cached) their keys and
 values. A context gives a sampler step its denoiser (`denoiser(lo, hi)`) and takes the finished frames back
 (`commit`); it owns every streaming rule, so the sampler steps (`shared.sampling.steps`) stay pure.
 
 Rules (both contexts apply them identically):
 - the model sees the reference frame (time position 0, a permanent sink) plus at most `history_frames` frames of history
   at positions 1..history_frames, as in a training clip (the reference plus `clip_frames` frames);
-- when a block would overflow the history, the history is cut to its `roll_keep` most recent frames, which move to
+- when a chunk would overflow the history, the history is cut to its `roll_keep` most recent frames, which move to
   positions 1..roll_keep (StreamingLLM, Xiao et al. 2024: positions are slots, not absolute time);
 - the reference may weigh more than one frame in every attention (`ref_weight`, an identity anchor:
   `shared.models.masks.ref_bias`);
@@ -16,7 +16,7 @@ Rules (both contexts apply them identically):
 `CachedContext` keeps the history's keys/values in a `KVCache`: a roll re-encodes the kept frames in one clean pass,
 so every cached key/value is exactly what a fresh forward over the visible frames computes; finished frames are
 not written by a forward of their own but ride along (sigma 0, frame-causal, so exactly a separate clean pass) in
-the next block's first denoising forward: K forwards per block instead of K + 1. `RecomputeContext` runs the
+the next chunk's first denoising forward: K forwards per chunk instead of K + 1. `RecomputeContext` runs the
 reference and the whole visible history at every step: the parity reference (tests compare the two to float
 precision, before and after rolling).
 
@@ -84,7 +84,7 @@ class _Context:
         return video, struct, self.index_all[torch.tensor([f.index for f in frames], device=self.index_all.device)], sigma
 
     def _roll(self, n: int) -> list[Frame] | None:
-        """Make room for a block of n frames: the kept frames if the history was cut, else None."""
+        """Make room for a chunk of n frames: the kept frames if the history was cut, else None."""
         if len(self.history) + n <= self.history_frames:
             return None
         kept = list(self.history)[len(self.history) - self.roll_keep:] if self.roll_keep else []
@@ -100,7 +100,7 @@ class _Context:
         return (1 - self.sigma_context) * x + self.sigma_context * noise
 
     def commit(self, lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> list[Frame]:
-        """Add the finished frames lo.. of a block (video [B, n, C, H, W], struct [B, n, D] or None, one copy) to the
+        """Add the finished frames lo.. of a chunk (video [B, n, C, H, W], struct [B, n, D] or None, one copy) to the
         history (re-noised to sigma_context); returns them as frames (all copies)."""
         video, struct = self._copies(self._noised(video)), self._copies(self._noised(struct))
         done = [Frame(video[:, i], None if struct is None else struct[:, i], lo + 1 + i, self.sigma_context)
@@ -211,7 +211,7 @@ class CachedContext(_Context):
             if not p:
                 return self.forward(video, sv, struct, ss, start=self.cache.length, audio_index=index,
                                     cache=self.cache)
-            pv, ps, pi, psig = self.stack(self.pending)  # the previous block's finished frames first, then the noisy
+            pv, ps, pi, psig = self.stack(self.pending)  # the previous chunk's finished frames first, then the noisy
             vv, vs = self.forward(_cat(pv, video), _cat(psig, sv), _cat(ps, struct), _cat(psig, ss),
                                   start=self.cache.length, audio_index=torch.cat([pi, index]), cache=self.cache)
             self.cache.commit(p)
@@ -232,7 +232,7 @@ class CachedContext(_Context):
 
 
 class RecomputeContext(_Context):
-    """No cache: every denoiser call runs the reference and the visible history (sigma 0) before the block's frames.
+    """No cache: every denoiser call runs the reference and the visible history (sigma 0) before the chunk's frames.
     The parity reference for `CachedContext`; cost grows with the history."""
 
     def __init__(self, model: DualForce, ref_video, ref_struct, audio, frames: int, history_frames: int,

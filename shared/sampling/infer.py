@@ -1,7 +1,7 @@
-"""The streaming loop: schedule rows -> for each block: context.denoiser -> euler_block -> context.commit -> yield.
+"""The streaming loop: schedule rows -> for each chunk: context.denoiser -> euler_chunk -> context.commit -> yield.
 
-Frames are generated block after block (a block = `chunk` frames taken from noise to clean in K Euler steps,
-Diffusion Forcing's block-sequential schedules, `shared.sampling.schedule`), each conditioned on the reference and
+Frames are generated chunk after chunk (a chunk = `chunk` frames taken from noise to clean in K Euler steps,
+Diffusion Forcing's chunk-sequential schedules, `shared.sampling.schedule`), each conditioned on the reference and
 the visible history through a context (`shared.sampling.engine`: KV-cached, or recomputed for parity). The `rolling`
 schedule instead denoises its window of frames in flight one step at a time (context.denoiser -> euler_step), the
 head frame leaving clean into the context (context.commit) as a new one joins.
@@ -18,7 +18,7 @@ from ..models import DualForce
 from . import schedule as sched
 from .engine import CachedContext, RecomputeContext
 from .graphs import GraphedModel
-from .steps import euler_block, euler_step, guided
+from .steps import euler_chunk, euler_step, guided
 
 
 def _check_inputs(model: DualForce, ref_video, ref_struct, audio, num_frames, cond_struct) -> None:
@@ -43,21 +43,21 @@ def _check_inputs(model: DualForce, ref_video, ref_struct, audio, num_frames, co
                          f"frame), got {list(audio.shape)}")
 
 
-def block_rows(sample: SampleConfig, num_frames: int,
-               schedule: sched.Schedule | None = None) -> list[sched.BlockRows]:
-    """Each block's sigma rows: from a custom schedule matrix, else from the sample config's kind (linear in the
+def chunk_rows(sample: SampleConfig, num_frames: int,
+               schedule: sched.Schedule | None = None) -> list[sched.ChunkRows]:
+    """Each chunk's sigma rows: from a custom schedule matrix, else from the sample config's kind (linear in the
     stream's length); checked to start from pure noise and to fit the window."""
     if schedule is not None:
         if schedule.frames != num_frames:
             raise ValueError(f"schedule has {schedule.frames} frames, asked for {num_frames}")
-        blocks = sched.block_rows(schedule)
+        chunks = sched.chunk_rows(schedule)
     else:
-        blocks = sched.stream_rows(sample, num_frames)
-    for blk in {id(b.video): b for b in blocks}.values():  # blocks sharing their rows are checked once
-        if (blk.video[0] != 1).any():
-            raise ValueError(f"schedule: video frames {blk.lo}..{blk.hi - 1} must start from pure noise (sigma 1)")
-    _check_history(sample, max(b.hi - b.lo for b in blocks), len(blocks) > 1)
-    return blocks
+        chunks = sched.stream_rows(sample, num_frames)
+    for ck in {id(b.video): b for b in chunks}.values():  # chunks sharing their rows are checked once
+        if (ck.video[0] != 1).any():
+            raise ValueError(f"schedule: video frames {ck.lo}..{ck.hi - 1} must start from pure noise (sigma 1)")
+    _check_history(sample, max(b.hi - b.lo for b in chunks), len(chunks) > 1)
+    return chunks
 
 
 def _check_history(sample: SampleConfig, widest: int, rolls: bool) -> None:
@@ -111,7 +111,7 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
     sc = sample or SampleConfig()
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
     rolling = schedule is None and sched.plan(sc, num_frames).windowed
-    blocks = rolling_rows(sc, num_frames) if rolling else block_rows(sc, num_frames, schedule)
+    chunks = rolling_rows(sc, num_frames) if rolling else chunk_rows(sc, num_frames, schedule)
     copies = 2 if sc.audio_cfg != 1.0 and audio is not None else 1
     ref_struct = ref_struct if model.cfg.mode.struct_tower else None
     args = (model, ref_video, ref_struct, audio, num_frames, sc.history_frames, sc.roll_keep, copies)
@@ -121,8 +121,8 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
                "ref_weight": sc.ref_weight}
     ctx = CachedContext(*args, graphs=graphs, **history) if use_cache else RecomputeContext(*args, **history)
     noise = Noise(model, ref_video, ref_struct, cond_struct, generator)
-    loop = _rolling if rolling else _blocks
-    yield from loop(ctx, blocks, noise, _OnDevice(ref_video.device), sc.audio_cfg)
+    loop = _rolling if rolling else _chunks
+    yield from loop(ctx, chunks, noise, _OnDevice(ref_video.device), sc.audio_cfg)
 
 
 class _OnDevice:
@@ -160,15 +160,15 @@ def _frames(lo: int, video: torch.Tensor, struct: torch.Tensor | None) -> Iterat
         yield {"index": lo + i, "video": video[:, i], "struct": None if struct is None else struct[:, i]}
 
 
-def _blocks(ctx, blocks: list[sched.BlockRows], noise: Noise, rows: _OnDevice, audio_cfg: float) -> Iterator[dict]:
-    """Block-sequential schedules: each block from noise to clean in its K steps, then into the context."""
-    for blk in blocks:
-        sv, ss = rows(blk.video), rows(blk.struct)
-        video, struct = noise(blk.lo, blk.hi, ss)
-        video, struct = euler_block(guided(ctx.denoiser(blk.lo, blk.hi), audio_cfg), video, struct, sv, ss)
-        ctx.commit(blk.lo, video, struct)
+def _chunks(ctx, chunks: list[sched.ChunkRows], noise: Noise, rows: _OnDevice, audio_cfg: float) -> Iterator[dict]:
+    """Chunk-sequential schedules: each chunk from noise to clean in its K steps, then into the context."""
+    for ck in chunks:
+        sv, ss = rows(ck.video), rows(ck.struct)
+        video, struct = noise(ck.lo, ck.hi, ss)
+        video, struct = euler_chunk(guided(ctx.denoiser(ck.lo, ck.hi), audio_cfg), video, struct, sv, ss)
+        ctx.commit(ck.lo, video, struct)
         noise.finished(None if struct is None else struct[:, -1])
-        yield from _frames(blk.lo, video, struct)
+        yield from _frames(ck.lo, video, struct)
 
 
 def _join(flight: torch.Tensor | None, new: torch.Tensor | None) -> torch.Tensor | None:
@@ -200,12 +200,12 @@ _stream_no_grad = torch.no_grad()(_stream)
 
 def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor | None,
            num_frames: int, *, grad: bool = False, **kwargs) -> Iterator[dict]:
-    """Generate `num_frames` frames after the reference, yielding each block's frames as soon as they are done.
+    """Generate `num_frames` frames after the reference, yielding each chunk's frames as soon as they are done.
 
     ref_video [B, C, H, W] and ref_struct [B, D] (None for video_only): the clean reference frame.
     audio [B, 2*num_frames, A]: 50 Hz features of the generated frames (frame i <- audio frames 2i, 2i+1), or None.
     sample: the sampler config (schedule kind, K, chunk, window, roll_keep, audio CFG); schedule: a custom
-    block-sequential matrix instead of the config's kind. cond_struct [B, num_frames, D]: condition_only's clean
+    chunk-sequential matrix instead of the config's kind. cond_struct [B, num_frames, D]: condition_only's clean
     motion. use_cache=False recomputes the visible history at every step (the parity reference). graphs: replay the
     cached forward as CUDA graphs. grad: keep the autograd graph (training on the model's own rollouts); off by
     default. The frame loop reads nothing back from the device: frames are handed out as device tensors.
@@ -227,8 +227,8 @@ def warm_up(graphs: GraphedModel, ref_video: torch.Tensor, ref_struct: torch.Ten
     """Capture every graph a stream of these inputs will need (first step, steady state, roll) by streaming just far
     enough; later streams of the same batch and audio length only replay (the rolling schedule's last steps, fewer
     frames in flight, are captured when the stream reaches them). Returns the number of graphs."""
-    block = sched.plan(sample, num_frames).block  # frames denoised together (chunk, or the rolling window)
-    needed = min(num_frames, sample.history_frames + sample.roll_keep + 2 * block + 1)
+    chunk = sched.plan(sample, num_frames).chunk  # frames denoised together (chunk, or the rolling window)
+    needed = min(num_frames, sample.history_frames + sample.roll_keep + 2 * chunk + 1)
     for i, _ in enumerate(stream(graphs.model, ref_video, ref_struct, audio, num_frames, sample=sample,
                                  graphs=graphs)):
         if i + 1 >= needed:

@@ -4,17 +4,17 @@ A `Schedule` holds one matrix per stream, rows = sampler states, columns = gener
 frame is not a column: it is always clean). Row 0 is the initial noise level of each frame; an Euler step takes
 every frame from row r to row r + 1. A column that does not change between two rows is not touched.
 
-Frames are denoised in blocks of consecutive frames, one block after another (`blocks`), which is what a
-KV cache can serve; `shared.sampling.infer.stream` is the sampler for every such matrix. It consumes `BlockRows`:
-each block's own rows. The matrix of a long stream is quadratic in its length (4 steps x 15,000 frames for ten
-minutes: 60,001 x 15,000), so the named kinds give their block rows directly (`stream_rows`, linear).
+Frames are denoised in chunks of consecutive frames, one chunk after another (`chunks`), which is what a
+KV cache can serve; `shared.sampling.infer.stream` is the sampler for every such matrix. It consumes `ChunkRows`:
+each chunk's own rows. The matrix of a long stream is quadratic in its length (4 steps x 15,000 frames for ten
+minutes: 60,001 x 15,000), so the named kinds give their chunk rows directly (`stream_rows`, linear).
 
-Kinds (`SampleConfig.schedule`) live in `KINDS`, one function each that turns the sample config into the block
+Kinds (`SampleConfig.schedule`) live in `KINDS`, one function each that turns the sample config into the chunk
 size and struct lead it uses, refusing settings it cannot honour; adding a kind is adding one entry here. Every
 kind honours `sigma_struct_start` (the struct stream starts from the previous frame's clean struct re-noised to
 that level) and `struct_lead` (the struct stream is clean that many steps before the video) the same way.
 
-One kind is not block-sequential: `rolling` (Diffusion Forcing's pyramid schedule, Chen et al. 2024 sec. 3.3;
+One kind is not chunk-sequential: `rolling` (Diffusion Forcing's pyramid schedule, Chen et al. 2024 sec. 3.3;
 Rolling Forcing, Liu et al. 2025): a window of W frames in flight at staggered noise levels is denoised together,
 each frame taking the same K steps, a new frame joining at the tail every K / W steps and the head leaving clean
 (into the cache). Its steps come from `rolling_steps` (linear in the stream's length).
@@ -43,7 +43,7 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class Block:
+class Chunk:
     """Frames [lo, hi) are denoised together over sampler states rows [r0, r1]."""
 
     lo: int
@@ -53,8 +53,8 @@ class Block:
 
 
 @dataclass(frozen=True)
-class BlockRows:
-    """Frames [lo, hi) and their sigmas at each of the block's sampler states: video/struct [K + 1, hi - lo]."""
+class ChunkRows:
+    """Frames [lo, hi) and their sigmas at each of the chunk's sampler states: video/struct [K + 1, hi - lo]."""
 
     lo: int
     hi: int
@@ -70,15 +70,15 @@ def step_sigmas(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Ten
 
 def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
                    struct_lead: int = 0) -> Schedule:
-    """Blocks of `chunk` frames, each taken from noise to clean in `steps` Euler steps before the next starts.
+    """Chunks of `chunk` frames, each taken from noise to clean in `steps` Euler steps before the next starts.
     The struct stream starts at `struct_start` and, with struct_lead > 0, is clean `struct_lead` steps before
     the video, so the video's last steps see a clean motion latent of their own frame."""
     sv, ss = _unit_rows(frames, steps, chunk, shift, struct_start, struct_lead)
-    n_blocks = -(-frames // chunk)
-    rows = n_blocks * steps + 1
+    n_chunks = -(-frames // chunk)
+    rows = n_chunks * steps + 1
     video = torch.empty(rows, frames)
     struct = torch.empty(rows, frames)
-    for j in range(n_blocks):
+    for j in range(n_chunks):
         cols = slice(j * chunk, min((j + 1) * chunk, frames))
         r0 = j * steps
         video[: r0 + 1, cols] = 1.0
@@ -92,7 +92,7 @@ def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, 
 
 def _unit_rows(frames: int, steps: int, chunk: int, shift: float, struct_start: float,
                struct_lead: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The [K + 1] video and struct sigmas every block of `autoregressive` goes through."""
+    """The [K + 1] video and struct sigmas every chunk of `autoregressive` goes through."""
     if steps < 1 or chunk < 1 or frames < 1:
         raise ValueError(f"need frames, steps, chunk >= 1 (got {frames}, {steps}, {chunk})")
     lead = min(struct_lead, steps - 1)
@@ -202,17 +202,17 @@ def _rolling_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
 
 KINDS = {"autoregressive": _autoregressive_kind, "full_sequence": _full_sequence_kind,
          "struct_leads": _struct_leads_kind, "rolling": _rolling_kind}
-"""Schedule kind -> (sample config, frames) -> (block size: the frames denoised together, struct lead), raising
+"""Schedule kind -> (sample config, frames) -> (chunk size: the frames denoised together, struct lead), raising
 ValueError for what it cannot do."""
 
 
 WINDOWED = frozenset({"rolling"})
 """Kinds whose frames join and leave a window of frames in flight one at a time (steps from `rolling_steps`); every
-other kind is block-sequential (rows from `stream_rows`)."""
+other kind is chunk-sequential (rows from `stream_rows`)."""
 
 
 def resolve(sample: SampleConfig, frames: int) -> tuple[int, int]:
-    """(block size, struct lead) of the sample config's kind for `frames` frames; ValueError names the problem."""
+    """(chunk size, struct lead) of the sample config's kind for `frames` frames; ValueError names the problem."""
     if sample.schedule not in KINDS:
         raise ValueError(f"unknown schedule {sample.schedule!r}; choose one of {sorted(KINDS)}")
     return KINDS[sample.schedule](sample, frames)
@@ -224,18 +224,18 @@ class Plan:
     code outside this module tests a kind by its name."""
 
     kind: str
-    block: int
+    chunk: int
     """Frames denoised together: the chunk, or the rolling window."""
     lead: int
     """Steps the struct is clean before the video."""
     windowed: bool
-    """Frames join and leave a window one at a time (`rolling_steps`), else block-sequential (`stream_rows`)."""
+    """Frames join and leave a window one at a time (`rolling_steps`), else chunk-sequential (`stream_rows`)."""
 
 
 def plan(sample: SampleConfig, frames: int) -> Plan:
     """The sample config's kind for `frames` frames, checked (ValueError names the problem)."""
-    block, lead = resolve(sample, frames)
-    return Plan(sample.schedule, block, lead, sample.schedule in WINDOWED)
+    chunk, lead = resolve(sample, frames)
+    return Plan(sample.schedule, chunk, lead, sample.schedule in WINDOWED)
 
 
 def build(sample: SampleConfig, frames: int) -> Schedule:
@@ -243,12 +243,12 @@ def build(sample: SampleConfig, frames: int) -> Schedule:
     `stream_rows`)."""
     p = plan(sample, frames)
     if p.windowed:
-        return rolling(frames, sample.denoise_steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
-    return autoregressive(frames, sample.denoise_steps, p.block, sample.shift, sample.sigma_struct_start, p.lead)
+        return rolling(frames, sample.denoise_steps, p.chunk, sample.shift, sample.sigma_struct_start, p.lead)
+    return autoregressive(frames, sample.denoise_steps, p.chunk, sample.shift, sample.sigma_struct_start, p.lead)
 
 
-def blocks(schedule: Schedule) -> list[Block]:
-    """Split a schedule into the blocks it denoises one after another; raise if it is not of that form."""
+def chunks(schedule: Schedule) -> list[Chunk]:
+    """Split a schedule into the chunks it denoises one after another; raise if it is not of that form."""
     v, s = schedule.video, schedule.struct
     if v.shape != s.shape or v.ndim != 2:
         raise ValueError(f"schedule matrices must share a [R+1, F] shape, got {list(v.shape)}, {list(s.shape)}")
@@ -256,48 +256,48 @@ def blocks(schedule: Schedule) -> list[Block]:
         raise ValueError("schedule: the last row must be all zeros (every frame clean)")
     if (v[1:] > v[:-1]).any() or (s[1:] > s[:-1]).any():
         raise ValueError("schedule: noise levels must not increase along rows")
-    out: list[Block] = []
+    out: list[Chunk] = []
     for r in range(v.shape[0] - 1):
         changed = ((v[r] != v[r + 1]) | (s[r] != s[r + 1])).nonzero().flatten()
         if len(changed) == 0:
             continue
         lo, hi = int(changed.min()), int(changed.max()) + 1
         if out and out[-1].lo == lo and out[-1].r1 == r:
-            blk = out[-1]
-            out[-1] = Block(blk.lo, max(blk.hi, hi), blk.r0, r + 1)
+            ck = out[-1]
+            out[-1] = Chunk(ck.lo, max(ck.hi, hi), ck.r0, r + 1)
         else:
-            out.append(Block(lo, hi, r, r + 1))
+            out.append(Chunk(lo, hi, r, r + 1))
     expect = 0
-    for blk in out:
-        if blk.lo != expect:
-            raise ValueError(f"schedule is not block-sequential: block starting at frame {blk.lo}, expected "
-                             f"{expect} (streaming needs each block finished before the next starts)")
-        if (v[blk.r1, blk.lo:blk.hi] != 0).any() or (s[blk.r1, blk.lo:blk.hi] != 0).any():
-            raise ValueError(f"schedule: frames {blk.lo}..{blk.hi - 1} are not clean when the next block starts")
-        expect = blk.hi
+    for ck in out:
+        if ck.lo != expect:
+            raise ValueError(f"schedule is not chunk-sequential: chunk starting at frame {ck.lo}, expected "
+                             f"{expect} (streaming needs each chunk finished before the next starts)")
+        if (v[ck.r1, ck.lo:ck.hi] != 0).any() or (s[ck.r1, ck.lo:ck.hi] != 0).any():
+            raise ValueError(f"schedule: frames {ck.lo}..{ck.hi - 1} are not clean when the next chunk starts")
+        expect = ck.hi
     if expect != schedule.frames:
         raise ValueError(f"schedule covers frames 0..{expect - 1} of {schedule.frames}")
     return out
 
 
-def block_rows(schedule: Schedule) -> list[BlockRows]:
-    """Each block of a schedule matrix with its own rows (views of the matrix)."""
-    return [BlockRows(b.lo, b.hi, schedule.video[b.r0 : b.r1 + 1, b.lo : b.hi],
-                      schedule.struct[b.r0 : b.r1 + 1, b.lo : b.hi]) for b in blocks(schedule)]
+def chunk_rows(schedule: Schedule) -> list[ChunkRows]:
+    """Each chunk of a schedule matrix with its own rows (views of the matrix)."""
+    return [ChunkRows(b.lo, b.hi, schedule.video[b.r0 : b.r1 + 1, b.lo : b.hi],
+                      schedule.struct[b.r0 : b.r1 + 1, b.lo : b.hi]) for b in chunks(schedule)]
 
 
-def stream_rows(sample: SampleConfig, frames: int) -> list[BlockRows]:
-    """`block_rows(build(sample, frames))` without the matrix: O(frames / chunk), and every full block shares one pair
+def stream_rows(sample: SampleConfig, frames: int) -> list[ChunkRows]:
+    """`chunk_rows(build(sample, frames))` without the matrix: O(frames / chunk), and every full chunk shares one pair
     of row tensors (so a sampler moves them to its device once). Not for `rolling` (`rolling_steps`)."""
     p = plan(sample, frames)
     if p.windowed:
-        raise ValueError(f"schedule {p.kind} is not block-sequential: its steps come from rolling_steps")
-    chunk, lead = p.block, p.lead
+        raise ValueError(f"schedule {p.kind} is not chunk-sequential: its steps come from rolling_steps")
+    chunk, lead = p.chunk, p.lead
     sv, ss = _unit_rows(frames, sample.denoise_steps, chunk, sample.shift, sample.sigma_struct_start, lead)
     full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
     out = []
     for lo in range(0, frames, chunk):
         hi = min(lo + chunk, frames)
         v, s = full if hi - lo == chunk else (full[0][:, : hi - lo], full[1][:, : hi - lo])
-        out.append(BlockRows(lo, hi, v, s))
+        out.append(ChunkRows(lo, hi, v, s))
     return out

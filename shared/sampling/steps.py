@@ -1,7 +1,7 @@
 """Sampler steps: pure functions of a denoiser and noise levels, in the style of k-diffusion
 (`sample(model, x, sigmas)`): no cache, no device bookkeeping, no `no_grad` (gradients flow when the caller asks).
 
-A *denoiser* maps the frames of one block and their noise levels to flow-matching velocities:
+A *denoiser* maps the frames of one chunk and their noise levels to flow-matching velocities:
 
     denoise(video [B, n, C, H, W], struct [B, n, D] | None, sigma_video [n], sigma_struct [n])
         -> (velocity_video [B, n, C, H, W], velocity_struct [B, n, D] | None)
@@ -25,7 +25,7 @@ Denoiser = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Te
 def euler_step(denoise: Denoiser, video: torch.Tensor, struct: torch.Tensor | None, sigma_video: torch.Tensor,
                sigma_struct: torch.Tensor, next_video: torch.Tensor,
                next_struct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One Euler step of every frame of a block from its sigmas [n] to the next ones [n] (per-frame levels:
+    """One Euler step of every frame of a chunk from its sigmas [n] to the next ones [n] (per-frame levels:
     Diffusion Forcing, Chen et al. 2024). A frame whose sigma does not change is not moved."""
     vv, vs = denoise(video, struct, sigma_video, sigma_struct)
     video = video + (next_video - sigma_video)[None, :, None, None, None] * vv
@@ -34,14 +34,19 @@ def euler_step(denoise: Denoiser, video: torch.Tensor, struct: torch.Tensor | No
     return video, struct
 
 
-def euler_block(denoise: Denoiser, video: torch.Tensor, struct: torch.Tensor | None, rows_video: torch.Tensor,
+def euler_chunk(denoise: Denoiser, video: torch.Tensor, struct: torch.Tensor | None, rows_video: torch.Tensor,
                 rows_struct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Take a block's frames through all of its sampler states: rows_* [K + 1, n], row 0 the sigmas the inputs are
+    """Take a chunk's frames through all of its sampler states: rows_* [K + 1, n], row 0 the sigmas the inputs are
     at, the last row 0 (clean). K denoiser calls."""
     for r in range(rows_video.shape[0] - 1):
         video, struct = euler_step(denoise, video, struct, rows_video[r], rows_struct[r], rows_video[r + 1],
                                    rows_struct[r + 1])
     return video, struct
+
+
+euler_block = euler_chunk
+"""The name issue #35 (and earlier notes) use for `euler_chunk`; a chunk is the frames denoised together, a block is
+a transformer layer's video or struct part (`shared.models.blocks`)."""
 
 
 def guided(denoise: Denoiser, scale: float) -> Denoiser:
