@@ -30,13 +30,11 @@ def _video(path: Path, seconds: float, fps: int = 25, audio=True, rate: int = 16
     return clip
 
 
-def _lp_template(path: Path, frames: int, fps: float = 25.0) -> None:
-    g = np.random.default_rng(frames)
-    motion = [{"scale": np.ones((1, 1)), "R": np.eye(3)[None] + 0.01 * g.standard_normal((1, 3, 3)),
-               "exp": g.standard_normal((1, 21, 3)) * 0.01, "t": g.standard_normal((1, 3)),
-               "kp": g.standard_normal((1, 21, 3)), "x_s": g.standard_normal((1, 21, 3))} for _ in range(frames)]
-    with open(path, "wb") as f:
-        pickle.dump({"n_frames": frames, "output_fps": fps, "motion": motion}, f)
+def _lp_template(path: Path, frames: int, fps: int = 25) -> None:
+    """As LivePortrait writes one (tests/test_realdata.py has the byte-level fixture and its sources)."""
+    from tests.test_realdata import lp_template
+
+    path.write_bytes(pickle.dumps(lp_template(frames, fps), protocol=4))
 
 
 def test_synthtalk_export_to_cache(tmp_path):
@@ -68,7 +66,7 @@ def test_bad_inputs_and_liveportrait(tmp_path):
     _video(src / "good.mp4", 2.0, rate=44100, channels=2)
     _lp_template(src / "good.pkl", 50)
     _video(src / "fps30.mp4", 2.0, fps=30)
-    _lp_template(src / "fps30.pkl", 60, fps=30.0)
+    _lp_template(src / "fps30.pkl", 60, fps=30)
     _video(src / "noaudio.mp4", 1.2, audio=False)
     _lp_template(src / "noaudio.pkl", 30)
     _video(src / "short_struct.mp4", 2.0)
@@ -88,7 +86,7 @@ def test_bad_inputs_and_liveportrait(tmp_path):
     assert "too short" in skipped["tiny.mp4"]
     assert json.loads(out.with_name("c.h5.ingest.json").read_text())["skipped"] == summary["skipped"]
     r = CacheReader(out)
-    assert len(r.meta.struct_layout) == 76 and r.meta.struct_layout[-1] == "scale"
+    assert len(r.meta.struct_layout) == 72 and r.meta.struct_layout[-4:] == ("scale", "eye_l", "eye_r", "lip")
     clips = {c.name: c for c in r.clips}
     assert [clips[f"good.mp4#000{i}"].frames for i in range(2)] == [25, 25]  # split evenly, nothing dropped
     total = {k.split("#")[0]: 0 for k in clips}
@@ -105,8 +103,8 @@ def test_flame_parameters(tmp_path):
     src.mkdir()
     _video(src / "a.mp4", 1.6)
     g = np.random.default_rng(0)
-    np.savez(src / "a.flame.npz", exp=g.standard_normal((40, 50)), pose=g.standard_normal((40, 3)),
-             jaw_pose=g.standard_normal((40, 3)), shape=g.standard_normal(100), fps=25)
+    np.savez(src / "a.flame.npz", exp=g.standard_normal((40, 50)), pose=g.standard_normal((40, 6)) * 0.1,
+             shape=g.standard_normal(100), fps=25)  # DECA's codedict stacked (shared.data.trackers.flame)
     ingest(src, tmp_path / "c.h5", TINY)
     r = CacheReader(tmp_path / "c.h5")
     assert r.meta.struct_kind == "flame" and len(r.meta.struct_layout) == 56

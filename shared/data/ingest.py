@@ -30,7 +30,7 @@ from ..errors import UserError
 from .cache import CacheMeta, CacheWriter
 from .codecs import get_codec
 from .features import get_audio_features
-from .media import VIDEO_EXTS, MediaError, iter_frames, probe, read_audio
+from .media import VIDEO_EXTS, MediaError, frame_times, iter_frames, probe, read_audio
 from .motion import KINDS, StructError, detect_kind, load_struct
 from .workers import process_pool
 
@@ -125,16 +125,19 @@ def process_video(src: Path, video: Path, opts: Options, struct_kind: str) -> Re
         if t < opts.min_frames:
             res.skipped = f"too short: {t} frames at 25 fps (< --min-frames {opts.min_frames})"
             return res
-        struct = load_struct(struct_kind, video, t, info["fps"] or 25.0)
+        times = frame_times(video) if struct_kind in ("liveportrait", "flame") else None
+        struct = load_struct(struct_kind, video, t, info["fps"], times)
         wav = read_audio(video)
     except (MediaError, StructError) as e:
         res.skipped = str(e)
         return res
     codec, feats = _encoders(opts)
+    notes = list(struct.notes)
     if wav is None:
-        res.note = "no audio stream: clips kept with has_audio=False"
+        notes.append("no audio stream: clips kept with has_audio=False")
     elif len(wav) == 0 or float(np.abs(wav).max()) == 0.0:
-        res.note = "audio stream is silent"
+        notes.append("audio stream is silent")
+    res.note = "; ".join(notes) or None
     audio = feats(wav, t) if wav is not None else None
     ref_video = codec.encode(frames[:1])[0]
     ref_struct = struct.values[0]
@@ -194,7 +197,7 @@ def ingest(src: str | Path, out: str | Path, opts: Options, workers: int = 0, co
     if kind != "none":
         for v in videos:
             try:
-                probe_layout = load_struct(kind, v, 1, 25.0).layout
+                probe_layout = load_struct(kind, v, 1, None).layout
                 break
             except (StructError, MediaError):
                 continue

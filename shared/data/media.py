@@ -70,6 +70,24 @@ def probe(path: str | Path) -> dict:
                 "width": v.codec_context.width, "height": v.codec_context.height}
 
 
+def frame_times(path: str | Path) -> np.ndarray:
+    """Presentation times (s) of every frame of the first video stream, the first at 0 (the clock `iter_frames`
+    resamples by), from the packets' timestamps without decoding: a 29.97 fps video's frame i is at i * 1001 / 30000,
+    not at i / 29 or i / 30."""
+    with _open(path) as c:
+        if not c.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = c.streams.video[0]
+        try:
+            pts = [p.pts for p in c.demux(stream) if p.pts is not None and p.size > 0]
+        except Exception as e:  # noqa: BLE001  (FFmpeg's error types)
+            raise MediaError(f"{path}: reading packet timestamps failed ({type(e).__name__}: {e})") from e
+        if not pts:
+            raise MediaError(f"{path}: no video frames with timestamps")
+        t = np.sort(np.asarray(pts, np.float64)) * float(stream.time_base)
+        return t - t[0]
+
+
 def iter_frames(path: str | Path, size: int, fps: int = 25) -> Iterator[np.ndarray]:
     """Decode the first video stream and yield uint8 [size, size, 3] frames resampled to `fps` by timestamp:
     output frame k shows the source frame on screen at time k / fps (the last one with pts <= that time)."""
@@ -178,7 +196,7 @@ class Mp4Writer:
 
     AUDIO_PIECE = 16000  # samples per audio frame handed to the encoder (it re-cuts them into its own 1024)
 
-    def __init__(self, path: str | Path, fps: int = 25, audio=None, audio_rate: int = 16000, crf: int = 18,
+    def __init__(self, path: str | Path, fps: int | Fraction = 25, audio=None, audio_rate: int = 16000, crf: int = 18,
                  audio_samples: int | None = None):
         import av
 
@@ -278,7 +296,7 @@ class Mp4Writer:
             self.abort()
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, audio: np.ndarray | None = None,
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int | Fraction = 25, audio: np.ndarray | None = None,
               audio_rate: int = 16000, crf: int = 18) -> None:
     """frames uint8 [T, H, W, 3] (H, W even) -> H.264 mp4, with an AAC track when audio is given ([S] mono or
     [channels, S], at `audio_rate`); atomic and deterministic (`Mp4Writer`)."""
