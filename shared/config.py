@@ -109,6 +109,9 @@ class ModelConfig:
 
     audio_dim: int = 768
     """Size A of one 50 Hz audio feature vector (log-mel bins, or HuBERT/wav2vec2 width)."""
+    audio_layers: int = 1
+    """Speech-encoder layers L stacked in each audio vector (`ARCH:PATH@all`: A = L x width): the model mixes them
+    with learned softmax weights before projecting (Hallo, Xu et al. 2024, who feed every wav2vec layer)."""
     audio_lookahead: int = 2
     """Video frames of future audio a frame may see (2 = 80 ms at 25 fps; 0 = strictly causal)."""
     audio_context: int = 4
@@ -143,6 +146,8 @@ class ModelConfig:
         need(self.attn_backend in ("auto", "sdpa", "flex"), f"attn_backend={self.attn_backend!r} not in auto, sdpa, flex")
         need(self.bridge_mode in BRIDGE_MODES, f"bridge_mode={self.bridge_mode!r} not in {BRIDGE_MODES}")
         need(self.dim % self.head_dim == 0, f"dim={self.dim} not a multiple of head_dim={self.head_dim}")
+        need(self.audio_layers >= 1 and self.audio_dim % self.audio_layers == 0,
+             f"audio_dim={self.audio_dim} is not audio_layers={self.audio_layers} layers of one width")
         need(self.struct_width % self.head_dim == 0,
              f"struct_width={self.struct_width} not a multiple of head_dim={self.head_dim}")
         need(self.head_dim % 2 == 0 and self.head_dim >= 12, f"head_dim={self.head_dim} must be even and >= 12")

@@ -49,7 +49,7 @@ def forward_flops(cfg: ModelConfig, frames: int, causal: bool = True, query_fram
                      + 2 * n * 2 * width**2 + 2 * q * w * 2 * width**2  # audio q/proj; k/v on each frame's window
                      + 4 * n * w * width  # audio attention
                      + 2 * n * 3 * width * hidden)  # SwiGLU
-        audio_embed = 2 * q * w * (2 * cfg.audio_dim * width + width**2)  # projects each frame's window
+        audio_embed = 2 * q * w * (2 * cfg.audio_dim // cfg.audio_layers * width + width**2)  # projects each frame's window
         return blocks * per_block + 2 * n * width * (in_dim + out_dim + 2 * width) + audio_embed
 
     out = {"video_dit": tower(d, nv, cfg.depth, pin, pin), "struct_dit": 0.0, "bridge": 0.0}

@@ -281,3 +281,214 @@ def test_a_six_d_rotation_is_never_read_as_axis_angle(tmp_path):
     np.savez(tmp_path / "w.flame.npz", expr_params=np.zeros((3, 50)))
     with pytest.raises(StructError, match=r"not a FLAME tracker's output \(has \['expr_params'\]"):
         flame.read(tmp_path / "w.flame.npz")
+
+
+# Speech encoders from the files users have -------------------------------------------------------------------------
+
+TINY_W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
+                extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0,
+                encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
+                encoder_attention_dropout=0.0, encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0,
+                encoder_dropout=0.0, encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
+"""A small HuBERT-base-shaped network (the real ones are 95-960 M parameters: too large to write in a unit test)."""
+
+
+def _tiny_torchaudio():
+    import torchaudio
+
+    torch.manual_seed(0)
+    model = torchaudio.models.wav2vec2_model(**TINY_W2V).eval()
+    for name, p in model.named_parameters():  # norms away from their initial 1 / 0, so a mix-up shows
+        if "norm" in name:
+            p.data.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    return model
+
+
+def _fairseq_key(k: str) -> str:
+    """torchaudio -> fairseq names, the inverse of torchaudio's import_fairseq._map_key: fairseq's HubertModel
+    (fairseq/models/hubert/hubert.py:248-329: feature_extractor, layer_norm, post_extract_proj, encoder) with
+    wav2vec2.py's ConvFeatureExtractionModel (:844-914: conv_layers.N.0 conv, .2 GroupNorm) and
+    TransformerEncoder (:925-943: pos_conv.0 weight-normed, layers.N.self_attn / fc1 / fc2)."""
+    for a, b in ((r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+                 (r"feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
+                 (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
+                 (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
+                 (r"pos_conv_embed\.conv\.parametrizations\.weight\.original0", "pos_conv.0.weight_g"),
+                 (r"pos_conv_embed\.conv\.parametrizations\.weight\.original1", "pos_conv.0.weight_v"),
+                 (r"pos_conv_embed\.conv\.bias", "pos_conv.0.bias"), (r"encoder\.transformer\.", "encoder."),
+                 (r"\.attention\.", ".self_attn."), (r"layers\.(\d+)\.layer_norm\.", r"layers.\1.self_attn_layer_norm."),
+                 (r"feed_forward\.intermediate_dense", "fc1"), (r"feed_forward\.output_dense", "fc2")):
+        k = __import__("re").sub(a, b, k)
+    return k
+
+
+def test_a_fairseq_hubert_checkpoint_loads_and_reads_as_the_original(tmp_path, monkeypatch):
+    """As fairseq saves `hubert_base_ls960.pt`: Trainer.state_dict() (fairseq/trainer.py:401-441: args None, cfg a
+    plain dict with model / task, model the state dict with mask_emb, final_proj and label_embs_concat,
+    task_state holding fairseq Dictionary objects (tasks/hubert_pretraining.py:123-150)); torch.save at protocol 2.
+    Read without fairseq, its Dictionary let in as an inert object; the features equal the original network's."""
+    import sys
+    import types
+
+    model = _tiny_torchaudio()
+    state = {_fairseq_key(k): v for k, v in model.state_dict().items()}
+    state.update({"mask_emb": torch.randn(48), "final_proj.weight": torch.randn(16, 48), "final_proj.bias": torch.zeros(16),
+                  "label_embs_concat": torch.randn(504, 16)})
+    mod = types.ModuleType("fairseq.data.dictionary")
+    Dictionary = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})  # noqa: N806
+    mod.Dictionary = Dictionary
+    for name, m in (("fairseq", types.ModuleType("fairseq")), ("fairseq.data", types.ModuleType("fairseq.data")),
+                    ("fairseq.data.dictionary", mod)):
+        monkeypatch.setitem(sys.modules, name, m)
+    d = Dictionary()
+    d.symbols, d.count, d.indices = ["<s>", "0", "1"], [1, 5, 7], {"<s>": 0, "0": 1, "1": 2}
+    cfg = {"_name": None, "common": {"fp16": True, "log_interval": 200}, "model": {
+        "_name": "hubert", "label_rate": 50.0, "extractor_mode": "default", "encoder_layers": 2, "encoder_embed_dim": 48,
+        "encoder_ffn_embed_dim": 96, "encoder_attention_heads": 4, "activation_fn": "gelu", "layer_norm_first": False,
+        "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", "conv_bias": False, "conv_pos": 16,
+        "conv_pos_groups": 4, "final_dim": 16, "untie_final_proj": False},
+        "task": {"_name": "hubert_pretraining", "normalize": False, "labels": ["km"], "sample_rate": 16000}}
+    torch.save({"args": None, "cfg": cfg, "model": state, "criterion": None,
+                "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
+                                       "lr_scheduler_state": {"best": None}, "num_updates": 400000}],
+                "task_state": {"dictionaries": [d]}, "extra_state": {"epoch": 1}}, tmp_path / "hubert_base_ls960.pt")
+    for name in ("fairseq.data.dictionary", "fairseq.data", "fairseq"):
+        monkeypatch.delitem(sys.modules, name)
+    from shared.data import speech_encoders as se
+
+    ck = se.read(tmp_path / "hubert_base_ls960.pt")
+    assert ck.form == "fairseq" and ck.family == "hubert"
+    import torchaudio
+
+    back = torchaudio.models.wav2vec2_model(**{**ck.config, "encoder_num_heads": 4})
+    back.load_state_dict(ck.state, strict=True)
+    x = torch.randn(1, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval().extract_features(x)[0][-1], model.extract_features(x)[0][-1])
+    with pytest.raises(se.EncoderError, match=r"hubert_base_ls960\.pt: a 48-dim 2-layer group_norm model checkpoint "
+                                              r"\(fairseq\), not hubert-base"):
+        se.build("hubert-base", tmp_path / "hubert_base_ls960.pt")
+
+
+def test_a_hugging_face_folder_loads_and_reads_as_the_original(tmp_path):
+    """As transformers' `save_pretrained` writes a HubertModel (config.json with HubertConfig's fields; weights in
+    model.safetensors under the module names of modeling_hubert: feature_extractor.conv_layers.N.conv /
+    .layer_norm, feature_projection.*, encoder.pos_conv_embed.conv.weight_g / weight_v, encoder.layers.N.attention
+    / feed_forward / final_layer_norm, masked_spec_embed; no prefix for the bare model, `hubert.` for *ForCTC)."""
+    import json
+
+    safetensors = pytest.importorskip("safetensors.torch")
+    model = _tiny_torchaudio()
+    for prefix in ("", "hubert."):
+        folder = tmp_path / f"hf{prefix}"
+        folder.mkdir()
+        hf = {}
+        for k, v in model.state_dict().items():
+            k = k.replace("encoder.transformer.", "encoder.").replace("encoder.feature_projection.", "feature_projection.")
+            k = k.replace("conv.parametrizations.weight.original0", "conv.weight_g")
+            hf[prefix + k.replace("conv.parametrizations.weight.original1", "conv.weight_v")] = v.contiguous()
+        hf[prefix + "masked_spec_embed"] = torch.rand(48)
+        if prefix:
+            hf["lm_head.weight"], hf["lm_head.bias"] = torch.randn(32, 48), torch.zeros(32)
+        safetensors.save_file(hf, folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps({
+            "architectures": ["HubertForCTC" if prefix else "HubertModel"], "model_type": "hubert",
+            "feat_extract_norm": "group", "do_stable_layer_norm": False, "conv_dim": [32] * 7,
+            "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": False,
+            "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+            "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "feat_proj_layer_norm": True,
+            "hidden_act": "gelu", "layer_norm_eps": 1e-5, "mask_time_prob": 0.05, "vocab_size": 32,
+            "torch_dtype": "float32", "transformers_version": "4.46.0"}, indent=2))
+        from shared.data import speech_encoders as se
+
+        ck = se.read(folder)
+        import torchaudio
+
+        back = torchaudio.models.wav2vec2_model(**ck.config)
+        back.load_state_dict(ck.state, strict=True)
+        x = torch.randn(1, 8000)
+        with torch.no_grad():
+            torch.testing.assert_close(back.eval().extract_features(x)[0][-1], model.extract_features(x)[0][-1])
+
+
+def test_a_checkpoint_of_another_size_is_refused_by_name(tmp_path):
+    """wav2vec2-large's keys are a subset of wav2vec2-large-lv60k's and hubert-large's with the same shapes, so
+    loading with strict=False took either for wav2vec2-large; the shapes and keys now name what a file is."""
+    import torchaudio
+
+    from shared.data import speech_encoders as se
+
+    for builder, name in ((torchaudio.models.wav2vec2_large_lv60k, "wav2vec2-large-lv60k"),
+                          (torchaudio.models.hubert_large, "hubert-large"),
+                          (torchaudio.models.wav2vec2_large, "wav2vec2-large")):
+        with torch.device("meta"):
+            state = builder().state_dict()
+        ck = se._torchaudio(state)
+        assert se.named(ck.config) == name
+        if name != "wav2vec2-large":
+            with pytest.raises(se.EncoderError, match=f"x.pt: a {name} checkpoint \\(torchaudio\\), not wav2vec2-large"):
+                se.check("wav2vec2-large", ck, "x.pt")
+    torch.save({"something": torch.zeros(1)}, tmp_path / "odd.pt")
+    with pytest.raises(se.EncoderError, match=r"odd\.pt: not a HuBERT / wav2vec 2\.0 state dict"):
+        se.read(tmp_path / "odd.pt")
+
+
+def test_every_layer_mixed_by_learned_weights(tmp_path):
+    """`ARCH:PATH@all` keeps every layer ([L x D] a 50 Hz frame); the model's audio embedding mixes the L layers
+    with softmax weights (equal at the start: the mean of the layers) before its projection."""
+    from shared.config import ModelConfig
+    from shared.models.blocks import AudioEmbed
+
+    emb = AudioEmbed(audio_dim=3 * 4, width=8, layers=3)
+    x = torch.randn(2, 5, 6, 2 * 12)
+    mean = x.view(2, 5, 6, 2, 3, 4).mean(-2).reshape(2, 5, 6, 8)
+    torch.testing.assert_close(emb._mixed(x), mean)
+    with pytest.raises(ValueError, match="audio_dim=10 is not audio_layers=3 layers"):
+        ModelConfig(audio_dim=10, audio_layers=3)
+
+
+# VAEs ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_wan22_shaped_vae_gives_latents_of_its_declared_size(tmp_path):
+    """Wan2.2's VAE as diffusers converts it (scripts/convert_wan_to_diffusers.py `vae22_diffusers_config`:
+    patch_size 2, in/out_channels 12 = 3 x 2 x 2, is_residual, scale_factor_spatial 16, dim_mult [1, 2, 4, 4]),
+    narrow and random: 64 x 64 frames -> 4 x 4 latents, the declared 16x (the old reader derived 8 from dim_mult)."""
+    diffusers = pytest.importorskip("diffusers")
+    from shared.data.codecs import get_codec
+
+    vae = diffusers.AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                                     out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+                                     latents_mean=[0.1] * 4, latents_std=[2.0] * 4)
+    vae.save_pretrained(tmp_path / "wan22")
+    codec = get_codec(f"diffusers-wan:{tmp_path / 'wan22'}")
+    frames = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    z = codec.encode(frames)
+    assert codec.latent_shape(64) == (4, 4, 4) and z.shape == (2, 4, 4, 4)
+    assert codec.decode_rgb(torch.from_numpy(z)).shape == (2, 3, 64, 64)
+
+
+def test_a_kl_vae_with_latent_statistics_normalises_by_them(tmp_path):
+    """AutoencoderKL configs that carry latents_mean / latents_std (EDM / Playground-v2.5 VAEs: diffusers
+    loaders/single_file_utils.py) are used as diffusers' SDXL pipelines use them: (z - mean) * scaling / std."""
+    diffusers = pytest.importorskip("diffusers")
+    from shared.data.codecs import get_codec
+
+    kw = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+              up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1)
+    torch.manual_seed(0)
+    plain = diffusers.AutoencoderKL(**kw, scaling_factor=0.5)
+    plain.save_pretrained(tmp_path / "plain")
+    stats = diffusers.AutoencoderKL(**kw, scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 0.0],
+                                    latents_std=[2.0, 1.0, 0.5, 4.0])
+    stats.load_state_dict(plain.state_dict())
+    stats.save_pretrained(tmp_path / "stats")
+    frames = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    a = get_codec(f"diffusers-kl:{tmp_path / 'plain'}").encode(frames)
+    codec = get_codec(f"diffusers-kl:{tmp_path / 'stats'}")
+    b = codec.encode(frames)
+    mean, std = np.array([0.1, -0.2, 0.3, 0.0])[:, None, None], np.array([2.0, 1.0, 0.5, 4.0])[:, None, None]
+    np.testing.assert_allclose(b, (a / 0.5 - mean) * 0.5 / std, rtol=1e-4, atol=1e-5)
+    raw = codec.vae.decode(torch.from_numpy(a / 0.5).float()).sample
+    torch.testing.assert_close(codec.decode_rgb(torch.from_numpy(b)), raw, rtol=1e-4, atol=1e-4)

@@ -562,7 +562,7 @@ def test_training_flags_and_fields_out_of_range(cache, tmp_path, capsys, argv, m
     (["--codec", "pixels:3"], "--size 64 with --codec pixels:3: image size 64 not divisible"),
     (["--codec", "tiny-ae:/nowhere/ae.pt"], "codec 'tiny-ae:/nowhere/ae.pt': tiny-ae checkpoint /nowhere/ae.pt not"),
     (["--audio-features", "bogus"], "audio features 'bogus': use 'logmel' or ARCH:PATH"),
-    (["--audio-features", "hubert-base:/nowhere.pt"], "audio features 'hubert-base:/nowhere.pt': audio feature weights"),
+    (["--audio-features", "hubert-base:/nowhere.pt"], "audio features 'hubert-base:/nowhere.pt': /nowhere.pt: not found"),
 ])
 def test_ingest_options_out_of_range(videos, tmp_path, capsys, argv, match):
     assert match in refused(capsys, ingest_cli.main, videos, "--out", tmp_path / "c.h5", *argv)

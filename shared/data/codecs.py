@@ -208,13 +208,22 @@ class DiffusersVAE(VideoCodec):
         if kind == "wan":
             self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
             self.std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
-            self.factor = 2 ** sum(1 for _ in cfg.dim_mult[1:])
+            # the encoder's stages times the patchify before them (Wan2.2: patch_size 2 -> 16, its declared
+            # scale_factor_spatial; Wan2.1: 8)
+            self.factor = 2 ** len(cfg.dim_mult[1:]) * (getattr(cfg, "patch_size", None) or 1)
             self.channels = cfg.z_dim
-            # on the device once: a host-to-device copy inside decode_rgb could not be captured in a CUDA graph
-            self.decode_mean, self.decode_std = self.mean.to(device), self.std.to(device)
         else:
             self.factor = 2 ** (len(cfg.block_out_channels) - 1)
             self.channels = cfg.latent_channels
+            # latents = (z - shift) * scale, or (z - mean) * scale / std where the VAE carries per-channel
+            # statistics (EDM / Playground-v2.5 VAEs; diffusers' SDXL pipelines encode and decode them so)
+            mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+            shift = cfg.shift_factor or 0.0
+            self.mean = torch.tensor(mean).view(1, -1, 1, 1) if mean is not None else torch.full((1, 1, 1, 1), shift)
+            self.std = (torch.tensor(std).view(1, -1, 1, 1) if std is not None else torch.ones(1, 1, 1, 1)) \
+                / cfg.scaling_factor
+        # on the device once: a host-to-device copy inside decode_rgb could not be captured in a CUDA graph
+        self.decode_mean, self.decode_std = self.mean.to(device), self.std.to(device)
 
     def spec(self) -> dict:
         return {"name": self.name, "path": str(self.path.resolve()), "class": type(self.vae).__name__}
@@ -231,8 +240,7 @@ class DiffusersVAE(VideoCodec):
                 z = self.vae.encode(x[:, :, None]).latent_dist.mean  # one-frame clips: [N, C, 1, h, w]
                 z = ((z.cpu() - self.mean) / self.std)[:, :, 0]
             else:
-                z = self.vae.encode(x).latent_dist.mean.cpu()
-                z = (z - (self.vae.config.shift_factor or 0.0)) * self.vae.config.scaling_factor
+                z = (self.vae.encode(x).latent_dist.mean.cpu() - self.mean) / self.std
             out.append(z)
         return torch.cat(out).float().numpy()
 
@@ -246,7 +254,7 @@ class DiffusersVAE(VideoCodec):
     def decode_rgb(self, z: torch.Tensor) -> torch.Tensor:
         if self.kind == "wan":
             return self.vae.decode(z[:, :, None] * self.decode_std + self.decode_mean).sample[:, :, 0]
-        return self.vae.decode(z / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)).sample
+        return self.vae.decode(z * self.decode_std + self.decode_mean).sample
 
 
 class CodecError(UserError, ValueError):

@@ -1,9 +1,13 @@
 """Audio features at 50 Hz (two per 25 fps video frame), pluggable by name:
 
 - `logmel`: 80-band log-mel, 16 kHz, 25 ms window, hop 320 (20 ms), built in;
-- `hubert-base:PATH`, `hubert-large:PATH`, `hubert-xlarge:PATH`, `wav2vec2-base:PATH`, `wav2vec2-large:PATH`:
-  torchaudio.models architectures with a state dict from a local file (no downloads); the conv front-end has
-  stride 320 at 16 kHz, so they are 50 Hz too. `@N` after the path picks transformer layer N (default: last).
+- `hubert-base:PATH`, `hubert-large:PATH`, `hubert-xlarge:PATH`, `wav2vec2-base:PATH`, `wav2vec2-large:PATH`,
+  `wav2vec2-large-lv60k:PATH`: torchaudio.models architectures with weights from a local torchaudio state dict,
+  fairseq checkpoint or Hugging Face folder (`shared.data.speech_encoders`: no downloads, the architecture checked
+  against the name); the conv front-end has stride 320 at 16 kHz, so they are 50 Hz too. `@N` after the path picks
+  transformer layer N (default: the last, with the final layer norm of pre-LN models, as fairseq and Hugging Face
+  give it); `@all` keeps every layer ([L, D] a frame, flattened) for a learned weighted sum in the model
+  (`model.audio_layers`, Hallo-style).
 """
 
 from __future__ import annotations
@@ -14,17 +18,12 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .speech_encoders import ARCHS, EncoderError, build
 
 SR = 16000
 HOP = 320  # 20 ms at 16 kHz -> 50 Hz
 
-SSL_ARCHS = {
-    "hubert-base": "hubert_base",
-    "hubert-large": "hubert_large",
-    "hubert-xlarge": "hubert_xlarge",
-    "wav2vec2-base": "wav2vec2_base",
-    "wav2vec2-large": "wav2vec2_large",
-}
+SSL_ARCHS = tuple(ARCHS)
 
 
 class AudioFeatures:
@@ -81,35 +80,36 @@ class LogMel(AudioFeatures):
 
 
 class SSLFeatures(AudioFeatures):
-    """A self-supervised speech model (HuBERT / wav2vec 2.0) from torchaudio.models, weights from a local file."""
+    """A self-supervised speech model (HuBERT / wav2vec 2.0) from torchaudio.models, weights from a local file or
+    folder. `layer`: transformer layer 1..L, None for the last, "all" for every layer."""
 
-    def __init__(self, arch: str, path: str, layer: int | None = None):
-        import torchaudio
-
-        if arch not in SSL_ARCHS:
-            raise ValueError(f"unknown audio feature architecture {arch!r}; known: {sorted(SSL_ARCHS)}")
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"audio feature weights {p} not found (give a local state-dict file)")
-        self.model = getattr(torchaudio.models, SSL_ARCHS[arch])().eval()
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if missing:
-            raise ValueError(f"{p}: not a {arch} state dict; missing {len(missing)} keys, e.g. {missing[:3]}")
-        self.layer = layer
-        self.name = f"{arch}:{p.name}" + (f"@{layer}" if layer is not None else "")
-        self.dim = self.model.encoder.feature_projection.projection.out_features
-        self.path = p
+    def __init__(self, arch: str, path: str, layer: int | str | None = None):
+        self.model, config = build(arch, path)
+        self.normalize = config["extractor_mode"] == "layer_norm"  # as torchaudio's bundles and fairseq's task
+        self.final_norm = config["encoder_layer_norm_first"]
+        self.num_layers = config["encoder_num_layers"]
+        if isinstance(layer, int) and not 1 <= layer <= self.num_layers:
+            raise EncoderError(f"{path}: layer {layer} of a {self.num_layers}-layer {arch}")
+        self.layer, self.path = layer, Path(path)
+        self.name = f"{arch}:{self.path.name}" + (f"@{layer}" if layer is not None else "")
+        width = config["encoder_embed_dim"]
+        self.layers = self.num_layers if layer == "all" else 1
+        self.dim = width * self.layers
 
     def spec(self) -> dict:
-        return {**super().spec(), "path": str(self.path.resolve()), "layer": self.layer}
+        return {**super().spec(), "path": str(self.path.resolve()), "layer": self.layer, "layers": self.layers}
 
     def raw(self, wav: torch.Tensor) -> torch.Tensor:
+        if self.normalize:  # over the utterance (torchaudio's _Wav2Vec2Model: layer_norm over the waveform)
+            wav = torch.nn.functional.layer_norm(wav, wav.shape)
         # centre the 400-sample receptive fields on the 20 ms grid, like logmel's centred frames
         x = torch.nn.functional.pad(wav, (200, 200))[None]
-        layers, _ = self.model.extract_features(x, num_layers=self.layer)
-        return layers[-1][0]
+        last = self.num_layers if self.layer in (None, "all") else self.layer
+        layers, _ = self.model.extract_features(x, num_layers=last)
+        layers = [h[0] for h in layers]
+        if self.final_norm and last == self.num_layers:  # pre-LN: the encoder's output is normalised once more
+            layers[-1] = self.model.encoder.transformer.layer_norm(layers[-1])
+        return torch.cat(layers, -1) if self.layer == "all" else layers[-1]
 
 
 class FeatureError(UserError, ValueError):
@@ -125,9 +125,9 @@ def get_audio_features(spec: str) -> AudioFeatures:
     if not sep:
         raise FeatureError(f"audio features {spec!r}: use 'logmel' or ARCH:PATH with ARCH in {sorted(SSL_ARCHS)}")
     path, _, layer = rest.partition("@")
-    if layer and not layer.isdigit():
-        raise FeatureError(f"audio features {spec!r}: the layer after '@' must be a number, got {layer!r}")
+    if layer and not (layer.isdigit() or layer == "all"):
+        raise FeatureError(f"audio features {spec!r}: after '@' give a layer number or 'all', got {layer!r}")
     try:
-        return SSLFeatures(arch, path, int(layer) if layer else None)
+        return SSLFeatures(arch, path, int(layer) if layer.isdigit() else layer or None)
     except (ValueError, OSError, RuntimeError) as e:
         raise FeatureError(f"audio features {spec!r}: {e}") from None

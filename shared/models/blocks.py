@@ -86,11 +86,23 @@ class AudioEmbed(nn.Module):
     and the reference frame). Projects the tokens each frame's window gathers (`AudioWindows`), not the whole
     track: a streamed frame costs the same at second 1 and at minute 10."""
 
-    def __init__(self, audio_dim: int, width: int):
+    def __init__(self, audio_dim: int, width: int, layers: int = 1):
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(2 * audio_dim, width), nn.GELU(approximate="tanh"),
+        if audio_dim % layers:
+            raise ValueError(f"audio_dim={audio_dim} is not {layers} stacked layers of one width")
+        self.layers = layers
+        # a weighted sum of a speech encoder's layers (softmax of learned logits, all equal at the start)
+        self.mix = nn.Parameter(torch.zeros(layers)) if layers > 1 else None
+        self.proj = nn.Sequential(nn.Linear(2 * audio_dim // layers, width), nn.GELU(approximate="tanh"),
                                   nn.Linear(width, width))
         self.null = nn.Parameter(torch.randn(width) * 0.02)
+
+    def _mixed(self, windows: torch.Tensor) -> torch.Tensor:
+        """[B, T, W, 2 (L D)] -> [B, T, W, 2 D]: each pooled half's L layers summed with softmax(mix) weights."""
+        if self.mix is None:
+            return windows
+        x = rearrange(windows, "... (two l d) -> ... two l d", two=2, l=self.layers)
+        return rearrange(torch.einsum("...ld,l->...d", x, self.mix.softmax(0)), "... two d -> ... (two d)")
 
     def forward(self, windows: torch.Tensor | None, win: "AudioWindows", batch: int,
                 keep: torch.Tensor | None) -> torch.Tensor:
@@ -102,7 +114,7 @@ class AudioEmbed(nn.Module):
         drop = win.is_null[None, :, :, None]
         if keep is not None:
             drop = drop | ~keep[:, None, None, None]
-        return torch.where(drop, null, self.proj(windows))
+        return torch.where(drop, null, self.proj(self._mixed(windows)))
 
 
 class AudioAttention(Attention):

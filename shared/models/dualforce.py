@@ -33,7 +33,7 @@ class Tower(nn.Module):
         super().__init__()
         self.embed = nn.Linear(in_dim, width)
         self.sigma = SigmaEmbed(width)
-        self.audio = AudioEmbed(cfg.audio_dim, width)
+        self.audio = AudioEmbed(cfg.audio_dim, width, cfg.audio_layers)
         self.blocks = nn.ModuleList(Block(width, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm) for _ in range(n_blocks))
         self.head = FinalLayer(width, out_dim) if with_head else None
 

@@ -93,6 +93,7 @@ def run_config(stage: str, a, meta) -> Config:
     """The preset, the cache's shapes, the flags given, then --set (later wins); stage 1 trains the video tower."""
     c, h, _ = meta.latent_shape
     from_data = {"model.latent_channels": c, "model.latent_size": h, "model.audio_dim": meta.audio_dim,
+                 "model.audio_layers": int(meta.audio_features.get("layers") or 1),
                  "model.struct_dim": max(1, len(meta.struct_layout))}
     flags = overrides(a)
     if stage == "video":
