@@ -492,3 +492,89 @@ def test_a_kl_vae_with_latent_statistics_normalises_by_them(tmp_path):
     np.testing.assert_allclose(b, (a / 0.5 - mean) * 0.5 / std, rtol=1e-4, atol=1e-5)
     raw = codec.vae.decode(torch.from_numpy(a / 0.5).float()).sample
     torch.testing.assert_close(codec.decode_rgb(torch.from_numpy(b)), raw, rtol=1e-4, atol=1e-4)
+
+
+# Face crop (`python -m shared.data.prepare`) -------------------------------------------------------------------------
+
+
+def _astronaut(side: int) -> np.ndarray:
+    """skimage.data.astronaut() (a real photograph scikit-image ships) resized to side x side."""
+    from skimage import data
+
+    x = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float()
+    y = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+    return y[0].permute(1, 2, 0).round().byte().numpy()
+
+
+def _moving_face(n: int, blank: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """n frames of 400 x 300: the photograph pasted off-centre, moving right and down; frames in `blank` without it.
+    Returns (frames, paste offsets [n, 2])."""
+    face = _astronaut(240)
+    offs = np.stack([np.linspace(20, 140, n), np.linspace(10, 50, n)], 1).round().astype(int)
+    frames = np.full((n, 300, 400, 3), 90, np.uint8)
+    for i, (x, y) in enumerate(offs):
+        if not blank[0] <= i < blank[1]:
+            frames[i, y : y + 240, x : x + 240] = face
+    return frames, offs
+
+
+def test_prepare_follows_an_off_centre_face_in_a_moving_frame(tmp_path):
+    """The face's true box in the photograph: the detector's box on every 5th frame, taken relative to where the
+    photograph was pasted (median: one box, free of the detector's 10% scale steps). The crop's centre stays within
+    4 pixels of that box's centre moved with the paste, in every frame (the box is 42 pixels wide), its size within
+    10%, the audio comes along."""
+    from shared.data.media import probe
+    from shared.data.prepare import FaceDetector, PrepareOptions, prepare
+
+    frames, offs = _moving_face(75)
+    det = FaceDetector()
+    fx, fy, fs = np.median([np.array(det(frames[i])[0]) - [*offs[i], 0] for i in range(0, 75, 5)], 0)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_mp4(raw / "talk.mp4", frames, 25, 0.1 * np.sin(np.arange(48000) / 10).astype(np.float32))
+    summary = prepare(raw, tmp_path / "out", PrepareOptions(size=128, detect_every=3))
+    (entry,) = summary["inputs"]
+    assert entry["face_found"] == 1.0 and entry["written"] == ["talk.mp4"] and not entry["cut"]
+    box = np.load(tmp_path / "out" / "talk.crop.npz")["box"]
+    truth = offs + [fx + fs / 2, fy + fs / 2]
+    assert np.abs(box[:, :2] - truth).max() <= 4.0
+    assert np.abs(box[:, 2] * 0.6 / fs - 1).max() <= 0.10
+    info = probe(tmp_path / "out" / "talk.mp4")
+    assert info["has_audio"] and abs(info["duration"] - 3.0) < 0.05 and info["width"] == 128
+
+
+def test_prepare_cuts_a_frame_folder_where_the_face_is_gone(tmp_path):
+    """VFHQ-style input: a folder of PNG frames and a sidecar wav. 1.2 s without a face in the middle is cut out
+    (reported); the two pieces keep their own stretch of the audio."""
+    from PIL import Image
+    from scipy.io import wavfile
+
+    from shared.data.media import probe, read_audio
+    from shared.data.prepare import PrepareOptions, prepare
+
+    frames, _ = _moving_face(90, blank=(30, 60))
+    folder = tmp_path / "raw" / "clip7"
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{i:08d}.png")
+    wavfile.write(tmp_path / "raw" / "clip7.wav", 16000, (np.linspace(-1, 1, 16000 * 90 // 25) * 8000).astype(np.int16))
+    summary = prepare(tmp_path / "raw", tmp_path / "out", PrepareOptions(size=64, detect_every=3))
+    (entry,) = summary["inputs"]
+    assert entry["written"] == ["clip7_part0.mp4", "clip7_part1.mp4"]
+    (gap,) = [c for c in entry["cut"] if c["reason"] == "no face"]
+    assert abs(gap["frames"][0] - 30) <= 3 and abs(gap["frames"][1] - 60) <= 3
+    first, second = (read_audio(tmp_path / "out" / n) for n in entry["written"])
+    assert abs(first.mean() + 0.163) < 0.03 and abs(second.mean() - 0.163) < 0.03  # thirds of a +-0.244 ramp
+    assert probe(tmp_path / "out" / "clip7_part1.mp4")["has_audio"]
+
+
+def test_prepare_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from shared.data.prepare import main
+    from tests.test_robust import refused
+
+    assert "nowhere: not a folder" in refused(capsys, main, tmp_path / "nowhere", "--out", tmp_path / "o")
+    (tmp_path / "empty").mkdir()
+    assert "no videos" in refused(capsys, main, tmp_path / "empty", "--out", tmp_path / "o")
+    assert "--framing" in refused(capsys, main, tmp_path / "empty", "--out", tmp_path / "o", "--framing", "3")
+    write_mp4(tmp_path / "empty" / "grey.mp4", np.full((30, 64, 64, 3), 90, np.uint8), 25)
+    assert "no clip with a face" in refused(capsys, main, tmp_path / "empty", "--out", tmp_path / "o")

@@ -1,0 +1,319 @@
+"""Raw talking-head footage -> face-centred square clips that `shared.data.ingest` takes.
+
+    python -m shared.data.prepare RAW --out PREPARED [--framing 0.6] [--size 512]
+
+RAW holds videos (any container PyAV reads, audio from inside or from a sidecar `X.wav`) and frame folders
+(images named in order, `--fps`, audio from a sidecar `FOLDER.wav` or `FOLDER/audio.wav`, or none), anywhere below.
+For each: a face detector that ships inside scikit-image (the LBP frontal-face cascade OpenCV trained,
+`skimage.data.lbp_frontal_face_cascade_filename()`: no download) runs on every `--detect-every`-th frame, the
+box of the face followed (the detection nearest the previous one) is interpolated between detections and smoothed
+over `--smooth-seconds`, and a square of side box / `--framing` around it (Hallo-style framing: the face 50-70% of
+the frame) is cut out and resized to `--size`, padded with black where it leaves the picture. Stretches longer than
+`--max-gap-seconds` without a face are cut out and the footage split there; pieces shorter than `--min-seconds`
+are dropped. Each piece is written as `NAME.mp4` (or `NAME_partK.mp4`) at the source's frame rate with its audio;
+`prepare.json` lists per input the face-found share, the box size and its jitter, and what was cut and why.
+
+Motion files (LivePortrait templates, FLAME trackers) describe the frames they were made from: run the trackers on
+the prepared clips, not on the raw footage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import errors
+from ..cli import add_fields, flag
+from .media import VIDEO_EXTS, MediaError, Mp4Writer, _open, read_audio
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How footage is cropped around the face."""
+
+    size: int = flag(512, check=errors.integer(16))
+    """Side of the square output frames (pixels)."""
+    framing: float = flag(0.6, check=errors.real(0.1, 1.0))
+    """The face box's share of the crop's side (Hallo-style: 0.5-0.7)."""
+    detect_every: int = flag(2, check=errors.integer(1))
+    """Run the detector on every N-th frame (the box is interpolated in between)."""
+    detect_size: int = flag(320, check=errors.integer(64))
+    """Longest side of the image the detector sees (smaller: faster, misses small faces)."""
+    smooth_seconds: float = flag(0.4, check=errors.real(0.0, 10.0))
+    """Width of the moving average over the box's centre (its size: 3x as wide; a face's distance to the camera
+    changes slowly, the detector's box size jumps between its scales)."""
+    max_gap_seconds: float = flag(0.5, check=errors.real(0.0, 60.0))
+    """Longer than this without a detected face: the footage is cut there."""
+    min_seconds: float = flag(1.0, check=errors.real(0.0, 3600.0))
+    """Pieces shorter than this are dropped."""
+    fps: float = flag(25.0, check=errors.real(1.0, 240.0))
+    """Frame rate of frame folders (videos keep their own)."""
+
+
+# ------------------------------------------------------------------------------------------------ detection
+
+
+class FaceDetector:
+    """scikit-image's LBP cascade (trained by OpenCV) on a grey copy of the frame whose long side is `size`;
+    returns boxes (x0, y0, side) in the frame's pixels, largest first."""
+
+    def __init__(self, size: int = 320):
+        from skimage.data import lbp_frontal_face_cascade_filename
+        from skimage.feature import Cascade
+
+        self.cascade, self.size = Cascade(lbp_frontal_face_cascade_filename()), size
+
+    def __call__(self, rgb: np.ndarray) -> list[tuple[float, float, float]]:
+        h, w = rgb.shape[:2]
+        s = min(1.0, self.size / max(h, w))
+        grey = torch.from_numpy(np.ascontiguousarray(rgb)).float().mean(-1)[None, None] / 255.0
+        if s < 1.0:
+            grey = F.interpolate(grey, scale_factor=s, mode="bilinear", antialias=True, align_corners=False)
+        found = self.cascade.detect_multi_scale(img=grey[0, 0].numpy().astype(np.float64), scale_factor=1.1,
+                                                step_ratio=1, min_size=(20, 20), max_size=(10_000, 10_000))
+        boxes = [(d["c"] / s, d["r"] / s, max(d["width"], d["height"]) / s) for d in found]
+        return sorted(boxes, key=lambda b: -b[2])
+
+
+def track(detections: dict[int, list], frames: int, fps: float, o: PrepareOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame (cx, cy, side) [frames, 3] of the face followed, and a bool [frames] of frames with a face: the
+    largest detection, then the one nearest the last box (within a box's side; the largest again after a gap); linear between
+    detections, held over gaps up to max_gap_seconds, then a centred moving average."""
+    keys, boxes, last = [], [], None
+    gap = int(round(o.max_gap_seconds * fps))
+    for i in sorted(detections):
+        cands = [(x + s / 2, y + s / 2, s) for x, y, s in detections[i]]
+        if keys and i - keys[-1] > gap:
+            last = None  # lost for longer than a gap: take the largest face again
+        if last is not None:
+            cands = [c for c in cands if np.hypot(c[0] - last[0], c[1] - last[1]) < last[2]]
+            cands.sort(key=lambda c: np.hypot(c[0] - last[0], c[1] - last[1]))
+        if cands:
+            last = cands[0]
+            keys.append(i)
+            boxes.append(last)
+    has = np.zeros(frames, bool)
+    if not keys:
+        return np.zeros((frames, 3)), has
+    keys, boxes = np.array(keys), np.array(boxes)
+    t = np.arange(frames)
+    path = np.stack([np.interp(t, keys, boxes[:, j]) for j in range(3)], 1)
+    # a face between two detections at most a gap apart, and up to one detection interval beside any detection
+    nxt = np.clip(np.searchsorted(keys, t), 0, len(keys) - 1)
+    prv = np.clip(np.searchsorted(keys, t, side="right") - 1, 0, len(keys) - 1)
+    bridged = (keys[prv] <= t) & (t <= keys[nxt]) & (keys[nxt] - keys[prv] <= gap)
+    has = bridged | (np.abs(t - keys[prv]) < o.detect_every) | (np.abs(keys[nxt] - t) < o.detect_every)
+    width = max(1, int(round(o.smooth_seconds * fps)))
+    centre, side = _smooth(path, has, width), _smooth(path, has, 3 * width, symmetric=False)
+    return np.concatenate([centre[:, :2], side[:, 2:]], 1), has
+
+
+def _smooth(path: np.ndarray, has: np.ndarray, width: int, symmetric: bool = True) -> np.ndarray:
+    """Moving average of `path` over `width` frames within each run of frames with a face. Near a run's ends the
+    window shrinks: symmetrically for the centre (a one-sided window would pull a moving face's box towards the
+    run's middle), to the frames there are for the size (which barely moves)."""
+    out = path.copy()
+    for a, b in _runs(has):
+        seg = path[a:b]
+        c = np.cumsum(np.pad(seg, ((1, 0), (0, 0))), 0)
+        i = np.arange(len(seg))
+        if symmetric:
+            half = np.minimum(np.minimum(width // 2, i), len(seg) - 1 - i)
+            lo, hi = i - half, i + half + 1
+        else:
+            lo, hi = np.maximum(i - width // 2, 0), np.minimum(i + width - width // 2, len(seg))
+        out[a:b] = (c[hi] - c[lo]) / (hi - lo)[:, None]
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[a, b) of every run of True."""
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def crop(rgb: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
+    """The square of `side` centred on (cx, cy), black outside the picture, resized to size x size."""
+    h, w = rgb.shape[:2]
+    s = max(2, int(round(side)))
+    x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
+    out = np.zeros((s, s, 3), np.uint8)
+    ax, ay, bx, by = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
+    if bx > ax and by > ay:
+        out[ay - y0 : by - y0, ax - x0 : bx - x0] = rgb[ay:by, ax:bx]
+    x = torch.from_numpy(out).permute(2, 0, 1)[None].float()
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# ------------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Source:
+    """One input: its frames (a callable giving uint8 [H, W, 3] in order), rate, audio and name."""
+
+    path: Path
+    name: str
+    fps: Fraction
+    audio: np.ndarray | None
+    frames: object = field(repr=False)
+
+
+def _video_frames(path: Path):
+    def gen():
+        with _open(path) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for f in c.decode(stream):
+                yield f.to_ndarray(format="rgb24")
+    return gen
+
+
+def _folder_frames(files: list[Path]):
+    def gen():
+        from PIL import Image
+
+        for f in files:
+            with Image.open(f) as im:
+                yield np.array(im.convert("RGB"))  # a writable copy
+    return gen
+
+
+def find_sources(raw: Path, o: PrepareOptions) -> list[Source]:
+    """Videos and frame folders under `raw`, each with its audio (inside, sidecar, or none)."""
+    out = []
+    for p in sorted(raw.rglob("*")):
+        rel = p.relative_to(raw).with_suffix("").as_posix().replace("/", "__")
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
+            side = p.with_suffix(".wav")
+            audio = read_audio(side) if side.exists() else read_audio(p)
+            with _open(p) as c:
+                rate = c.streams.video[0].average_rate or c.streams.video[0].guessed_rate or Fraction(25)
+            out.append(Source(p, rel, Fraction(rate), audio, _video_frames(p)))
+        elif p.is_dir():
+            images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+            if images:
+                wav = next((w for w in (p.with_suffix(".wav"), p / "audio.wav") if w.exists()), None)
+                out.append(Source(p, rel, Fraction(o.fps).limit_denominator(1001), read_audio(wav) if wav else None,
+                                  _folder_frames(images)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- work
+
+
+def prepare_one(src: Source, out: Path, o: PrepareOptions, detector: FaceDetector) -> dict:
+    """Detect, track, crop and write one source; returns its report entry."""
+    fps = float(src.fps)
+    detections, count, shape = {}, 0, None
+    for i, rgb in enumerate(src.frames()):
+        shape = rgb.shape
+        if i % o.detect_every == 0:
+            detections[i] = detector(rgb)
+        count += 1
+    if count == 0:
+        return {"input": str(src.path), "error": "no frames"}
+    path, has = track(detections, count, fps, o)
+    pieces = [(a, b) for a, b in _runs(has) if (b - a) / fps >= o.min_seconds]
+    cut = [{"frames": [a, b], "reason": "no face"} for a, b in _runs(~has)]
+    cut += [{"frames": [a, b], "reason": f"shorter than --min-seconds {o.min_seconds}"}
+            for a, b in _runs(has) if (a, b) not in pieces]
+    written = _write(src, out, path, pieces, fps, o)
+    _save_boxes(out, written, pieces, path, o)
+    raw = np.array([b for i in sorted(detections) for b in detections[i][:1]]) if any(detections.values()) else None
+    jitter = float(np.abs(np.diff(path[has][:, :2], axis=0)).mean()) if has.sum() > 1 else None
+    return {"input": str(src.path), "frames": count, "fps": round(fps, 3), "size": [shape[1], shape[0]],
+            "face_found": round(float(has.mean()), 4), "box_px": None if raw is None else round(float(np.median(raw[:, 2])), 1),
+            "centre_motion_px_per_frame": None if jitter is None else round(jitter, 2),
+            "written": written, "cut": sorted(cut, key=lambda c: c["frames"][0])}
+
+
+def _write(src: Source, out: Path, path: np.ndarray, pieces, fps: float, o: PrepareOptions) -> list[str]:
+    names = [f"{src.name}.mp4" if len(pieces) == 1 else f"{src.name}_part{k}.mp4" for k in range(len(pieces))]
+    if not pieces:
+        return []
+    writers = {}
+    rate = 16000
+    for k, (a, b) in enumerate(pieces):
+        audio = None if src.audio is None else src.audio[int(a / fps * rate) : int(b / fps * rate)]
+        writers[k] = (a, b, Mp4Writer(out / names[k], src.fps, audio, rate))
+    try:
+        for i, rgb in enumerate(src.frames()):
+            for a, b, w in writers.values():
+                if a <= i < b:
+                    w.write(crop(rgb, path[i][0], path[i][1], path[i][2] / o.framing, o.size))
+        for _, _, w in writers.values():
+            w.close()
+    except BaseException:
+        for _, _, w in writers.values():
+            w.abort()
+        raise
+    return names
+
+
+def _save_boxes(out: Path, names: list[str], pieces, path: np.ndarray, o: PrepareOptions) -> None:
+    """`NAME.crop.npz` beside each clip: the source frames it holds and the square cut from each (cx, cy, side in
+    source pixels), to map anything measured on the clip back to the footage."""
+    for name, (a, b) in zip(names, pieces):
+        box = path[a:b].copy()
+        box[:, 2] /= o.framing
+        np.savez(out / Path(name).with_suffix(".crop.npz"), frames=np.arange(a, b), box=box.astype(np.float32))
+
+
+def prepare(raw: str | Path, out: str | Path, o: PrepareOptions = PrepareOptions(), console=None) -> dict:
+    """Every source under `raw` -> face-centred clips in `out` and `out/prepare.json`."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise errors.UserError(f"{raw}: not a folder")
+    sources = find_sources(raw, o)
+    if not sources:
+        raise errors.UserError(f"{raw}: no videos ({', '.join(VIDEO_EXTS)}) or frame folders inside")
+    out.mkdir(parents=True, exist_ok=True)
+    detector, report = FaceDetector(o.detect_size), []
+    con = console or Console(stderr=True)
+    with Progress(console=con, transient=True) as bar:
+        task = bar.add_task("prepare", total=len(sources))
+        for src in sources:
+            try:
+                report.append(prepare_one(src, out, o, detector))
+            except MediaError as e:
+                report.append({"input": str(src.path), "error": str(e)})
+            bar.advance(task)
+    summary = {"options": asdict(o), "inputs": report,
+               "clips": sum(len(r.get("written", [])) for r in report)}
+    (out / "prepare.json").write_text(json.dumps(summary, indent=1))
+    for r in report:
+        con.print(f"{r['input']}: " + (r["error"] if "error" in r else
+                  f"face in {100 * r['face_found']:.0f}% of {r['frames']} frames, {len(r['written'])} clip(s)"))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", help="folder of videos and frame folders")
+    ap.add_argument("--out", required=True, help="folder for the prepared clips and prepare.json")
+    add_fields(ap, PrepareOptions)
+    a = ap.parse_args(argv)
+    o = PrepareOptions(**{k: getattr(a, k) for k in PrepareOptions.__dataclass_fields__})
+    summary = prepare(a.raw, a.out, o)
+    if summary["clips"] == 0:
+        raise errors.UserError(f"{a.raw}: no clip with a face long enough (see {Path(a.out) / 'prepare.json'})")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(errors.entry(main))
