@@ -578,3 +578,26 @@ def test_prepare_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert "--framing" in refused(capsys, main, tmp_path / "empty", "--out", tmp_path / "o", "--framing", "3")
     write_mp4(tmp_path / "empty" / "grey.mp4", np.full((30, 64, 64, 3), 90, np.uint8), 25)
     assert "no clip with a face" in refused(capsys, main, tmp_path / "empty", "--out", tmp_path / "o")
+
+
+def test_the_rehearsal_chain_runs_on_tiny(tmp_path):
+    """benchmarks/rehearsal.py on `tiny`: an NTSC video with AAC and the face off-centre -> prepare -> LivePortrait
+    templates -> ingest through an SD-layout VAE and HuBERT-base (random) -> stage 1 -> stage 2 from it ->
+    self-forcing -> generate.py with the VAE decoder -> an mp4 with audio; the GPU runs the same chain on `full`."""
+    pytest.importorskip("diffusers")
+    import sys as _sys
+
+    from shared.data.cache import CacheReader
+    from shared.data.media import probe
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rehearsal
+
+    report = rehearsal.main(["--preset", "tiny", "--out", str(tmp_path), "--seconds", "3", "--steps", "2"])
+    assert [r["stage"].split(" ")[0] for r in report["stages"]] == [
+        "raw", "encoders", "prepare", "ingest", "stage", "stage", "self-forcing", "generate"]
+    meta = CacheReader(tmp_path / "cache.h5").meta
+    assert meta.codec["class"] == "AutoencoderKL" and meta.audio_features["name"].startswith("hubert-base:")
+    assert meta.struct_kind == "liveportrait" and len(meta.struct_layout) == 72
+    info = probe(tmp_path / "talk_generated.mp4")
+    assert info["has_audio"] and info["width"] == 64 and abs(info["duration"] - 2.0) < 0.1

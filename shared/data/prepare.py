@@ -38,6 +38,16 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
+class PrepareFolders:
+    """Where the footage is and where the clips go."""
+
+    raw: str = flag(positional=True)
+    """Folder of videos and frame folders (searched recursively)."""
+    out: str = flag()
+    """Folder for the prepared clips, their crop boxes and prepare.json."""
+
+
+@dataclass(frozen=True)
 class PrepareOptions:
     """How footage is cropped around the face."""
 
@@ -304,8 +314,7 @@ def prepare(raw: str | Path, out: str | Path, o: PrepareOptions = PrepareOptions
 
 def main(argv: list[str] | None = None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("raw", help="folder of videos and frame folders")
-    ap.add_argument("--out", required=True, help="folder for the prepared clips and prepare.json")
+    add_fields(ap, PrepareFolders)
     add_fields(ap, PrepareOptions)
     a = ap.parse_args(argv)
     o = PrepareOptions(**{k: getattr(a, k) for k in PrepareOptions.__dataclass_fields__})
