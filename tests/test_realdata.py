@@ -61,9 +61,9 @@ def lp_template(frames: int, fps: int = 25, legacy: bool = False, seed: int = 0)
 
 
 def pose_degrees(frames: int) -> np.ndarray:
-    """[frames, 3] pitch, yaw, roll in degrees, within LivePortrait's +-97.5 bins."""
+    """[frames, 3] pitch, yaw, roll in degrees, within LivePortrait's +-97.5 bins (yaw past 90 in profile)."""
     i = np.arange(frames)
-    return np.stack([20 * np.sin(i / 7), 60 * np.sin(i / 11), 10 * np.cos(i / 5)], 1).astype(np.float32)
+    return np.stack([20 * np.sin(i / 7), 96 * np.sin(i / 3), 10 * np.cos(i / 5)], 1).astype(np.float32)
 
 
 def index_video(path: Path, frames: int, fps) -> None:
@@ -601,3 +601,70 @@ def test_the_rehearsal_chain_runs_on_tiny(tmp_path):
     assert meta.struct_kind == "liveportrait" and len(meta.struct_layout) == 72
     info = probe(tmp_path / "talk_generated.mp4")
     assert info["has_audio"] and info["width"] == 64 and abs(info["duration"] - 2.0) < 0.1
+
+
+
+def test_a_fine_tuned_fairseq_checkpoint_and_a_foreign_folder(tmp_path):
+    """A fine-tuned fairseq HuBERT (`hubert_large_ll60k_finetune_ls960.pt`'s layout: cfg.model._name hubert_ctc,
+    the pre-training config in w2v_args, the encoder's keys under w2v_encoder.w2v_model., label_embs_concat kept
+    there by HubertModel.remove_pretraining_modules, the CTC head w2v_encoder.proj; fairseq/models/hubert/
+    hubert_asr.py) reads as its encoder; a Hugging Face folder of another model is refused by name."""
+    import json
+
+    import torchaudio
+
+    from shared.data import speech_encoders as se
+
+    model = _tiny_torchaudio()
+    state = {"w2v_encoder.w2v_model." + _fairseq_key(k): v for k, v in model.state_dict().items()}
+    state.update({"w2v_encoder.w2v_model.mask_emb": torch.randn(48),
+                  "w2v_encoder.w2v_model.label_embs_concat": torch.randn(504, 16),
+                  "w2v_encoder.proj.weight": torch.randn(32, 48), "w2v_encoder.proj.bias": torch.zeros(32)})
+    inner = {"_name": "hubert", "extractor_mode": "default", "encoder_layers": 2, "encoder_embed_dim": 48,
+             "encoder_ffn_embed_dim": 96, "encoder_attention_heads": 4, "layer_norm_first": False,
+             "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", "conv_pos": 16,
+             "conv_pos_groups": 4}
+    torch.save({"args": None, "cfg": {"model": {"_name": "hubert_ctc", "w2v_path": "/x/hubert.pt",
+                                                "w2v_args": {"model": inner, "task": {"normalize": False}}}},
+                "model": state, "optimizer_history": [], "extra_state": {}}, tmp_path / "ft.pt")
+    ck = se.read(tmp_path / "ft.pt")
+    back = torchaudio.models.wav2vec2_model(**{**ck.config, "encoder_num_heads": 4})
+    back.load_state_dict(ck.state, strict=True)
+    x = torch.randn(1, 8000)
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval().extract_features(x)[0][-1], model.extract_features(x)[0][-1])
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
+    with pytest.raises(se.EncoderError, match=r"bert/config\.json: model_type 'bert', not hubert or wav2vec2"):
+        se.read(tmp_path / "bert")
+
+
+def test_emoca_without_a_face_in_the_last_frames_holds_the_last_row(tmp_path):
+    """EMOCA writes no folder for the last frames when they show no face: the last row is held to the video's end
+    and the note says so (the video is not refused as 'shorter')."""
+    n, m = 10, flame_motion(10)
+    times = video_25fps(tmp_path / "v.mp4", n)
+    for i in range(7):
+        d = tmp_path / "v.flame" / f"{i + 1:06d}_000"
+        d.mkdir(parents=True)
+        np.save(d / "exp.npy", m["exp"][i, :50].astype(np.float32))
+        np.save(d / "pose.npy", np.r_[m["rot"][i], m["jaw"][i]].astype(np.float32))
+    track = load_struct("flame", tmp_path / "v.mp4", n, 25.0, times)
+    np.testing.assert_allclose(track.values[7:, 50:53], np.repeat(m["rot"][6:7], 3, 0), atol=1e-6)
+    assert any("the last 3 frames had no face" in note for note in track.notes)
+
+
+def test_prepare_goes_on_past_a_broken_video(tmp_path):
+    """A file that is no video fails alone (reported in prepare.json), the others are prepared."""
+    from shared.data.prepare import PrepareOptions, _natural, prepare
+
+    frames, _ = _moving_face(30)
+    (tmp_path / "raw").mkdir()
+    write_mp4(tmp_path / "raw" / "good.mp4", frames, 25)
+    (tmp_path / "raw" / "bad.mp4").write_bytes(b"not a video at all" * 100)
+    summary = prepare(tmp_path / "raw", tmp_path / "out", PrepareOptions(size=64, detect_every=3, min_seconds=0.5))
+    entries = {Path(e["input"]).name: e for e in summary["inputs"]}
+    assert "cannot open" in entries["bad.mp4"]["error"] and entries["good.mp4"]["written"] == ["good.mp4"]
+    assert entries["good.mp4"]["jitter_centre_px"] < 3 and 35 < entries["good.mp4"]["box_px"] < 50
+    assert sorted([Path("10.png"), Path("2.png"), Path("1.png")], key=_natural) == [Path("1.png"), Path("2.png"),
+                                                                                     Path("10.png")]

@@ -79,7 +79,8 @@ def frame_times(path: str | Path) -> np.ndarray:
             raise MediaError(f"{path}: no video stream")
         stream = c.streams.video[0]
         try:
-            pts = [p.pts for p in c.demux(stream) if p.pts is not None and p.size > 0]
+            # packets FFmpeg marks discard (before an edit list's start: a `-c copy` trim) are never shown
+            pts = [p.pts for p in c.demux(stream) if p.pts is not None and p.size > 0 and not p.is_discard]
         except Exception as e:  # noqa: BLE001  (FFmpeg's error types)
             raise MediaError(f"{path}: reading packet timestamps failed ({type(e).__name__}: {e})") from e
         if not pts:

@@ -94,6 +94,12 @@ def align(rows: Rows, video_times: np.ndarray | None, frames: int, path: Path) -
         if rows.frames.max() >= len(video_times):
             raise StructError(f"{path}: {int(rows.frames.max()) + 1} frames of motion for a video of "
                               f"{len(video_times)} frames: not this video's?")
+        if rows.hold_end and rows.frames.max() < len(video_times) - 1:
+            extra = np.arange(int(rows.frames.max()) + 1, len(video_times))
+            rows.values = np.concatenate([rows.values, np.repeat(rows.values[-1:], len(extra), 0)])
+            rows.frames = np.concatenate([rows.frames, extra])
+            rows.notes.append(f"{path.name}: the last {len(extra)} frames had no face; the last row held")
+            n = len(rows.values)
         times = video_times[rows.frames]
         period = float(np.median(np.diff(video_times))) if len(video_times) > 1 else 1.0 / FPS
     last = (frames - 1) / FPS

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -95,10 +97,20 @@ class FaceDetector:
         return sorted(boxes, key=lambda b: -b[2])
 
 
-def track(detections: dict[int, list], frames: int, fps: float, o: PrepareOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame (cx, cy, side) [frames, 3] of the face followed, and a bool [frames] of frames with a face: the
-    largest detection, then the one nearest the last box (within a box's side; the largest again after a gap); linear between
-    detections, held over gaps up to max_gap_seconds, then a centred moving average."""
+@dataclass
+class Track:
+    """The face followed: per frame (cx, cy, side) [frames, 3] after smoothing, which frames have a face, and the
+    detections it was made of (frame indices [K], boxes [K, 3])."""
+
+    path: np.ndarray
+    has: np.ndarray
+    keys: np.ndarray
+    boxes: np.ndarray
+
+
+def track(detections: dict[int, list], frames: int, fps: float, o: PrepareOptions) -> Track:
+    """The largest detection, then the one nearest the last box (within a box's side; the largest again after a
+    gap); linear between detections, held over gaps up to max_gap_seconds, then a moving average."""
     keys, boxes, last = [], [], None
     gap = int(round(o.max_gap_seconds * fps))
     for i in sorted(detections):
@@ -112,9 +124,8 @@ def track(detections: dict[int, list], frames: int, fps: float, o: PrepareOption
             last = cands[0]
             keys.append(i)
             boxes.append(last)
-    has = np.zeros(frames, bool)
     if not keys:
-        return np.zeros((frames, 3)), has
+        return Track(np.zeros((frames, 3)), np.zeros(frames, bool), np.zeros(0, int), np.zeros((0, 3)))
     keys, boxes = np.array(keys), np.array(boxes)
     t = np.arange(frames)
     path = np.stack([np.interp(t, keys, boxes[:, j]) for j in range(3)], 1)
@@ -125,7 +136,7 @@ def track(detections: dict[int, list], frames: int, fps: float, o: PrepareOption
     has = bridged | (np.abs(t - keys[prv]) < o.detect_every) | (np.abs(keys[nxt] - t) < o.detect_every)
     width = max(1, int(round(o.smooth_seconds * fps)))
     centre, side = _smooth(path, has, width), _smooth(path, has, 3 * width, symmetric=False)
-    return np.concatenate([centre[:, :2], side[:, 2:]], 1), has
+    return Track(np.concatenate([centre[:, :2], side[:, 2:]], 1), has, keys, boxes)
 
 
 def _smooth(path: np.ndarray, has: np.ndarray, width: int, symmetric: bool = True) -> np.ndarray:
@@ -171,53 +182,84 @@ def crop(rgb: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.nd
 
 @dataclass
 class Source:
-    """One input: its frames (a callable giving uint8 [H, W, 3] in order), rate, audio and name."""
+    """One input: a video, or a folder of frames (`images`, in natural order) at `--fps`; its audio file (the
+    video itself, a sidecar wav, or None)."""
 
     path: Path
     name: str
-    fps: Fraction
-    audio: np.ndarray | None
-    frames: object = field(repr=False)
+    audio: Path | None
+    images: list[Path] | None = None
 
 
-def _video_frames(path: Path):
-    def gen():
-        with _open(path) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            for f in c.decode(stream):
-                yield f.to_ndarray(format="rgb24")
-    return gen
+def _natural(p: Path) -> list:
+    """1.png, 2.png, 10.png in that order."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
 
 
-def _folder_frames(files: list[Path]):
-    def gen():
-        from PIL import Image
-
-        for f in files:
-            with Image.open(f) as im:
-                yield np.array(im.convert("RGB"))  # a writable copy
-    return gen
-
-
-def find_sources(raw: Path, o: PrepareOptions) -> list[Source]:
-    """Videos and frame folders under `raw`, each with its audio (inside, sidecar, or none)."""
+def find_sources(raw: Path) -> list[Source]:
+    """Videos and frame folders under `raw` (nothing opened yet: a bad file fails alone, in `prepare_one`)."""
     out = []
     for p in sorted(raw.rglob("*")):
-        rel = p.relative_to(raw).with_suffix("").as_posix().replace("/", "__")
+        rel = p.relative_to(raw)
+        name = (rel.with_suffix("") if p.is_file() else rel).as_posix().replace("/", "__")
         if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
             side = p.with_suffix(".wav")
-            audio = read_audio(side) if side.exists() else read_audio(p)
-            with _open(p) as c:
-                rate = c.streams.video[0].average_rate or c.streams.video[0].guessed_rate or Fraction(25)
-            out.append(Source(p, rel, Fraction(rate), audio, _video_frames(p)))
+            out.append(Source(p, name, side if side.exists() else p))
         elif p.is_dir():
-            images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+            images = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS), key=_natural)
             if images:
                 wav = next((w for w in (p.with_suffix(".wav"), p / "audio.wav") if w.exists()), None)
-                out.append(Source(p, rel, Fraction(o.fps).limit_denominator(1001), read_audio(wav) if wav else None,
-                                  _folder_frames(images)))
+                out.append(Source(p, name, wav, images))
+    seen: dict[str, Path] = {}
+    for s in out:
+        if s.name in seen:
+            raise errors.UserError(f"{seen[s.name]} and {s.path} would both be written as {s.name}.mp4: rename one")
+        seen[s.name] = s.path
     return out
+
+
+def rate_of(src: Source, o: PrepareOptions) -> Fraction:
+    """A video's nominal frame rate (its frames are re-timed to it by timestamp); `--fps` for frame folders."""
+    if src.images is not None:
+        return Fraction(o.fps).limit_denominator(1001)
+    with _open(src.path) as c:
+        if not c.streams.video:
+            raise MediaError(f"{src.path}: no video stream")
+        v = c.streams.video[0]
+        return Fraction(v.average_rate or v.guessed_rate or 25)
+
+
+def frames_of(src: Source, fps: Fraction) -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3] frames at `fps`: a video's by timestamp (the last frame shown at k / fps, so variable frame
+    rate footage keeps its timing against the audio), a folder's images in order. MediaError names file and frame."""
+    if src.images is not None:
+        from PIL import Image
+
+        for f in src.images:
+            try:
+                with Image.open(f) as im:
+                    yield np.array(im.convert("RGB"))  # a writable copy
+            except OSError as e:
+                raise MediaError(f"{f}: cannot read the image ({e})") from None
+        return
+    with _open(src.path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        k, t0, prev = 0, None, None
+        try:
+            for f in c.decode(stream):
+                if f.pts is None:
+                    continue
+                t = float(f.pts * f.time_base)
+                t0 = t if t0 is None else t0
+                while prev is not None and k / fps < t - t0 - 1e-6:
+                    yield prev
+                    k += 1
+                prev = f.to_ndarray(format="rgb24")
+        except Exception as e:  # noqa: BLE001  (FFmpeg's error types)
+            raise MediaError(f"{src.path}: decoding failed at frame {k} ({type(e).__name__}: {e})") from None
+        if prev is not None:
+            yield prev
 
 
 # ----------------------------------------------------------------------------------------------------- work
@@ -225,41 +267,59 @@ def find_sources(raw: Path, o: PrepareOptions) -> list[Source]:
 
 def prepare_one(src: Source, out: Path, o: PrepareOptions, detector: FaceDetector) -> dict:
     """Detect, track, crop and write one source; returns its report entry."""
-    fps = float(src.fps)
+    rate = rate_of(src, o)
+    fps = float(rate)
     detections, count, shape = {}, 0, None
-    for i, rgb in enumerate(src.frames()):
+    for i, rgb in enumerate(frames_of(src, rate)):
         shape = rgb.shape
         if i % o.detect_every == 0:
             detections[i] = detector(rgb)
         count += 1
     if count == 0:
-        return {"input": str(src.path), "error": "no frames"}
-    path, has = track(detections, count, fps, o)
-    pieces = [(a, b) for a, b in _runs(has) if (b - a) / fps >= o.min_seconds]
-    cut = [{"frames": [a, b], "reason": "no face"} for a, b in _runs(~has)]
+        raise MediaError(f"{src.path}: no frames")
+    tr = track(detections, count, fps, o)
+    if o.detect_every > o.max_gap_seconds * fps:
+        print(f"note: {src.path}: --detect-every {o.detect_every} is longer than --max-gap-seconds "
+              f"{o.max_gap_seconds} at {fps:g} fps: a stretch without a face may be seen as one frame", file=sys.stderr)
+    pieces = [(a, b) for a, b in _runs(tr.has) if (b - a) / fps >= o.min_seconds]
+    cut = [{"frames": [a, b], "reason": "no face"} for a, b in _runs(~tr.has)]
     cut += [{"frames": [a, b], "reason": f"shorter than --min-seconds {o.min_seconds}"}
-            for a, b in _runs(has) if (a, b) not in pieces]
-    written = _write(src, out, path, pieces, fps, o)
-    _save_boxes(out, written, pieces, path, o)
-    raw = np.array([b for i in sorted(detections) for b in detections[i][:1]]) if any(detections.values()) else None
-    jitter = float(np.abs(np.diff(path[has][:, :2], axis=0)).mean()) if has.sum() > 1 else None
+            for a, b in _runs(tr.has) if (a, b) not in pieces]
+    audio = read_audio(src.audio) if src.audio is not None else None
+    written, notes = _write(src, out, tr.path, pieces, rate, audio, o)
+    _save_boxes(out, written, pieces, tr.path, o)
     return {"input": str(src.path), "frames": count, "fps": round(fps, 3), "size": [shape[1], shape[0]],
-            "face_found": round(float(has.mean()), 4), "box_px": None if raw is None else round(float(np.median(raw[:, 2])), 1),
-            "centre_motion_px_per_frame": None if jitter is None else round(jitter, 2),
-            "written": written, "cut": sorted(cut, key=lambda c: c["frames"][0])}
+            **_box_stats(tr), "written": written, "cut": sorted(cut, key=lambda c: c["frames"][0]), "notes": notes}
 
 
-def _write(src: Source, out: Path, path: np.ndarray, pieces, fps: float, o: PrepareOptions) -> list[str]:
+def _box_stats(tr: Track) -> dict:
+    """Share of frames with a face; the tracked box's median side; its jitter: how far the detections scatter
+    around the smoothed track (RMS, pixels), centre and side, at the frames with a detection."""
+    if not len(tr.keys):
+        return {"face_found": 0.0, "box_px": None, "jitter_centre_px": None, "jitter_side_px": None}
+    err = tr.boxes - tr.path[tr.keys]
+    return {"face_found": round(float(tr.has.mean()), 4), "box_px": round(float(np.median(tr.path[tr.has, 2])), 1),
+            "jitter_centre_px": round(float(np.sqrt((err[:, :2] ** 2).sum(1).mean())), 2),
+            "jitter_side_px": round(float(np.sqrt((err[:, 2] ** 2).mean())), 2)}
+
+
+def _write(src: Source, out: Path, path: np.ndarray, pieces, rate: Fraction, audio: np.ndarray | None,
+           o: PrepareOptions) -> tuple[list[str], list[str]]:
+    """Each piece [a, b) as a clip with its stretch of the audio (zero-padded, and said so, where the audio ends
+    before the piece does); returns the clip names and notes."""
     names = [f"{src.name}.mp4" if len(pieces) == 1 else f"{src.name}_part{k}.mp4" for k in range(len(pieces))]
-    if not pieces:
-        return []
-    writers = {}
-    rate = 16000
+    writers, notes, sr, fps = {}, [], 16000, float(rate)
     for k, (a, b) in enumerate(pieces):
-        audio = None if src.audio is None else src.audio[int(a / fps * rate) : int(b / fps * rate)]
-        writers[k] = (a, b, Mp4Writer(out / names[k], src.fps, audio, rate))
+        clip_audio = None
+        if audio is not None:
+            lo, hi = int(round(a / fps * sr)), int(round(b / fps * sr))
+            clip_audio = audio[lo:hi]
+            if len(clip_audio) < hi - lo:
+                notes.append(f"{names[k]}: the audio ends at {len(audio) / sr:.2f} s; zero-padded to the picture")
+                clip_audio = np.pad(clip_audio, (0, hi - lo - len(clip_audio)))
+        writers[k] = (a, b, Mp4Writer(out / names[k], rate, clip_audio, sr))
     try:
-        for i, rgb in enumerate(src.frames()):
+        for i, rgb in enumerate(frames_of(src, rate)):
             for a, b, w in writers.values():
                 if a <= i < b:
                     w.write(crop(rgb, path[i][0], path[i][1], path[i][2] / o.framing, o.size))
@@ -269,7 +329,7 @@ def _write(src: Source, out: Path, path: np.ndarray, pieces, fps: float, o: Prep
         for _, _, w in writers.values():
             w.abort()
         raise
-    return names
+    return names, notes
 
 
 def _save_boxes(out: Path, names: list[str], pieces, path: np.ndarray, o: PrepareOptions) -> None:
@@ -289,7 +349,7 @@ def prepare(raw: str | Path, out: str | Path, o: PrepareOptions = PrepareOptions
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise errors.UserError(f"{raw}: not a folder")
-    sources = find_sources(raw, o)
+    sources = find_sources(raw)
     if not sources:
         raise errors.UserError(f"{raw}: no videos ({', '.join(VIDEO_EXTS)}) or frame folders inside")
     out.mkdir(parents=True, exist_ok=True)

@@ -70,8 +70,6 @@ def _plain(obj) -> None:
         raise pickle.UnpicklingError(f"an array of dtype {obj.dtype} (only numbers are read)")
 
 
-
-
 def safe_torch_load(path: Path):
     """A `torch.save` file of numpy arrays, numbers and strings (metrical-tracker's `.frame`, written at
     torch.save's default protocol 2 under numpy 1.x or 2.x), through torch's weights-only unpickler with numpy's

@@ -108,9 +108,10 @@ def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
     return [tuple(x) for x in ev(ast.parse(spec, mode="eval"))]
 
 
-FAIRSEQ_DEFAULTS = dict(extractor_mode="default", encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
-                        encoder_attention_heads=12, layer_norm_first=False, conv_bias=False, conv_pos=128,
-                        conv_pos_groups=16, conv_feature_layers="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2")
+FAIRSEQ_DEFAULTS = dict(extractor_mode="default", encoder_layers=12, encoder_embed_dim=768,
+                        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, layer_norm_first=False,
+                        conv_bias=False, conv_pos=128, conv_pos_groups=16,
+                        conv_feature_layers="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2")
 """fairseq's dataclass defaults (fairseq/models/hubert/hubert.py:37-197), for fields an old config leaves out."""
 
 
@@ -127,26 +128,43 @@ def _fairseq(path: Path, ck: dict) -> Checkpoint:
     if m.get("conv_pos_batch_norm") or int(m.get("pos_conv_depth", 1)) > 1:
         raise EncoderError(f"{path}: a positional convolution torchaudio's models do not have")
     config = dict(BASE, extractor_mode={"default": "group_norm", "layer_norm": "layer_norm"}[m["extractor_mode"]],
-                  extractor_conv_layer_config=_conv_layers(m["conv_feature_layers"]), extractor_conv_bias=m["conv_bias"],
+                  extractor_conv_layer_config=_conv_layers(m["conv_feature_layers"]),
+                  extractor_conv_bias=m["conv_bias"],
                   encoder_embed_dim=m["encoder_embed_dim"], encoder_pos_conv_kernel=m["conv_pos"],
                   encoder_pos_conv_groups=m["conv_pos_groups"], encoder_num_layers=m["encoder_layers"],
                   encoder_num_heads=m["encoder_attention_heads"], encoder_ff_interm_features=m["encoder_ffn_embed_dim"],
                   encoder_layer_norm_first=m["layer_norm_first"])
-    state.pop("label_embs_concat", None)  # HuBERT's cluster embeddings (pre-training only)
     try:
         state = import_fairseq._convert_state_dict(state)
     except ValueError as e:
         raise EncoderError(f"{path}: a key torchaudio's fairseq converter does not know ({e})") from e
+    state.pop("label_embs_concat", None)  # HuBERT's cluster embeddings: pre-training only, kept by fine-tuned files
     name = str(model.get("_name", ""))
     return Checkpoint(config, state, "hubert" if "hubert" in name else "wav2vec2" if "wav2vec" in name else None,
                       "fairseq")
 
 
-HF_DROP = re.compile(r"^(masked_spec_embed|quantizer\.|project_hid\.|project_q\.|lm_head\.|dropout_features|adapter\.)")
+HF_DROP = re.compile(r"^(masked_spec_embed|quantizer\.|project_hid\.|project_q\.|lm_head\.|dropout_features"
+                     r"|adapter\.)")
+
+
+HF_FIELDS = ("feat_extract_norm", "conv_dim", "conv_kernel", "conv_stride", "conv_bias", "hidden_size",
+             "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "do_stable_layer_norm")
+"""What `_huggingface` reads of a HubertConfig / Wav2Vec2Config (torchaudio's import_huggingface._get_config reads
+the same)."""
 
 
 def _huggingface(folder: Path) -> Checkpoint:
-    cfg = json.loads((folder / "config.json").read_text())
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise EncoderError(f"{folder / 'config.json'}: unreadable ({e})") from None
+    if cfg.get("model_type") not in ("hubert", "wav2vec2"):
+        raise EncoderError(f"{folder / 'config.json'}: model_type {cfg.get('model_type')!r}, not hubert or wav2vec2")
+    missing = [f for f in HF_FIELDS if f not in cfg]
+    if missing:
+        raise EncoderError(f"{folder / 'config.json'}: no {missing}")
     c = SimpleNamespace(**cfg)
     if not cfg.get("feat_proj_layer_norm", True):
         raise EncoderError(f"{folder}: feat_proj_layer_norm=false has no torchaudio equivalent")

@@ -29,6 +29,9 @@ class Rows:
     """Rows are at i / fps seconds (a tracker's own fixed rate)."""
     notes: list[str] = field(default_factory=list)
     """What was filled in or checked, for the ingest report."""
+    hold_end: bool = False
+    """The tracker leaves out frames without a face, the last ones too: rows end before the video when its last
+    frames had none, and the last row is held to the end (reported) instead of the file counting as too short."""
 
 
 def fill_missing(values: np.ndarray, frames: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

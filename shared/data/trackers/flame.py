@@ -96,6 +96,7 @@ def _need(path: Path, z: dict, shapes: dict[str, int | None]) -> None:
 
 
 def vhap(path: Path) -> Rows:
+    """VHAP's tracked_flame_params_<epoch>.npz (rows at 25 fps)."""
     with np.load(path) as npz:  # only the motion's keys: VHAP's file also holds a 50 MB texture
         z = {k: npz[k] for k in ("expr", "rotation", "jaw_pose", "neck_pose", "eyes_pose", "translation") if k in npz}
     _need(path, z, {"expr": None, "rotation": 3, "jaw_pose": 3, "neck_pose": 3, "eyes_pose": 6, "translation": 3})
@@ -107,6 +108,7 @@ def vhap(path: Path) -> Rows:
 
 
 def smirk(path: Path, z: dict) -> Rows:
+    """SMIRK's encoder outputs stacked over the video's frames."""
     _need(path, z, {"expression_params": None, "pose_params": 3, "jaw_params": 3})
     parts = {"exp": z["expression_params"], "rot": z["pose_params"], "jaw": z["jaw_params"]}
     if "eyelid_params" in z:
@@ -118,6 +120,7 @@ def smirk(path: Path, z: dict) -> Rows:
 
 
 def deca(path: Path, z: dict) -> Rows:
+    """DECA's codedict stacked over the video's frames (or at its `fps`)."""
     _need(path, z, {"exp": None, "pose": None})
     if z["pose"].shape[1] != 6:
         raise StructError(f"{path}: 'pose' is {list(z['pose'].shape)}: DECA's codedict pose is [T, 6] (global 3 + "
@@ -154,11 +157,14 @@ def emoca(folder: Path, found: list[Path]) -> Rows:
     e = v.shape[1] - 6
     values, layout = canonical(folder, {"exp": v[:, :e], "rot": v[:, e : e + 3], "jaw": v[:, e + 3 :]})
     values, frames, notes = fill_missing(values, frames, f"{folder.name} (EMOCA)")
-    return Rows(values, layout, frames=frames, notes=notes)
+    return Rows(values, layout, frames=frames, notes=notes, hold_end=True)
 
 
 def metrical(folder: Path, found: list[Path]) -> Rows:
     """`found`: the checkpoint/*.frame files, one per frame, numbered from 0."""
+    odd = [p.name for p in found if not p.stem.isdigit()]
+    if odd:
+        raise StructError(f"{folder}: metrical-tracker names checkpoints NNNNN.frame, not {odd[:3]}")
     found = sorted(found, key=lambda p: int(p.stem))
     rows = []
     for p in found:
@@ -168,8 +174,6 @@ def metrical(folder: Path, found: list[Path]) -> Rows:
             rows.append({k: np.asarray(v, np.float64).reshape(-1) for k, v in (
                 ("exp", fl["exp"]), ("jaw", fl["jaw"]), ("eyes", fl["eyes"]), ("eyelids", fl["eyelids"]),
                 ("R", cam["R"]), ("t", cam["t"]))})
-        except StructError:
-            raise
         except Exception as e:  # noqa: BLE001  (torch's unpickler, a missing key: each names the file)
             raise StructError(f"{p}: not a metrical-tracker checkpoint ({type(e).__name__}: {e})") from e
     if [int(p.stem) for p in found] != list(range(len(found))):
@@ -179,7 +183,8 @@ def metrical(folder: Path, found: list[Path]) -> Rows:
     eyes = stack["eyes"]
     values, layout = canonical(folder, {
         "exp": stack["exp"], "rot": axis_angle(head), "jaw": axis_angle(rotation_6d_to_matrix(stack["jaw"])),
-        "eye_l": axis_angle(rotation_6d_to_matrix(eyes[:, :6])), "eye_r": axis_angle(rotation_6d_to_matrix(eyes[:, 6:])),
+        "eye_l": axis_angle(rotation_6d_to_matrix(eyes[:, :6])),
+        "eye_r": axis_angle(rotation_6d_to_matrix(eyes[:, 6:])),
         "eyelids": stack["eyelids"], "trans": stack["t"]})
     return Rows(values, layout, fps=25.0)
 
@@ -211,13 +216,19 @@ def read(path: Path, video_fps: float | None = None) -> Rows:
 
 def _folder(folder: Path) -> Rows:
     vh = sorted(folder.rglob("tracked_flame_params*.npz"),
-                key=lambda p: int(m.group(1)) if (m := re.search(r"_(\d+)$", p.stem)) else -1)
-    if vh:
-        return vhap(vh[-1])  # the last evaluation (VHAP writes _0, _10, ... during its global pass)
+                key=lambda p: (str(p.parent), int(m.group(1)) if (m := re.search(r"_(\d+)$", p.stem)) else -1))
+    if vh:  # the last evaluation of the last run (VHAP writes _0, _10, ... into a timestamped folder per run)
+        rows = vhap(vh[-1])
+        rows.notes.append(f"{folder.name}: VHAP parameters from {vh[-1].relative_to(folder)}")
+        return rows
     frames = sorted(folder.rglob("checkpoint/*.frame"))
     if frames:
         return metrical(folder, frames)
     exps = [p for p in folder.rglob("exp.npy") if (p.parent / "pose.npy").exists()]
+    runs = sorted({p.parent.parent for p in exps})
+    if len(runs) > 1:
+        names = ", ".join(str(r.relative_to(folder)) for r in runs[:3])
+        raise StructError(f"{folder}: EMOCA results from {len(runs)} runs ({names}); keep one")
     if exps:
         return emoca(folder, exps)
     raise StructError(f"{folder}: no FLAME tracker output inside (looked for {FORMATS})")

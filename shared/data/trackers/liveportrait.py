@@ -36,9 +36,15 @@ RATIOS = ["eye_l", "eye_r", "lip"]
 
 
 def angles(stored_r: np.ndarray) -> np.ndarray:
-    """[N, 3, 3] template R (the transpose of Rz(roll) Ry(yaw) Rx(pitch)) -> [N, 3] (pitch, yaw, roll) radians."""
-    roll_yaw_pitch = Rotation.from_matrix(np.swapaxes(stored_r, 1, 2).astype(np.float64)).as_euler("ZYX")
-    return roll_yaw_pitch[:, ::-1].astype(np.float32)
+    """[N, 3, 3] template R (the transpose of Rz(roll) Ry(yaw) Rx(pitch)) -> [N, 3] (pitch, yaw, roll) radians.
+    Every rotation has two such triples, (r, y, p) and (r + pi, pi - y, p + pi); scipy returns |yaw| <= 90 degrees,
+    LivePortrait's bins reach 97.5: the triple with the smaller pitch and roll is kept (no 180-degree jump in them
+    when a profile passes 90 degrees of yaw)."""
+    r, y, p = Rotation.from_matrix(np.swapaxes(stored_r, 1, 2).astype(np.float64)).as_euler("ZYX").T
+    wrap = lambda a: (a + np.pi) % (2 * np.pi) - np.pi  # noqa: E731
+    ar, ay, ap = wrap(r + np.pi), wrap(np.pi - y), wrap(p + np.pi)
+    other = np.maximum(np.abs(ar), np.abs(ap)) < np.maximum(np.abs(r), np.abs(p))
+    return np.stack([np.where(other, ap, p), np.where(other, ay, y), np.where(other, ar, r)], 1).astype(np.float32)
 
 
 def _field(path: Path, frames: list, key: str, size: int, legacy: str | None = None) -> np.ndarray:
@@ -71,11 +77,12 @@ def _ratios(path: Path, d: dict, n: int) -> np.ndarray | None:
 
 
 def check_fps(path: Path, stored, video_fps: float | None) -> list[str]:
-    """LivePortrait stores int(the video's fps): a template whose fps is not the video's truncated (to within one
-    frame per second) was made from another video."""
+    """LivePortrait stores int(the video's fps as OpenCV reports it): a template whose fps is not the video's
+    truncated was made from another video. OpenCV may report the nominal rate where the average differs (variable
+    frame rate footage), so two frames per second of slack; the rows are placed by the video's own timestamps."""
     if stored is None or video_fps is None:
         return []
-    if not (float(stored) - 1e-3 <= video_fps < float(stored) + 1 + 1e-3):
+    if not (float(stored) - 2 <= video_fps < float(stored) + 2):
         raise StructError(f"{path}: template made at output_fps={stored} but the video runs at {video_fps:.3f} fps "
                           f"(LivePortrait stores int(fps)): not this video's template?")
     if abs(float(stored) - video_fps) > 1e-3:
