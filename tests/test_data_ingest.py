@@ -32,7 +32,7 @@ def _video(path: Path, seconds: float, fps: int = 25, audio=True, rate: int = 16
 
 def _lp_template(path: Path, frames: int, fps: int = 25) -> None:
     """As LivePortrait writes one (tests/test_realdata.py has the byte-level fixture and its sources)."""
-    from tests.test_realdata import lp_template
+    from tests.formats import lp_template
 
     path.write_bytes(pickle.dumps(lp_template(frames, fps), protocol=4))
 

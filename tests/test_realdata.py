@@ -17,53 +17,12 @@ from scipy.spatial.transform import Rotation
 from shared.data.media import frame_times, iter_frames, write_mp4
 from shared.data.motion import StructError, load_struct
 from shared.data.trackers import flame, liveportrait
+from tests.formats import lp_template, pose_degrees
 
 NTSC = Fraction(30000, 1001)
 
 
 # LivePortrait (KwaiVGI/LivePortrait @ 1986663) -------------------------------------------------------------------
-
-
-def lp_rotation(pitch, yaw, roll) -> np.ndarray:
-    """src/utils/camera.py:31-73 `get_rotation_matrix` in numpy: degrees in, rot = Rz(roll) Ry(yaw) Rx(pitch),
-    returned transposed (`rot.permute(0, 2, 1)`, a view: the stored array is Fortran-ordered, as in its pickles)."""
-    x, y, z = (np.deg2rad(np.atleast_1d(a).astype(np.float32)) for a in (pitch, yaw, roll))
-    o, n = np.ones_like(x), np.zeros_like(x)
-    rx = np.stack([o, n, n, n, np.cos(x), -np.sin(x), n, np.sin(x), np.cos(x)], 1).reshape(-1, 3, 3)
-    ry = np.stack([np.cos(y), n, np.sin(y), n, o, n, -np.sin(y), n, np.cos(y)], 1).reshape(-1, 3, 3)
-    rz = np.stack([np.cos(z), -np.sin(z), n, np.sin(z), np.cos(z), n, n, n, o], 1).reshape(-1, 3, 3)
-    return (rz @ ry @ rx).transpose(0, 2, 1)
-
-
-def lp_template(frames: int, fps: int = 25, legacy: bool = False, seed: int = 0) -> dict:
-    """A motion template as `make_motion_template` builds it (src/live_portrait_pipeline.py:41-75): n_frames and
-    output_fps Python ints (`int(get_fps(...))`, :132), per frame float32 arrays with a batch axis in the order
-    scale [1, 1], R [1, 3, 3], exp [1, 21, 3], t [1, 3], kp [1, 21, 3], x_s [1, 21, 3], then c_eyes_lst [1, 2] and
-    c_lip_lst [1, 1] per frame (:69-73). `legacy`: the format before LivePortrait 24dcfaf (2024-07-19), which every
-    human example it ships still uses and it still reads (:211, :313, :110-111): R_d, c_d_eyes_lst, c_d_lip_lst, no
-    kp / x_s. Frame i's t_x is i (so a test can read which frame it got) and its angles are known."""
-    g = np.random.default_rng(seed)
-    f32 = lambda *s: g.standard_normal(s).astype(np.float32)  # noqa: E731
-    pyr = pose_degrees(frames)
-    motion = []
-    for i in range(frames):
-        t = np.array([[i, 0.1 * i, 0.0]], np.float32)  # LivePortrait's t_z is 0.0 in every shipped template
-        r = lp_rotation(*pyr[i])
-        if legacy:
-            motion.append({"scale": np.float32([[1.3]]), "R_d": r, "exp": f32(1, 21, 3) * 0.01, "t": t})
-        else:
-            motion.append({"scale": np.float32([[1.3]]), "R": r, "exp": f32(1, 21, 3) * 0.01, "t": t,
-                           "kp": f32(1, 21, 3), "x_s": f32(1, 21, 3)})
-    eyes = [np.float32([[0.3, 0.28]]) * (i % 5 != 0) for i in range(frames)]
-    lips = [np.float32([[1e-3 * i]]) for i in range(frames)]
-    key = "c_d_" if legacy else "c_"
-    return {"n_frames": frames, "output_fps": int(fps), "motion": motion, f"{key}eyes_lst": eyes, f"{key}lip_lst": lips}
-
-
-def pose_degrees(frames: int) -> np.ndarray:
-    """[frames, 3] pitch, yaw, roll in degrees, within LivePortrait's +-97.5 bins (yaw past 90 in profile)."""
-    i = np.arange(frames)
-    return np.stack([20 * np.sin(i / 7), 96 * np.sin(i / 3), 10 * np.cos(i / 5)], 1).astype(np.float32)
 
 
 def index_video(path: Path, frames: int, fps) -> None:
@@ -134,7 +93,8 @@ def flame_motion(frames: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Known per-frame FLAME parameters (axis-angle rotations, radians)."""
     g = np.random.default_rng(seed)
     return {"exp": g.standard_normal((frames, 100)).astype(np.float32), "rot": 0.3 * g.uniform(-1, 1, (frames, 3)),
-            "jaw": np.c_[0.2 * g.uniform(0, 1, frames), np.zeros((frames, 2))], "neck": 0.1 * g.uniform(-1, 1, (frames, 3)),
+            "jaw": np.c_[0.2 * g.uniform(0, 1, frames), np.zeros((frames, 2))],
+            "neck": 0.1 * g.uniform(-1, 1, (frames, 3)),
             "eyes": 0.2 * g.uniform(-1, 1, (frames, 6)), "eyelids": g.uniform(0, 1, (frames, 2)),
             "trans": 0.01 * g.standard_normal((frames, 3))}
 
@@ -199,7 +159,8 @@ def test_metrical_tracker_checkpoints(tmp_path):
                            "eyelids": m["eyelids"][i][None].astype(f32), "jaw": six(m["jaw"][i])[None].astype(f32)},
                  "camera": {"R": _matrix_to_rotation_6d(cam_r)[None].astype(f32), "t": m["trans"][i][None].astype(f32),
                             "fl": f32([[9.8]]), "pp": np.zeros((1, 2), f32)},
-                 "opencv": {"R": np.eye(3, dtype=f32)[None], "t": np.zeros((1, 3), f32), "K": np.eye(3, dtype=f32)[None]},
+                 "opencv": {"R": np.eye(3, dtype=f32)[None], "t": np.zeros((1, 3), f32),
+                            "K": np.eye(3, dtype=f32)[None]},
                  "img_size": np.array([512, 512]), "frame_id": f"{i:05d}", "global_step": 100 * i}
         torch.save(frame, ck / f"{i:05d}.frame")
     track = load_struct("flame", tmp_path / "v.mp4", n, 25.0, times)
@@ -226,7 +187,8 @@ def test_emoca_codes_with_missing_and_second_faces(tmp_path):
     a face has no folder, a frame with two faces has two."""
     n, m = 10, flame_motion(10)
     times = video_25fps(tmp_path / "v.mp4", n)
-    out = tmp_path / "v.flame" / "EMOCA_v2_lr_mse_20" / "processed_2024_May_01_12-00-00" / "v" / "results" / "EMOCA_v2_lr_mse_20"
+    model = "EMOCA_v2_lr_mse_20"
+    out = tmp_path / "v.flame" / model / "processed_2024_May_01_12-00-00" / "v" / "results" / model
     for i in range(n):
         if i in (3, 4):
             continue  # no face found
@@ -255,14 +217,16 @@ def test_smirk_and_deca_outputs_stacked_over_frames(tmp_path):
     times = video_25fps(tmp_path / "v.mp4", n)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     np.savez(tmp_path / "v.flame.npz", expression_params=f32(m["exp"][:, :50]), pose_params=f32(m["rot"]),
-             jaw_params=f32(m["jaw"]), eyelid_params=f32(m["eyelids"]), cam=f32(np.c_[np.full(n, 7.0), m["trans"][:, :2]]),
+             jaw_params=f32(m["jaw"]), eyelid_params=f32(m["eyelids"]),
+             cam=f32(np.c_[np.full(n, 7.0), m["trans"][:, :2]]),
              shape_params=np.zeros((n, 300), np.float32))
     smirk = load_struct("flame", tmp_path / "v.mp4", n, 25.0, times)
     assert smirk.layout[50:] == ["rot_x", "rot_y", "rot_z", "jaw_x", "jaw_y", "jaw_z", "eyelid_l", "eyelid_r",
                                  "cam_s", "cam_tx", "cam_ty"]
     np.testing.assert_allclose(smirk.values[:, 50:53], m["rot"], atol=1e-6)
     np.savez(tmp_path / "v.flame.npz", shape=np.zeros((n, 100), np.float32), tex=np.zeros((n, 50), np.float32),
-             exp=f32(m["exp"][:, :50]), pose=f32(np.c_[m["rot"], m["jaw"]]), cam=f32(np.c_[np.full(n, 9.0), m["trans"][:, :2]]),
+             exp=f32(m["exp"][:, :50]), pose=f32(np.c_[m["rot"], m["jaw"]]),
+             cam=f32(np.c_[np.full(n, 9.0), m["trans"][:, :2]]),
              light=np.zeros((n, 9, 3), np.float32), detail=np.zeros((n, 128), np.float32))
     deca = load_struct("flame", tmp_path / "v.mp4", n, 25.0, times)
     assert deca.layout == smirk.layout[:56] + ["cam_s", "cam_tx", "cam_ty"]
@@ -285,7 +249,8 @@ def test_a_six_d_rotation_is_never_read_as_axis_angle(tmp_path):
 
 # Speech encoders from the files users have -------------------------------------------------------------------------
 
-TINY_W2V = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
+TINY_W2V = dict(extractor_mode="group_norm",
+                extractor_conv_layer_config=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
                 extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0,
                 encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
                 encoder_attention_dropout=0.0, encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0,
@@ -316,7 +281,8 @@ def _fairseq_key(k: str) -> str:
                  (r"pos_conv_embed\.conv\.parametrizations\.weight\.original0", "pos_conv.0.weight_g"),
                  (r"pos_conv_embed\.conv\.parametrizations\.weight\.original1", "pos_conv.0.weight_v"),
                  (r"pos_conv_embed\.conv\.bias", "pos_conv.0.bias"), (r"encoder\.transformer\.", "encoder."),
-                 (r"\.attention\.", ".self_attn."), (r"layers\.(\d+)\.layer_norm\.", r"layers.\1.self_attn_layer_norm."),
+                 (r"\.attention\.", ".self_attn."),
+                 (r"layers\.(\d+)\.layer_norm\.", r"layers.\1.self_attn_layer_norm."),
                  (r"feed_forward\.intermediate_dense", "fc1"), (r"feed_forward\.output_dense", "fc2")):
         k = __import__("re").sub(a, b, k)
     return k
@@ -332,7 +298,8 @@ def test_a_fairseq_hubert_checkpoint_loads_and_reads_as_the_original(tmp_path, m
 
     model = _tiny_torchaudio()
     state = {_fairseq_key(k): v for k, v in model.state_dict().items()}
-    state.update({"mask_emb": torch.randn(48), "final_proj.weight": torch.randn(16, 48), "final_proj.bias": torch.zeros(16),
+    state.update({"mask_emb": torch.randn(48), "final_proj.weight": torch.randn(16, 48),
+                  "final_proj.bias": torch.zeros(16),
                   "label_embs_concat": torch.randn(504, 16)})
     mod = types.ModuleType("fairseq.data.dictionary")
     Dictionary = type("Dictionary", (), {"__module__": "fairseq.data.dictionary"})  # noqa: N806
@@ -343,7 +310,8 @@ def test_a_fairseq_hubert_checkpoint_loads_and_reads_as_the_original(tmp_path, m
     d = Dictionary()
     d.symbols, d.count, d.indices = ["<s>", "0", "1"], [1, 5, 7], {"<s>": 0, "0": 1, "1": 2}
     cfg = {"_name": None, "common": {"fp16": True, "log_interval": 200}, "model": {
-        "_name": "hubert", "label_rate": 50.0, "extractor_mode": "default", "encoder_layers": 2, "encoder_embed_dim": 48,
+        "_name": "hubert", "label_rate": 50.0, "extractor_mode": "default", "encoder_layers": 2,
+        "encoder_embed_dim": 48,
         "encoder_ffn_embed_dim": 96, "encoder_attention_heads": 4, "activation_fn": "gelu", "layer_norm_first": False,
         "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", "conv_bias": False, "conv_pos": 16,
         "conv_pos_groups": 4, "final_dim": 16, "untie_final_proj": False},
@@ -384,7 +352,8 @@ def test_a_hugging_face_folder_loads_and_reads_as_the_original(tmp_path):
         folder.mkdir()
         hf = {}
         for k, v in model.state_dict().items():
-            k = k.replace("encoder.transformer.", "encoder.").replace("encoder.feature_projection.", "feature_projection.")
+            k = k.replace("encoder.transformer.", "encoder.")
+            k = k.replace("encoder.feature_projection.", "feature_projection.")
             k = k.replace("conv.parametrizations.weight.original0", "conv.weight_g")
             hf[prefix + k.replace("conv.parametrizations.weight.original1", "conv.weight_v")] = v.contiguous()
         hf[prefix + "masked_spec_embed"] = torch.rand(48)
@@ -426,7 +395,8 @@ def test_a_checkpoint_of_another_size_is_refused_by_name(tmp_path):
         ck = se._torchaudio(state)
         assert se.named(ck.config) == name
         if name != "wav2vec2-large":
-            with pytest.raises(se.EncoderError, match=f"x.pt: a {name} checkpoint \\(torchaudio\\), not wav2vec2-large"):
+            match = f"x.pt: a {name} checkpoint \\(torchaudio\\), not wav2vec2-large"
+            with pytest.raises(se.EncoderError, match=match):
                 se.check("wav2vec2-large", ck, "x.pt")
     torch.save({"something": torch.zeros(1)}, tmp_path / "odd.pt")
     with pytest.raises(se.EncoderError, match=r"odd\.pt: not a HuBERT / wav2vec 2\.0 state dict"):
@@ -668,3 +638,36 @@ def test_prepare_goes_on_past_a_broken_video(tmp_path):
     assert entries["good.mp4"]["jitter_centre_px"] < 3 and 35 < entries["good.mp4"]["box_px"] < 50
     assert sorted([Path("10.png"), Path("2.png"), Path("1.png")], key=_natural) == [Path("1.png"), Path("2.png"),
                                                                                      Path("10.png")]
+
+
+def test_a_layer_normalised_encoder_gets_a_normalised_waveform_its_final_norm_and_chunks(tmp_path, monkeypatch):
+    """A pre-LN model with a layer-normalised front-end (hubert-large's kind, narrowed): its features do not change
+    when the waveform is scaled (the waveform is normalised, as torchaudio's bundles and fairseq do), the last
+    layer is the encoder's output after its final layer norm (fairseq's and Hugging Face's `last_hidden_state`),
+    `@all` stacks every layer, and long audio goes through in chunks the encoder sees one at a time."""
+    import torchaudio
+
+    from shared.data import speech_encoders as se
+    from shared.data.features import SSLFeatures
+
+    config = {**TINY_W2V, "extractor_mode": "layer_norm", "encoder_layer_norm_first": True}
+    torch.manual_seed(0)
+    model = torchaudio.models.wav2vec2_model(**config).eval()
+    torch.save(model.state_dict(), tmp_path / "ln.pt")
+    monkeypatch.setitem(se.ARCHS, "tiny-ln", {k: config[k] for k in (*se.SHAPE_FIELDS, "encoder_num_heads")})
+    feats = SSLFeatures("tiny-ln", str(tmp_path / "ln.pt"))
+    wav = torch.randn(16000)
+    out = feats.raw(wav)
+    torch.testing.assert_close(feats.raw(10 * wav + 0.5), out, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        x = torch.nn.functional.pad(torch.nn.functional.layer_norm(wav, wav.shape), (200, 200))[None]
+        want = model(x)[0][0]  # forward = every layer, then the final layer norm
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert SSLFeatures("tiny-ln", str(tmp_path / "ln.pt"), "all").raw(wav).shape == (51, 2 * 48)
+    seen = []
+    monkeypatch.setattr(SSLFeatures, "CHUNK", 20)
+    monkeypatch.setattr(SSLFeatures, "CONTEXT", 5)
+    forward = SSLFeatures._forward
+    monkeypatch.setattr(SSLFeatures, "_forward", lambda self, w: seen.append(len(w)) or forward(self, w))
+    chunked = feats.raw(wav)
+    assert chunked.shape == out.shape and max(seen) <= (20 + 2 * 5) * 320 and len(seen) == 3

@@ -99,9 +99,26 @@ class SSLFeatures(AudioFeatures):
     def spec(self) -> dict:
         return {**super().spec(), "path": str(self.path.resolve()), "layer": self.layer, "layers": self.layers}
 
+    CHUNK = 1500  # 50 Hz frames (30 s) per forward: attention is quadratic in the frames it sees
+    CONTEXT = 100  # frames (2 s) of audio on each side of a chunk, seen but not kept
+
     def raw(self, wav: torch.Tensor) -> torch.Tensor:
+        """[len // 320 + 1, dim]: frame i centred on sample 320 i. Long audio goes through in chunks of CHUNK
+        frames, each seeing CONTEXT frames more on both sides (speech encoders are trained on utterances of
+        seconds: minutes at once would cost memory quadratic in the length and look like no training input)."""
         if self.normalize:  # over the utterance (torchaudio's _Wav2Vec2Model: layer_norm over the waveform)
             wav = torch.nn.functional.layer_norm(wav, wav.shape)
+        n = len(wav) // HOP + 1
+        parts = []
+        for a in range(0, n, self.CHUNK):
+            b = min(n, a + self.CHUNK)
+            lo, hi = max(0, a - self.CONTEXT), min(n, b + self.CONTEXT)
+            feats = self._forward(wav[lo * HOP : hi * HOP])
+            parts.append(feats[a - lo : a - lo + b - a])
+        out = torch.cat(parts)
+        return out if len(out) >= n else torch.cat([out, out[-1:].expand(n - len(out), -1)])
+
+    def _forward(self, wav: torch.Tensor) -> torch.Tensor:
         # centre the 400-sample receptive fields on the 20 ms grid, like logmel's centred frames
         x = torch.nn.functional.pad(wav, (200, 200))[None]
         last = self.num_layers if self.layer in (None, "all") else self.layer

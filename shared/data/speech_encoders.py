@@ -215,7 +215,15 @@ def _torchaudio(state: dict) -> Checkpoint:
     except KeyError as e:
         raise EncoderError(f"not a HuBERT / wav2vec 2.0 state dict (no {e})") from None
     mode = "layer_norm" if "feature_extractor.conv_layers.1.layer_norm.weight" in state else "group_norm"
+    convs = [state[f"feature_extractor.conv_layers.{i}.conv.weight"].shape for i in range(7)
+             if f"feature_extractor.conv_layers.{i}.conv.weight" in state]
+    pos = state.get("encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1",
+                    state.get("encoder.transformer.pos_conv_embed.conv.weight_v"))
     config = dict(BASE, extractor_mode=mode, extractor_conv_bias="feature_extractor.conv_layers.0.conv.bias" in state,
+                  # the strides every released model has (5, then 2): the shapes hold the widths and kernels only
+                  extractor_conv_layer_config=[(s[0], s[2], 5 if i == 0 else 2) for i, s in enumerate(convs)],
+                  encoder_pos_conv_kernel=pos.shape[2] if pos is not None else 128,
+                  encoder_pos_conv_groups=dim // pos.shape[1] if pos is not None else 16,
                   encoder_embed_dim=dim, encoder_num_layers=len(layers), encoder_ff_interm_features=ffn,
                   encoder_layer_norm_first=mode == "layer_norm", encoder_num_heads=None)
     return Checkpoint(config, state, None, "torchaudio")
