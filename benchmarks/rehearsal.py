@@ -56,8 +56,10 @@ class RehearsalOptions:
     """Optimiser steps of each training stage (self-forcing: half)."""
 
 
-SIZES = {"tiny": dict(canvas=(320, 240), face=160, size=64, clip=8, vae=(8, 8, 8, 8)),
-         "full": dict(canvas=(1920, 1080), face=720, size=256, clip=32, vae=(128, 256, 512, 512))}
+SIZES = {"tiny": dict(canvas=(320, 240), face=160, size=64, clip=8, vae=(8, 8, 8, 8), train=[], tune=[]),
+         # full: micro-batches that fit one 141 GB GPU in bf16 without float8 (docs/training.md: 3 fits)
+         "full": dict(canvas=(1920, 1080), face=720, size=256, clip=32, vae=(128, 256, 512, 512),
+                      train=["--micro-batch", "2"], tune=["--micro-batch", "1"])}
 
 
 def raw_video(path: Path, seconds: float, canvas: tuple[int, int], face: int) -> None:
@@ -139,10 +141,11 @@ def rehearse(o: RehearsalOptions) -> dict:
     stage("ingest", ingest, out / "prepared", out / "cache.h5", opts)
     common = ["--preset", o.preset, "--data", str(out / "cache.h5"), "--accelerator", o.device, "--sample-every", "0",
               "--precision", "bf16-mixed" if o.device == "cuda" else "32-true"]
-    stage("stage 1 (video tower)", run_cli, "video", [*common, "--out", str(out / "s1"), "--max-steps", str(o.steps)])
-    stage("stage 2 (from stage 1)", run_cli, "dual", [*common, "--out", str(out / "s2"), "--max-steps", str(o.steps),
+    train, tune = [*common, *s["train"]], [*common, *s["tune"]]
+    stage("stage 1 (video tower)", run_cli, "video", [*train, "--out", str(out / "s1"), "--max-steps", str(o.steps)])
+    stage("stage 2 (from stage 1)", run_cli, "dual", [*train, "--out", str(out / "s2"), "--max-steps", str(o.steps),
                                                        "--init-video-from", str(out / "s1")])
-    stage("self-forcing fine-tune", run_cli, "dual", [*common, "--out", str(out / "s3"), "--self-forcing",
+    stage("self-forcing fine-tune", run_cli, "dual", [*tune, "--out", str(out / "s3"), "--self-forcing",
                                                        "--max-steps", str(max(1, o.steps // 2)),
                                                        "--init-from", str(out / "s2")])
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stage2_dual"))
