@@ -671,3 +671,14 @@ def test_a_layer_normalised_encoder_gets_a_normalised_waveform_its_final_norm_an
     monkeypatch.setattr(SSLFeatures, "_forward", lambda self, w: seen.append(len(w)) or forward(self, w))
     chunked = feats.raw(wav)
     assert chunked.shape == out.shape and max(seen) <= (20 + 2 * 5) * 320 and len(seen) == 3
+
+
+def test_two_prepares_into_one_folder_the_second_is_refused(tmp_path, capsys):
+    from shared import lock
+    from shared.data.prepare import main
+    from tests.test_robust import refused
+
+    (tmp_path / "raw").mkdir()
+    write_mp4(tmp_path / "raw" / "a.mp4", np.full((10, 64, 64, 3), 90, np.uint8), 25)
+    with lock.folder(tmp_path / "out", "prepared clips"):
+        assert "prepared clips" in refused(capsys, main, tmp_path / "raw", "--out", tmp_path / "out")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import errors
+from .. import errors, lock
 from ..cli import add_fields, flag
 from .media import VIDEO_EXTS, MediaError, Mp4Writer, _open, read_audio
 
@@ -342,17 +342,21 @@ def _save_boxes(out: Path, names: list[str], pieces, path: np.ndarray, o: Prepar
 
 
 def prepare(raw: str | Path, out: str | Path, o: PrepareOptions = PrepareOptions(), console=None) -> dict:
-    """Every source under `raw` -> face-centred clips in `out` and `out/prepare.json`."""
-    from rich.console import Console
-    from rich.progress import Progress
-
+    """Every source under `raw` -> face-centred clips in `out` and `out/prepare.json` (one writer per folder)."""
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise errors.UserError(f"{raw}: not a folder")
     sources = find_sources(raw)
     if not sources:
         raise errors.UserError(f"{raw}: no videos ({', '.join(VIDEO_EXTS)}) or frame folders inside")
-    out.mkdir(parents=True, exist_ok=True)
+    with lock.folder(out, f"prepared clips {out}"):
+        return _prepare_all(sources, out, o, console)
+
+
+def _prepare_all(sources: list[Source], out: Path, o: PrepareOptions, console) -> dict:
+    from rich.console import Console
+    from rich.progress import Progress
+
     detector, report = FaceDetector(o.detect_size), []
     con = console or Console(stderr=True)
     with Progress(console=con, transient=True) as bar:
