@@ -625,14 +625,16 @@ def test_emoca_without_a_face_in_the_last_frames_holds_the_last_row(tmp_path):
 
 
 def test_prepare_goes_on_past_a_broken_video(tmp_path):
-    """A file that is no video fails alone (reported in prepare.json), the others are prepared."""
+    """A file that is no video fails alone (reported in prepare.json), the others are prepared (here by a pool of
+    two processes)."""
     from shared.data.prepare import PrepareOptions, _natural, prepare
 
     frames, _ = _moving_face(30)
     (tmp_path / "raw").mkdir()
     write_mp4(tmp_path / "raw" / "good.mp4", frames, 25)
     (tmp_path / "raw" / "bad.mp4").write_bytes(b"not a video at all" * 100)
-    summary = prepare(tmp_path / "raw", tmp_path / "out", PrepareOptions(size=64, detect_every=3, min_seconds=0.5))
+    summary = prepare(tmp_path / "raw", tmp_path / "out",
+                      PrepareOptions(size=64, detect_every=3, min_seconds=0.5, workers=2))  # in two processes
     entries = {Path(e["input"]).name: e for e in summary["inputs"]}
     assert "cannot open" in entries["bad.mp4"]["error"] and entries["good.mp4"]["written"] == ["good.mp4"]
     assert entries["good.mp4"]["jitter_centre_px"] < 3 and 35 < entries["good.mp4"]["box_px"] < 50

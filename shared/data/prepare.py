@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import re
 import sys
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from .. import errors, lock
 from ..cli import add_fields, flag
 from .media import VIDEO_EXTS, MediaError, Mp4Writer, _open, read_audio
+from .workers import process_pool
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -70,6 +72,8 @@ class PrepareOptions:
     """Pieces shorter than this are dropped."""
     fps: float = flag(25.0, check=errors.real(1.0, 240.0))
     """Frame rate of frame folders (videos keep their own)."""
+    workers: int = flag(0, check=errors.integer(0, 256))
+    """Inputs prepared in parallel processes (0: this one); detection is the cost, one input per process."""
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -353,20 +357,38 @@ def prepare(raw: str | Path, out: str | Path, o: PrepareOptions = PrepareOptions
         return _prepare_all(sources, out, o, console)
 
 
+_DETECTORS: dict[int, FaceDetector] = {}  # one per process and detector size
+
+
+def _one(src: Source, out: Path, o: PrepareOptions) -> dict:
+    """`prepare_one` with this process's detector; a bad input becomes its report entry."""
+    if multiprocessing.parent_process() is not None:  # a pool worker: one thread each, the pool is the parallelism
+        torch.set_num_threads(1)
+    detector = _DETECTORS.setdefault(o.detect_size, FaceDetector(o.detect_size))
+    try:
+        return prepare_one(src, out, o, detector)
+    except MediaError as e:
+        return {"input": str(src.path), "error": str(e)}
+
+
 def _prepare_all(sources: list[Source], out: Path, o: PrepareOptions, console) -> dict:
     from rich.console import Console
     from rich.progress import Progress
 
-    detector, report = FaceDetector(o.detect_size), []
     con = console or Console(stderr=True)
     with Progress(console=con, transient=True) as bar:
         task = bar.add_task("prepare", total=len(sources))
-        for src in sources:
-            try:
-                report.append(prepare_one(src, out, o, detector))
-            except MediaError as e:
-                report.append({"input": str(src.path), "error": str(e)})
-            bar.advance(task)
+        if o.workers > 0:
+            with process_pool(o.workers) as pool:
+                report = []
+                for entry in pool.map(_one, sources, [out] * len(sources), [o] * len(sources)):
+                    report.append(entry)
+                    bar.advance(task)
+        else:
+            report = []
+            for src in sources:
+                report.append(_one(src, out, o))
+                bar.advance(task)
     summary = {"options": asdict(o), "inputs": report,
                "clips": sum(len(r.get("written", [])) for r in report)}
     (out / "prepare.json").write_text(json.dumps(summary, indent=1))
