@@ -320,10 +320,13 @@ def test_a_fairseq_hubert_checkpoint_loads_and_reads_as_the_original(tmp_path, m
                 "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
                                        "lr_scheduler_state": {"best": None}, "num_updates": 400000}],
                 "task_state": {"dictionaries": [d]}, "extra_state": {"epoch": 1}}, tmp_path / "hubert_base_ls960.pt")
+    legacy = torch.load(tmp_path / "hubert_base_ls960.pt", weights_only=False)  # fairseq's early files: torch < 1.6
+    torch.save(legacy, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     for name in ("fairseq.data.dictionary", "fairseq.data", "fairseq"):
         monkeypatch.delitem(sys.modules, name)
     from shared.data import speech_encoders as se
 
+    assert se.read(tmp_path / "legacy.pt").form == "fairseq"
     ck = se.read(tmp_path / "hubert_base_ls960.pt")
     assert ck.form == "fairseq" and ck.family == "hubert"
     import torchaudio
@@ -398,6 +401,18 @@ def test_a_checkpoint_of_another_size_is_refused_by_name(tmp_path):
             match = f"x.pt: a {name} checkpoint \\(torchaudio\\), not wav2vec2-large"
             with pytest.raises(se.EncoderError, match=match):
                 se.check("wav2vec2-large", ck, "x.pt")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": Payload(), "cfg": {}}, tmp_path / "crafted.pt")
+    with pytest.raises(se.EncoderError, match=r"crafted\.pt: cannot load safely"):
+        se.read(tmp_path / "crafted.pt")
+    assert not marker.exists()
     torch.save({"something": torch.zeros(1)}, tmp_path / "odd.pt")
     with pytest.raises(se.EncoderError, match=r"odd\.pt: not a HuBERT / wav2vec 2\.0 state dict"):
         se.read(tmp_path / "odd.pt")

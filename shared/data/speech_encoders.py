@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +79,22 @@ def _inert(name: str) -> type:
 
 
 def _torch_load(path: Path):
-    """torch.load weights-only, fairseq's own classes and argparse.Namespace let in as inert objects."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001  (not a zip: an old torch.save or another file)
-        raise EncoderError(f"{path}: not a torch checkpoint ({type(e).__name__}: {e})") from e
-    allowed = [argparse.Namespace] + [(_inert(n), n) for n in names if n.startswith("fairseq.")]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (the unpickler names what it refused)
-        raise EncoderError(f"{path}: cannot load safely ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    """torch.load weights-only, fairseq's own classes and argparse.Namespace let in as inert objects. The classes
+    are learnt from the unpickler's refusals (it names the global), which works for zip and for the legacy
+    (torch < 1.6, fairseq's early releases) format alike; any global outside fairseq stays refused."""
+    allowed: dict[str, tuple] = {}
+    while True:
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace, *allowed.values()]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            m = re.search(r"GLOBAL ([\w.]+)", str(e))
+            name = m.group(1) if m else None
+            if name is None or not name.startswith("fairseq.") or name in allowed or len(allowed) > 64:
+                raise EncoderError(f"{path}: cannot load safely ({str(e).splitlines()[0][:200]})") from None
+            allowed[name] = (_inert(name), name)
+        except Exception as e:  # noqa: BLE001  (not a torch file: torch raises several kinds)
+            raise EncoderError(f"{path}: not a torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
