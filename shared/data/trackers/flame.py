@@ -28,8 +28,8 @@ coefficients), `rot_x, rot_y, rot_z` (head rotation, axis-angle, relative to fac
 `eye_l_*`, `eye_r_*` (axis-angle; named by FLAME's joint order, the first eye joint "left", whatever a tracker
 calls it: metrical-tracker names its first 6-D block `right_eye`), `eyelid_l`, `eyelid_r`, then the head's
 position: `trans_x, trans_y, trans_z` (VHAP's translation; metrical-tracker's camera translation, pytorch3d view
-coordinates) or `cam_s, cam_tx, cam_ty` (SMIRK's and DECA's weak-perspective camera). Every rotation is converted to axis-angle; a dataset mixes no trackers
-(ingest refuses a layout that differs from the cache's)."""
+coordinates) or `cam_s, cam_tx, cam_ty` (SMIRK's and DECA's weak-perspective camera). Every rotation is converted to
+axis-angle; a dataset mixes no trackers (ingest refuses a layout that differs from the cache's)."""
 
 from __future__ import annotations
 
