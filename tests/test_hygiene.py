@@ -191,7 +191,7 @@ def test_ingest_interrupted_says_how_to_resume_and_resumes(tmp_path):
     done = subprocess.run([sys.executable, "-m", "shared.data.ingest", *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and out.exists(), done.stderr[-2000:]
-    resumed = int(re.search(r"(\d+) new clips", done.stdout).group(1))
+    resumed = int(re.search(r"(\d+)\s+new\s+clips", done.stdout).group(1))  # rich wraps lines at 80 columns
     assert 0 < resumed < 20  # the finished videos were kept, the rest done now
 
 
