@@ -42,13 +42,18 @@ def fit_square(frame: np.ndarray, size: int) -> np.ndarray:
     crop = frame[y0 : y0 + s, x0 : x0 + s]
     if s == size:
         return np.ascontiguousarray(crop)
-    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+    return resize_square(crop, size)
+
+
+def resize_square(square: np.ndarray, size: int) -> np.ndarray:
+    """A square uint8 [S, S, 3] image resized (antialiased bilinear) to [size, size, 3]."""
+    x = torch.from_numpy(np.ascontiguousarray(square)).permute(2, 0, 1)[None].float()
     y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def probe(path: str | Path) -> dict:
-    """{"duration": s, "fps": native rate, "has_audio": bool, "audio_duration": s or None, "width", "height"}
+    """{"duration": s, "fps": native rate, "rate": the same as a Fraction, "has_audio": bool, "audio_duration": s or None, "width", "height"}
     without decoding."""
     with _open(path) as c:
         if not c.streams.video:
@@ -65,7 +70,8 @@ def probe(path: str | Path) -> dict:
         rate = v.average_rate or v.guessed_rate
         a = c.streams.audio[0] if c.streams.audio else None
         adur = float(a.duration * a.time_base) if a is not None and a.duration is not None else None
-        return {"duration": dur, "fps": float(rate) if rate else None, "has_audio": a is not None,
+        return {"duration": dur, "fps": float(rate) if rate else None, "rate": Fraction(rate) if rate else None,
+                "has_audio": a is not None,
                 "audio_duration": adur,
                 "width": v.codec_context.width, "height": v.codec_context.height}
 
@@ -89,9 +95,10 @@ def frame_times(path: str | Path) -> np.ndarray:
         return t - t[0]
 
 
-def iter_frames(path: str | Path, size: int, fps: int = 25) -> Iterator[np.ndarray]:
-    """Decode the first video stream and yield uint8 [size, size, 3] frames resampled to `fps` by timestamp:
-    output frame k shows the source frame on screen at time k / fps (the last one with pts <= that time)."""
+def iter_frames(path: str | Path, size: int | None, fps: float | Fraction = 25) -> Iterator[np.ndarray]:
+    """Decode the first video stream and yield uint8 [size, size, 3] frames (centre-cropped; size None: the frames
+    as decoded, [H, W, 3]) resampled to `fps` by timestamp: output frame k shows the source frame on screen at time
+    k / fps (the last one with pts <= that time)."""
     with _open(path) as c:
         if not c.streams.video:
             raise MediaError(f"{path}: no video stream")
@@ -111,7 +118,8 @@ def iter_frames(path: str | Path, size: int, fps: int = 25) -> Iterator[np.ndarr
                 while prev is not None and k / fps < t - 1e-6:
                     yield prev[1]
                     k += 1
-                prev = (t, fit_square(frame.to_ndarray(format="rgb24"), size))
+                rgb = frame.to_ndarray(format="rgb24")
+                prev = (t, rgb if size is None else fit_square(rgb, size))
                 last_dur = float(frame.duration * frame.time_base) if frame.duration else None
         except MediaError:
             raise

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import errors, lock
 from ..cli import add_fields, flag
-from .media import VIDEO_EXTS, MediaError, Mp4Writer, _open, read_audio
+from .media import VIDEO_EXTS, MediaError, Mp4Writer, iter_frames, probe, read_audio, resize_square
 from .workers import process_pool
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -176,9 +176,7 @@ def crop(rgb: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.nd
     ax, ay, bx, by = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
     if bx > ax and by > ay:
         out[ay - y0 : by - y0, ax - x0 : bx - x0] = rgb[ay:by, ax:bx]
-    x = torch.from_numpy(out).permute(2, 0, 1)[None].float()
-    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return resize_square(out, size)
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -226,16 +224,12 @@ def rate_of(src: Source, o: PrepareOptions) -> Fraction:
     """A video's nominal frame rate (its frames are re-timed to it by timestamp); `--fps` for frame folders."""
     if src.images is not None:
         return Fraction(o.fps).limit_denominator(1001)
-    with _open(src.path) as c:
-        if not c.streams.video:
-            raise MediaError(f"{src.path}: no video stream")
-        v = c.streams.video[0]
-        return Fraction(v.average_rate or v.guessed_rate or 25)
+    return probe(src.path)["rate"] or Fraction(25)
 
 
 def frames_of(src: Source, fps: Fraction) -> Iterator[np.ndarray]:
-    """uint8 [H, W, 3] frames at `fps`: a video's by timestamp (the last frame shown at k / fps, so variable frame
-    rate footage keeps its timing against the audio), a folder's images in order. MediaError names file and frame."""
+    """uint8 [H, W, 3] frames at `fps`: a video's by timestamp (`media.iter_frames`: variable frame rate footage
+    keeps its timing against the audio), a folder's images in order. MediaError names file and frame."""
     if src.images is not None:
         from PIL import Image
 
@@ -246,31 +240,15 @@ def frames_of(src: Source, fps: Fraction) -> Iterator[np.ndarray]:
             except OSError as e:
                 raise MediaError(f"{f}: cannot read the image ({e})") from None
         return
-    with _open(src.path) as c:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
-        k, t0, prev = 0, None, None
-        try:
-            for f in c.decode(stream):
-                if f.pts is None:
-                    continue
-                t = float(f.pts * f.time_base)
-                t0 = t if t0 is None else t0
-                while prev is not None and k / fps < t - t0 - 1e-6:
-                    yield prev
-                    k += 1
-                prev = f.to_ndarray(format="rgb24")
-        except Exception as e:  # noqa: BLE001  (FFmpeg's error types)
-            raise MediaError(f"{src.path}: decoding failed at frame {k} ({type(e).__name__}: {e})") from None
-        if prev is not None:
-            yield prev
+    yield from iter_frames(src.path, None, fps)
 
 
 # ----------------------------------------------------------------------------------------------------- work
 
 
 def prepare_one(src: Source, out: Path, o: PrepareOptions, detector: FaceDetector) -> dict:
-    """Detect, track, crop and write one source; returns its report entry."""
+    """Detect, track, crop and write one source; returns its report entry. The footage is decoded twice (detect,
+    then crop): the smoothed box of a frame depends on later frames, and a video's frames would not fit in memory."""
     rate = rate_of(src, o)
     fps = float(rate)
     detections, count, shape = {}, 0, None
