@@ -28,7 +28,7 @@ from shared.data import ingest as ingest_cli
 from shared.data import synth
 from shared.data.cache import CacheReader, partial_path
 from shared.data.ingest import source_key, source_name
-from shared.data.motion import safe_load_pickle
+from shared.data.safe_pickle import safe_load_pickle
 from shared.sampling import generation
 from shared.training import latest_checkpoint, run_cli
 from tests.test_hygiene import _cache, _wav

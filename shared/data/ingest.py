@@ -30,7 +30,7 @@ from ..errors import UserError
 from .cache import CacheMeta, CacheWriter
 from .codecs import get_codec
 from .features import get_audio_features
-from .media import VIDEO_EXTS, MediaError, frame_times, iter_frames, probe, read_audio
+from .media import VIDEO_EXTS, MediaError, iter_frames, probe, read_audio
 from .motion import KINDS, StructError, detect_kind, load_struct
 from .workers import process_pool
 
@@ -125,8 +125,7 @@ def process_video(src: Path, video: Path, opts: Options, struct_kind: str) -> Re
         if t < opts.min_frames:
             res.skipped = f"too short: {t} frames at 25 fps (< --min-frames {opts.min_frames})"
             return res
-        times = frame_times(video) if struct_kind in ("liveportrait", "flame") else None
-        struct = load_struct(struct_kind, video, t, info["fps"], times)
+        struct = load_struct(struct_kind, video, t, info["fps"])
         wav = read_audio(video)
     except (MediaError, StructError) as e:
         res.skipped = str(e)

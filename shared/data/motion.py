@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .face import MOTION_LAYOUT
-from .safe_pickle import safe_load_pickle  # noqa: F401  (where earlier code and tests import it from)
+from .media import frame_times
 from .trackers import Rows, StructError, flame, liveportrait
 
 KINDS = ("explicit", "implicit", "liveportrait", "flame", "none")
@@ -113,7 +113,8 @@ def align(rows: Rows, video_times: np.ndarray | None, frames: int, path: Path) -
 def load_struct(kind: str, video: Path, frames: int, video_fps: float | None,
                 video_times: np.ndarray | None = None) -> StructTrack:
     """The struct track of `video` at 25 fps, `frames` long. `video_times`: the video's frame timestamps
-    (`media.frame_times`), needed by sources with one row per video frame. Raises StructError naming the file."""
+    (`media.frame_times`, read from the video when a source has one row per video frame and none are given).
+    Raises StructError (or MediaError) naming the file."""
     if kind not in KINDS:
         raise ValueError(f"unknown struct kind {kind!r}; choose one of {KINDS}")
     if kind == "none":
@@ -128,6 +129,6 @@ def load_struct(kind: str, video: Path, frames: int, video_fps: float | None,
         rows = flame.read(path, video_fps)
     else:
         rows = _synth(path, "motion" if kind == "explicit" else "implicit")
-    if video_times is None and rows.fps is None:
-        video_times = np.arange(max(frames, int(rows.frames.max()) + 1)) / (video_fps or FPS)
+    if video_times is None and rows.fps is None:  # rows are the video's own frames: put them on its clock
+        video_times = frame_times(video)
     return StructTrack(align(rows, video_times, frames, path), rows.layout, rows.notes)
