@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,19 +71,42 @@ def _plain(obj) -> None:
         raise pickle.UnpicklingError(f"an array of dtype {obj.dtype} (only numbers are read)")
 
 
-def safe_torch_load(path: Path):
-    """A `torch.save` file of numpy arrays, numbers and strings (metrical-tracker's `.frame`, written at
-    torch.save's default protocol 2 under numpy 1.x or 2.x), through torch's weights-only unpickler with numpy's
-    array globals allowed; anything else (a tensor subclass, a function) is refused by torch."""
-    import torch
+def _inert(name: str) -> type:
+    """A stand-in for a class a checkpoint pickles (its state kept as attributes, none of its code)."""
+    def setstate(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
 
+    return type(name.rpartition(".")[2], (), {"__setstate__": setstate, "__module__": name.rpartition(".")[0]})
+
+
+def safe_torch_load(path: Path, inert: tuple[str, ...] = ()):
+    """A `torch.save` file through torch's weights-only unpickler: tensors, containers, numbers, strings, numpy
+    arrays (metrical-tracker's `.frame`: numpy 1.x or 2.x at torch.save's protocol 2) and argparse.Namespace; a
+    class whose module starts with one of `inert` (fairseq's `Dictionary` in its checkpoints) is let in as an inert
+    attribute bag. Those classes are learnt from the unpickler's refusals (it names the global), which works for
+    the zip and the legacy (torch < 1.6) format alike. Anything else (a function, another class) raises
+    pickle.UnpicklingError naming it, before anything is called."""
+    import argparse
+
+    import torch
     from numpy import dtypes
 
     recon = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
-    allowed = [np.ndarray, np.dtype, recon._reconstruct, (recon._reconstruct, "numpy.core.multiarray._reconstruct"),
+    allowed = [argparse.Namespace, np.ndarray, np.dtype, recon._reconstruct,
+               (recon._reconstruct, "numpy.core.multiarray._reconstruct"),
                (recon._reconstruct, "numpy._core.multiarray._reconstruct")]
     allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n != "ObjectDType"]
-    with torch.serialization.safe_globals(allowed):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    stand_ins: dict[str, tuple] = {}
+    while True:
+        try:
+            with torch.serialization.safe_globals([*allowed, *stand_ins.values()]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except pickle.UnpicklingError as e:
+            m = re.search(r"GLOBAL ([\w.]+)", str(e))
+            name = m.group(1) if m else None
+            if name is None or not name.startswith(inert) or name in stand_ins or not inert:
+                raise
+            stand_ins[name] = (_inert(name), name)
     _plain(obj)
     return obj

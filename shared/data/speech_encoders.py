@@ -17,7 +17,6 @@ torchaudio's bundles (pipelines/_wav2vec2/utils.py:35-53) and fairseq (`task.nor
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import pickle
@@ -29,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import UserError
+from .safe_pickle import safe_torch_load
 
 BASE = dict(extractor_conv_layer_config=None, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=128,
             encoder_pos_conv_groups=16, encoder_attention_dropout=0.0, encoder_ff_interm_dropout=0.0,
@@ -70,31 +70,14 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------- reading files
 
 
-def _inert(name: str) -> type:
-    """A stand-in for a class a fairseq checkpoint pickles (its state kept as attributes, none of its code)."""
-    def setstate(self, state):
-        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
-
-    return type(name.rpartition(".")[2], (), {"__setstate__": setstate, "__module__": name.rpartition(".")[0]})
-
-
 def _torch_load(path: Path):
-    """torch.load weights-only, fairseq's own classes and argparse.Namespace let in as inert objects. The classes
-    are learnt from the unpickler's refusals (it names the global), which works for zip and for the legacy
-    (torch < 1.6, fairseq's early releases) format alike; any global outside fairseq stays refused."""
-    allowed: dict[str, tuple] = {}
-    while True:
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace, *allowed.values()]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            m = re.search(r"GLOBAL ([\w.]+)", str(e))
-            name = m.group(1) if m else None
-            if name is None or not name.startswith("fairseq.") or name in allowed or len(allowed) > 64:
-                raise EncoderError(f"{path}: cannot load safely ({str(e).splitlines()[0][:200]})") from None
-            allowed[name] = (_inert(name), name)
-        except Exception as e:  # noqa: BLE001  (not a torch file: torch raises several kinds)
-            raise EncoderError(f"{path}: not a torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    """`safe_torch_load` with fairseq's own classes let in as inert objects; EncoderError names what it refused."""
+    try:
+        return safe_torch_load(path, inert=("fairseq.",))
+    except pickle.UnpicklingError as e:
+        raise EncoderError(f"{path}: cannot load safely ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # noqa: BLE001  (not a torch file: torch raises several kinds)
+        raise EncoderError(f"{path}: not a torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
