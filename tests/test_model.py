@@ -170,6 +170,23 @@ def test_split_kv_attention_matches_sdpa(batch, frames, q_tokens, start, cudnn, 
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the split's kernels are CUDA's")
+def test_cached_attention_in_fp32_is_finite_and_exact():
+    """A frame's queries against a long fp32 cache (self-forcing's rollout without autocast) do not take the split:
+    cuDNN's kernel, called directly on fp32, returned NaN (H200, ebc6900); SDPA's own choice is exact."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    q = torch.randn(1, 12, 256, 128, device=dev)
+    k, v = (torch.randn(1, 12, 33 * 256, 128, device=dev) for _ in range(2))
+    bias = cache_mask(20, 1, 256, 256, 33, torch.float32, dev)
+    got = attention.attend(q, k, v, bias)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                                attn_mask=bias.double())
+    assert got.isfinite().all()
+    torch.testing.assert_close(got.double(), want, atol=1e-3, rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention block-sparse path runs on CUDA")
 def test_flex_matches_sdpa():
     torch.manual_seed(0)

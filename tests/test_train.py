@@ -291,6 +291,29 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
     assert all(uses_own_history(cfg, s) for s in range(50))
 
 
+def test_self_forcing_rolls_out_at_the_training_precision(cache):
+    """A bf16-mixed run rolls out under bf16 autocast, though the rollout calls the model's methods directly (Fabric
+    applies its precision in `forward` only; an fp32 rollout at the full preset gave NaN: H200, ebc6900); a 32-true
+    run rolls out in fp32."""
+    from shared import config as C
+    from shared.data.cache import WindowDataset
+    from shared.models import DualForce
+    from shared.training.batches import to_batch
+    from shared.training.self_forcing import own_history
+
+    cfg = C.get_preset("tiny")
+    ds = WindowDataset(cache, frames=cfg.clip_frames)
+    cfg = C.override(cfg, {"model.struct_dim": ds[0]["struct"].shape[-1], "model.audio_dim": ds[0]["audio"].shape[-1]})
+    batch = to_batch({k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0] if ds[0][k] is not None}, "cpu")
+    model = DualForce(cfg.model).train()
+    seen = []
+    model.video.head.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    for precision, want in (("bf16-mixed", True), ("32-true", False)):
+        seen.clear()
+        own_history(model, batch, C.override(cfg, {"launch.precision": precision}), 3, torch.Generator().manual_seed(1))
+        assert seen and set(seen) == {want}, precision
+
+
 def test_self_forcing_trains_under_fabric_run_two_processes(cache, tmp_path):
     """`--self-forcing` fine-tunes a few steps with 2 CPU processes (DDP): every rank rolls out the same number of
     frames (the cut comes from the step), so the collectives line up."""

@@ -75,6 +75,7 @@ def _flex():
 SPLIT_MIN_KEYS = 4096
 SPLIT_QUERIES = (128, 1024)  # a 1-token struct frame reading the video cache is memory-bound: no gain there
 SPLIT_TARGET_KEYS = 768
+SPLIT_DTYPES = (torch.float16, torch.bfloat16)
 CUDNN_ATTENTION = torch.backends.cudnn.is_available()  # else the memory-efficient kernel
 
 
@@ -124,7 +125,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Ten
     if isinstance(mask, torch.Tensor):
         if mask.is_floating_point() and mask.dtype != q.dtype:  # a weighted reference's bias, made in fp32
             mask = mask.to(q.dtype)
-        if (q.is_cuda and mask.is_floating_point() and SPLIT_QUERIES[0] <= q.shape[2] <= SPLIT_QUERIES[1]
+        # the split's kernels take fp16/bf16 only: cuDNN's, called directly, returns NaN on fp32 without an error
+        # (an fp32 rollout at the full preset, H200, ebc6900); fp32 takes SDPA's own choice
+        if (q.is_cuda and q.dtype in SPLIT_DTYPES and mask.is_floating_point()
+                and SPLIT_QUERIES[0] <= q.shape[2] <= SPLIT_QUERIES[1]
                 and k.shape[2] >= SPLIT_MIN_KEYS and (splits := kv_splits(k.shape[2])) > 1):
             return split_kv_attention(q, k, v, mask, splits)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

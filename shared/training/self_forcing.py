@@ -10,16 +10,18 @@ Self-Forcing's distribution-matching loss: the model is taught to bring a drifte
 
 One step: a cut c in [2, T-1], the same on every rank (an FSDP forward is a collective: every rank must run the same
 number of them), from (seed, step); frames 1..c-1 are streamed by the model from the clip's reference and audio
-with the inference sampler (`cfg.sample`, the KV-cached context), in eval mode and **without gradients** (the rollout
-is a fixed input to the step: gradients are stopped at the history, as in scheduled sampling; backpropagating
-through a K-step rollout would multiply the step's memory by the rollout length); they replace the clip's frames
-1..c-1 at the history level (0, or one U(0, diffusion.sigma_context_max) level per sample, as `training_sigmas` gives a
-clean past); frames c..T-1 keep their independent noise levels and their real targets. With train.self_forcing_p
-< 1 only that fraction of steps does this (`uses_own_history`), the others train on the clip as usual.
+with the inference sampler (`cfg.sample`, the KV-cached context), in eval mode, at the training forward's precision
+(`precision_autocast`) and **without gradients** (the rollout is a fixed input to the step: gradients are stopped at
+the history, as in scheduled sampling; backpropagating through a K-step rollout would multiply the step's memory by
+the rollout length); they replace the clip's frames 1..c-1 at the history level (0, or one
+U(0, diffusion.sigma_context_max) level per sample, as `training_sigmas` gives a clean past); frames c..T-1 keep their
+independent noise levels and their real targets. With train.self_forcing_p < 1 only that fraction of steps does this
+(`uses_own_history`), the others train on the clip as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import torch
@@ -62,6 +64,13 @@ def rollout_graphs(model, device: torch.device) -> GraphedModel | None:
     return GraphedModel(inner, overlap=inner.overlapped)
 
 
+def precision_autocast(precision: str, device: torch.device):
+    """The training forward's autocast for a rollout that calls the model's methods directly (Fabric applies its
+    precision in `forward` only): a bf16-mixed run rolls out in bf16, as it streams at inference."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Generator | None,
                 graphs: GraphedModel | None = None) -> Batch:
@@ -80,7 +89,8 @@ def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Gen
         graphs = None
     frames = batch.video.shape[1] - 1
     try:
-        with torch.compiler.set_stance("force_eager"):  # rollout shapes change with the cut: not worth compiling
+        # rollout shapes change with the cut: not worth compiling
+        with torch.compiler.set_stance("force_eager"), precision_autocast(cfg.launch.precision, batch.video.device):
             it = stream(model, batch.video[:, 0], ref_struct, audio, frames, sample=sample, generator=generator,
                         cond_struct=cond, graphs=graphs)
             got = [f for _, f in zip(range(cut - 1), it)]
