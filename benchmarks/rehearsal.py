@@ -9,7 +9,8 @@ Inputs made here: an NTSC (30000/1001 fps) H.264 + AAC video (1920 x 1080 for `f
 (scikit-image's astronaut) moving off-centre and SynthTalk speech; a LivePortrait template beside each prepared
 clip as LivePortrait writes it (int output_fps, R transposed, float32, pickle protocol 4: KwaiVGI/LivePortrait
 src/live_portrait_pipeline.py:41-75, 132); an SD-VAE-shaped AutoencoderKL (`full`; a narrow one of the same
-factor for `tiny`) and a HuBERT-base torchaudio state dict, both random. Writes `rehearsal.json`.
+factor for `tiny`) and a HuBERT-base torchaudio state dict, both random. Writes `rehearsal.json`; fails (exit 1) if
+a training stage skipped a step on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ class Stages:
         return out
 
 
+def trained(stage: Stages, name: str, kind: str, argv: list[str]) -> None:
+    """A training stage, refused if any step's loss was non-finite: the loop skips such steps and goes on, so a chain
+    whose every step was skipped would otherwise pass (the first `full` run's self-forcing did: H200, ebc6900)."""
+    got = stage(name, run_cli, kind, argv)
+    stage.rows[-1]["last_loss"] = {k: round(float(v), 4) for k, v in got["history"][-1].items()
+                                   if k in ("loss", "video", "struct")} if got["history"] else None
+    if got["skipped"]:
+        raise errors.UserError(f"{name}: {got['skipped']} of {got['step']} steps had a non-finite loss")
+
+
 def rehearse(o: RehearsalOptions) -> dict:
     s, out = SIZES[o.preset], Path(o.out)
     (out / "raw").mkdir(parents=True, exist_ok=True)
@@ -142,10 +153,10 @@ def rehearse(o: RehearsalOptions) -> dict:
     common = ["--preset", o.preset, "--data", str(out / "cache.h5"), "--accelerator", o.device, "--sample-every", "0",
               "--precision", "bf16-mixed" if o.device == "cuda" else "32-true"]
     train, tune = [*common, *s["train"]], [*common, *s["tune"]]
-    stage("stage 1 (video tower)", run_cli, "video", [*train, "--out", str(out / "s1"), "--max-steps", str(o.steps)])
-    stage("stage 2 (from stage 1)", run_cli, "dual", [*train, "--out", str(out / "s2"), "--max-steps", str(o.steps),
+    trained(stage, "stage 1 (video tower)", "video", [*train, "--out", str(out / "s1"), "--max-steps", str(o.steps)])
+    trained(stage, "stage 2 (from stage 1)", "dual", [*train, "--out", str(out / "s2"), "--max-steps", str(o.steps),
                                                        "--init-video-from", str(out / "s1")])
-    stage("self-forcing fine-tune", run_cli, "dual", [*tune, "--out", str(out / "s3"), "--self-forcing",
+    trained(stage, "self-forcing fine-tune", "dual", [*tune, "--out", str(out / "s3"), "--self-forcing",
                                                        "--max-steps", str(max(1, o.steps // 2)),
                                                        "--init-from", str(out / "s2")])
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stage2_dual"))

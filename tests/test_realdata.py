@@ -5,6 +5,7 @@ format of ours."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from fractions import Fraction
 from pathlib import Path
@@ -581,12 +582,30 @@ def test_the_rehearsal_chain_runs_on_tiny(tmp_path):
     report = rehearsal.main(["--preset", "tiny", "--out", str(tmp_path), "--seconds", "3", "--steps", "2"])
     assert [r["stage"].split(" ")[0] for r in report["stages"]] == [
         "raw", "encoders", "prepare", "ingest", "stage", "stage", "self-forcing", "generate"]
+    losses = [r["last_loss"]["loss"] for r in report["stages"] if "last_loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     meta = CacheReader(tmp_path / "cache.h5").meta
     assert meta.codec["class"] == "AutoencoderKL" and meta.audio_features["name"].startswith("hubert-base:")
     assert meta.struct_kind == "liveportrait" and len(meta.struct_layout) == 72
     info = probe(tmp_path / "talk_generated.mp4")
     assert info["has_audio"] and info["width"] == 64 and abs(info["duration"] - 2.0) < 0.1
 
+
+
+def test_the_rehearsal_refuses_a_stage_that_skipped_steps(monkeypatch):
+    """A training stage whose loss went non-finite fails the rehearsal (the loop skips such steps and finishes)."""
+    import sys as _sys
+
+    from shared.errors import UserError
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rehearsal
+
+    history = [{"step": 0, "loss": float("nan"), "video": float("nan")}]
+    monkeypatch.setattr(rehearsal, "run_cli", lambda *a: {"history": history, "skipped": 2, "step": 2})
+    stages = rehearsal.Stages("cpu")
+    with pytest.raises(UserError, match="self-forcing fine-tune: 2 of 2 steps had a non-finite loss"):
+        rehearsal.trained(stages, "self-forcing fine-tune", "dual", [])
 
 
 def test_a_fine_tuned_fairseq_checkpoint_and_a_foreign_folder(tmp_path):
