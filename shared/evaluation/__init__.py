@@ -1,2 +1,3 @@
 """Evaluation: probes that read motion and identity back from frames (`probes`), statistics and verdicts
-(`metrics`), held-out loss and rollouts of a trained model (`evaluate`), plots and tables (`report`)."""
+(`metrics`), held-out loss and rollouts of a trained model (`evaluate`), plots and tables (`report`), and the
+field's scores from reference networks' features (`field_metrics`: FID / FVD, Sync-C / Sync-D, CSIM)."""

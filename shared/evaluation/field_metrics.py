@@ -1,0 +1,91 @@
+"""The numbers talking-head papers report (#37): FID / FVD's Fréchet distance, SyncNet's Sync-C / Sync-D and
+offset, CSIM. Each function takes the features a reference network produced and computes the score exactly as the
+reference code does, so that our numbers and the anchors' tables are one protocol:
+
+- `frechet_distance`: pytorch-fid (mseitzer/pytorch-fid, src/pytorch_fid/fid_score.py, `calculate_frechet_distance`
+  and `calculate_activation_statistics`): means and unbiased covariances of two feature sets, the matrix square root of
+  the covariances' product, an eps on the diagonals where that product is singular, an imaginary part refused above
+  1e-3. FVD is the same distance over I3D features (StyleGAN-V's protocol).
+- `sync_scores`: syncnet_python (joonson/syncnet_python, SyncNetInstance.py, `calc_pdist` and `evaluate`): for every
+  video frame, Euclidean distances (torch's pairwise_distance, its eps of 1e-6 included) to the audio features at
+  shifts -vshift..vshift, the audio zero-padded at both ends; their mean over frames per shift; Sync-D the minimum,
+  Sync-C the median minus the minimum, the offset vshift minus the minimum's index (run_syncnet.py's default vshift
+  is 15).
+- `csim`: the cosine similarity of identity embeddings (ArcFace's, of the reference and a generated frame).
+
+The networks and pre-processing that produce these features from videos are not here yet.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from scipy import linalg
+
+FID_EPS = 1e-6  # pytorch-fid's default offset for a singular covariance product
+PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance's default, which syncnet_python's distances include
+
+
+def _features(x, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or len(a) < 2:
+        raise ValueError(f"{name}: features must be [N >= 2, D], got shape {a.shape}")
+    return a
+
+
+def frechet_distance(feats_a, feats_b, eps: float = FID_EPS) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets [N, D] and [M, D] (FID on Inception pool
+    features, FVD on I3D features): ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) (Heusel et al. 2017)."""
+    a, b = _features(feats_a, "feats_a"), _features(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance: feature sizes differ ({a.shape[1]} and {b.shape[1]})")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():  # a singular product (fewer samples than dimensions, say)
+        warnings.warn(f"frechet_distance: singular covariance product; adding {eps} to the diagonals", stacklevel=2)
+        offset = np.eye(len(cov_a)) * eps
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(root):  # numerical error leaves a small imaginary part
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: imaginary component {np.abs(root.imag).max():.3g}")
+        root = root.real
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+def shifted_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = 15) -> torch.Tensor:
+    """[T, 2 vshift + 1]: frame t's distance to the audio feature of frame t + s - vshift, s = 0..2 vshift, the
+    audio zero-padded by vshift frames at both ends (syncnet_python's `calc_pdist`)."""
+    pad = torch.nn.functional.pad(audio_emb, (0, 0, vshift, vshift))
+    windows = pad.unfold(0, 2 * vshift + 1, 1)[: len(video_emb)]  # [T, D, W]
+    return torch.linalg.vector_norm(video_emb[:, :, None] - windows + PAIRWISE_EPS, dim=1)
+
+
+def sync_scores(video_emb, audio_emb, vshift: int = 15) -> dict[str, float]:
+    """SyncNet's scores of one clip from its lip features [T, D] and audio features [T', D] (T' >= T): {"offset"
+    (syncnet_python's sign: negative when the audio lags the picture, -k where the audio feature of frame t matches
+    the lips of frame t - k), "sync_d" (the lowest mean distance), "sync_c" (the
+    median mean distance minus the lowest)}."""
+    v = torch.as_tensor(np.asarray(video_emb), dtype=torch.float32)
+    a = torch.as_tensor(np.asarray(audio_emb), dtype=torch.float32)
+    if v.ndim != 2 or a.ndim != 2 or v.shape[1] != a.shape[1] or len(a) < len(v) or len(v) == 0:
+        raise ValueError(f"sync_scores: video [T, D] and audio [T' >= T, D] features, got {tuple(v.shape)} and "
+                         f"{tuple(a.shape)}")
+    mean = shifted_distances(v, a, vshift).mean(0)  # [2 vshift + 1]
+    low, at = torch.min(mean, 0)
+    # torch.median (as syncnet_python calls it) is the lower middle value; 2 vshift + 1 values have one middle
+    return {"offset": int(vshift - at), "sync_d": float(low), "sync_c": float(torch.median(mean) - low)}
+
+
+def csim(emb_a, emb_b) -> float | np.ndarray:
+    """Cosine similarity of identity embeddings: [D] and [D] -> a float; [N, D] and [N, D] (or [D] against
+    [N, D]) -> [N]."""
+    a, b = np.asarray(emb_a, dtype=np.float64), np.asarray(emb_b, dtype=np.float64)
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"csim: embedding sizes differ ({a.shape[-1]} and {b.shape[-1]})")
+    norm = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    sim = (a * b).sum(-1) / np.maximum(norm, 1e-12)
+    return float(sim) if np.ndim(sim) == 0 else sim
