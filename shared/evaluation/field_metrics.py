@@ -13,7 +13,8 @@ reference code does, so that our numbers and the anchors' tables are one protoco
   is 15).
 - `csim`: the cosine similarity of identity embeddings (ArcFace's, of the reference and a generated frame).
 
-The networks and pre-processing that produce these features from videos are not here yet.
+SyncNet and its inputs (face-crop frames, MFCCs) are `syncnet`; the other networks (Inception, I3D, ArcFace) and
+a landmark detector for LMD are not here yet.
 """
 
 from __future__ import annotations
