@@ -13,8 +13,8 @@ reference code does, so that our numbers and the anchors' tables are one protoco
   is 15).
 - `csim`: the cosine similarity of identity embeddings (ArcFace's, of the reference and a generated frame).
 
-SyncNet and its inputs (face-crop frames, MFCCs) are `syncnet`; the other networks (Inception, I3D, ArcFace) and
-a landmark detector for LMD are not here yet.
+SyncNet and its inputs (face-crop frames, MFCCs) are `syncnet`, FID's Inception features `inception`; the other
+networks (I3D for FVD, ArcFace for CSIM) and a landmark detector for LMD are not here yet.
 """
 
 from __future__ import annotations
