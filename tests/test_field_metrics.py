@@ -3,12 +3,14 @@ step by step from the reference code (cited per test), and on cases with known a
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from scipy import linalg
 
-from shared.evaluation.field_metrics import csim, frechet_distance, sync_scores
+from shared.evaluation.field_metrics import csim, frechet_distance, frechet_distance_fast, sync_scores
 
 
 def pytorch_fid_reference(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
@@ -59,6 +61,20 @@ def test_frechet_distance_known_answers():
     x, y = g.normal(1.0, 2.0, (400, 1)), g.normal(-0.5, 0.5, (300, 1))  # 1-D: (mu - mu')^2 + (sd - sd')^2
     want = (x.mean() - y.mean()) ** 2 + (x.std(ddof=1) - y.std(ddof=1)) ** 2
     assert frechet_distance(x, y) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("n,m,d", [(300, 250, 8), (40, 60, 64), (20, 30, 256)])
+def test_the_fast_distance_is_the_square_root_one(n, m, d):
+    """Tr((C_a C_b)^(1/2)) as a nuclear norm (no matrix square root) gives pytorch-fid's distance, with more samples
+    than dimensions and with fewer (a singular product, where SciPy's square root still converges here)."""
+    g = np.random.default_rng(n)
+    a = g.standard_normal((n, d)) @ g.standard_normal((d, d)) / np.sqrt(d)
+    b = 0.3 + g.standard_normal((m, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SciPy's note on the singular product
+        want = pytorch_fid_reference(a, b)
+    assert frechet_distance_fast(a, b) == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert abs(frechet_distance_fast(a, a)) < 1e-9
 
 
 def test_frechet_distance_singular_product_and_bad_input():

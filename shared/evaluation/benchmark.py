@@ -1,0 +1,165 @@
+"""`python -m shared.evaluation.benchmark --real DIR --generated DIR --weights DIR`: the field's table for a folder
+of generated videos against the real ones of the same names (#37; FID and Sync so far, see docs/metrics.md).
+
+Videos pair by file stem (`real/NAME.mp4` with `generated/NAME.mp4`); unpaired ones are listed and skipped. Per
+video: Sync-C / Sync-D / offset of the generated clip and of its real one (SyncNet on the frames resized to 224, as
+the face crops `shared.data.prepare` writes them; the clip's own audio). Over the set: FID between all real and all
+generated frames (pytorch-fid's Inception), with a bootstrap interval over videos. Writes `benchmark.json` and
+`benchmark.md` beside each other in --out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import errors
+from ..cli import add_fields, flag
+from .field_metrics import frechet_distance, frechet_distance_fast, sync_scores
+
+METRICS = ("fid", "sync")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What to score and how (one flag per field)."""
+
+    real: str = flag()
+    """Folder of real videos."""
+    generated: str = flag()
+    """Folder of generated videos, named as the real ones they imitate."""
+    weights: str = flag()
+    """Folder holding the networks' weight files (pt_inception-2015-12-05-6726825d.pth, syncnet_v2.model)."""
+    out: str = flag()
+    """Folder for benchmark.json and benchmark.md."""
+    metrics: str = "fid,sync"
+    """Comma-separated metrics: fid, sync."""
+    bootstrap: int = flag(200, check=errors.integer(0))
+    """Bootstrap resamples of the videos for FID's interval (0: none)."""
+    seed: int = flag(0, check=errors.integer(0))
+    """Seed of the bootstrap."""
+    device: str = flag("cpu", choices=("cpu", "cuda"))
+    """Where the networks run."""
+
+
+def pairs(real: Path, generated: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(real, generated) videos of the same stem, and the stems found on one side only."""
+    def videos(d: Path) -> dict[str, Path]:
+        if not d.is_dir():
+            raise errors.UserError(f"{d}: not a folder of videos")
+        return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES}
+
+    r, g = videos(real), videos(generated)
+    both = sorted(r.keys() & g.keys())
+    if not both:
+        raise errors.UserError(f"no video of {generated} has a namesake in {real} (they pair by file name)")
+    return [(r[k], g[k]) for k in both], sorted(r.keys() ^ g.keys())
+
+
+def clip(path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB frames [T, H, W, 3] at 25 fps (square-resized to `size` when given) and int16-scaled 16 kHz audio."""
+    from ..data.media import iter_frames, read_audio
+
+    frames = np.stack(list(iter_frames(path, size)))
+    audio = read_audio(path, 16000)
+    if audio is not None:  # as ffmpeg's pcm_s16le, which syncnet_python reads back
+        audio = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
+    return frames, audio
+
+
+def bootstrap_fid(real: list[np.ndarray], gen: list[np.ndarray], n: int, seed: int) -> tuple[float, float] | None:
+    """A 95% percentile interval of FID over videos resampled with replacement (the pairs kept together), each
+    resample's distance by `frechet_distance_fast` (a 2048-d matrix square root per resample would take minutes)."""
+    if n == 0 or len(real) < 2:
+        return None
+    g = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n):
+        k = g.integers(0, len(real), len(real))
+        vals.append(frechet_distance_fast(np.concatenate([real[i] for i in k]), np.concatenate([gen[i] for i in k])))
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def score(o: BenchmarkOptions, progress=None) -> dict:
+    """Every chosen metric of every pair; the set's summary."""
+    from . import inception, syncnet
+
+    chosen = [m.strip() for m in o.metrics.split(",") if m.strip()]
+    if bad := [m for m in chosen if m not in METRICS]:
+        raise errors.UserError(f"--metrics: {', '.join(bad)} unknown; choose from {', '.join(METRICS)}")
+    found, unpaired = pairs(Path(o.real), Path(o.generated))
+    try:  # every weight file first: a missing one fails before any video is read
+        fid_net = inception.load_inception(o.weights, o.device) if "fid" in chosen else None
+        sync_net = syncnet.load_syncnet(o.weights, o.device) if "sync" in chosen else None
+    except (FileNotFoundError, ValueError) as e:
+        raise errors.UserError(str(e)) from None
+    rows, feats = [], ([], [])
+    for i, (r, g) in enumerate(found):
+        row = {"name": g.stem}
+        for side, path in (("real", r), ("generated", g)):
+            if fid_net is not None:
+                frames, _ = clip(path, None)
+                feats[side == "generated"].append(inception.features(fid_net, frames))
+            if sync_net is not None:
+                frames, audio = clip(path, 224)
+                if audio is None:
+                    raise errors.UserError(f"{path}: no audio stream (Sync needs the clip's audio)")
+                lip, aud = syncnet.embeddings(sync_net, frames[..., ::-1], audio)  # SyncNet reads BGR
+                row |= {f"{side}_{k}": v for k, v in sync_scores(lip, aud).items()}
+        rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(found))
+    summary = {"videos": len(found), "unpaired": unpaired}
+    if fid_net is not None:
+        summary["fid"] = frechet_distance(np.concatenate(feats[0]), np.concatenate(feats[1]))
+        summary["fid_interval"] = bootstrap_fid(feats[0], feats[1], o.bootstrap, o.seed)
+    for k in ("sync_c", "sync_d"):
+        for side in ("generated", "real"):
+            if sync_net is not None:
+                summary[f"{side}_{k}"] = float(np.mean([row[f"{side}_{k}"] for row in rows]))
+    return {"options": asdict(o), "summary": summary, "videos": rows}
+
+
+def markdown(result: dict) -> str:
+    """The table as talking-head papers lay it out, then one row per video."""
+    s = result["summary"]
+    head = ["videos"] + [k for k in ("fid", "generated_sync_c", "generated_sync_d", "real_sync_c", "real_sync_d")
+                         if k in s]
+    cell = {k: (f"{s[k]:.3f}" if isinstance(s[k], float) else str(s[k])) for k in head}
+    if s.get("fid_interval"):
+        cell["fid"] += " [{:.3f}, {:.3f}]".format(*s["fid_interval"])
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    lines = [row(head), "|" + " --- |" * len(head), row(cell[k] for k in head)]
+    if result["videos"] and len(result["videos"][0]) > 1:
+        cols = list(result["videos"][0])
+        lines += ["", row(cols), "|" + " --- |" * len(cols)]
+        lines += [row(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) for r in result["videos"]]
+    if s["unpaired"]:
+        lines += ["", f"Unpaired (skipped): {', '.join(s['unpaired'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fields(ap, BenchmarkOptions)
+    o = BenchmarkOptions(**vars(ap.parse_args(argv)))
+    out = errors.folder_arg(o.out)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("scoring", total=None)
+        result = score(o, lambda done, total: bar.update(task, completed=done, total=total))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=1))
+    (out / "benchmark.md").write_text(markdown(result))
+    print(markdown(result), end="")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(errors.entry(main))
