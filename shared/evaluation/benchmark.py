@@ -1,11 +1,11 @@
 """`python -m shared.evaluation.benchmark --real DIR --generated DIR --weights DIR`: the field's table for a folder
-of generated videos against the real ones of the same names (#37; FID and Sync so far, see docs/metrics.md).
+of generated videos against the real ones of the same names (#37; FID, FVD and Sync so far: docs/metrics.md).
 
 Videos pair by file stem (`real/NAME.mp4` with `generated/NAME.mp4`); unpaired ones are listed and skipped. Per
 video: Sync-C / Sync-D / offset of the generated clip and of its real one (SyncNet on the frames resized to 224, as
 the face crops `shared.data.prepare` writes them; the clip's own audio). Over the set: FID between all real and all
-generated frames (pytorch-fid's Inception), with a bootstrap interval over videos. Writes `benchmark.json` and
-`benchmark.md` beside each other in --out.
+generated frames (pytorch-fid's Inception), with a bootstrap interval over videos; FVD-16 between all 16-frame clips
+(StyleGAN-V's I3D and computation). Writes `benchmark.json` and `benchmark.md` beside each other in --out.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 
 from .. import errors
 from ..cli import add_fields, flag
-from .field_metrics import frechet_distance, frechet_distance_fast, sync_scores
+from .field_metrics import frechet_distance, frechet_distance_fast, frechet_video_distance, sync_scores
 
-METRICS = ("fid", "sync")
+METRICS = ("fid", "fvd", "sync")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 
@@ -34,11 +34,12 @@ class BenchmarkOptions:
     generated: str = flag()
     """Folder of generated videos, named as the real ones they imitate."""
     weights: str = flag()
-    """Folder holding the networks' weight files (pt_inception-2015-12-05-6726825d.pth, syncnet_v2.model)."""
+    """Folder holding the networks' weight files (pt_inception-2015-12-05-6726825d.pth, i3d_torchscript.pt,
+    syncnet_v2.model)."""
     out: str = flag()
     """Folder for benchmark.json and benchmark.md."""
-    metrics: str = "fid,sync"
-    """Comma-separated metrics: fid, sync."""
+    metrics: str = "fid,fvd,sync"
+    """Comma-separated metrics: fid, fvd, sync."""
     bootstrap: int = flag(200, check=errors.integer(0))
     """Bootstrap resamples of the videos for FID's interval (0: none)."""
     seed: int = flag(0, check=errors.integer(0))
@@ -87,7 +88,7 @@ def bootstrap_fid(real: list[np.ndarray], gen: list[np.ndarray], n: int, seed: i
 
 def score(o: BenchmarkOptions, progress=None) -> dict:
     """Every chosen metric of every pair; the set's summary."""
-    from . import inception, syncnet
+    from . import i3d, inception, syncnet
 
     chosen = [m.strip() for m in o.metrics.split(",") if m.strip()]
     if bad := [m for m in chosen if m not in METRICS]:
@@ -95,16 +96,20 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
     found, unpaired = pairs(Path(o.real), Path(o.generated))
     try:  # every weight file first: a missing one fails before any video is read
         fid_net = inception.load_inception(o.weights, o.device) if "fid" in chosen else None
+        fvd_net = i3d.load_i3d(o.weights, o.device) if "fvd" in chosen else None
         sync_net = syncnet.load_syncnet(o.weights, o.device) if "sync" in chosen else None
     except (FileNotFoundError, ValueError) as e:
         raise errors.UserError(str(e)) from None
-    rows, feats = [], ([], [])
+    rows, feats, video_feats = [], ([], []), ([], [])
     for i, (r, g) in enumerate(found):
         row = {"name": g.stem}
         for side, path in (("real", r), ("generated", g)):
-            if fid_net is not None:
+            if fid_net is not None or fvd_net is not None:
                 frames, _ = clip(path, None)
-                feats[side == "generated"].append(inception.features(fid_net, frames))
+                if fid_net is not None:
+                    feats[side == "generated"].append(inception.features(fid_net, frames))
+                if fvd_net is not None and len(frames) >= i3d.CLIP_FRAMES:
+                    video_feats[side == "generated"].append(i3d.features(fvd_net, i3d.clips(frames)))
             if sync_net is not None:
                 frames, audio = clip(path, 224)
                 if audio is None:
@@ -118,6 +123,11 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
     if fid_net is not None:
         summary["fid"] = frechet_distance(np.concatenate(feats[0]), np.concatenate(feats[1]))
         summary["fid_interval"] = bootstrap_fid(feats[0], feats[1], o.bootstrap, o.seed)
+    if fvd_net is not None:  # every 16-frame clip of every video (shorter videos give none)
+        n = [sum(len(f) for f in side) for side in video_feats]
+        summary["fvd_clips"] = n
+        summary["fvd"] = (frechet_video_distance(np.concatenate(video_feats[0]), np.concatenate(video_feats[1]))
+                          if min(n) >= 2 else None)
     for k in ("sync_c", "sync_d"):
         for side in ("generated", "real"):
             if sync_net is not None:
@@ -128,7 +138,7 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
 def markdown(result: dict) -> str:
     """The table as talking-head papers lay it out, then one row per video."""
     s = result["summary"]
-    head = ["videos"] + [k for k in ("fid", "generated_sync_c", "generated_sync_d", "real_sync_c", "real_sync_d")
+    head = ["videos"] + [k for k in ("fid", "fvd", "generated_sync_c", "generated_sync_d", "real_sync_c", "real_sync_d")
                          if k in s]
     cell = {k: (f"{s[k]:.3f}" if isinstance(s[k], float) else str(s[k])) for k in head}
     if s.get("fid_interval"):

@@ -5,7 +5,8 @@ reference code does, so that our numbers and the anchors' tables are one protoco
 - `frechet_distance`: pytorch-fid (mseitzer/pytorch-fid, src/pytorch_fid/fid_score.py, `calculate_frechet_distance`
   and `calculate_activation_statistics`): means and unbiased covariances of two feature sets, the matrix square root of
   the covariances' product, an eps on the diagonals where that product is singular, an imaginary part refused above
-  1e-3. FVD is the same distance over I3D features (StyleGAN-V's protocol).
+  1e-3. `frechet_video_distance`: the same distance over I3D features as StyleGAN-V computes it (biased
+  covariances, no eps).
 - `sync_scores`: syncnet_python (joonson/syncnet_python, SyncNetInstance.py, `calc_pdist` and `evaluate`): for every
   video frame, Euclidean distances (torch's pairwise_distance, its eps of 1e-6 included) to the audio features at
   shifts -vshift..vshift, the audio zero-padded at both ends; their mean over frames per shift; Sync-D the minimum,
@@ -13,8 +14,8 @@ reference code does, so that our numbers and the anchors' tables are one protoco
   is 15).
 - `csim`: the cosine similarity of identity embeddings (ArcFace's, of the reference and a generated frame).
 
-SyncNet and its inputs (face-crop frames, MFCCs) are `syncnet`, FID's Inception features `inception`; the other
-networks (I3D for FVD, ArcFace for CSIM) and a landmark detector for LMD are not here yet.
+SyncNet and its inputs (face-crop frames, MFCCs) are `syncnet`, FID's Inception features `inception`, FVD's I3D
+features `i3d`; ArcFace for CSIM and a landmark detector for LMD are not here yet.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _features(x, name: str) -> np.ndarray:
 
 def frechet_distance(feats_a, feats_b, eps: float = FID_EPS) -> float:
     """Fréchet distance between the Gaussians fitted to two feature sets [N, D] and [M, D] (FID on Inception pool
-    features, FVD on I3D features): ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) (Heusel et al. 2017)."""
+    features; FVD: `frechet_video_distance`): ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))
+    (Heusel et al. 2017)."""
     a, b = _features(feats_a, "feats_a"), _features(feats_b, "feats_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"frechet_distance: feature sizes differ ({a.shape[1]} and {b.shape[1]})")
@@ -77,6 +79,24 @@ def frechet_distance_fast(feats_a, feats_b) -> float:
     tr_a = ((a - a.mean(0)) ** 2).sum() / (len(a) - 1)
     tr_b = ((b - b.mean(0)) ** 2).sum() / (len(b) - 1)
     return float(diff @ diff + tr_a + tr_b - 2 * trace_sqrt_product(a, b))
+
+
+def frechet_video_distance(feats_real, feats_gen) -> float:
+    """FVD from I3D features [N, D] of real and generated clips as StyleGAN-V computes it (universome/stylegan-v,
+    src/metrics/metric_utils.py `FeatureStats.get_mean_cov`: float64 sums, the biased covariance E[x x^T] - mu mu^T;
+    src/metrics/frechet_video_distance.py `compute_fvd`: sqrtm of sigma_gen sigma_real, no eps, the real part of
+    ||mu_gen - mu_real||^2 + Tr(sigma_gen + sigma_real - 2 sqrt)), which differs from pytorch-fid's unbiased one."""
+    r, g = _features(feats_real, "feats_real"), _features(feats_gen, "feats_gen")
+    if r.shape[1] != g.shape[1]:
+        raise ValueError(f"frechet_video_distance: feature sizes differ ({r.shape[1]} and {g.shape[1]})")
+
+    def mean_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu = x.sum(0) / len(x)
+        return mu, (x.T @ x) / len(x) - np.outer(mu, mu)
+
+    (mu_r, s_r), (mu_g, s_g) = mean_cov(r), mean_cov(g)
+    root = linalg.sqrtm(s_g @ s_r)
+    return float(np.real(np.square(mu_g - mu_r).sum() + np.trace(s_g + s_r - root * 2)))
 
 
 def shifted_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = 15) -> torch.Tensor:
