@@ -48,7 +48,7 @@ def test_scores_a_folder_end_to_end(tmp_path):
     res = benchmark.main(["--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--weights",
                           str(weights), "--out", str(out), "--bootstrap", "50"])
     s = res["summary"]
-    assert s["videos"] == 2 and s["unpaired"] == ["c", "d"]
+    assert s["videos"] == 2 and s["unpaired"] == ["c (real only)", "d (generated only)"]
     assert np.isfinite(s["fid"]) and s["fid"] >= 0 and s["fid_interval"][0] <= s["fid_interval"][1]
     assert s["fvd_clips"] == [2, 2] and np.isfinite(s["fvd"])  # one 16-frame clip per 20-frame video
     assert [r["name"] for r in res["videos"]] == ["a", "b"]
@@ -72,3 +72,52 @@ def test_refuses_a_missing_weight_file_by_name(tmp_path):
                           str(tmp_path / "out"), "--metrics", "lmd"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "lmd unknown" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def stereo_mp4(path: Path, left: np.ndarray, right: np.ndarray, rate: int = 16000) -> None:
+    """An AAC stereo track (no video) written with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("aac", rate=rate, layout="stereo")
+        pcm = np.stack([left, right]).astype(np.float32)[None]  # [1, 2, S]: planar
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).reshape(2, -1), format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        for packet in st.encode(frame):
+            c.mux(packet)
+        for packet in st.encode(None):
+            c.mux(packet)
+
+
+def test_stereo_audio_reaches_syncnet_as_ffmpegs_downmix(tmp_path):
+    """syncnet_python's ffmpeg downmix of L = R = x is x (0.5 (L + R)), not sqrt(2) x as a float decode and an
+    equal-power downmix would give."""
+    x = (0.2 * np.sin(np.linspace(0, 800 * np.pi, 16000))).astype(np.float32)
+    stereo_mp4(tmp_path / "s.mp4", x, x)
+    got = benchmark.pcm16_mono(tmp_path / "s.mp4").astype(np.float64)
+    rms = np.sqrt(np.mean(got[2000:14000] ** 2)) / 32768
+    assert abs(rms / (0.2 / np.sqrt(2)) - 1) < 0.05
+
+
+def test_refuses_duplicate_names_and_short_clips(tmp_path):
+    videos(tmp_path / "real", ["a"], 0)
+    videos(tmp_path / "gen", ["a"], 1)
+    (tmp_path / "real" / "a.mov").write_bytes((tmp_path / "real" / "a.mp4").read_bytes())
+    with pytest.raises(benchmark.errors.UserError, match="a.mov and a.mp4 share a name|a.mp4 and a.mov share a name"):
+        benchmark.pairs(tmp_path / "real", tmp_path / "gen")
+    (tmp_path / "real" / "a.mov").unlink()
+    short = tmp_path / "short"
+    short.mkdir()
+    frames = np.zeros((4, 64, 64, 3), np.uint8)
+    write_mp4(short / "a.mp4", frames, 25, np.zeros(2560, np.float32), 16000)
+    (tmp_path / "w").mkdir()
+    torch.save(SN.SyncNet().state_dict(), tmp_path / "w" / "syncnet_v2.model")
+    with pytest.raises(benchmark.errors.UserError, match="a.mp4: SyncNet needs more than 5 frames"):
+        benchmark.score(benchmark.BenchmarkOptions(real=str(tmp_path / "real"), generated=str(short),
+                                                   weights=str(tmp_path / "w"), out=str(tmp_path / "o"),
+                                                   metrics="sync"))
+    (tmp_path / "w" / "syncnet_v2.model").write_bytes(b"truncated")
+    with pytest.raises(benchmark.errors.UserError, match="not a weights file torch can read"):
+        benchmark.score(benchmark.BenchmarkOptions(real=str(tmp_path / "real"), generated=str(short),
+                                                   weights=str(tmp_path / "w"), out=str(tmp_path / "o"),
+                                                   metrics="sync"))

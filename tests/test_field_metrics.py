@@ -131,3 +131,18 @@ def test_csim_known_answers():
     assert csim(a[0], a[1]) == pytest.approx(want)
     with pytest.raises(ValueError, match="sizes differ"):
         csim(a, a[:, :10])
+
+
+@pytest.mark.parametrize("n,d", [(400, 16), (60, 32)])
+def test_frechet_distance_is_the_installed_pytorch_fids(n, d):
+    """The package itself (pytorch-fid 0.3.0, a dev dependency), where its SciPy call still runs."""
+    fid_score = pytest.importorskip("pytorch_fid.fid_score")
+    g = np.random.default_rng(n)
+    a, b = g.standard_normal((n, d)), 0.1 + 1.2 * g.standard_normal((n, d))
+    try:
+        want = fid_score.calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0),
+                                                    np.cov(b, rowvar=False))
+    except TypeError:  # pragma: no cover - a SciPy without sqrtm's `disp`
+        pytest.skip("pytorch-fid's calculate_frechet_distance does not run with this SciPy")
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
+    assert frechet_distance_fast(a, b) == pytest.approx(want, rel=1e-6)

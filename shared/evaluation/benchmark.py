@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import errors
 from ..cli import add_fields, flag
@@ -53,24 +54,45 @@ def pairs(real: Path, generated: Path) -> tuple[list[tuple[Path, Path]], list[st
     def videos(d: Path) -> dict[str, Path]:
         if not d.is_dir():
             raise errors.UserError(f"{d}: not a folder of videos")
-        return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES}
+        found: dict[str, Path] = {}
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() in VIDEO_SUFFIXES:
+                if p.stem in found:
+                    raise errors.UserError(f"{d}: {found[p.stem].name} and {p.name} share a name; videos pair by name")
+                found[p.stem] = p
+        return found
 
     r, g = videos(real), videos(generated)
     both = sorted(r.keys() & g.keys())
     if not both:
         raise errors.UserError(f"no video of {generated} has a namesake in {real} (they pair by file name)")
-    return [(r[k], g[k]) for k in both], sorted(r.keys() ^ g.keys())
+    return [(r[k], g[k]) for k in both], [f"{k} (real only)" if k in r else f"{k} (generated only)"
+                                          for k in sorted(r.keys() ^ g.keys())]
+
+
+def pcm16_mono(path: Path, rate: int = 16000) -> np.ndarray | None:
+    """The first audio stream as syncnet_python extracts it (`ffmpeg -ac 1 -ar 16000 -acodec pcm_s16le`): through
+    libswresample (PyAV's resampler) to mono int16 at `rate`, its downmix included (0.5 (L + R) for stereo; a float
+    decode then a downmix would be sqrt(2) louder). int16 [S], or None without an audio stream."""
+    import av
+
+    from ..data.media import _open
+
+    with _open(path) as c:
+        if not c.streams.audio:
+            return None
+        resampler, out = av.AudioResampler(format="s16", layout="mono", rate=rate), []
+        for frame in c.decode(c.streams.audio[0]):
+            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
 def clip(path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB frames [T, H, W, 3] at 25 fps (square-resized to `size` when given) and int16-scaled 16 kHz audio."""
-    from ..data.media import iter_frames, read_audio
+    """RGB frames [T, H, W, 3] at 25 fps (square-resized to `size` when given) and 16 kHz mono int16 audio."""
+    from ..data.media import iter_frames
 
-    frames = np.stack(list(iter_frames(path, size)))
-    audio = read_audio(path, 16000)
-    if audio is not None:  # as ffmpeg's pcm_s16le, which syncnet_python reads back
-        audio = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
-    return frames, audio
+    return np.stack(list(iter_frames(path, size))), pcm16_mono(path)
 
 
 def bootstrap_fid(real: list[np.ndarray], gen: list[np.ndarray], n: int, seed: int) -> tuple[float, float] | None:
@@ -90,6 +112,8 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
     """Every chosen metric of every pair; the set's summary."""
     from . import i3d, inception, syncnet
 
+    if o.device == "cuda" and not torch.cuda.is_available():
+        raise errors.UserError("--device cuda: no CUDA GPU is visible here")
     chosen = [m.strip() for m in o.metrics.split(",") if m.strip()]
     if bad := [m for m in chosen if m not in METRICS]:
         raise errors.UserError(f"--metrics: {', '.join(bad)} unknown; choose from {', '.join(METRICS)}")
@@ -102,23 +126,40 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
         raise errors.UserError(str(e)) from None
     rows, feats, video_feats = [], ([], []), ([], [])
     for i, (r, g) in enumerate(found):
-        row = {"name": g.stem}
-        for side, path in (("real", r), ("generated", g)):
-            if fid_net is not None or fvd_net is not None:
-                frames, _ = clip(path, None)
-                if fid_net is not None:
-                    feats[side == "generated"].append(inception.features(fid_net, frames))
-                if fvd_net is not None and len(frames) >= i3d.CLIP_FRAMES:
-                    video_feats[side == "generated"].append(i3d.features(fvd_net, i3d.clips(frames)))
-            if sync_net is not None:
-                frames, audio = clip(path, 224)
-                if audio is None:
-                    raise errors.UserError(f"{path}: no audio stream (Sync needs the clip's audio)")
-                lip, aud = syncnet.embeddings(sync_net, frames[..., ::-1], audio)  # SyncNet reads BGR
-                row |= {f"{side}_{k}": v for k, v in sync_scores(lip, aud).items()}
-        rows.append(row)
+        try:
+            rows.append(score_pair(r, g, fid_net, fvd_net, sync_net, feats, video_feats))
+        except ValueError as e:  # a clip too short for SyncNet, a frame of an unexpected shape
+            raise errors.UserError(f"{g.name}: {e}") from None
         if progress is not None:
             progress(i + 1, len(found))
+    return {"options": asdict(o), "summary": summarize(rows, found, unpaired, feats, video_feats, fid_net, fvd_net,
+                                                        sync_net, o),
+            "videos": rows}
+
+
+def score_pair(r: Path, g: Path, fid_net, fvd_net, sync_net, feats, video_feats) -> dict:
+    """One pair's Sync row; its FID / FVD features appended to `feats` / `video_feats` (real, generated)."""
+    from . import i3d, inception, syncnet
+
+    row = {"name": g.stem}
+    for side, path in (("real", r), ("generated", g)):
+        if fid_net is not None or fvd_net is not None:
+            frames, _ = clip(path, None)
+            if fid_net is not None:
+                feats[side == "generated"].append(inception.features(fid_net, frames))
+            if fvd_net is not None and len(frames) >= i3d.CLIP_FRAMES:
+                video_feats[side == "generated"].append(i3d.features(fvd_net, i3d.clips(frames)))
+        if sync_net is not None:
+            frames, audio = clip(path, 224)
+            if audio is None:
+                raise errors.UserError(f"{path}: no audio stream (Sync needs the clip's audio)")
+            lip, aud = syncnet.embeddings(sync_net, frames[..., ::-1], audio)  # SyncNet reads BGR
+            row |= {f"{side}_{k}": v for k, v in sync_scores(lip, aud).items()}
+    return row
+
+
+def summarize(rows, found, unpaired, feats, video_feats, fid_net, fvd_net, sync_net, o: BenchmarkOptions) -> dict:
+    """The set's numbers: FID with its bootstrap interval, FVD-16, mean Sync of each side."""
     summary = {"videos": len(found), "unpaired": unpaired}
     if fid_net is not None:
         summary["fid"] = frechet_distance(np.concatenate(feats[0]), np.concatenate(feats[1]))
@@ -128,11 +169,11 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
         summary["fvd_clips"] = n
         summary["fvd"] = (frechet_video_distance(np.concatenate(video_feats[0]), np.concatenate(video_feats[1]))
                           if min(n) >= 2 else None)
-    for k in ("sync_c", "sync_d"):
-        for side in ("generated", "real"):
-            if sync_net is not None:
+    if sync_net is not None:
+        for k in ("sync_c", "sync_d"):
+            for side in ("generated", "real"):
                 summary[f"{side}_{k}"] = float(np.mean([row[f"{side}_{k}"] for row in rows]))
-    return {"options": asdict(o), "summary": summary, "videos": rows}
+    return summary
 
 
 def markdown(result: dict) -> str:

@@ -62,10 +62,12 @@ def frechet_distance(feats_a, feats_b, eps: float = FID_EPS) -> float:
 def trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
     """Tr((C_a C_b)^(1/2)) of two feature sets' unbiased covariances without a matrix square root: with centred
     features A, B, C_a C_b = A^T A B^T B / k, whose nonzero eigenvalues are the squared singular values of
-    A B^T / k^(1/2) (k = (N - 1)(M - 1)), so the trace is the nuclear norm of A B^T / k^(1/2): an [N, M] SVD, exact
-    in exact arithmetic and fast for the few hundred videos of a bootstrap."""
+    A B^T / k^(1/2) (k = (N - 1)(M - 1)), so the trace is the nuclear norm of A B^T / k^(1/2): an SVD of
+    [min(N, D), min(M, D)] (QR first when there are more samples than dimensions), exact in exact arithmetic."""
     ca, cb = a - a.mean(0), b - b.mean(0)
     k = (len(a) - 1) * (len(b) - 1)
+    if min(len(a), len(b)) > a.shape[1]:  # more samples than dimensions: A = Q_a R_a, and A B^T has R_a R_b^T's
+        ca, cb = np.linalg.qr(ca, mode="r"), np.linalg.qr(cb, mode="r")  # singular values: a [D, D] SVD instead
     return float(np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(k))
 
 

@@ -33,7 +33,11 @@ def load_inception(path: str | Path, device: str = "cpu") -> torch.nn.Module:
         path = path / WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FID Inception weights not found ({WEIGHTS}, published by {PUBLISHED})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: unpickling errors of several kinds
+        raise ValueError(f"{path}: not a weights file torch can read ({type(e).__name__}): not pytorch-fid's "
+                         "FID Inception") from None
     # the library's constructor, its download answered from the file (it calls load_state_dict, strict, on it)
     with mock.patch.object(fid, "load_state_dict_from_url", lambda *a, **k: state):
         try:

@@ -75,7 +75,11 @@ def load_syncnet(path: str | Path, device: str = "cpu") -> SyncNet:
         path = path / WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: SyncNet weights not found ({WEIGHTS}, published by {PUBLISHED})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: unpickling errors of several kinds
+        raise ValueError(f"{path}: not a weights file torch can read ({type(e).__name__}): not syncnet_python's SyncNet"
+                         ) from None
     net = SyncNet()
     try:
         net.load_state_dict(state)
