@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .weights import weight_file
+
 WEIGHTS = "i3d_torchscript.pt"
 PUBLISHED = ("StyleGAN-V's src/metrics/frechet_video_distance.py: "
              "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt")
@@ -26,11 +28,7 @@ DETECTOR_KWARGS = dict(rescale=True, resize=True, return_features=True)  # Style
 def load_i3d(path: str | Path, device: str = "cpu") -> torch.jit.ScriptModule:
     """The TorchScript I3D of `path` (the file, or a folder holding it), in eval mode. A missing file raises
     FileNotFoundError naming where it is published; a file that is not TorchScript ValueError."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: I3D not found ({WEIGHTS}, published in {PUBLISHED})")
+    path = weight_file(path, WEIGHTS, PUBLISHED)
     try:
         with warnings.catch_warnings():  # TorchScript, deprecated in torch 2.11, is the published file's format
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -16,6 +16,8 @@ from unittest import mock
 import numpy as np
 import torch
 
+from .weights import state_dict, weight_file
+
 WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 PUBLISHED = ("pytorch-fid's release 'fid_weights': https://github.com/mseitzer/pytorch-fid/releases/download/"
              "fid_weights/pt_inception-2015-12-05-6726825d.pth")
@@ -28,16 +30,8 @@ def load_inception(path: str | Path, device: str = "cpu") -> torch.nn.Module:
     ValueError."""
     from pytorch_fid import inception as fid
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: FID Inception weights not found ({WEIGHTS}, published by {PUBLISHED})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: unpickling errors of several kinds
-        raise ValueError(f"{path}: not a weights file torch can read ({type(e).__name__}): not pytorch-fid's "
-                         "FID Inception") from None
+    path = weight_file(path, WEIGHTS, PUBLISHED)
+    state = state_dict(path, "pytorch-fid's FID Inception")
     # the library's constructor, its download answered from the file (it calls load_state_dict, strict, on it)
     with mock.patch.object(fid, "load_state_dict_from_url", lambda *a, **k: state):
         try:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .weights import state_dict, weight_file
+
 WEIGHTS = "syncnet_v2.model"
 PUBLISHED = ("syncnet_python's download_model.sh: http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/"
              "syncnet_v2.model")
@@ -68,18 +70,11 @@ class SyncNet(nn.Module):
 
 
 def load_syncnet(path: str | Path, device: str = "cpu") -> SyncNet:
-    """SyncNet with the weights of `path` (syncnet_v2.model: a state dict, read weights-only and strictly), in eval
-    mode. A missing file raises FileNotFoundError naming where it is published."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: SyncNet weights not found ({WEIGHTS}, published by {PUBLISHED})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: unpickling errors of several kinds
-        raise ValueError(f"{path}: not a weights file torch can read ({type(e).__name__}): not syncnet_python's SyncNet"
-                         ) from None
+    """SyncNet with the weights of `path` (syncnet_v2.model, or a folder holding it: a state dict, read weights-only
+    and loaded strictly), in eval mode. A missing file raises FileNotFoundError naming where it is published, an
+    unreadable or foreign one ValueError."""
+    path = weight_file(path, WEIGHTS, PUBLISHED)
+    state = state_dict(path, "syncnet_python's SyncNet")
     net = SyncNet()
     try:
         net.load_state_dict(state)
