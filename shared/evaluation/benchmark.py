@@ -20,6 +20,8 @@ import torch
 
 from .. import errors
 from ..cli import add_fields, flag
+from ..data.media import fit_square
+from . import i3d, inception, syncnet
 from .field_metrics import frechet_distance, frechet_distance_fast, frechet_video_distance, sync_scores
 
 METRICS = ("fid", "fvd", "sync")
@@ -88,11 +90,11 @@ def pcm16_mono(path: Path, rate: int = 16000) -> np.ndarray | None:
     return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
-def clip(path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB frames [T, H, W, 3] at 25 fps (square-resized to `size` when given) and 16 kHz mono int16 audio."""
+def frames_of(path: Path) -> np.ndarray:
+    """RGB frames [T, H, W, 3] at 25 fps, as decoded (each video is decoded once, whatever the metrics)."""
     from ..data.media import iter_frames
 
-    return np.stack(list(iter_frames(path, size))), pcm16_mono(path)
+    return np.stack(list(iter_frames(path, None)))
 
 
 def bootstrap_fid(real: list[np.ndarray], gen: list[np.ndarray], n: int, seed: int) -> tuple[float, float] | None:
@@ -110,8 +112,6 @@ def bootstrap_fid(real: list[np.ndarray], gen: list[np.ndarray], n: int, seed: i
 
 def score(o: BenchmarkOptions, progress=None) -> dict:
     """Every chosen metric of every pair; the set's summary."""
-    from . import i3d, inception, syncnet
-
     if o.device == "cuda" and not torch.cuda.is_available():
         raise errors.UserError("--device cuda: no CUDA GPU is visible here")
     chosen = [m.strip() for m in o.metrics.split(",") if m.strip()]
@@ -139,21 +139,19 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
 
 def score_pair(r: Path, g: Path, fid_net, fvd_net, sync_net, feats, video_feats) -> dict:
     """One pair's Sync row; its FID / FVD features appended to `feats` / `video_feats` (real, generated)."""
-    from . import i3d, inception, syncnet
-
     row = {"name": g.stem}
     for side, path in (("real", r), ("generated", g)):
-        if fid_net is not None or fvd_net is not None:
-            frames, _ = clip(path, None)
-            if fid_net is not None:
-                feats[side == "generated"].append(inception.features(fid_net, frames))
-            if fvd_net is not None and len(frames) >= i3d.CLIP_FRAMES:
-                video_feats[side == "generated"].append(i3d.features(fvd_net, i3d.clips(frames)))
+        frames = frames_of(path)
+        if fid_net is not None:
+            feats[side == "generated"].append(inception.features(fid_net, frames))
+        if fvd_net is not None and len(frames) >= i3d.CLIP_FRAMES:
+            video_feats[side == "generated"].append(i3d.features(fvd_net, i3d.clips(frames)))
         if sync_net is not None:
-            frames, audio = clip(path, 224)
+            audio = pcm16_mono(path)
             if audio is None:
                 raise errors.UserError(f"{path}: no audio stream (Sync needs the clip's audio)")
-            lip, aud = syncnet.embeddings(sync_net, frames[..., ::-1], audio)  # SyncNet reads BGR
+            crops = np.stack([fit_square(f, 224) for f in frames])[..., ::-1]  # SyncNet reads 224 px BGR
+            lip, aud = syncnet.embeddings(sync_net, crops, audio)
             row |= {f"{side}_{k}": v for k, v in sync_scores(lip, aud).items()}
     return row
 

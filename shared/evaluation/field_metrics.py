@@ -30,20 +30,22 @@ FID_EPS = 1e-6  # pytorch-fid's default offset for a singular covariance product
 PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance's default, which syncnet_python's distances include
 
 
-def _features(x, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2 or len(a) < 2:
-        raise ValueError(f"{name}: features must be [N >= 2, D], got shape {a.shape}")
-    return a
+def _feature_sets(a, b, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two feature sets as float64 [N >= 2, D] and [M >= 2, D] of one D; ValueError naming `who` otherwise."""
+    sets = tuple(np.asarray(x, dtype=np.float64) for x in (a, b))
+    for x in sets:
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"{who}: features must be [N >= 2, D], got shape {x.shape}")
+    if sets[0].shape[1] != sets[1].shape[1]:
+        raise ValueError(f"{who}: feature sizes differ ({sets[0].shape[1]} and {sets[1].shape[1]})")
+    return sets
 
 
 def frechet_distance(feats_a, feats_b, eps: float = FID_EPS) -> float:
     """Fréchet distance between the Gaussians fitted to two feature sets [N, D] and [M, D] (FID on Inception pool
     features; FVD: `frechet_video_distance`): ||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))
     (Heusel et al. 2017)."""
-    a, b = _features(feats_a, "feats_a"), _features(feats_b, "feats_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"frechet_distance: feature sizes differ ({a.shape[1]} and {b.shape[1]})")
+    a, b = _feature_sets(feats_a, feats_b, "frechet_distance")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     root = linalg.sqrtm(cov_a @ cov_b)
@@ -74,9 +76,7 @@ def trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
 def frechet_distance_fast(feats_a, feats_b) -> float:
     """`frechet_distance` through `trace_sqrt_product` (for resampling many times: a bootstrap's intervals); equal to
     it where pytorch-fid's square root is accurate (tested), without its eps for a singular product."""
-    a, b = _features(feats_a, "feats_a"), _features(feats_b, "feats_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"frechet_distance: feature sizes differ ({a.shape[1]} and {b.shape[1]})")
+    a, b = _feature_sets(feats_a, feats_b, "frechet_distance")
     diff = a.mean(0) - b.mean(0)
     tr_a = ((a - a.mean(0)) ** 2).sum() / (len(a) - 1)
     tr_b = ((b - b.mean(0)) ** 2).sum() / (len(b) - 1)
@@ -88,9 +88,7 @@ def frechet_video_distance(feats_real, feats_gen) -> float:
     src/metrics/metric_utils.py `FeatureStats.get_mean_cov`: float64 sums, the biased covariance E[x x^T] - mu mu^T;
     src/metrics/frechet_video_distance.py `compute_fvd`: sqrtm of sigma_gen sigma_real, no eps, the real part of
     ||mu_gen - mu_real||^2 + Tr(sigma_gen + sigma_real - 2 sqrt)), which differs from pytorch-fid's unbiased one."""
-    r, g = _features(feats_real, "feats_real"), _features(feats_gen, "feats_gen")
-    if r.shape[1] != g.shape[1]:
-        raise ValueError(f"frechet_video_distance: feature sizes differ ({r.shape[1]} and {g.shape[1]})")
+    r, g = _feature_sets(feats_real, feats_gen, "frechet_video_distance")
 
     def mean_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu = x.sum(0) / len(x)
