@@ -5,6 +5,8 @@ CUDA queue, compiled blocks. The forward pass stays the method's maths; each swi
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..config import RuntimeConfig
@@ -41,3 +43,13 @@ def prepare_model(model: torch.nn.Module, rc: RuntimeConfig, block_types: tuple,
     if rc.compile:
         model.compile_blocks()
     return done
+
+
+def precision_autocast(precision: str, device: torch.device, cache: bool = True):
+    """The training forward's autocast for code that calls the model's methods directly (Fabric applies its precision
+    in `forward` only: self-forcing's rollout; the seed-batched trainer, which has no Fabric): bf16 under bf16-mixed,
+    fp16 under 16-mixed, none otherwise. cache=False for a CUDA graph capture (torch.cuda.graph's documentation)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)

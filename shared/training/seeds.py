@@ -32,6 +32,7 @@ from ..config import Config
 from ..diffusion import Batch, Draws, draw, flow_loss
 from .batches import StepBatches
 from .optim import decays, lr_factor
+from .runtime import precision_autocast
 
 STREAMS = ("loss", "video", "struct", "sync", "align")
 PROGRESS_EVERY = 50  # steps between progress reports (each reads a loss on the host: a sync)
@@ -177,11 +178,9 @@ class SeedTrainer:
                              *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
 
     def _autocast(self):
-        """bf16 autocast under a bf16 `launch.precision` (fp32 weights, optimiser and losses); its cast cache off,
-        as a CUDA graph capture needs (torch.cuda.graph's documentation)."""
-        if not str(self.cfg.launch.precision).startswith("bf16"):
-            return contextlib.nullcontext()
-        return torch.autocast(self.dev.type, dtype=torch.bfloat16, cache_enabled=False)
+        """bf16 autocast under a bf16-mixed `launch.precision` (fp32 weights, optimiser and losses); its cast cache off,
+        as a CUDA graph capture needs."""
+        return precision_autocast(self.cfg.launch.precision, self.dev, cache=False)
 
     def _step(self) -> dict[str, torch.Tensor]:
         """Forward, backward, per-seed clipping, AdamW, EMA; no host sync (capturable)."""

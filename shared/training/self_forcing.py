@@ -11,9 +11,9 @@ Self-Forcing's distribution-matching loss: the model is taught to bring a drifte
 One step: a cut c in [2, T-1], the same on every rank (an FSDP forward is a collective: every rank must run the same
 number of them), from (seed, step); frames 1..c-1 are streamed by the model from the clip's reference and audio
 with the inference sampler (`cfg.sample`, the KV-cached context), in eval mode, at the training forward's precision
-(`precision_autocast`) and **without gradients** (the rollout is a fixed input to the step: gradients are stopped at
-the history, as in scheduled sampling; backpropagating through a K-step rollout would multiply the step's memory by
-the rollout length); they replace the clip's frames 1..c-1 at the history level (0, or one
+(`runtime.precision_autocast`) and **without gradients** (the rollout is a fixed input to the step: gradients are
+stopped at the history, as in scheduled sampling; backpropagating through a K-step rollout would multiply the step's
+memory by the rollout length); they replace the clip's frames 1..c-1 at the history level (0, or one
 U(0, diffusion.sigma_context_max) level per sample, as `training_sigmas` gives a clean past); frames c..T-1 keep their
 independent noise levels and their real targets. With train.self_forcing_p < 1 only that fraction of steps does this
 (`uses_own_history`), the others train on the clip as usual.
@@ -21,7 +21,6 @@ independent noise levels and their real targets. With train.self_forcing_p < 1 o
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 
 import torch
@@ -31,6 +30,7 @@ from ..diffusion import Batch, Draws, draw, flow_loss
 from ..models import DualForce
 from ..sampling.graphs import GraphedModel
 from ..sampling.infer import derived_generator, stream
+from .runtime import precision_autocast
 
 
 def cut_of(cfg: Config, step: int, frames: int) -> int:
@@ -62,13 +62,6 @@ def rollout_graphs(model, device: torch.device) -> GraphedModel | None:
     if device.type != "cuda" or not isinstance(inner, DualForce):
         return None
     return GraphedModel(inner, overlap=inner.overlapped)
-
-
-def precision_autocast(precision: str, device: torch.device):
-    """The training forward's autocast for a rollout that calls the model's methods directly (Fabric applies its
-    precision in `forward` only): a bf16-mixed run rolls out in bf16, as it streams at inference."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 @torch.no_grad()
