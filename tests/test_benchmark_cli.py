@@ -80,8 +80,8 @@ def stereo_mp4(path: Path, left: np.ndarray, right: np.ndarray, rate: int = 1600
 
     with av.open(str(path), "w") as c:
         st = c.add_stream("aac", rate=rate, layout="stereo")
-        pcm = np.stack([left, right]).astype(np.float32)[None]  # [1, 2, S]: planar
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).reshape(2, -1), format="fltp", layout="stereo")
+        planar = np.stack([left, right]).astype(np.float32)  # [2, S]: one plane per channel
+        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo")
         frame.sample_rate = rate
         for packet in st.encode(frame):
             c.mux(packet)
