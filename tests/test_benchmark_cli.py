@@ -18,6 +18,7 @@ pytest.importorskip("python_speech_features")
 from shared.data.media import write_mp4  # noqa: E402
 from shared.evaluation import benchmark  # noqa: E402
 from shared.evaluation import syncnet as SN  # noqa: E402
+from tests.test_faces import random_face_weights  # noqa: E402
 from tests.test_i3d import StandIn  # noqa: E402
 from tests.test_inception import random_fid_weights  # noqa: E402
 
@@ -28,7 +29,7 @@ def videos(folder: Path, names: list[str], seed: int) -> None:
     from skimage import data
 
     g = np.random.default_rng(seed)
-    photo = data.astronaut()[::8, ::8]  # 64 x 64
+    photo = data.astronaut()[::4, ::4]  # 128 x 128: a face the detector finds
     folder.mkdir()
     for name in names:
         frames = np.stack([np.roll(photo, int(g.integers(0, 5)), axis=1) for _ in range(20)])  # 0.8 s at 25 fps
@@ -44,6 +45,7 @@ def test_scores_a_folder_end_to_end(tmp_path):
     torch.manual_seed(0)
     torch.save(SN.SyncNet().state_dict(), weights / "syncnet_v2.model")
     torch.jit.save(torch.jit.script(StandIn()), str(weights / "i3d_torchscript.pt"))  # the published I3D's signature
+    random_face_weights(weights)  # buffalo_l's landmark and ArcFace networks
     out = tmp_path / "out"
     res = benchmark.main(["--real", str(tmp_path / "real"), "--generated", str(tmp_path / "gen"), "--weights",
                           str(weights), "--out", str(out), "--bootstrap", "50"])
@@ -53,7 +55,13 @@ def test_scores_a_folder_end_to_end(tmp_path):
     assert s["fvd_clips"] == [2, 2] and np.isfinite(s["fvd"])  # one 16-frame clip per 20-frame video
     assert [r["name"] for r in res["videos"]] == ["a", "b"]
     assert all({"generated_sync_c", "generated_sync_d", "real_offset"} <= set(r) for r in res["videos"])
+    assert all(-1 <= r["generated_csim"] <= 1 and r["m_lmd"] >= 0 and r["f_lmd"] >= 0 for r in res["videos"])
+    assert all(-1 <= r["real_csim"] <= 1 for r in res["videos"])  # (a face with itself: 1, tests/test_faces.py)
+    lo, hi = s["m_lmd_interval"]
+    assert lo <= s["m_lmd"] <= hi
     assert json.loads((out / "benchmark.json").read_text())["summary"]["videos"] == 2
+    assert set(res["weights"]) == {p.name for p in weights.iterdir()}
+    assert not any(v["published"] for v in res["weights"].values())  # random stand-ins: flagged, not refused
     assert "| videos | fid | fvd |" in (out / "benchmark.md").read_text()
 
 
@@ -69,9 +77,15 @@ def test_refuses_a_missing_weight_file_by_name(tmp_path):
     assert "syncnet_v2.model" in res.stderr and "robots.ox.ac.uk" in res.stderr
     bad = subprocess.run([sys.executable, "-m", "shared.evaluation.benchmark", "--real", str(tmp_path / "real"),
                           "--generated", str(tmp_path / "gen"), "--weights", str(tmp_path / "weights"), "--out",
-                          str(tmp_path / "out"), "--metrics", "lmd"], cwd=ROOT, capture_output=True, text=True,
+                          str(tmp_path / "out"), "--metrics", "psnr"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
-    assert bad.returncode != 0 and "lmd unknown" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode != 0 and "psnr unknown" in bad.stderr and "Traceback" not in bad.stderr
+    face = subprocess.run([sys.executable, "-m", "shared.evaluation.benchmark", "--real", str(tmp_path / "real"),
+                           "--generated", str(tmp_path / "gen"), "--weights", str(tmp_path / "weights"), "--out",
+                           str(tmp_path / "out"), "--metrics", "csim"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert face.returncode != 0 and "Traceback" not in face.stderr
+    assert "1k3d68.onnx" in face.stderr and "buffalo_l" in face.stderr
 
 
 def stereo_mp4(path: Path, left: np.ndarray, right: np.ndarray, rate: int = 16000) -> None:

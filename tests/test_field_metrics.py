@@ -146,3 +146,15 @@ def test_frechet_distance_is_the_installed_pytorch_fids(n, d):
         pytest.skip("pytorch-fid's calculate_frechet_distance does not run with this SciPy")
     assert frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
     assert frechet_distance_fast(a, b) == pytest.approx(want, rel=1e-6)
+
+
+def test_weight_files_are_checked_against_the_published_ones(tmp_path):
+    from shared.evaluation import weights
+
+    (tmp_path / "syncnet_v2.model").write_bytes(b"abc")
+    got = weights.provenance(tmp_path, ["syncnet_v2.model", "w600k_r50.onnx"])
+    # SHA-256 of b"abc" (FIPS 180-2, appendix B.1)
+    assert got == {"syncnet_v2.model": {"sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                                        "published": False}}
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in weights.PUBLISHED_SHA256.values())
+    assert weights.PUBLISHED_SHA256["pt_inception-2015-12-05-6726825d.pth"].startswith("6726825d")  # its name's prefix

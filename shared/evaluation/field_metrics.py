@@ -132,3 +132,13 @@ def csim(emb_a, emb_b) -> float | np.ndarray:
     norm = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
     sim = (a * b).sum(-1) / np.maximum(norm, 1e-12)
     return float(sim) if np.ndim(sim) == 0 else sim
+
+
+def landmark_distance(lm_a, lm_b, points: slice = slice(None)) -> float:
+    """LMD: the mean over frames and landmarks of the Euclidean distance between corresponding landmarks [T, P, 2] of
+    two frame-aligned videos (Chen et al. 2018, "Lip Movements Generation at a Glance": the mouth's landmarks,
+    `points=faces.MOUTH`, for M-LMD; all of the face's for F-LMD). In the landmarks' own units (pixels)."""
+    a, b = np.asarray(lm_a, dtype=np.float64)[:, points], np.asarray(lm_b, dtype=np.float64)[:, points]
+    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 2 or a.size == 0:
+        raise ValueError(f"landmark_distance: two [T, P, 2] arrays of one shape, got {a.shape} and {b.shape}")
+    return float(np.linalg.norm(a - b, axis=-1).mean())
