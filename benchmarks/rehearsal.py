@@ -1,6 +1,7 @@
 """The full chain on real-format inputs (#36): footage as cameras and tools leave it -> prepare -> ingest with
 real-architecture encoders (random weights) -> stage 1 -> stage 2 from stage 1 -> self-forcing fine-tune ->
-generate.py with the VAE decoder -> an mp4 with audio. Time and peak memory per stage.
+generate.py with the VAE decoder -> an mp4 with audio -> scored by `shared.evaluation.benchmark` (FID, FVD, Sync,
+CSIM, LMD; random metric networks). Time and peak memory per stage.
 
     python benchmarks/rehearsal.py --preset full --device cuda --out runs/rehearsal     # one GPU (~7 min)
     python benchmarks/rehearsal.py --preset tiny --out /tmp/rehearsal                   # the CPU test's chain
@@ -58,6 +59,9 @@ class RehearsalOptions:
     stage1_steps: int = flag(0, check=errors.integer(0))
     """Stage 1's optimiser steps where they differ from `steps` (0: `steps`): a few hundred see the full model learn
     on the chain's inputs."""
+    score: bool = True
+    """Score the generated video with the field's metrics (needs the `metrics` extra: pytorch-fid,
+    python_speech_features, onnx, onnxruntime, opencv)."""
 
 
 SIZES = {"tiny": dict(canvas=(320, 240), face=160, size=64, clip=8, vae=(8, 8, 8, 8), train=[], tune=[]),
@@ -142,6 +146,23 @@ def trained(stage: Stages, name: str, kind: str, argv: list[str]) -> None:
         raise errors.UserError(f"{name}: {got['skipped']} of {got['step']} steps had a non-finite loss")
 
 
+def score(out: Path, real: Path, device: str) -> dict:
+    """generate.py's video against the prepared clip it took its audio from, through `shared.evaluation.benchmark`
+    with every metric (stand-in networks in the published files' layouts: the numbers mean nothing, the chain runs)."""
+    from shared.evaluation import benchmark, standins
+
+    for side, video in (("real", real), ("generated", out / "talk_generated.mp4")):
+        (out / "score" / side).mkdir(parents=True, exist_ok=True)
+        (out / "score" / side / "talk.mp4").write_bytes(video.read_bytes())  # the pair shares a name
+    weights = standins.write_all(out / "score" / "weights")
+    result = benchmark.score(benchmark.BenchmarkOptions(real=str(out / "score" / "real"),
+                                                        generated=str(out / "score" / "generated"),
+                                                        weights=str(weights), out=str(out / "score"), bootstrap=0,
+                                                        device=device))
+    (out / "score" / "benchmark.md").write_text(benchmark.markdown(result))
+    return result["summary"]
+
+
 def rehearse(o: RehearsalOptions) -> dict:
     s, out = SIZES[o.preset], Path(o.out)
     (out / "raw").mkdir(parents=True, exist_ok=True)
@@ -171,8 +192,9 @@ def rehearse(o: RehearsalOptions) -> dict:
     stage("generate (VAE decoder, mp4 with audio)", generate.main,
           ["--ckpt", str(out / "s3"), "--ref", f"{out / 'cache.h5'}", "--audio", str(clip), "--seconds", "2",
            "--out", str(out / "talk_generated.mp4"), "--device", o.device])
+    scores = stage("score (the field's metrics, random networks)", score, out, clip, o.device) if o.score else None
     report = {"preset": o.preset, "device": torch.cuda.get_device_name() if o.device == "cuda" else "cpu",
-              "stages": stage.rows}
+              "stages": stage.rows, "scores": scores}
     (out / "rehearsal.json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -1,13 +1,12 @@
 """CSIM and LMD (#37): insightface's landmark and ArcFace ONNX networks run as insightface runs them.
 
-The stand-in networks are ONNX graphs with random weights in the published files' signatures (`1k3d68.onnx`: a
-192 x 192 input and a 3,309-value output, of which the last 68 x 3 are the landmarks; `w600k_r50.onnx`: 112 x 112
-in, 512 out). The reference below re-implements, step by step on a BGR image as cv2 reads it, deepinsight/insightface
-python-package/insightface/model_zoo/landmark.py `Landmark.__init__` (lines 26-47: the input normalisation) and
-`Landmark.get` (lines 80-104), model_zoo/arcface_onnx.py `ArcFaceONNX.__init__` (lines 25-43) and `get` / `get_feat`
-(lines 65-85), and utils/face_align.py `estimate_norm` / `norm_crop` (lines 11-30), `transform` (52-68) and
-`trans_points2d` (71-80), at commit 7fadd420c2351d0ffa8cac403421c1a3ed733365.
-"""
+The stand-in networks (`shared.evaluation.standins`) are ONNX graphs with random weights in the published files'
+signatures (`1k3d68.onnx`: a 192 x 192 input and a 3,309-value output, of which the last 68 x 3 are the landmarks;
+`w600k_r50.onnx`: 112 x 112 in, 512 out). The reference below re-implements, step by step on a BGR image as cv2 reads
+it, deepinsight/insightface python-package/insightface/model_zoo/landmark.py `Landmark.__init__` (lines 26-47: the input
+normalisation) and `Landmark.get` (lines 80-104), model_zoo/arcface_onnx.py `ArcFaceONNX.__init__` (lines 25-43) and
+`get` / `get_feat` (lines 65-85), and utils/face_align.py `estimate_norm` / `norm_crop` (lines 11-30), `transform`
+(52-68) and `trans_points2d` (71-80), at commit 7fadd420c2351d0ffa8cac403421c1a3ed733365."""
 
 from __future__ import annotations
 
@@ -20,43 +19,13 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
 
-from shared.evaluation import faces  # noqa: E402
+from shared.evaluation import faces, standins  # noqa: E402
 from shared.evaluation.field_metrics import csim, landmark_distance  # noqa: E402
-
-
-def _graph(path: Path, size: int, stride: int, width: int, out: int, normalises: bool, seed: int) -> None:
-    """Conv (stride = kernel) -> Flatten -> Gemm [-> Tanh], random weights; `normalises`: a Sub and a Mul first, the
-    way a network that normalises its own input starts (insightface then feeds raw pixels)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = np.random.default_rng(seed)
-    cells = (size // stride) ** 2 * width
-    init = [numpy_helper.from_array((0.05 * g.standard_normal((width, 3, stride, stride))).astype(np.float32), "w"),
-            numpy_helper.from_array((g.standard_normal((cells, out)) / np.sqrt(cells)).astype(np.float32), "fc")]
-    nodes, x = [], "data"
-    if normalises:
-        init += [numpy_helper.from_array(np.full((1, 3, 1, 1), 127.5, np.float32), "m"),
-                 numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 128, np.float32), "s")]
-        nodes += [helper.make_node("Sub", [x, "m"], ["x0"], name="Sub_0"),
-                  helper.make_node("Mul", ["x0", "s"], ["x1"], name="Mul_1")]
-        x = "x1"
-    nodes += [helper.make_node("Conv", [x, "w"], ["c"], name="Conv_2", strides=[stride, stride]),
-              helper.make_node("Flatten", ["c"], ["f"], name="Flatten_3"),
-              helper.make_node("Gemm", ["f", "fc"], ["y" if normalises else "out"], name="Gemm_4")]
-    if normalises:
-        nodes.append(helper.make_node("Tanh", ["y"], ["out"], name="Tanh_5"))
-    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
-                                                                               ["None", 3, size, size])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["None", out])], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
 
 
 def random_face_weights(folder: Path, seed: int = 0) -> None:
     """Stand-ins for buffalo_l's 1k3d68.onnx (normalising its own input) and w600k_r50.onnx (not)."""
-    _graph(folder / faces.LANDMARK_FILE, 192, 12, 4, 3309, True, seed)
-    _graph(folder / faces.ARCFACE_FILE, 112, 7, 8, 512, False, seed + 1)
+    standins.write_faces(folder, seed)
 
 
 # ------------------------------------------------------------------------------ insightface, step by step
@@ -180,3 +149,7 @@ def test_face_boxes_follow_the_detector():
     assert 60 < (x0 + x1) / 2 < 140 and 20 < (y0 + y1) / 2 < 110  # the astronaut's face, not the flag or the suit
     np.testing.assert_array_equal(boxes[1], boxes[0])  # the empty frame takes its neighbour's box
     assert faces.face_boxes(np.zeros((2, 64, 64, 3), np.uint8)) is None
+    shifted = np.roll(rgb, 9, axis=1)  # detected every 2nd frame: frame 1 is never looked at, it takes frame 0's box
+    sparse = faces.face_boxes(np.stack([rgb, shifted, shifted]), every=2)
+    np.testing.assert_array_equal(sparse[1], sparse[0])
+    assert sparse[2][0] > sparse[0][0]  # frame 2 was detected: the face 9 px to the right

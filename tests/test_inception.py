@@ -4,7 +4,6 @@ its weights file; the reference is pytorch-fid itself (its image-file pipeline a
 from __future__ import annotations
 
 import warnings
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,21 +12,15 @@ import torch
 pytest.importorskip("pytorch_fid")
 
 from pytorch_fid import fid_score  # noqa: E402
-from pytorch_fid import inception as fid  # noqa: E402
 
 from shared.evaluation import inception as I  # noqa: E402
+from shared.evaluation import standins  # noqa: E402
 from shared.evaluation.field_metrics import frechet_distance  # noqa: E402
 
 
 def random_fid_weights(path) -> None:
-    """A state dict of the network `fid_inception_v3` builds (pytorch-fid src/pytorch_fid/inception.py:195-217:
-    torchvision's Inception v3 with 1008 classes and no aux head, Mixed_5b..7c patched), as the published
-    pt_inception-2015-12-05-6726825d.pth holds it, with random weights."""
-    torch.manual_seed(0)
-    with mock.patch.object(fid, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch.object(torch.nn.Module, "load_state_dict", lambda *a, **k: None):
-        net = fid.fid_inception_v3()
-    torch.save(net.state_dict(), path)
+    """A state dict of pytorch-fid's `fid_inception_v3`, as the published file holds it, random."""
+    standins.write_inception(path)
 
 
 @pytest.fixture(scope="module")

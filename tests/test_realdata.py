@@ -581,7 +581,9 @@ def test_the_rehearsal_chain_runs_on_tiny(tmp_path):
 
     report = rehearsal.main(["--preset", "tiny", "--out", str(tmp_path), "--seconds", "3", "--steps", "2"])
     assert [r["stage"].split(" ")[0] for r in report["stages"]] == [
-        "raw", "encoders", "prepare", "ingest", "stage", "stage", "self-forcing", "generate"]
+        "raw", "encoders", "prepare", "ingest", "stage", "stage", "self-forcing", "generate", "score"]
+    scored = report["scores"]  # generate.py's video scored against its source clip (#37 point 4)
+    assert scored["videos"] == 1 and all(k in scored for k in ("fid", "generated_sync_c", "generated_csim", "m_lmd"))
     losses = [r["last_loss"]["loss"] for r in report["stages"] if "last_loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     meta = CacheReader(tmp_path / "cache.h5").meta

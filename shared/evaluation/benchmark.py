@@ -53,7 +53,10 @@ class BenchmarkOptions:
     bootstrap: int = flag(200, check=errors.integer(0))
     """Bootstrap resamples of the videos for the intervals (FID's and the per-video means'; 0: none)."""
     face_every: int = flag(1, check=errors.integer(1))
-    """CSIM and LMD read every N-th frame (the face networks are the slow part on a CPU)."""
+    """CSIM and LMD read every N-th frame (1: all)."""
+    detect_every: int = flag(5, check=errors.integer(1))
+    """The face detector runs on every N-th frame read for CSIM / LMD, the frames between take the nearest box (the
+    detector is the slow part on a CPU; the crops `shared.data.prepare` writes hold the face still)."""
     seed: int = flag(0, check=errors.integer(0))
     """Seed of the bootstrap."""
     device: str = flag("cpu", choices=("cpu", "cuda"))
@@ -158,7 +161,7 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
     rows, feats, video_feats = [], ([], []), ([], [])
     for i, (r, g) in enumerate(found):
         try:
-            rows.append(score_pair(r, g, nets, feats, video_feats, o.face_every))
+            rows.append(score_pair(r, g, nets, feats, video_feats, o.face_every, o.detect_every))
         except ValueError as e:  # a clip too short for SyncNet, a frame of an unexpected shape, no face
             raise errors.UserError(f"{g.name}: {e}") from None
         if progress is not None:
@@ -167,7 +170,8 @@ def score(o: BenchmarkOptions, progress=None) -> dict:
             "summary": summarize(rows, found, unpaired, feats, video_feats, nets, o), "videos": rows}
 
 
-def score_pair(r: Path, g: Path, nets: Networks, feats, video_feats, face_every: int = 1) -> dict:
+def score_pair(r: Path, g: Path, nets: Networks, feats, video_feats, face_every: int = 1,
+               detect_every: int = 5) -> dict:
     """One pair's row (Sync, CSIM, LMD); its FID / FVD features appended to `feats` / `video_feats` (real,
     generated)."""
     row, decoded = {"name": g.stem}, {}
@@ -185,15 +189,15 @@ def score_pair(r: Path, g: Path, nets: Networks, feats, video_feats, face_every:
             lip, aud = syncnet.embeddings(nets.sync, crops, audio)
             row |= {f"{side}_{k}": v for k, v in sync_scores(lip, aud).items()}
     if nets.faces is not None:
-        row |= face_scores(nets, decoded["real"][::face_every], decoded["generated"][::face_every])
+        row |= face_scores(nets, decoded["real"][::face_every], decoded["generated"][::face_every], detect_every)
     return row
 
 
-def face_scores(nets: Networks, real: np.ndarray, gen: np.ndarray) -> dict:
+def face_scores(nets: Networks, real: np.ndarray, gen: np.ndarray, detect_every: int = 5) -> dict:
     """CSIM of every generated frame and every later real frame to the real video's first frame (the identity
     reference), averaged over frames; M-LMD and F-LMD between the frame-aligned landmarks, the generated ones scaled
     to the real frame's pixels. Boxes from each video's own detections; a video with none takes the other's."""
-    boxes = {"real": faces.face_boxes(real), "generated": faces.face_boxes(gen)}
+    boxes = {"real": faces.face_boxes(real, detect_every), "generated": faces.face_boxes(gen, detect_every)}
     size = {"real": np.array(real.shape[2:0:-1], np.float32), "generated": np.array(gen.shape[2:0:-1], np.float32)}
     if boxes["real"] is None and boxes["generated"] is None:
         raise ValueError("the face detector found no face in either video (CSIM and LMD need one)")
