@@ -1,0 +1,158 @@
+"""The demo page's own overhead (#38): first-frame latency and sustained frame rate of one checkpoint, measured
+four ways in one process, one after the other, each `--repeats` times (medians):
+
+- `direct`: the generation API the server calls (`shared.serving.engine.Engine.frames`), no server;
+- `websocket`: the server's WebSocket stream read by a Python client (protocol + JPEG, no browser);
+- `page`: the page in headless Chromium (selenium), from the click on Start to each frame decoded in the page;
+- `mjpeg`: the same server's multipart JPEG stream (`/api/session/ID/mjpeg`), the lighter alternative, read by a
+  Python HTTP client.
+
+    python benchmarks/demo_latency.py --ckpt RUN [--device cpu|cuda] [--seconds 4] [--repeats 3]
+
+Sustained fps: frames after the first over the time from the first to the last (the first frame's latency apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stage2_dual"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DemoBench:
+    """What is measured (one flag per field)."""
+
+    ckpt: str = flag()
+    """The checkpoint the demo serves."""
+    device: str = flag("cpu", choices=("cpu", "cuda"))
+    """Where the model runs."""
+    seconds: float = flag(4.0, check=errors.real(1.0, 60.0))
+    """Length of the voice (a synthetic one) streamed."""
+    repeats: int = flag(3, check=errors.integer(1))
+    """Runs of each way (medians reported)."""
+
+
+def rates(times: list[float]) -> dict:
+    """First-frame latency (s) and sustained fps from the arrival times (s since the start) of every frame."""
+    return {"first_s": times[0], "fps": (len(times) - 1) / (times[-1] - times[0]), "frames": len(times)}
+
+
+def direct(engine, session) -> dict:
+    t0, times = time.perf_counter(), []
+    for _ in engine.frames(session, {}, threading.Event()):
+        times.append(time.perf_counter() - t0)
+    return rates(times)
+
+
+def websocket(url: str, sid: str) -> dict:
+    import websockets
+
+    async def run():
+        t0, times = time.perf_counter(), []
+        async with websockets.connect(f"{url.replace('http', 'ws')}/api/session/{sid}/stream") as ws:
+            await ws.send(json.dumps({"settings": {}}))
+            while True:
+                m = await ws.recv()
+                if isinstance(m, bytes):
+                    times.append(time.perf_counter() - t0)
+                elif json.loads(m)["type"] != "frame":
+                    return rates(times)
+    return asyncio.run(run())
+
+
+def mjpeg(url: str, sid: str) -> dict:
+    import httpx
+
+    t0, times, buf = time.perf_counter(), [], b""
+    with httpx.stream("GET", f"{url}/api/session/{sid}/mjpeg", timeout=600) as r:
+        for chunk in r.iter_bytes():
+            buf += chunk
+            while (end := buf.find(b"\xff\xd9")) >= 0:  # a JPEG's end-of-image marker closes each part
+                times.append(time.perf_counter() - t0)
+                buf = buf[end + 2:]
+    return rates(times)
+
+
+def page(url: str, voice: Path, ref: Path) -> dict:
+    from selenium.webdriver.common.by import By
+    from test_demo import _driver, _wait
+
+    d = _driver()
+    try:
+        d.get(url)
+        _wait(d, "demo.session !== null")
+        d.find_element(By.ID, "ref-file").send_keys(str(ref))
+        _wait(d, "demo.ready.reference")
+        d.find_element(By.ID, "audio-file").send_keys(str(voice))
+        _wait(d, "demo.ready.audio && !document.getElementById('start').disabled")
+        d.find_element(By.ID, "start").click()
+        _wait(d, "demo.done && demo.received > 0", timeout=600)
+        first, last, n = d.execute_script("return [demo.firstFrameMs, demo.lastFrameMs, demo.received]")
+        return {"first_s": first / 1e3, "fps": (n - 1) / ((last - first) / 1e3), "frames": n}
+    finally:
+        d.quit()
+
+
+def main(argv=None) -> dict:
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fields(ap, DemoBench)
+    o = DemoBench(**vars(ap.parse_args(argv)))
+    import uvicorn
+    from PIL import Image
+    from scipy.io import wavfile
+    from skimage import data
+
+    import demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ref, voice = tmp / "face.png", tmp / "voice.wav"
+        Image.fromarray(data.astronaut()[::4, ::4]).save(ref)
+        t = np.arange(int(o.seconds * 16000)) / 16000
+        wavfile.write(voice, 16000, (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32))
+        (tmp / "server").mkdir()
+        app, engine = demo.build(demo.DemoOptions(ckpt=o.ckpt, device=o.device, max_seconds=o.seconds + 1),
+                                 tmp / "server")
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        threading.Thread(target=srv.run, daemon=True).start()
+        while not srv.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+        import httpx
+
+        sid = httpx.post(f"{url}/api/session").json()["id"]
+        httpx.post(f"{url}/api/session/{sid}/reference", files={"file": ("face.png", ref.read_bytes())})
+        httpx.post(f"{url}/api/session/{sid}/audio", files={"file": ("voice.wav", voice.read_bytes())})
+        session = app.state.sessions.get(sid)
+        ways = {"direct": lambda: direct(engine, session), "websocket": lambda: websocket(url, sid),
+                "page": lambda: page(url, voice, ref), "mjpeg": lambda: mjpeg(url, sid)}
+        out = {"ckpt": o.ckpt, "device": o.device, "seconds": o.seconds, "preset": engine.cfg.preset}
+        direct(engine, session)  # warm-up (allocations, first-call costs)
+        for name, way in ways.items():
+            runs = [way() for _ in range(o.repeats)]
+            out[name] = {k: statistics.median(r[k] for r in runs) for k in ("first_s", "fps", "frames")}
+            print(name, json.dumps(out[name]), flush=True)
+        srv.should_exit = True
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(errors.entry(main))

@@ -1,0 +1,255 @@
+"""The demo's web server (Starlette): the page, per-viewer sessions with uploads, and a WebSocket per stream that
+pushes each frame (JPEG) with its motion as soon as it is decoded.
+
+Why a WebSocket and not Gradio's streaming output: the page must place every frame on the voice's clock and plot
+the 3-D motion beside it, frame by frame; a WebSocket hands the page each frame and its numbers the moment they
+exist, with nothing between the generator and the browser but a JPEG encode (benchmarks/RESULTS.md, the demo section,
+measures the page against `stream_step.py` and against a multipart MJPEG stream from the same server).
+
+    GET  /                              the page
+    GET  /api/info                      model, sampler defaults, examples, limits
+    POST /api/session                   a new session -> {"id"}
+    POST /api/session/ID/reference      multipart "file", or JSON {"example": NAME}
+    POST /api/session/ID/audio          multipart "file", or JSON {"example": NAME}
+    GET  /api/session/ID/audio          the session's voice (the page plays it in sync)
+    WS   /api/session/ID/stream         send {"settings": {...}}; receive {"type": "frame", ...} + JPEG bytes per
+                                        frame, then {"type": "done"} or {"type": "error", "message"}; send
+                                        {"type": "stop"} to stop
+    GET  /api/session/ID/mjpeg          the same stream as multipart JPEG (the measured alternative; no motion)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..sampling.generation import InputError
+from .engine import Engine, Examples
+from .sessions import Sessions
+
+JPEG_QUALITY = 90
+
+
+def jpeg(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _error(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlette:
+    """The Starlette application over one engine and one session store."""
+    page = resources.files("shared.serving").joinpath("page.html").read_text()
+
+    def session_of(request) -> object:
+        try:
+            return sessions.get(request.path_params["sid"])
+        except KeyError:
+            return None
+
+    async def index(request: Request):
+        return HTMLResponse(page)
+
+    async def info(request: Request):
+        return JSONResponse(engine.info() | {"examples": {"references": sorted(examples.references),
+                                                          "voices": sorted(examples.voices)},
+                                             "limits": vars(sessions.limits)})
+
+    async def new_session(request: Request):
+        try:
+            return JSONResponse({"id": sessions.create().id})
+        except InputError as e:
+            return _error(str(e), 503)
+
+    async def upload(request: Request, kind: str):
+        s = session_of(request)
+        if s is None:
+            return _error("no such session (it expired: reload the page)", 404)
+        size = int(request.headers.get("content-length") or 0)
+        if size > sessions.limits.upload_mb * 2**20 + 65536:  # refused before the body is read
+            return _error(f"upload of {size / 2**20:.1f} MB, the limit is {sessions.limits.upload_mb:g} MB", 413)
+        try:
+            if request.headers.get("content-type", "").startswith("application/json"):
+                name = (await request.json()).get("example")
+                table = examples.references if kind == "reference" else examples.voices
+                if name not in table:
+                    return _error(f"no example {name!r}")
+                sessions.use_example(s, table[name] if kind == "reference" else None,
+                                     table[name] if kind == "audio" else None)
+                return JSONResponse({"ok": True, "seconds": s.seconds})
+            async with request.form(max_files=1, max_fields=2,
+                                    max_part_size=int(sessions.limits.upload_mb * 2**20) + 1) as form:
+                f = form.get("file")
+                if f is None or isinstance(f, str):
+                    return _error("send the file as the multipart field 'file'")
+                data = await f.read()
+                name = Path(f.filename or "upload").name
+            if kind == "reference":
+                await asyncio.to_thread(sessions.set_reference, s, name, data)
+                return JSONResponse({"ok": True})
+            return JSONResponse({"ok": True, "seconds": await asyncio.to_thread(sessions.set_audio, s, name, data)})
+        except InputError as e:
+            return _error(str(e))
+        except Exception as e:  # a malformed multipart body, a form over its limits
+            return _error(f"the upload could not be read ({type(e).__name__}: {e})")
+
+    async def reference(request: Request):
+        return await upload(request, "reference")
+
+    async def audio_upload(request: Request):
+        return await upload(request, "audio")
+
+    async def audio_file(request: Request):
+        s = session_of(request)
+        if s is None or s.audio is None:
+            return _error("no voice in this session", 404)
+        return FileResponse(s.audio)  # always inside the session's own folder (sessions.set_audio)
+
+    async def stream(ws: WebSocket):
+        await ws.accept()
+        s = session_of(ws)
+        if s is None:
+            await ws.send_json({"type": "error", "message": "no such session (it expired: reload the page)"})
+            return await ws.close()
+        try:
+            settings = (await ws.receive_json()).get("settings", {})
+        except (WebSocketDisconnect, json.JSONDecodeError, AttributeError):
+            return
+        if s.streaming:
+            await ws.send_json({"type": "error", "message": "this session is already streaming"})
+            return await ws.close()
+        cancel = threading.Event()
+        s.streaming = True
+        try:
+            await _pump(ws, engine.frames(s, settings, cancel), cancel)
+        finally:
+            s.streaming = False
+
+    async def mjpeg(request: Request):
+        s = session_of(request)
+        if s is None:
+            return _error("no such session", 404)
+        cancel = threading.Event()
+        frames = engine.frames(s, dict(request.query_params), cancel)
+
+        async def body():
+            queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+            _start(frames, queue, asyncio.get_running_loop(), cancel)
+            try:
+                while (item := await queue.get())[0] == "frame":
+                    yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + item[2] + b"\r\n"
+            finally:
+                cancel.set()
+
+        return StreamingResponse(body(), media_type="multipart/x-mixed-replace; boundary=frame")
+
+    routes = [Route("/", index), Route("/api/info", info), Route("/api/session", new_session, methods=["POST"]),
+              Route("/api/session/{sid}/reference", reference, methods=["POST"]),
+              Route("/api/session/{sid}/audio", audio_upload, methods=["POST"]),
+              Route("/api/session/{sid}/audio", audio_file, methods=["GET"]),
+              Route("/api/session/{sid}/mjpeg", mjpeg), WebSocketRoute("/api/session/{sid}/stream", stream)]
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        sessions.close()  # every viewer's files go with the server
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.engine, app.state.sessions = engine, sessions
+    return app
+
+
+class _Stopped(Exception):
+    """The viewer left while the generator waited to hand over a frame."""
+
+
+def _start(frames, queue: asyncio.Queue, loop, cancel: threading.Event) -> threading.Thread:
+    """Run the generator on a thread of its own (torch releases the GIL), handing ("frame", f, jpeg), then ("done",)
+    or ("error", message), to the event loop's queue; a full queue (a slow viewer) holds the generator back."""
+    def put(item) -> None:
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if cancel.is_set():  # nobody reads any more: give up instead of waiting forever
+                    future.cancel()
+                    raise _Stopped from None
+
+    def work() -> None:
+        final = ("done",)
+        try:
+            for f in frames:
+                put(("frame", f, jpeg(f["frame"])))
+                if cancel.is_set():
+                    break
+        except _Stopped:
+            return
+        except InputError as e:
+            final = ("error", str(e))
+        except Exception as e:  # the server keeps serving; the viewer sees what went wrong
+            final = ("error", f"generation failed: {type(e).__name__}: {e}")
+        try:
+            put(final)
+        except _Stopped:
+            pass
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
+    """Frames to the page as they come; a {"type": "stop"} or a closed page stops the generator."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+    _start(frames, queue, asyncio.get_running_loop(), cancel)
+
+    async def listen() -> None:
+        try:
+            while (await ws.receive_json()).get("type") != "stop":
+                pass
+        except Exception:  # the page went away
+            pass
+        cancel.set()
+
+    listener = asyncio.create_task(listen())
+    try:
+        while True:
+            item = await queue.get()
+            if item[0] == "frame":
+                f = item[1]
+                await ws.send_json({"type": "frame", "index": f["index"], "time": f["time"], "motion": f["motion"],
+                                    "frames": f["frames"]})
+                await ws.send_bytes(item[2])
+            else:
+                await ws.send_json({"type": "done"} if item[0] == "done" else {"type": "error", "message": item[1]})
+                break
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        cancel.set()
+        listener.cancel()
+        # drain what the generator still hands over, so its thread is not left blocked on a full queue
+        while not queue.empty():
+            queue.get_nowait()
+    try:
+        await ws.close()
+    except RuntimeError:
+        pass

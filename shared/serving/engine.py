@@ -1,0 +1,116 @@
+"""The demo's generator: one model loaded once, streams of decoded frames and their motion for any number of
+viewers (`shared.sampling.generation.stream_frames`, the one generation API `generate.py` also uses)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import runs
+from ..config import SampleConfig
+from ..data.media import iter_frames
+from ..sampling import schedule as sched
+from ..sampling.generation import (InputError, check_fits, check_sample, codec_from_spec, features_from_spec,
+                                   load_audio, load_model, load_reference, stream_frames)
+from .sessions import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Session
+
+PLOTTED = ("jaw", "yaw", "pitch", "roll")  # the motion a viewer reads at a glance: the mouth and the head's turn
+SETTINGS = {"denoise_steps": int, "schedule": str, "ref_weight": float, "audio_cfg": float}
+"""The sampler settings the page offers (SampleConfig fields); `seed` besides."""
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Ready inputs a viewer can pick: reference images and voices, by name."""
+
+    references: dict[str, str]
+    voices: dict[str, Path]
+
+
+class Engine:
+    """The model, its codec and audio features, on one device; safe to stream from several threads at once (each
+    stream has its own cache and noise; the weights are only read)."""
+
+    def __init__(self, ckpt: str, device: torch.device):
+        self.device = device
+        self.model, self.cfg, self.meta = load_model(ckpt, device)
+        if device.type == "cuda":
+            self.model.to(torch.bfloat16)
+        self.codec = codec_from_spec(self.meta.codec, str(device))
+        self.features = features_from_spec(self.meta.audio_features)
+        layout = list(self.meta.struct_layout) if self.cfg.model.has_struct else []
+        chosen = [n for n in PLOTTED if n in layout] or layout[:4]
+        self.plotted = [(n, layout.index(n)) for n in chosen]
+        self.run = runs.resolve_checkpoint(ckpt)[1]
+
+    def info(self) -> dict:
+        s = self.cfg.sample
+        return {"preset": self.cfg.preset, "bridge_mode": self.cfg.model.bridge_mode, "fps": self.cfg.fps,
+                "image_size": self.meta.image_size, "motion": [n for n, _ in self.plotted],
+                "device": str(self.device), "schedules": sorted(sched.KINDS),
+                "defaults": {k: getattr(s, k) for k in SETTINGS} | {"seed": 0}}
+
+    def sample(self, settings: dict, frames: int) -> tuple[SampleConfig, int]:
+        """The run's sampler settings with the page's changes, checked; the seed. InputError names a bad one."""
+        sample, seed = self.cfg.sample, settings.get("seed", 0)
+        for k, v in settings.items():
+            if k == "seed":
+                continue
+            if k not in SETTINGS:
+                raise InputError(f"unknown setting {k!r} (the page sends {', '.join(SETTINGS)}, seed)")
+            try:
+                sample = replace(sample, **{k: SETTINGS[k](v)})
+            except (TypeError, ValueError) as e:
+                raise InputError(f"{k} = {v!r}: {str(e).removeprefix('SampleConfig: ')}") from None
+        try:
+            seed = int(seed)
+        except (TypeError, ValueError):
+            raise InputError(f"seed = {seed!r}: a whole number") from None
+        if seed < 0:
+            raise InputError(f"seed = {seed}: must be >= 0")
+        return check_sample(sample, frames), seed
+
+    def frames(self, s: Session, settings: dict, cancel: threading.Event) -> Iterator[dict]:
+        """The session's stream: {"index", "frame" uint8 [H, W, 3], "motion" [len(plotted)] or None, "time"},
+        stopping between frames once `cancel` is set."""
+        if s.reference is None or s.audio is None:
+            raise InputError("choose a reference image and a voice first")
+        ref = load_reference(s.reference, self.cfg, self.meta, self.codec)
+        wav = load_audio(s.audio)
+        frames = max(1, int(len(wav) / 16000 * self.cfg.fps))
+        sample, seed = self.sample(settings, frames)
+        check_fits(self.cfg, sample, frames, self.device, 2 if self.device.type == "cuda" else 4)
+        features = self.features(wav, frames)
+        for f in stream_frames(self.model, ref, features, frames, self.codec, sample, self.device, seed):
+            motion = None if f["struct"] is None else [float(f["struct"][i]) for _, i in self.plotted]
+            yield {"index": f["index"], "frame": f["frame"], "motion": motion, "time": f["time"], "frames": frames}
+            if cancel.is_set():
+                return
+
+
+def find_examples(run: Path, folder: Path | None, out: Path) -> Examples:
+    """Images and voices in `folder`; without one, the PoC run's side-by-side samples beside the checkpoint
+    (`POC/samples/*.mp4`, the run at `POC/variants/NAME`): each gives a voice (its audio) and a reference (its first
+    frame's left square, the real clip's face), written to `out`."""
+    if folder is not None:
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+        return Examples({p.stem: str(p) for p in files if p.suffix.lower() in IMAGE_SUFFIXES},
+                        {p.stem: p for p in files if p.suffix.lower() in AUDIO_SUFFIXES})
+    refs, voices = {}, {}
+    for i, mp4 in enumerate(sorted((run.parent.parent / "samples").glob("*.mp4"))[:4]):
+        from PIL import Image
+
+        try:
+            first = next(iter(iter_frames(mp4, None)))
+        except Exception:  # a sample that does not decode (or is empty) is no example
+            continue
+        side = first.shape[0]
+        path = out / f"example{i}.png"
+        Image.fromarray(np.ascontiguousarray(first[:, :side])).save(path)
+        refs[f"clip {i} (PoC sample)"], voices[f"clip {i} (PoC sample)"] = str(path), mp4
+    return Examples(refs, voices)

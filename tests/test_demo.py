@@ -1,0 +1,247 @@
+"""stage2_dual/demo.py (#38): the server's sessions, uploads and stream, then the page in a real browser (headless
+Debian Chromium driven by selenium): frames arrive and change, the motion plot fills, the readouts move, a bad
+upload shows its message, two viewers stream at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from shared.training import run_cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "stage2_dual"))
+import demo  # noqa: E402
+
+
+def _wav(path: Path, seconds: float) -> Path:
+    t = np.arange(int(seconds * 16000)) / 16000
+    wavfile.write(path, 16000, (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32))
+    return path
+
+
+def _png(path: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()[::4, ::4]).save(path)  # 128 px: a real photograph
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """A tiny dual run (a few steps on ingested SynthTalk), a reference, voices and a bad image."""
+    d = tmp_path_factory.mktemp("demo")
+    py = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=ROOT, check=True, capture_output=True)  # noqa: E731
+    py("shared.data.synth", "--out", str(d / "st"), "--clips", "2", "--seconds", "1.6", "--size", "32")
+    py("shared.data.ingest", str(d / "st"), "--out", str(d / "c.h5"), "--size", "32", "--struct", "explicit",
+       "--min-frames", "20")
+    run_cli("dual", ["--preset", "tiny", "--data", str(d / "c.h5"), "--out", str(d / "run"), "--accelerator", "cpu",
+                     "--max-steps", "2", "--sample-every", "0"])
+    (d / "bad.png").write_text("not an image")
+    return {"run": d / "run", "ref": _png(d / "face.png"), "voice": _wav(d / "voice.wav", 2.0),
+            "long": _wav(d / "long.wav", 4.0), "bad": d / "bad.png", "root": d}
+
+
+def _app(files, tmp_path, **kw):
+    root = tmp_path / "server"
+    root.mkdir()
+    o = demo.DemoOptions(ckpt=str(files["run"]), device="cpu", max_seconds=3.0, **kw)
+    return demo.build(o, root)[0], root
+
+
+@pytest.fixture()
+def client(files, tmp_path):
+    from starlette.testclient import TestClient
+
+    app, root = _app(files, tmp_path, max_upload_mb=1.0)
+    with TestClient(app) as c:
+        c.root = root
+        yield c
+
+
+def _session(c, files) -> str:
+    sid = c.post("/api/session").json()["id"]
+    assert c.post(f"/api/session/{sid}/reference", files={"file": ("face.png", files["ref"].read_bytes())}).json()["ok"]
+    r = c.post(f"/api/session/{sid}/audio", files={"file": ("voice.wav", files["voice"].read_bytes())}).json()
+    assert r["seconds"] == pytest.approx(2.0, abs=0.01)
+    return sid
+
+
+def test_a_session_streams_every_frame_with_its_motion(client, files):
+    info = client.get("/api/info").json()
+    assert info["motion"] == ["jaw", "yaw", "pitch", "roll"] and info["defaults"]["denoise_steps"] >= 1
+    sid = _session(client, files)
+    assert client.get(f"/api/session/{sid}/audio").content == files["voice"].read_bytes()
+    with client.websocket_connect(f"/api/session/{sid}/stream") as ws:
+        ws.send_json({"settings": {"denoise_steps": 2, "seed": 3}})
+        frames, jpegs = [], 0
+        while (m := ws.receive_json())["type"] == "frame":
+            frames.append(m)
+            jpegs += ws.receive_bytes()[:2] == b"\xff\xd8"  # a JPEG's start-of-image marker
+    assert m["type"] == "done" and len(frames) == jpegs == 50  # 2 s at 25 fps
+    assert [f["index"] for f in frames] == list(range(50)) and all(len(f["motion"]) == 4 for f in frames)
+
+
+def test_bad_input_gets_a_message_and_the_server_goes_on(client, files):
+    sid = client.post("/api/session").json()["id"]
+    bad = client.post(f"/api/session/{sid}/reference", files={"file": ("bad.png", b"not an image")})
+    assert bad.status_code == 400 and "bad.png: unreadable image" in bad.json()["error"]
+    text = client.post(f"/api/session/{sid}/reference", files={"file": ("notes.txt", b"hello")})
+    assert text.status_code == 400 and ".png" in text.json()["error"]
+    long = client.post(f"/api/session/{sid}/audio", files={"file": ("long.wav", files["long"].read_bytes())})
+    assert long.status_code == 400 and "limit is 3 s" in long.json()["error"]
+    big = client.post(f"/api/session/{sid}/audio", files={"file": ("big.wav", b"\0" * (2 << 20))})
+    assert big.status_code == 413 and "limit is 1 MB" in big.json()["error"]
+    assert client.post("/api/session/nope/audio", files={"file": ("v.wav", b"x")}).status_code == 404
+    with client.websocket_connect(f"/api/session/{sid}/stream") as ws:  # no inputs yet: a message, not a crash
+        ws.send_json({"settings": {}})
+        assert "choose a reference image and a voice" in ws.receive_json()["message"]
+    sid2 = _session(client, files)  # the server still serves
+    with client.websocket_connect(f"/api/session/{sid2}/stream") as ws:
+        ws.send_json({"settings": {"denoise_steps": 0}})
+        assert "denoise_steps" in ws.receive_json()["message"]
+
+
+def test_files_stay_inside_the_session_folder(client, files):
+    sid = client.post("/api/session").json()["id"]
+    r = client.post(f"/api/session/{sid}/reference", files={"file": ("../../../escape.png", files["ref"].read_bytes())})
+    assert r.json()["ok"]
+    written = [p for p in client.root.rglob("*") if p.is_file() and "examples" not in p.parts]
+    assert [p.relative_to(client.root / "sessions") for p in written] == [Path(sid) / "reference.png"]
+    assert not (client.root.parent / "escape.png").exists()
+    assert client.get(f"/api/session/{sid}/audio").status_code == 404  # no voice yet: nothing else is served
+
+
+# ------------------------------------------------------------------------------------------ a real browser
+
+
+def _browser_ready() -> str | None:
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        return "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    return None
+
+
+browser = pytest.mark.skipif(_browser_ready() is not None, reason=str(_browser_ready()))
+
+
+@pytest.fixture()
+def server(files, tmp_path):
+    app, _ = _app(files, tmp_path)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
+              "--window-size=1100,900"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def _wait(driver, script: str, timeout: float = 120.0):
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        if v := driver.execute_script(f"return {script}"):
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {script}: {driver.execute_script('return JSON.stringify(demo)')}")
+
+
+def _open_and_start(driver, url: str, files: dict) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    _wait(driver, "demo.session !== null")
+    driver.find_element(By.ID, "ref-file").send_keys(str(files["ref"]))
+    _wait(driver, "demo.ready.reference")
+    driver.find_element(By.ID, "audio-file").send_keys(str(files["voice"]))
+    _wait(driver, "demo.ready.audio && !document.getElementById('start').disabled")
+    driver.find_element(By.ID, "start").click()
+
+
+@browser
+def test_the_page_streams_in_a_real_browser(server, files):
+    from selenium.webdriver.common.by import By
+
+    driver = _driver()
+    try:
+        _open_and_start(driver, server, files)
+        _wait(driver, "demo.shown >= 3")
+        early = driver.execute_script("return document.getElementById('video').toDataURL()")
+        _wait(driver, "demo.shown >= 25")
+        late = driver.execute_script("return document.getElementById('video').toDataURL()")
+        assert early != late  # the picture changed
+        state = json.loads(driver.execute_script("return JSON.stringify({r: demo.received, m: demo.motionPoints, "
+                                                 "f: demo.firstFrameMs, e: demo.errors})"))
+        assert state["r"] >= 25 and state["m"] >= 25 and state["f"] > 0 and state["e"] == 0
+        assert float(driver.find_element(By.ID, "fps").text) > 0
+        if shot := os.environ.get("DEMO_SCREENSHOT"):  # the README's picture: DEMO_SCREENSHOT=docs/demo.png pytest
+            _wait(driver, "demo.shown >= 45")
+            driver.save_screenshot(shot)
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
+
+
+@browser
+def test_a_bad_upload_shows_its_message_in_the_page(server, files):
+    from selenium.webdriver.common.by import By
+
+    driver = _driver()
+    try:
+        driver.get(server)
+        _wait(driver, "demo.session !== null")
+        driver.find_element(By.ID, "ref-file").send_keys(str(files["bad"]))
+        _wait(driver, "document.getElementById('error').textContent.length > 0")
+        assert "bad.png: unreadable image" in driver.find_element(By.ID, "error").text
+        assert driver.find_element(By.ID, "start").get_attribute("disabled")
+    finally:
+        driver.quit()
+
+
+@browser
+def test_two_viewers_stream_at_once(server, files):
+    a, b = _driver(), _driver()
+    try:
+        _open_and_start(a, server, files)
+        _open_and_start(b, server, files)
+        for d in (a, b):
+            _wait(d, "demo.received >= 25")
+        assert a.execute_script("return demo.session") != b.execute_script("return demo.session")
+    finally:
+        a.quit()
+        b.quit()
