@@ -103,7 +103,7 @@ def test_bad_input_gets_a_message_and_the_server_goes_on(client, files):
     text = client.post(f"/api/session/{sid}/reference", files={"file": ("notes.txt", b"hello")})
     assert text.status_code == 400 and ".png" in text.json()["error"]
     long = client.post(f"/api/session/{sid}/audio", files={"file": ("long.wav", files["long"].read_bytes())})
-    assert long.status_code == 400 and "limit is 3 s" in long.json()["error"]
+    assert long.status_code == 400 and "limit of 3 s" in long.json()["error"]
     big = client.post(f"/api/session/{sid}/audio", files={"file": ("big.wav", b"\0" * (2 << 20))})
     assert big.status_code == 413 and "limit is 1 MB" in big.json()["error"]
     assert client.post("/api/session/nope/audio", files={"file": ("v.wav", b"x")}).status_code == 404
@@ -111,6 +111,11 @@ def test_bad_input_gets_a_message_and_the_server_goes_on(client, files):
         ws.send_json({"settings": {}})
         assert "choose a reference image and a voice" in ws.receive_json()["message"]
     sid2 = _session(client, files)  # the server still serves
+    # a bad file after a good one leaves the good one in place
+    assert client.post(f"/api/session/{sid2}/audio", files={"file": ("bad.wav", b"RIFFnope")}).status_code == 400
+    assert client.get(f"/api/session/{sid2}/audio").content == files["voice"].read_bytes()
+    chunked = client.post(f"/api/session/{sid2}/audio", content=iter([b"x" * 10]))  # no Content-Length
+    assert chunked.status_code == 411
     with client.websocket_connect(f"/api/session/{sid2}/stream") as ws:
         ws.send_json({"settings": {"denoise_steps": 0}})
         assert "denoise_steps" in ws.receive_json()["message"]
@@ -211,6 +216,11 @@ def test_the_page_streams_in_a_real_browser(server, files):
         if shot := os.environ.get("DEMO_SCREENSHOT"):  # the README's picture: DEMO_SCREENSHOT=docs/demo.png pytest
             _wait(driver, "demo.shown >= 45")
             driver.save_screenshot(shot)
+        # stop, then start again: a fresh stream from frame 0
+        driver.find_element(By.ID, "stop").click()
+        _wait(driver, "!document.getElementById('start').disabled")
+        driver.find_element(By.ID, "start").click()
+        _wait(driver, "demo.received >= 25 && demo.shown >= 3")
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
     finally:

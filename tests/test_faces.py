@@ -137,6 +137,8 @@ def test_bad_weight_files_are_named(tmp_path):
     (tmp_path / faces.ARCFACE_FILE).write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="1k3d68.onnx: not an ONNX model"):
         faces.load_faces(tmp_path)
+    with pytest.raises(ValueError, match="degenerate"):
+        faces.align_matrix(np.zeros((5, 2), np.float32))  # every point at one place
     with pytest.raises(ValueError, match="one shape"):
         landmark_distance(np.zeros((3, 68, 2)), np.zeros((4, 68, 2)))
 

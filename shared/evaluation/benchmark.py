@@ -139,7 +139,8 @@ def load_networks(o: BenchmarkOptions, chosen: list[str]) -> Networks:
         return Networks(inception.load_inception(o.weights, o.device) if "fid" in chosen else None,
                         i3d.load_i3d(o.weights, o.device) if "fvd" in chosen else None,
                         syncnet.load_syncnet(o.weights, o.device) if "sync" in chosen else None,
-                        faces.load_faces(o.weights, o.device) if {"csim", "lmd"} & set(chosen) else None,
+                        faces.load_faces(o.weights, o.device, "csim" in chosen) if {"csim", "lmd"} & set(chosen)
+                        else None,
                         tuple(chosen))
     except (FileNotFoundError, ValueError) as e:
         raise errors.UserError(str(e)) from None

@@ -27,6 +27,7 @@ PUBLISHED = ("insightface's model pack buffalo_l (github.com/deepinsight/insight
 ARCFACE_POINTS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                            [70.7299, 92.2041]], dtype=np.float32)
 MOUTH = slice(48, 68)  # dlib's 68-point order: the outer and inner lip contours
+CHUNK = 64  # frames per onnxruntime call
 
 
 @dataclass
@@ -45,7 +46,7 @@ class OnnxNet:
         import cv2
 
         outs = []
-        step = self.batch or max(1, len(crops))
+        step = self.batch or CHUNK  # bounded memory however long the video
         for i in range(0, len(crops), step):
             # cv2's blob, as insightface makes it: (x - mean) * (1 / std), NCHW float32
             blob = cv2.dnn.blobFromImages(list(crops[i: i + step]), 1.0 / self.std, (self.size, self.size),
@@ -94,14 +95,16 @@ class FaceNets:
     """The two networks the face metrics need."""
 
     landmarks: OnnxNet
-    arcface: OnnxNet
+    arcface: OnnxNet | None
 
 
-def load_faces(weights: str | Path, device: str = "cpu") -> FaceNets:
-    """`1k3d68.onnx` and `w600k_r50.onnx` from the weights folder (FileNotFoundError naming a missing one)."""
-    lm = weight_file(weights, LANDMARK_FILE, PUBLISHED)
-    arc = weight_file(weights, ARCFACE_FILE, PUBLISHED)
-    return FaceNets(load_net(lm, (127.5, 128.0), True, device), load_net(arc, (127.5, 127.5), False, device))
+def load_faces(weights: str | Path, device: str = "cpu", arcface: bool = True) -> FaceNets:
+    """`1k3d68.onnx` and (for CSIM) `w600k_r50.onnx` from the weights folder (FileNotFoundError naming a missing
+    one)."""
+    lm = load_net(weight_file(weights, LANDMARK_FILE, PUBLISHED), (127.5, 128.0), True, device)
+    if not arcface:
+        return FaceNets(lm, None)
+    return FaceNets(lm, load_net(weight_file(weights, ARCFACE_FILE, PUBLISHED), (127.5, 127.5), False, device))
 
 
 def landmarks(net: OnnxNet, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -139,11 +142,14 @@ def align_matrix(points: np.ndarray, size: int = 112) -> np.ndarray:
     if size % 112:
         raise ValueError(f"align_matrix: ArcFace crops are multiples of 112 px, not {size}")
     dst = ARCFACE_POINTS * (size / 112.0)
-    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-        return SimilarityTransform.from_estimate(points, dst).params[:2]
-    t = SimilarityTransform()
-    t.estimate(points, dst)
-    return t.params[:2]
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26 (a failed fit has no params)
+        m = getattr(SimilarityTransform.from_estimate(points, dst), "params", None)
+    else:
+        t = SimilarityTransform()
+        m = t.params if t.estimate(points, dst) else None
+    if m is None or not np.isfinite(m).all():
+        raise ValueError(f"align_matrix: no similarity fits the 5 points {np.round(points, 1).tolist()} (degenerate)")
+    return m[:2]
 
 
 def identity(nets: FaceNets, frames: np.ndarray, lm68: np.ndarray) -> np.ndarray:

@@ -24,13 +24,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import io
-import json
 import threading
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -58,6 +58,11 @@ def _error(message: str, status: int = 400) -> JSONResponse:
 def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlette:
     """The Starlette application over one engine and one session store."""
     page = resources.files("shared.serving").joinpath("page.html").read_text()
+    # an upload's file part stays in memory up to the limit instead of spooling to the system's temporary folder
+    # (Starlette's default rolls over at 1 MB): with the Content-Length check, nothing is written outside the
+    # session's folder and memory per upload is bounded
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
+                                         int(sessions.limits.upload_mb * 2**20) + 65536)
 
     def session_of(request) -> object:
         try:
@@ -83,7 +88,9 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlet
         s = session_of(request)
         if s is None:
             return _error("no such session (it expired: reload the page)", 404)
-        size = int(request.headers.get("content-length") or 0)
+        if "content-length" not in request.headers:  # a chunked body could be of any size
+            return _error("send the upload with a Content-Length", 411)
+        size = int(request.headers["content-length"])
         if size > sessions.limits.upload_mb * 2**20 + 65536:  # refused before the body is read
             return _error(f"upload of {size / 2**20:.1f} MB, the limit is {sessions.limits.upload_mb:g} MB", 413)
         try:
@@ -92,8 +99,8 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlet
                 table = examples.references if kind == "reference" else examples.voices
                 if name not in table:
                     return _error(f"no example {name!r}")
-                sessions.use_example(s, table[name] if kind == "reference" else None,
-                                     table[name] if kind == "audio" else None)
+                await asyncio.to_thread(sessions.use_example, s, table[name] if kind == "reference" else None,
+                                        table[name] if kind == "audio" else None)
                 return JSONResponse({"ok": True, "seconds": s.seconds})
             async with request.form(max_files=1, max_fields=2,
                                     max_part_size=int(sessions.limits.upload_mb * 2**20) + 1) as form:
@@ -131,7 +138,7 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlet
             return await ws.close()
         try:
             settings = (await ws.receive_json()).get("settings", {})
-        except (WebSocketDisconnect, json.JSONDecodeError, AttributeError):
+        except Exception:  # gone, or not {"settings": {...}} as JSON text
             return
         if s.streaming:
             await ws.send_json({"type": "error", "message": "this session is already streaming"})
@@ -147,17 +154,22 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlet
         s = session_of(request)
         if s is None:
             return _error("no such session", 404)
+        if s.streaming:
+            return _error("this session is already streaming", 409)
         cancel = threading.Event()
         frames = engine.frames(s, dict(request.query_params), cancel)
+        s.streaming = True
 
         async def body():
             queue: asyncio.Queue = asyncio.Queue(maxsize=8)
-            _start(frames, queue, asyncio.get_running_loop(), cancel)
+            thread = _start(frames, queue, asyncio.get_running_loop(), cancel)
             try:
                 while (item := await queue.get())[0] == "frame":
                     yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + item[2] + b"\r\n"
             finally:
                 cancel.set()
+                await asyncio.to_thread(thread.join)
+                s.streaming = False
 
         return StreamingResponse(body(), media_type="multipart/x-mixed-replace; boundary=frame")
 
@@ -219,7 +231,7 @@ def _start(frames, queue: asyncio.Queue, loop, cancel: threading.Event) -> threa
 async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
     """Frames to the page as they come; a {"type": "stop"} or a closed page stops the generator."""
     queue: asyncio.Queue = asyncio.Queue(maxsize=8)
-    _start(frames, queue, asyncio.get_running_loop(), cancel)
+    thread = _start(frames, queue, asyncio.get_running_loop(), cancel)
 
     async def listen() -> None:
         try:
@@ -246,9 +258,9 @@ async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
     finally:
         cancel.set()
         listener.cancel()
-        # drain what the generator still hands over, so its thread is not left blocked on a full queue
-        while not queue.empty():
-            queue.get_nowait()
+        # the generator sees the cancel between frames (its `put` gives up waiting on a full queue): the session
+        # streams again only once this thread is gone, so stop / start cannot pile generations up
+        await asyncio.to_thread(thread.join)
     try:
         await ws.close()
     except RuntimeError:

@@ -86,6 +86,8 @@ class Engine:
         sample, seed = self.sample(settings, frames)
         check_fits(self.cfg, sample, frames, self.device, 2 if self.device.type == "cuda" else 4)
         features = self.features(wav, frames)
+        if cancel.is_set():  # stopped while the inputs were read
+            return
         for f in stream_frames(self.model, ref, features, frames, self.codec, sample, self.device, seed):
             motion = None if f["struct"] is None else [float(f["struct"][i]) for _, i in self.plotted]
             yield {"index": f["index"], "frame": f["frame"], "motion": motion, "time": f["time"], "frames": frames}

@@ -5,6 +5,7 @@ folder's voice is ever served back."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import threading
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.media import MediaError, iter_audio
 from ..sampling.generation import IMAGE_SUFFIXES, InputError, check_reference_size, load_audio, read_image
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".webm", ".mov", ".mkv")
@@ -83,6 +85,15 @@ class Sessions:
 
     # ------------------------------------------------------------------------------------------------ uploads
 
+    def _staged(self, s: Session, data: bytes, name: str) -> Path:
+        """`data` written under a temporary name in the session's folder: the file in use is replaced only once the
+        new one has passed its checks (`os.replace`), never lost to a bad upload."""
+        if s.streaming:
+            raise InputError("a stream is running: stop it before changing the inputs")
+        tmp = s.folder / f".incoming-{secrets.token_hex(4)}{Path(name).suffix}"
+        tmp.write_bytes(data)
+        return tmp
+
     def _check_size(self, data: bytes, what: str) -> None:
         if len(data) > self.limits.upload_mb * 2**20:
             raise InputError(f"{what}: {len(data) / 2**20:.1f} MB, the limit is {self.limits.upload_mb:g} MB")
@@ -95,15 +106,18 @@ class Sessions:
         if suffix not in IMAGE_SUFFIXES:
             raise InputError(f"{filename}: use a {', '.join(IMAGE_SUFFIXES)} image as the reference")
         self._check_size(data, filename)
-        path = s.folder / f"reference{suffix}"
-        path.write_bytes(data)
+        tmp = self._staged(s, data, filename)
         try:
-            img = read_image(path)
-            for warning in check_reference_size(path, *img.shape[:2], self.image_size):
+            img = read_image(tmp)
+            for warning in check_reference_size(tmp, *img.shape[:2], self.image_size):
                 print(f"note: {filename}: {warning}")
         except InputError as e:
-            path.unlink(missing_ok=True)
-            raise InputError(str(e).replace(str(path), filename)) from None
+            tmp.unlink(missing_ok=True)
+            raise InputError(str(e).replace(str(tmp), filename)) from None
+        for old in s.folder.glob("reference.*"):
+            old.unlink()
+        path = s.folder / f"reference{suffix}"
+        os.replace(tmp, path)
         s.reference = str(path)
 
     def set_audio(self, s: Session, filename: str, data: bytes) -> float:
@@ -112,18 +126,30 @@ class Sessions:
         if suffix not in AUDIO_SUFFIXES:
             raise InputError(f"{filename}: use audio ({', '.join(AUDIO_SUFFIXES)})")
         self._check_size(data, filename)
-        path = s.folder / f"voice{suffix}"
-        path.write_bytes(data)
+        tmp = self._staged(s, data, filename)
         try:
-            seconds = len(load_audio(path)) / 16000
+            self._check_length(tmp, filename)  # decoding stops at the limit: a long file is not held in memory
+            seconds = len(load_audio(tmp)) / 16000
         except InputError as e:
-            path.unlink(missing_ok=True)
-            raise InputError(str(e).replace(str(path), filename)) from None
-        if seconds > self.limits.seconds:
-            path.unlink(missing_ok=True)
-            raise InputError(f"{filename}: {seconds:.1f} s of audio, the limit is {self.limits.seconds:g} s")
+            tmp.unlink(missing_ok=True)
+            raise InputError(str(e).replace(str(tmp), filename)) from None
+        for old in s.folder.glob("voice.*"):
+            old.unlink()
+        path = s.folder / f"voice{suffix}"
+        os.replace(tmp, path)
         s.audio, s.seconds = path, seconds
         return seconds
+
+    def _check_length(self, path: Path, filename: str) -> None:
+        """InputError once the decoded voice passes the length limit (a few kB of Opus can hold hours)."""
+        samples, limit = 0, (self.limits.seconds + 0.04) * 16000
+        try:
+            for piece in iter_audio(path):
+                samples += len(piece)
+                if samples > limit:
+                    raise InputError(f"{filename}: longer than the limit of {self.limits.seconds:g} s of audio")
+        except MediaError as e:
+            raise InputError(f"audio {filename}: unreadable ({e})") from None
 
     def use_example(self, s: Session, reference: str | None, audio: Path | None) -> None:
         """An example's reference (kept as its spec) and voice (copied in: only the session's folder is served)."""
