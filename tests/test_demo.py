@@ -4,6 +4,7 @@ upload shows its message, two viewers stream at once."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -137,9 +138,7 @@ def test_files_stay_inside_the_session_folder(client, files):
 def _browser_ready() -> str | None:
     if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
         return "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -e '.[dev]')"
     return None
 

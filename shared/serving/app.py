@@ -263,5 +263,5 @@ async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
         await asyncio.to_thread(thread.join)
     try:
         await ws.close()
-    except RuntimeError:
+    except Exception:  # the page closed first
         pass
