@@ -90,11 +90,12 @@ def test_scripts_use_public_names_only():
 
 
 def test_layout_groups_by_concept():
-    """Packages for the model, data, sampling, training and evaluation, and the PoC experiment built on them (#35: its
-    script stays thin); few modules at the root (the config and the command lines generated from it, the maths of the
-    noise, FLOP accounting, the run folder, the summary CLI, user errors and the one-writer lock)."""
+    """Packages for the model, data, sampling, training and evaluation, the PoC experiment built on them (#35: its
+    script stays thin) and the live demo's server over the sampling (#38); few modules at the root (the config and
+    the command lines generated from it, the maths of the noise, FLOP accounting, the run folder, the summary CLI,
+    user errors and the one-writer lock)."""
     assert {p.name for p in SHARED.iterdir() if (p / "__init__.py").exists()} == {
-        "models", "data", "sampling", "training", "evaluation", "poc"}
+        "models", "data", "sampling", "training", "evaluation", "poc", "serving"}
     assert {p.stem for p in SHARED.glob("*.py")} == {"__init__", "cli", "config", "diffusion", "errors", "flops",
                                                       "lock", "runs", "summary"}
 
