@@ -88,9 +88,10 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlet
         s = session_of(request)
         if s is None:
             return _error("no such session (it expired: reload the page)", 404)
-        if "content-length" not in request.headers:  # a chunked body could be of any size
+        size = request.headers.get("content-length", "")
+        if not size.isdigit():  # a chunked body could be of any size
             return _error("send the upload with a Content-Length", 411)
-        size = int(request.headers["content-length"])
+        size = int(size)
         if size > sessions.limits.upload_mb * 2**20 + 65536:  # refused before the body is read
             return _error(f"upload of {size / 2**20:.1f} MB, the limit is {sessions.limits.upload_mb:g} MB", 413)
         try:

@@ -85,60 +85,51 @@ class Sessions:
 
     # ------------------------------------------------------------------------------------------------ uploads
 
-    def _staged(self, s: Session, data: bytes, name: str) -> Path:
-        """`data` written under a temporary name in the session's folder: the file in use is replaced only once the
-        new one has passed its checks (`os.replace`), never lost to a bad upload."""
+    def _accept(self, s: Session, filename: str, data: bytes, stem: str, suffixes: tuple[str, ...], what: str,
+                check) -> tuple[Path, object]:
+        """`data` as the session's `stem.SUFFIX` once `check(path)` passes: written under a temporary name in the
+        session's folder and swapped in (`os.replace`) only then, so a bad upload never costs the file in use.
+        Returns the path and what `check` returned."""
         if s.streaming:
             raise InputError("a stream is running: stop it before changing the inputs")
-        tmp = s.folder / f".incoming-{secrets.token_hex(4)}{Path(name).suffix}"
-        tmp.write_bytes(data)
-        return tmp
-
-    def _check_size(self, data: bytes, what: str) -> None:
-        if len(data) > self.limits.upload_mb * 2**20:
-            raise InputError(f"{what}: {len(data) / 2**20:.1f} MB, the limit is {self.limits.upload_mb:g} MB")
-        if not data:
-            raise InputError(f"{what}: the file is empty")
-
-    def set_reference(self, s: Session, filename: str, data: bytes) -> None:
-        """Keep an uploaded image as the session's reference, once it decodes and is large enough."""
         suffix = Path(filename).suffix.lower()
-        if suffix not in IMAGE_SUFFIXES:
-            raise InputError(f"{filename}: use a {', '.join(IMAGE_SUFFIXES)} image as the reference")
-        self._check_size(data, filename)
-        tmp = self._staged(s, data, filename)
+        if suffix not in suffixes:
+            raise InputError(f"{filename}: use {what} ({', '.join(suffixes)})")
+        if len(data) > self.limits.upload_mb * 2**20:
+            raise InputError(f"{filename}: {len(data) / 2**20:.1f} MB, the limit is {self.limits.upload_mb:g} MB")
+        if not data:
+            raise InputError(f"{filename}: the file is empty")
+        tmp = s.folder / f".incoming-{secrets.token_hex(4)}{suffix}"
+        tmp.write_bytes(data)
         try:
-            img = read_image(tmp)
-            for warning in check_reference_size(tmp, *img.shape[:2], self.image_size):
-                print(f"note: {filename}: {warning}")
+            got = check(tmp)
         except InputError as e:
             tmp.unlink(missing_ok=True)
             raise InputError(str(e).replace(str(tmp), filename)) from None
-        for old in s.folder.glob("reference.*"):
+        for old in s.folder.glob(f"{stem}.*"):
             old.unlink()
-        path = s.folder / f"reference{suffix}"
+        path = s.folder / f"{stem}{suffix}"
         os.replace(tmp, path)
+        return path, got
+
+    def set_reference(self, s: Session, filename: str, data: bytes) -> None:
+        """Keep an uploaded image as the session's reference, once it decodes and is large enough."""
+        def check(path: Path) -> None:
+            img = read_image(path)
+            for warning in check_reference_size(path, *img.shape[:2], self.image_size):
+                print(f"note: {filename}: {warning}")
+
+        path, _ = self._accept(s, filename, data, "reference", IMAGE_SUFFIXES, "an image as the reference", check)
         s.reference = str(path)
 
     def set_audio(self, s: Session, filename: str, data: bytes) -> float:
         """Keep an uploaded voice once it decodes and is no longer than the limit; its length in seconds."""
-        suffix = Path(filename).suffix.lower()
-        if suffix not in AUDIO_SUFFIXES:
-            raise InputError(f"{filename}: use audio ({', '.join(AUDIO_SUFFIXES)})")
-        self._check_size(data, filename)
-        tmp = self._staged(s, data, filename)
-        try:
-            self._check_length(tmp, filename)  # decoding stops at the limit: a long file is not held in memory
-            seconds = len(load_audio(tmp)) / 16000
-        except InputError as e:
-            tmp.unlink(missing_ok=True)
-            raise InputError(str(e).replace(str(tmp), filename)) from None
-        for old in s.folder.glob("voice.*"):
-            old.unlink()
-        path = s.folder / f"voice{suffix}"
-        os.replace(tmp, path)
-        s.audio, s.seconds = path, seconds
-        return seconds
+        def check(path: Path) -> float:
+            self._check_length(path, filename)  # decoding stops at the limit: a long file is not held in memory
+            return len(load_audio(path)) / 16000
+
+        s.audio, s.seconds = self._accept(s, filename, data, "voice", AUDIO_SUFFIXES, "audio", check)
+        return s.seconds
 
     def _check_length(self, path: Path, filename: str) -> None:
         """InputError once the decoded voice passes the length limit (a few kB of Opus can hold hours)."""
@@ -153,6 +144,8 @@ class Sessions:
 
     def use_example(self, s: Session, reference: str | None, audio: Path | None) -> None:
         """An example's reference (kept as its spec) and voice (copied in: only the session's folder is served)."""
+        if s.streaming:
+            raise InputError("a stream is running: stop it before changing the inputs")
         if reference is not None:
             s.reference = reference
         if audio is not None:
