@@ -44,7 +44,7 @@ PUBLISHED_SHA256 = {
 
 
 def sha256_of(path: str | Path) -> str:
-    """The file's SHA-256, read in 1 MiB pieces."""
+    """The file's SHA-256, read in 1 MiB pieces (`hashlib.file_digest` needs Python 3.11; the project runs on 3.10)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -54,13 +54,13 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def provenance(folder: str | Path, names: list[str]) -> dict[str, dict]:
-    """For each weight file present in `folder` (or `folder` itself, a file): its SHA-256 and whether it is the
-    published file's."""
-    out = {}
+def provenance(weights: str | Path, names: list[str]) -> dict[str, dict]:
+    """For each of `names` present (in the folder `weights`, or `weights` itself when it is that file): its SHA-256
+    and whether it is the published file's."""
+    weights, out = Path(weights), {}
     for name in names:
-        path = Path(folder) if Path(folder).is_file() else Path(folder) / name
-        if path.is_file():
+        path = weights / name if weights.is_dir() else weights
+        if path.is_file() and path.name == name:
             digest = sha256_of(path)
             out[name] = {"sha256": digest, "published": digest == PUBLISHED_SHA256.get(name)}
     return out
