@@ -69,23 +69,18 @@ def test_refuses_a_missing_weight_file_by_name(tmp_path):
     videos(tmp_path / "real", ["a"], 0)
     videos(tmp_path / "gen", ["a"], 1)
     (tmp_path / "weights").mkdir()
-    res = subprocess.run([sys.executable, "-m", "shared.evaluation.benchmark", "--real", str(tmp_path / "real"),
-                          "--generated", str(tmp_path / "gen"), "--weights", str(tmp_path / "weights"), "--out",
-                          str(tmp_path / "out"), "--metrics", "sync"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert "syncnet_v2.model" in res.stderr and "robots.ox.ac.uk" in res.stderr
-    bad = subprocess.run([sys.executable, "-m", "shared.evaluation.benchmark", "--real", str(tmp_path / "real"),
-                          "--generated", str(tmp_path / "gen"), "--weights", str(tmp_path / "weights"), "--out",
-                          str(tmp_path / "out"), "--metrics", "psnr"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert bad.returncode != 0 and "psnr unknown" in bad.stderr and "Traceback" not in bad.stderr
-    face = subprocess.run([sys.executable, "-m", "shared.evaluation.benchmark", "--real", str(tmp_path / "real"),
-                           "--generated", str(tmp_path / "gen"), "--weights", str(tmp_path / "weights"), "--out",
-                           str(tmp_path / "out"), "--metrics", "csim"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert face.returncode != 0 and "Traceback" not in face.stderr
-    assert "1k3d68.onnx" in face.stderr and "buffalo_l" in face.stderr
+
+    def cli(metrics: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shared.evaluation.benchmark", "--real", str(tmp_path / "real"),
+                               "--generated", str(tmp_path / "gen"), "--weights", str(tmp_path / "weights"), "--out",
+                               str(tmp_path / "out"), "--metrics", metrics], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+
+    for metrics, named in (("sync", ("syncnet_v2.model", "robots.ox.ac.uk")), ("psnr", ("psnr unknown",)),
+                           ("csim", ("1k3d68.onnx", "buffalo_l")), ("lmd", ("1k3d68.onnx", "buffalo_l"))):
+        res = cli(metrics)
+        assert res.returncode != 0 and "Traceback" not in res.stderr, metrics
+        assert all(n in res.stderr for n in named), (metrics, res.stderr)
 
 
 def stereo_mp4(path: Path, left: np.ndarray, right: np.ndarray, rate: int = 16000) -> None:
