@@ -93,9 +93,9 @@ def face_rates(video: np.ndarray, device: str) -> dict:
     import tempfile
     import warnings
 
-    from shared.evaluation import faces
-
     from skimage import data
+
+    from shared.evaluation import faces
 
     photo = data.astronaut()[::2, ::2]  # a real face, 256 px, moved a pixel a frame
     clip = np.stack([np.roll(photo, t % 5, axis=1) for t in range(len(video))])

@@ -20,6 +20,7 @@ import argparse
 import json
 import pickle
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def score(out: Path, real: Path, device: str) -> dict:
 
     for side, video in (("real", real), ("generated", out / "talk_generated.mp4")):
         (out / "score" / side).mkdir(parents=True, exist_ok=True)
-        (out / "score" / side / "talk.mp4").write_bytes(video.read_bytes())  # the pair shares a name
+        shutil.copyfile(video, out / "score" / side / "talk.mp4")  # the pair shares a name
     weights = standins.write_all(out / "score" / "weights")
     result = benchmark.score(benchmark.BenchmarkOptions(real=str(out / "score" / "real"),
                                                         generated=str(out / "score" / "generated"),
