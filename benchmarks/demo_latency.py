@@ -8,6 +8,11 @@ four ways in one process, one after the other, each `--repeats` times (medians):
   Python HTTP client.
 
     python benchmarks/demo_latency.py --ckpt RUN [--device cpu|cuda] [--seconds 4] [--repeats 3]
+    python benchmarks/demo_latency.py --random-preset full --device cuda --ways direct,websocket,mjpeg
+
+`--random-preset P` serves a dual model of preset P with random weights made here (speed does not depend on the
+weights): LivePortrait's 69 motion numbers, a diffusers `AutoencoderKL` of SD-VAE widths for the preset's latents and
+HuBERT-base features, both random in their real layouts (as `stream_step.py --decode` and `rehearsal.py` build them).
 
 Sustained fps: frames after the first over the time from the first to the last (the first frame's latency apart).
 """
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stage2_dual"))
@@ -39,8 +45,12 @@ from shared.cli import add_fields, flag  # noqa: E402
 class DemoBench:
     """What is measured (one flag per field)."""
 
-    ckpt: str = flag()
-    """The checkpoint the demo serves."""
+    ckpt: str | None = None
+    """The checkpoint the demo serves (or --random-preset)."""
+    random_preset: str | None = flag(None, choices=("tiny", "poc", "full"))
+    """Serve a dual model of this preset with random weights, made here, instead of --ckpt."""
+    ways: str = "direct,websocket,page,mjpeg"
+    """The ways measured, comma-separated (`page` needs Chromium and selenium)."""
     device: str = flag("cpu", choices=("cpu", "cuda"))
     """Where the model runs."""
     seconds: float = flag(4.0, check=errors.real(1.0, 60.0))
@@ -110,10 +120,50 @@ def page(url: str, voice: Path, ref: Path) -> dict:
         d.quit()
 
 
+def random_run(folder: Path, preset: str) -> Path:
+    """A dual run folder of `preset` with random weights that `load_model` takes: its config fitted to the random
+    codec's latents, HuBERT-base's 768 features and LivePortrait's motion layout, as `train.py` would fit it."""
+    import torchaudio
+    from diffusers import AutoencoderKL
+
+    from shared import config as C
+    from shared import runs
+    from shared.data.cache import CacheMeta
+    from shared.data.codecs import get_codec
+    from shared.data.features import get_audio_features
+    from shared.data.trackers.liveportrait import LAYOUT
+    from shared.models import DualForce
+    from shared.training.cli import data_shapes
+
+    torch.manual_seed(0)
+    m = C.get_preset(preset).model
+    AutoencoderKL(latent_channels=m.latent_channels, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                  layers_per_block=2).save_pretrained(folder / "vae")
+    torch.save(torchaudio.models.hubert_base().state_dict(), folder / "hubert_base.pt")
+    codec = get_codec(f"diffusers-kl:{folder / 'vae'}")
+    feats = get_audio_features(f"hubert-base:{folder / 'hubert_base.pt'}")
+    size = 8 * m.latent_size
+    meta = CacheMeta(size, codec.latent_shape(size), codec.spec(), "liveportrait", tuple(LAYOUT), feats.spec(),
+                     feats.dim)
+    cfg = C.override(C.get_preset(preset), {**data_shapes(meta), "model.bridge_mode": "dual"})
+    run = folder / "run"
+    run.mkdir()
+    runs.save_config(cfg, run)
+    runs.save_data_meta(meta, run)
+    runs.save_weights(run, 1, {k: v.bfloat16() for k, v in DualForce(cfg.model).state_dict().items()})
+    return run
+
+
 def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, DemoBench)
     o = DemoBench(**vars(ap.parse_args(argv)))
+    if (o.ckpt is None) == (o.random_preset is None):
+        raise errors.UserError("give --ckpt RUN or --random-preset PRESET (one of them)")
+    unknown = set(o.ways.split(",")) - {"direct", "websocket", "page", "mjpeg"}
+    if unknown:
+        raise errors.UserError(f"--ways: {', '.join(sorted(unknown))} unknown; use direct, websocket, page, mjpeg")
     import uvicorn
     from PIL import Image
     from scipy.io import wavfile
@@ -128,7 +178,8 @@ def main(argv=None) -> dict:
         t = np.arange(int(o.seconds * 16000)) / 16000
         wavfile.write(voice, 16000, (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32))
         (tmp / "server").mkdir()
-        app, engine = demo.build(demo.DemoOptions(ckpt=o.ckpt, device=o.device, max_seconds=o.seconds + 1),
+        ckpt = o.ckpt or str(random_run(tmp, o.random_preset))
+        app, engine = demo.build(demo.DemoOptions(ckpt=ckpt, device=o.device, max_seconds=o.seconds + 1),
                                  tmp / "server")
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         threading.Thread(target=srv.run, daemon=True).start()
@@ -138,12 +189,16 @@ def main(argv=None) -> dict:
         import httpx
 
         sid = httpx.post(f"{url}/api/session").json()["id"]
-        httpx.post(f"{url}/api/session/{sid}/reference", files={"file": ("face.png", ref.read_bytes())})
-        httpx.post(f"{url}/api/session/{sid}/audio", files={"file": ("voice.wav", voice.read_bytes())})
+        for kind, f in (("reference", ref), ("audio", voice)):
+            r = httpx.post(f"{url}/api/session/{sid}/{kind}", files={"file": (f.name, f.read_bytes())}, timeout=120)
+            if r.status_code != 200:
+                raise errors.UserError(f"the server refused the {kind} {f.name}: {r.text}")
         session = app.state.sessions.get(sid)
         ways = {"direct": lambda: direct(engine, session), "websocket": lambda: websocket(url, sid),
                 "page": lambda: page(url, voice, ref), "mjpeg": lambda: mjpeg(url, sid)}
-        out = {"ckpt": o.ckpt, "device": o.device, "seconds": o.seconds, "preset": engine.cfg.preset}
+        ways = {k: v for k, v in ways.items() if k in o.ways.split(",")}
+        out = {"ckpt": o.ckpt or f"random {o.random_preset}", "device": o.device, "seconds": o.seconds,
+               "preset": engine.cfg.preset}
         direct(engine, session)  # warm-up (allocations, first-call costs)
         for name, way in ways.items():
             runs = [way() for _ in range(o.repeats)]

@@ -4,6 +4,7 @@ variants (3 seeds each, side by side on their own CUDA streams, bf16 autocast, C
 (8 x 16 x 16 latents, 13-d motion, 80-d audio): the rate depends on shapes, not on data.
 
     python benchmarks/rung_shapes.py --shapes 576x8,1024x4,768x6 --steps 100
+    python benchmarks/rung_shapes.py --shapes 576x8 --precisions bf16-mixed,bf16-true,bf16-true+sdpa-bf16
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class ShapesBench:
     """Seeds per variant."""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """Where to train."""
+    precisions: str = "bf16-mixed"
+    """`launch.precision` values timed, comma-separated; a `+sdpa-bf16` suffix also lets SDPA's math kernel reduce in
+    bf16 (`torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp`; off: it upcasts to fp32)."""
 
 
 def rung(shape: str) -> tuple:
@@ -54,9 +58,11 @@ def rung(shape: str) -> tuple:
             ("model.struct_depth", depth), ("model.fusion_depth", max(1, depth // 2)))
 
 
-def time_shape(shape: str, o: ShapesBench, data: list) -> dict:
+def time_shape(shape: str, o: ShapesBench, data: list, precision: str = "bf16-mixed") -> dict:
     meta = SimpleNamespace(latent_shape=(8, 16, 16), struct_layout=tuple(range(13)), audio_dim=80)
-    s = Settings(model=rung(shape), precision="bf16-mixed", batch=8)
+    precision, _, sdpa = precision.partition("+")
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(sdpa == "sdpa-bf16")
+    s = Settings(model=rung(shape), precision=precision, batch=8)
     trained = [v for v in CORE_VARIANTS if v.role != "upper bound"]  # the oracle is condition_only's model
     cfgs = [variant_config(C.get_preset("poc"), v, meta, s, o.steps, o.device) for v in trained]
     t = time.perf_counter()
@@ -74,8 +80,10 @@ def main(argv=None) -> dict:
     out = {"device": torch.cuda.get_device_name() if o.device == "cuda" else "cpu", "seeds": o.seeds,
            "steps": o.steps, "shapes": {}}
     for shape in o.shapes.split(","):
-        out["shapes"][shape] = time_shape(shape, o, data)
-        print(shape, json.dumps(out["shapes"][shape]), flush=True)
+        for precision in o.precisions.split(","):
+            key = shape if precision == "bf16-mixed" else f"{shape} {precision}"
+            out["shapes"][key] = time_shape(shape, o, data, precision)
+            print(key, json.dumps(out["shapes"][key]), flush=True)
     print(json.dumps(out, indent=1))
     return out
 

@@ -71,13 +71,14 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
     assert any(not torch.allclose(a[n], b[n]) for n in a)
 
 
-def test_bf16_mixed_trains_under_autocast_with_fp32_weights_and_near_fp32_losses(cache):
-    """The large rungs' precision: the forward runs in bf16 (its losses differ from fp32 by bf16 rounding, not
-    more), the weights and the optimiser stay fp32."""
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_trains_with_fp32_weights_and_near_fp32_losses(cache, precision):
+    """The large rungs' precisions: the forward runs in bf16 (under autocast, or wholly in bf16 from bf16 copies of
+    the weights); its losses differ from fp32 by bf16 rounding, not more; the weights and the optimiser stay fp32."""
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
     fp32 = fit_seeds(cfg, _make(cfg), ds, [3])[0]
-    bf16 = fit_seeds(C.override(cfg, {"launch.precision": "bf16-mixed"}), _make(cfg), ds, [3])[0]
+    bf16 = fit_seeds(C.override(cfg, {"launch.precision": precision}), _make(cfg), ds, [3])[0]
     a, b = (np.array([h["loss"] for h in r.history]) for r in (fp32, bf16))
     assert np.all(np.isfinite(b)) and not np.array_equal(a, b)  # autocast was on
     np.testing.assert_allclose(b, a, rtol=0.05)

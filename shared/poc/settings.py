@@ -11,7 +11,7 @@ from ..cli import flag, given
 from ..data.synth import TASKS
 from ..errors import integer, real
 
-PRECISIONS = ("32-true", "bf16-mixed")  # of the side-by-side training (`launch.precision`)
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")  # of the side-by-side training (`launch.precision`)
 
 
 @dataclass(frozen=True)

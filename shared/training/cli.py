@@ -91,10 +91,7 @@ def run_cli(stage: str, argv: list[str] | None = None, nan_steps: tuple[int, ...
 
 def run_config(stage: str, a, meta) -> Config:
     """The preset, the cache's shapes, the flags given, then --set (later wins); stage 1 trains the video tower."""
-    c, h, _ = meta.latent_shape
-    from_data = {"model.latent_channels": c, "model.latent_size": h, "model.audio_dim": meta.audio_dim,
-                 "model.audio_layers": int(meta.audio_features.get("layers") or 1),
-                 "model.struct_dim": max(1, len(meta.struct_layout))}
+    from_data = data_shapes(meta)
     flags = overrides(a)
     if stage == "video":
         if flags.get("model.bridge_mode", "video_only") != "video_only":
@@ -102,6 +99,14 @@ def run_config(stage: str, a, meta) -> Config:
                             f"(video_only); train the others with stage2_dual/train.py")
         flags["model.bridge_mode"] = "video_only"
     return C.override(C.get_preset(a.preset), {**from_data, **flags, **parse_sets(a.set)})
+
+
+def data_shapes(meta) -> dict:
+    """The model fields a cache's description fixes (latents, audio features, struct width), as dotted overrides."""
+    c, h, _ = meta.latent_shape
+    return {"model.latent_channels": c, "model.latent_size": h, "model.audio_dim": meta.audio_dim,
+            "model.audio_layers": int(meta.audio_features.get("layers") or 1),
+            "model.struct_dim": max(1, len(meta.struct_layout))}
 
 
 def start_from(model: DualForce, a) -> None:

@@ -54,15 +54,30 @@ class SeedRun:
     """Optimiser steps per second (all seeds together) after the first 10 steps (warm-up and capture)."""
 
 
+LOW_PRECISION = {"bf16-true": torch.bfloat16}
+"""`launch.precision` values under which the network runs in that dtype: its weights cast from the fp32 ones each
+step, its inputs cast (the noise levels kept in fp32), its outputs back in fp32 for the loss (Fabric's bf16-true
+with fp32 master weights, optimiser and EMA, as FSDP's bf16 parameters compute)."""
+
+
 class _Functional:
     """A stateless view of `base` that runs with given parameters (what `flow_loss` needs: `.cfg` and a call)."""
 
-    def __init__(self, base: torch.nn.Module, params: dict, buffers: dict, audio_index: torch.Tensor):
+    def __init__(self, base: torch.nn.Module, params: dict, buffers: dict, audio_index: torch.Tensor,
+                 dtype: torch.dtype | None = None):
         self.cfg, self.base, self.state, self.audio_index = base.cfg, base, (params, buffers), audio_index
+        self.dtype = dtype
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, x_video, sigma_video, struct_in, sigma_struct, audio, **kwargs):
+        params = self.state[0]
+        if self.dtype is not None:  # the elementwise work is memory-bound: half the bytes (RESULTS.md, #34)
+            low = lambda t: t if t is None or not t.is_floating_point() else t.to(self.dtype)  # noqa: E731
+            params = {n: low(p) for n, p in params.items()}
+            x_video, struct_in, audio = low(x_video), low(struct_in), low(audio)
         # the frames' audio positions already on the device: a CUDA graph cannot capture the host -> device copy
-        return functional_call(self.base, self.state, args, {**kwargs, "audio_index": self.audio_index})
+        out = functional_call(self.base, (params, self.state[1]), (x_video, sigma_video, struct_in, sigma_struct, audio),
+                              {**kwargs, "audio_index": self.audio_index})
+        return tuple(None if o is None else o.float() for o in out)
 
     def align(self, struct0: torch.Tensor) -> torch.Tensor:
         """The alignment head (`DualForce.align`) with these parameters."""
@@ -165,8 +180,9 @@ class SeedTrainer:
             batch = Batch(d["video"][index], d["struct"][index] if "struct" in d else None, d["audio"][index],
                           d["has_audio"][index] if "has_audio" in d else None,
                           d["align"][index] if "align" in d else None)
-            out = flow_loss(_Functional(self.base, params, buffers, self.audio_index), batch, self.cfg.diffusion,
-                            Draws(*draws))
+            net = _Functional(self.base, params, buffers, self.audio_index,
+                              LOW_PRECISION.get(self.cfg.launch.precision))
+            out = flow_loss(net, batch, self.cfg.diffusion, Draws(*draws))
             return {k: out[k] for k in STREAMS if k in out}
 
         dr = self.draws
