@@ -45,7 +45,8 @@ class ShapesBench:
     """Where to train."""
     precisions: str = "bf16-mixed"
     """`launch.precision` values timed, comma-separated; a `+sdpa-bf16` suffix also lets SDPA's math kernel reduce in
-    bf16 (`torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp`; off: it upcasts to fp32)."""
+    bf16 (`torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp`; off: it upcasts to fp32). bf16-true sets it
+    itself since 2026-12-04 (`SeedTrainer._math_attention_reduction`)."""
 
 
 def rung(shape: str) -> tuple:

@@ -59,7 +59,8 @@ class Settings:
     """(dotted key, value) overrides of the poc preset every variant starts from (a rung's width, depth, ...)."""
     precision: str = flag("32-true", choices=PRECISIONS)
     """The side-by-side training's precision on a GPU (`launch.precision`): 32-true (fp32 with TF32 matmuls, the
-    default's) or bf16-mixed (bf16 autocast: the large rungs, where training is compute-bound); fp32 on the CPU."""
+    default's), bf16-mixed (bf16 autocast) or bf16-true (the network wholly in bf16 from bf16 copies of the fp32
+    weights: the large rungs, whose step is bound by memory-bound elementwise kernels); fp32 on the CPU."""
 
 
 CORE = Settings()
@@ -86,10 +87,10 @@ RUNGS: dict[str, dict] = {
           "rollouts": 2},
     "m": {"model": (("model.dim", 384), ("model.depth", 6), ("model.struct_width", 384), ("model.struct_depth", 6),
                     ("model.fusion_depth", 3)), "train_clips": 160, "train_steps": 3000, "eval_clips": 32,
-          "rollouts": 2, "precision": "bf16-mixed"},
+          "rollouts": 2, "precision": "bf16-true"},
     "l": {"model": (("model.dim", 576), ("model.depth", 8), ("model.struct_width", 576), ("model.struct_depth", 8),
                     ("model.fusion_depth", 4)), "train_clips": 320, "train_steps": 2000, "seeds": 3, "eval_clips": 32,
-          "rollouts": 2, "precision": "bf16-mixed"},
+          "rollouts": 2, "precision": "bf16-true"},
 }
 
 

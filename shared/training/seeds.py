@@ -188,10 +188,25 @@ class SeedTrainer:
         dr = self.draws
         # SDPA's math kernel: plain matmul/softmax ops, each with a vmap rule (the fused kernels have none that
         # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
-        with sdpa_kernel(SDPBackend.MATH), self._autocast():
+        with sdpa_kernel(SDPBackend.MATH), self._autocast(), self._math_attention_reduction():
             draws = [dr.sigma_video, dr.sigma_struct, dr.noise_video, dr.noise_struct, dr.audio_keep]
             return vmap(one)(self.params, self.buffers, self.index, *draws,
                              *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
+
+    @contextlib.contextmanager
+    def _math_attention_reduction(self):
+        """Under a low `launch.precision` (`LOW_PRECISION`), SDPA's math kernel keeps bf16 (it upcasts its inputs to
+        fp32 by default): 11% more lockstep rounds/s at rung l (benchmarks/RESULTS.md, 2026-12-04). A global switch
+        of torch's, set for the forward only (the backward replays the ops it recorded) and put back after."""
+        if self.cfg.launch.precision not in LOW_PRECISION:
+            yield
+            return
+        before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
+        try:
+            yield
+        finally:
+            torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(before)
 
     def _autocast(self):
         """bf16 autocast under a bf16-mixed `launch.precision` (fp32 weights, optimiser and losses); its cast cache off,
