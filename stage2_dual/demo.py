@@ -36,7 +36,9 @@ class DemoOptions:
     port: int = flag(7860, check=integer(1, 65535))
     """Port to serve on."""
     host: str = "127.0.0.1"
-    """Address to bind; 0.0.0.0 serves every network interface (anyone who reaches this machine can use it)."""
+    """Address to bind; 0.0.0.0 serves every network interface (anyone who reaches this machine can use it). The
+    server answers only to this name and the loopback ones (`shared.serving.guard`: DNS rebinding); under 0.0.0.0 to
+    any."""
     examples: str | None = None
     """Folder of example images and voices (default: the PoC run's samples beside the checkpoint, if any)."""
     max_upload_mb: float = flag(20.0, check=real(0, lo_open=True))
@@ -54,6 +56,7 @@ def build(o: DemoOptions, root: Path):
     from shared.sampling.generation import cpu_threads
     from shared.serving.app import build_app
     from shared.serving.engine import Engine, find_examples
+    from shared.serving.guard import allowed_hosts
     from shared.serving.sessions import Limits, Sessions
 
     if o.threads is not None or not torch.cuda.is_available():
@@ -68,7 +71,7 @@ def build(o: DemoOptions, root: Path):
     examples = find_examples(engine.run, Path(o.examples) if o.examples else None, root / "examples")
     sessions = Sessions(root / "sessions", Limits(o.max_upload_mb, o.max_seconds, o.max_sessions),
                         engine.meta.image_size)
-    return build_app(engine, sessions, examples), engine
+    return build_app(engine, sessions, examples, allowed_hosts(o.host)), engine
 
 
 def main(argv=None) -> None:

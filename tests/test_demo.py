@@ -69,7 +69,10 @@ def client(files, tmp_path):
     from starlette.testclient import TestClient
 
     app, root = _app(files, tmp_path, max_upload_mb=1.0)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:  # the name the server answers to
+        connect = c.websocket_connect  # which names its host "testserver" whatever base_url says
+        c.websocket_connect = lambda url, headers=None: connect(url, headers={"host": "127.0.0.1:7860",
+                                                                               **(headers or {})})
         c.root = root
         yield c
 
@@ -120,6 +123,36 @@ def test_bad_input_gets_a_message_and_the_server_goes_on(client, files):
     with client.websocket_connect(f"/api/session/{sid2}/stream") as ws:
         ws.send_json({"settings": {"denoise_steps": 0}})
         assert "denoise_steps" in ws.receive_json()["message"]
+
+
+def test_other_sites_are_refused(client, files):
+    """DNS rebinding (a foreign Host) and cross-site requests (a foreign Origin on a WebSocket or an upload) get 403;
+    the page's own origin and clients without one pass (`shared.serving.guard`)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    r = client.get("/api/info", headers={"host": "rebound.example:7860"})
+    assert r.status_code == 403 and "rebound.example" in r.text
+    evil = {"origin": "http://evil.example"}
+    r = client.post("/api/session", headers=evil)
+    assert r.status_code == 403 and "evil.example" in r.text
+    assert client.get("/api/info", headers=evil).status_code == 200  # reading is not acting
+    sid = _session(client, files)
+    with pytest.raises(WebSocketDisconnect) as e:
+        with client.websocket_connect(f"/api/session/{sid}/stream", headers=evil) as ws:
+            ws.receive_json()
+    assert e.value.code == 1008
+    own = {"origin": "http://127.0.0.1:7860"}
+    assert client.post("/api/session", headers=own).status_code == 200
+    assert client.post("/api/session", headers={"origin": "null"}).status_code == 403  # a sandboxed frame, a file
+
+
+def test_the_hosts_a_server_answers_to():
+    from shared.serving.guard import allowed_hosts, host_name
+
+    assert allowed_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert "192.168.1.5" in allowed_hosts("192.168.1.5") and allowed_hosts("0.0.0.0") is None
+    assert [host_name(h) for h in ("127.0.0.1:7860", "[::1]:80", "LocalHost", "")] == ["127.0.0.1", "::1",
+                                                                                         "localhost", ""]
 
 
 def test_files_stay_inside_the_session_folder(client, files):

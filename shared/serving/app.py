@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from starlette.applications import Starlette
 from starlette.formparsers import MultiPartParser
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -38,6 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..sampling.generation import InputError
 from .engine import Engine, Examples
+from .guard import LOCAL_NAMES, Guard
 from .sessions import Sessions
 
 JPEG_QUALITY = 90
@@ -55,8 +57,10 @@ def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlette:
-    """The Starlette application over one engine and one session store."""
+def build_app(engine: Engine, sessions: Sessions, examples: Examples,
+              hosts: frozenset[str] | None = LOCAL_NAMES) -> Starlette:
+    """The Starlette application over one engine and one session store, answering to the host names `hosts` (None:
+    any) and to no other site's page (`guard`)."""
     page = resources.files("shared.serving").joinpath("page.html").read_text()
     # an upload's file part stays in memory up to the limit instead of spooling to the system's temporary folder
     # (Starlette's default rolls over at 1 MB): with the Content-Length check, nothing is written outside the
@@ -184,7 +188,7 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples) -> Starlet
         yield
         sessions.close()  # every viewer's files go with the server
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Guard, hosts=hosts)])
     app.state.engine, app.state.sessions = engine, sessions
     return app
 
