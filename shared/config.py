@@ -129,6 +129,11 @@ class ModelConfig:
     bridge_video_to_struct: bool = True
     """`dual` only: the video -> struct bridge direction. False cuts it (`dual_oneway`: both streams generated, the
     motion informs the video but never hears from it), isolating bidirectionality from generating the motion."""
+    bridge_gate_init: float = 0.0
+    """Initial value of every bridge residual gate. 0: Flamingo's closed gate (the towers start independent; the
+    bridge's projections get no gradient until the gate moves). > 0: the motion pathway learns from the first step,
+    as a plain cross-attention does (issue #34: at rungs m and l the closed gate had not opened after 2000-3000
+    steps, benchmarks/RESULTS.md)."""
 
     rope_theta: float = 10000.0
     """RoPE base frequency."""
@@ -145,6 +150,7 @@ class ModelConfig:
                   "struct_dim", "struct_width", "struct_depth", "struct_tokens_per_frame", "audio_dim", "rope_theta")
         need(self.attn_backend in ("auto", "sdpa", "flex"), f"attn_backend={self.attn_backend!r} not in auto, sdpa, flex")
         need(self.bridge_mode in BRIDGE_MODES, f"bridge_mode={self.bridge_mode!r} not in {BRIDGE_MODES}")
+        need(self.bridge_gate_init >= 0, f"bridge_gate_init={self.bridge_gate_init} must be >= 0")
         need(self.dim % self.head_dim == 0, f"dim={self.dim} not a multiple of head_dim={self.head_dim}")
         need(self.audio_layers >= 1 and self.audio_dim % self.audio_layers == 0,
              f"audio_dim={self.audio_dim} is not audio_layers={self.audio_layers} layers of one width")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from shared.evaluation import ladder
 from shared.evaluation.verdicts import NOT_TESTABLE
@@ -119,20 +120,43 @@ def test_rungs_grow_the_model_30x_and_keep_the_default():
 def _args(**kw):
     import argparse
 
-    base = dict(quick=False, task="v2", rung="xs", seeds=None, eval_clips=None, rollouts=None, curve_points=None,
+    base = dict(quick=False, task="v2", rung="xs", bridge_gate_init=None, seeds=None, eval_clips=None, rollouts=None, curve_points=None,
                 train_steps=None, suite="core", retrain=False, device="cpu", out="runs/poc", ladder=False)
     return argparse.Namespace(**{**base, **kw})
+
+
+def test_an_open_bridge_gate_is_every_variants():
+    """--bridge-gate-init opens the gates of every variant with a bridge alike (a fair comparison); closed by
+    default, as the gates were before the option (zeros: the default's numbers unchanged)."""
+    poc = _poc()
+    from shared import config as C
+    from shared.data.cache import CacheMeta
+    from shared.models import DualForce
+
+    meta = CacheMeta(64, (8, 16, 16), {"name": "tiny-ae"}, "explicit", tuple("m" * 13), {"name": "logmel", "dim": 80},
+                     80)
+    s = replace(poc.QUICK, bridge_gate_init=0.1)
+    for v in poc.CORE_VARIANTS:
+        cfg = poc.variant_config(C.get_preset("tiny"), v, meta, s, 4, "cpu", 0)
+        gates = [p for n, p in DualForce(cfg.model).named_parameters() if ".gate_" in n]
+        assert cfg.model.bridge_gate_init == 0.1 and all(torch.all(g == 0.1) for g in gates), v.name
+        assert bool(gates) == (cfg.model.has_struct and cfg.model.fusion_depth > 0), v.name
+    closed = DualForce(C.get_preset("tiny").model)
+    assert all(torch.all(p == 0) for n, p in closed.named_parameters() if ".gate_" in n)
+    with pytest.raises(ValueError, match="bridge_gate_init"):
+        C.override(C.get_preset("tiny"), {"model.bridge_gate_init": -0.1})
 
 
 def test_rung_settings_and_folders():
     poc = _poc()
     s = poc.settings(_args(rung="l"), "cuda")
-    assert (s.rung, s.seeds, s.train_steps, s.train_clips, s.eval_clips) == ("l", 3, 2000, 320, 32)
+    assert (s.rung, s.seeds, s.train_steps, s.train_clips, s.eval_clips) == ("l", 3, 4000, 320, 32)
     assert poc.settings(_args(rung="l", seeds=4, train_steps=100), "cuda").seeds == 4  # flags win over the rung
     quick = poc.settings(_args(rung="l", quick=True), "cpu")
     assert quick.train_steps == poc.QUICK.train_steps and quick.model == poc.RUNGS["l"]["model"]  # only the model
     assert poc.settings(_args(), "cuda") == replace(poc.GPU, rung="xs")  # the default is the default
     assert poc.run_name(_args(rung="l")) == "core-l" and poc.run_name(_args(quick=True)) == "core-quick"
+    assert poc.run_name(_args(rung="m", bridge_gate_init=0.1)) == "core-m-gate0.1"  # an open gate: its own folder
 
 
 def test_the_ladder_reuses_finished_rungs(tmp_path):
@@ -154,3 +178,11 @@ def test_the_ladder_reuses_finished_rungs(tmp_path):
     assert ran == []  # every rung finished with the same settings: read back
     poc.climb(_args(out=str(tmp_path), ladder=True, seeds=2), suite)
     assert ran == list(poc.RUNGS)  # other settings: run again
+    ran.clear()
+    for rung in poc.RUNGS:  # a report written before a setting existed: read back, the setting at its default
+        path = tmp_path / poc.run_name(_args(rung=rung)) / "report.json"
+        rep = json.loads(path.read_text())
+        rep["settings"].pop("bridge_gate_init")
+        path.write_text(json.dumps(rep))
+    poc.climb(_args(out=str(tmp_path), ladder=True, seeds=2), suite)
+    assert ran == []

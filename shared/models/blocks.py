@@ -227,23 +227,24 @@ class BridgeLayer(nn.Module):
     """Cross-modal coupling in one of the first `fusion_depth` blocks (MOVA's bridge, here 1536 <-> 1536):
     video tokens attend to struct tokens and, in `dual` mode, struct tokens to video tokens; frame-causal, with
     a time-only RoPE shared by both streams (both run at 25 fps, so frame index is physical time). Each
-    direction's residual has a zero-initialised per-channel gate (Flamingo's gated cross-attention), so the
-    towers start independent and learn how much to couple."""
+    direction's residual has a per-channel gate, zero-initialised by default (Flamingo's gated cross-attention), so the
+    towers start independent and learn how much to couple (`ModelConfig.bridge_gate_init`)."""
 
     fused_window: bool = False
     """struct -> video through the window kernel (`window_attention`); switched on from outside
     (`fuse_window_attention`)."""
 
-    def __init__(self, video_width: int, struct_width: int, head_dim: int, qk_norm: bool, two_way: bool):
+    def __init__(self, video_width: int, struct_width: int, head_dim: int, qk_norm: bool, two_way: bool,
+                 gate_init: float = 0.0):
         super().__init__()
         self.norm_v = nn.RMSNorm(video_width, eps=1e-6)
         self.norm_s = nn.RMSNorm(struct_width, eps=1e-6)
         self.struct_to_video = Attention(video_width, head_dim, context_dim=struct_width, qk_norm=qk_norm)
-        self.gate_v = nn.Parameter(torch.zeros(video_width))
+        self.gate_v = nn.Parameter(torch.full((video_width,), gate_init))
         self.two_way = two_way
         if two_way:
             self.video_to_struct = Attention(struct_width, head_dim, context_dim=video_width, qk_norm=qk_norm)
-            self.gate_s = nn.Parameter(torch.zeros(struct_width))
+            self.gate_s = nn.Parameter(torch.full((struct_width,), gate_init))
 
     def forward(self, hv: torch.Tensor, hs: torch.Tensor, rope_v, rope_s, masks,
                 kvs: tuple[KVSlot, KVSlot | None] | None = None,

@@ -122,8 +122,8 @@ class DualForce(nn.Module):
             self.struct = Tower(cfg.struct_width, cfg.struct_blocks, cfg, cfg.struct_dim // s, cfg.struct_dim // s,
                                 with_head=cfg.mode.struct_generated)
             self.bridge = nn.ModuleList(
-                BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.bridge_two_way)
-                for _ in range(cfg.fusion_depth))
+                BridgeLayer(cfg.dim, cfg.struct_width, cfg.head_dim, cfg.qk_norm, cfg.bridge_two_way,
+                            cfg.bridge_gate_init) for _ in range(cfg.fusion_depth))
         self.align_head = nn.Linear(cfg.struct_dim, cfg.align_dim) if cfg.align_dim else None
 
     def align(self, struct0: torch.Tensor) -> torch.Tensor:

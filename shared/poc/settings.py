@@ -57,6 +57,9 @@ class Settings:
     """The scaling-ladder rung these settings are (`RUNGS`; xs: the default)."""
     model: tuple = ()
     """(dotted key, value) overrides of the poc preset every variant starts from (a rung's width, depth, ...)."""
+    bridge_gate_init: float = flag(0.0, check=real(0))
+    """Every variant's bridge gates start here (`model.bridge_gate_init`; 0: closed, the default's). The same for
+    every variant, so that the comparisons stay fair; a run with another value writes a folder of its own."""
     precision: str = flag("32-true", choices=PRECISIONS)
     """The side-by-side training's precision on a GPU (`launch.precision`): 32-true (fp32 with TF32 matmuls, the
     default's), bf16-mixed (bf16 autocast) or bf16-true (the network wholly in bf16 from bf16 copies of the fp32
@@ -77,19 +80,21 @@ GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae
 # half of the blocks) and the training identities together, so that no rung is starved of data; the codec, probes,
 # evaluation and sampler are the default's. Parameters (poc latents, logmel, 13-d motion): video_only / dual
 # xs 1.2 / 2.6 M, s 2.6 / 5.7 M, m 14.2 / 31.8 M, l 40.9 / 92.4 M (35x / 36x xs). `--rung R` runs one, `--ladder` all.
-# Steps and seeds are what one H200 affords (benchmarks/RESULTS.md, 2026-12-02: the core suite trains at 4.3 lockstep
-# rounds/s at m with 5 seeds and 3.1 at l with 3, fp32 with TF32 matmuls): the larger rungs train fewer steps, and the
-# learning curves (held-out loss at half and at the end) say whether a rung was still learning; their evaluation is
-# the first 32 held-out clips x 2 rollouts (the rollouts of the default's 48 x 4 would take 5 min a seed at l).
+# Every rung trains the default's 4000 steps: the larger rungs at fewer steps were still learning steeply at their
+# last one and their motion pathway had not opened (benchmarks/RESULTS.md: l at 2000 steps, 2026-12-03; m at 3000,
+# 2026-12-04), which confounds the trend with the step budget. One H200 (bf16-true): m ~14 min of training (4.7
+# lockstep rounds/s, 5 seeds), l ~19 min (3.5, 3 seeds), each rung ~20-25 min in all: one session's device time
+# each. Their evaluation is the first 32 held-out clips x 2 rollouts (the default's 48 x 4 would take 5 min a seed
+# at l).
 RUNGS: dict[str, dict] = {
     "xs": {},
     "s": {"model": (("model.dim", 192), ("model.struct_width", 192)), "train_clips": 80, "eval_clips": 32,
           "rollouts": 2},
     "m": {"model": (("model.dim", 384), ("model.depth", 6), ("model.struct_width", 384), ("model.struct_depth", 6),
-                    ("model.fusion_depth", 3)), "train_clips": 160, "train_steps": 3000, "eval_clips": 32,
+                    ("model.fusion_depth", 3)), "train_clips": 160, "eval_clips": 32,
           "rollouts": 2, "precision": "bf16-true"},
     "l": {"model": (("model.dim", 576), ("model.depth", 8), ("model.struct_width", 576), ("model.struct_depth", 8),
-                    ("model.fusion_depth", 4)), "train_clips": 320, "train_steps": 2000, "seeds": 3, "eval_clips": 32,
+                    ("model.fusion_depth", 4)), "train_clips": 320, "seeds": 3, "eval_clips": 32,
           "rollouts": 2, "precision": "bf16-true"},
 }
 
@@ -110,6 +115,9 @@ def resolve(args, device: str) -> Settings:
 
 
 def run_name(args) -> str:
-    """The run's folder under --out: the suite, -quick, -RUNG (none for the default rung)."""
-    return f"{args.suite}{'-quick' if args.quick else ''}{'' if args.rung == 'xs' else '-' + args.rung}"
+    """The run's folder under --out: the suite, -quick, -RUNG (none for the default rung), -gateG (an open bridge
+    gate)."""
+    gate = getattr(args, "bridge_gate_init", None)
+    return (f"{args.suite}{'-quick' if args.quick else ''}{'' if args.rung == 'xs' else '-' + args.rung}"
+            f"{f'-gate{gate:g}' if gate else ''}")
 

@@ -153,7 +153,7 @@ def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, de
     cfg = C.override(rung, {"model.latent_channels": c, "model.latent_size": h,
                             "model.struct_dim": len(meta.struct_layout), "model.audio_dim": meta.audio_dim,
                             "train.steps": steps, "train.global_batch": s.batch, "launch.accelerator": device,
-                            "launch.precision": s.precision,
+                            "launch.precision": s.precision, "model.bridge_gate_init": s.bridge_gate_init,
                             "train.seed": s.seed if seed is None else seed,
                             "train.warmup": max(2, steps // 10), **over})
     if v.width_of is not None:
