@@ -359,6 +359,11 @@ class TrainConfig:
     self_forcing_p: float = 1.0
     """With self_forcing: the fraction of steps on the model's own rollouts (the others plain Diffusion Forcing on
     the clip), decided per step from (seed, step)."""
+    self_forcing_loss: Literal["flow", "dmd"] = flag("flow", flags=("--self-forcing-loss",))
+    """With self_forcing: `flow`, the flow-matching loss against the clip's real frames after the generated history
+    (`shared.training.self_forcing`); `dmd`, distribution matching with no real frame after the reference
+    (`shared.training.dmd`: the frozen starting model as the real score, a critic trained on the model's own frames as
+    the fake score)."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -367,6 +372,10 @@ class TrainConfig:
         _within(self, "min_lr_ratio", 0, 1)
         _within(self, "ema", 0, 1, hi_open=True)
         _within(self, "self_forcing_p", 0, 1)
+        _need(self, self.self_forcing_loss in ("flow", "dmd"),
+              f"self_forcing_loss={self.self_forcing_loss!r} not in flow, dmd")
+        _need(self, self.self_forcing_loss == "flow" or self.self_forcing,
+              "self_forcing_loss=dmd needs self_forcing (--self-forcing): it is a loss on the model's own rollouts")
         _need(self, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
               f"betas={self.betas!r} must be two numbers in [0, 1)")
 

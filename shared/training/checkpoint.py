@@ -53,7 +53,8 @@ def state_bytes(state: dict, ema) -> int:
         if isinstance(obj, dict):
             return sum(size(v) for v in obj.values())
         return 0
-    return size(state.get("model")) + size(state.get("optimizer")) + (size(ema.model) if ema is not None else 0)
+    parts = ("model", "optimizer", "critic", "critic_optimizer", "score_real")  # the last three: DMD's
+    return sum(size(state.get(k)) for k in parts) + (size(ema.model) if ema is not None else 0)
 
 
 def save(fabric, out: Path, step: int, state: dict, sched, ema, gen: torch.Generator, keep_last: int) -> None:

@@ -24,8 +24,10 @@ import torch
 from .. import lock, runs
 from ..config import Config, LaunchConfig
 from ..diffusion import training_loss
+from ..errors import UserError
 from . import checkpoint
 from .batches import StepBatches, to_batch
+from .dmd import Scores, critic_step, dmd_losses
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
 from .self_forcing import rollout_graphs, self_forcing_loss, uses_own_history
@@ -75,6 +77,8 @@ class Run:
     stop: dict = field(default_factory=lambda: {"why": None})
     graphs: object = None
     """Self-forcing's rollouts as CUDA graphs (`self_forcing.rollout_graphs`), or None."""
+    scores: Scores | None = None
+    """DMD's real and fake scores and the critic's optimiser (`train.self_forcing_loss = "dmd"`), or None."""
     nan_steps: tuple[int, ...] = ()
     """A test aid: steps whose loss is made NaN, to exercise the non-finite guard."""
 
@@ -123,6 +127,7 @@ def build_run(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: s
         runs.check_rerun(out, cfg, data_meta)
     fabric.seed_everything(tc.seed)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    dmd = Scores.copies(model) if tc.self_forcing and tc.self_forcing_loss == "dmd" else None  # as it starts
     for line in prepare_model(model, cfg.runtime, tuple(block_types), fabric.device):  # after the EMA's copy
         fabric.print(line)
     # the model first, then its optimiser: FSDP2 replaces the parameters with sharded ones
@@ -139,6 +144,10 @@ def build_run(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc))
     gen = torch.Generator(device=fabric.device).manual_seed(tc.seed * 1000 + rank)  # noise differs per rank
     state = {"model": model, "optimizer": opt, "step": 0, "skipped": 0, "history": []}
+    scores = None
+    if dmd is not None:  # saved and resumed with the rest: the critic, its optimiser, the real score
+        scores = dmd_scores(fabric, dmd, tc, sharded)
+        state.update(critic=scores.fake, critic_optimizer=scores.opt, score_real=scores.real)
     start = checkpoint.resume(fabric, out, resume, state, sched, ema, gen)
     micro = tc.micro_batch or tc.global_batch // world
     order = StepBatches(len(dataset), tc.global_batch, micro, world, rank, tc.seed, start, tc.steps)
@@ -152,7 +161,21 @@ def build_run(cfg: Config, model: torch.nn.Module, dataset, out: Path, resume: s
     graphs = rollout_graphs(model, fabric.device) if tc.self_forcing and not sharded else None
     if fabric.is_global_zero:
         runs.begin_run(out, cfg, data_meta)
-    return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs)
+    return Run(cfg, out, fabric, model, opt, sched, ema, gen, order, loader, start, state, graphs=graphs,
+               scores=scores)
+
+
+def dmd_scores(fabric, copies: tuple, tc, sharded: bool) -> Scores:
+    """DMD's scores on the run's Fabric: the critic set up like the student (its own AdamW at the constant peak
+    learning rate, as DMD2 trains its critic), the real score on the device at the run's precision."""
+    if sharded:
+        raise UserError("--self-forcing-loss dmd: not under FSDP yet (its real score and critic are whole copies of "
+                        "the model on every rank); use --strategy ddp or one device")
+    real, fake = copies
+    fake = fabric.setup_module(fake)
+    opt = fabric.setup_optimizers(optimizer(fake.module, tc, fused=fabric.device.type == "cuda"))
+    real = fabric.strategy.precision.convert_module(real).to(fabric.device)
+    return Scores(real, fake, opt)
 
 
 def leave_signals(worker: int) -> None:
@@ -170,7 +193,9 @@ def train_step(run: Run, batches, step: int) -> dict:
     for m in range(run.order.accum):
         batch = to_batch(next(batches), fabric.device)
         with fabric.no_backward_sync(model, enabled=m < run.order.accum - 1):
-            if tc.self_forcing and uses_own_history(run.cfg, step):
+            if tc.self_forcing and uses_own_history(run.cfg, step) and run.scores is not None:
+                losses = dmd_losses(model, run.scores, batch, run.cfg, step, generator=run.gen, graphs=run.graphs)
+            elif tc.self_forcing and uses_own_history(run.cfg, step):
                 losses = self_forcing_loss(model, batch, run.cfg, step, generator=run.gen, graphs=run.graphs)
             else:
                 losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
@@ -179,6 +204,9 @@ def train_step(run: Run, batches, step: int) -> dict:
                 loss = loss * float("nan")
                 losses["loss"] = losses["loss"] * float("nan")
             fabric.backward(loss)
+            if "critic" in losses:  # the critic steps on every micro-batch, after the student's backward
+                critic_step(fabric, run.scores, losses["critic"], tc.grad_clip)
+                losses["critic"] = losses["critic"].detach()
     return losses
 
 
