@@ -1,6 +1,7 @@
 """Self-forcing with distribution matching (`shared.training.dmd`, issue #39): the gradient on known answers, the
 step changes the student and the critic but not the real score, no real frame after the reference enters the
-student's loss, and `--self-forcing-loss dmd` trains and resumes under Fabric (one process and `fabric run` with two)."""
+student's loss, and `--self-forcing-loss dmd` trains and resumes under Fabric (one process, and `fabric run` with
+two)."""
 
 from __future__ import annotations
 

@@ -120,8 +120,9 @@ def test_rungs_grow_the_model_30x_and_keep_the_default():
 def _args(**kw):
     import argparse
 
-    base = dict(quick=False, task="v2", rung="xs", bridge_gate_init=None, seeds=None, eval_clips=None, rollouts=None, curve_points=None,
-                train_steps=None, suite="core", retrain=False, device="cpu", out="runs/poc", ladder=False)
+    base = dict(quick=False, task="v2", rung="xs", bridge_gate_init=None, seeds=None, eval_clips=None, rollouts=None,
+                curve_points=None, train_steps=None, suite="core", retrain=False, device="cpu", out="runs/poc",
+                ladder=False)
     return argparse.Namespace(**{**base, **kw})
 
 

@@ -75,8 +75,8 @@ class _Functional:
             params = {n: low(p) for n, p in params.items()}
             x_video, struct_in, audio = low(x_video), low(struct_in), low(audio)
         # the frames' audio positions already on the device: a CUDA graph cannot capture the host -> device copy
-        out = functional_call(self.base, (params, self.state[1]), (x_video, sigma_video, struct_in, sigma_struct, audio),
-                              {**kwargs, "audio_index": self.audio_index})
+        inputs = (x_video, sigma_video, struct_in, sigma_struct, audio)
+        out = functional_call(self.base, (params, self.state[1]), inputs, {**kwargs, "audio_index": self.audio_index})
         return tuple(None if o is None else o.float() for o in out)
 
     def align(self, struct0: torch.Tensor) -> torch.Tensor:
