@@ -68,6 +68,9 @@ COMPONENTS = {
     "self_forcing": ({}, {"train.self_forcing": True}),
     # half the steps on own rollouts, half plain (scheduled sampling's mix)
     "self_forcing_half": ({}, {"train.self_forcing": True, "train.self_forcing_p": 0.5}),
+    # own rollouts with distribution matching, no real frame after the reference (issue #39, `shared.training.dmd`):
+    # the trained model is the real score, a critic follows the fine-tuned one
+    "self_forcing_dmd": ({}, {"train.self_forcing": True, "train.self_forcing_loss": "dmd"}),
 }
 # Each method alone, and one combination fixed in advance (not picked from the results): the two anchors that attack
 # the two causes of drift, trusting a generated history (training on it) and a reference whose share of attention
