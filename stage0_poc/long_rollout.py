@@ -172,6 +172,12 @@ class LongOptions:
     """Comma-separated trained variants (default: every one)."""
     clips: int | None = flag(None, check=errors.integer(1))
     """Held-out clips (default: all)."""
+    minutes: float = flag(0.0, check=errors.real(0))
+    """Instead: stream this many minutes of the first held-out clip's looped voice frame by frame, decoded and read a
+    second at a time, in constant memory (`shared.evaluation.minutes`): per minute identity, jitter, lip sync, frame
+    rate and memory, in RUN/long_minutes.json, .md and plots/long_minutes.png; 0: off."""
+    minutes_method: str = "baseline"
+    """The method streamed for --minutes (a sampler setting, or a fine-tune made as for --methods)."""
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_fields(ap, LongOptions)
     args = ap.parse_args(argv)
     with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):  # not while run.py writes it
-        return run_methods(args)
+        return run_minutes(args) if args.minutes > 0 else run_methods(args)
 
 
 def run_methods(args) -> dict:
@@ -249,6 +255,121 @@ def run_methods(args) -> dict:
             res.setdefault(m, {})[v.name] = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter,
                                                      v.struct == "explicit")
     return write(out, args, res, real, real_jitter, frames, clip, device, con, tune_steps, seconds)
+
+
+def run_minutes(args) -> dict:
+    """--minutes: each chosen variant (default dual) streams `minutes` of the first held-out clip's looped voice
+    under --minutes-method; per-minute rows and the flatness checks (`shared.evaluation.minutes`)."""
+    from rich.console import Console
+
+    from shared.evaluation import minutes as MN
+
+    con = Console()
+    try:
+        sample, tune = resolve(args.minutes_method, {"sigma_context": args.sigma_context, "ref_weight": args.ref_weight,
+                                                     "train_sigma_context": args.train_sigma_context})
+    except KeyError as e:
+        raise SystemExit(f"error: --minutes-method {args.minutes_method}: {e.args[0]!r} is none of "
+                         f"{', '.join(COMPONENTS)}") from None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    s = replace(PS.QUICK if args.quick else PS.GPU if device == "cuda" else PS.CORE, task=args.task)
+    out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
+    names = (args.variants or "dual").split(",")
+    known = {v.name: v for v in (PV.FULL_VARIANTS if args.suite == "full" else PV.CORE_VARIANTS)}
+    for n in names:
+        if n not in known or known[n].model_of or known[n].overrides.get("model.bridge_mode") == "condition_only":
+            raise SystemExit(f"error: --variants {n}: --minutes streams a trained variant that generates its own "
+                             f"motion (dual, video_only, ...), not condition_only or a model of another")
+        if runs.latest_checkpoint(seed_dir(out, n, 0)) is None:
+            raise SystemExit(f"error: {out}: no trained {n}; run stage0_poc/run.py with the same --suite/--quick/--out")
+    data = assets.build_data(s, Path(args.out), args.suite, device, con)
+    probe, codec, acc, _ = assets.build_probe(s, data, device, con)
+    dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
+    streams, checks = {}, {}
+    for n in names:
+        v = known[n]
+        vdir = seed_dir(out, n, 0)
+        base_cfg = runs.load_config(vdir)
+        base = load_run(base_cfg, vdir, device)[0]
+        model, cfg = tuned_model(n, args.minutes_method, tune, base, base_cfg, {}, args.finetune_steps or
+                                 max(2, s.train_steps // 8), data, v.struct, out, device, con)
+        clips, real = held_out(data, {v.struct}, probe, codec, dims, C.get_preset("poc").clip_frames, 1)
+        frames = max(1, round(args.minutes * 60 * cfg.fps))
+        con.print(f"{n} / {args.minutes_method}: {frames} frames ({args.minutes:g} min) of {clips[v.struct][0].name}")
+        streams[n] = stream_minutes(model, replace(cfg.sample, **sample), clips[v.struct][0], frames, probe, codec,
+                                    dims, cfg.fps, device, s.seed, con)
+        checks[n] = MN.flatness(streams[n])
+    real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
+    return write_minutes(out, args, streams, checks, real_jitter, device, con)
+
+
+def stream_minutes(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: str, seed: int,
+                   con) -> list[dict]:
+    """One clip's voice looped to `frames`, streamed frame by frame (`stream_frames`; CUDA graphs on a GPU), read by
+    the probe a second at a time into per-minute rows."""
+    from shared.evaluation.minutes import MinuteMeter
+    from shared.sampling.generation import Reference, prepare_graphs, stream_frames
+
+    dev = torch.device(device)
+    ref = Reference(torch.as_tensor(clip.ref_video)[None],
+                    torch.as_tensor(clip.ref_struct)[None] if model.cfg.has_struct else None, clip.name)
+    features = loop(clip.audio, 2 * frames)
+    true_jaw = loop(clip.motion[:, JAW], frames)
+    first = probe.read(codec.decode(clip.ref_video[None]))["identity"][0]
+    meter = MinuteMeter(fps, first, list(dims["id_dims"]), list(dims["pose_dims"]), probe.i_std.cpu().numpy(),
+                        probe.m_std.cpu().numpy(), JAW, dev)
+    graphs = prepare_graphs(model, ref, features, frames, sample, dev, compile=False) if dev.type == "cuda" else None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    chunk: list = []
+    from rich.progress import Progress
+
+    with Progress(console=con) as bar:
+        task = bar.add_task("streaming", total=frames)
+        for f in stream_frames(model, ref, features, frames, codec, sample, dev, seed, graphs=graphs):
+            chunk.append(f["frame"])
+            if len(chunk) == fps or f["index"] == frames - 1:
+                r = probe.read(np.stack(chunk))
+                end = f["index"] + 1
+                meter.add(r["motion"], r["identity"], true_jaw[end - len(chunk) : end])
+                chunk = []
+                bar.update(task, completed=end)
+                if not con.is_terminal and end % (60 * fps) == 0:  # a log file sees no bar: a line a minute
+                    con.print(f"minute {end // (60 * fps)}: {meter.rows[-1]}")
+    meter.close_minute()
+    if graphs is not None:
+        model.overlap_towers(False)
+    return meter.rows
+
+
+def write_minutes(out: Path, args, streams: dict, checks: dict, real_jitter: float, device: str, con) -> dict:
+    """long_minutes.json, .md and plots/long_minutes.png."""
+    from shared.evaluation import minutes as MN
+
+    (out / "plots").mkdir(exist_ok=True)
+    MN.plot(streams, real_jitter, out / "plots" / "long_minutes.png")
+    result = {"minutes": args.minutes, "method": args.minutes_method, "device": device, "real_jitter": real_jitter,
+              "streams": streams, "checks": checks, "plot": "plots/long_minutes.png"}
+    tmp = out / ".long_minutes.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "long_minutes.json")
+    cols = ("frames", "id_err", "jitter", "lip_r", "fps", "host_rss_gib", "gpu_peak_gib")
+    lines = [f"# {args.minutes:g} minutes streamed ({args.minutes_method}, {device})", "",
+             "Per minute: identity error to the reference (std units), head-pose jitter (real clips': "
+             f"{real_jitter:.4f}), lip sync against the looped true mouth, frames per second of the whole loop "
+             "(stream, decode, probe), memory. Checks: identity within 1.2x the first minute's; fps and memory "
+             "within 5% of minute 2's from minute 2 on.", ""]
+    for n, rows in streams.items():
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in checks[n].items()}
+        lines += [f"## {n}", "", f"checks: {json.dumps(shown)}", "", "| minute | " + " | ".join(cols) + " |",
+                  "|" + "---|" * (len(cols) + 1)]
+        lines += [f"| {r['minute']} | " + " | ".join(f"{r[c]:.4g}" if c in r else "-" for c in cols) + " |"
+                  for r in rows]
+        lines.append("")
+    (out / "long_minutes.md").write_text("\n".join(lines) + "\n")
+    con.print("\n".join(lines))
+    con.print(f"wrote {out / 'long_minutes.json'}, {out / 'long_minutes.md'} and {out / result['plot']}")
+    return result
 
 
 def held_out(data: dict, kinds: set, probe, codec, dims: dict, frames: int, n: int | None) -> tuple[dict, list]:

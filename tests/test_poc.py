@@ -168,3 +168,15 @@ def test_quick_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--methods",
                           "self_forcing+nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "'nope' is none of" in bad.stderr and "Traceback" not in bad.stderr
+
+    # --minutes: a stream read a second at a time into per-minute rows (here 3 s of one voice)
+    res5 = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--device",
+                           "cpu", "--minutes", "0.05", "--variants", "dual"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert res5.returncode == 0, res5.stdout[-3000:] + res5.stderr[-3000:]
+    mins = json.loads((run / "long_minutes.json").read_text())
+    assert [r["frames"] for r in mins["streams"]["dual"]] == [75] and (run / mins["plot"]).stat().st_size > 1000
+    assert mins["checks"]["dual"]["identity_held"] and 0 <= mins["streams"]["dual"][0]["id_err"]
+    bad = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--minutes",
+                          "1", "--variants", "condition_only"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "not condition_only" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,133 @@
+"""An hour-long stream measured minute by minute in constant memory (issue #39, `long_rollout.py --minutes`).
+
+A rollout of 90,000 frames cannot be kept and read at the end as `long_rollout.py`'s clips are: the frames are decoded
+and read by the probe a second at a time as they stream, and only each minute's aggregates stay (`MinuteMeter`):
+the identity error against the reference (its drift), the head-pose jitter, lip sync against the looped true mouth
+track, the stream's frame rate and its memory. `flatness` says whether the stream held: identity within a ratio of
+the first minute's, frame rate and memory within a tolerance of the second minute's (the first holds the warm-up).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics as M
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (Linux /proc; the peak where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class MinuteMeter:
+    """Per-minute aggregates of one stream. `add` takes each chunk of frames as the probe read it; the identity
+    reference, the identity and pose dimensions and the std units are those of `consistency_curves`."""
+
+    fps: int
+    ref_identity: np.ndarray
+    id_dims: list
+    pose_dims: list
+    i_std: np.ndarray
+    m_std: np.ndarray
+    jaw: int
+    device: torch.device
+    rows: list = field(default_factory=list)
+    _cur: dict = field(default_factory=dict)
+    _last_pose: np.ndarray | None = None
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, motion: np.ndarray, identity: np.ndarray, true_jaw: np.ndarray) -> None:
+        """One chunk: motion [n, 13] and identity [n, 16] read from n consecutive frames, the true jaw [n] (a chunk
+        across a minute's end is split there)."""
+        room = 60 * self.fps - sum(len(x) for x in self._cur.get("id", []))
+        if len(motion) > room:
+            self.add(motion[:room], identity[:room], true_jaw[:room])
+            return self.add(motion[room:], identity[room:], true_jaw[room:])
+        ident = np.linalg.norm((identity[:, self.id_dims] - self.ref_identity[self.id_dims]) /
+                               self.i_std[self.id_dims], axis=1)
+        pose = motion[:, self.pose_dims] / self.m_std[self.pose_dims]
+        both = pose if self._last_pose is None else np.concatenate([self._last_pose, pose])
+        acc = np.abs(np.diff(both, n=2, axis=0)).mean(1)  # the second difference across chunk edges too
+        self._last_pose = both[-2:]
+        c = self._cur
+        for k, v in (("id", ident), ("jitter", acc), ("jaw", motion[:, self.jaw]), ("true", true_jaw)):
+            c.setdefault(k, []).append(v)
+        if sum(len(x) for x in c["id"]) >= 60 * self.fps:
+            self.close_minute()
+
+    def close_minute(self) -> None:
+        """The minute's row (also a last, shorter minute at the end of the stream)."""
+        c, self._cur = self._cur, {}
+        if not c:
+            return
+        now = time.perf_counter()
+        cat = {k: np.concatenate(v) for k, v in c.items()}
+        row = {"minute": len(self.rows) + 1, "frames": len(cat["id"]), "id_err": float(cat["id"].mean()),
+               "jitter": float(cat["jitter"].mean()) if len(cat["jitter"]) else float("nan"),
+               "lip_r": float(M.pearson(cat["jaw"], cat["true"])), "fps": len(cat["id"]) / (now - self._t0),
+               "host_rss_gib": rss_bytes() / 2**30}
+        if self.device.type == "cuda":
+            row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.rows.append(row)
+        self._t0 = now
+
+
+def flatness(rows: list[dict], id_ratio: float = 1.2, tolerance: float = 0.05) -> dict:
+    """Whether a stream held (issue #39's checks): every full minute's identity error within `id_ratio` x the first
+    minute's; frame rate and memory within `tolerance` of the second minute's from minute 2 on (the first minute holds
+    the warm-up and the graphs' capture). A shorter last minute is left out of the frame rate (its clock includes the
+    stream's end)."""
+    full = [r for r in rows if r["frames"] == rows[0]["frames"]]
+    out = {"minutes": len(rows), "id_ratio_max": max(r["id_err"] for r in full) / max(rows[0]["id_err"], 1e-9)}
+    out["identity_held"] = out["id_ratio_max"] <= id_ratio
+    later = full[1:]
+    for key in ("fps", "host_rss_gib", "gpu_peak_gib"):
+        vals = [r[key] for r in later if key in r]
+        if len(vals) >= 2:
+            dev = max(abs(v - vals[0]) for v in vals) / max(abs(vals[0]), 1e-9)
+            out[f"{key}_max_change"] = dev
+            out[f"{key}_flat"] = dev <= tolerance
+    return out
+
+
+def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
+    """Four panels against the minute: identity error / the first minute's, jitter / the real clips', lip sync, and
+    frame rate with memory (one line per stream)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for name, rows in streams.items():
+        x = [r["minute"] for r in rows]
+        axes[0].plot(x, [r["id_err"] / rows[0]["id_err"] for r in rows], label=name)
+        axes[1].plot(x, [r["jitter"] / real_jitter for r in rows], label=name)
+        axes[2].plot(x, [r["lip_r"] for r in rows], label=name)
+        axes[3].plot(x, [r["fps"] for r in rows], label=f"{name} fps")
+    mem = axes[3].twinx()
+    for name, rows in streams.items():
+        key = "gpu_peak_gib" if "gpu_peak_gib" in rows[0] else "host_rss_gib"
+        mem.plot([r["minute"] for r in rows], [r[key] for r in rows], "--", label=f"{name} {key}")
+    mem.set_ylabel("memory (GiB)")
+    for ax, title in zip(axes, ("identity error / minute 1's (<= 1.2)", "jitter / real clips'",
+                                "lip sync r (per minute)", "frames per second (solid), memory (dashed)")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("minute")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(1.2, color="grey", lw=0.8, ls=":")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

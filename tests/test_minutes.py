@@ -1,0 +1,64 @@
+"""An hour measured minute by minute (`shared.evaluation.minutes`, issue #39): the per-minute aggregates on streams
+with known answers, chunk edges that change nothing, and the flatness checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.evaluation.minutes import MinuteMeter, flatness
+
+FPS = 5
+
+
+def _meter() -> MinuteMeter:
+    return MinuteMeter(FPS, np.zeros(16), list(range(4)), [0, 1], np.full(16, 2.0), np.ones(13), 6,
+                       torch.device("cpu"))
+
+
+def _stream(frames: int, drift: float = 0.0, seed: int = 0):
+    """motion [N, 13] (pose dims 0-1 a straight line: no jitter; jaw dim 6 a sine), identity [N, 16] at a distance
+    from the reference that grows by `drift` a minute, and the true jaw."""
+    t = np.arange(frames)
+    motion = np.zeros((frames, 13))
+    motion[:, 0], motion[:, 1] = 0.01 * t, -0.02 * t
+    jaw = np.sin(t / 3.0)
+    motion[:, 6] = 2 * jaw + 1  # an affine function of the truth: r = 1
+    identity = np.zeros((frames, 16))
+    identity[:, 0] = 2.0 * (1 + drift * t / (60 * FPS))  # 1 std unit (i_std 2), growing with the minutes
+    return motion, identity, jaw
+
+
+@pytest.mark.parametrize("chunk", [FPS, 7, 300])
+def test_minutes_on_known_answers_whatever_the_chunks(chunk):
+    motion, identity, jaw = _stream(3 * 60 * FPS + 100)
+    m = _meter()
+    for i in range(0, len(jaw), chunk):
+        m.add(motion[i : i + chunk], identity[i : i + chunk], jaw[i : i + chunk])
+    m.close_minute()
+    assert [r["frames"] for r in m.rows] == [300, 300, 300, 100]  # three minutes and a shorter last one
+    for r in m.rows:
+        assert r["id_err"] == pytest.approx(1.0) and r["jitter"] == pytest.approx(0.0, abs=1e-12)
+        assert r["lip_r"] == pytest.approx(1.0) and r["fps"] > 0 and r["host_rss_gib"] > 0
+    check = flatness(m.rows, tolerance=10.0)  # the clock of a test is no speed measurement
+    assert check["minutes"] == 4 and check["id_ratio_max"] == pytest.approx(1.0) and check["identity_held"]
+
+
+def test_jitter_sees_a_jump_at_a_chunk_edge():
+    motion, identity, jaw = _stream(60 * FPS)
+    motion[150:, 0] += 1.0  # one step in the pose at frame 150: second differences of 1 at frames 149 and 150
+    m = _meter()
+    m.add(motion[:150], identity[:150], jaw[:150])  # the edge falls on the jump
+    m.add(motion[150:], identity[150:], jaw[150:])
+    # acc = |2nd difference| averaged over the two pose dims: 0.5 at each of the two frames, over 298 values
+    assert m.rows[0]["jitter"] == pytest.approx(2 * 0.5 / 298)
+
+
+def test_flatness_flags_drift_and_a_growing_memory():
+    rows = [{"minute": k + 1, "frames": 300, "id_err": 1.0 + 0.1 * k, "fps": 100.0, "host_rss_gib": 1.0 + 0.02 * k}
+            for k in range(5)]
+    check = flatness(rows)
+    assert check["id_ratio_max"] == pytest.approx(1.4) and not check["identity_held"]
+    assert check["fps_flat"] and check["fps_max_change"] == 0.0
+    assert check["host_rss_gib_max_change"] == pytest.approx(0.06 / 1.02) and not check["host_rss_gib_flat"]
