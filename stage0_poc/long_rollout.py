@@ -23,6 +23,7 @@ RUN/report.md as its last section; fine-tunes in RUN/finetune/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -324,7 +325,9 @@ def stream_minutes(model, sample, clip, frames: int, probe, codec, dims: dict, f
     chunk: list = []
     from rich.progress import Progress
 
-    with Progress(console=con) as bar:
+    with Progress(console=con) as bar, contextlib.ExitStack() as after:
+        if graphs is not None:  # the struct tower back on the one stream, however the stream ends
+            after.callback(model.overlap_towers, False)
         task = bar.add_task("streaming", total=frames)
         for f in stream_frames(model, ref, features, frames, codec, sample, dev, seed, graphs=graphs):
             chunk.append(f["frame"])
@@ -337,8 +340,6 @@ def stream_minutes(model, sample, clip, frames: int, probe, codec, dims: dict, f
                 if not con.is_terminal and end % (60 * fps) == 0:  # a log file sees no bar: a line a minute
                     con.print(f"minute {end // (60 * fps)}: {meter.rows[-1]}")
     meter.close_minute()
-    if graphs is not None:
-        model.overlap_towers(False)
     return meter.rows
 
 

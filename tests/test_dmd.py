@@ -69,6 +69,19 @@ def test_a_student_that_matches_its_critic_gets_no_gradient(cache, mode):
     assert all(p.grad is None for p in scores.real.parameters())
 
 
+def test_dmd_under_bf16_true(cache):
+    """The real score is no Fabric module: in bf16 it takes the window cast to its dtype (bf16-true: the ladder's
+    large rungs), and the losses stay finite."""
+    from shared.training.dmd import dmd_losses
+
+    cfg, batch, model, scores = _setup(cache)
+    cfg = C.override(cfg, {"launch.precision": "bf16-true"})
+    scores.real.to(torch.bfloat16)
+    out = dmd_losses(model, scores, batch, cfg, step=3, generator=torch.Generator().manual_seed(1))
+    assert all(torch.isfinite(out[k]) for k in ("loss", "video", "struct", "critic"))
+    assert float(out["loss"].detach()) > 0
+
+
 def test_the_students_loss_reads_no_real_frame_after_the_reference(cache):
     """The clip's frames 1.. may be anything: the student's loss and its gradient are the same (only the reference,
     the audio and, for condition_only, the motion come from the clip)."""

@@ -92,6 +92,8 @@ def flatness(rows: list[dict], id_ratio: float = 1.2, tolerance: float = 0.05) -
     out = {"minutes": len(rows), "id_ratio_max": max(r["id_err"] for r in full) / max(rows[0]["id_err"], 1e-9)}
     out["identity_held"] = out["id_ratio_max"] <= id_ratio
     later = full[1:]
+    if len(later) < 2:
+        out["flatness"] = "not enough minutes: fps and memory are judged from minute 2 on, over two full minutes"
     for key in ("fps", "host_rss_gib", "gpu_peak_gib"):
         vals = [r[key] for r in later if key in r]
         if len(vals) >= 2:

@@ -20,7 +20,12 @@ One step here (a window of T frames; the cut c from (seed, step) as in `self_for
    after the cut), applied as the loss 0.5 ||x0 - sg(x0 - g)||^2 (its gradient with respect to x0 is g);
 4. the critic takes an ordinary flow-matching step on the student's window (x0 detached) as if it were data: it
    follows the student's distribution.
-Both streams of a dual model are matched (the struct stream weighted by `diffusion.struct_loss_weight`).
+Both streams of a dual model are matched (the struct stream weighted by `diffusion.struct_loss_weight`). The critic
+takes one step per student step (DMD2 and Self-Forcing take several; not a setting yet).
+
+A difference from Self-Forcing: its gradient passes the denoising step the few-step sampler itself takes at one of its
+levels; here the rollout's frames are noised again to training levels, so the matched x0 is the one-step estimate
+from a training level, close to what the sampler computes but not the same state.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 
 from ..config import Config
 from ..diffusion import Batch, Draws, add_noise, denoised, draw, flow_loss
+from ..sampling.engine import in_weight_dtype
 from ..sampling.infer import derived_generator
 from .runtime import precision_autocast
 from .self_forcing import cut_of, history_levels, own_history
@@ -60,7 +66,9 @@ def x0_estimate(model, batch: Batch, d: Draws, keep: torch.Tensor) -> tuple[torc
     x_v = add_noise(batch.video, d.noise_video, d.sigma_video)
     x_s = add_noise(batch.struct, d.noise_struct, d.sigma_struct) if mode.struct_generated else \
         batch.struct if mode.struct_condition else None
-    vel_v, vel_s = model(x_v, d.sigma_video, x_s, d.sigma_struct, batch.audio, audio_keep=keep)
+    # the real score is no Fabric module: under bf16-true its weights are bf16 and nothing else casts its inputs
+    x_v, x_s, audio = in_weight_dtype(model, x_v, x_s, batch.audio)
+    vel_v, vel_s = model(x_v, d.sigma_video, x_s, d.sigma_struct, audio, audio_keep=keep)
     struct = denoised(x_s, vel_s, d.sigma_struct) if vel_s is not None else None
     return denoised(x_v, vel_v, d.sigma_video), struct
 
@@ -105,8 +113,8 @@ def dmd_losses(model, scores: Scores, batch: Batch, cfg: Config, step: int, gene
     data = Batch(x0_v.detach(), own.struct if x0_s is None else x0_s.detach(), own.audio, own.has_audio)
     t = levels(own)
     with torch.no_grad(), precision_autocast(cfg.launch.precision, x0_v.device):  # step 3
-        real = x0_estimate(scores.real, data, t, keep)
-        fake = x0_estimate(scores.fake, data, t, keep)
+        real = [None if x is None else x.float() for x in x0_estimate(scores.real, data, t, keep)]
+        fake = [None if x is None else x.float() for x in x0_estimate(scores.fake, data, t, keep)]
     after = (d.sigma_video > 0) & (t.sigma_video > 0)
     out = {"video": matching_loss(x0_v, matching_gradient(x0_v, real[0], fake[0], after), after)}
     loss = out["video"]
@@ -120,9 +128,9 @@ def dmd_losses(model, scores: Scores, batch: Batch, cfg: Config, step: int, gene
     return out
 
 
-def critic_step(fabric, scores: Scores, loss: torch.Tensor, grad_clip: float) -> None:
-    """One optimiser step of the critic on its flow loss (its parameters only: the student's output is detached)."""
-    fabric.backward(loss)
+def critic_update(fabric, scores: Scores, grad_clip: float) -> None:
+    """One optimiser step of the critic on the gradients its flow loss left (its parameters only: the student's
+    output is detached); the training loop calls it only on a step whose losses are all finite, as the student's."""
     if grad_clip > 0:
         fabric.clip_gradients(scores.fake, scores.opt, max_norm=grad_clip)
     scores.opt.step()

@@ -27,7 +27,7 @@ from ..diffusion import training_loss
 from ..errors import UserError
 from . import checkpoint
 from .batches import StepBatches, to_batch
-from .dmd import Scores, critic_step, dmd_losses
+from .dmd import Scores, critic_update, dmd_losses
 from .meters import ProgressLine, Throughput, open_metrics, tensorboard_writer
 from .optim import EMA, lr_factor, optimizer
 from .self_forcing import rollout_graphs, self_forcing_loss, uses_own_history
@@ -204,8 +204,8 @@ def train_step(run: Run, batches, step: int) -> dict:
                 loss = loss * float("nan")
                 losses["loss"] = losses["loss"] * float("nan")
             fabric.backward(loss)
-            if "critic" in losses:  # the critic steps on every micro-batch, after the student's backward
-                critic_step(fabric, run.scores, losses["critic"], tc.grad_clip)
+            if "critic" in losses:  # its gradients only: it steps with the student, in `update`, on a finite step
+                fabric.backward(losses["critic"] / run.order.accum)
                 losses["critic"] = losses["critic"].detach()
     return losses
 
@@ -214,14 +214,17 @@ def agree(run: Run, losses: dict, timed_due: bool) -> tuple[bool, bool, bool]:
     """One reduction, one host sync per step: (some rank's loss is non-finite, some rank got a signal, rank 0's
     clock says a timed checkpoint is due)."""
     dev = run.fabric.device
-    flags = torch.stack([~torch.isfinite(losses["loss"].detach()),
+    finite = torch.isfinite(losses["loss"].detach())
+    if "critic" in losses:  # a non-finite critic loss skips the step too: its update would poison the critic
+        finite = finite & torch.isfinite(losses["critic"])
+    flags = torch.stack([~finite,
                          torch.tensor(run.stop["why"] is not None, device=dev),
                          torch.tensor(timed_due and run.fabric.is_global_zero, device=dev)]).float()
     return tuple(v > 0 for v in run.fabric.all_reduce(flags, reduce_op="max").tolist())
 
 
 def update(run: Run) -> None:
-    """Clip, step the optimiser, update the EMA."""
+    """Clip, step the optimiser, update the EMA; DMD's critic steps too."""
     tc = run.cfg.train
     if tc.grad_clip > 0:
         run.fabric.clip_gradients(run.model, run.opt, max_norm=tc.grad_clip)
@@ -229,6 +232,8 @@ def update(run: Run) -> None:
     run.opt.zero_grad(set_to_none=True)
     if run.ema is not None:
         run.ema.update(run.model)
+    if run.scores is not None:
+        critic_update(run.fabric, run.scores, tc.grad_clip)
 
 
 class Log:
@@ -282,6 +287,8 @@ def fit(run: Run, log: Log, sampler) -> int:
             run.state["skipped"] += 1
             bad_run += 1
             run.opt.zero_grad(set_to_none=True)
+            if run.scores is not None:
+                run.scores.opt.zero_grad(set_to_none=True)
             run.fabric.print(f"step {step}: non-finite loss, skipped ({run.state['skipped']} so far)")
             if bad_run >= tc.max_bad_steps:
                 raise Stop(f"{bad_run} non-finite losses in a row at step {step}")
