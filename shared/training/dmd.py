@@ -37,7 +37,6 @@ import torch
 
 from ..config import Config
 from ..diffusion import Batch, Draws, add_noise, denoised, draw, flow_loss
-from ..sampling.engine import in_weight_dtype
 from ..sampling.infer import derived_generator
 from .runtime import precision_autocast
 from .self_forcing import cut_of, history_levels, own_history
@@ -67,7 +66,8 @@ def x0_estimate(model, batch: Batch, d: Draws, keep: torch.Tensor) -> tuple[torc
     x_s = add_noise(batch.struct, d.noise_struct, d.sigma_struct) if mode.struct_generated else \
         batch.struct if mode.struct_condition else None
     # the real score is no Fabric module: under bf16-true its weights are bf16 and nothing else casts its inputs
-    x_v, x_s, audio = in_weight_dtype(model, x_v, x_s, batch.audio)
+    dtype = next(model.parameters()).dtype
+    x_v, x_s, audio = (None if x is None else x.to(dtype) for x in (x_v, x_s, batch.audio))
     vel_v, vel_s = model(x_v, d.sigma_video, x_s, d.sigma_struct, audio, audio_keep=keep)
     struct = denoised(x_s, vel_s, d.sigma_struct) if vel_s is not None else None
     return denoised(x_v, vel_v, d.sigma_video), struct
