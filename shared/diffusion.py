@@ -171,18 +171,24 @@ def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Ge
     return flow_loss(model, batch, cfg, draws)
 
 
-def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: bool = False) -> dict[str, torch.Tensor]:
-    """The loss of one batch under given draws (no randomness: pure in its inputs, so it can be vmapped); each
-    entry [B] when `per_sample`."""
-    mode = model.cfg.mode
-    keep = d.audio_keep if batch.has_audio is None else d.audio_keep & batch.has_audio
+def noised_inputs(mode, batch: Batch, d: Draws) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(video, struct) as the model takes them under draws `d`: the video noised; the struct noised when the model
+    generates it, clean when it is a condition (`condition_only`), None when there is none."""
     struct_in = None
     if mode.struct_generated:
         struct_in = add_noise(batch.struct, d.noise_struct, d.sigma_struct)
     elif mode.struct_condition:
         struct_in = batch.struct
+    return add_noise(batch.video, d.noise_video, d.sigma_video), struct_in
+
+
+def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: bool = False) -> dict[str, torch.Tensor]:
+    """The loss of one batch under given draws (no randomness: pure in its inputs, so it can be vmapped); each
+    entry [B] when `per_sample`."""
+    mode = model.cfg.mode
+    keep = d.audio_keep if batch.has_audio is None else d.audio_keep & batch.has_audio
     extra = {} if d.video_audio_keep is None else {"video_audio_keep": keep & d.video_audio_keep}
-    x_video = add_noise(batch.video, d.noise_video, d.sigma_video)
+    x_video, struct_in = noised_inputs(mode, batch, d)
     vel_v, vel_s = model(x_video, d.sigma_video, struct_in, d.sigma_struct, batch.audio, audio_keep=keep, **extra)
     out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video, per_sample)}
     loss = out["video"]

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..config import Config
-from ..diffusion import Batch, Draws, add_noise, denoised, draw, flow_loss
+from ..diffusion import Batch, Draws, denoised, draw, flow_loss, noised_inputs
 from ..sampling.infer import derived_generator
 from .runtime import precision_autocast
 from .self_forcing import cut_of, history_levels, own_history
@@ -61,10 +61,7 @@ class Scores:
 def x0_estimate(model, batch: Batch, d: Draws, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model's clean estimates (video [B, T, ...], struct or None) of `batch` noised by `d`, every sample hearing
     its audio where it has some (`keep`)."""
-    mode = model.cfg.mode
-    x_v = add_noise(batch.video, d.noise_video, d.sigma_video)
-    x_s = add_noise(batch.struct, d.noise_struct, d.sigma_struct) if mode.struct_generated else \
-        batch.struct if mode.struct_condition else None
+    x_v, x_s = noised_inputs(model.cfg.mode, batch, d)
     # the real score is no Fabric module: under bf16-true its weights are bf16 and nothing else casts its inputs
     dtype = next(model.parameters()).dtype
     x_v, x_s, audio = (None if x is None else x.to(dtype) for x in (x_v, x_s, batch.audio))
@@ -95,7 +92,7 @@ def matching_loss(x0: torch.Tensor, grad: torch.Tensor, after: torch.Tensor) -> 
 def dmd_losses(model, scores: Scores, batch: Batch, cfg: Config, step: int, generator: torch.Generator | None = None,
                graphs=None) -> dict[str, torch.Tensor]:
     """The student's matching loss ("loss", with its "video" and "struct" parts) and the critic's flow loss
-    ("critic", to be stepped by `critic_step`), from one window (the module docstring's steps 1-4)."""
+    ("critic", its gradients stepped by `critic_update` in the training loop), from one window (the module docstring's steps 1-4)."""
     frames = batch.video.shape[1]
     cut = cut_of(cfg, step, frames)
     own = own_history(model, batch, cfg, frames, derived_generator(generator, 0x5E1F + step), graphs)  # step 1

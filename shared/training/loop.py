@@ -190,12 +190,13 @@ def train_step(run: Run, batches, step: int) -> dict:
     """Forward and backward over the accumulation micro-batches (gradients synced on the last); the losses."""
     tc, fabric, model = run.cfg.train, run.fabric, run.model
     losses = None
+    own = tc.self_forcing and uses_own_history(run.cfg, step)
     for m in range(run.order.accum):
         batch = to_batch(next(batches), fabric.device)
         with fabric.no_backward_sync(model, enabled=m < run.order.accum - 1):
-            if tc.self_forcing and uses_own_history(run.cfg, step) and run.scores is not None:
+            if own and run.scores is not None:
                 losses = dmd_losses(model, run.scores, batch, run.cfg, step, generator=run.gen, graphs=run.graphs)
-            elif tc.self_forcing and uses_own_history(run.cfg, step):
+            elif own:
                 losses = self_forcing_loss(model, batch, run.cfg, step, generator=run.gen, graphs=run.graphs)
             else:
                 losses = training_loss(model, batch, run.cfg.diffusion, generator=run.gen)
