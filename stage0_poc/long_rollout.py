@@ -23,7 +23,6 @@ RUN/report.md as its last section; fine-tunes in RUN/finetune/.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -44,6 +43,7 @@ from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
 from shared.evaluation.evaluate import JAW, consistency_curves, load_eval_clips, read_clips, rollout  # noqa: E402
 from shared.evaluation.heldout import motion_of  # noqa: E402
+from shared.evaluation.minutes import loop  # noqa: E402
 from shared.models import DualForce  # noqa: E402
 from shared.poc import assets  # noqa: E402
 from shared.poc import settings as PS  # noqa: E402
@@ -78,11 +78,6 @@ COMPONENTS = {
 # fades as the history fills (weighting it).
 DEFAULT_METHODS = ("baseline", "rolling", "history_noise", "rolling+history_noise", "ref_weight", "finetune",
                    "train_history_noise+history_noise", "self_forcing", "self_forcing+ref_weight")
-
-
-def loop(x: np.ndarray, n: int) -> np.ndarray:
-    """x [m, ...] repeated along its first axis to n rows."""
-    return np.concatenate([x] * -(-n // len(x)))[:n]
 
 
 def long_clips(clips, frames: int):
@@ -189,15 +184,26 @@ def main(argv: list[str] | None = None) -> dict:
         return run_minutes(args) if args.minutes > 0 else run_methods(args)
 
 
+def levels_of(args) -> dict:
+    """The levels the methods' components read (`resolve`)."""
+    return {"sigma_context": args.sigma_context, "ref_weight": args.ref_weight,
+            "train_sigma_context": args.train_sigma_context}
+
+
+def run_of(args) -> tuple[str, PS.Settings, Path]:
+    """(device, the PoC run's sizes, its folder) of the run.py run these options name."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    s = replace(PS.QUICK if args.quick else PS.GPU if device == "cuda" else PS.CORE, task=args.task)
+    return device, s, Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
+
+
 def run_methods(args) -> dict:
     from rich.console import Console
 
     con = Console()
     methods = [m for m in args.methods.split(",") if m]
-    levels = {"sigma_context": args.sigma_context, "ref_weight": args.ref_weight,
-              "train_sigma_context": args.train_sigma_context}
     try:
-        plans = {m: resolve(m, levels) for m in methods}
+        plans = {m: resolve(m, levels_of(args)) for m in methods}
         for sample, _ in plans.values():
             C.SampleConfig(**sample)  # each method's levels checked before anything is loaded or trained
     except KeyError as e:
@@ -206,10 +212,8 @@ def run_methods(args) -> dict:
         raise SystemExit(f"error: {e}") from None
     if not methods:
         raise SystemExit(f"error: --methods is empty: choose from {', '.join(COMPONENTS)}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    s = replace(PS.QUICK if args.quick else PS.GPU if device == "cuda" else PS.CORE, task=args.task)
+    device, s, out = run_of(args)
     tune_steps = args.finetune_steps or max(2, s.train_steps // 8)
-    out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
     suite = PV.FULL_VARIANTS if args.suite == "full" else PV.CORE_VARIANTS
     trained = [v for v in suite if not v.model_of]
     missing = [v.name for v in trained if runs.latest_checkpoint(seed_dir(out, v.name, 0)) is None]
@@ -260,21 +264,18 @@ def run_methods(args) -> dict:
 
 def run_minutes(args) -> dict:
     """--minutes: each chosen variant (default dual) streams `minutes` of the first held-out clip's looped voice
-    under --minutes-method; per-minute rows and the flatness checks (`shared.evaluation.minutes`)."""
+    under --minutes-method (`shared.evaluation.minutes`), then RUN/long_minutes.json, .md and the plot."""
     from rich.console import Console
 
     from shared.evaluation import minutes as MN
 
     con = Console()
     try:
-        sample, tune = resolve(args.minutes_method, {"sigma_context": args.sigma_context, "ref_weight": args.ref_weight,
-                                                     "train_sigma_context": args.train_sigma_context})
+        sample, tune = resolve(args.minutes_method, levels_of(args))
     except KeyError as e:
         raise SystemExit(f"error: --minutes-method {args.minutes_method}: {e.args[0]!r} is none of "
                          f"{', '.join(COMPONENTS)}") from None
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    s = replace(PS.QUICK if args.quick else PS.GPU if device == "cuda" else PS.CORE, task=args.task)
-    out = Path(args.out) / (f"{args.suite}-quick" if args.quick else args.suite)
+    device, s, out = run_of(args)
     names = (args.variants or "dual").split(",")
     known = {v.name: v for v in (PV.FULL_VARIANTS if args.suite == "full" else PV.CORE_VARIANTS)}
     for n in names:
@@ -286,89 +287,22 @@ def run_minutes(args) -> dict:
     data = assets.build_data(s, Path(args.out), args.suite, device, con)
     probe, codec, acc, _ = assets.build_probe(s, data, device, con)
     dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
-    streams, checks = {}, {}
+    clips, real = held_out(data, {known[n].struct for n in names}, probe, codec, dims,
+                           C.get_preset("poc").clip_frames, 1)
+    streams = {}
     for n in names:
-        v = known[n]
-        vdir = seed_dir(out, n, 0)
+        v, vdir = known[n], seed_dir(out, n, 0)
         base_cfg = runs.load_config(vdir)
-        base = load_run(base_cfg, vdir, device)[0]
-        model, cfg = tuned_model(n, args.minutes_method, tune, base, base_cfg, {}, args.finetune_steps or
-                                 max(2, s.train_steps // 8), data, v.struct, out, device, con)
-        clips, real = held_out(data, {v.struct}, probe, codec, dims, C.get_preset("poc").clip_frames, 1)
+        model, cfg = tuned_model(n, args.minutes_method, tune, load_run(base_cfg, vdir, device)[0], base_cfg, {},
+                                 args.finetune_steps or max(2, s.train_steps // 8), data, v.struct, out, device, con)
+        clip = clips[v.struct][0]
         frames = max(1, round(args.minutes * 60 * cfg.fps))
-        con.print(f"{n} / {args.minutes_method}: {frames} frames ({args.minutes:g} min) of {clips[v.struct][0].name}")
-        streams[n] = stream_minutes(model, replace(cfg.sample, **sample), clips[v.struct][0], frames, probe, codec,
-                                    dims, cfg.fps, device, s.seed, con)
-        checks[n] = MN.flatness(streams[n])
+        con.print(f"{n} / {args.minutes_method}: {frames} frames ({args.minutes:g} min) of {clip.name}")
+        streams[n] = MN.stream(model, replace(cfg.sample, **sample), clip, frames, probe, codec, dims, cfg.fps,
+                               torch.device(device), s.seed, con)
     real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
-    return write_minutes(out, args, streams, checks, real_jitter, device, con)
-
-
-def stream_minutes(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: str, seed: int,
-                   con) -> list[dict]:
-    """One clip's voice looped to `frames`, streamed frame by frame (`stream_frames`; CUDA graphs on a GPU), read by
-    the probe a second at a time into per-minute rows."""
-    from shared.evaluation.minutes import MinuteMeter
-    from shared.sampling.generation import Reference, prepare_graphs, stream_frames
-
-    dev = torch.device(device)
-    ref = Reference(torch.as_tensor(clip.ref_video)[None],
-                    torch.as_tensor(clip.ref_struct)[None] if model.cfg.has_struct else None, clip.name)
-    features = loop(clip.audio, 2 * frames)
-    true_jaw = loop(clip.motion[:, JAW], frames)
-    first = probe.read(codec.decode(clip.ref_video[None]))["identity"][0]
-    meter = MinuteMeter(fps, first, list(dims["id_dims"]), list(dims["pose_dims"]), probe.i_std.cpu().numpy(),
-                        probe.m_std.cpu().numpy(), JAW, dev)
-    graphs = prepare_graphs(model, ref, features, frames, sample, dev, compile=False) if dev.type == "cuda" else None
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    chunk: list = []
-    from rich.progress import Progress
-
-    with Progress(console=con) as bar, contextlib.ExitStack() as after:
-        if graphs is not None:  # the struct tower back on the one stream, however the stream ends
-            after.callback(model.overlap_towers, False)
-        task = bar.add_task("streaming", total=frames)
-        for f in stream_frames(model, ref, features, frames, codec, sample, dev, seed, graphs=graphs):
-            chunk.append(f["frame"])
-            if len(chunk) == fps or f["index"] == frames - 1:
-                r = probe.read(np.stack(chunk))
-                end = f["index"] + 1
-                meter.add(r["motion"], r["identity"], true_jaw[end - len(chunk) : end])
-                chunk = []
-                bar.update(task, completed=end)
-                if not con.is_terminal and end % (60 * fps) == 0:  # a log file sees no bar: a line a minute
-                    con.print(f"minute {end // (60 * fps)}: {meter.rows[-1]}")
-    meter.close_minute()
-    return meter.rows
-
-
-def write_minutes(out: Path, args, streams: dict, checks: dict, real_jitter: float, device: str, con) -> dict:
-    """long_minutes.json, .md and plots/long_minutes.png."""
-    from shared.evaluation import minutes as MN
-
-    (out / "plots").mkdir(exist_ok=True)
-    MN.plot(streams, real_jitter, out / "plots" / "long_minutes.png")
-    result = {"minutes": args.minutes, "method": args.minutes_method, "device": device, "real_jitter": real_jitter,
-              "streams": streams, "checks": checks, "plot": "plots/long_minutes.png"}
-    tmp = out / ".long_minutes.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "long_minutes.json")
-    cols = ("frames", "id_err", "jitter", "lip_r", "fps", "host_rss_gib", "gpu_peak_gib")
-    lines = [f"# {args.minutes:g} minutes streamed ({args.minutes_method}, {device})", "",
-             "Per minute: identity error to the reference (std units), head-pose jitter (real clips': "
-             f"{real_jitter:.4f}), lip sync against the looped true mouth, frames per second of the whole loop "
-             "(stream, decode, probe), memory. Checks: identity within 1.2x the first minute's; fps and memory "
-             "within 5% of minute 2's from minute 2 on.", ""]
-    for n, rows in streams.items():
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in checks[n].items()}
-        lines += [f"## {n}", "", f"checks: {json.dumps(shown)}", "", "| minute | " + " | ".join(cols) + " |",
-                  "|" + "---|" * (len(cols) + 1)]
-        lines += [f"| {r['minute']} | " + " | ".join(f"{r[c]:.4g}" if c in r else "-" for c in cols) + " |"
-                  for r in rows]
-        lines.append("")
-    (out / "long_minutes.md").write_text("\n".join(lines) + "\n")
-    con.print("\n".join(lines))
+    result = MN.write(out, streams, real_jitter, args.minutes, args.minutes_method, device)
+    con.print((out / "long_minutes.md").read_text())
     con.print(f"wrote {out / 'long_minutes.json'}, {out / 'long_minutes.md'} and {out / result['plot']}")
     return result
 

@@ -19,6 +19,11 @@ import torch
 from . import metrics as M
 
 
+def loop(x: np.ndarray, n: int) -> np.ndarray:
+    """x [m, ...] repeated along its first axis to n rows (a clip's voice and mouth made as long as a stream)."""
+    return np.concatenate([x] * -(-n // len(x)))[:n]
+
+
 def rss_bytes() -> int:
     """The process's resident memory now (Linux /proc; the peak where it cannot be read)."""
     try:
@@ -133,3 +138,71 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
+           con) -> list[dict]:
+    """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; CUDA
+    graphs on a GPU), read by the probe a second at a time into per-minute rows (`MinuteMeter`)."""
+    from rich.progress import Progress
+
+    from ..sampling.generation import Reference, prepare_graphs, stream_frames
+    from .evaluate import JAW
+
+    ref = Reference(torch.as_tensor(clip.ref_video)[None],
+                    torch.as_tensor(clip.ref_struct)[None] if model.cfg.has_struct else None, clip.name)
+    features, true_jaw = loop(clip.audio, 2 * frames), loop(clip.motion[:, JAW], frames)
+    first = probe.read(codec.decode(clip.ref_video[None]))["identity"][0]
+    meter = MinuteMeter(fps, first, list(dims["id_dims"]), list(dims["pose_dims"]), probe.i_std.cpu().numpy(),
+                        probe.m_std.cpu().numpy(), JAW, device)
+    graphs = None
+    if device.type == "cuda":
+        graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
+        torch.cuda.reset_peak_memory_stats(device)
+    chunk: list = []
+    try:
+        with Progress(console=con) as bar:
+            task = bar.add_task("streaming", total=frames)
+            for f in stream_frames(model, ref, features, frames, codec, sample, device, seed, graphs=graphs):
+                chunk.append(f["frame"])
+                if len(chunk) == fps or f["index"] == frames - 1:
+                    r, end = probe.read(np.stack(chunk)), f["index"] + 1
+                    meter.add(r["motion"], r["identity"], true_jaw[end - len(chunk) : end])
+                    chunk = []
+                    bar.update(task, completed=end)
+                    if not con.is_terminal and end % (60 * fps) == 0:  # a log file sees no bar: a line a minute
+                        con.print(f"minute {end // (60 * fps)}: {meter.rows[-1]}")
+    finally:
+        if graphs is not None:  # the struct tower back on the one stream, however the stream ends
+            model.overlap_towers(False)
+    meter.close_minute()
+    return meter.rows
+
+
+def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: float, method: str, device: str) -> dict:
+    """OUT/long_minutes.json (rows and `flatness` per stream), long_minutes.md and plots/long_minutes.png."""
+    import json
+
+    (out / "plots").mkdir(exist_ok=True)
+    plot(streams, real_jitter, out / "plots" / "long_minutes.png")
+    checks = {n: flatness(rows) for n, rows in streams.items()}
+    result = {"minutes": minutes, "method": method, "device": device, "real_jitter": real_jitter,
+              "streams": streams, "checks": checks, "plot": "plots/long_minutes.png"}
+    tmp = out / ".long_minutes.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "long_minutes.json")
+    cols = ("frames", "id_err", "jitter", "lip_r", "fps", "host_rss_gib", "gpu_peak_gib")
+    lines = [f"# {minutes:g} minutes streamed ({method}, {device})", "",
+             "Per minute: identity error to the reference (std units), head-pose jitter (real clips': "
+             f"{real_jitter:.4f}), lip sync against the looped true mouth, frames per second of the whole loop "
+             "(stream, decode, probe), memory. Checks: identity within 1.2x the first minute's; fps and memory "
+             "within 5% of minute 2's from minute 2 on.", ""]
+    for n, rows in streams.items():
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in checks[n].items()}
+        lines += [f"## {n}", "", f"checks: {json.dumps(shown)}", "", "| minute | " + " | ".join(cols) + " |",
+                  "|" + "---|" * (len(cols) + 1)]
+        lines += [f"| {r['minute']} | " + " | ".join(f"{r[c]:.4g}" if c in r else "-" for c in cols) + " |"
+                  for r in rows]
+        lines.append("")
+    (out / "long_minutes.md").write_text("\n".join(lines) + "\n")
+    return result
