@@ -189,3 +189,14 @@ def kernel_categories(events) -> dict[str, float]:
                 "triton elementwise" if n.startswith("triton_") else "other")
         out[kind] = out.get(kind, 0.0) + e.self_device_time_total / 1e3
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def random_sd_vae(latent_channels: int, upsamplings: int = 3):
+    """A diffusers `AutoencoderKL` with SD-VAE's widths (128-256-512-512...) and `upsamplings` factor-2 stages, random
+    weights: what the benchmarks decode with where only the decoder's cost matters (diffusers needed)."""
+    from diffusers import AutoencoderKL
+
+    blocks = upsamplings + 1
+    return AutoencoderKL(latent_channels=latent_channels, down_block_types=("DownEncoderBlock2D",) * blocks,
+                         up_block_types=("UpDecoderBlock2D",) * blocks,
+                         block_out_channels=(128, 256, 512, 512, 512, 512)[:blocks], layers_per_block=2)

@@ -124,7 +124,7 @@ def random_run(folder: Path, preset: str) -> Path:
     """A dual run folder of `preset` with random weights that `load_model` takes: its config fitted to the random
     codec's latents, HuBERT-base's 768 features and LivePortrait's motion layout, as `train.py` would fit it."""
     import torchaudio
-    from diffusers import AutoencoderKL
+    from common import random_sd_vae
 
     from shared import config as C
     from shared import runs
@@ -137,9 +137,7 @@ def random_run(folder: Path, preset: str) -> Path:
 
     torch.manual_seed(0)
     m = C.get_preset(preset).model
-    AutoencoderKL(latent_channels=m.latent_channels, down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                  layers_per_block=2).save_pretrained(folder / "vae")
+    random_sd_vae(m.latent_channels).save_pretrained(folder / "vae")  # factor 8, as stream_step.py decodes
     torch.save(torchaudio.models.hubert_base().state_dict(), folder / "hubert_base.pt")
     codec = get_codec(f"diffusers-kl:{folder / 'vae'}")
     feats = get_audio_features(f"hubert-base:{folder / 'hubert_base.pt'}")

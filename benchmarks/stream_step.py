@@ -34,6 +34,8 @@ from shared.sampling import schedule as sched
 from shared.sampling.decode import OverlappedDecoder
 from shared.models import DualForce
 
+from common import random_sd_vae
+
 
 def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int | None = None, decoder=None,
                  **kw) -> dict:
@@ -87,12 +89,7 @@ def vae_decoder(m: C.ModelConfig, image_size: int, compile: bool):
     """A diffusers `AutoencoderKL` decoder for the preset's latents (random weights: speed does not depend on them),
     SD-VAE widths, as many upsamplings as image_size / latent_size needs; bf16, channels-last. Returns
     (decode: latent [B, C, h, w] -> uint8 [B, H, W, 3], parameter count)."""
-    from diffusers import AutoencoderKL
-
-    ups = (image_size // m.latent_size).bit_length()  # factor 8 -> 4 blocks (3 upsamplings)
-    widths = (128, 256, 512, 512, 512, 512)[:ups]
-    vae = AutoencoderKL(latent_channels=m.latent_channels, down_block_types=("DownEncoderBlock2D",) * ups,
-                        up_block_types=("UpDecoderBlock2D",) * ups, block_out_channels=widths, layers_per_block=2)
+    vae = random_sd_vae(m.latent_channels, (image_size // m.latent_size).bit_length() - 1)  # factor 8: 3
     vae = vae.cuda().to(torch.bfloat16).to(memory_format=torch.channels_last).eval()
     run = torch.compile(vae.decode) if compile else vae.decode
 
