@@ -4,12 +4,15 @@ bf16 weights, batch 1, K denoising steps per frame, the preset's window; the DiT
 
     python benchmarks/stream_step.py --preset full [--frames 256] [--steps 4] [--compile] [--no-graphs]
         [--recompute-frames N] [--schedule autoregressive,rolling] [--sigma-context S] [--ref-weight W] [--decode]
+        [--minutes M]
 
 Several comma-separated --schedule kinds are timed one after the other on the same (compiled) model: their figures
 are then comparable (`schedules` in the output; the first is also `cached`, `cached_latency`). --decode adds, per
 schedule, the same streams counting decoded RGB frames (`decoded`, `decoded_latency`): a diffusers `AutoencoderKL`
 decoder of the preset's latent shape (random weights), overlapped with the denoising on its own CUDA stream
-(`shared.sampling.decode.OverlappedDecoder`); needs `diffusers`.
+(`shared.sampling.decode.OverlappedDecoder`); needs `diffusers`. --minutes M instead streams M minutes of frames
+(the first schedule, decoded with --decode) and reports each minute's frame rate and peak GPU and host memory, and
+whether they held flat from minute 2 on (`shared.evaluation.minutes.flatness`: issue #39's constant-memory check).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from shared import config as C
 from shared import errors
 from shared.cli import add_fields, flag
 from shared.data.codecs import rgb_to_uint8
+from shared.evaluation.minutes import flatness, rss_bytes
 from shared.sampling import GraphedModel, stream, warm_up
 from shared.sampling import schedule as sched
 from shared.sampling.decode import OverlappedDecoder
@@ -60,6 +64,34 @@ def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int
     frames = len(marks)
     return {"frames": frames, "seconds": total, "fps": frames / total, "first_frame_ms": marks[0] * 1e3 if sync_each
             else None, "p50_frame_ms": sorted(lat)[len(lat) // 2] * 1e3, "max_frame_ms": max(lat) * 1e3}
+
+
+def timed_minutes(model, inputs, frames: int, per_minute: int, sample, decoder=None, graphs=None) -> list[dict]:
+    """A stream of `frames` frames timed a minute (`per_minute` frames) at a time: each minute's frame rate and its
+    peak GPU memory (reset at every minute) and host memory. The stream runs past `frames` (inputs hold the margin)
+    and is cut there, so the rolling schedule's last steps (new shapes, captured when reached) never enter the
+    clock."""
+    rows: list[dict] = []
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    gen = torch.Generator("cuda").manual_seed(0)
+    for i, f in enumerate(stream(model, *inputs, inputs[2].shape[1] // 2, sample=sample, generator=gen,
+                                 graphs=graphs)):
+        if decoder is not None:
+            decoder.submit(f["video"])
+        if (i + 1) % per_minute == 0 or i + 1 == frames:
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            n = (i + 1) - per_minute * len(rows)
+            gib = {"host_rss_gib": rss_bytes() / 2**30, "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            rows.append({"minute": len(rows) + 1, "frames": n, "fps": n / (now - t), **gib})
+            print("minute", json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            torch.cuda.reset_peak_memory_stats()
+            t = now
+        if i + 1 == frames:
+            break
+    return rows
 
 
 def profile(path: str, run) -> dict:
@@ -145,6 +177,9 @@ class StreamBench:
     """sample.ref_weight (the weighted reference)."""
     decode: bool = False
     """Also time decoded RGB frames: a diffusers AutoencoderKL decoder on its own CUDA stream."""
+    minutes: float = flag(0.0, check=errors.real(0))
+    """Instead of --frames: stream this many minutes of frames (at the preset's fps) and report each minute's frame
+    rate and memory (the constant-memory check); 0: off."""
 
 
 def main(argv=None) -> dict:
@@ -157,6 +192,8 @@ def main(argv=None) -> dict:
     kinds = (a.schedule or sample.schedule).split(",")
     sample = replace(sample, schedule=kinds[0])
     torch.manual_seed(0)
+    if a.minutes:
+        return minutes(a, cfg, sample)
     m = cfg.model
     model = DualForce(m).cuda().to(torch.bfloat16).eval()
     dev, bf = torch.device("cuda"), torch.bfloat16
@@ -212,6 +249,38 @@ def main(argv=None) -> dict:
             res["recompute"] = timed_stream(model, inputs, a.frames, sample, False, stop_after=n, use_cache=False)
         res["cache_speedup"] = res["cached"]["fps"] / res["recompute"]["fps"]
     res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(res))
+    return res
+
+
+def minutes(a, cfg: C.Config, sample) -> dict:
+    """--minutes: `timed_minutes` of the preset (random bf16 weights, graphs unless --no-graphs, compiled blocks with
+    --compile, decoded with --decode), and `flatness` of its rows."""
+    m, dev, bf = cfg.model, torch.device("cuda"), torch.bfloat16
+    frames, per_minute = max(1, round(a.minutes * 60 * cfg.fps)), 60 * cfg.fps
+    margin = sched.plan(sample, frames).chunk + sample.history_frames  # frames past the cut: the rolling tail
+    model = DualForce(m).cuda().to(bf).eval()
+    ref = torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device=dev, dtype=bf)
+    ref_s = torch.randn(1, m.struct_dim, device=dev, dtype=bf) if m.has_struct else None
+    inputs = (ref, ref_s, torch.randn(1, 2 * (frames + margin), m.audio_dim, device=dev, dtype=bf))
+    if a.no_graphs:
+        model.overlap_towers(not a.no_overlap)
+        if a.compile:
+            model.compile_blocks()
+    graphs = None if a.no_graphs else GraphedModel(model, compile=a.compile, overlap=not a.no_overlap)
+    t = time.perf_counter()
+    if graphs is not None:
+        warm_up(graphs, *inputs, frames + margin, sample)
+    decoder = None
+    if a.decode:
+        decode, _ = vae_decoder(m, cfg.image_size, a.compile)
+        decoder = OverlappedDecoder(decode, torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device=dev,
+                                                        dtype=bf).contiguous(memory_format=torch.channels_last))
+    res = {"preset": a.preset, "minutes": a.minutes, "frames": frames, "schedule": sample.schedule, "steps": a.steps,
+           "decode": a.decode, "compile": a.compile, "graphs": graphs is not None, "prepare_s": time.perf_counter() - t,
+           "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    res["rows"] = timed_minutes(model, inputs, frames, per_minute, sample, decoder, graphs)
+    res["checks"] = flatness(res["rows"])
     print(json.dumps(res))
     return res
 

@@ -4,20 +4,23 @@ long-video method (issue #16).
     python stage0_poc/long_rollout.py [--suite core] [--quick] [--out runs/poc] [--factor 10] [--device auto]
         [--methods baseline,rolling,ref_weight,self_forcing+ref_weight,...] [--sigma-context 0.05]
         [--train-sigma-context 0.1] [--ref-weight 4] [--finetune-steps N] [--variants ...] [--clips N]
+        [--seeds N] [--split eval|val]
 
-Needs a finished `stage0_poc/run.py` run with the same --suite / --quick / --out (its trained variants of seed 0,
-probes and codec are reused; on a GPU its GPU settings). Each held-out clip's audio (and true mouth track) is looped
-to `factor` training clips; every variant streams that long through its rolling KV cache (the reference frame as a
-permanent sink, memory bounded by the window) under each method: components (`COMPONENTS`) joined by '+', each a
-sampler setting on the same trained model (rolling schedule, history noise, the weighted reference) or a fine-tune
-of it (`finetune`, the control: the same extra steps without a method; `train_history_noise`; `self_forcing`), all
-fine-tunes from the same weights with the same steps, data order and noise. condition_only is driven by the run's
-motion source. The probes read identity, head pose and the jaw back from the decoded frames. Per variant and
-method, over the held-out clips (mean [95% interval]): identity error over the first and the last training-clip
-length and their ratio, jitter over the last training-clip length against the real clips', lip sync over the whole
-rollout, and (dual, explicit) struct <-> video jaw agreement. Writes RUN/long_rollout.json, RUN/long_rollout.md and
-RUN/plots/long_identity*.png, long_jitter.png (RUN = OUT/SUITE[-quick]), and puts the table and the curves in
-RUN/report.md as its last section; fine-tunes in RUN/finetune/.
+Needs a finished `stage0_poc/run.py` run with the same --suite / --quick / --out (its trained variants of seeds 0..
+--seeds-1, probes and codec are reused; on a GPU its GPU settings). --split val rolls out the validation clips
+(other identities than the test clips) to choose a method or its settings on; the default, the test clips, reports.
+Each held-out clip's audio (and true mouth track) is looped to `factor` training clips; every variant streams that
+long through its rolling KV cache (the reference frame as a permanent sink, memory bounded by the window) under each
+method: components (`COMPONENTS`) joined by '+', each a sampler setting on the same trained model (rolling schedule,
+history noise, the weighted reference) or a fine-tune of it (`finetune`, the control: the same extra steps without a
+method; `train_history_noise`; `self_forcing`), all fine-tunes from the same weights with the same steps, data order
+and noise. condition_only is driven by the run's motion source. The probes read identity, head pose and the jaw back
+from the decoded frames. Per variant and method, over the held-out clips (mean [95% interval]): identity error over
+the first and the last training-clip length and their ratio, jitter over the last training-clip length against the
+real clips', lip sync over the whole rollout, and (dual, explicit) struct <-> video jaw agreement. Writes
+RUN/long_rollout.json, RUN/long_rollout.md and RUN/plots/long_identity*.png, long_jitter.png (RUN =
+OUT/SUITE[-quick]), and puts the table and the curves in RUN/report.md as its last section; fine-tunes in
+RUN/finetune/.
 """
 
 from __future__ import annotations
@@ -168,6 +171,12 @@ class LongOptions:
     """Comma-separated trained variants (default: every one)."""
     clips: int | None = flag(None, check=errors.integer(1))
     """Held-out clips (default: all)."""
+    seeds: int = flag(1, check=errors.integer(1))
+    """Training seeds 0..N-1 whose models are fine-tuned and rolled out (run.py --seeds must have trained them): the
+    table pools their clips and lists each seed's means."""
+    split: str = flag("eval", choices=("eval", "val"))
+    """The held-out clips rolled out: eval (the test clips, reported) or val (the validation clips, other identities:
+    choose methods and settings there, then report them on eval); val writes RUN/long_rollout-val.*."""
     minutes: float = flag(0.0, check=errors.real(0))
     """Instead: stream this many minutes of the first held-out clip's looped voice frame by frame, decoded and read a
     second at a time, in constant memory (`shared.evaluation.minutes`): per minute identity, jitter, lip sync, frame
@@ -216,10 +225,11 @@ def run_methods(args) -> dict:
     tune_steps = args.finetune_steps or max(2, s.train_steps // 8)
     suite = PV.FULL_VARIANTS if args.suite == "full" else PV.CORE_VARIANTS
     trained = [v for v in suite if not v.model_of]
-    missing = [v.name for v in trained if runs.latest_checkpoint(seed_dir(out, v.name, 0)) is None]
+    missing = [f"{v.name} (seed {k})" for k in range(args.seeds) for v in trained
+               if runs.latest_checkpoint(seed_dir(out, v.name, k)) is None]
     if missing:
         raise SystemExit(f"error: {out}: no trained {', '.join(missing)}; run stage0_poc/run.py with the same "
-                         f"--suite/--quick/--out first")
+                         f"--suite/--quick/--out (and --seeds {args.seeds}) first")
     chosen = [v for v in trained if v.role == "variant" and (args.variants is None or v.name in args.variants.split(","))]
     if not chosen:
         names = ", ".join(v.name for v in trained if v.role == "variant")
@@ -230,35 +240,44 @@ def run_methods(args) -> dict:
     clip = C.get_preset("poc").clip_frames
     frames = args.factor * clip
 
-    def load(name: str):
-        vdir = seed_dir(out, name, 0)
+    def load(name: str, seed: int):
+        vdir = seed_dir(out, name, seed)
         cfg = runs.load_config(vdir)
         return load_run(cfg, vdir, device)[0], cfg
 
-    src = next((v for v in suite if v.role == "motion source"), None)
-    source = load(src.name) if src is not None and any(v.name == "condition_only" for v in chosen) else None
-    clips, real = held_out(data, {v.struct for v in chosen}, probe, codec, dims, frames, args.clips)
+    if args.split == "val":
+        assets.add_split(data, "val", {v.struct for v in chosen} | {"explicit"}, s, con)
+    clips, real = held_out(data, {v.struct for v in chosen}, probe, codec, dims, frames, args.clips, args.split)
     real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
     res: dict[str, dict] = {}
     seconds: dict[str, dict] = {}
-    for v in chosen:
-        base, base_cfg = load(v.name)
-        tuned: dict[str, tuple] = {}  # fine-tune overrides -> (model, config): methods sharing one share it
-        cl = clips[v.struct]
-        for m in methods:
-            t0 = time.perf_counter()
-            model, cfg = tuned_model(v.name, m, plans[m][1], base, base_cfg, tuned, tune_steps, data, v.struct, out,
-                                     device, con)
-            seconds.setdefault(m, {})[v.name] = {"finetune": time.perf_counter() - t0}
-            con.print(f"{v.name} / {m}: {len(cl)} held-out clips x {frames} frames ({args.factor} training clips)")
-            cond = motion_of(v, cl, 1, source, device, s.seed, frames) if cfg.model.mode.struct_condition else None
-            t0 = time.perf_counter()
-            roll = rollout(model, cl, replace(cfg, sample=replace(cfg.sample, **plans[m][0])), device, seed=s.seed,
-                           cond_struct=cond, frames=frames)
-            seconds[m][v.name]["rollout"] = time.perf_counter() - t0
-            reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in cl]))
-            res.setdefault(m, {})[v.name] = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter,
-                                                     v.struct == "explicit")
+    src = next((v for v in suite if v.role == "motion source"), None)
+    for seed in range(args.seeds):
+        source = load(src.name, seed) if src is not None and any(v.name == "condition_only" for v in chosen) else None
+        for v in chosen:
+            base, base_cfg = load(v.name, seed)
+            tuned: dict[str, tuple] = {}  # fine-tune overrides -> (model, config): methods sharing one share it
+            cl = clips[v.struct]
+            for m in methods:
+                t0 = time.perf_counter()
+                model, cfg = tuned_model(v.name, m, plans[m][1], base, base_cfg, tuned, tune_steps, data, v.struct,
+                                         out if seed == 0 else out / f"seed{seed}", device, con)
+                sec = seconds.setdefault(m, {}).setdefault(v.name, {"finetune": 0.0, "rollout": 0.0})
+                sec["finetune"] += time.perf_counter() - t0
+                con.print(f"{v.name} / {m} (seed {seed}): {len(cl)} {args.split} clips x {frames} frames "
+                          f"({args.factor} training clips)")
+                cond = (motion_of(v, cl, 1, source, device, s.seed + seed, frames) if cfg.model.mode.struct_condition
+                        else None)
+                t0 = time.perf_counter()
+                roll = rollout(model, cl, replace(cfg, sample=replace(cfg.sample, **plans[m][0])), device,
+                               seed=s.seed + seed, cond_struct=cond, frames=frames)
+                sec["rollout"] += time.perf_counter() - t0
+                reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in cl]))
+                rows = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter, v.struct == "explicit")
+                rows["_seed"] = [seed] * len(cl)
+                got = res.setdefault(m, {}).setdefault(v.name, {})
+                for k, x in rows.items():
+                    got.setdefault(k, []).extend(x)
     return write(out, args, res, real, real_jitter, frames, clip, device, con, tune_steps, seconds)
 
 
@@ -307,15 +326,16 @@ def run_minutes(args) -> dict:
     return result
 
 
-def held_out(data: dict, kinds: set, probe, codec, dims: dict, frames: int, n: int | None) -> tuple[dict, list]:
-    """({struct kind: held-out clips looped to `frames`}, the real clips' consistency curves)."""
+def held_out(data: dict, kinds: set, probe, codec, dims: dict, frames: int, n: int | None,
+             split: str = "eval") -> tuple[dict, list]:
+    """({struct kind: the split's held-out clips looped to `frames`}, the real clips' consistency curves)."""
     clips, real = {}, []
     for kind in kinds | {"explicit"}:
-        cache = data["caches"][("eval", kind)]
+        cache = data["caches"][(split, kind)]
         r = CacheReader(cache)
         length = min(c.frames for c in r.clips) - 1
         r.close()
-        whole = load_eval_clips(cache, length, data["caches"][("eval", "explicit")])[:n]
+        whole = load_eval_clips(cache, length, data["caches"][(split, "explicit")])[:n]
         clips[kind] = long_clips(whole, frames)
         if kind == "explicit":
             real = [consistency_curves(rd, probe, **dims) for rd in read_clips(
@@ -340,7 +360,9 @@ def tuned_model(variant: str, method: str, tune: dict | None, base, base_cfg, tu
 
 def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: int, clip: int, device: str,
           con, tune_steps: int = 0, seconds: dict | None = None) -> dict:
-    """long_rollout.json (the baseline's curves and summary as before, every method's numbers), .md and plots."""
+    """long_rollout.json (the baseline's curves and summary as before, every method's numbers pooled over the seeds'
+    clips, and each seed's means), .md and plots; long_rollout-val.* and plots/*-val.png for the validation clips."""
+    tag = "" if getattr(args, "split", "eval") == "eval" else f"-{args.split}"
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     base = next(iter(res))
@@ -349,37 +371,55 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
                     "real": np.array(_ragged([r[key] for r in real]))}
               for key, own in (("id_err", "_id"), ("jitter", "_jitter"))}
     R.plot_curves(curves["id_err"], f"identity drift over {args.factor} training clips ({base}): probe identity "
-                  "distance to the reference", "distance (std units)", plots / "long_identity.png", clip)
+                  "distance to the reference", "distance (std units)", plots / f"long_identity{tag}.png", clip)
     R.plot_curves({n: np.array([R.smooth(x, clip // 2 + 1) for x in c]) for n, c in curves["jitter"].items()},
                   f"motion jitter over {args.factor} training clips ({base}): |2nd difference| of head pose (smoothed)",
-                  "std units per frame^2", plots / "long_jitter.png", clip)
-    pngs = ["plots/long_identity.png", "plots/long_jitter.png"]
+                  "std units per frame^2", plots / f"long_jitter{tag}.png", clip)
+    pngs = [f"plots/long_identity{tag}.png", f"plots/long_jitter{tag}.png"]
     for name in res[base]:
         R.plot_curves({m: np.asarray(res[m][name]["_id"]) for m in res if name in res[m]},
                       f"{name}: identity drift by long-video method", "distance (std units)",
-                      plots / f"long_identity_{name}.png", clip)
-        pngs.append(f"plots/long_identity_{name}.png")
+                      plots / f"long_identity_{name}{tag}.png", clip)
+        pngs.append(f"plots/long_identity_{name}{tag}.png")
         R.plot_curves({m: np.array([R.smooth(x, clip // 2 + 1) for x in res[m][name]["_jitter"]]) for m in res
                        if name in res[m]}, f"{name}: motion jitter by long-video method (smoothed)",
-                      "std units per frame^2", plots / f"long_jitter_{name}.png", clip)
-        pngs.append(f"plots/long_jitter_{name}.png")
-    table = {m: {n: {k: M.mean_ci(x) for k, x in r.items() if not k.startswith("_")} for n, r in per.items()}
+                      "std units per frame^2", plots / f"long_jitter_{name}{tag}.png", clip)
+        pngs.append(f"plots/long_jitter_{name}{tag}.png")
+    table = {m: {n: {k: M.mean_ci(x) for k, x in clip_means(r).items()} for n, r in per.items()}
              for m, per in res.items()}
+    by_seed = {m: {n: per_seed(r) for n, r in per.items()} for m, per in res.items()}
     summary = {n: {key: _summary(curves[key][n], clip) for key in curves} for n in curves["id_err"]}
     result = {"frames": frames, "factor": args.factor, "clip_frames": clip, "device": device, "baseline": base,
               "sigma_context": args.sigma_context, "train_sigma_context": args.train_sigma_context,
-              "ref_weight": args.ref_weight, "finetune_steps": tune_steps, "seconds": seconds or {},
+              "ref_weight": args.ref_weight, "finetune_steps": tune_steps, "split": getattr(args, "split", "eval"),
+              "seeds": getattr(args, "seeds", 1), "by_seed": by_seed, "seconds": seconds or {},
               "real_jitter": real_jitter, "methods": table, "summary": summary,
               "curves": {key: {n: c.mean(0).round(5).tolist() for n, c in per.items()} for key, per in curves.items()},
               "plots": pngs}
-    tmp = out / ".long_rollout.json.tmp"
+    tmp = out / f".long_rollout{tag}.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "long_rollout.json")
-    (out / "long_rollout.md").write_text(markdown(result))
-    into_report(out / "report.md", result)
+    tmp.replace(out / f"long_rollout{tag}.json")
+    (out / f"long_rollout{tag}.md").write_text(markdown(result))
+    if not tag:  # the report is the test clips'
+        into_report(out / "report.md", result)
     con.print(markdown(result))
-    con.print(f"wrote {out / 'long_rollout.json'}, {out / 'long_rollout.md'} and {', '.join(pngs)}")
+    con.print(f"wrote {out / f'long_rollout{tag}.json'}, {out / f'long_rollout{tag}.md'} and {', '.join(pngs)}")
     return result
+
+
+def clip_means(rows: dict) -> dict:
+    """{metric: each held-out clip's mean over the training seeds} (rows hold seed 0's clips, then seed 1's, ...):
+    the clip is the unit of the table's intervals, the seeds averaged inside it."""
+    seeds = np.asarray(rows.get("_seed", [0] * len(rows["lip_r"])))
+    k = len(set(seeds.tolist()))
+    return {key: np.asarray(x, np.float64).reshape(k, -1).mean(0) for key, x in rows.items() if not key.startswith("_")}
+
+
+def per_seed(rows: dict) -> dict:
+    """{metric: [each training seed's mean over its clips]} of one method and variant (`_seed` tags the clips)."""
+    seeds = np.asarray(rows.get("_seed", [0] * len(rows["lip_r"])))
+    return {k: [float(np.mean(np.asarray(x)[seeds == j])) for j in sorted(set(seeds.tolist()))]
+            for k, x in rows.items() if not k.startswith("_")}
 
 
 MARK = "<!-- long_rollout -->"
@@ -410,12 +450,16 @@ def _summary(curves: np.ndarray, clip: int) -> dict:
 
 def markdown(r: dict) -> str:
     cols = ("id_first", "id_last", "id_ratio", "jitter_last_vs_real", "lip_r", "agree_jaw_r")
+    seeds, split = r.get("seeds", 1), r.get("split", "eval")
     lines = [f"# Long rollouts: {r['frames']} frames = {r['factor']} x the {r['clip_frames']}-frame training clip "
-             f"({r['device']})", "",
-             "Mean [95% interval] over held-out clips, one training seed. id_first / id_last: probe identity error "
-             "over the first / last training-clip length; id_ratio: last / first (the issue's target: <= 1.3); "
-             f"jitter_last_vs_real: head-pose jitter over the last clip length / the real clips' ({r['real_jitter']:.4f};"
-             " target <= 1.5); lip_r: lip sync over the whole rollout; agree_jaw_r: the generated struct's jaw vs "
+             f"({r['device']}, {'test' if split == 'eval' else 'validation'} clips)", "",
+             f"Mean [95% interval] over the held-out clips, each clip averaged over {seeds} training seed(s) (each "
+             "seed's means below). "
+             "id_first / id_last: probe identity error "
+             "over the first / last training-clip length; id_ratio: last / first (targets: <= 1.3, issue #16; <= 1.1, "
+             f"#39); jitter_last_vs_real: head-pose jitter over the last clip length / the real clips' "
+             f"({r['real_jitter']:.4f}; targets <= 1.5, #16; <= 1.3, #39); lip_r: lip sync over the whole rollout; "
+             "agree_jaw_r: the generated struct's jaw vs "
              f"the jaw read from the video. history_noise: sigma_context {r['sigma_context']} at inference; "
              f"train_history_noise: a fine-tune with the clean past at U(0, {r['train_sigma_context']}); ref_weight: "
              f"the reference weighs {r['ref_weight']} frames in every attention; finetune / self_forcing: "
@@ -425,6 +469,13 @@ def markdown(r: dict) -> str:
     for m, per in r["methods"].items():
         for n, t in per.items():
             lines.append(f"| {m} | {n} | " + " | ".join(R.fmt_ci(t.get(c), 3) for c in cols) + " |")
+    if seeds > 1:
+        keys = ("id_ratio", "jitter_last_vs_real", "lip_r")
+        lines += ["", "Each training seed's mean over the clips (seed 0 / seed 1 / ...):", "",
+                  "| method | variant | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+        for m, per in r["by_seed"].items():
+            for n, t in per.items():
+                lines.append(f"| {m} | {n} | " + " | ".join(" / ".join(f"{v:.3f}" for v in t[k]) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

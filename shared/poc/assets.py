@@ -50,16 +50,24 @@ def build_data(s: Settings, root: Path, suite: str, device: str, con) -> dict:
             save_tiny_ae(train_tiny_ae(frames, steps=s.ae_steps, device=device, seed=s.seed), ae)
         con.print(f"[dim]tiny-ae: {time.perf_counter() - t0:.1f} s[/]")
         t0 = time.perf_counter()
-        caches = {}
-        for split in ("train", "eval"):
-            for kind in kinds:
-                path = d / f"{split}_{kind}.h5"
-                if not path.exists():
-                    opts = Options(size=s.size, codec=f"tiny-ae:{ae}", struct=kind, clip_frames=10_000, min_frames=17)
-                    ingest(d / split, path, opts, console=con, pool=pool)
-                caches[(split, kind)] = path
+        caches = {(split, kind): _cache(d, split, kind, s, con, pool) for split in ("train", "eval") for kind in kinds}
         con.print(f"[dim]ingest: {time.perf_counter() - t0:.1f} s[/]")
-    return {"dir": d, "ae": ae, "caches": caches, "reused": reused}
+    return {"dir": d, "ae": d / "tiny_ae.pt", "caches": caches, "reused": reused}
+
+
+def _cache(d: Path, split: str, kind: str, s: Settings, con, pool=None) -> Path:
+    """The split's clips encoded by the data's tiny-ae with `kind` motion (made once)."""
+    path = d / f"{split}_{kind}.h5"
+    if not path.exists():
+        opts = Options(size=s.size, codec=f"tiny-ae:{d / 'tiny_ae.pt'}", struct=kind, clip_frames=10_000, min_frames=17)
+        ingest(d / split, path, opts, console=con, pool=pool)
+    return path
+
+
+def add_split(data: dict, split: str, kinds: set, s: Settings, con) -> None:
+    """Caches of another exported split (`val`: the validation clips) for these motion kinds, into data["caches"]."""
+    for kind in sorted(kinds):
+        data["caches"][(split, kind)] = _cache(data["dir"], split, kind, s, con)
 
 
 def build_sync_expert(s: Settings, data: dict, device: str, con) -> dict:
