@@ -180,7 +180,8 @@ class LongOptions:
     minutes: float = flag(0.0, check=errors.real(0))
     """Instead: stream this many minutes of the first held-out clip's looped voice frame by frame, decoded and read a
     second at a time, in constant memory (`shared.evaluation.minutes`): per minute identity, jitter, lip sync, frame
-    rate and memory, in RUN/long_minutes.json, .md and plots/long_minutes.png; 0: off."""
+    rate and memory, in RUN/long_minutes.json, .md and plots/long_minutes.png (while it streams, the minutes closed so
+    far in RUN/long_minutes.partial.json); 0: off."""
     minutes_method: str = "baseline"
     """The method streamed for --minutes (a sampler setting, or a fine-tune made as for --methods)."""
 
@@ -308,7 +309,8 @@ def run_minutes(args) -> dict:
     dims = {"id_dims": acc["_id"], "pose_dims": acc["_pose"]}
     clips, real = held_out(data, {known[n].struct for n in names}, probe, codec, dims,
                            C.get_preset("poc").clip_frames, 1)
-    streams = {}
+    streams: dict[str, list] = {}
+    partial = out / "long_minutes.partial.json"  # each minute's rows as they close, until the stream ends
     for n in names:
         v, vdir = known[n], seed_dir(out, n, 0)
         base_cfg = runs.load_config(vdir)
@@ -318,9 +320,10 @@ def run_minutes(args) -> dict:
         frames = max(1, round(args.minutes * 60 * cfg.fps))
         con.print(f"{n} / {args.minutes_method}: {frames} frames ({args.minutes:g} min) of {clip.name}")
         streams[n] = MN.stream(model, replace(cfg.sample, **sample), clip, frames, probe, codec, dims, cfg.fps,
-                               torch.device(device), s.seed, con)
+                               torch.device(device), s.seed, con, MN.keep_partial(partial, streams, n))
     real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
     result = MN.write(out, streams, real_jitter, args.minutes, args.minutes_method, device)
+    partial.unlink(missing_ok=True)
     con.print((out / "long_minutes.md").read_text())
     con.print(f"wrote {out / 'long_minutes.json'}, {out / 'long_minutes.md'} and {out / result['plot']}")
     return result

@@ -3,11 +3,13 @@ with known answers, chunk edges that change nothing, and the flatness checks."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from shared.evaluation.minutes import MinuteMeter, flatness
+from shared.evaluation.minutes import MinuteMeter, flatness, keep_partial
 
 FPS = 5
 
@@ -62,3 +64,25 @@ def test_flatness_flags_drift_and_a_growing_memory():
     assert check["id_ratio_max"] == pytest.approx(1.4) and not check["identity_held"]
     assert check["fps_flat"] and check["fps_max_change"] == 0.0
     assert check["host_rss_gib_max_change"] == pytest.approx(0.06 / 1.02) and not check["host_rss_gib_flat"]
+
+
+def test_flatness_of_a_speed_only_stream_judges_speed_and_memory_alone():
+    """The `full` preset's check streams random weights (benchmarks/stream_step.py --minutes): no identity to hold."""
+    rows = [{"minute": k + 1, "frames": 1500, "fps": 60.0 - (5.0 if k == 0 else 0.0), "gpu_peak_gib": 5.7}
+            for k in range(4)]
+    check = flatness(rows)
+    assert "identity_held" not in check and check["fps_flat"] and check["gpu_peak_gib_flat"]
+
+
+def test_a_stream_cut_short_keeps_its_closed_minutes_on_disk(tmp_path):
+    """An hour's stream lost at minute 22 (a device machine released mid-run, 2026-12-04) kept only what a log had:
+    each closed minute is now rewritten to a file as it closes, beside the streams done before it."""
+    path = tmp_path / "long_minutes.partial.json"
+    done = {"video_only": [{"minute": 1, "frames": 300}]}
+    m = MinuteMeter(FPS, np.zeros(16), list(range(4)), [0, 1], np.full(16, 2.0), np.ones(13), 6, torch.device("cpu"),
+                    on_row=keep_partial(path, done, "dual"))
+    motion, identity, jaw = _stream(2 * 60 * FPS + 40)
+    m.add(motion, identity, jaw)  # the stream "dies" here: two minutes closed, 40 frames not
+    kept = json.loads(path.read_text())
+    assert list(kept) == ["video_only", "dual"] and [r["minute"] for r in kept["dual"]] == [1, 2]
+    assert kept["dual"][1]["id_err"] == pytest.approx(1.0) and not list(tmp_path.glob(".*.tmp"))

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 NOT_TESTABLE = "not testable at this scale"  # where the oracle's gap is not above the SESOI (#34)
 VERDICTS = {"supported", "not supported", "inconclusive", NOT_TESTABLE}
@@ -52,10 +55,16 @@ def test_quick_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = tmp_path / "core-quick"
     rep = json.loads((run / "report.json").read_text())
-    # behaviour unchanged through the #35 redesign: every measured number as at commit 7068cd2 (run pinned), bit for bit
-    golden = json.loads((ROOT / "tests" / "golden" / "quick_report.json").read_text())
-    for key, want in golden.items():  # compared as JSON text: exact floats, and NaN equal to NaN
-        assert json.dumps(rep[key], sort_keys=True) == json.dumps(want, sort_keys=True), key
+    # behaviour unchanged through the #35 redesign: every measured number as at commit 7068cd2 (run pinned), bit for
+    # bit, on one of the CPU kinds its run was recorded on: the pin does not make an Intel Xeon with AMX (Sapphire
+    # Rapids) give the AMD EPYC's numbers (598 of 930 differ, for 7068cd2's code as for today's: benchmarks/RESULTS.md)
+    goldens = sorted((ROOT / "tests" / "golden").glob("quick_report*.json"))
+    misses = {}
+    for path in goldens:
+        golden = json.loads(path.read_text())  # compared as JSON text: exact floats, and NaN equal to NaN
+        misses[path.name] = [k for k, want in golden.items()
+                             if json.dumps(rep[k], sort_keys=True) != json.dumps(want, sort_keys=True)]
+    assert any(not m for m in misses.values()), misses
     evaluated = {"video_only", "condition_only", "dual", "video_only_wide", "dual_oneway", "condition_only_oracle"}
     assert set(rep["metrics"]) == evaluated | {"real"}  # motion_source drives condition_only, it is no variant
     for name in evaluated:
@@ -180,3 +189,23 @@ def test_quick_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--minutes",
                           "1", "--variants", "condition_only"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not condition_only" in bad.stderr and "Traceback" not in bad.stderr
+
+    # two training seeds on the validation clips (issue #39: choose there, report on the test clips): every clip
+    # averaged over the seeds, each seed's means kept; the test run's files and report left alone
+    before = (run / "long_rollout.json").read_text()
+    again = tmp_path / "again" / "core-quick"
+    res6 = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path / "again"),
+                           "--device", "cpu", "--factor", "2", "--variants", "dual", "--methods", "baseline",
+                           "--seeds", "2", "--split", "val", "--clips", "2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert res6.returncode == 0, res6.stdout[-3000:] + res6.stderr[-3000:]
+    val = json.loads((again / "long_rollout-val.json").read_text())
+    assert val["split"] == "val" and val["seeds"] == 2 and not (again / "long_rollout.json").exists()
+    per_seed = val["by_seed"]["baseline"]["dual"]["id_ratio"]
+    assert len(per_seed) == 2 and val["methods"]["baseline"]["dual"]["id_ratio"]["n"] == 2  # 2 clips, seeds inside
+    assert val["methods"]["baseline"]["dual"]["id_ratio"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert (run / "long_rollout.json").read_text() == before and "## Long rollouts" not in (
+        again / "report.md").read_text()
+    bad = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--seeds",
+                          "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "(seed 1)" in bad.stderr and "Traceback" not in bad.stderr

@@ -9,9 +9,12 @@ the first minute's, frame rate and memory within a tolerance of the second minut
 
 from __future__ import annotations
 
+import json
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +50,8 @@ class MinuteMeter:
     jaw: int
     device: torch.device
     rows: list = field(default_factory=list)
+    on_row: Callable[[list], None] | None = None
+    """Called with the rows after each minute closes (a long stream cut short keeps what it measured)."""
     _cur: dict = field(default_factory=dict)
     _last_pose: np.ndarray | None = None
     _t0: float = field(default_factory=time.perf_counter)
@@ -85,6 +90,8 @@ class MinuteMeter:
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.device)
         self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(self.rows)
         self._t0 = now
 
 
@@ -143,9 +150,10 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
 
 
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
-           con) -> list[dict]:
+           con, on_row: Callable[[list], None] | None = None) -> list[dict]:
     """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; CUDA
-    graphs on a GPU), read by the probe a second at a time into per-minute rows (`MinuteMeter`)."""
+    graphs on a GPU), read by the probe a second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them
+    as each minute closes)."""
     from rich.progress import Progress
 
     from ..sampling.generation import Reference, prepare_graphs, stream_frames
@@ -156,7 +164,7 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     features, true_jaw = loop(clip.audio, 2 * frames), loop(clip.motion[:, JAW], frames)
     first = probe.read(codec.decode(clip.ref_video[None]))["identity"][0]
     meter = MinuteMeter(fps, first, list(dims["id_dims"]), list(dims["pose_dims"]), probe.i_std.cpu().numpy(),
-                        probe.m_std.cpu().numpy(), JAW, device)
+                        probe.m_std.cpu().numpy(), JAW, device, on_row=on_row)
     graphs = None
     if device.type == "cuda":
         graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
@@ -183,8 +191,6 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
 
 def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: float, method: str, device: str) -> dict:
     """OUT/long_minutes.json (rows and `flatness` per stream), long_minutes.md and plots/long_minutes.png."""
-    import json
-
     (out / "plots").mkdir(exist_ok=True)
     plot(streams, real_jitter, out / "plots" / "long_minutes.png")
     checks = {n: flatness(rows) for n, rows in streams.items()}
@@ -208,3 +214,15 @@ def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: floa
         lines.append("")
     (out / "long_minutes.md").write_text("\n".join(lines) + "\n")
     return result
+
+
+def keep_partial(path: Path, streams: dict[str, list[dict]], name: str) -> Callable[[list], None]:
+    """An `on_row` that rewrites `path` with every stream's rows so far (`name`'s the live one), atomically: what a
+    stream cut short (a lost machine, a kill) had measured stays on disk."""
+
+    def write(rows: list) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({**streams, name: rows}, indent=1))
+        tmp.replace(path)
+
+    return write
