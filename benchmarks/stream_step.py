@@ -186,6 +186,8 @@ def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, StreamBench)
     a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("error: stream_step.py measures streaming on a GPU and needs a CUDA GPU; none is visible")
     cfg = C.get_preset(a.preset)
     sample = replace(cfg.sample, denoise_steps=a.steps, rolling_window=a.rolling_window,
                      sigma_context=a.sigma_context, ref_weight=a.ref_weight)

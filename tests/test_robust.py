@@ -612,7 +612,10 @@ SCRIPTS = [  # (argv, what the one error line says): the __main__ wiring of ever
     (["-m", "shared.evaluation.recoverability", "--clips", "1"], "--clips: 1 must be >= 4"),
     (["benchmarks/gate.py", "--preset", "poc", "--only", "nothing"], "--only: unknown gates ['nothing']"),
     (["benchmarks/train_step.py", "--bogus"], "unrecognized arguments: --bogus"),
+    (["benchmarks/stream_step.py", "--minutes", "-1"], "--minutes: -1.0 must be >= 0"),
 ]
+if not torch.cuda.is_available():  # the GPU benchmark on a machine without one: a message, not CUDA's traceback
+    SCRIPTS.append((["benchmarks/stream_step.py", "--preset", "tiny", "--minutes", "0.01"], "needs a CUDA GPU"))
 
 
 def test_every_script_ends_a_user_error_with_one_line_and_status_1():
