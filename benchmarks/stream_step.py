@@ -197,21 +197,11 @@ def main(argv=None) -> dict:
     if a.minutes:
         return minutes(a, cfg, sample)
     m = cfg.model
-    model = DualForce(m).cuda().to(torch.bfloat16).eval()
-    dev, bf = torch.device("cuda"), torch.bfloat16
-    ref = torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device=dev, dtype=bf)
-    ref_s = torch.randn(1, m.struct_dim, device=dev, dtype=bf) if m.has_struct else None
-    audio = torch.randn(1, 2 * a.frames, m.audio_dim, device=dev, dtype=bf)
-    inputs = (ref, ref_s, audio)
+    model, inputs, graphs = setup(a, m, a.frames)
     res = {"preset": a.preset, "steps": a.steps, "window": sample.history_frames, "roll_keep": sample.roll_keep,
            "sigma_context": a.sigma_context, "ref_weight": a.ref_weight,
            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": a.compile,
            "overlap": not a.no_overlap}
-    if a.no_graphs:
-        model.overlap_towers(not a.no_overlap)
-        if a.compile:
-            model.compile_blocks()
-    graphs = None if a.no_graphs else GraphedModel(model, compile=a.compile, overlap=not a.no_overlap)
     t = time.perf_counter()
     prepare(model, graphs, inputs, a.frames, sample)
     res["prepare_s"] = time.perf_counter() - t
@@ -224,11 +214,8 @@ def main(argv=None) -> dict:
         prepare(model, graphs, inputs, a.frames, other)
         res["schedules"][kind] = timed_pair(model, inputs, a.frames, other, a.stop_after, graphs=graphs)
     if a.decode:
-        decode, params = vae_decoder(m, cfg.image_size, a.compile)
         t = time.perf_counter()
-        decoder = OverlappedDecoder(decode, torch.randn(1, m.latent_channels, m.latent_size, m.latent_size,
-                                                        device=dev, dtype=bf).contiguous(
-                                                            memory_format=torch.channels_last))
+        decoder, params = random_decoder(cfg, a.compile)
         res["decoder"] = {"params": params, "prepare_s": time.perf_counter() - t}
         torch.cuda.synchronize()
         t = time.perf_counter()
@@ -255,29 +242,43 @@ def main(argv=None) -> dict:
     return res
 
 
-def minutes(a, cfg: C.Config, sample) -> dict:
-    """--minutes: `timed_minutes` of the preset (random bf16 weights, graphs unless --no-graphs, compiled blocks with
-    --compile, decoded with --decode), and `flatness` of its rows."""
-    m, dev, bf = cfg.model, torch.device("cuda"), torch.bfloat16
-    frames, per_minute = max(1, round(a.minutes * 60 * cfg.fps)), 60 * cfg.fps
-    margin = sched.plan(sample, frames).chunk + sample.history_frames  # frames past the cut: the rolling tail
+def setup(a, m: C.ModelConfig, frames: int) -> tuple:
+    """(the preset's model with random bf16 weights, random inputs (reference, its struct, `frames` frames of audio),
+    its CUDA graphs or None with --no-graphs), the options' overlap and compile applied."""
+    dev, bf = torch.device("cuda"), torch.bfloat16
     model = DualForce(m).cuda().to(bf).eval()
     ref = torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device=dev, dtype=bf)
     ref_s = torch.randn(1, m.struct_dim, device=dev, dtype=bf) if m.has_struct else None
-    inputs = (ref, ref_s, torch.randn(1, 2 * (frames + margin), m.audio_dim, device=dev, dtype=bf))
+    inputs = (ref, ref_s, torch.randn(1, 2 * frames, m.audio_dim, device=dev, dtype=bf))
     if a.no_graphs:
         model.overlap_towers(not a.no_overlap)
         if a.compile:
             model.compile_blocks()
     graphs = None if a.no_graphs else GraphedModel(model, compile=a.compile, overlap=not a.no_overlap)
+    return model, inputs, graphs
+
+
+def random_decoder(cfg: C.Config, compile: bool) -> tuple:
+    """(an `OverlappedDecoder` over `vae_decoder`, the decoder's parameter count)."""
+    m = cfg.model
+    decode, params = vae_decoder(m, cfg.image_size, compile)
+    like = torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device="cuda", dtype=torch.bfloat16)
+    return OverlappedDecoder(decode, like.contiguous(memory_format=torch.channels_last)), params
+
+
+def minutes(a, cfg: C.Config, sample) -> dict:
+    """--minutes: `timed_minutes` of the preset (random bf16 weights, graphs unless --no-graphs, compiled blocks with
+    --compile, decoded with --decode), and `flatness` of its rows."""
+    if sample.schedule == "full_sequence":
+        raise SystemExit("error: --minutes times a stream minute by minute; --schedule full_sequence denoises every "
+                         "frame together (choose autoregressive or rolling)")
+    frames, per_minute = max(1, round(a.minutes * 60 * cfg.fps)), 60 * cfg.fps
+    margin = sched.plan(sample, frames).chunk + sample.history_frames  # frames past the cut: the rolling tail
+    model, inputs, graphs = setup(a, cfg.model, frames + margin)
     t = time.perf_counter()
     if graphs is not None:
         warm_up(graphs, *inputs, frames + margin, sample)
-    decoder = None
-    if a.decode:
-        decode, _ = vae_decoder(m, cfg.image_size, a.compile)
-        decoder = OverlappedDecoder(decode, torch.randn(1, m.latent_channels, m.latent_size, m.latent_size, device=dev,
-                                                        dtype=bf).contiguous(memory_format=torch.channels_last))
+    decoder = random_decoder(cfg, a.compile)[0] if a.decode else None
     res = {"preset": a.preset, "minutes": a.minutes, "frames": frames, "schedule": sample.schedule, "steps": a.steps,
            "decode": a.decode, "compile": a.compile, "graphs": graphs is not None, "prepare_s": time.perf_counter() - t,
            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
