@@ -20,7 +20,7 @@ the first and the last training-clip length and their ratio, jitter over the las
 real clips', lip sync over the whole rollout, and (dual, explicit) struct <-> video jaw agreement. Writes
 RUN/long_rollout.json, RUN/long_rollout.md and RUN/plots/long_identity*.png, long_jitter.png (RUN =
 OUT/SUITE[-quick]), and puts the table and the curves in RUN/report.md as its last section; fine-tunes in
-RUN/finetune/.
+RUN/finetune/ (seed 0's) and RUN/seedK/finetune/ (seed K's).
 """
 
 from __future__ import annotations
@@ -290,6 +290,9 @@ def run_minutes(args) -> dict:
     from shared.evaluation import minutes as MN
 
     con = Console()
+    if args.seeds != 1 or args.split != "eval":
+        raise SystemExit("error: --minutes streams seed 0's model on the first test clip; --seeds and --split are "
+                         "for the --methods rollouts")
     try:
         sample, tune = resolve(args.minutes_method, levels_of(args))
     except KeyError as e:
@@ -311,6 +314,7 @@ def run_minutes(args) -> dict:
                            C.get_preset("poc").clip_frames, 1)
     streams: dict[str, list] = {}
     partial = out / "long_minutes.partial.json"  # each minute's rows as they close, until the stream ends
+    partial.unlink(missing_ok=True)  # an earlier stream's, cut short: not this one's
     for n in names:
         v, vdir = known[n], seed_dir(out, n, 0)
         base_cfg = runs.load_config(vdir)
@@ -415,6 +419,7 @@ def clip_means(rows: dict) -> dict:
     the clip is the unit of the table's intervals, the seeds averaged inside it."""
     seeds = np.asarray(rows.get("_seed", [0] * len(rows["lip_r"])))
     k = len(set(seeds.tolist()))
+    assert len(seeds) % k == 0 and (seeds.reshape(k, -1) == np.arange(k)[:, None]).all(), "clips per seed differ"
     return {key: np.asarray(x, np.float64).reshape(k, -1).mean(0) for key, x in rows.items() if not key.startswith("_")}
 
 
