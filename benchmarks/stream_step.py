@@ -186,13 +186,15 @@ def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, StreamBench)
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("error: stream_step.py measures streaming on a GPU and needs a CUDA GPU; none is visible")
     cfg = C.get_preset(a.preset)
     sample = replace(cfg.sample, denoise_steps=a.steps, rolling_window=a.rolling_window,
                      sigma_context=a.sigma_context, ref_weight=a.ref_weight)
     kinds = (a.schedule or sample.schedule).split(",")
     sample = replace(sample, schedule=kinds[0])
+    if a.minutes:
+        minute_frames(a, cfg, sample)  # a config error is named on any machine, before the GPU is asked for
+    if not torch.cuda.is_available():
+        raise SystemExit("error: stream_step.py measures streaming on a GPU and needs a CUDA GPU; none is visible")
     torch.manual_seed(0)
     if a.minutes:
         return minutes(a, cfg, sample)
@@ -266,14 +268,24 @@ def random_decoder(cfg: C.Config, compile: bool) -> tuple:
     return OverlappedDecoder(decode, like.contiguous(memory_format=torch.channels_last)), params
 
 
+def minute_frames(a, cfg: C.Config, sample) -> tuple[int, int]:
+    """(frames in --minutes, frames streamed past them); SystemExit when the schedule is not a stream."""
+    frames = max(1, round(a.minutes * 60 * cfg.fps))
+    try:
+        p = sched.plan(sample, frames)
+    except ValueError as e:
+        raise SystemExit(f"error: --schedule {sample.schedule}: {e}") from None
+    if not p.windowed and p.chunk >= frames:
+        raise SystemExit(f"error: --minutes times a stream minute by minute; --schedule {sample.schedule} denoises "
+                         f"every frame together here (choose autoregressive or rolling)")
+    return frames, p.chunk + sample.history_frames  # frames past the cut: the rolling tail
+
+
 def minutes(a, cfg: C.Config, sample) -> dict:
     """--minutes: `timed_minutes` of the preset (random bf16 weights, graphs unless --no-graphs, compiled blocks with
     --compile, decoded with --decode), and `flatness` of its rows."""
-    if sample.schedule == "full_sequence":
-        raise SystemExit("error: --minutes times a stream minute by minute; --schedule full_sequence denoises every "
-                         "frame together (choose autoregressive or rolling)")
-    frames, per_minute = max(1, round(a.minutes * 60 * cfg.fps)), 60 * cfg.fps
-    margin = sched.plan(sample, frames).chunk + sample.history_frames  # frames past the cut: the rolling tail
+    frames, margin = minute_frames(a, cfg, sample)
+    per_minute = 60 * cfg.fps
     model, inputs, graphs = setup(a, cfg.model, frames + margin)
     t = time.perf_counter()
     if graphs is not None:
