@@ -17,7 +17,9 @@ method; `train_history_noise`; `self_forcing`), all fine-tunes from the same wei
 and noise. condition_only is driven by the run's motion source. The probes read identity, head pose and the jaw back
 from the decoded frames. Per variant and method, over the held-out clips (mean [95% interval]): identity error over
 the first and the last training-clip length and their ratio, jitter over the last training-clip length against the
-real clips', lip sync over the whole rollout, and (dual, explicit) struct <-> video jaw agreement. Writes
+real clips', lip sync over the whole rollout, and (dual, explicit) struct <-> video jaw agreement; then what the
+jitter is made of (the struct stream's own pose, the latents' flicker) and the probe's check on known answers (real
+frames with noise added, the pose unchanged: `probe_noise_response`). Writes
 RUN/long_rollout.json, RUN/long_rollout.md and RUN/plots/long_identity*.png, long_jitter.png (RUN =
 OUT/SUITE[-quick]), and puts the table and the curves in RUN/report.md as its last section; fine-tunes in
 RUN/finetune/ (seed 0's) and RUN/seedK/finetune/ (seed K's).
@@ -44,7 +46,8 @@ from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.data.synth import TASKS  # noqa: E402
 from shared.evaluation import metrics as M  # noqa: E402
 from shared.evaluation import report as R  # noqa: E402
-from shared.evaluation.evaluate import JAW, consistency_curves, load_eval_clips, read_clips, rollout  # noqa: E402
+from shared.evaluation.evaluate import (JAW, consistency_curves, load_eval_clips, pose_jitter,  # noqa: E402
+                                        probe_noise_response, read_clips, rollout)
 from shared.evaluation.heldout import motion_of  # noqa: E402
 from shared.evaluation.minutes import loop  # noqa: E402
 from shared.models import DualForce  # noqa: E402
@@ -124,18 +127,25 @@ def finetune(model, cfg: C.Config, tune: dict, steps: int, data: dict, struct: s
     return (res["ema"] or copy).to(device).eval(), ft
 
 
-def per_clip(reads, clips, roll_struct, probe, dims, clip: int, real_jitter: float, explicit: bool) -> dict:
-    """Each clip's long-rollout numbers (`consistency_curves`, lip sync on the looped mouth track, agreement)."""
+def per_clip(reads, clips, roll: dict, probe, dims, clip: int, real: dict, explicit: bool) -> dict:
+    """Each clip's long-rollout numbers (`consistency_curves`, lip sync on the looped mouth track, agreement) and
+    what its jitter is made of: over the first and the last clip length, the probe-read pose's, the latents' flicker
+    and (explicit struct) the generated pose's own, each over the real clips' same reading (`real_means`)."""
     out: dict[str, list] = {}
     for i, (rd, c) in enumerate(zip(reads, clips)):
         cc = consistency_curves(rd, probe, **dims)
         first, last = float(cc["id_err"][:clip].mean()), float(cc["id_err"][-clip:].mean())
+        flicker = M.flicker_curve(roll["video"][i])
         row = {"id_first": first, "id_last": last, "id_ratio": last / max(first, 1e-6),
-               "jitter_last_vs_real": float(cc["jitter"][-clip:].mean()) / max(real_jitter, 1e-9),
+               "jitter_last_vs_real": float(cc["jitter"][-clip:].mean()) / real["jitter"],
+               "jitter_first_vs_real": float(cc["jitter"][:clip].mean()) / real["jitter"],
+               "flicker_last_vs_real": float(flicker[-clip:].mean()) / real["flicker"],
                "lip_r": M.lip_sync(rd["motion"][:, JAW], c.motion[:, JAW])["r"],
                "_id": cc["id_err"], "_jitter": cc["jitter"]}
-        if roll_struct is not None and explicit:
-            row["agree_jaw_r"] = M.pearson(rd["motion"][:, JAW], roll_struct[i][:, JAW])
+        if roll["struct"] is not None and explicit:
+            own = pose_jitter(roll["struct"][i], probe, dims["pose_dims"])
+            row["struct_jitter_last_vs_real"] = float(own[-clip:].mean()) / real["true_jitter"]
+            row["agree_jaw_r"] = M.pearson(rd["motion"][:, JAW], roll["struct"][i][:, JAW])
         for k, v in row.items():
             out.setdefault(k, []).append(v)
     return out
@@ -249,7 +259,9 @@ def run_methods(args) -> dict:
     if args.split == "val":
         assets.add_split(data, "val", {v.struct for v in chosen} | {"explicit"}, s, con)
     clips, real = held_out(data, {v.struct for v in chosen}, probe, codec, dims, frames, args.clips, args.split)
-    real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
+    ref = real_means(real)
+    ref["probe_noise"] = probe_noise_response(probe, codec, *real_latents(clips["explicit"]),
+                                              pose_dims=dims["pose_dims"], seed=s.seed)
     res: dict[str, dict] = {}
     seconds: dict[str, dict] = {}
     src = next((v for v in suite if v.role == "motion source"), None)
@@ -274,12 +286,12 @@ def run_methods(args) -> dict:
                                seed=s.seed + seed, cond_struct=cond, frames=frames)
                 sec["rollout"] += time.perf_counter() - t0
                 reads = read_clips(probe, codec, roll["video"], np.stack([c.ref_video for c in cl]))
-                rows = per_clip(reads, cl, roll["struct"], probe, dims, clip, real_jitter, v.struct == "explicit")
+                rows = per_clip(reads, cl, roll, probe, dims, clip, ref, v.struct == "explicit")
                 rows["_seed"] = [seed] * len(cl)
                 got = res.setdefault(m, {}).setdefault(v.name, {})
                 for k, x in rows.items():
                     got.setdefault(k, []).extend(x)
-    return write(out, args, res, real, real_jitter, frames, clip, device, con, tune_steps, seconds)
+    return write(out, args, res, real, ref, frames, clip, device, con, tune_steps, seconds)
 
 
 def run_minutes(args) -> dict:
@@ -325,8 +337,7 @@ def run_minutes(args) -> dict:
         con.print(f"{n} / {args.minutes_method}: {frames} frames ({args.minutes:g} min) of {clip.name}")
         streams[n] = MN.stream(model, replace(cfg.sample, **sample), clip, frames, probe, codec, dims, cfg.fps,
                                torch.device(device), s.seed, con, MN.keep_partial(partial, streams, n))
-    real_jitter = float(np.mean([r["jitter"].mean() for r in real]))
-    result = MN.write(out, streams, real_jitter, args.minutes, args.minutes_method, device)
+    result = MN.write(out, streams, real_means(real)["jitter"], args.minutes, args.minutes_method, device)
     partial.unlink(missing_ok=True)
     con.print((out / "long_minutes.md").read_text())
     con.print(f"wrote {out / 'long_minutes.json'}, {out / 'long_minutes.md'} and {out / result['plot']}")
@@ -345,9 +356,22 @@ def held_out(data: dict, kinds: set, probe, codec, dims: dict, frames: int, n: i
         whole = load_eval_clips(cache, length, data["caches"][(split, "explicit")])[:n]
         clips[kind] = long_clips(whole, frames)
         if kind == "explicit":
-            real = [consistency_curves(rd, probe, **dims) for rd in read_clips(
-                probe, codec, np.stack([c.video for c in whole]), np.stack([c.ref_video for c in whole]))]
+            reads = read_clips(probe, codec, np.stack([c.video for c in whole]), np.stack([c.ref_video for c in whole]))
+            real = [{**consistency_curves(rd, probe, **dims), "flicker": M.flicker_curve(c.video),
+                     "true_jitter": pose_jitter(c.motion, probe, dims["pose_dims"])} for rd, c in zip(reads, whole)]
     return clips, real
+
+
+def real_means(real: list) -> dict:
+    """The real clips' mean per-frame jitter as the probe reads it (`jitter`) and as it is (`true_jitter`, the known
+    motion), and their latents' `flicker`: what a rollout's readings are divided by."""
+    return {k: max(float(np.mean([r[k].mean() for r in real])), 1e-9) for k in ("jitter", "true_jitter", "flicker")}
+
+
+def real_latents(clips: list) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out clips' real latents [B, N, C, h, w] (every real frame; `long_clips` loops only the audio and
+    motion) and their references [B, C, h, w]."""
+    return np.stack([c.video for c in clips]), np.stack([c.ref_video for c in clips])
 
 
 def tuned_model(variant: str, method: str, tune: dict | None, base, base_cfg, tuned: dict, steps: int, data: dict,
@@ -365,7 +389,7 @@ def tuned_model(variant: str, method: str, tune: dict | None, base, base_cfg, tu
     return tuned[key]
 
 
-def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: int, clip: int, device: str,
+def write(out: Path, args, res: dict, real: list, ref: dict, frames: int, clip: int, device: str,
           con, tune_steps: int = 0, seconds: dict | None = None) -> dict:
     """long_rollout.json (the baseline's curves and summary as before, every method's numbers pooled over the seeds'
     clips, and each seed's means), .md and plots; long_rollout-val.* and plots/*-val.png for the validation clips."""
@@ -400,7 +424,8 @@ def write(out: Path, args, res: dict, real: list, real_jitter: float, frames: in
               "sigma_context": args.sigma_context, "train_sigma_context": args.train_sigma_context,
               "ref_weight": args.ref_weight, "finetune_steps": tune_steps, "split": getattr(args, "split", "eval"),
               "seeds": getattr(args, "seeds", 1), "by_seed": by_seed, "seconds": seconds or {},
-              "real_jitter": real_jitter, "methods": table, "summary": summary,
+              "real_jitter": ref["jitter"], "real_true_jitter": ref["true_jitter"], "real_flicker": ref["flicker"],
+              "probe_noise": ref.get("probe_noise", {}), "methods": table, "summary": summary,
               "curves": {key: {n: c.mean(0).round(5).tolist() for n, c in per.items()} for key, per in curves.items()},
               "plots": pngs}
     tmp = out / f".long_rollout{tag}.json.tmp"
@@ -477,6 +502,7 @@ def markdown(r: dict) -> str:
     for m, per in r["methods"].items():
         for n, t in per.items():
             lines.append(f"| {m} | {n} | " + " | ".join(R.fmt_ci(t.get(c), 3) for c in cols) + " |")
+    lines += jitter_parts(r)
     if seeds > 1:
         keys = ("id_ratio", "jitter_last_vs_real", "lip_r")
         lines += ["", "Each training seed's mean over the clips (seed 0 / seed 1 / ...):", "",
@@ -485,6 +511,24 @@ def markdown(r: dict) -> str:
             for n, t in per.items():
                 lines.append(f"| {m} | {n} | " + " | ".join(" / ".join(f"{v:.3f}" for v in t[k]) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def jitter_parts(r: dict) -> list[str]:
+    """The markdown of what the jitter is made of (`per_clip`) and of the probe's check on known answers."""
+    cols = ("jitter_first_vs_real", "jitter_last_vs_real", "struct_jitter_last_vs_real", "flicker_last_vs_real")
+    noise = ", ".join(f"{lv} x std: {x:.2f}x" for lv, x in r.get("probe_noise", {}).items())
+    floor = f"{r['real_jitter'] / r['real_true_jitter']:.2f}x" if "real_true_jitter" in r else "(not measured)"
+    lines = ["", "What the jitter is made of (each over the real clips' same reading): jitter_first / jitter_last: "
+             "the probe-read head pose over the first / last training-clip length; struct_jitter_last: the pose the "
+             "struct stream generated (explicit; no probe between) over the real clips' true motion; "
+             "flicker_last: the latents' frame-to-frame second difference (no pose in it). The probe on real "
+             f"frames reads {floor} the true motion's jitter; with noise "
+             f"added to the real latents (the pose unchanged) it reads {noise or '(not measured)'} the clean "
+             "reading.", "", "| method | variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for m, per in r["methods"].items():
+        for n, t in per.items():
+            lines.append(f"| {m} | {n} | " + " | ".join(R.fmt_ci(t.get(c), 3) for c in cols) + " |")
+    return lines
 
 
 if __name__ == "__main__":

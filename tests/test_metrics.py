@@ -10,7 +10,7 @@ import torch
 
 from shared.evaluation import metrics as M
 from shared.evaluation import verdicts as V
-from shared.evaluation.evaluate import JAW, POSE, EvalClip, clip_metrics
+from shared.evaluation.evaluate import JAW, POSE, EvalClip, clip_metrics, probe_noise_response
 
 
 def _mouth(n=200, seed=0):
@@ -35,6 +35,47 @@ def test_jitter_and_slope():
     assert M.jitter(noisy) > 10 * M.jitter(smooth)
     assert M.slope_per_100(np.full(50, 3.0)) == pytest.approx(0.0, abs=1e-9)
     assert M.slope_per_100(0.02 * np.arange(50)) == pytest.approx(2.0)
+
+
+def test_jitter_and_flicker_curves_on_known_answers():
+    """#39: per-frame curves; a straight line has none, white noise of std s has E|second difference| = s * sqrt(6) *
+    sqrt(2 / pi) (jitter) and RMS s * sqrt(6) (flicker)."""
+    line = np.outer(np.arange(200.0), [0.3, -1.0])
+    assert np.allclose(M.jitter_curve(line), 0) and np.allclose(M.flicker_curve(line), 0)
+    noise = 0.5 * np.random.default_rng(0).standard_normal((20000, 4))
+    assert M.jitter_curve(noise).mean() == pytest.approx(0.5 * np.sqrt(6) * np.sqrt(2 / np.pi), rel=0.02)
+    assert np.sqrt((M.flicker_curve(noise) ** 2).mean()) == pytest.approx(0.5 * np.sqrt(6), rel=0.02)
+    assert M.jitter_curve(noise).shape == (20000,) and M.jitter_curve(noise)[2:].mean() == pytest.approx(
+        M.jitter(noise))
+    video = np.random.default_rng(1).standard_normal((50, 2, 3, 3))  # [N, C, h, w]: one value per frame
+    assert M.flicker_curve(video).shape == (50,)
+
+
+class _Codec:
+    """Latents [N, 1, h, w] are the frames' grey levels."""
+
+    def decode(self, z):
+        return np.repeat(z[:, 0, :, :, None], 3, axis=-1)
+
+
+class _MeanProbe:
+    """Reads every pose entry as the frame's mean grey level (a probe that noise reaches); identity zeros."""
+
+    m_std = torch.ones(13)
+
+    def read(self, frames, batch=0):
+        mean = frames.reshape(len(frames), -1).mean(1)
+        return {"motion": np.repeat(mean[:, None], 13, 1), "identity": np.zeros((len(frames), 16))}
+
+
+def test_probe_noise_response_is_one_without_noise_and_grows_with_it():
+    """#39's known-answer check of the probe-read jitter: the head holds its (smooth, sinusoidal) pose and only noise
+    is added; a probe that noise reaches reads more jitter the more noise, none added reads exactly the clean."""
+    t = np.arange(40.0)
+    pose = np.sin(2 * np.pi * t / 20)[None, :, None, None, None] * np.ones((3, 1, 1, 4, 4))  # [B, N, C, h, w]
+    ref = np.zeros((3, 1, 4, 4))
+    r = probe_noise_response(_MeanProbe(), _Codec(), pose, ref, levels=(0.0, 0.1, 0.4))
+    assert r["0.0"] == pytest.approx(1.0) and 1.0 < r["0.1"] < r["0.4"]
 
 
 def test_frechet_distance():

@@ -50,6 +50,23 @@ def jitter(motion) -> float:
     return float(np.abs(np.diff(m, n=2, axis=0)).mean()) if len(m) > 2 else 0.0
 
 
+def jitter_curve(x) -> np.ndarray:
+    """[N, D] -> [N]: each frame's mean absolute second difference over D (the `jitter` of one frame; the first two
+    frames repeat the third, so a curve lines up with its frames)."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    acc = np.abs(np.diff(x, n=2, axis=0)).mean(1) if len(x) > 2 else np.zeros(0)
+    return np.concatenate([np.full(min(2, len(x)), acc[0] if len(acc) else 0.0), acc])
+
+
+def flicker_curve(latents) -> np.ndarray:
+    """Latents [N, ...] -> [N]: each frame's root-mean-square second difference over its latent entries (padded as
+    `jitter_curve`). No pose and no probe in it: a video can flicker while its head holds still, and shake without
+    flickering."""
+    x = np.asarray(latents, np.float64).reshape(len(latents), -1)
+    acc = np.sqrt((np.diff(x, n=2, axis=0) ** 2).mean(1)) if len(x) > 2 else np.zeros(0)
+    return np.concatenate([np.full(min(2, len(x)), acc[0] if len(acc) else 0.0), acc])
+
+
 def slope_per_100(curve) -> float:
     """Least-squares slope of a curve over frame index, per 100 frames."""
     y = np.asarray(curve, np.float64)
