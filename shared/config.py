@@ -364,6 +364,12 @@ class TrainConfig:
     (`shared.training.self_forcing`); `dmd`, distribution matching with no real frame after the reference
     (`shared.training.dmd`: the frozen starting model as the real score, a critic trained on the model's own frames as
     the fake score)."""
+    self_forcing_history: Literal["both", "video"] = flag("both", flags=("--self-forcing-history",))
+    """With self_forcing and the flow loss, which streams' history the model generates: `both` (as at inference), or
+    `video`: the video frames before the cut are the model's own, the struct's stay the clip's, so every real target
+    after the cut continues the motion the model is shown (issue #39: with `both`, the clip's pose after the cut is
+    unrelated to the generated pose before it, which may teach the motion to jump). A model whose struct is not
+    generated (video_only, condition_only) is the same under both."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -376,6 +382,11 @@ class TrainConfig:
               f"self_forcing_loss={self.self_forcing_loss!r} not in flow, dmd")
         _need(self, self.self_forcing_loss == "flow" or self.self_forcing,
               "self_forcing_loss=dmd needs self_forcing (--self-forcing): it is a loss on the model's own rollouts")
+        _need(self, self.self_forcing_history in ("both", "video"),
+              f"self_forcing_history={self.self_forcing_history!r} not in both, video")
+        _need(self, self.self_forcing_history == "both" or (self.self_forcing and self.self_forcing_loss == "flow"),
+              "self_forcing_history=video needs self_forcing with the flow loss: it chooses the history the flow loss "
+              "trains after (dmd has no real frame to keep)")
         _need(self, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
               f"betas={self.betas!r} must be two numbers in [0, 1)")
 

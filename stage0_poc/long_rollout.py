@@ -73,6 +73,9 @@ COMPONENTS = {
     "finetune": ({}, {}),
     "train_history_noise": ({}, {"diffusion.sigma_context_max": "train_sigma_context"}),
     "self_forcing": ({}, {"train.self_forcing": True}),
+    # own video history, the clip's struct history: every real target after the cut continues the motion shown
+    # (#39; fixed before any result: expected to bring the jitter towards the untuned model's, the identity held)
+    "self_forcing_video": ({}, {"train.self_forcing": True, "train.self_forcing_history": "video"}),
     # half the steps on own rollouts, half plain (scheduled sampling's mix)
     "self_forcing_half": ({}, {"train.self_forcing": True, "train.self_forcing_p": 0.5}),
     # own rollouts with distribution matching, no real frame after the reference (issue #39, `shared.training.dmd`):

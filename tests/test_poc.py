@@ -169,16 +169,19 @@ def test_quick_end_to_end(tmp_path):
 
     # the training-side methods: fine-tunes of the same model (a plain one, the control, and on its own rollouts),
     # one shared by the methods that differ only at sampling
-    methods = "finetune,self_forcing,self_forcing+ref_weight"
+    methods = "finetune,self_forcing,self_forcing_video,self_forcing+ref_weight"
     res4 = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--device",
                            "cpu", "--factor", "2", "--variants", "dual", "--methods", methods], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert res4.returncode == 0, res4.stdout[-3000:] + res4.stderr[-3000:]
     long = json.loads((run / "long_rollout.json").read_text())
     assert set(long["methods"]) == set(methods.split(",")) and long["finetune_steps"] == 2
-    assert sorted(p.name for p in (run / "finetune").iterdir()) == ["dual-finetune", "dual-self_forcing"]
+    assert sorted(p.name for p in (run / "finetune").iterdir()) == ["dual-finetune", "dual-self_forcing",
+                                                                     "dual-self_forcing_video"]
     assert json.loads((run / "finetune" / "dual-self_forcing" / "config.json").read_text())["train"]["self_forcing"]
-    assert res4.stdout.count("fine-tuning") == 2
+    tc = json.loads((run / "finetune" / "dual-self_forcing_video" / "config.json").read_text())["train"]
+    assert tc["self_forcing"] and tc["self_forcing_history"] == "video"
+    assert res4.stdout.count("fine-tuning") == 3
     assert (run / "report.md").read_text().count("## Long rollouts") == 1  # the section replaced, not repeated
     bad = subprocess.run([sys.executable, "stage0_poc/long_rollout.py", "--quick", "--out", str(tmp_path), "--methods",
                           "self_forcing+nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -278,6 +278,15 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
     assert torch.equal(own.video[:, 0], batch.video[:, 0]) and torch.equal(own.video[:, cut:], batch.video[:, cut:])
     assert not torch.allclose(own.video[:, 1:cut], batch.video[:, 1:cut])
     assert torch.equal(own.struct[:, cut:], batch.struct[:, cut:])
+    assert not torch.allclose(own.struct[:, 1:cut], batch.struct[:, 1:cut])
+    # #39's `video` history: the same rollout's video frames, the clip's struct kept whole
+    video_only = C.override(cfg, {"train.self_forcing": True, "train.self_forcing_history": "video"})
+    kept = own_history(model, batch, video_only, cut, torch.Generator().manual_seed(1))
+    assert torch.equal(kept.struct, batch.struct) and torch.equal(kept.video, own.video)
+    for bad in ({"train.self_forcing_history": "video"},
+                {"train.self_forcing": True, "train.self_forcing_loss": "dmd", "train.self_forcing_history": "video"}):
+        with pytest.raises(ValueError, match="self_forcing_history=video needs self_forcing with the flow loss"):
+            C.override(cfg, bad)
     d = draw(batch, cfg.diffusion, torch.Generator().manual_seed(2))
     h = history_levels(d, cut, 0.0, None)
     assert (h.sigma_video[:, :cut] == 0).all() and torch.equal(h.sigma_video[:, cut:], d.sigma_video[:, cut:])

@@ -17,6 +17,11 @@ memory by the rollout length); they replace the clip's frames 1..c-1 at the hist
 U(0, diffusion.sigma_context_max) level per sample, as `training_sigmas` gives a clean past); frames c..T-1 keep their
 independent noise levels and their real targets. With train.self_forcing_p < 1 only that fraction of steps does this
 (`uses_own_history`), the others train on the clip as usual.
+
+With real targets the pose after the cut continues the clip's pose, not the generated one before it: the motion
+history and its targets disagree. The reading under test (issue #39, head-pose jitter 2.3x the real clips'): a dual
+learns from this that the head may jump. `train.self_forcing_history = "video"` keeps the clip's struct history,
+so the struct's targets continue what it is shown and the video, from its own past, learns to follow the struct.
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ def rollout_graphs(model, device: torch.device) -> GraphedModel | None:
 def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Generator | None,
                 graphs: GraphedModel | None = None) -> Batch:
     """The batch with frames 1..cut-1 replaced by the model's rollout from frame 0 and the clip's audio
-    (condition_only: its clean motion stays the clip's, as at inference). graphs: replay the forward as CUDA graphs
+    (condition_only: its clean motion stays the clip's, as at inference; `train.self_forcing_history` video: the
+    struct's frames stay the clip's too, only the video's are replaced). graphs: replay the forward as CUDA graphs
     (`rollout_graphs`). The stream is set up for the whole clip and stopped after cut-1 frames, so that every cut has
     the same shapes (graphs captured once) and the same noise draws."""
     mode = model.cfg.mode
@@ -92,7 +98,7 @@ def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Gen
     video = torch.cat([batch.video[:, :1], torch.stack([f["video"] for f in got], 1).to(batch.video.dtype),
                        batch.video[:, cut:]], 1)
     struct = batch.struct
-    if mode.struct_generated:
+    if mode.struct_generated and cfg.train.self_forcing_history == "both":
         own = torch.stack([f["struct"] for f in got], 1).to(struct.dtype)
         struct = torch.cat([batch.struct[:, :1], own, batch.struct[:, cut:]], 1)
     return Batch(video, struct, batch.audio, batch.has_audio)
