@@ -47,6 +47,24 @@ def test_minutes_on_known_answers_whatever_the_chunks(chunk):
     assert check["minutes"] == 4 and check["id_ratio_max"] == pytest.approx(1.0) and check["identity_held"]
 
 
+def test_the_readings_time_is_told_apart_from_the_streams(monkeypatch):
+    """Each minute's `read_s` sums the seconds its chunks' readings took (a chunk across a minute's end split by its
+    frames), and `stream_fps` is the minute's frames over the rest of its time (a clock that moves 1 s a chunk)."""
+    from shared.evaluation import minutes as MN
+
+    clock = [0.0]
+    monkeypatch.setattr(MN.time, "perf_counter", lambda: clock[0])
+    motion, identity, jaw = _stream(2 * 60 * FPS)
+    m = _meter()
+    m._t0 = 0.0
+    for i in range(0, len(jaw), 200):  # 200-frame chunks: the second one crosses minute 1's end at frame 300
+        clock[0] += 1.0
+        m.add(motion[i : i + 200], identity[i : i + 200], jaw[i : i + 200], read_s=0.25)
+    assert [r["read_s"] for r in m.rows] == pytest.approx([0.375, 0.375])
+    assert [r["fps"] for r in m.rows] == pytest.approx([150.0, 300.0])
+    assert [r["stream_fps"] for r in m.rows] == pytest.approx([300 / 1.625, 300 / 0.625])
+
+
 def test_jitter_sees_a_jump_at_a_chunk_edge():
     motion, identity, jaw = _stream(60 * FPS)
     motion[150:, 0] += 1.0  # one step in the pose at frame 150: second differences of 1 at frames 149 and 150
