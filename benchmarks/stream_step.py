@@ -276,8 +276,10 @@ def minute_frames(a, cfg: C.Config, sample) -> tuple[int, int]:
     except ValueError as e:
         raise SystemExit(f"error: --schedule {sample.schedule}: {e}") from None
     if not p.windowed and p.chunk >= frames:
-        raise SystemExit(f"error: --minutes times a stream minute by minute; --schedule {sample.schedule} denoises "
-                         f"every frame together here (choose autoregressive or rolling)")
+        raise SystemExit(f"error: --minutes {a.minutes:g} is {frames} frame(s) and --schedule {sample.schedule} "
+                         f"denoises chunks of {p.chunk}: every frame together, no stream to time minute by minute "
+                         f"(choose a schedule that streams, autoregressive or rolling, over more frames than one "
+                         f"chunk)")
     return frames, p.chunk + sample.history_frames  # frames past the cut: the rolling tail
 
 

@@ -73,8 +73,9 @@ COMPONENTS = {
     "finetune": ({}, {}),
     "train_history_noise": ({}, {"diffusion.sigma_context_max": "train_sigma_context"}),
     "self_forcing": ({}, {"train.self_forcing": True}),
-    # own video history, the clip's struct history: every real target after the cut continues the motion shown
-    # (#39; fixed before any result: expected to bring the jitter towards the untuned model's, the identity held)
+    # the clip's struct history, the video's rolled out from it: the struct's real targets after the cut continue
+    # the motion shown (#39; written before any result: expected to bring the struct's own pose jitter back to the
+    # untuned model's, the video's down only as far as it follows its struct (agree_jaw_r), the identity held)
     "self_forcing_video": ({}, {"train.self_forcing": True, "train.self_forcing_history": "video"}),
     # half the steps on own rollouts, half plain (scheduled sampling's mix)
     "self_forcing_half": ({}, {"train.self_forcing": True, "train.self_forcing_p": 0.5}),
@@ -120,7 +121,9 @@ def finetune(model, cfg: C.Config, tune: dict, steps: int, data: dict, struct: s
     copy = DualForce(cfg.model)
     copy.load_state_dict(model.state_dict())
     saved = folder / runs.CONFIG
-    same = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(C.to_dict(ft)))
+    # read through the config (a field added since takes its default), not compared as raw JSON
+    same = saved.exists() and json.dumps(C.to_dict(C.load(saved)), sort_keys=True) == json.dumps(C.to_dict(ft),
+                                                                                             sort_keys=True)
     res = train(ft, copy, ds, folder, resume="auto" if same else "none",
               progress=lambda step, rec: None if step % max(1, steps // 5) else con.print(
                   f"  step {step}: loss {rec['loss']:.4f}"))
@@ -142,11 +145,13 @@ def per_clip(reads, clips, roll: dict, probe, dims, clip: int, real: dict, expli
         row = {"id_first": first, "id_last": last, "id_ratio": last / max(first, 1e-6),
                "jitter_last_vs_real": float(cc["jitter"][-clip:].mean()) / real["jitter"],
                "jitter_first_vs_real": float(cc["jitter"][:clip].mean()) / real["jitter"],
+               "flicker_first_vs_real": float(flicker[:clip].mean()) / real["flicker"],
                "flicker_last_vs_real": float(flicker[-clip:].mean()) / real["flicker"],
                "lip_r": M.lip_sync(rd["motion"][:, JAW], c.motion[:, JAW])["r"],
                "_id": cc["id_err"], "_jitter": cc["jitter"]}
         if roll["struct"] is not None and explicit:
             own = pose_jitter(roll["struct"][i], probe, dims["pose_dims"])
+            row["struct_jitter_first_vs_real"] = float(own[:clip].mean()) / real["true_jitter"]
             row["struct_jitter_last_vs_real"] = float(own[-clip:].mean()) / real["true_jitter"]
             row["agree_jaw_r"] = M.pearson(rd["motion"][:, JAW], roll["struct"][i][:, JAW])
         for k, v in row.items():
@@ -361,19 +366,23 @@ def held_out(data: dict, kinds: set, probe, codec, dims: dict, frames: int, n: i
         if kind == "explicit":
             reads = read_clips(probe, codec, np.stack([c.video for c in whole]), np.stack([c.ref_video for c in whole]))
             real = [{**consistency_curves(rd, probe, **dims), "flicker": M.flicker_curve(c.video),
-                     "true_jitter": pose_jitter(c.motion, probe, dims["pose_dims"])} for rd, c in zip(reads, whole)]
+                     "true_jitter": pose_jitter(c.motion, probe, dims["pose_dims"]),
+                     "probe_error_jitter": pose_jitter(rd["motion"] - c.motion, probe, dims["pose_dims"])}
+                    for rd, c in zip(reads, whole)]
     return clips, real
 
 
 def real_means(real: list) -> dict:
-    """The real clips' mean per-frame jitter as the probe reads it (`jitter`) and as it is (`true_jitter`, the known
-    motion), and their latents' `flicker`: what a rollout's readings are divided by."""
-    return {k: max(float(np.mean([r[k].mean() for r in real])), 1e-9) for k in ("jitter", "true_jitter", "flicker")}
+    """The real clips' mean per-frame jitter as the probe reads it (`jitter`), as it is (`true_jitter`, the known
+    motion) and of the probe's error alone (`probe_error_jitter`, reading minus truth), and their latents' `flicker`:
+    what a rollout's readings are divided by."""
+    return {k: max(float(np.mean([r[k].mean() for r in real])), 1e-9)
+            for k in ("jitter", "true_jitter", "probe_error_jitter", "flicker")}
 
 
 def real_latents(clips: list) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out clips' real latents [B, N, C, h, w] (every real frame; `long_clips` loops only the audio and
-    motion) and their references [B, C, h, w]."""
+    """The held-out clips' real latents [B, N, C, h, w] (every real frame: `long_clips` loops the audio, motion and
+    struct, not the video) and their references [B, C, h, w]."""
     return np.stack([c.video for c in clips]), np.stack([c.ref_video for c in clips])
 
 
@@ -428,6 +437,7 @@ def write(out: Path, args, res: dict, real: list, ref: dict, frames: int, clip: 
               "ref_weight": args.ref_weight, "finetune_steps": tune_steps, "split": getattr(args, "split", "eval"),
               "seeds": getattr(args, "seeds", 1), "by_seed": by_seed, "seconds": seconds or {},
               "real_jitter": ref["jitter"], "real_true_jitter": ref["true_jitter"], "real_flicker": ref["flicker"],
+              "real_probe_error_jitter": ref.get("probe_error_jitter"),
               "probe_noise": ref.get("probe_noise", {}), "methods": table, "summary": summary,
               "curves": {key: {n: c.mean(0).round(5).tolist() for n, c in per.items()} for key, per in curves.items()},
               "plots": pngs}
@@ -517,17 +527,24 @@ def markdown(r: dict) -> str:
 
 
 def jitter_parts(r: dict) -> list[str]:
-    """The markdown of what the jitter is made of (`per_clip`) and of the probe's check on known answers."""
-    cols = ("jitter_first_vs_real", "jitter_last_vs_real", "struct_jitter_last_vs_real", "flicker_last_vs_real")
-    noise = ", ".join(f"{lv} x std: {x:.2f}x" for lv, x in r.get("probe_noise", {}).items())
-    floor = f"{r['real_jitter'] / r['real_true_jitter']:.2f}x" if "real_true_jitter" in r else "(not measured)"
-    lines = ["", "What the jitter is made of (each over the real clips' same reading): jitter_first / jitter_last: "
-             "the probe-read head pose over the first / last training-clip length; struct_jitter_last: the pose the "
-             "struct stream generated (explicit; no probe between) over the real clips' true motion; "
-             "flicker_last: the latents' frame-to-frame second difference (no pose in it). The probe on real "
-             f"frames reads {floor} the true motion's jitter; with noise "
-             f"added to the real latents (the pose unchanged) it reads {noise or '(not measured)'} the clean "
-             "reading.", "", "| method | variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    """The markdown of what the jitter is made of (`per_clip`) and of the probe's check on known answers; nothing for
+    a result written before they were measured."""
+    if "real_true_jitter" not in r:
+        return []
+    cols = ("jitter_first_vs_real", "jitter_last_vs_real", "struct_jitter_first_vs_real",
+            "struct_jitter_last_vs_real", "flicker_first_vs_real", "flicker_last_vs_real")
+    noise = ", ".join(f"{lv} x std: jitter {x['jitter']:.2f}x at flicker {x['flicker']:.2f}x"
+                      for lv, x in r.get("probe_noise", {}).items())
+    error = r.get("real_probe_error_jitter")
+    lines = ["", "What the jitter is made of (each over the real clips' same reading): jitter_first / _last: the "
+             "probe-read head pose over the first / last training-clip length; struct_jitter_first / _last: the "
+             "pose the struct stream generated (explicit; no probe between) over the real clips' true motion; "
+             "flicker_first / _last: the latents' frame-to-frame second difference (no pose in it). On the real "
+             f"frames the probe reads {r['real_jitter'] / r['real_true_jitter']:.2f}x the true motion's jitter"
+             + (f", and its error alone (reading minus truth) has {error / r['real_true_jitter']:.2f}x" if error
+                else "") + "; with noise added to the real latents (the pose unchanged) it reads "
+             f"{noise or '(not measured)'} the clean clips'.", "",
+             "| method | variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for m, per in r["methods"].items():
         for n, t in per.items():
             lines.append(f"| {m} | {n} | " + " | ".join(R.fmt_ci(t.get(c), 3) for c in cols) + " |")

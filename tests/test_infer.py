@@ -287,6 +287,29 @@ def test_rolling_schedule_cache_parity(mode, frames):
         assert (a["struct"] - b["struct"]).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("schedule", ["autoregressive", "rolling"])
+def test_a_given_struct_is_held_clean_and_the_video_reads_it(schedule):
+    """struct_given (self-forcing's `video` history, #39): the struct comes out exactly as given (held at sigma 0),
+    the video is generated from it (another motion, another video) and the cache serves it as recomputing does."""
+    model, frames = tiny_model("dual"), 7
+    sc = replace(SC, schedule=schedule)
+    given = torch.randn(2, frames, model.cfg.struct_dim, generator=torch.Generator().manual_seed(11))
+    a = _gen(model, frames, True, sc, struct_given=given)
+    assert torch.equal(a["struct"], given)
+    assert (a["video"] - _gen(model, frames, False, sc, struct_given=given)["video"]).abs().max() <= 1e-4
+    assert (a["video"] - _gen(model, frames, True, sc, struct_given=given.flip(0))["video"]).abs().max() > 1e-3
+    free = _gen(model, frames, True, sc)
+    assert not torch.allclose(free["struct"], given) and (free["video"] - a["video"]).abs().max() > 1e-3
+
+
+def test_a_given_struct_is_refused_where_no_struct_is_generated():
+    for mode, match in (("video_only", "generates no struct"), ("condition_only", "generates no struct")):
+        with pytest.raises(ValueError, match=match):
+            _gen(tiny_model(mode), 3, True, struct_given=torch.zeros(2, 3, tiny_model(mode).cfg.struct_dim))
+    with pytest.raises(ValueError, match=r"struct_given: expected \[2, 3, "):
+        _gen(tiny_model("dual"), 3, True, struct_given=torch.zeros(2, 4, tiny_model("dual").cfg.struct_dim))
+
+
 def test_rolling_window_one_is_autoregressive():
     """One frame in flight is the autoregressive schedule with chunk 1: the same frames from the same noise."""
     model = tiny_model("dual")

@@ -75,7 +75,11 @@ def test_probe_noise_response_is_one_without_noise_and_grows_with_it():
     pose = np.sin(2 * np.pi * t / 20)[None, :, None, None, None] * np.ones((3, 1, 1, 4, 4))  # [B, N, C, h, w]
     ref = np.zeros((3, 1, 4, 4))
     r = probe_noise_response(_MeanProbe(), _Codec(), pose, ref, levels=(0.0, 0.1, 0.4))
-    assert r["0.0"] == pytest.approx(1.0) and 1.0 < r["0.1"] < r["0.4"]
+    assert r["0.0"] == {"jitter": pytest.approx(1.0), "flicker": pytest.approx(1.0)}
+    assert 1.0 < r["0.1"]["jitter"] < r["0.4"]["jitter"] and 1.0 < r["0.1"]["flicker"] < r["0.4"]["flicker"]
+    # the noise scales with the latents' std: the same clips at 10x the scale give the same ratios
+    scaled = probe_noise_response(_MeanProbe(), _Codec(), 10 * pose, 10 * ref, levels=(0.0, 0.1, 0.4))
+    assert scaled["0.4"] == pytest.approx(r["0.4"])
 
 
 def test_frechet_distance():

@@ -159,8 +159,9 @@ def test_quick_end_to_end(tmp_path):
             assert {"id_first", "id_last", "id_ratio", "jitter_last_vs_real", "lip_r"} <= set(m[name])
     assert "agree_jaw_r" in long["methods"]["baseline"]["dual"]
     # what the jitter is made of (#39): the struct's own pose, the latents' flicker, the probe's check on known answers
-    assert {"jitter_first_vs_real", "flicker_last_vs_real", "struct_jitter_last_vs_real"} <= set(
-        long["methods"]["baseline"]["dual"])
+    assert {"jitter_first_vs_real", "flicker_first_vs_real", "flicker_last_vs_real", "struct_jitter_first_vs_real",
+            "struct_jitter_last_vs_real"} <= set(long["methods"]["baseline"]["dual"])
+    assert long["real_probe_error_jitter"] > 0 and {"jitter", "flicker"} == set(long["probe_noise"]["0.4"])
     assert "struct_jitter_last_vs_real" not in long["methods"]["baseline"]["video_only"]
     assert long["real_true_jitter"] > 0 and long["real_flicker"] > 0 and len(long["probe_noise"]) == 4
     assert "What the jitter is made of" in (run / "long_rollout.md").read_text()

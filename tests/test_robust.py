@@ -614,7 +614,7 @@ SCRIPTS = [  # (argv, what the one error line says): the __main__ wiring of ever
     (["benchmarks/train_step.py", "--bogus"], "unrecognized arguments: --bogus"),
     (["benchmarks/stream_step.py", "--minutes", "-1"], "--minutes: -1.0 must be >= 0"),
     (["benchmarks/stream_step.py", "--preset", "tiny", "--minutes", "0.01", "--schedule", "full_sequence"],
-     "denoises every frame together"),
+     "every frame together, no stream to time"),
 ]
 if not torch.cuda.is_available():  # the GPU benchmark on a machine without one: a message, not CUDA's traceback
     SCRIPTS.append((["benchmarks/stream_step.py", "--preset", "tiny", "--minutes", "0.01"], "needs a CUDA GPU"))

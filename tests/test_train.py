@@ -256,6 +256,7 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
     """The self-forcing step replaces frames 1..c-1 by the model's rollout from the reference, keeps frame 0 and the
     frames from c on, puts the history at level 0 and leaves the later frames' levels as drawn; the cut is the same
     for a step on every rank and a rerun."""
+    import copy
     from dataclasses import replace
 
     from shared import config as C
@@ -279,10 +280,18 @@ def test_self_forcing_history_is_the_models_own(cache, tmp_path):
     assert not torch.allclose(own.video[:, 1:cut], batch.video[:, 1:cut])
     assert torch.equal(own.struct[:, cut:], batch.struct[:, cut:])
     assert not torch.allclose(own.struct[:, 1:cut], batch.struct[:, 1:cut])
-    # #39's `video` history: the same rollout's video frames, the clip's struct kept whole
+    # #39's `video` history: the clip's struct kept whole, the video rolled out from it, not the free rollout's (a
+    # dual with its bridge open: at initialisation the gate is zero and the video reads no struct)
+    opened = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in opened.parameters():
+            p.add_(0.2 * torch.randn_like(p))
     video_only = C.override(cfg, {"train.self_forcing": True, "train.self_forcing_history": "video"})
-    kept = own_history(model, batch, video_only, cut, torch.Generator().manual_seed(1))
-    assert torch.equal(kept.struct, batch.struct) and torch.equal(kept.video, own.video)
+    free = own_history(opened, batch, cfg, cut, torch.Generator().manual_seed(1))
+    kept = own_history(opened, batch, video_only, cut, torch.Generator().manual_seed(1))
+    assert torch.equal(kept.struct, batch.struct) and torch.equal(kept.video[:, cut:], batch.video[:, cut:])
+    assert not torch.allclose(kept.video[:, 1:cut], free.video[:, 1:cut])
+    assert not torch.allclose(kept.video[:, 1:cut], batch.video[:, 1:cut])
     for bad in ({"train.self_forcing_history": "video"},
                 {"train.self_forcing": True, "train.self_forcing_loss": "dmd", "train.self_forcing_history": "video"}):
         with pytest.raises(ValueError, match="self_forcing_history=video needs self_forcing with the flow loss"):

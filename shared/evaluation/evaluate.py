@@ -257,11 +257,11 @@ def pose_jitter(motion: np.ndarray, probe: Probe, pose_dims=None) -> np.ndarray:
 
 
 def probe_noise_response(probe: Probe, codec: VideoCodec, latents: np.ndarray, ref_latents: np.ndarray,
-                         levels=(0.05, 0.1, 0.2, 0.4), pose_dims=None, seed: int = 0) -> dict[str, float]:
+                         levels=(0.05, 0.1, 0.2, 0.4), pose_dims=None, seed: int = 0) -> dict[str, dict]:
     """A check of the probe-read jitter on known answers: real clips' latents [B, N, C, h, w] with i.i.d. Gaussian
-    noise of `level` x their std added to every frame (the reference kept clean). The head does not move, so a
-    reading of pose alone would stay at 1; {level: probe-read jitter / the clean clips'} says how much of a video's
-    'jitter' is frame noise the probe turns into pose."""
+    noise of `level` x their std added to every frame (the reference kept clean). The pose stays the clip's own, so a
+    reading of pose alone would not change; {level: {"jitter": the probe-read jitter / the clean clips', "flicker":
+    the latents' flicker / the clean clips'}} says how much 'jitter' frame noise of a given flicker makes."""
     g = np.random.default_rng(seed)
     std = float(latents.std())
 
@@ -269,6 +269,12 @@ def probe_noise_response(probe: Probe, codec: VideoCodec, latents: np.ndarray, r
         return float(np.mean([pose_jitter(r["motion"], probe, pose_dims).mean()
                               for r in read_clips(probe, codec, x, ref_latents)]))
 
-    clean = jitter(latents)
-    return {str(lv): jitter(latents + (lv * std * g.standard_normal(latents.shape)).astype(latents.dtype)) / clean
-            for lv in levels}
+    def flicker(x) -> float:
+        return float(np.mean([M.flicker_curve(c).mean() for c in x]))
+
+    clean, clean_flicker = max(jitter(latents), 1e-12), max(flicker(latents), 1e-12)
+    out = {}
+    for lv in levels:
+        noisy = latents + (lv * std * g.standard_normal(latents.shape)).astype(latents.dtype)
+        out[str(lv)] = {"jitter": jitter(noisy) / clean, "flicker": flicker(noisy) / clean_flicker}
+    return out

@@ -10,6 +10,7 @@ head frame leaving clean into the context (context.commit) as a new one joins.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 
@@ -91,12 +92,15 @@ def struct_generator(generator: torch.Generator | None) -> torch.Generator | Non
 
 
 def initial_noise(model: DualForce, lo: int, hi: int, rows_struct: torch.Tensor, anchor, cond_struct,
-                  like: torch.Tensor, generator, struct_gen=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  like: torch.Tensor, generator, struct_gen=None,
+                  given: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frames lo..hi-1's starting point: video noise (from `generator`); the struct noise (from `struct_gen`)
     re-noised from the last clean struct `anchor` to their starting struct sigma (rows_struct[0]; sigma_struct_start
-    < 1), or the clean condition (condition_only)."""
+    < 1), or the clean condition (condition_only; a generated struct held `given`)."""
     mode, n, b = model.cfg.mode, hi - lo, like.shape[0]
     video = torch.randn((b, n, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
+    if given:
+        return video, cond_struct[:, lo:hi]
     if mode.struct_generated:
         noise = torch.randn((b, n, model.cfg.struct_dim), generator=struct_gen, device=like.device, dtype=like.dtype)
         s0 = rows_struct[0][None, :, None]
@@ -107,11 +111,14 @@ def initial_noise(model: DualForce, lo: int, hi: int, rows_struct: torch.Tensor,
 def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor | None,
             num_frames: int, *, sample: SampleConfig | None = None, generator: torch.Generator | None = None,
             use_cache: bool = True, schedule: sched.Schedule | None = None, cond_struct: torch.Tensor | None = None,
-            graphs: GraphedModel | None = None) -> Iterator[dict]:
+            struct_given: torch.Tensor | None = None, graphs: GraphedModel | None = None) -> Iterator[dict]:
     sc = sample or SampleConfig()
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
     rolling = schedule is None and sched.plan(sc, num_frames).windowed
     chunks = rolling_rows(sc, num_frames) if rolling else chunk_rows(sc, num_frames, schedule)
+    if struct_given is not None:
+        _check_given(model, struct_given, ref_video.shape[0], num_frames)
+        chunks, cond_struct = held_clean(chunks), struct_given
     copies = 2 if sc.audio_cfg != 1.0 and audio is not None else 1
     ref_struct = ref_struct if model.cfg.mode.struct_tower else None
     args = (model, ref_video, ref_struct, audio, num_frames, sc.history_frames, sc.roll_keep, copies)
@@ -120,9 +127,25 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
     history = {"sigma_context": sc.sigma_context, "generator": derived_generator(generator, 0xC0DE),
                "ref_weight": sc.ref_weight}
     ctx = CachedContext(*args, graphs=graphs, **history) if use_cache else RecomputeContext(*args, **history)
-    noise = Noise(model, ref_video, ref_struct, cond_struct, generator)
+    noise = Noise(model, ref_video, ref_struct, cond_struct, generator, given=struct_given is not None)
     loop = _rolling if rolling else _chunks
     yield from loop(ctx, chunks, noise, _OnDevice(ref_video.device), sc.audio_cfg)
+
+
+def _check_given(model: DualForce, given: torch.Tensor, b: int, num_frames: int) -> None:
+    cfg = model.cfg
+    if not cfg.mode.struct_generated:
+        raise ValueError(f"struct_given: bridge_mode={cfg.bridge_mode} generates no struct to hold (condition_only "
+                         f"takes its motion as cond_struct)")
+    if tuple(given.shape) != (b, num_frames, cfg.struct_dim):
+        raise ValueError(f"struct_given: expected [{b}, {num_frames}, {cfg.struct_dim}], got {list(given.shape)}")
+
+
+def held_clean(steps: list) -> list:
+    """Chunk rows or rolling steps with every struct sigma 0 (`struct_given`): an Euler step from 0 to 0 leaves the
+    given struct exactly as it is, and every forward sees it clean. Steps that shared a row tensor share its zeros."""
+    zeros: dict[int, torch.Tensor] = {}
+    return [replace(s, struct=zeros.setdefault(id(s.struct), torch.zeros_like(s.struct))) for s in steps]
 
 
 class _OnDevice:
@@ -141,13 +164,13 @@ class Noise:
     """Where frames start: video noise from the stream's generator, struct noise from its own generator around the
     last clean struct (`anchor`, updated as frames finish) or the clean condition (`initial_noise`)."""
 
-    def __init__(self, model: DualForce, ref_video, ref_struct, cond_struct, generator):
-        self.model, self.like, self.cond, self.gen = model, ref_video, cond_struct, generator
+    def __init__(self, model: DualForce, ref_video, ref_struct, cond_struct, generator, given: bool = False):
+        self.model, self.like, self.cond, self.gen, self.given = model, ref_video, cond_struct, generator, given
         self.anchor, self.struct_gen = ref_struct, struct_generator(generator)
 
     def __call__(self, lo: int, hi: int, rows_struct: torch.Tensor):
         return initial_noise(self.model, lo, hi, rows_struct, self.anchor, self.cond, self.like, self.gen,
-                             self.struct_gen)
+                             self.struct_gen, self.given)
 
     def finished(self, struct: torch.Tensor | None) -> None:
         """The newest clean struct [B, D] (a generated stream's anchor for the frames that start after it)."""
@@ -206,7 +229,9 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     audio [B, 2*num_frames, A]: 50 Hz features of the generated frames (frame i <- audio frames 2i, 2i+1), or None.
     sample: the sampler config (schedule kind, K, chunk, window, roll_keep, audio CFG); schedule: a custom
     chunk-sequential matrix instead of the config's kind. cond_struct [B, num_frames, D]: condition_only's clean
-    motion. use_cache=False recomputes the visible history at every step (the parity reference). graphs: replay the
+    motion. struct_given [B, num_frames, D]: a model that generates its struct (dual, dual_oneway) is given it
+    instead, held clean (sigma 0) at every step, so only the video is generated (self-forcing's `video` history,
+    `train.self_forcing_history`). use_cache=False recomputes the visible history at every step (the parity reference). graphs: replay the
     cached forward as CUDA graphs. grad: keep the autograd graph (training on the model's own rollouts); off by
     default. The frame loop reads nothing back from the device: frames are handed out as device tensors.
     Yields {"index": i, "video": [B, C, H, W], "struct": [B, D] or None}.

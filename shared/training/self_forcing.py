@@ -20,8 +20,10 @@ independent noise levels and their real targets. With train.self_forcing_p < 1 o
 
 With real targets the pose after the cut continues the clip's pose, not the generated one before it: the motion
 history and its targets disagree. The reading under test (issue #39, head-pose jitter 2.3x the real clips'): a dual
-learns from this that the head may jump. `train.self_forcing_history = "video"` keeps the clip's struct history,
-so the struct's targets continue what it is shown and the video, from its own past, learns to follow the struct.
+learns from this that the head may jump. `train.self_forcing_history = "video"` keeps the clip's struct history
+and rolls the video out from it (the struct given clean at every step): the struct's targets continue what it is
+shown, and the video's history follows the clip's motion as far as the video reads its struct (a dual that ignores
+its bridge, as the PoC's do, keeps most of the video's jump; the struct-video agreement says how far).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Gen
                 graphs: GraphedModel | None = None) -> Batch:
     """The batch with frames 1..cut-1 replaced by the model's rollout from frame 0 and the clip's audio
     (condition_only: its clean motion stays the clip's, as at inference; `train.self_forcing_history` video: the
-    struct's frames stay the clip's too, only the video's are replaced). graphs: replay the forward as CUDA graphs
+    struct's frames stay the clip's too, and the video is rolled out from them, held clean: `stream`'s
+    struct_given). graphs: replay the forward as CUDA graphs
     (`rollout_graphs`). The stream is set up for the whole clip and stopped after cut-1 frames, so that every cut has
     the same shapes (graphs captured once) and the same noise draws."""
     mode = model.cfg.mode
@@ -84,6 +87,8 @@ def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Gen
     ref_struct = batch.struct[:, 0] if mode.struct_tower else None
     audio = None if batch.audio is None else batch.audio[:, 2:]
     cond = batch.struct[:, 1:] if mode.struct_condition else None
+    keep = mode.struct_generated and cfg.train.self_forcing_history == "video"  # the clip's motion, held clean
+    given = batch.struct[:, 1:] if keep else None
     if audio is None:
         graphs = None
     frames = batch.video.shape[1] - 1
@@ -91,14 +96,14 @@ def own_history(model, batch: Batch, cfg: Config, cut: int, generator: torch.Gen
         # rollout shapes change with the cut: not worth compiling
         with torch.compiler.set_stance("force_eager"), precision_autocast(cfg.launch.precision, batch.video.device):
             it = stream(model, batch.video[:, 0], ref_struct, audio, frames, sample=sample, generator=generator,
-                        cond_struct=cond, graphs=graphs)
+                        cond_struct=cond, struct_given=given, graphs=graphs)
             got = [f for _, f in zip(range(cut - 1), it)]
     finally:
         model.train(was)
     video = torch.cat([batch.video[:, :1], torch.stack([f["video"] for f in got], 1).to(batch.video.dtype),
                        batch.video[:, cut:]], 1)
     struct = batch.struct
-    if mode.struct_generated and cfg.train.self_forcing_history == "both":
+    if mode.struct_generated and not keep:
         own = torch.stack([f["struct"] for f in got], 1).to(struct.dtype)
         struct = torch.cat([batch.struct[:, :1], own, batch.struct[:, cut:]], 1)
     return Batch(video, struct, batch.audio, batch.has_audio)
