@@ -191,13 +191,13 @@ def main(argv=None) -> dict:
                      sigma_context=a.sigma_context, ref_weight=a.ref_weight)
     kinds = (a.schedule or sample.schedule).split(",")
     sample = replace(sample, schedule=kinds[0])
-    if a.minutes:
-        minute_frames(a, cfg, sample)  # a config error is named on any machine, before the GPU is asked for
+    # --minutes' config errors are named on any machine, before the GPU is asked for
+    span = minute_frames(a, cfg, sample) if a.minutes else None
     if not torch.cuda.is_available():
         raise SystemExit("error: stream_step.py measures streaming on a GPU and needs a CUDA GPU; none is visible")
     torch.manual_seed(0)
-    if a.minutes:
-        return minutes(a, cfg, sample)
+    if span is not None:
+        return minutes(a, cfg, sample, *span)
     m = cfg.model
     model, inputs, graphs = setup(a, m, a.frames)
     res = {"preset": a.preset, "steps": a.steps, "window": sample.history_frames, "roll_keep": sample.roll_keep,
@@ -283,10 +283,10 @@ def minute_frames(a, cfg: C.Config, sample) -> tuple[int, int]:
     return frames, p.chunk + sample.history_frames  # frames past the cut: the rolling tail
 
 
-def minutes(a, cfg: C.Config, sample) -> dict:
-    """--minutes: `timed_minutes` of the preset (random bf16 weights, graphs unless --no-graphs, compiled blocks with
-    --compile, decoded with --decode), and `flatness` of its rows."""
-    frames, margin = minute_frames(a, cfg, sample)
+def minutes(a, cfg: C.Config, sample, frames: int, margin: int) -> dict:
+    """--minutes: `timed_minutes` of the preset over `frames` (and `margin` past them: `minute_frames`; random bf16
+    weights, graphs unless --no-graphs, compiled blocks with --compile, decoded with --decode), and `flatness` of its
+    rows."""
     per_minute = 60 * cfg.fps
     model, inputs, graphs = setup(a, cfg.model, frames + margin)
     t = time.perf_counter()

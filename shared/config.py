@@ -369,8 +369,8 @@ class TrainConfig:
     `video`: the struct's frames before the cut stay the clip's and the video's are the model's own, rolled out from
     that motion held clean, so the struct's real targets continue the motion it is shown and the video's as far as it
     follows its struct (issue #39: with `both`, the clip's pose after the cut is unrelated to the generated pose
-    before it, which may teach the motion to jump). A model whose struct is not
-    generated (video_only, condition_only) is the same under both."""
+    before it, which may teach the motion to jump). A model whose struct is not generated (video_only,
+    condition_only) is the same under both."""
 
     def __post_init__(self) -> None:
         _finite(self)

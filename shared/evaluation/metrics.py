@@ -54,8 +54,7 @@ def jitter_curve(x) -> np.ndarray:
     """[N, D] -> [N]: each frame's mean absolute second difference over D (the `jitter` of one frame; the first two
     frames repeat the third, so a curve lines up with its frames)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
-    acc = np.abs(np.diff(x, n=2, axis=0)).mean(1) if len(x) > 2 else np.zeros(0)
-    return np.concatenate([np.full(min(2, len(x)), acc[0] if len(acc) else 0.0), acc])
+    return _per_frame(np.abs(np.diff(x, n=2, axis=0)).mean(1) if len(x) > 2 else np.zeros(0), len(x))
 
 
 def flicker_curve(latents) -> np.ndarray:
@@ -63,8 +62,12 @@ def flicker_curve(latents) -> np.ndarray:
     `jitter_curve`). No pose and no probe in it: a video can flicker while its head holds still, and shake without
     flickering."""
     x = np.asarray(latents, np.float64).reshape(len(latents), -1)
-    acc = np.sqrt((np.diff(x, n=2, axis=0) ** 2).mean(1)) if len(x) > 2 else np.zeros(0)
-    return np.concatenate([np.full(min(2, len(x)), acc[0] if len(acc) else 0.0), acc])
+    return _per_frame(np.sqrt((np.diff(x, n=2, axis=0) ** 2).mean(1)) if len(x) > 2 else np.zeros(0), len(x))
+
+
+def _per_frame(acc: np.ndarray, n: int) -> np.ndarray:
+    """Second differences [n - 2] -> [n]: the first two frames repeat the third's (0 for a clip of <= 2 frames)."""
+    return np.concatenate([np.full(min(2, n), acc[0] if len(acc) else 0.0), acc])
 
 
 def slope_per_100(curve) -> float:

@@ -99,13 +99,11 @@ def initial_noise(model: DualForce, lo: int, hi: int, rows_struct: torch.Tensor,
     < 1), or the clean condition (condition_only; a generated struct held `given`)."""
     mode, n, b = model.cfg.mode, hi - lo, like.shape[0]
     video = torch.randn((b, n, *like.shape[1:]), generator=generator, device=like.device, dtype=like.dtype)
-    if given:
-        return video, cond_struct[:, lo:hi]
-    if mode.struct_generated:
+    if mode.struct_generated and not given:
         noise = torch.randn((b, n, model.cfg.struct_dim), generator=struct_gen, device=like.device, dtype=like.dtype)
         s0 = rows_struct[0][None, :, None]
         return video, s0 * noise + (1 - s0) * anchor[:, None]
-    return video, cond_struct[:, lo:hi] if mode.struct_condition else None
+    return video, cond_struct[:, lo:hi] if mode.struct_condition or given else None
 
 
 def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor | None,
@@ -145,7 +143,10 @@ def held_clean(steps: list) -> list:
     """Chunk rows or rolling steps with every struct sigma 0 (`struct_given`): an Euler step from 0 to 0 leaves the
     given struct exactly as it is, and every forward sees it clean. Steps that shared a row tensor share its zeros."""
     zeros: dict[int, torch.Tensor] = {}
-    return [replace(s, struct=zeros.setdefault(id(s.struct), torch.zeros_like(s.struct))) for s in steps]
+    for s in steps:
+        if id(s.struct) not in zeros:
+            zeros[id(s.struct)] = torch.zeros_like(s.struct)
+    return [replace(s, struct=zeros[id(s.struct)]) for s in steps]
 
 
 class _OnDevice:
@@ -231,9 +232,10 @@ def stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor |
     chunk-sequential matrix instead of the config's kind. cond_struct [B, num_frames, D]: condition_only's clean
     motion. struct_given [B, num_frames, D]: a model that generates its struct (dual, dual_oneway) is given it
     instead, held clean (sigma 0) at every step, so only the video is generated (self-forcing's `video` history,
-    `train.self_forcing_history`). use_cache=False recomputes the visible history at every step (the parity reference). graphs: replay the
-    cached forward as CUDA graphs. grad: keep the autograd graph (training on the model's own rollouts); off by
-    default. The frame loop reads nothing back from the device: frames are handed out as device tensors.
+    `train.self_forcing_history`). use_cache=False recomputes the visible history at every step (the parity
+    reference). graphs: replay the cached forward as CUDA graphs. grad: keep the autograd graph (training on the
+    model's own rollouts); off by default. The frame loop reads nothing back from the device: frames are handed out
+    as device tensors.
     Yields {"index": i, "video": [B, C, H, W], "struct": [B, D] or None}.
     """
     return (_stream if grad else _stream_no_grad)(model, ref_video, ref_struct, audio, num_frames, **kwargs)
