@@ -104,3 +104,35 @@ def test_a_stream_cut_short_keeps_its_closed_minutes_on_disk(tmp_path):
     kept = json.loads(path.read_text())
     assert list(kept) == ["video_only", "dual"] and [r["minute"] for r in kept["dual"]] == [1, 2]
     assert kept["dual"][1]["id_err"] == pytest.approx(1.0) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_host_clock_tells_this_processs_work_from_waiting_and_from_other_processes():
+    """`HostClock.lap` on known answers: a busy loop is this process's CPU time, a sleep is not, and a child process's
+    busy loop is another's (Linux /proc/stat; elsewhere only `cpu_s` is read)."""
+    import subprocess
+    import sys
+    import time
+
+    from shared.evaluation.minutes import HostClock
+
+    clock = HostClock()
+    end = time.perf_counter() + 0.4
+    while time.perf_counter() < end:
+        pass
+    busy = clock.lap()
+    time.sleep(0.4)
+    idle = clock.lap()
+    assert busy["cpu_s"] > 0.3 and idle["cpu_s"] < 0.1
+    if "other_cpu_s" not in busy:
+        pytest.skip("no /proc/stat here: only the process's own CPU time is read")
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: "
+                    "pass"], check=True)
+    child = clock.lap()
+    assert child["other_cpu_s"] > 0.4 and child["cpu_s"] < 0.2 and child["steal_s"] >= 0
+
+
+def test_each_minute_says_where_its_host_time_went():
+    motion, identity, jaw = _stream(2 * 60 * FPS)
+    m = _meter()
+    m.add(motion, identity, jaw)
+    assert all(r["cpu_s"] >= 0 for r in m.rows) and len(m.rows) == 2

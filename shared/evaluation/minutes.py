@@ -3,13 +3,16 @@
 A rollout of 90,000 frames cannot be kept and read at the end as `long_rollout.py`'s clips are: the frames are decoded
 and read by the probe a second at a time as they stream, and only each minute's aggregates stay (`MinuteMeter`):
 the identity error against the reference (its drift), the head-pose jitter, lip sync against the looped true mouth
-track, the stream's frame rate and its memory. `flatness` says whether the stream held: identity within a ratio of
-the first minute's, frame rate and memory within a tolerance of the second minute's (the first holds the warm-up).
+track, the stream's frame rate and its memory, and where the minute's time went on the host (`HostClock`: this
+process's CPU seconds, other processes', the hypervisor's steal), so that a slower minute can be placed. `flatness`
+says whether the stream held: identity within a ratio of the first minute's, frame rate and memory within a tolerance
+of the second minute's (the first holds the warm-up).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -36,6 +39,40 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class HostClock:
+    """Where a stretch of wall time went on the host, read from the kernel's counters (Linux /proc/stat; the process's
+    own CPU time elsewhere): `lap()` gives, since the last lap, `cpu_s` (this process's CPU seconds, all threads),
+    `other_cpu_s` (every other process's busy CPU seconds on this machine) and `steal_s` (CPU seconds the hypervisor
+    gave to other machines while this one wanted them). A minute that ran slower with `cpu_s` unchanged waited (the
+    GPU, the scheduler); with `steal_s` or `other_cpu_s` up, the machine was shared; with `cpu_s` up, the process
+    itself did more or ran on slower cores."""
+
+    def __init__(self):
+        self._last = self.now()
+
+    @staticmethod
+    def now() -> dict:
+        out = {"cpu_s": time.process_time()}
+        try:
+            with open("/proc/stat") as f:
+                # cpu user nice system idle iowait irq softirq steal ... (clock ticks; man 5 proc)
+                ticks = [int(v) for v in f.readline().split()[1:9]]
+            hz = os.sysconf("SC_CLK_TCK")
+            out["busy_s"] = (sum(ticks[:3]) + sum(ticks[5:7])) / hz
+            out["steal_s"] = ticks[7] / hz
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+
+    def lap(self) -> dict:
+        now, last = self.now(), self._last
+        self._last = now
+        out = {k: now[k] - last[k] for k in ("cpu_s", "steal_s") if k in now and k in last}
+        if "busy_s" in now and "busy_s" in last:  # the clock ticks' granularity can put this a tick below zero
+            out["other_cpu_s"] = max(now["busy_s"] - last["busy_s"] - out["cpu_s"], 0.0)
+        return out
+
+
 @dataclass
 class MinuteMeter:
     """Per-minute aggregates of one stream. `add` takes each chunk of frames as the probe read it; the identity
@@ -56,6 +93,7 @@ class MinuteMeter:
     _last_pose: np.ndarray | None = None
     _t0: float = field(default_factory=time.perf_counter)
     _read_s: float = 0.0
+    _host: HostClock = field(default_factory=HostClock)
 
     def add(self, motion: np.ndarray, identity: np.ndarray, true_jaw: np.ndarray, read_s: float = 0.0) -> None:
         """One chunk: motion [n, 13] and identity [n, 16] read from n consecutive frames, the true jaw [n] (a chunk
@@ -90,7 +128,7 @@ class MinuteMeter:
                "jitter": float(cat["jitter"].mean()) if len(cat["jitter"]) else float("nan"),
                "lip_r": float(M.pearson(cat["jaw"], cat["true"])), "fps": len(cat["id"]) / (now - self._t0),
                "stream_fps": len(cat["id"]) / max(now - self._t0 - self._read_s, 1e-9), "read_s": self._read_s,
-               "host_rss_gib": rss_bytes() / 2**30}
+               "host_rss_gib": rss_bytes() / 2**30, **self._host.lap()}
         if self.device.type == "cuda":
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -206,13 +244,15 @@ def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: floa
     tmp = out / ".long_minutes.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "long_minutes.json")
-    cols = ("frames", "id_err", "jitter", "lip_r", "fps", "stream_fps", "read_s", "host_rss_gib", "gpu_peak_gib")
+    cols = ("frames", "id_err", "jitter", "lip_r", "fps", "stream_fps", "read_s", "cpu_s", "other_cpu_s", "steal_s",
+            "host_rss_gib", "gpu_peak_gib")
     lines = [f"# {minutes:g} minutes streamed ({method}, {device})", "",
              "Per minute: identity error to the reference (std units), head-pose jitter (real clips': "
              f"{real_jitter:.4f}), lip sync against the looped true mouth, frames per second of the whole loop "
              "(stream, decode, probe) and of the loop less the probe's reading (stream_fps; read_s: the reading's "
-             "seconds), memory. Checks: identity within 1.2x the first minute's; fps and memory "
-             "within 5% of minute 2's from minute 2 on.", ""]
+             "seconds); where the minute's time went on the host (cpu_s: this process's CPU seconds; other_cpu_s: "
+             "every other process's; steal_s: the hypervisor's), memory. Checks: identity within 1.2x the first "
+             "minute's; fps and memory within 5% of minute 2's from minute 2 on.", ""]
     for n, rows in streams.items():
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in checks[n].items()}
         lines += [f"## {n}", "", f"checks: {json.dumps(shown)}", "", "| minute | " + " | ".join(cols) + " |",
