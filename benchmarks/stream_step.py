@@ -32,7 +32,7 @@ from shared import config as C
 from shared import errors
 from shared.cli import add_fields, flag
 from shared.data.codecs import rgb_to_uint8
-from shared.evaluation.minutes import HostClock, flatness, rss_bytes
+from shared.evaluation.minutes import HostClock, flatness, gpu_state, rss_bytes
 from shared.sampling import GraphedModel, stream, warm_up
 from shared.sampling import schedule as sched
 from shared.sampling.decode import OverlappedDecoder
@@ -68,9 +68,9 @@ def timed_stream(model, inputs, frames, sample, sync_each: bool, stop_after: int
 
 def timed_minutes(model, inputs, frames: int, per_minute: int, sample, decoder=None, graphs=None) -> list[dict]:
     """A stream of `frames` frames timed a minute (`per_minute` frames) at a time: each minute's frame rate and its
-    peak GPU memory (reset at every minute), host memory and where the host's time went (`HostClock`). The stream
-    runs past `frames` (inputs hold the margin) and is cut there, so the rolling schedule's last steps (new shapes,
-    captured when reached) never enter the clock."""
+    peak GPU memory (reset at every minute), host memory, where the host's time went (`HostClock`) and the GPU's
+    clock (`gpu_state`). The stream runs past `frames` (inputs hold the margin) and is cut there, so the rolling
+    schedule's last steps (new shapes, captured when reached) never enter the clock."""
     rows: list[dict] = []
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -85,7 +85,8 @@ def timed_minutes(model, inputs, frames: int, per_minute: int, sample, decoder=N
             now = time.perf_counter()
             n = (i + 1) - per_minute * len(rows)
             gib = {"host_rss_gib": rss_bytes() / 2**30, "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-            rows.append({"minute": len(rows) + 1, "frames": n, "fps": n / (now - t), **gib, **host.lap()})
+            rows.append({"minute": len(rows) + 1, "frames": n, "fps": n / (now - t), **gib, **host.lap(),
+                         **gpu_state(torch.device("cuda"))})
             print("minute", json.dumps(rows[-1]), file=sys.stderr, flush=True)
             torch.cuda.reset_peak_memory_stats()
             t = now

@@ -136,3 +136,9 @@ def test_each_minute_says_where_its_host_time_went():
     m = _meter()
     m.add(motion, identity, jaw)
     assert all(r["cpu_s"] >= 0 for r in m.rows) and len(m.rows) == 2
+
+
+def test_the_gpu_state_is_left_out_off_cuda():
+    from shared.evaluation.minutes import gpu_state
+
+    assert gpu_state(torch.device("cpu")) == {}

@@ -73,6 +73,23 @@ class HostClock:
         return out
 
 
+def gpu_state(device: torch.device) -> dict:
+    """The GPU's SM clock (MHz), temperature (C), utilisation (%) and power (W) as NVML samples them now (over its
+    last 1/6-1 s), for a minute's row: a throttled or shared GPU shows here. Empty off CUDA or without NVML (the
+    `nvidia-ml-py` package)."""
+    if device.type != "cuda":
+        return {}
+    reads = {"gpu_sm_mhz": torch.cuda.clock_rate, "gpu_temp_c": torch.cuda.temperature,
+             "gpu_util_pct": torch.cuda.utilization, "gpu_power_w": lambda d: torch.cuda.power_draw(d) / 1e3}
+    out = {}
+    for key, read in reads.items():
+        try:
+            out[key] = read(device)
+        except Exception:  # no NVML here (ModuleNotFoundError, or its own errors): the row goes without it
+            return {}
+    return out
+
+
 @dataclass
 class MinuteMeter:
     """Per-minute aggregates of one stream. `add` takes each chunk of frames as the probe read it; the identity
@@ -129,6 +146,7 @@ class MinuteMeter:
                "lip_r": float(M.pearson(cat["jaw"], cat["true"])), "fps": len(cat["id"]) / (now - self._t0),
                "stream_fps": len(cat["id"]) / max(now - self._t0 - self._read_s, 1e-9), "read_s": self._read_s,
                "host_rss_gib": rss_bytes() / 2**30, **self._host.lap()}
+        row.update(gpu_state(self.device))
         if self.device.type == "cuda":
             row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -245,13 +263,14 @@ def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: floa
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "long_minutes.json")
     cols = ("frames", "id_err", "jitter", "lip_r", "fps", "stream_fps", "read_s", "cpu_s", "other_cpu_s", "steal_s",
-            "host_rss_gib", "gpu_peak_gib")
+            "gpu_sm_mhz", "gpu_util_pct", "host_rss_gib", "gpu_peak_gib")
     lines = [f"# {minutes:g} minutes streamed ({method}, {device})", "",
              "Per minute: identity error to the reference (std units), head-pose jitter (real clips': "
              f"{real_jitter:.4f}), lip sync against the looped true mouth, frames per second of the whole loop "
              "(stream, decode, probe) and of the loop less the probe's reading (stream_fps; read_s: the reading's "
              "seconds); where the minute's time went on the host (cpu_s: this process's CPU seconds; other_cpu_s: "
-             "every other process's; steal_s: the hypervisor's), memory. Checks: identity within 1.2x the first "
+             "every other process's; steal_s: the hypervisor's), the GPU's SM clock and utilisation at the "
+             "minute's end (NVML), memory. Checks: identity within 1.2x the first "
              "minute's; fps and memory within 5% of minute 2's from minute 2 on.", ""]
     for n, rows in streams.items():
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in checks[n].items()}
