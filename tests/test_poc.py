@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,17 +33,22 @@ def _pinned_env() -> dict:
     return {**os.environ, **PINNED_CPU}
 
 
-def _long_rollout_refuses(*argv: str) -> str:
-    """`stage0_poc/long_rollout.py ARGV` run in this process (a user error is caught before any work, so a fresh
-    interpreter would only add its ~3 s start): the message it exits with; fails unless it exits non-zero."""
-    import importlib.util
-
+@functools.cache
+def _long_rollout_cli():
+    """stage0_poc/long_rollout.py as a module, loaded once."""
     spec = importlib.util.spec_from_file_location("long_rollout_cli", ROOT / "stage0_poc" / "long_rollout.py")
     cli = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = cli  # its dataclasses look their module up there
     spec.loader.exec_module(cli)
+    return cli
+
+
+def _long_rollout_refuses(*argv: str) -> str:
+    """`stage0_poc/long_rollout.py ARGV` run in this process (a user error is caught before any work, so a fresh
+    interpreter would only add its ~3 s start; any exception but SystemExit fails the test, as a traceback would):
+    the message it exits with; fails unless it exits non-zero."""
     with pytest.raises(SystemExit) as e:
-        cli.main(list(argv))
+        _long_rollout_cli().main(list(argv))
     assert e.value.code not in (0, None)
     return str(e.value.code)
 

@@ -43,15 +43,18 @@ class HostClock:
     """Where a stretch of wall time went on the host, read from the kernel's counters (Linux /proc/stat; the process's
     own CPU time elsewhere): `lap()` gives, since the last lap, `cpu_s` (this process's CPU seconds, all threads),
     `other_cpu_s` (every other process's busy CPU seconds on this machine) and `steal_s` (CPU seconds the hypervisor
-    gave to other machines while this one wanted them). A minute that ran slower with `cpu_s` unchanged waited (the
-    GPU, the scheduler); with `steal_s` or `other_cpu_s` up, the machine was shared; with `cpu_s` up, the process
-    itself did more or ran on slower cores."""
+    gave to other machines while this one wanted them). With `steal_s` or `other_cpu_s` up in a slower minute, the
+    machine was shared; with `cpu_s` up, the process did more. `cpu_s` near the wall time does not say host-bound:
+    a CUDA synchronisation spin-waits by default, so a GPU-bound loop also burns its wall time. The process's live
+    children (compile workers, data loaders) count as other processes. /proc/stat counts in clock ticks (10 ms
+    here) summed over CPUs, so `other_cpu_s` is good to a few ticks and may come out a tick or two below zero."""
 
     def __init__(self):
         self._last = self.now()
 
     @staticmethod
     def now() -> dict:
+        """The counters now: {"cpu_s", and on Linux "busy_s" (all CPUs' busy time), "steal_s"}, in seconds."""
         out = {"cpu_s": time.process_time()}
         try:
             with open("/proc/stat") as f:
@@ -65,18 +68,19 @@ class HostClock:
         return out
 
     def lap(self) -> dict:
+        """Seconds since the last lap (or the clock's start): `cpu_s`, and on Linux `other_cpu_s` and `steal_s`."""
         now, last = self.now(), self._last
         self._last = now
         out = {k: now[k] - last[k] for k in ("cpu_s", "steal_s") if k in now and k in last}
-        if "busy_s" in now and "busy_s" in last:  # the clock ticks' granularity can put this a tick below zero
-            out["other_cpu_s"] = max(now["busy_s"] - last["busy_s"] - out["cpu_s"], 0.0)
+        if "busy_s" in now and "busy_s" in last:  # left unclamped: a clamp at 0 would bias it up by the ticks' error
+            out["other_cpu_s"] = now["busy_s"] - last["busy_s"] - out["cpu_s"]
         return out
 
 
 def gpu_state(device: torch.device) -> dict:
     """The GPU's SM clock (MHz), temperature (C), utilisation (%) and power (W) as NVML samples them now (over its
     last 1/6-1 s), for a minute's row: a throttled or shared GPU shows here. Empty off CUDA or without NVML (the
-    `nvidia-ml-py` package)."""
+    `nvidia-ml-py` package); a reading the GPU does not offer (e.g. under MIG) is left out alone."""
     if device.type != "cuda":
         return {}
     reads = {"gpu_sm_mhz": torch.cuda.clock_rate, "gpu_temp_c": torch.cuda.temperature,
@@ -85,8 +89,10 @@ def gpu_state(device: torch.device) -> dict:
     for key, read in reads.items():
         try:
             out[key] = read(device)
-        except Exception:  # no NVML here (ModuleNotFoundError, or its own errors): the row goes without it
+        except ModuleNotFoundError:  # no NVML at all: no reading will work
             return {}
+        except Exception:  # NVML's own error for a reading this GPU does not give
+            continue
     return out
 
 
@@ -111,6 +117,7 @@ class MinuteMeter:
     _t0: float = field(default_factory=time.perf_counter)
     _read_s: float = 0.0
     _host: HostClock = field(default_factory=HostClock)
+    """Started with the meter, as `_t0`: minute 1's times hold the CUDA graphs' capture too (`flatness` starts at 2)."""
 
     def add(self, motion: np.ndarray, identity: np.ndarray, true_jaw: np.ndarray, read_s: float = 0.0) -> None:
         """One chunk: motion [n, 13] and identity [n, 16] read from n consecutive frames, the true jaw [n] (a chunk
