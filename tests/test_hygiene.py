@@ -240,6 +240,24 @@ def test_timed_checkpoints_and_tensorboard_purged_on_resume(cache, tmp_path):
     assert [e.step for e in acc.Scalars("loss/loss")] == [0, 1, 2, 3]  # the first run's steps 2, 3 purged
 
 
+def test_a_resumed_runs_event_file_sorts_after_the_earlier_ones(tmp_path):
+    """TensorBoard reads event files in name order (SECONDS.HOST.PID.N): a resume in the same second as the earlier
+    file could sort before it ('10' < '9'), and then its purge ran first and kept the steps it should drop (this
+    suite's resume test failed so once, 2026-12-04)."""
+    pytest.importorskip("tensorboard")
+    from shared.training.meters import tensorboard_writer
+
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    now = int(time.time())
+    earlier = tb / f"events.out.tfevents.{now + 1:010d}.host.99999.9"  # this second's (and the next's) file
+    earlier.write_bytes(b"")
+    writer = tensorboard_writer(tmp_path, start=2)
+    writer.close()
+    names = sorted(f.name for f in tb.iterdir())
+    assert names[0] == earlier.name and len(names) == 2
+
+
 def test_dual_on_a_cache_without_struct_is_refused_before_anything_is_written(tmp_path):
     plain = _cache(tmp_path / "plain.h5", struct=False)
     res = subprocess.run([sys.executable, "stage2_dual/train.py", "--preset", "tiny", "--data", str(plain), "--out",

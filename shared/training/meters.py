@@ -66,7 +66,19 @@ def tensorboard_writer(out: Path, start: int = 0):
     except ImportError:
         print("TensorBoard logging off: the tensorboard package is not installed (metrics.csv has everything)")
         return None
+    if start > 0:
+        _after_last_event_file(out / "tb")
     return SummaryWriter(str(out / "tb"), purge_step=start if start > 0 else None)
+
+
+def _after_last_event_file(folder: Path) -> None:
+    """Wait, if need be, into the second after the newest event file's: TensorBoard reads a folder's event files in
+    name order, and a name is `events.out.tfevents.SECONDS.HOST.PID.N`, so a file opened in the same second as an
+    earlier one can sort before it (N 10 before 9, a smaller PID), and the purge it carries would then run before the
+    events it should drop (a resume seconds after a crash, or in the same process as a test's first run)."""
+    stamps = [int(f.name.split(".")[3]) for f in folder.glob("events.out.tfevents.*") if f.name.split(".")[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
 
 
 def open_metrics(out: Path, start: int):
