@@ -3,6 +3,9 @@ no path is hidden behind a zero-initialised gate or head."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +17,17 @@ import torch
 from shared.config import BRIDGE_MODES, get_preset
 from shared.data.cache import CacheMeta, CacheWriter
 from shared.models import DualForce
+
+
+@functools.cache
+def script(path: str, name: str):
+    """A stage or benchmark script (ROOT-relative `path`) as a module named `name`, loaded once per session, for tests
+    of its command line's refusals and its helpers (nothing in the library imports the scripts)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_model(mode: str = "dual", seed: int = 0, **model_overrides) -> DualForce:

@@ -3,9 +3,6 @@ real clips themselves reads exactly 1x the real clips on every part."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,20 +11,11 @@ import torch
 
 from shared.evaluation import metrics as M
 from shared.evaluation.evaluate import pose_jitter
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _long_rollout():
-    spec = importlib.util.spec_from_file_location("long_rollout_cli", ROOT / "stage0_poc" / "long_rollout.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["long_rollout_cli"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import script
 
 
 def test_the_real_clips_as_a_rollout_read_one_on_every_part():
-    lr = _long_rollout()
+    lr = script("stage0_poc/long_rollout.py", "long_rollout_cli")
     g = np.random.default_rng(0)
     n, frames = 5, 40
     probe = SimpleNamespace(m_std=torch.full((13,), 2.0), i_std=torch.ones(16))

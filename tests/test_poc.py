@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_TESTABLE = "not testable at this scale"  # where the oracle's gap is not above the SESOI (#34)
@@ -33,22 +33,12 @@ def _pinned_env() -> dict:
     return {**os.environ, **PINNED_CPU}
 
 
-@functools.cache
-def _long_rollout_cli():
-    """stage0_poc/long_rollout.py as a module, loaded once."""
-    spec = importlib.util.spec_from_file_location("long_rollout_cli", ROOT / "stage0_poc" / "long_rollout.py")
-    cli = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cli  # its dataclasses look their module up there
-    spec.loader.exec_module(cli)
-    return cli
-
-
 def _long_rollout_refuses(*argv: str) -> str:
     """`stage0_poc/long_rollout.py ARGV` run in this process (a user error is caught before any work, so a fresh
     interpreter would only add its ~3 s start; any exception but SystemExit fails the test, as a traceback would):
     the message it exits with; fails unless it exits non-zero."""
     with pytest.raises(SystemExit) as e:
-        _long_rollout_cli().main(list(argv))
+        script("stage0_poc/long_rollout.py", "long_rollout_cli").main(list(argv))
     assert e.value.code not in (0, None)
     return str(e.value.code)
 

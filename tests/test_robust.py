@@ -6,7 +6,6 @@ A user error must end in exactly one `error:` line and status 1, with no traceba
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import pickle
@@ -32,21 +31,14 @@ from shared.data.safe_pickle import safe_load_pickle
 from shared.sampling import generation
 from shared.training import latest_checkpoint, run_cli
 from tests.test_hygiene import _cache, _wav
+from tests.conftest import script
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def _script(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _script("stage2_dual/generate.py", "generate_cli")
-gate = _script("benchmarks/gate.py", "gate_cli")
+generate = script("stage2_dual/generate.py", "generate_cli")
+gate = script("benchmarks/gate.py", "gate_cli")
 from shared import summary  # noqa: E402
 from shared.poc import cli as poc_cli  # noqa: E402
 
