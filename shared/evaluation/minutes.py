@@ -12,7 +12,6 @@ of the second minute's (the first holds the warm-up).
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -55,16 +54,12 @@ class HostClock:
     @staticmethod
     def now() -> dict:
         """The counters now: {"cpu_s", and on Linux "busy_s" (all CPUs' busy time), "steal_s"}, in seconds."""
-        out = {"cpu_s": time.process_time()}
-        try:
-            with open("/proc/stat") as f:
-                # cpu user nice system idle iowait irq softirq steal ... (clock ticks; man 5 proc)
-                ticks = [int(v) for v in f.readline().split()[1:9]]
-            hz = os.sysconf("SC_CLK_TCK")
-            out["busy_s"] = (sum(ticks[:3]) + sum(ticks[5:7])) / hz
-            out["steal_s"] = ticks[7] / hz
-        except (OSError, ValueError, IndexError):
-            pass
+        from ..sampling.generation import cpu_times
+
+        out, t = {"cpu_s": time.process_time()}, cpu_times()
+        if t is not None:
+            out["busy_s"] = t["user"] + t["nice"] + t["system"] + t["irq"] + t["softirq"]
+            out["steal_s"] = t["steal"]
         return out
 
     def lap(self) -> dict:

@@ -128,21 +128,33 @@ def check_output(path: str | Path) -> Path:
     return p
 
 
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times() -> dict[str, float] | None:
+    """All CPUs' time so far by state (`CPU_FIELDS`, seconds summed over CPUs), from /proc/stat's first line (clock
+    ticks; man 5 proc); None where it cannot be read (not Linux)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    return dict(zip(CPU_FIELDS, (t / hz for t in ticks))) if len(ticks) == len(CPU_FIELDS) else None
+
+
 def busy_cores(interval: float = 0.2) -> float:
     """Cores kept busy by other processes right now: from two /proc/stat readings `interval` apart (this process
     sleeps in between), else the 1-minute load average."""
-    def read() -> tuple[int, int]:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return sum(v[:8]) - idle, sum(v[:8])
-
-    try:
-        b0, t0 = read()
-        time.sleep(interval)
-        b1, t1 = read()
-        return (os.cpu_count() or 1) * (b1 - b0) / max(1, t1 - t0)
-    except (OSError, ValueError, IndexError):
+    first = cpu_times()
+    if first is None:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    time.sleep(interval)
+    last = cpu_times() or first
+
+    def busy(t: dict) -> float:
+        return sum(t.values()) - t["idle"] - t["iowait"]
+
+    return (os.cpu_count() or 1) * (busy(last) - busy(first)) / max(1e-9, sum(last.values()) - sum(first.values()))
 
 
 def cpu_threads(cores: int | None = None, busy: float | None = None) -> int:
