@@ -76,9 +76,9 @@ def _after_last_event_file(folder: Path) -> None:
     name order, and a name is `events.out.tfevents.SECONDS.HOST.PID.N`, so a file opened in the same second as an
     earlier one can sort before it (N 10 before 9, a smaller PID), and the purge it carries would then run before the
     events it should drop (a resume seconds after a crash, or in the same process as a test's first run)."""
-    stamps = [int(f.name.split(".")[3]) for f in folder.glob("events.out.tfevents.*") if f.name.split(".")[3].isdigit()]
-    while stamps and int(time.time()) <= max(stamps):
-        time.sleep(0.05)
+    stamps = [int(n) for f in folder.glob("events.out.tfevents.*") if (n := f.name.split(".")[3]).isdigit()]
+    if stamps:
+        time.sleep(max(0.0, max(stamps) + 1 - time.time()))
 
 
 def open_metrics(out: Path, start: int):
