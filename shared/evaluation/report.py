@@ -122,9 +122,9 @@ def fmt_ci(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
 
 
-def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], path: Path) -> None:
+def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], path: Path, log: tuple[str, ...] = ()) -> None:
     """curves[variant][metric][step] = one value per seed: the seed mean against the optimiser step, the band
-    spanning the seeds' range, one panel per metric."""
+    spanning the seeds' range, one panel per metric; the metrics in `log` on a log scale."""
     plt = _plt()
     metrics = sorted({m for c in curves.values() for m in c})
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
@@ -138,6 +138,8 @@ def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], path: Pa
             ax.fill_between(steps, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.15)
         ax.set_title(m)
         ax.set_xlabel("optimiser step")
+        if m in log:
+            ax.set_yscale("log")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,176 @@
+"""When does a model start to read the motion it is given? (#34: "diagnose why the bridge is ignored").
+
+At one scaling-ladder rung, the variants that have a bridge (default: condition_only and dual) train side by side under
+several arms, each a (training precision, bridge-gate initialisation) pair, with the same seeds, data order and noise;
+every --every steps each seed's EMA weights are read on the validation clips (never the test clips):
+- bridge usage: the relative change of the video velocity when the motion is swapped for another clip's
+  (`shared.evaluation.evaluate.bridge_usage`), and the mean |gate| of the struct -> video bridge;
+- the held-out video loss (does an open gate cost the video anything?);
+- at the end, for a generated struct, the usage with every struct frame at one noise level (what the video reads of
+  its motion as the motion gets noisier).
+
+The arms separate the two readings RESULTS.md left open at rung m: the gate stays closed because the rung trains in
+bf16 (an arm in fp32 with TF32 matmuls), or because a zero-initialised gate does not open at this scale within the
+step budget (arms with the gate started open).
+
+    python benchmarks/bridge_opening.py --rung m --arms 32-true:0,bf16-true:0,bf16-true:0.1 --seeds 2 --json F.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared import config as C  # noqa: E402
+from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
+from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
+from shared.evaluation.evaluate import bridge_usage, heldout_loss  # noqa: E402
+from shared.models import DualForce  # noqa: E402
+from shared.poc import assets  # noqa: E402
+from shared.poc import settings as PS  # noqa: E402
+from shared.poc import suite as PV  # noqa: E402
+from shared.training.seeds import SeedJob, fit_together  # noqa: E402
+
+
+@dataclass(frozen=True)
+class OpeningBench:
+    """The arms and the rung (`shared.cli`: one flag per field)."""
+
+    out: str = "runs/poc"
+    """The PoC's run folder (the rung's data cache is reused or built there)."""
+    rung: str = flag("m", choices=tuple(PS.RUNGS))
+    """Scaling-ladder rung (`shared.poc.settings.RUNGS`): its model, training clips and seeds."""
+    variants: str = "condition_only,dual"
+    """Variants with a bridge, comma-separated."""
+    arms: str = "32-true:0,bf16-true:0,bf16-true:0.1"
+    """PRECISION:GATE_INIT pairs, comma-separated (`Settings.precision`, `Settings.bridge_gate_init`)."""
+    seeds: int = flag(2, check=errors.integer(1))
+    """Training seeds per variant and arm (the same seeds in every arm)."""
+    steps: int = flag(4000, check=errors.integer(1))
+    """Optimiser steps (the rung's learning-rate schedule spans them)."""
+    every: int = flag(500, check=errors.integer(1))
+    """Read the EMA weights every this many steps."""
+    windows: int = flag(32, check=errors.integer(2))
+    """Validation windows read at each snapshot."""
+    quick: bool = False
+    """The PoC's --quick data (a smoke test)."""
+    json: str | None = None
+    """Write the result here (its curves beside it, .png)."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Where to train: cuda when one is visible, else cpu."""
+
+
+def parse_arms(text: str) -> list[tuple[str, float]]:
+    """'32-true:0,bf16-true:0.1' -> [('32-true', 0.0), ('bf16-true', 0.1)]; a user error names the bad arm."""
+    arms = []
+    for part in filter(None, text.split(",")):
+        prec, _, gate = part.partition(":")
+        if prec not in PS.PRECISIONS:
+            raise errors.UserError(f"--arms: {part!r}: precision must be one of {', '.join(PS.PRECISIONS)}")
+        try:
+            arms.append((prec, float(gate or 0)))
+        except ValueError:
+            raise errors.UserError(f"--arms: {part!r}: the gate initialisation must be a number") from None
+    if not arms:
+        raise errors.UserError("--arms: no arm given")
+    return arms
+
+
+def settings(a) -> PS.Settings:
+    """The rung's sizes as `stage0_poc/run.py --rung` resolves them, with this run's seeds."""
+    ns = argparse.Namespace(quick=a.quick, rung=a.rung, device=a.device, seeds=a.seeds)
+    return PS.resolve(ns, a.device)
+
+
+def arm_name(variant: str, prec: str, gate: float) -> str:
+    return f"{variant} {prec} gate {gate:g}"
+
+
+def read(cfg, weights, windows, dev, last: bool) -> dict:
+    """Bridge usage, |gate| and held-out video loss of one snapshot."""
+    m = DualForce(cfg.model)
+    m.load_state_dict(weights)
+    m = m.to(dev).eval()
+    u = bridge_usage(m, windows, cfg, dev, seed=0)
+    out = {"bridge usage": u["velocity_change"], "gate |g|": u["gate_abs"],
+           "held-out video loss": float(np.mean(heldout_loss(m, windows, cfg, dev, seed=0)["video"]))}
+    if last and "by_struct_sigma" in u:
+        out["by_struct_sigma"] = u["by_struct_sigma"]
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fields(ap, OpeningBench)
+    a = ap.parse_args(argv)
+    arms = parse_arms(a.arms)
+    names = [n for n in a.variants.split(",") if n]
+    unknown = [n for n in names if n not in PV.VARIANTS or not PV.VARIANTS[n].overrides.get("model.bridge_mode", "dual")
+               in ("dual", "condition_only")]
+    if unknown:
+        raise errors.UserError(f"--variants: {', '.join(unknown)}: not a PoC variant with a bridge")
+    torch.set_float32_matmul_precision("high")
+    s = settings(a)
+    from rich.console import Console
+
+    con = Console()
+    t = time.perf_counter()
+    data = assets.build_data(s, Path(a.out), "core", a.device, con)
+    assets.add_split(data, "val", {"explicit"}, s, con)
+    out = {"bench": vars(a), "settings": asdict(s), "data_s": round(time.perf_counter() - t, 1),
+           "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu"}
+    meta = CacheReader(data["caches"][("train", "explicit")]).meta
+    base = C.get_preset("poc")
+    ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
+    val = list(WindowDataset(data["caches"][("val", "explicit")], frames=base.clip_frames,
+                             stride=base.clip_frames))[: a.windows]
+    at = tuple(range(a.every, a.steps, a.every))
+    jobs, labels = [], []
+    for prec, gate in arms:
+        sa = replace(s, precision=prec if a.device == "cuda" else "32-true", bridge_gate_init=gate)
+        for n in names:
+            cfg = PV.variant_config(base, PV.VARIANTS[n], meta, sa, a.steps, a.device)
+            jobs.append(SeedJob(cfg, PV.model_maker(cfg), ds, [s.seed + k for k in range(a.seeds)], at))
+            labels.append(arm_name(n, prec, gate))
+    t = time.perf_counter()
+    con.print(f"training {len(jobs)} jobs x {a.seeds} seeds for {a.steps} steps at rung {a.rung}")
+    results = fit_together(jobs, lambda i, st, rec: con.print(f"[dim]{labels[i]} step {st} loss {rec['loss']:.4f}[/]")
+                           if i == 0 else None, a.device)
+    out["train_s"] = round(time.perf_counter() - t, 1)
+    out["lockstep_rounds_s"] = round(results[0][0].steady_steps_s, 2)
+    curves, ends = {}, {}
+    for label, job, per_seed in zip(labels, jobs, results):
+        for run in per_seed:
+            snaps = {**run.snapshots, a.steps: (run.ema or run.model).state_dict()}
+            for step, w in sorted(snaps.items()):
+                r = read(job.cfg, w, val, a.device, step == a.steps)
+                for k, x in r.items():
+                    if k == "by_struct_sigma":
+                        ends.setdefault(label, []).append(x)
+                    else:
+                        curves.setdefault(label, {}).setdefault(k, {}).setdefault(step, []).append(x)
+    out["curves"], out["by_struct_sigma"] = curves, ends
+    for label, c in curves.items():
+        last = {k: np.mean(v[a.steps]) for k, v in c.items()}
+        con.print(f"{label}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1))
+        from shared.evaluation.report import plot_learning_curves
+
+        plot_learning_curves(curves, Path(a.json).with_suffix(".png"), log=("bridge usage", "gate |g|"))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(errors.entry(main))
