@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
             print("compiling and capturing CUDA graphs (about a minute the first time)..." if not a.no_compile
                   else "capturing CUDA graphs...", flush=True)
             graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=not a.no_compile)
-            decoder = prepare_decoder(codec, cfg, device)
+            decoder = prepare_decoder(codec, cfg.model, device)
             prepare = time.perf_counter() - t
     latency, last = [], 0.0
     t0 = time.perf_counter()

@@ -156,8 +156,11 @@ def test_rung_settings_and_folders():
     quick = poc.settings(_args(rung="l", quick=True), "cpu")
     assert quick.train_steps == poc.QUICK.train_steps and quick.model == poc.RUNGS["l"]["model"]  # only the model
     assert poc.settings(_args(), "cuda") == replace(poc.GPU, rung="xs")  # the default is the default
-    assert poc.run_name(_args(rung="l")) == "core-l" and poc.run_name(_args(quick=True)) == "core-quick"
-    assert poc.run_name(_args(rung="m", bridge_gate_init=0.1)) == "core-m-gate0.1"  # an open gate: its own folder
+    assert s.bridge_gate_init == poc.LADDER_GATE_INIT and quick.bridge_gate_init == poc.LADDER_GATE_INIT
+    assert poc.settings(_args(rung="l", bridge_gate_init=0.0), "cuda").bridge_gate_init == 0.0
+    assert poc.run_name(_args(rung="l")) == "core-l-gate0.1" and poc.run_name(_args(quick=True)) == "core-quick"
+    assert poc.run_name(_args(rung="m", bridge_gate_init=0.0)) == "core-m"  # the rung's gate closed: its own folder
+    assert poc.run_name(_args(rung="xs", bridge_gate_init=0.1)) == "core-gate0.1"
 
 
 def test_the_ladder_reuses_finished_rungs(tmp_path):
@@ -174,6 +177,8 @@ def test_the_ladder_reuses_finished_rungs(tmp_path):
 
     first = poc.climb(_args(out=str(tmp_path), ladder=True), suite)
     assert ran == list(poc.RUNGS) and len(first["rungs"]) == 4 and (tmp_path / "ladder" / "ladder.md").exists()
+    assert all((tmp_path / poc.run_name(_args(rung=r, bridge_gate_init=poc.LADDER_GATE_INIT))).is_dir()
+               for r in poc.RUNGS)  # every rung, xs too, with the ladder's open gates
     ran.clear()
     poc.climb(_args(out=str(tmp_path), ladder=True), suite)
     assert ran == []  # every rung finished with the same settings: read back
@@ -181,9 +186,9 @@ def test_the_ladder_reuses_finished_rungs(tmp_path):
     assert ran == list(poc.RUNGS)  # other settings: run again
     ran.clear()
     for rung in poc.RUNGS:  # a report written before a setting existed: read back, the setting at its default
-        path = tmp_path / poc.run_name(_args(rung=rung)) / "report.json"
+        path = tmp_path / poc.run_name(_args(rung=rung, bridge_gate_init=poc.LADDER_GATE_INIT)) / "report.json"
         rep = json.loads(path.read_text())
-        rep["settings"].pop("bridge_gate_init")
+        rep["settings"].pop("precision")  # at its default on the CPU
         path.write_text(json.dumps(rep))
     poc.climb(_args(out=str(tmp_path), ladder=True, seeds=2), suite)
     assert ran == []

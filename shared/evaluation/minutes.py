@@ -215,12 +215,12 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
 
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
            con, on_row: Callable[[list], None] | None = None) -> list[dict]:
-    """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; CUDA
-    graphs on a GPU), read by the probe a second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them
-    as each minute closes)."""
+    """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; on a
+    GPU, CUDA graphs and each frame decoded on a stream of its own while the next is denoised), read by the probe a
+    second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them as each minute closes)."""
     from rich.progress import Progress
 
-    from ..sampling.generation import Reference, prepare_graphs, stream_frames
+    from ..sampling.generation import Reference, prepare_decoder, prepare_graphs, stream_frames
     from .evaluate import JAW
 
     ref = Reference(torch.as_tensor(clip.ref_video)[None],
@@ -229,15 +229,20 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     first = probe.read(codec.decode(clip.ref_video[None]))["identity"][0]
     meter = MinuteMeter(fps, first, list(dims["id_dims"]), list(dims["pose_dims"]), probe.i_std.cpu().numpy(),
                         probe.m_std.cpu().numpy(), JAW, device, on_row=on_row)
-    graphs = None
+    graphs = decoder = None
     if device.type == "cuda":
+        # an hour's frame rate measured on 2026-12-04 (H200) was set by the host, not the GPU (its busy time a frame
+        # flat, the rate following the host's): each frame decoded and read back before the next was denoised kept
+        # the GPU idle a third of the time; overlapped, the host's work hides behind the GPU's
         graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
+        decoder = prepare_decoder(codec, model.cfg, device)
         torch.cuda.reset_peak_memory_stats(device)
     chunk: list = []
     try:
         with Progress(console=con) as bar:
             task = bar.add_task("streaming", total=frames)
-            for f in stream_frames(model, ref, features, frames, codec, sample, device, seed, graphs=graphs):
+            for f in stream_frames(model, ref, features, frames, codec, sample, device, seed, graphs=graphs,
+                                    decoder=decoder):
                 chunk.append(f["frame"])
                 if len(chunk) == fps or f["index"] == frames - 1:
                     t = time.perf_counter()

@@ -33,7 +33,8 @@ class RunOptions:
     """Scaling-ladder rung (RUNGS: model width and depth, training identities; xs: the default)."""
     ladder: bool = False
     """Every rung in turn (finished rungs reused), then the trend of every H2 effect and of the oracle's gap against
-    the parameter count, extrapolated to the full preset."""
+    the parameter count, extrapolated to the full preset; every rung's bridge gates start at LADDER_GATE_INIT (0.1)
+    unless --bridge-gate-init is given."""
 
 
 def parser(doc: str | None = None) -> errors.ArgumentParser:

@@ -11,7 +11,7 @@ from typing import Callable
 
 from .. import config as C
 from ..evaluation import ladder
-from .settings import RUNGS, Settings, device_of, resolve, run_name
+from .settings import LADDER_GATE_INIT, RUNGS, Settings, device_of, resolve, run_name
 from .suite import parameters
 
 
@@ -22,7 +22,8 @@ def climb(args: argparse.Namespace, run_suite: Callable[[argparse.Namespace], di
     """Every rung through `run_suite` (or its saved report), then the trend in OUT/ladder[-quick]/."""
     reports = {}
     for rung in RUNGS:
-        a = argparse.Namespace(**{**vars(args), "rung": rung, "ladder": False})
+        gate = LADDER_GATE_INIT if args.bridge_gate_init is None else args.bridge_gate_init  # xs's too
+        a = argparse.Namespace(**{**vars(args), "rung": rung, "ladder": False, "bridge_gate_init": gate})
         path = Path(args.out) / run_name(a) / "report.json"
         want = json.loads(json.dumps(asdict(resolve(a, device_of(a)))))
         done = json.loads(path.read_text()) if path.exists() and not args.retrain else None

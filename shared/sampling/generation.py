@@ -22,7 +22,7 @@ import torch
 
 from .. import runs
 from ..errors import UserError
-from ..config import Config, SampleConfig
+from ..config import Config, ModelConfig, SampleConfig
 from ..data.cache import CacheMeta, CacheReader
 from ..data.codecs import VideoCodec, get_codec, rgb_to_uint8
 from ..data.features import AudioFeatures, LogMel, SSLFeatures
@@ -361,10 +361,9 @@ def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frame
     return graphs
 
 
-def prepare_decoder(codec: VideoCodec, cfg: Config, device: torch.device) -> OverlappedDecoder:
+def prepare_decoder(codec: VideoCodec, m: ModelConfig, device: torch.device) -> OverlappedDecoder:
     """The codec's decoder on a CUDA stream of its own (one CUDA graph where the codec allows), warmed up before the
-    clock starts, for `stream_frames`."""
-    m = cfg.model
+    clock starts, for `stream_frames`; `m`: the model's config (its latent shape)."""
     like = torch.zeros(1, m.latent_channels, m.latent_size, m.latent_size, device=device)
     return OverlappedDecoder(lambda z: rgb_to_uint8(codec.decode_rgb(z)), like, graph=codec.graphable)
 
