@@ -57,6 +57,8 @@ class DemoBench:
     """Length of the voice (a synthetic one) streamed."""
     repeats: int = flag(3, check=errors.integer(1))
     """Runs of each way (medians reported)."""
+    graphs: bool = flag(True, check=errors.on_off)
+    """The demo's `--graphs`: on a GPU, each stream through CUDA graphs and an overlapped decoder (off: eager)."""
 
 
 def rates(times: list[float]) -> dict:
@@ -177,7 +179,8 @@ def main(argv=None) -> dict:
         wavfile.write(voice, 16000, (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32))
         (tmp / "server").mkdir()
         ckpt = o.ckpt or str(random_run(tmp, o.random_preset))
-        app, engine = demo.build(demo.DemoOptions(ckpt=ckpt, device=o.device, max_seconds=o.seconds + 1),
+        app, engine = demo.build(demo.DemoOptions(ckpt=ckpt, device=o.device, max_seconds=o.seconds + 1,
+                                                  graphs=o.graphs),
                                  tmp / "server")
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         threading.Thread(target=srv.run, daemon=True).start()
@@ -196,7 +199,7 @@ def main(argv=None) -> dict:
                 "page": lambda: page(url, voice, ref), "mjpeg": lambda: mjpeg(url, sid)}
         ways = {k: v for k, v in ways.items() if k in o.ways.split(",")}
         out = {"ckpt": o.ckpt or f"random {o.random_preset}", "device": o.device, "seconds": o.seconds,
-               "preset": engine.cfg.preset}
+               "preset": engine.cfg.preset, "graphs": engine.graphs}
         direct(engine, session)  # warm-up (allocations, first-call costs)
         for name, way in ways.items():
             runs = [way() for _ in range(o.repeats)]

@@ -49,6 +49,8 @@ class DemoOptions:
     """Viewers' sessions kept at once."""
     threads: int | None = flag(None, check=integer(1))
     """CPU threads for torch (default: the cores not already busy)."""
+    graphs: bool = flag(True, check=errors.on_off)
+    """On a GPU, each viewer's stream through CUDA graphs of its own and an overlapped decoder (off: eager)."""
 
 
 def build(o: DemoOptions, root: Path):
@@ -65,7 +67,7 @@ def build(o: DemoOptions, root: Path):
                           "cpu" if o.device == "auto" else o.device)
     if o.examples is not None and not Path(o.examples).is_dir():
         raise errors.UserError(f"--examples {o.examples}: not a folder")
-    engine = Engine(o.ckpt, device)
+    engine = Engine(o.ckpt, device, graphs=o.graphs)
     (root / "examples").mkdir()
     (root / "sessions").mkdir()
     examples = find_examples(engine.run, Path(o.examples) if o.examples else None, root / "examples")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.io import wavfile
 
 pytest.importorskip("starlette")
@@ -98,6 +99,47 @@ def test_a_session_streams_every_frame_with_its_motion(client, files):
             jpegs += ws.receive_bytes()[:2] == b"\xff\xd8"  # a JPEG's start-of-image marker
     assert m["type"] == "done" and len(frames) == jpegs == 50  # 2 s at 25 fps
     assert [f["index"] for f in frames] == list(range(50)) and all(len(f["motion"]) == 4 for f in frames)
+
+
+def _frames(engine, session, seed: int) -> np.ndarray:
+    return np.stack([f["frame"] for f in engine.frames(session, {"seed": seed}, threading.Event())]).astype(np.float32)
+
+
+def test_a_cpu_engine_streams_eagerly(files, tmp_path):
+    """--graphs asks for CUDA graphs; off a GPU there are none to capture: the same eager stream either way."""
+    from shared.serving.sessions import Session
+
+    app, _ = _app(files, tmp_path, graphs=True)
+    engine = app.state.engine
+    assert engine.graphs is False and engine._accelerated(None, None, 1, None) == (None, None)
+    s = Session("s", tmp_path, reference=str(files["ref"]), audio=files["voice"])
+    assert _frames(engine, s, 3).shape[0] == 50
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs per viewer: a GPU")
+def test_two_viewers_stream_through_graphs_of_their_own_as_eagerly(files, tmp_path):
+    """On a GPU each viewer's stream captures graphs of its own while another streams (thread-local capture): both
+    streams' frames are those of the eager engine with the same seeds (bf16 on both paths: to a grey level)."""
+    from shared.serving.sessions import Session
+
+    root = tmp_path / "g"
+    root.mkdir()
+    graphed = demo.build(demo.DemoOptions(ckpt=str(files["run"]), device="cuda", max_seconds=3.0), root)[1]
+    (tmp_path / "e").mkdir()
+    eager = demo.build(demo.DemoOptions(ckpt=str(files["run"]), device="cuda", max_seconds=3.0, graphs=False),
+                       tmp_path / "e")[1]
+    assert graphed.graphs and not eager.graphs
+    s = Session("s", tmp_path, reference=str(files["ref"]), audio=files["voice"])
+    got = {}
+    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, _frames(graphed, s, k))) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for k in (1, 2):
+        want = _frames(eager, s, k)
+        assert got[k].shape == want.shape and np.abs(got[k] - want).mean() < 1.0, k
+    assert np.abs(got[1] - got[2]).mean() > 1.0  # two seeds, two streams: not one stream served twice
 
 
 def test_bad_input_gets_a_message_and_the_server_goes_on(client, files):

@@ -33,7 +33,7 @@ class OverlappedDecoder:
         self.graph = None
         if graph:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # see GraphedModel._capture
                 self.output = decode(self.input)
 
     def submit(self, latent: torch.Tensor, to_host: bool = False) -> tuple[torch.Tensor, torch.cuda.Event]:

@@ -80,7 +80,9 @@ class GraphedModel:
                 fwd()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: only this thread's unsafe calls break the capture; under the default ("global") another
+        # thread's synchronisation during it (a demo viewer's stream, `shared.serving.engine`) would raise
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             out = fwd()
         self.pool = graph.pool()
         return graph, inputs, out
