@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import config as C  # noqa: E402
-from shared import errors  # noqa: E402
+from shared import errors, lock  # noqa: E402
 from shared.cli import add_fields, flag  # noqa: E402
 from shared.data.cache import CacheReader, WindowDataset  # noqa: E402
 from shared.evaluation.evaluate import bridge_usage, heldout_loss  # noqa: E402
@@ -66,8 +67,8 @@ class OpeningBench:
     """The PoC's --quick data (a smoke test)."""
     json: str | None = None
     """Write the result here (its curves beside it, .png)."""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """Where to train: cuda when one is visible, else cpu."""
+    device: str = flag("auto", check=errors.device)
+    """Where to train: auto (a GPU when one is visible) | cpu | cuda[:N]."""
 
 
 def parse_arms(text: str) -> list[tuple[str, float]]:
@@ -78,18 +79,41 @@ def parse_arms(text: str) -> list[tuple[str, float]]:
         if prec not in PS.PRECISIONS:
             raise errors.UserError(f"--arms: {part!r}: precision must be one of {', '.join(PS.PRECISIONS)}")
         try:
-            arms.append((prec, float(gate or 0)))
+            g = float(gate or 0)
         except ValueError:
             raise errors.UserError(f"--arms: {part!r}: the gate initialisation must be a number") from None
+        if not math.isfinite(g) or g < 0:
+            raise errors.UserError(f"--arms: {part!r}: the gate initialisation must be finite and >= 0")
+        if (prec, g) in arms:
+            raise errors.UserError(f"--arms: {part!r}: given twice")
+        arms.append((prec, g))
     if not arms:
         raise errors.UserError("--arms: no arm given")
     return arms
 
 
+def parse_variants(text: str) -> list[str]:
+    """The variants, each one trained on the explicit-motion cache with a bridge and nothing of another run's."""
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if n not in PV.VARIANTS or not usable(PV.VARIANTS[n])]
+    if bad or not names:
+        ok = ", ".join(n for n, v in PV.VARIANTS.items() if usable(v))
+        raise errors.UserError(f"--variants: {', '.join(bad) or 'none given'}: not a PoC variant with a bridge that "
+                               f"trains here ({ok})")
+    return names
+
+
+def usable(v) -> bool:
+    o = v.overrides
+    return (v.role == "variant" and v.model_of is None and v.struct == "explicit" and v.align_with is None
+            and o.get("model.bridge_mode", "dual") in ("dual", "condition_only") and o.get("model.fusion_depth") != 0
+            and PV.SYNC_EXPERT not in o.values())
+
+
 def settings(a) -> PS.Settings:
     """The rung's sizes as `stage0_poc/run.py --rung` resolves them, with this run's seeds."""
     ns = argparse.Namespace(quick=a.quick, rung=a.rung, device=a.device, seeds=a.seeds)
-    return PS.resolve(ns, a.device)
+    return PS.resolve(ns, torch.device(a.device).type)
 
 
 def arm_name(variant: str, prec: str, gate: float) -> str:
@@ -113,12 +137,16 @@ def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, OpeningBench)
     a = ap.parse_args(argv)
-    arms = parse_arms(a.arms)
-    names = [n for n in a.variants.split(",") if n]
-    unknown = [n for n in names if n not in PV.VARIANTS or not PV.VARIANTS[n].overrides.get("model.bridge_mode", "dual")
-               in ("dual", "condition_only")]
-    if unknown:
-        raise errors.UserError(f"--variants: {', '.join(unknown)}: not a PoC variant with a bridge")
+    arms, names = parse_arms(a.arms), parse_variants(a.variants)
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    with lock.folder(errors.folder_arg(a.out), f"PoC folder {a.out}"):  # as run.py holds it: one writer at a time
+        return measure(a, arms, names)
+
+
+def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
+    """Train every (arm, variant) side by side, read the snapshots, write the JSON and the plot."""
+    gpu = torch.device(a.device).type == "cuda"
     torch.set_float32_matmul_precision("high")
     s = settings(a)
     from rich.console import Console
@@ -128,7 +156,7 @@ def main(argv=None) -> dict:
     data = assets.build_data(s, Path(a.out), "core", a.device, con)
     assets.add_split(data, "val", {"explicit"}, s, con)
     out = {"bench": vars(a), "settings": asdict(s), "data_s": round(time.perf_counter() - t, 1),
-           "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu"}
+           "device": torch.cuda.get_device_name(a.device) if gpu else "cpu"}  # settings: the rung's, before each arm
     meta = CacheReader(data["caches"][("train", "explicit")]).meta
     base = C.get_preset("poc")
     ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
@@ -137,7 +165,7 @@ def main(argv=None) -> dict:
     at = tuple(range(a.every, a.steps, a.every))
     jobs, labels = [], []
     for prec, gate in arms:
-        sa = replace(s, precision=prec if a.device == "cuda" else "32-true", bridge_gate_init=gate)
+        sa = replace(s, precision=prec if gpu else "32-true", bridge_gate_init=gate)
         for n in names:
             cfg = PV.variant_config(base, PV.VARIANTS[n], meta, sa, a.steps, a.device)
             jobs.append(SeedJob(cfg, PV.model_maker(cfg), ds, [s.seed + k for k in range(a.seeds)], at))

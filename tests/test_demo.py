@@ -109,11 +109,14 @@ def test_a_cpu_engine_streams_eagerly(files, tmp_path):
     """--graphs asks for CUDA graphs; off a GPU there are none to capture: the same eager stream either way."""
     from shared.serving.sessions import Session
 
-    app, _ = _app(files, tmp_path, graphs=True)
-    engine = app.state.engine
-    assert engine.graphs is False and engine._accelerated(None, None, 1, None) == (None, None)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    on = _app(files, tmp_path / "a", graphs=True)[0].state.engine
+    off = _app(files, tmp_path / "b", graphs=False)[0].state.engine
+    assert on.graphs is False and off.graphs is False
     s = Session("s", tmp_path, reference=str(files["ref"]), audio=files["voice"])
-    assert _frames(engine, s, 3).shape[0] == 50
+    got, want = _frames(on, s, 3), _frames(off, s, 3)
+    assert got.shape[0] == 50 and np.array_equal(got, want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs per viewer: a GPU")
@@ -130,12 +133,21 @@ def test_two_viewers_stream_through_graphs_of_their_own_as_eagerly(files, tmp_pa
                        tmp_path / "e")[1]
     assert graphed.graphs and not eager.graphs
     s = Session("s", tmp_path, reference=str(files["ref"]), audio=files["voice"])
-    got = {}
-    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, _frames(graphed, s, k))) for k in (1, 2)]
+    got, failed, start = {}, [], threading.Barrier(2)
+
+    def view(k):
+        try:
+            start.wait()  # both viewers capture and stream at the same time
+            got[k] = _frames(graphed, s, k)
+        except Exception as e:  # noqa: BLE001 - a thread's error would be lost: hand it to the test
+            failed.append(e)
+
+    threads = [threading.Thread(target=view, args=(k,)) for k in (1, 2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
+    assert not failed, failed
     for k in (1, 2):
         want = _frames(eager, s, k)
         assert got[k].shape == want.shape and np.abs(got[k] - want).mean() < 1.0, k

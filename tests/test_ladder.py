@@ -160,7 +160,11 @@ def test_rung_settings_and_folders():
     assert poc.settings(_args(rung="l", bridge_gate_init=0.0), "cuda").bridge_gate_init == 0.0
     assert poc.run_name(_args(rung="l")) == "core-l-gate0.1" and poc.run_name(_args(quick=True)) == "core-quick"
     assert poc.run_name(_args(rung="m", bridge_gate_init=0.0)) == "core-m"  # the rung's gate closed: its own folder
-    assert poc.run_name(_args(rung="xs", bridge_gate_init=0.1)) == "core-gate0.1"
+    assert poc.run_name(_args(rung="xs", bridge_gate_init=0.1)) == "core-gate0.1" and poc.run_name(_args()) == "core"
+    for r in ("s", "m", "l"):  # a rung run alone is the ladder's (which passes the gate): one folder, one setting
+        alone, climbed = _args(rung=r), _args(rung=r, bridge_gate_init=poc.LADDER_GATE_INIT)
+        assert poc.run_name(alone) == poc.run_name(climbed)
+        assert poc.settings(alone, "cuda") == poc.settings(climbed, "cuda")
 
 
 def test_the_ladder_reuses_finished_rungs(tmp_path):

@@ -606,6 +606,7 @@ SCRIPTS = [  # (argv, what the one error line says): the __main__ wiring of ever
     (["benchmarks/train_step.py", "--bogus"], "unrecognized arguments: --bogus"),
     (["benchmarks/bridge_opening.py", "--arms", "bf16:0"], "--arms: 'bf16:0': precision must be one of"),
     (["benchmarks/bridge_opening.py", "--arms", "32-true:open"], "the gate initialisation must be a number"),
+    (["benchmarks/bridge_opening.py", "--arms", "32-true:nan"], "must be finite and >= 0"),
     (["benchmarks/bridge_opening.py", "--variants", "video_only"], "video_only: not a PoC variant with a bridge"),
     (["benchmarks/stream_step.py", "--minutes", "-1"], "--minutes: -1.0 must be >= 0"),
     (["benchmarks/stream_step.py", "--preset", "tiny", "--minutes", "0.01", "--schedule", "full_sequence"],

@@ -25,6 +25,7 @@ class OverlappedDecoder:
             raise ValueError("OverlappedDecoder: a CUDA device is needed (the decoder runs on its own CUDA stream)")
         self.decode, self.side = decode, torch.cuda.Stream(like.device)
         self.input = like.clone()
+        self.input.record_stream(self.side)  # read there until the last submit's decoding is done
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side):  # warm-up: compiles, runs the kernels' lazy init
             for _ in range(2):
@@ -33,7 +34,8 @@ class OverlappedDecoder:
         self.graph = None
         if graph:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # see GraphedModel._capture
+            with torch.cuda.graph(self.graph, stream=self.side,
+                                  capture_error_mode="thread_local"):  # see GraphedModel._capture
                 self.output = decode(self.input)
 
     def submit(self, latent: torch.Tensor, to_host: bool = False) -> tuple[torch.Tensor, torch.cuda.Event]:

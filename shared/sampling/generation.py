@@ -353,10 +353,12 @@ def _on_device(model: DualForce, ref: Reference, features: np.ndarray, frames: i
 
 
 def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frames: int, sample: SampleConfig,
-                   device: torch.device, compile: bool = True, overlap: bool = True) -> GraphedModel:
+                   device: torch.device, compile: bool = True, overlap: bool = True,
+                   capture_lock=None) -> GraphedModel:
     """CUDA graphs for streaming these inputs (compiled blocks, the struct tower on a second CUDA stream: `compile`,
-    `overlap`, both changing `model` in place), captured before the clock starts (`shared.sampling.infer.warm_up`)."""
-    graphs = GraphedModel(model, compile=compile, overlap=overlap)
+    `overlap`, both changing `model` in place), captured before the clock starts (`shared.sampling.infer.warm_up`);
+    `capture_lock`: `GraphedModel`'s."""
+    graphs = GraphedModel(model, compile=compile, overlap=overlap, capture_lock=capture_lock)
     warm_up(graphs, *_on_device(model, ref, features, frames, device), frames, sample)
     return graphs
 

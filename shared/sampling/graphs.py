@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 
 from ..models import DualForce, KVCache
@@ -21,9 +24,13 @@ class GraphedModel:
     kernels; the graphs then replay the compiled kernels). overlap: the struct tower on a second stream
     (`DualForce.overlap_towers`). Both change `model` in place."""
 
-    def __init__(self, model: DualForce, compile: bool = False, overlap: bool = True):
+    def __init__(self, model: DualForce, compile: bool = False, overlap: bool = True,
+                 capture_lock: threading.Lock | None = None):
+        """capture_lock: held around every capture, later ones mid-stream included (several streams of one process
+        capturing one at a time: the demo's viewers)."""
         self.model = model.compile_blocks() if compile else model
         model.overlap_towers(overlap)
+        self.capture_lock = capture_lock or contextlib.nullcontext()
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.audio: torch.Tensor | None = None
@@ -57,7 +64,8 @@ class GraphedModel:
         key = (tuple(video.shape), None if struct is None else tuple(struct.shape))
         self.start.fill_(start)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(video, sv, struct, ss, audio_index)
+            with self.capture_lock:
+                self.graphs[key] = self._capture(video, sv, struct, ss, audio_index)
         graph, inputs, out = self.graphs[key]
         for dst, src in zip(inputs, (video, sv, struct, ss, audio_index)):
             if dst is not None:
@@ -73,7 +81,7 @@ class GraphedModel:
             return self.model(v, a, st, b, self.audio, audio_keep=self.keep, start=self.start, audio_index=idx,
                               cache=self.kv, ref_weight=self.ref_weight)
 
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream(video.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: compiles, allocates the cache, runs the kernels' lazy init
             for _ in range(2):
@@ -82,7 +90,7 @@ class GraphedModel:
         graph = torch.cuda.CUDAGraph()
         # thread_local: only this thread's unsafe calls break the capture; under the default ("global") another
         # thread's synchronisation during it (a demo viewer's stream, `shared.serving.engine`) would raise
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
             out = fwd()
         self.pool = graph.pool()
         return graph, inputs, out

@@ -3,6 +3,7 @@ viewers (`shared.sampling.generation.stream_frames`, the one generation API `gen
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ class Engine:
     def __init__(self, ckpt: str, device: torch.device, graphs: bool = True):
         self.device = device
         self.graphs = graphs and device.type == "cuda"
-        # one capture at a time: captures share nothing, but each warms up by streaming, which is the GPU's to share
+        # one CUDA-graph capture at a time across the viewers' threads (`GraphedModel`'s capture_lock)
         self._capturing = threading.Lock()
         self.model, self.cfg, self.meta = load_model(ckpt, device)
         if device.type == "cuda":
@@ -95,26 +96,31 @@ class Engine:
         features = self.features(wav, frames)
         if cancel.is_set():  # stopped while the inputs were read
             return
-        graphs, decoder = self._accelerated(ref, features, frames, sample)
-        if cancel.is_set():
-            return
-        for f in stream_frames(self.model, ref, features, frames, self.codec, sample, self.device, seed,
-                               graphs=graphs, decoder=decoder):
-            motion = None if f["struct"] is None else [float(f["struct"][i]) for _, i in self.plotted]
-            yield {"index": f["index"], "frame": f["frame"], "motion": motion, "time": f["time"], "frames": frames}
+        # this thread's current CUDA device is the engine's (new streams, events and graph captures land there)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            graphs, decoder = self._accelerated(ref, features, frames, sample)
             if cancel.is_set():
                 return
+            for f in stream_frames(self.model, ref, features, frames, self.codec, sample, self.device, seed,
+                                   graphs=graphs, decoder=decoder):
+                motion = None if f["struct"] is None else [float(f["struct"][i]) for _, i in self.plotted]
+                yield {"index": f["index"], "frame": f["frame"], "motion": motion, "time": f["time"],
+                       "frames": frames}
+                if cancel.is_set():
+                    return
 
 
     def _accelerated(self, ref, features, frames: int, sample: SampleConfig):
         """(graphs, decoder) of one stream on a GPU, (None, None) eager. The graphs are captured with the model as it
         is (no compiled blocks, no second CUDA stream for the struct tower: both would change the model every viewer
-        shares) and errors only for this thread's unsafe calls (`GraphedModel`), so other viewers stream meanwhile."""
+        shares), each capture (mid-stream ones too) under the engine's lock, on a CUDA stream of the capture's own and
+        erring only for this thread's unsafe calls (`GraphedModel`), so other viewers stream meanwhile (each capture
+        still begins with a device-wide synchronisation: a new viewer stalls the others for a moment)."""
         if not self.graphs:
             return None, None
+        graphs = prepare_graphs(self.model, ref, features, frames, sample, self.device, compile=False,
+                                overlap=False, capture_lock=self._capturing)
         with self._capturing:
-            graphs = prepare_graphs(self.model, ref, features, frames, sample, self.device, compile=False,
-                                    overlap=False)
             return graphs, prepare_decoder(self.codec, self.cfg.model, self.device)
 
 
