@@ -78,7 +78,8 @@ def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3) -> d
         "per_seed": {"dual": {"lip_r": [0.3] * seeds, "bridge_velocity_change": [0.01] * seeds,
                               "bridge_gate": [0.01] * seeds},
                      "video_only": {"lip_r": [0.2] * seeds}},
-        "learning_curves": {"dual": {"heldout_video": {"2000": [0.30] * seeds, "4000": [0.28] * seeds}}},
+        "learning_curves": {"dual": {"heldout_video": {"2000": [0.30] * seeds, "4000": [0.28] * seeds},
+                                     "bridge_usage": {"2000": [0.001] * seeds, "4000": [0.01] * seeds}}},
         "metrics": {"real": {"metrics": {"lip_r": {"mean": 0.9}}}},
         "verdicts": {"H2: the 3-D stream adds structure (H2a and H2b)": {"verdict": NOT_TESTABLE}},
         "wall_seconds": 100.0,
@@ -96,6 +97,8 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     md = (tmp_path / "ladder.md").read_text()
     assert "An extrapolation, not a measurement" in md and "| l | 42.0 M | 92.4 M |" in md
     assert res["rungs"][0]["data_starved_check"]["dual"]["still_falling_or_flat"]
+    assert res["rungs"][0]["bridge_usage_curve"] == {"dual": {2000: 0.001, 4000: 0.01}}
+    assert "| xs | dual | 2000: 0.0010, 4000: 0.0100 |" in md  # when the bridge opens, per rung
 
 
 def test_rungs_grow_the_model_30x_and_keep_the_default():
@@ -196,3 +199,29 @@ def test_the_ladder_reuses_finished_rungs(tmp_path):
         path.write_text(json.dumps(rep))
     poc.climb(_args(out=str(tmp_path), ladder=True, seeds=2), suite)
     assert ran == []
+
+
+def test_learning_curves_follow_the_bridge_over_training(monkeypatch):
+    """Each learning-curve point carries, for a variant with a bridge, its usage and mean |gate| (when the bridge
+    opens: #34's diagnosis per rung and over training); a model without bridge layers (the motion source) gets none."""
+    from types import SimpleNamespace
+
+    from shared.evaluation import heldout as H
+
+    def fake_evaluate(variants, at, cfgs, *a, **kw):
+        assert kw.get("light")
+        usage = {"velocity_change": 0.02, "gate_abs": 0.01}
+        return {n: {"per_clip": {"lip_r": [0.1, 0.3]}, "heldout_loss": {"video": {"mean": 0.08}},
+                    "bridge_usage": usage} for n in at} | {"real": {}}, None
+
+    monkeypatch.setattr(H, "evaluate", fake_evaluate)
+    variants = [SimpleNamespace(name=n, model_of=None, role=r) for n, r in
+                (("dual", "variant"), ("motion_source", "motion source"), ("condition_only_oracle", "upper bound"))]
+    cfgs = {"dual": SimpleNamespace(model=SimpleNamespace(fusion_depth=2)),
+            "motion_source": SimpleNamespace(model=SimpleNamespace(fusion_depth=0))}
+    curves = {}
+    H.learning_curve(curves, variants, {"dual": object(), "motion_source": object()}, {}, cfgs, None, None, None,
+                     None, ["lip_r"], 4000, 16, "cpu", 0)
+    assert curves["dual"]["bridge_usage"] == {4000: [0.02]} and curves["dual"]["bridge_gate"] == {4000: [0.01]}
+    assert curves["dual"]["lip_r"] == {4000: [pytest.approx(0.2)]} and "bridge_usage" not in curves["motion_source"]
+    assert "condition_only_oracle" not in curves

@@ -83,7 +83,7 @@ def evaluate_variant(v, model, cfg, clips, real_reads, windows, probe, codec, di
         keys = [k for k in per_clip[0] if not k.startswith("_") and k != "curves"]
     with timed("held-out loss, bridge"):
         hl = heldout_loss(model, windows, cfg, device, seed=seed)
-        usage = None if light else bridge_usage(model, windows, cfg, device, seed=seed)
+        usage = bridge_usage(model, windows, cfg, device, seed=seed)  # a few forwards: the learning curves too
     with timed("KID"):
         kid = None if light else M.kid_ci([np.concatenate(f) for f in feats],
                                           [real_reads[c.name]["features"] for c in clips], seed=seed)
@@ -129,8 +129,7 @@ class Heldout:
 def evaluate(variants, models, cfgs, held: Heldout, probe, codec, dims, reps: int, clip_frames: int, device,
              seed: int, light: bool = False):
     """Every variant of one seed (`evaluate_variant`) and the real clips read the same way (the ceilings):
-    (results, identity chance). reps: rollouts per clip; light: no bridge usage or KID
-    (learning curves)."""
+    (results, identity chance). reps: rollouts per clip; light: no KID (learning curves)."""
     results = {}
     frames = len(held.clips["explicit"][0].video)
     src = next((v for v in variants if v.role == "motion source"), None)
@@ -198,6 +197,9 @@ def learning_curve(curves: dict, variants, models, snaps, cfgs, held: Heldout, p
                 continue
             point = {m: seed_value(r, m) for m in metrics}
             point["heldout_video"] = r["heldout_loss"]["video"]["mean"]
+            if r.get("bridge_usage") and cfgs[name].model.fusion_depth > 0:  # when a bridge opens (#34)
+                point["bridge_usage"] = r["bridge_usage"]["velocity_change"]
+                point["bridge_gate"] = r["bridge_usage"]["gate_abs"]
             for m, x in point.items():
                 curves.setdefault(name, {}).setdefault(m, {}).setdefault(step, []).append(x)
 

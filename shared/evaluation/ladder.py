@@ -91,6 +91,9 @@ def effects(report: dict) -> dict[str, dict]:
     return out
 
 
+BRIDGED = ("dual", "dual_oneway", "condition_only")  # the core variants whose video reads a motion stream
+
+
 def rung_row(name: str, report: dict) -> dict:
     """What the ladder shows of one rung."""
     sizes, per_seed = report.get("sizes", {}), report.get("per_seed", {})
@@ -120,6 +123,9 @@ def rung_row(name: str, report: dict) -> dict:
             "real_lip_r": report.get("metrics", {}).get("real", {}).get("metrics", {}).get("lip_r", {}).get("mean"),
             "verdicts": {q: v["verdict"] for q, v in report.get("verdicts", {}).items()},
             "data_starved_check": starved, "wall_seconds": report.get("wall_seconds"),
+            # when each bridge opens: its usage at every learning-curve point (mean over seeds)
+            "bridge_usage_curve": {n: {int(st): mean(v) for st, v in curves[n]["bridge_usage"].items()}
+                                   for n in BRIDGED if "bridge_usage" in curves.get(n, {})},
             "effects": effects(report)}
 
 
@@ -205,7 +211,9 @@ def markdown(rows: list[dict], fits: dict, full: float) -> str:
     names = sorted({n for r in rows for n in r["lip_r"]})
     lips = [[r["rung"], *[f(r["lip_r"].get(n)) for n in names], f(r["real_lip_r"])] for r in rows]
     usage = [[r["rung"], *[f"{f(r['bridge_usage'].get(n), 4)} (gate {f(r['bridge_gate'].get(n), 4)})"
-                           for n in ("dual", "dual_oneway", "condition_only")]] for r in rows]
+                           for n in BRIDGED]] for r in rows]
+    opening = [[r["rung"], n, ", ".join(f"{st}: {f(x, 4)}" for st, x in sorted(c.items()))]
+               for r in rows for n, c in r.get("bridge_usage_curve", {}).items()]
     starved = [[r["rung"], n, " -> ".join(f(x) for x in c["heldout_video"]), f"steps {c['steps'][0]} -> {c['steps'][1]}",
                 "yes" if c["still_falling_or_flat"] else "**no: rising**"] for r in rows
                for n, c in r["data_starved_check"].items()]
@@ -246,7 +254,11 @@ condition_only_oracle over video_only with its one-sided lower bound.
 
 ## Bridge usage by rung (relative change of the video velocity under a motion swap; mean |gate|)
 
-{R.md_table(usage, ["rung", "dual", "dual_oneway", "condition_only"])}
+{R.md_table(usage, ["rung", *BRIDGED])}
+
+Over training (learning-curve points; the smaller evaluation's windows):
+
+{R.md_table(opening, ["rung", "variant", "usage at step"]) if opening else "(no learning curves: --curve-points 0)"}
 
 ## Is any rung starved of data? (held-out video loss at the last two learning-curve points)
 

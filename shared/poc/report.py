@@ -52,7 +52,7 @@ def plot(out: Path, results: dict, histories: dict, curves: dict, clip_frames: i
     """plots/: training losses, learning curves, identity and motion drift over the rollout, one clip's lip sync."""
     R.plot_losses(histories, out / "plots" / "loss.png")
     if curves:
-        R.plot_learning_curves(curves, out / "plots" / "learning_curves.png")
+        R.plot_learning_curves(curves, out / "plots" / "learning_curves.png", log=("bridge_usage", "bridge_gate"))
     names = [n for n in results if n != "real"]
     for key, title in (("id_err", "identity drift: probe identity distance to the reference"),
                        ("motion_dev", "motion drift: head pose distance to the reference frame")):
