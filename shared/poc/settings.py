@@ -92,7 +92,7 @@ GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae
 # 2 seeds x 4000 steps): from 0, condition_only's gate opens late and by chance (its video moves 0.8% under a motion
 # swap in one seed, 11% in the other, fp32; 5.5% and 14% in bf16), from 0.1 in both seeds by step 2000 (16% at the
 # end), with the lowest held-out video loss of 0, 0.1 and 1 for condition_only (0.0699 against 0.0722 and 0.0730);
-# dual's is the same from 0 and 0.1 (0.0785, 0.0784; 0.0806 from 1). The dual reads 0.4% of its motion whatever the
+# dual's is the same from 0 and 0.1 (0.0785, 0.0783; 0.0805 from 1). The dual reads 0.4% of its motion whatever the
 # start: the choice strengthens the baseline, not H2.
 LADDER_GATE_INIT = 0.1
 RUNGS: dict[str, dict] = {
