@@ -225,3 +225,22 @@ def test_learning_curves_follow_the_bridge_over_training(monkeypatch):
     assert curves["dual"]["bridge_usage"] == {4000: [0.02]} and curves["dual"]["bridge_gate"] == {4000: [0.01]}
     assert curves["dual"]["lip_r"] == {4000: [pytest.approx(0.2)]} and "bridge_usage" not in curves["motion_source"]
     assert "condition_only_oracle" not in curves
+
+
+def test_bridge_opening_refuses_bad_arms_and_variants_before_any_work():
+    """benchmarks/bridge_opening.py's arms (PRECISION:GATE) and variants, checked before the data is built: each
+    refusal names the bad part (its __main__ wiring: tests/test_robust.py's one-line check)."""
+    from shared.errors import UserError
+    from tests.conftest import script
+
+    bo = script("benchmarks/bridge_opening.py", "bridge_opening_cli")
+    assert bo.parse_arms("32-true:0,bf16-true:0.1") == [("32-true", 0.0), ("bf16-true", 0.1)]
+    for arms, says in (("bf16:0", "precision must be one of"), ("32-true:open", "must be a number"),
+                       ("32-true:nan", "finite and >= 0"), ("32-true:-1", "finite and >= 0"),
+                       ("32-true:0,32-true:0.0", "given twice"), (",", "no arm given")):
+        with pytest.raises(UserError, match=says):
+            bo.parse_arms(arms)
+    assert bo.parse_variants("condition_only,dual_struct_leads") == ["condition_only", "dual_struct_leads"]
+    for names in ("video_only", "motion_source", "condition_only_oracle", "dual_sync", "dual_implicit_align", ","):
+        with pytest.raises(UserError, match="not a PoC variant with a bridge that trains here"):
+            bo.parse_variants(names)
