@@ -146,58 +146,71 @@ def main(argv=None) -> dict:
 
 def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
     """Train every (arm, variant) side by side, read the snapshots, write the JSON and the plot."""
-    gpu = torch.device(a.device).type == "cuda"
-    torch.set_float32_matmul_precision("high")
-    s = settings(a)
     from rich.console import Console
 
-    con = Console()
-    t = time.perf_counter()
+    con, gpu = Console(), torch.device(a.device).type == "cuda"
+    torch.set_float32_matmul_precision("high")
+    s, t = settings(a), time.perf_counter()
     data = assets.build_data(s, Path(a.out), "core", a.device, con)
     assets.add_split(data, "val", {"explicit"}, s, con)
-    out = {"bench": vars(a), "settings": asdict(s), "data_s": round(time.perf_counter() - t, 1),
-           "device": torch.cuda.get_device_name(a.device) if gpu else "cpu"}  # settings: the rung's, before each arm
+    out = {"bench": vars(a), "settings": asdict(s), "data_s": round(time.perf_counter() - t, 1),  # the rung's
+           "device": torch.cuda.get_device_name(a.device) if gpu else "cpu"}
+    labels, jobs = arm_jobs(a, arms, names, s, data, gpu)
+    t = time.perf_counter()
+    con.print(f"training {len(jobs)} jobs x {a.seeds} seeds for {a.steps} steps at rung {a.rung}")
+    results = fit_together(jobs, lambda i, st, rec: con.print(f"[dim]{labels[i]} step {st} loss {rec['loss']:.4f}[/]")
+                           if i == 0 else None, a.device)
+    out["train_s"], out["lockstep_rounds_s"] = round(time.perf_counter() - t, 1), round(results[0][0].steady_steps_s, 2)
+    base = C.get_preset("poc")
+    val = list(WindowDataset(data["caches"][("val", "explicit")], frames=base.clip_frames,
+                             stride=base.clip_frames))[: a.windows]
+    out["curves"], out["by_struct_sigma"] = read_all(labels, jobs, results, val, a)
+    for label, c in out["curves"].items():
+        con.print(f"{label}: " + ", ".join(f"{k} {np.mean(v[a.steps]):.4g}" for k, v in c.items()))
+    if a.json:
+        write(out, Path(a.json))
+    return out
+
+
+def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool) -> tuple[list[str], list[SeedJob]]:
+    """One job (its seeds side by side) per arm and variant, each with the rung's settings but the arm's precision
+    and gate start; EMA snapshots every --every steps."""
     meta = CacheReader(data["caches"][("train", "explicit")]).meta
     base = C.get_preset("poc")
     ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
-    val = list(WindowDataset(data["caches"][("val", "explicit")], frames=base.clip_frames,
-                             stride=base.clip_frames))[: a.windows]
     at = tuple(range(a.every, a.steps, a.every))
-    jobs, labels = [], []
+    labels, jobs = [], []
     for prec, gate in arms:
         sa = replace(s, precision=prec if gpu else "32-true", bridge_gate_init=gate)
         for n in names:
             cfg = PV.variant_config(base, PV.VARIANTS[n], meta, sa, a.steps, a.device)
             jobs.append(SeedJob(cfg, PV.model_maker(cfg), ds, [s.seed + k for k in range(a.seeds)], at))
             labels.append(arm_name(n, prec, gate))
-    t = time.perf_counter()
-    con.print(f"training {len(jobs)} jobs x {a.seeds} seeds for {a.steps} steps at rung {a.rung}")
-    results = fit_together(jobs, lambda i, st, rec: con.print(f"[dim]{labels[i]} step {st} loss {rec['loss']:.4f}[/]")
-                           if i == 0 else None, a.device)
-    out["train_s"] = round(time.perf_counter() - t, 1)
-    out["lockstep_rounds_s"] = round(results[0][0].steady_steps_s, 2)
+    return labels, jobs
+
+
+def read_all(labels, jobs, results, val, a) -> tuple[dict, dict]:
+    """curves[label][metric][step] = one value per seed; the end's usage by struct noise level, one dict per seed."""
     curves, ends = {}, {}
     for label, job, per_seed in zip(labels, jobs, results):
         for run in per_seed:
             snaps = {**run.snapshots, a.steps: (run.ema or run.model).state_dict()}
             for step, w in sorted(snaps.items()):
-                r = read(job.cfg, w, val, a.device, step == a.steps)
-                for k, x in r.items():
+                for k, x in read(job.cfg, w, val, a.device, step == a.steps).items():
                     if k == "by_struct_sigma":
                         ends.setdefault(label, []).append(x)
                     else:
                         curves.setdefault(label, {}).setdefault(k, {}).setdefault(step, []).append(x)
-    out["curves"], out["by_struct_sigma"] = curves, ends
-    for label, c in curves.items():
-        last = {k: np.mean(v[a.steps]) for k, v in c.items()}
-        con.print(f"{label}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
-        from shared.evaluation.report import plot_learning_curves
+    return curves, ends
 
-        plot_learning_curves(curves, Path(a.json).with_suffix(".png"), log=("bridge usage", "gate |g|"))
-    return out
+
+def write(out: dict, path: Path) -> None:
+    """The result as JSON and its curves beside it (.png; usage and gate on a log scale)."""
+    from shared.evaluation.report import plot_learning_curves
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    plot_learning_curves(out["curves"], path.with_suffix(".png"), log=("bridge usage", "gate |g|"))
 
 
 if __name__ == "__main__":
