@@ -205,12 +205,35 @@ def read_all(labels, jobs, results, val, a) -> tuple[dict, dict]:
 
 
 def write(out: dict, path: Path) -> None:
-    """The result as JSON and its curves beside it (.png; usage and gate on a log scale)."""
+    """The result as JSON, its curves beside it (.png; usage and gate on a log scale) and a table (.md)."""
     from shared.evaluation.report import plot_learning_curves
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     plot_learning_curves(out["curves"], path.with_suffix(".png"), log=("bridge usage", "gate |g|"))
+    path.with_suffix(".md").write_text(table(out) + "\n")
+
+
+def table(out: dict) -> str:
+    """Per arm and variant: the usage of each seed at the middle and last snapshots, the mean |gate| and validation
+    video loss at the end (seed means), and the end's usage with the struct clean and at noise 1 (a generated
+    struct's)."""
+    from shared.evaluation.report import md_table
+
+    rows = []
+    for label, c in out["curves"].items():
+        steps = sorted(c["bridge usage"], key=int)
+        mid, end = steps[len(steps) // 2 - 1] if len(steps) > 1 else steps[0], steps[-1]
+        seeds = lambda st: " / ".join(f"{100 * x:.2f}%" for x in c["bridge usage"][st])  # noqa: E731
+        ends = out["by_struct_sigma"].get(label)
+        noise = "-" if not ends else " / ".join(f"{100 * e['0.0']:.2f}% .. {100 * e['1.0']:.2f}%" for e in ends)
+        rows.append([label, f"{seeds(mid)} -> {seeds(end)}", f"{np.mean(c['gate |g|'][end]):.4f}",
+                     f"{np.mean(c['held-out video loss'][end]):.4f}", noise])
+    b = out["bench"]
+    head = (f"Rung {b['rung']}, {b['seeds']} seeds x {b['steps']} steps, {b['windows']} validation windows; "
+            f"{out['device']}, {out['train_s']:.0f} s of training.\n\n")
+    return head + md_table(rows, ["arm", "usage, each seed (mid -> end)", "mean abs(gate)", "validation video loss",
+                                  "usage with the struct clean .. at noise 1"])
 
 
 if __name__ == "__main__":

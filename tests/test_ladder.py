@@ -244,3 +244,16 @@ def test_bridge_opening_refuses_bad_arms_and_variants_before_any_work():
     for names in ("video_only", "motion_source", "condition_only_oracle", "dual_sync", "dual_implicit_align", ","):
         with pytest.raises(UserError, match="not a PoC variant with a bridge that trains here"):
             bo.parse_variants(names)
+
+
+def test_bridge_opening_tables_each_seed_mid_and_end():
+    from tests.conftest import script
+
+    bo = script("benchmarks/bridge_opening.py", "bridge_opening_cli")
+    c = {"bridge usage": {"500": [0.001, 0.002], "1000": [0.01, 0.02], "1500": [0.1, 0.2]},
+         "gate |g|": {"1500": [0.1, 0.3]}, "held-out video loss": {"1500": [0.07, 0.09]}}
+    out = {"curves": {"dual bf16-true gate 0.1": c}, "by_struct_sigma": {"dual bf16-true gate 0.1":
+                                                                          [{"0.0": 0.02, "1.0": 0.001}]},
+           "bench": {"rung": "m", "seeds": 2, "steps": 1500, "windows": 32}, "device": "cpu", "train_s": 9.0}
+    row = bo.table(out).splitlines()[-1]
+    assert row == "| dual bf16-true gate 0.1 | 0.10% / 0.20% -> 10.00% / 20.00% | 0.2000 | 0.0800 | 2.00% .. 0.10% |"
