@@ -66,7 +66,7 @@ class OpeningBench:
     quick: bool = False
     """The PoC's --quick data (a smoke test)."""
     json: str | None = None
-    """Write the result here (its curves beside it, .png)."""
+    """Write the result here (its curves beside it, .png, and its table, .md)."""
     device: str = flag("auto", check=errors.device)
     """Where to train: auto (a GPU when one is visible) | cpu | cuda[:N]."""
 
@@ -104,6 +104,8 @@ def parse_variants(text: str) -> list[str]:
 
 
 def usable(v) -> bool:
+    """A variant this script can train alone: its own model, explicit motion, a bridge, no sync expert or alignment
+    target (those need files or fields the run does not make here)."""
     o = v.overrides
     return (v.role == "variant" and v.model_of is None and v.struct == "explicit" and v.align_with is None
             and o.get("model.bridge_mode", "dual") in ("dual", "condition_only") and o.get("model.fusion_depth") != 0

@@ -231,9 +231,9 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
                         probe.m_std.cpu().numpy(), JAW, device, on_row=on_row)
     graphs = decoder = None
     if device.type == "cuda":
-        # an hour's frame rate measured on 2026-12-04 (H200) was set by the host, not the GPU (its busy time a frame
-        # flat, the rate following the host's): each frame decoded and read back before the next was denoised kept
-        # the GPU idle a third of the time; overlapped, the host's work hides behind the GPU's
+        # the hour of 2026-12-04 (H200) was bound by its host thread (the GPU 51-70% busy at a fixed clock, the
+        # probe's fixed work slowing with the frame rate): each frame was decoded and read back before the next was
+        # denoised; overlapped, the host's work hides behind the GPU's
         graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
         decoder = prepare_decoder(codec, model.cfg, device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -39,7 +39,8 @@ class Engine:
     stream has its own cache and noise; the weights are only read). graphs (CUDA): each stream captures CUDA graphs
     of its own (its cache, its audio, its voice's length: nothing shared between viewers) and decodes each frame on a
     CUDA stream of its own while the next is denoised, as `generate.py` does; eager, each frame launches thousands
-    of small kernels (`full` on one H200: 7.4 frames/s eager against 39 through graphs, benchmarks/RESULTS.md)."""
+    of small kernels (`full` on one H200: this engine eager 7.4 frames/s, `stream_step.py` through graphs 39;
+    benchmarks/RESULTS.md)."""
 
     def __init__(self, ckpt: str, device: torch.device, graphs: bool = True):
         self.device = device
@@ -108,7 +109,6 @@ class Engine:
                        "frames": frames}
                 if cancel.is_set():
                     return
-
 
     def _accelerated(self, ref, features, frames: int, sample: SampleConfig):
         """(graphs, decoder) of one stream on a GPU, (None, None) eager. The graphs are captured with the model as it
