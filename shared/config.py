@@ -227,6 +227,12 @@ class DiffusionConfig:
     """Per-sample probability of hiding the audio from the video tower only (the struct tower keeps it; issue #34
     remedy (d)): on those samples the mouth's motion can reach the video only through the bridge. 0: off (and no
     extra draw)."""
+    p_struct_clean: float = 0.0
+    """Per-sample probability that the struct stream is clean (sigma 0) on every frame in training (issue #34, a
+    remedy of our own: a dose between dual, 0, and condition_only, 1): on those samples the video tower reads the
+    true motion through the bridge, as condition_only always does, and the struct tower has no loss (`frame_mse`
+    skips sigma 0); sample with `sample.struct_lead` > 0 so that the struct is ahead at inference. 0: off (and no
+    extra draw)."""
     sync_loss_weight: float = 0.0
     """Weight of the latent lip-sync loss on the video stream's denoised estimate (issue #34 remedy (b),
     `shared.diffusion.sync_loss`); 0: off."""
@@ -245,7 +251,7 @@ class DiffusionConfig:
               f"struct_noise={self.struct_noise!r} not in independent, at_most_video")
         _positive(self, "logit_std", "shift_video", "shift_struct")
         _positive(self, "struct_loss_weight", zero=True)
-        for name in ("p_clean_past", "p_audio_drop", "p_video_audio_drop"):
+        for name in ("p_clean_past", "p_audio_drop", "p_video_audio_drop", "p_struct_clean"):
             _within(self, name, 0, 1)
         _positive(self, "sync_loss_weight", "align_loss_weight", zero=True)
         _need(self, self.sync_loss_weight == 0 or bool(self.sync_expert),

@@ -142,7 +142,8 @@ class Draws:
 
 
 def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None) -> Draws:
-    """The draws of one training step, in a fixed order (sigmas, video noise, struct noise, audio dropout)."""
+    """The draws of one training step, in a fixed order (sigmas, video noise, struct noise, audio dropout, then the
+    optional ones: the video tower's audio dropout, the clean struct)."""
     b, t = batch.video.shape[:2]
     dev = batch.video.device
     sv, ss = training_sigmas(b, t, cfg, generator, dev)
@@ -153,6 +154,8 @@ def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None =
     video_keep = None
     if cfg.p_video_audio_drop > 0:  # drawn last and only when asked: other runs keep every draw they had
         video_keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_video_audio_drop
+    if cfg.p_struct_clean > 0:  # after every other draw, so that a run with it pairs with one without
+        ss = ss.masked_fill((torch.rand(b, generator=generator, device=dev) < cfg.p_struct_clean)[:, None], 0.0)
     return Draws(sv, ss, nv, ns, keep, video_keep)
 
 

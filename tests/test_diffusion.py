@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shared.config import DiffusionConfig, get_preset
-from shared.diffusion import Batch, add_noise, frame_mse, shift_sigma, training_loss, training_sigmas
+from shared.diffusion import Batch, add_noise, draw, frame_mse, shift_sigma, training_loss, training_sigmas
 from shared.models import DualForce
 
 
@@ -39,6 +39,23 @@ def test_clean_past_rate(p):
     zero = sv == 0
     assert torch.equal(zero, ss == 0)
     assert (zero[:, 1:].int() <= zero[:, :-1].int()).all()
+
+
+def test_clean_struct_samples_pair_with_a_run_without_them():
+    """p_struct_clean (#34 remedy (e)): a share p of the samples has its struct clean on every frame, and nothing
+    else moves: the video's levels, both noises and the audio dropout are the draws of the same run without it, and
+    the other samples' struct levels too (so the two runs are paired)."""
+    video = torch.zeros(2000, 9, 2, 2, 2)
+    batch = Batch(video, torch.zeros(2000, 9, 3))
+    base = draw(batch, DiffusionConfig(), torch.Generator().manual_seed(4))
+    dose = draw(batch, DiffusionConfig(p_struct_clean=0.3), torch.Generator().manual_seed(4))
+    for name in ("sigma_video", "noise_video", "noise_struct", "audio_keep"):
+        assert torch.equal(getattr(base, name), getattr(dose, name)), name
+    clean = (dose.sigma_struct == 0).all(1)
+    assert abs(clean.float().mean().item() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 2000)
+    assert torch.equal(dose.sigma_struct[~clean], base.sigma_struct[~clean])
+    # no struct loss on them: every frame of theirs is at sigma 0
+    assert frame_mse(torch.zeros(1, 9, 3), torch.ones(1, 9, 3), dose.sigma_struct[clean][:1]).item() == 0.0
 
 
 def test_shift_and_noise_endpoints():
