@@ -15,6 +15,9 @@ weights): LivePortrait's 69 motion numbers, a diffusers `AutoencoderKL` of SD-VA
 HuBERT-base features, both random in their real layouts (as `stream_step.py --decode` and `rehearsal.py` build them).
 
 Sustained fps: frames after the first over the time from the first to the last (the first frame's latency apart).
+`direct` and `websocket` also give where the first frame's time went, as the engine reports it (`PHASES`: reading
+the inputs, the stream's graph captures, the stream's own first frame). A way that fails (a browser that crashes) is
+reported as its error; the others are still measured, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -61,31 +64,46 @@ class DemoBench:
     """The demo's `--graphs`: on a GPU, each stream through CUDA graphs and an overlapped decoder (off: eager)."""
 
 
-def rates(times: list[float]) -> dict:
-    """First-frame latency (s) and sustained fps from the arrival times (s since the start) of every frame."""
-    return {"first_s": times[0], "fps": (len(times) - 1) / (times[-1] - times[0]), "frames": len(times)}
+PHASES = ("inputs_s", "prepare_s", "stream_first_s")
+"""Where a first frame's time went, as the engine reports it: reading the inputs, this stream's graph captures, the
+stream's own first frame; the rest of `first_s` is the way's (the server, the transport, the browser)."""
+
+
+def rates(times: list[float], first: dict | None = None) -> dict:
+    """First-frame latency (s) and sustained fps from the arrival times (s since the start) of every frame; `first`:
+    the engine's first frame (its phases)."""
+    out = {"first_s": times[0], "fps": (len(times) - 1) / (times[-1] - times[0]), "frames": len(times)}
+    if first is not None:
+        out |= {"inputs_s": first["inputs_s"], "prepare_s": first["prepare_s"], "stream_first_s": first["time"]}
+    return out
 
 
 def direct(engine, session) -> dict:
-    t0, times = time.perf_counter(), []
-    for _ in engine.frames(session, {}, threading.Event()):
+    t0, times, first = time.perf_counter(), [], None
+    for f in engine.frames(session, {}, threading.Event()):
         times.append(time.perf_counter() - t0)
-    return rates(times)
+        first = first or f
+    return rates(times, first)
 
 
 def websocket(url: str, sid: str) -> dict:
     import websockets
 
     async def run():
-        t0, times = time.perf_counter(), []
+        t0, times, first = time.perf_counter(), [], None
         async with websockets.connect(f"{url.replace('http', 'ws')}/api/session/{sid}/stream") as ws:
             await ws.send(json.dumps({"settings": {}}))
             while True:
                 m = await ws.recv()
                 if isinstance(m, bytes):
                     times.append(time.perf_counter() - t0)
-                elif json.loads(m)["type"] != "frame":
-                    return rates(times)
+                    continue
+                m = json.loads(m)
+                if m["type"] == "error":
+                    raise RuntimeError(f"the server's stream failed: {m['message']}")
+                if m["type"] != "frame":
+                    return rates(times, first)
+                first = first or m
     return asyncio.run(run())
 
 
@@ -155,7 +173,7 @@ def random_run(folder: Path, preset: str) -> Path:
     return run
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, DemoBench)
     o = DemoBench(**vars(ap.parse_args(argv)))
@@ -202,12 +220,21 @@ def main(argv=None) -> dict:
                "preset": engine.cfg.preset, "graphs": engine.graphs}
         direct(engine, session)  # warm-up (allocations, first-call costs)
         for name, way in ways.items():
-            runs = [way() for _ in range(o.repeats)]
-            out[name] = {k: statistics.median(r[k] for r in runs) for k in ("first_s", "fps", "frames")}
+            out[name] = measure(way, o.repeats)
             print(name, json.dumps(out[name]), flush=True)
         srv.should_exit = True
     print(json.dumps(out, indent=1))
-    return out
+    return 1 if any("error" in out[n] for n in ways) else 0
+
+
+def measure(way, repeats: int) -> dict:
+    """The medians of `repeats` runs of one way, or {"error"} when one fails (a crashed browser, a failed stream): the
+    other ways are still measured and printed."""
+    try:
+        runs = [way() for _ in range(repeats)]
+    except Exception as e:  # a benchmark of several ways: one way's failure is its result, not the run's end
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    return {k: statistics.median(r[k] for r in runs) for k in ("first_s", "fps", "frames", *PHASES) if k in runs[0]}
 
 
 if __name__ == "__main__":

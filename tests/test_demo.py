@@ -99,6 +99,8 @@ def test_a_session_streams_every_frame_with_its_motion(client, files):
             jpegs += ws.receive_bytes()[:2] == b"\xff\xd8"  # a JPEG's start-of-image marker
     assert m["type"] == "done" and len(frames) == jpegs == 50  # 2 s at 25 fps
     assert [f["index"] for f in frames] == list(range(50)) and all(len(f["motion"]) == 4 for f in frames)
+    # the first frame says where its latency went (the engine's phases: inputs, graph captures), the others do not
+    assert frames[0]["inputs_s"] > 0 and frames[0]["prepare_s"] >= 0 and "inputs_s" not in frames[1]
 
 
 def _frames(engine, session, seed: int) -> np.ndarray:

@@ -13,7 +13,8 @@ measures the page against `stream_step.py` and against a multipart MJPEG stream 
     POST /api/session/ID/audio          multipart "file", or JSON {"example": NAME}
     GET  /api/session/ID/audio          the session's voice (the page plays it in sync)
     WS   /api/session/ID/stream         send {"settings": {...}}; receive {"type": "frame", ...} + JPEG bytes per
-                                        frame, then {"type": "done"} or {"type": "error", "message"}; send
+                                        frame (the first also with the engine's "inputs_s" and "prepare_s"),
+                                        then {"type": "done"} or {"type": "error", "message"}; send
                                         {"type": "stop"} to stop
     GET  /api/session/ID/mjpeg          the same stream as multipart JPEG (the measured alternative; no motion)
 """
@@ -252,8 +253,9 @@ async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
             item = await queue.get()
             if item[0] == "frame":
                 f = item[1]
+                phases = {k: f[k] for k in ("inputs_s", "prepare_s")} if f["index"] == 0 else {}
                 await ws.send_json({"type": "frame", "index": f["index"], "time": f["time"], "motion": f["motion"],
-                                    "frames": f["frames"]})
+                                    "frames": f["frames"], **phases})
                 await ws.send_bytes(item[2])
             else:
                 await ws.send_json({"type": "done"} if item[0] == "done" else {"type": "error", "message": item[1]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -85,8 +86,11 @@ class Engine:
         return check_sample(sample, frames), seed
 
     def frames(self, s: Session, settings: dict, cancel: threading.Event) -> Iterator[dict]:
-        """The session's stream: {"index", "frame" uint8 [H, W, 3], "motion" [len(plotted)] or None, "time"},
-        stopping between frames once `cancel` is set."""
+        """The session's stream: {"index", "frame" uint8 [H, W, 3], "motion" [len(plotted)] or None, "time" (s since
+        the stream began), "frames", "inputs_s" (reading the reference and the voice, the audio features), "prepare_s"
+        (this stream's graph captures, 0 eager)}, stopping between frames once `cancel` is set. The two phases tell a
+        first frame's latency apart from the stream's own and from what a server adds."""
+        t0 = time.perf_counter()
         if s.reference is None or s.audio is None:
             raise InputError("choose a reference image and a voice first")
         ref = load_reference(s.reference, self.cfg, self.meta, self.codec)
@@ -97,16 +101,18 @@ class Engine:
         features = self.features(wav, frames)
         if cancel.is_set():  # stopped while the inputs were read
             return
+        t1 = time.perf_counter()
         # this thread's current CUDA device is the engine's (new streams, events and graph captures land there)
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
             graphs, decoder = self._accelerated(ref, features, frames, sample)
             if cancel.is_set():
                 return
+            phases = {"inputs_s": t1 - t0, "prepare_s": time.perf_counter() - t1}
             for f in stream_frames(self.model, ref, features, frames, self.codec, sample, self.device, seed,
                                    graphs=graphs, decoder=decoder):
                 motion = None if f["struct"] is None else [float(f["struct"][i]) for _, i in self.plotted]
                 yield {"index": f["index"], "frame": f["frame"], "motion": motion, "time": f["time"],
-                       "frames": frames}
+                       "frames": frames, **phases}
                 if cancel.is_set():
                     return
 
