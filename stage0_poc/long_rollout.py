@@ -202,6 +202,9 @@ class LongOptions:
     far in RUN/long_minutes.partial.json); 0: off."""
     minutes_method: str = "baseline"
     """The method streamed for --minutes (a sampler setting, or a fine-tune made as for --methods)."""
+    minutes_overlap: bool = flag(True, check=errors.on_off)
+    """--minutes on a GPU: each frame decoded on a CUDA stream of its own while the next is denoised (on), or decoded
+    and read back before the next (off: the path of the hour of 2026-12-04, bc79fdc)."""
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -344,8 +347,10 @@ def run_minutes(args) -> dict:
         frames = max(1, round(args.minutes * 60 * cfg.fps))
         con.print(f"{n} / {args.minutes_method}: {frames} frames ({args.minutes:g} min) of {clip.name}")
         streams[n] = MN.stream(model, replace(cfg.sample, **sample), clip, frames, probe, codec, dims, cfg.fps,
-                               torch.device(device), s.seed, con, MN.keep_partial(partial, streams, n))
-    result = MN.write(out, streams, real_means(real)["jitter"], args.minutes, args.minutes_method, device)
+                               torch.device(device), s.seed, con, MN.keep_partial(partial, streams, n),
+                               overlap=args.minutes_overlap)
+    result = MN.write(out, streams, real_means(real)["jitter"], args.minutes, args.minutes_method, device,
+                      args.minutes_overlap)
     partial.unlink(missing_ok=True)
     con.print((out / "long_minutes.md").read_text())
     con.print(f"wrote {out / 'long_minutes.json'}, {out / 'long_minutes.md'} and {out / result['plot']}")

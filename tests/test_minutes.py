@@ -144,3 +144,29 @@ def test_the_gpu_state_is_left_out_off_cuda():
     from shared.evaluation.minutes import gpu_state
 
     assert gpu_state(torch.device("cpu")) == {}
+
+
+def test_a_stalled_stream_ends_with_a_line_and_its_stack_not_a_hang():
+    """The hour of 2026-12-04 (f) hung without a word (a GPU wait that never returned): a `Watchdog` not ticked for
+    its time ends the process with one error line, every thread's stack (where it stood) and status 3; one ticked in
+    time lets its block finish."""
+    import subprocess
+    import sys
+    import time
+
+    from shared.watchdog import STALLED
+
+    code = ("import time\nfrom shared.watchdog import Watchdog\n"
+            "with Watchdog(1.0, 'the test stream', 'a note') as dog:\n"
+            "    for i in range({n}):\n        dog.tick(f'after frame {{i}}')\n        time.sleep({pause})\n"
+            "print('finished')\n")
+    t = time.monotonic()
+    stalled = subprocess.run([sys.executable, "-c", code.format(n=3, pause=30)], capture_output=True, text=True,
+                             timeout=60)
+    assert stalled.returncode == STALLED and time.monotonic() - t < 20 and "finished" not in stalled.stdout
+    first = stalled.stderr.splitlines()[0]
+    assert first.startswith("error: the test stream: nothing for ") and first.endswith("(after frame 0); a note")
+    assert "in <module>" in stalled.stderr  # the stalled thread's stack
+    ticked = subprocess.run([sys.executable, "-c", code.format(n=8, pause=0.3)], capture_output=True, text=True,
+                            timeout=60)
+    assert ticked.returncode == 0 and ticked.stdout.strip() == "finished" and not ticked.stderr

@@ -213,14 +213,21 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
     plt.close(fig)
 
 
+STALL_S = 120.0
+"""A minute stream with no frame for this long has stalled (`shared.watchdog`): far over any frame's time, a second's
+reading by the probe, or a capture mid-stream."""
+
+
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
-           con, on_row: Callable[[list], None] | None = None) -> list[dict]:
+           con, on_row: Callable[[list], None] | None = None, overlap: bool = True) -> list[dict]:
     """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; on a
-    GPU, CUDA graphs and each frame decoded on a stream of its own while the next is denoised), read by the probe a
-    second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them as each minute closes)."""
+    GPU, CUDA graphs and, with `overlap`, each frame decoded on a stream of its own while the next is denoised), read
+    by the probe a second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them as each minute closes).
+    No frame for `STALL_S` ends the process with an error line and every thread's stack (`Watchdog`)."""
     from rich.progress import Progress
 
     from ..sampling.generation import Reference, prepare_decoder, prepare_graphs, stream_frames
+    from ..watchdog import Watchdog
     from .evaluate import JAW
 
     ref = Reference(torch.as_tensor(clip.ref_video)[None],
@@ -235,14 +242,17 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
         # probe's fixed work slowing with the frame rate): each frame was decoded and read back before the next was
         # denoised; overlapped, the host's work hides behind the GPU's
         graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
-        decoder = prepare_decoder(codec, model.cfg, device)
+        decoder = prepare_decoder(codec, model.cfg, device) if overlap else None
         torch.cuda.reset_peak_memory_stats(device)
     chunk: list = []
+    dog = Watchdog(STALL_S, "the minute stream", "the minutes closed so far are in long_minutes.partial.json; "
+                   "--minutes-overlap off decodes each frame before the next is denoised")
     try:
-        with Progress(console=con) as bar:
+        with Progress(console=con) as bar, dog:
             task = bar.add_task("streaming", total=frames)
             for f in stream_frames(model, ref, features, frames, codec, sample, device, seed, graphs=graphs,
                                     decoder=decoder):
+                dog.tick(f"after frame {f['index']}")
                 chunk.append(f["frame"])
                 if len(chunk) == fps or f["index"] == frames - 1:
                     t = time.perf_counter()
@@ -259,19 +269,22 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     return meter.rows
 
 
-def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: float, method: str, device: str) -> dict:
-    """OUT/long_minutes.json (rows and `flatness` per stream), long_minutes.md and plots/long_minutes.png."""
+def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: float, method: str, device: str,
+          overlap: bool = True) -> dict:
+    """OUT/long_minutes.json (rows and `flatness` per stream), long_minutes.md and plots/long_minutes.png; `overlap`:
+    how the frames were decoded (`stream`'s)."""
     (out / "plots").mkdir(exist_ok=True)
     plot(streams, real_jitter, out / "plots" / "long_minutes.png")
     checks = {n: flatness(rows) for n, rows in streams.items()}
-    result = {"minutes": minutes, "method": method, "device": device, "real_jitter": real_jitter,
+    decode = "overlapped" if overlap and device.startswith("cuda") else "inline"
+    result = {"minutes": minutes, "method": method, "device": device, "decode": decode, "real_jitter": real_jitter,
               "streams": streams, "checks": checks, "plot": "plots/long_minutes.png"}
     tmp = out / ".long_minutes.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "long_minutes.json")
     cols = ("frames", "id_err", "jitter", "lip_r", "fps", "stream_fps", "read_s", "cpu_s", "other_cpu_s", "steal_s",
             "gpu_sm_mhz", "gpu_util_pct", "host_rss_gib", "gpu_peak_gib")
-    lines = [f"# {minutes:g} minutes streamed ({method}, {device})", "",
+    lines = [f"# {minutes:g} minutes streamed ({method}, {device}, decoding {decode})", "",
              "Per minute: identity error to the reference (std units), head-pose jitter (real clips': "
              f"{real_jitter:.4f}), lip sync against the looped true mouth, frames per second of the whole loop "
              "(stream, decode, probe) and of the loop less the probe's reading (stream_fps; read_s: the reading's "
