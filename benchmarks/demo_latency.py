@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,6 +234,7 @@ def measure(way, repeats: int) -> dict:
     try:
         runs = [way() for _ in range(repeats)]
     except Exception as e:  # a benchmark of several ways: one way's failure is its result, not the run's end
+        traceback.print_exc()
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     return {k: statistics.median(r[k] for r in runs) for k in ("first_s", "fps", "frames", *PHASES) if k in runs[0]}
 

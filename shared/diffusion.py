@@ -142,8 +142,10 @@ class Draws:
 
 
 def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None) -> Draws:
-    """The draws of one training step, in a fixed order (sigmas, video noise, struct noise, audio dropout, then the
-    optional ones: the video tower's audio dropout, the clean struct)."""
+    """The draws of one training step, in a fixed order (sigmas, video noise, struct noise, audio dropout). The
+    optional per-sample masks (the video tower's audio dropout, the clean struct) draw nothing: each reads a uniform
+    variate off the reference frame's noise (`_spare_uniform`), so a run with them consumes exactly the random numbers
+    a run without them does, at every step, and the two stay paired (same levels, noise and audio dropout)."""
     b, t = batch.video.shape[:2]
     dev = batch.video.device
     sv, ss = training_sigmas(b, t, cfg, generator, dev)
@@ -152,11 +154,18 @@ def draw(batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None =
                                                        dtype=batch.struct.dtype)
     keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_audio_drop
     video_keep = None
-    if cfg.p_video_audio_drop > 0:  # drawn last and only when asked: other runs keep every draw they had
-        video_keep = torch.rand(b, generator=generator, device=dev) >= cfg.p_video_audio_drop
-    if cfg.p_struct_clean > 0:  # after every other draw, so that a run with it pairs with one without
-        ss = ss.masked_fill((torch.rand(b, generator=generator, device=dev) < cfg.p_struct_clean)[:, None], 0.0)
+    if cfg.p_video_audio_drop > 0:
+        video_keep = _spare_uniform(nv) >= cfg.p_video_audio_drop
+    if cfg.p_struct_clean > 0 and ns is not None:
+        ss = ss.masked_fill((_spare_uniform(ns) < cfg.p_struct_clean)[:, None], 0.0)
     return Draws(sv, ss, nv, ns, keep, video_keep)
+
+
+def _spare_uniform(noise: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] noise -> [B] uniform variates: the normal CDF of each sample's first element of frame 0. Frame 0 is
+    the reference, at noise level 0 in every path (`training_sigmas`), so its noise enters neither the inputs nor the
+    loss, and is independent of every draw that does: a mask read off it is a fresh draw that consumes nothing."""
+    return torch.special.ndtr(noise[:, 0].flatten(1)[:, 0].float())
 
 
 def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Generator | None = None,

@@ -204,7 +204,8 @@ class LongOptions:
     """The method streamed for --minutes (a sampler setting, or a fine-tune made as for --methods)."""
     minutes_overlap: bool = flag(True, check=errors.on_off)
     """--minutes on a GPU: each frame decoded on a CUDA stream of its own while the next is denoised (on), or decoded
-    and read back before the next (off: the path of the hour of 2026-12-04, bc79fdc)."""
+    and read back before the next (off: the decoding of the hour of 2026-12-04 at bc79fdc; the graphs' capture has
+    changed since, for the demo's viewers)."""
 
 
 def main(argv: list[str] | None = None) -> dict:

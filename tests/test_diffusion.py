@@ -41,21 +41,31 @@ def test_clean_past_rate(p):
     assert (zero[:, 1:].int() <= zero[:, :-1].int()).all()
 
 
-def test_clean_struct_samples_pair_with_a_run_without_them():
-    """p_struct_clean (#34 remedy (e)): a share p of the samples has its struct clean on every frame, and nothing
-    else moves: the video's levels, both noises and the audio dropout are the draws of the same run without it, and
-    the other samples' struct levels too (so the two runs are paired)."""
-    video = torch.zeros(2000, 9, 2, 2, 2)
-    batch = Batch(video, torch.zeros(2000, 9, 3))
-    base = draw(batch, DiffusionConfig(), torch.Generator().manual_seed(4))
-    dose = draw(batch, DiffusionConfig(p_struct_clean=0.3), torch.Generator().manual_seed(4))
-    for name in ("sigma_video", "noise_video", "noise_struct", "audio_keep"):
-        assert torch.equal(getattr(base, name), getattr(dose, name)), name
-    clean = (dose.sigma_struct == 0).all(1)
-    assert abs(clean.float().mean().item() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 2000)
-    assert torch.equal(dose.sigma_struct[~clean], base.sigma_struct[~clean])
-    # no struct loss on them: every frame of theirs is at sigma 0
-    assert frame_mse(torch.zeros(1, 9, 3), torch.ones(1, 9, 3), dose.sigma_struct[clean][:1]).item() == 0.0
+@pytest.mark.parametrize("option", ["p_struct_clean", "p_video_audio_drop"])
+def test_the_optional_masks_keep_a_run_paired_with_one_without_them(option):
+    """#34's remedies (d) and (e) mask a share p of the samples (the video tower deaf, the struct clean on every
+    frame) and nothing else moves, step after step from one generator: the levels, both noises and the audio dropout
+    are the draws of the same run without them (the masks draw nothing), so the two runs stay paired."""
+    batch = Batch(torch.zeros(2000, 9, 2, 2, 2), torch.zeros(2000, 9, 3))
+    g_base, g_dose = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for _ in range(3):  # the generator lives for the whole run
+        base = draw(batch, DiffusionConfig(), g_base)
+        dose = draw(batch, DiffusionConfig(**{option: 0.3}), g_dose)
+        for name in ("sigma_video", "noise_video", "noise_struct", "audio_keep"):
+            assert torch.equal(getattr(base, name), getattr(dose, name)), name
+        if option == "p_struct_clean":
+            masked = (dose.sigma_struct == 0).all(1)
+            assert torch.equal(dose.sigma_struct[~masked], base.sigma_struct[~masked])
+            # no struct loss on them: every frame of theirs is at sigma 0
+            assert frame_mse(torch.zeros(1, 9, 3), torch.ones(1, 9, 3), dose.sigma_struct[masked][:1]).item() == 0
+        else:
+            masked = ~dose.video_audio_keep
+            assert torch.equal(dose.sigma_struct, base.sigma_struct) and base.video_audio_keep is None
+        assert abs(masked.float().mean().item() - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 2000)
+    # the two masks are not the same samples (each reads its own stream's spare noise)
+    both = draw(batch, DiffusionConfig(p_struct_clean=0.5, p_video_audio_drop=0.5), torch.Generator().manual_seed(5))
+    agree = ((both.sigma_struct == 0).all(1) == ~both.video_audio_keep).float().mean().item()
+    assert abs(agree - 0.5) < 0.05
 
 
 def test_shift_and_noise_endpoints():

@@ -170,3 +170,11 @@ def test_a_stalled_stream_ends_with_a_line_and_its_stack_not_a_hang():
     ticked = subprocess.run([sys.executable, "-c", code.format(n=8, pause=0.3)], capture_output=True, text=True,
                             timeout=60)
     assert ticked.returncode == 0 and ticked.stdout.strip() == "finished" and not ticked.stderr
+    # a stall that holds the GIL (a C call that never returns) stops the watchdog's thread too: faulthandler's C
+    # thread still dumps the stacks and ends the process
+    held = ("from shared.watchdog import Watchdog\n"
+            "with Watchdog(1.0, 'the test stream', backstop=1.0):\n    sum(range(10 ** 13))\n")
+    t = time.monotonic()
+    stuck = subprocess.run([sys.executable, "-c", held], capture_output=True, text=True, timeout=60)
+    assert stuck.returncode == 1 and time.monotonic() - t < 20 and "Timeout" in stuck.stderr
+    assert "<module>" in stuck.stderr

@@ -237,18 +237,21 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     meter = MinuteMeter(fps, first, list(dims["id_dims"]), list(dims["pose_dims"]), probe.i_std.cpu().numpy(),
                         probe.m_std.cpu().numpy(), JAW, device, on_row=on_row)
     graphs = decoder = None
-    if device.type == "cuda":
-        # the hour of 2026-12-04 (H200) was bound by its host thread (the GPU 51-70% busy at a fixed clock, the
-        # probe's fixed work slowing with the frame rate): each frame was decoded and read back before the next was
-        # denoised; overlapped, the host's work hides behind the GPU's
-        graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
-        decoder = prepare_decoder(codec, model.cfg, device) if overlap else None
-        torch.cuda.reset_peak_memory_stats(device)
     chunk: list = []
     dog = Watchdog(STALL_S, "the minute stream", "the minutes closed so far are in long_minutes.partial.json; "
                    "--minutes-overlap off decodes each frame before the next is denoised")
     try:
-        with Progress(console=con) as bar, dog:
+        with dog, Progress(console=con) as bar:
+            if device.type == "cuda":
+                # the hour of 2026-12-04 (H200) was bound by its host thread (the GPU 51-70% busy at a fixed clock,
+                # the probe's fixed work slowing with the frame rate): each frame was decoded and read back before
+                # the next was denoised; overlapped, the host's work hides behind the GPU's
+                dog.tick("capturing the stream's graphs")
+                graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
+                dog.tick("capturing the decoder's graph")
+                decoder = prepare_decoder(codec, model.cfg, device) if overlap else None
+                torch.cuda.reset_peak_memory_stats(device)
+            dog.tick("before the first frame")
             task = bar.add_task("streaming", total=frames)
             for f in stream_frames(model, ref, features, frames, codec, sample, device, seed, graphs=graphs,
                                     decoder=decoder):

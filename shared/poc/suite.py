@@ -105,6 +105,9 @@ FULL_VARIANTS = CORE_VARIANTS + [
     # the struct is clean 2 of the 4 steps before the video, so the video can rely on a cleaner motion, the joint
     # analogue of condition_only's clean condition
     Variant("dual_struct_leads", {"diffusion.struct_noise": "at_most_video"}, sample=(("struct_lead", 2),)),
+    # dual sampled as (a) and (e) are (the struct 2 steps ahead), no training change: against it, (a) and (e) show
+    # what their training does apart from their sampling
+    Variant("dual_lead2", {}, sample=(("struct_lead", 2),), model_of="dual"),
     # (d) the video tower deaf on half the samples (the struct tower still hears the audio): there the mouth's
     # motion reaches the video only through the bridge, so reading the bridge pays off in the loss; at inference the
     # video hears the audio as before
@@ -123,8 +126,8 @@ FULL_VARIANTS = CORE_VARIANTS + [
             align_with="explicit"),
 ]
 # The remedies against the baselines they must beat, without the other ablations: what the top rung can afford.
-REMEDIES = ("dual_struct_leads", "dual_sync", "dual_implicit", "dual_implicit_align", "dual_video_audio_drop",
-            "dual_struct_clean")
+REMEDIES = ("dual_struct_leads", "dual_lead2", "dual_sync", "dual_implicit", "dual_implicit_align",
+            "dual_video_audio_drop", "dual_struct_clean")
 REMEDY_VARIANTS = [v for v in CORE_VARIANTS if v.name not in ("dual_oneway", "video_only_wide")] + [
     v for v in FULL_VARIANTS if v.name in REMEDIES]
 SUITES = {"core": CORE_VARIANTS, "full": FULL_VARIANTS, "remedies": REMEDY_VARIANTS}
@@ -144,6 +147,8 @@ QUESTIONS = [  # (question, A, B): "A beats B"
         ("a", "dual_struct_leads", "dual"), ("b", "dual_sync", "dual"), ("c", "dual_implicit_align", "dual_implicit"),
         ("d", "dual_video_audio_drop", "dual"), ("e", "dual_struct_clean", "dual"),
     ) for b in (own, "condition_only", "video_only")],
+    *[(f"remedy ({k}) {name}, its training alone: beats dual sampled the same way", name, "dual_lead2")
+      for k, name in (("a", "dual_struct_leads"), ("e", "dual_struct_clean"))],
 ]
 
 

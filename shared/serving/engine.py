@@ -88,8 +88,9 @@ class Engine:
     def frames(self, s: Session, settings: dict, cancel: threading.Event) -> Iterator[dict]:
         """The session's stream: {"index", "frame" uint8 [H, W, 3], "motion" [len(plotted)] or None, "time" (s since
         the stream began), "frames", "inputs_s" (reading the reference and the voice, the audio features), "prepare_s"
-        (this stream's graph captures, 0 eager)}, stopping between frames once `cancel` is set. The two phases tell a
-        first frame's latency apart from the stream's own and from what a server adds."""
+        (this stream's graph captures, with any wait for another viewer's, 0 eager)}, stopping between frames once
+        `cancel` is set. The two phases tell a first frame's latency apart from the stream's own and from what a
+        server adds."""
         t0 = time.perf_counter()
         if s.reference is None or s.audio is None:
             raise InputError("choose a reference image and a voice first")
