@@ -1,6 +1,7 @@
 """Phase 0.5: tiny models on SynthTalk answer the critical-path hypotheses (`shared.poc.suite`: H1, H2, H3).
 
-    python stage0_poc/run.py [--suite core|full|remedies] [--quick] [--rung xs|s|m|l | --ladder] [--out DIR]
+    python stage0_poc/run.py [--suite core|full|remedies] [--variants A,B] [--quick] [--rung xs|s|m|l | --ladder]
+        [--out DIR]
 
 SynthTalk clips -> tiny-ae codec -> HDF5 caches -> every variant and training seed trained side by side on the same
 data order and noise -> streaming rollouts of fresh held-out clips read back by probes -> metrics -> seed-level
@@ -27,7 +28,7 @@ from shared.poc import assets, cli, decide, report  # noqa: E402
 from shared.poc.evaluation import evaluate_seeds  # noqa: E402
 from shared.poc.phases import Phases  # noqa: E402
 from shared.poc.settings import device_of, resolve, run_name  # noqa: E402
-from shared.poc.suite import SUITES, SYNC_EXPERT, variant_config  # noqa: E402
+from shared.poc.suite import SYNC_EXPERT, chosen, variant_config  # noqa: E402
 from shared.poc.training import train_suite  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def run_suite(args) -> dict:
     from rich.console import Console
 
     con, device, t_start = Console(), device_of(args), time.perf_counter()
-    s, out, variants = resolve(args, device), Path(args.out) / run_name(args), SUITES[args.suite]
+    s, out, variants = resolve(args, device), Path(args.out) / run_name(args), chosen(args.suite, args.variants)
     if device == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where the PoC models train in fp32
     for d in (out / "plots", out / "samples"):

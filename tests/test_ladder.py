@@ -257,3 +257,20 @@ def test_bridge_opening_tables_each_seed_mid_and_end():
            "bench": {"rung": "m", "seeds": 2, "steps": 1500, "windows": 32}, "device": "cpu", "train_s": 9.0}
     row = bo.table(out).splitlines()[-1]
     assert row == "| dual bf16-true gate 0.1 | 0.10% / 0.20% -> 10.00% / 20.00% | 0.2000 | 0.0800 | 2.00% .. 0.10% |"
+
+
+def test_a_subset_of_a_suite_keeps_what_its_questions_and_headroom_need():
+    """`--variants` (the remedies at the top rung, a few per session): the named variants, their questions' baselines,
+    the model a sampling variant reads, and the headroom's and every remedy's baselines; a name outside the suite is
+    refused with the suite's names."""
+    from shared.errors import UserError
+    from shared.poc.suite import SUITES, chosen
+
+    names = lambda s, v: [x.name for x in chosen(s, v)]  # noqa: E731
+    assert names("remedies", None) == [v.name for v in SUITES["remedies"]]
+    assert names("remedies", "dual_struct_clean") == ["video_only", "condition_only", "dual", "motion_source",
+                                                      "condition_only_oracle", "dual_lead2", "dual_struct_clean"]
+    # remedy (c)'s own baseline is dual_implicit; dual_lead2 is a sampling of dual, which comes with it
+    assert {"dual_implicit", "dual"} <= set(names("remedies", "dual_implicit_align,dual_lead2"))
+    with pytest.raises(UserError, match="nope not in --suite remedies"):
+        chosen("remedies", "dual_struct_clean,nope")

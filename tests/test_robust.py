@@ -318,7 +318,8 @@ def test_audio_with_a_nan_sample_is_refused_before_generating(run, cache, tmp_pa
                                                 ("--steps", "0", "--steps: 0 must be >= 1"),
                                                 ("--seeds", "0", "--seeds: 0 must be >= 1"),
                                                 ("--rollouts", "0", "--rollouts: 0 must be >= 1"),
-                                                ("--curve-points", "9", "--curve-points: 9 must be in [0, 3]")])
+                                                ("--curve-points", "9", "--curve-points: 9 must be in [0, 3]"),
+                                                ("--variants", "dual,nope", "--variants: nope not in --suite core")])
 def test_poc_refuses_counts_that_cannot_run_before_touching_its_folder(tmp_path, capsys, flag, value, match):
     assert match in refused(capsys, poc_main, "--quick", "--out", tmp_path / "poc", "--device", "cpu", flag, value)
     assert not (tmp_path / "poc").exists()

@@ -11,7 +11,7 @@ from .. import errors, lock
 from ..cli import add_fields, flag
 from .ladder import climb
 from .settings import RUNGS, Settings
-from .suite import SUITES
+from .suite import SUITES, chosen
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class RunOptions:
     """Train variants again even if a model is saved."""
     rung: str = flag("xs", choices=tuple(RUNGS))
     """Scaling-ladder rung (RUNGS: model width and depth, training identities; xs: the default)."""
+    variants: str | None = None
+    """Only these of the suite's variants (comma-separated), with what they need (`suite.chosen`: their questions'
+    baselines, the model a sampling variant reads, video_only, condition_only, its motion source and the oracle);
+    default: the whole suite."""
     ladder: bool = False
     """Every rung in turn (finished rungs reused), then the trend of every H2 effect and of the oracle's gap against
     the parameter count, extrapolated to the full preset; every rung's bridge gates start at LADDER_GATE_INIT (0.1)
@@ -48,5 +52,8 @@ def parser(doc: str | None = None) -> errors.ArgumentParser:
 def main(argv: list[str] | None, run_suite: Callable[[argparse.Namespace], dict], doc: str | None = None) -> dict:
     """Parse, hold the --out folder (one PoC writes a folder at a time), then `run_suite` once or up the ladder."""
     args = parser(doc).parse_args(argv)
+    chosen(args.suite, args.variants)  # a name not in the suite is refused before the folder is touched
+    if args.variants and args.ladder:
+        raise errors.UserError("--variants: not with --ladder (the trend reads each rung's whole suite)")
     with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):
         return climb(args, run_suite) if args.ladder else run_suite(args)

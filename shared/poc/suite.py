@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .. import config as C
+from ..errors import UserError
 from ..models import DualForce
 from .settings import Settings
 
@@ -131,6 +132,9 @@ REMEDIES = ("dual_struct_leads", "dual_lead2", "dual_sync", "dual_implicit", "du
 REMEDY_VARIANTS = [v for v in CORE_VARIANTS if v.name not in ("dual_oneway", "video_only_wide")] + [
     v for v in FULL_VARIANTS if v.name in REMEDIES]
 SUITES = {"core": CORE_VARIANTS, "full": FULL_VARIANTS, "remedies": REMEDY_VARIANTS}
+ALWAYS = ("video_only", "condition_only", "condition_only_oracle", "motion_source")
+"""What every subset of a suite keeps: the oracle's headroom (the oracle against video_only) decides whether an H2
+comparison is testable at all, and condition_only and its motion source are the baseline every remedy must beat."""
 VARIANTS = {v.name: v for v in FULL_VARIANTS}
 QUESTIONS = [  # (question, A, B): "A beats B"
     ("H2a: dual beats video_only", "dual", "video_only"),
@@ -152,6 +156,24 @@ QUESTIONS = [  # (question, A, B): "A beats B"
 ]
 
 
+
+
+def chosen(suite: str, names: str | None) -> list[Variant]:
+    """The suite's variants, or (`names`, comma-separated) only those with what they need: what their questions
+    compare them with, the model a sampling variant reads (`model_of`), and `ALWAYS`; in the suite's order. A subset
+    trains in less time (the remedies at the top rung: one session for a few of them, not eleven)."""
+    variants = SUITES[suite]
+    if not names:
+        return variants
+    known = {v.name: v for v in variants}
+    want = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(want - set(known))
+    if unknown:
+        raise UserError(f"--variants: {', '.join(unknown)} not in --suite {suite} (its variants: {', '.join(known)})")
+    keep = want | set(ALWAYS) | {b for _, a, b in QUESTIONS if a in want}
+    while extra := {known[n].model_of for n in keep if n in known and known[n].model_of} - keep:
+        keep |= extra
+    return [v for v in variants if v.name in keep]
 
 
 def variant_config(base: C.Config, v: Variant, meta, s: Settings, steps: int, device: str,
