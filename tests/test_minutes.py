@@ -154,9 +154,9 @@ def test_a_stalled_stream_ends_with_a_line_and_its_stack_not_a_hang():
     import sys
     import time
 
-    from shared.watchdog import STALLED
+    from shared.sampling.watchdog import STALLED
 
-    code = ("import time\nfrom shared.watchdog import Watchdog\n"
+    code = ("import time\nfrom shared.sampling.watchdog import Watchdog\n"
             "with Watchdog(1.0, 'the test stream', 'a note') as dog:\n"
             "    for i in range({n}):\n        dog.tick(f'after frame {{i}}')\n        time.sleep({pause})\n"
             "print('finished')\n")
@@ -172,7 +172,7 @@ def test_a_stalled_stream_ends_with_a_line_and_its_stack_not_a_hang():
     assert ticked.returncode == 0 and ticked.stdout.strip() == "finished" and not ticked.stderr
     # a stall that holds the GIL (a C call that never returns) stops the watchdog's thread too: faulthandler's C
     # thread still dumps the stacks and ends the process
-    held = ("from shared.watchdog import Watchdog\n"
+    held = ("from shared.sampling.watchdog import Watchdog\n"
             "with Watchdog(1.0, 'the test stream', backstop=1.0):\n    sum(range(10 ** 13))\n")
     t = time.monotonic()
     stuck = subprocess.run([sys.executable, "-c", held], capture_output=True, text=True, timeout=60)

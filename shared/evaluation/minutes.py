@@ -214,7 +214,7 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
 
 
 STALL_S = 120.0
-"""A minute stream with no frame for this long has stalled (`shared.watchdog`): far over any frame's time, a second's
+"""A minute stream with no frame for this long has stalled (`shared.sampling.watchdog`): far over any frame's time, a second's
 reading by the probe, or a capture mid-stream."""
 
 
@@ -227,7 +227,7 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     from rich.progress import Progress
 
     from ..sampling.generation import Reference, prepare_decoder, prepare_graphs, stream_frames
-    from ..watchdog import Watchdog
+    from ..sampling.watchdog import Watchdog
     from .evaluate import JAW
 
     ref = Reference(torch.as_tensor(clip.ref_video)[None],

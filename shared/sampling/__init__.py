@@ -1,6 +1,7 @@
 """Sampling: schedules (`schedule`), pure sampler steps (`steps`: `euler_chunk`, `guided`), the contexts a chunk is
 denoised in (`engine`: `CachedContext`, `RecomputeContext`), CUDA-graph replay (`graphs`), the streaming loop
-(`infer`: `stream`, `generate`, `warm_up`) and files in / talking head out (`generation`)."""
+(`infer`: `stream`, `generate`, `warm_up`), files in / talking head out (`generation`) and a stalled stream's end
+(`watchdog`: `Watchdog`)."""
 
 from .engine import CachedContext, RecomputeContext
 from .graphs import GraphedModel
