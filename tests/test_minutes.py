@@ -147,7 +147,7 @@ def test_the_gpu_state_is_left_out_off_cuda():
 
 
 def test_a_stalled_stream_ends_with_a_line_and_its_stack_not_a_hang():
-    """The hour of 2026-12-04 (f) hung without a word (a GPU wait that never returned): a `Watchdog` not ticked for
+    """The hour of 2026-12-04 (g) hung without a word (a GPU wait that never returned): a `Watchdog` not ticked for
     its time ends the process with one error line, every thread's stack (where it stood) and status 3; one ticked in
     time lets its block finish."""
     import subprocess
