@@ -252,16 +252,21 @@ def server(files, tmp_path):
 
 
 def _driver():
+    """Headless Chromium through chromedriver; with CHROMEDRIVER_LOG set (a file), the driver's output and the
+    browser's own stderr are appended there (where a crashed renderer says why: the GPU machine's first page,
+    2026-12-04)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
+    log = os.environ.get("CHROMEDRIVER_LOG")
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
-              "--window-size=1100,900"):
+              "--window-size=1100,900", *(("--enable-logging=stderr",) if log else ())):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    service = Service(shutil.which("chromedriver"), **({"log_output": log} if log else {}))
+    return webdriver.Chrome(service=service, options=opts)
 
 
 def _wait(driver, script: str, timeout: float = 120.0):
