@@ -202,10 +202,10 @@ class LongOptions:
     far in RUN/long_minutes.partial.json); 0: off."""
     minutes_method: str = "baseline"
     """The method streamed for --minutes (a sampler setting, or a fine-tune made as for --methods)."""
-    minutes_overlap: bool = flag(True, check=errors.on_off)
-    """--minutes on a GPU: each frame decoded on a CUDA stream of its own while the next is denoised (on), or decoded
-    and read back before the next (off: the decoding of the hour of 2026-12-04 at bc79fdc; the graphs' capture has
-    changed since, for the demo's viewers)."""
+    minutes_overlap: str = flag("on", choices=("on", "eager", "off"))
+    """--minutes on a GPU: each frame decoded on a CUDA stream of its own while the next is denoised, as a CUDA graph
+    (on) or eagerly (eager), or decoded and read back before the next (off: the decoding of the hour of 2026-12-04 at
+    bc79fdc; the graphs' capture has changed since, for the demo's viewers)."""
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -213,15 +213,21 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
     plt.close(fig)
 
 
+DECODING = {"on": "overlapped, a CUDA graph", "eager": "overlapped, eager", "off": "inline"}
+"""--minutes-overlap: each frame decoded on a CUDA stream of its own while the next is denoised, replayed as a CUDA
+graph (on) or launched eagerly (eager: one graph stream, the model's, should two replayed side by side be what
+stalls), or decoded and read back before the next (off)."""
+
 STALL_S = 120.0
 """A minute stream with no frame for this long has stalled (`shared.sampling.watchdog`): far over any frame's time, a second's
 reading by the probe, or a capture mid-stream."""
 
 
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
-           con, on_row: Callable[[list], None] | None = None, overlap: bool = True) -> list[dict]:
+           con, on_row: Callable[[list], None] | None = None, overlap: str = "on") -> list[dict]:
     """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; on a
-    GPU, CUDA graphs and, with `overlap`, each frame decoded on a stream of its own while the next is denoised), read
+    GPU, CUDA graphs and, with `overlap` on or eager, each frame decoded on a stream of its own while the next is
+    denoised, as a CUDA graph or eagerly: `DECODING`), read
     by the probe a second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them as each minute closes).
     No frame for `STALL_S` ends the process with an error line and every thread's stack (`Watchdog`)."""
     from rich.progress import Progress
@@ -239,7 +245,7 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     graphs = decoder = None
     chunk: list = []
     dog = Watchdog(STALL_S, "the minute stream", "the minutes closed so far are in long_minutes.partial.json; "
-                   "--minutes-overlap off decodes each frame before the next is denoised")
+                   "--minutes-overlap eager decodes off CUDA graphs, off decodes each frame before the next")
     try:
         with dog, Progress(console=con) as bar:
             if device.type == "cuda":
@@ -249,7 +255,8 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
                 dog.tick("capturing the stream's graphs")
                 graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
                 dog.tick("capturing the decoder's graph")
-                decoder = prepare_decoder(codec, model.cfg, device) if overlap else None
+                decoder = (prepare_decoder(codec, model.cfg, device, graph=overlap == "on") if overlap != "off"
+                           else None)
                 torch.cuda.reset_peak_memory_stats(device)
             dog.tick("before the first frame")
             task = bar.add_task("streaming", total=frames)
@@ -273,13 +280,13 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
 
 
 def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: float, method: str, device: str,
-          overlap: bool = True) -> dict:
+          overlap: str = "on") -> dict:
     """OUT/long_minutes.json (rows and `flatness` per stream), long_minutes.md and plots/long_minutes.png; `overlap`:
     how the frames were decoded (`stream`'s)."""
     (out / "plots").mkdir(exist_ok=True)
     plot(streams, real_jitter, out / "plots" / "long_minutes.png")
     checks = {n: flatness(rows) for n, rows in streams.items()}
-    decode = "overlapped" if overlap and device.startswith("cuda") else "inline"
+    decode = DECODING[overlap] if device.startswith("cuda") else DECODING["off"]
     result = {"minutes": minutes, "method": method, "device": device, "decode": decode, "real_jitter": real_jitter,
               "streams": streams, "checks": checks, "plot": "plots/long_minutes.png"}
     tmp = out / ".long_minutes.json.tmp"

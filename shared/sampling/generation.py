@@ -363,11 +363,11 @@ def prepare_graphs(model: DualForce, ref: Reference, features: np.ndarray, frame
     return graphs
 
 
-def prepare_decoder(codec: VideoCodec, m: ModelConfig, device: torch.device) -> OverlappedDecoder:
-    """The codec's decoder on a CUDA stream of its own (one CUDA graph where the codec allows), warmed up before the
-    clock starts, for `stream_frames`; `m`: the model's config (its latent shape)."""
+def prepare_decoder(codec: VideoCodec, m: ModelConfig, device: torch.device, graph: bool = True) -> OverlappedDecoder:
+    """The codec's decoder on a CUDA stream of its own (one CUDA graph where the codec allows and `graph`), warmed up
+    before the clock starts, for `stream_frames`; `m`: the model's config (its latent shape)."""
     like = torch.zeros(1, m.latent_channels, m.latent_size, m.latent_size, device=device)
-    return OverlappedDecoder(lambda z: rgb_to_uint8(codec.decode_rgb(z)), like, graph=codec.graphable)
+    return OverlappedDecoder(lambda z: rgb_to_uint8(codec.decode_rgb(z)), like, graph=graph and codec.graphable)
 
 
 def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
