@@ -164,6 +164,32 @@ def test_bridge_usage_is_zero_without_a_bridge_signal_and_positive_with_one():
     assert bridge_usage(tiny_model("video_only"), windows, cfg, "cpu") is None
 
 
+def test_a_remedy_is_measured_under_the_same_draws_as_dual():
+    """#34's remedies train with a cleaner struct (its noise capped at the video's, or clean on some samples); their
+    held-out loss and bridge usage are read under dual's draws, so that a difference is the model's, not the
+    measurement's (the m screen of 2026-12-04 read (a) under its own capped noise)."""
+    from dataclasses import replace
+
+    import torch
+
+    from shared.config import get_preset
+    from shared.evaluation.evaluate import bridge_usage, heldout_loss
+    from tests.conftest import tiny_model
+
+    cfg = get_preset("tiny")
+    g = torch.Generator().manual_seed(1)
+    m = cfg.model
+    windows = [{"video": torch.randn(5, m.latent_channels, m.latent_size, m.latent_size, generator=g),
+                "struct": torch.randn(5, m.struct_dim, generator=g), "audio": torch.randn(10, m.audio_dim, generator=g)}
+               for _ in range(4)]
+    model = tiny_model("dual")
+    remedied = replace(cfg, diffusion=replace(cfg.diffusion, struct_noise="at_most_video", p_struct_clean=0.5,
+                                              p_video_audio_drop=0.5))
+    assert bridge_usage(model, windows, remedied, "cpu") == bridge_usage(model, windows, cfg, "cpu")
+    got, want = heldout_loss(model, windows, remedied, "cpu"), heldout_loss(model, windows, cfg, "cpu")
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+
+
 def _walks(rng, clips: int, frames: int, step: float) -> list:
     """Random-walk head poses [frames, 3] (a free motion process: no two realisations agree)."""
     return [np.cumsum(rng.normal(0, step, (frames, 3)), 0) for _ in range(clips)]

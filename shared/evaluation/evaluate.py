@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from ..config import Config
+from ..config import Config, DiffusionConfig
 from ..data.cache import CacheReader
 from ..data.codecs import VideoCodec
 from ..data.face import MOTION_LAYOUT
@@ -68,11 +68,19 @@ def load_eval_clips(cache: str, frames: int, explicit_cache: str | None = None) 
     return out
 
 
+def measured(d: DiffusionConfig) -> DiffusionConfig:
+    """The draws every variant is measured under: the training-only options off (audio dropout, the past-clean cut,
+    #34's remedies' struct noise cap and masks), so that a remedy's held-out loss and bridge usage are read under the
+    same noise as dual's, not under the cleaner struct it trained with."""
+    return replace(d, p_audio_drop=0.0, p_clean_past=0.0, p_video_audio_drop=0.0, p_struct_clean=0.0,
+                   struct_noise="independent")
+
+
 @torch.no_grad()
 def heldout_loss(model, windows, cfg: Config, device, seed: int = 0, batch: int = 256) -> dict[str, np.ndarray]:
     """Per-window flow-matching loss per stream with fixed noise and sigmas (window i's drawn from seed + i, no
-    past-clean cut) and the audio always kept; `batch` windows per forward."""
-    dcfg = replace(cfg.diffusion, p_audio_drop=0.0, p_clean_past=0.0, p_video_audio_drop=0.0)
+    past-clean cut, `measured`) and the audio always kept; `batch` windows per forward."""
+    dcfg = measured(cfg.diffusion)
     out: dict[str, list] = {}
     for lo in range(0, len(windows), batch):
         part = windows[lo : lo + batch]
@@ -104,7 +112,7 @@ def bridge_usage(model, windows, cfg: Config, device, seed: int = 0) -> dict | N
     change is that of the reference's motion alone. None for a model without a motion stream."""
     if not model.cfg.has_struct or len(windows) < 2:
         return None
-    dcfg = replace(cfg.diffusion, p_clean_past=0.0)
+    dcfg = measured(cfg.diffusion)
     stack = {k: torch.stack([w[k] for w in windows]).to(device) for k in ("video", "struct", "audio")}
     g = torch.Generator().manual_seed(seed)
     b, t = stack["video"].shape[:2]
