@@ -30,10 +30,10 @@ from shared.cli import add_fields, flag, given  # noqa: E402
 from shared.data.codecs import get_codec  # noqa: E402
 from shared.config import SampleConfig  # noqa: E402
 from shared.errors import integer, real  # noqa: E402
-from shared.sampling.watchdog import Watchdog  # noqa: E402
 from shared.sampling.generation import (InputError, Outputs, audio_pieces, check_fits, check_output,  # noqa: E402
                                         check_sample, codec_from_spec, cpu_threads, features_from_spec, load_audio,
                                         load_model, load_reference, prepare_decoder, prepare_graphs, stream_frames)
+from shared.sampling.watchdog import Watchdog  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -125,14 +125,16 @@ def main(argv=None) -> dict:
     latency, last = [], 0.0
     t0 = time.perf_counter()
     voice = audio_pieces(a.audio)
-    # a GPU stream that stops advancing ends with a line and its stacks, not a silent hang (`shared.sampling.watchdog`; the
-    # hour's minute stream on this overlapped path hung on 2026-12-04); 300 s: over a compile of a new shape mid-stream
+    # a GPU stream that stops advancing ends with a line and its stacks, not a silent hang (`shared.sampling.watchdog`:
+    # the hour's minute stream on this overlapped path hung on 2026-12-04); 300 s: over a compile of a new shape
+    # mid-stream. Off a GPU a frame's time has no such bound.
     dog = (Watchdog(300.0, "generation", f"{out} was not written (it appears only when complete)")
-           if device.type == "cuda" else contextlib.nullcontext())
-    with Outputs(out, frames, voice, meta.struct_layout, cfg.fps) as written, progress(frames, sample) as bar, dog:
+           if device.type == "cuda" else None)
+    with (Outputs(out, frames, voice, meta.struct_layout, cfg.fps) as written, progress(frames, sample) as bar,
+          dog or contextlib.nullcontext()):
         for f in stream_frames(model, ref, features, frames, codec, sample, device, a.seed, use_cache=not a.no_cache,
                                graphs=graphs, decoder=decoder):
-            if device.type == "cuda":
+            if dog:
                 dog.tick(f"after frame {f['index']}")
             written.add(f["frame"], f["struct"])  # encoded now: memory stays flat however long the audio
             latency.append(f["time"] - last)

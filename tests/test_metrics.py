@@ -134,6 +134,14 @@ def test_clip_metrics_constant_vs_drifting_identity():
     assert clip_metrics(_read(moving, ident), _read(moving, ident), clip, probe)["motion_drift_err"] == 0
 
 
+def _windows(m, n: int, seed: int) -> list[dict]:
+    """n random held-out windows of 5 frames for a model config `m` (video latents, motion, 50 Hz audio)."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"video": torch.randn(5, m.latent_channels, m.latent_size, m.latent_size, generator=g),
+             "struct": torch.randn(5, m.struct_dim, generator=g), "audio": torch.randn(10, m.audio_dim, generator=g)}
+            for _ in range(n)]
+
+
 def test_bridge_usage_is_zero_without_a_bridge_signal_and_positive_with_one():
     """Known answers: zero gates (a fresh model) ignore the motion exactly; non-zero gates do not; video_only has
     no motion stream to use."""
@@ -145,13 +153,9 @@ def test_bridge_usage_is_zero_without_a_bridge_signal_and_positive_with_one():
     from tests.conftest import tiny_model
 
     cfg = get_preset("tiny")
-    g = torch.Generator().manual_seed(0)
-    m = cfg.model
-    windows = [{"video": torch.randn(5, m.latent_channels, m.latent_size, m.latent_size, generator=g),
-                "struct": torch.randn(5, m.struct_dim, generator=g), "audio": torch.randn(10, m.audio_dim, generator=g)}
-               for _ in range(3)]
+    windows = _windows(cfg.model, 3, seed=0)
     torch.manual_seed(0)
-    fresh = bridge_usage(DualForce(m).eval(), windows, cfg, "cpu")
+    fresh = bridge_usage(DualForce(cfg.model).eval(), windows, cfg, "cpu")
     assert fresh == {"velocity_change": 0.0, "gate_abs": 0.0, "by_struct_sigma": {k: 0.0 for k in
                                                                                  ("0.0", "0.25", "0.5", "0.75", "1.0")}}
     for mode in ("dual", "condition_only"):
@@ -170,18 +174,12 @@ def test_a_remedy_is_measured_under_the_same_draws_as_dual():
     measurement's (the m screen of 2026-12-04 read (a) under its own capped noise)."""
     from dataclasses import replace
 
-    import torch
-
     from shared.config import get_preset
     from shared.evaluation.evaluate import bridge_usage, heldout_loss
     from tests.conftest import tiny_model
 
     cfg = get_preset("tiny")
-    g = torch.Generator().manual_seed(1)
-    m = cfg.model
-    windows = [{"video": torch.randn(5, m.latent_channels, m.latent_size, m.latent_size, generator=g),
-                "struct": torch.randn(5, m.struct_dim, generator=g), "audio": torch.randn(10, m.audio_dim, generator=g)}
-               for _ in range(4)]
+    windows = _windows(cfg.model, 4, seed=1)
     model = tiny_model("dual")
     remedied = replace(cfg, diffusion=replace(cfg.diffusion, struct_noise="at_most_video", p_struct_clean=0.5,
                                               p_video_audio_drop=0.5))

@@ -219,17 +219,17 @@ graph (on) or launched eagerly (eager: one graph stream, the model's, should two
 stalls), or decoded and read back before the next (off)."""
 
 STALL_S = 120.0
-"""A minute stream with no frame for this long has stalled (`shared.sampling.watchdog`): far over any frame's time, a second's
-reading by the probe, or a capture mid-stream."""
+"""A minute stream with no frame for this long has stalled (`shared.sampling.watchdog`): far over any frame's time,
+a second's reading by the probe, or a capture mid-stream."""
 
 
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
            con, on_row: Callable[[list], None] | None = None, overlap: str = "on") -> list[dict]:
     """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; on a
     GPU, CUDA graphs and, with `overlap` on or eager, each frame decoded on a stream of its own while the next is
-    denoised, as a CUDA graph or eagerly: `DECODING`), read
-    by the probe a second at a time into per-minute rows (`MinuteMeter`; `on_row` sees them as each minute closes).
-    No frame for `STALL_S` ends the process with an error line and every thread's stack (`Watchdog`)."""
+    denoised, as a CUDA graph or eagerly: `DECODING`), read by the probe a second at a time into per-minute rows
+    (`MinuteMeter`; `on_row` sees them as each minute closes). No frame for `STALL_S` ends the process with an error
+    line and every thread's stack (`Watchdog`)."""
     from rich.progress import Progress
 
     from ..sampling.generation import Reference, prepare_decoder, prepare_graphs, stream_frames

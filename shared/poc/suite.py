@@ -115,7 +115,7 @@ FULL_VARIANTS = CORE_VARIANTS + [
     Variant("dual_video_audio_drop", {"diffusion.p_video_audio_drop": 0.5}),
     # (e) a dose of condition_only: on half the samples the struct is clean on every frame (no struct loss there), so
     # the video learns to read a clean motion through the bridge; sampled with the struct ahead, as (a). At rung m
-    # (a) and (d) moved the dual's usage from 0.44% to 0.74% and 0.52% against condition_only's 16%: this tests the
+    # neither (a) nor (d) came near condition_only's 16% usage (dual 0.44%; benchmarks/RESULTS.md): this tests the
     # issue's reading (the struct is ignored because it is as noisy as the video) at its strongest
     Variant("dual_struct_clean", {"diffusion.p_struct_clean": 0.5}, sample=(("struct_lead", 2),)),
     # (b) the seed's lip-sync loss in latent space: a sync expert trained on the cache (aligned against shifted audio,
