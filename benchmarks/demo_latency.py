@@ -1,29 +1,33 @@
 """The demo page's own overhead (#38): first-frame latency and sustained frame rate of one checkpoint, measured
-four ways in one process, one after the other, each `--repeats` times (medians):
+five ways in one process, one after the other, each `--repeats` times (medians):
 
-- `direct`: the generation API the server calls (`shared.serving.engine.Engine.frames`), no server;
+- `direct`: the generation API the server calls (`shared.serving.engine.Engine.frames`), no server, on the main
+  thread (warm);
+- `thread`: the same on a thread started for each run, as the server ran each stream before its threads were kept
+  and warmed (`shared.serving.engine.StreamThreads`): what a fresh thread costs;
 - `websocket`: the server's WebSocket stream read by a Python client (protocol + JPEG, no browser);
 - `page`: the page in headless Chromium (selenium), from the click on Start to each frame decoded in the page;
 - `mjpeg`: the same server's multipart JPEG stream (`/api/session/ID/mjpeg`), the lighter alternative, read by a
   Python HTTP client.
 
     python benchmarks/demo_latency.py --ckpt RUN [--device cpu|cuda] [--seconds 4] [--repeats 3]
-    python benchmarks/demo_latency.py --random-preset full --device cuda --ways direct,websocket,mjpeg
+    python benchmarks/demo_latency.py --random-preset full --device cuda --ways direct,thread,websocket,mjpeg
 
 `--random-preset P` serves a dual model of preset P with random weights made here (speed does not depend on the
 weights): LivePortrait's 69 motion numbers, a diffusers `AutoencoderKL` of SD-VAE widths for the preset's latents and
 HuBERT-base features, both random in their real layouts (as `stream_step.py --decode` and `rehearsal.py` build them).
 
 Sustained fps: frames after the first over the time from the first to the last (the first frame's latency apart).
-`direct` and `websocket` also give where the first frame's time went, as the engine reports it (`PHASES`: reading
-the inputs, the stream's graph captures, the stream's own first frame). A way that fails (a browser that crashes) is
-reported as its error; the others are still measured, and the exit status is 1.
+`direct`, `thread` and `websocket` also give where the first frame's time went, as the engine reports it (`PHASES`:
+reading the inputs, the stream's graph captures, the stream's own first frame). A way that fails (a browser that
+crashes) is reported as its error; the others are still measured, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import statistics
 import sys
@@ -53,7 +57,7 @@ class DemoBench:
     """The checkpoint the demo serves (or --random-preset)."""
     random_preset: str | None = flag(None, choices=("tiny", "poc", "full"))
     """Serve a dual model of this preset with random weights, made here, instead of --ckpt."""
-    ways: str = "direct,websocket,page,mjpeg"
+    ways: str = "direct,thread,websocket,page,mjpeg"
     """The ways measured, comma-separated (`page` needs Chromium and selenium)."""
     device: str = flag("cpu", choices=("cpu", "cuda"))
     """Where the model runs."""
@@ -64,6 +68,8 @@ class DemoBench:
     graphs: bool = flag(True, check=errors.on_off)
     """The demo's `--graphs`: on a GPU, each stream through CUDA graphs and an overlapped decoder (off: eager)."""
 
+
+WAYS = ("direct", "thread", "websocket", "page", "mjpeg")
 
 PHASES = ("inputs_s", "prepare_s", "stream_first_s")
 """Where a first frame's time went, as the engine reports it: reading the inputs, this stream's graph captures, the
@@ -85,6 +91,13 @@ def direct(engine, session) -> dict:
         times.append(time.perf_counter() - t0)
         first = first or f
     return rates(times, first)
+
+
+def thread(engine, session) -> dict:
+    """`direct` on a thread started for the run, as the server ran each stream before `StreamThreads`: what a fresh
+    thread costs the first frame (on a GPU: its convolution plans)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as fresh:  # a new pool: a new thread
+        return fresh.submit(direct, engine, session).result()
 
 
 def websocket(url: str, sid: str) -> dict:
@@ -180,9 +193,9 @@ def main(argv=None) -> int:
     o = DemoBench(**vars(ap.parse_args(argv)))
     if (o.ckpt is None) == (o.random_preset is None):
         raise errors.UserError("give --ckpt RUN or --random-preset PRESET (one of them)")
-    unknown = set(o.ways.split(",")) - {"direct", "websocket", "page", "mjpeg"}
+    unknown = set(o.ways.split(",")) - set(WAYS)
     if unknown:
-        raise errors.UserError(f"--ways: {', '.join(sorted(unknown))} unknown; use direct, websocket, page, mjpeg")
+        raise errors.UserError(f"--ways: {', '.join(sorted(unknown))} unknown; use {', '.join(WAYS)}")
     import uvicorn
     from PIL import Image
     from scipy.io import wavfile
@@ -201,6 +214,9 @@ def main(argv=None) -> int:
         app, engine = demo.build(demo.DemoOptions(ckpt=ckpt, device=o.device, max_seconds=o.seconds + 1,
                                                   graphs=o.graphs),
                                  tmp / "server")
+        t = time.perf_counter()
+        engine.threads.wait_warm()  # as demo.py does before it serves
+        warm_s = time.perf_counter() - t
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         threading.Thread(target=srv.run, daemon=True).start()
         while not srv.started:
@@ -214,11 +230,12 @@ def main(argv=None) -> int:
             if r.status_code != 200:
                 raise errors.UserError(f"the server refused the {kind} {f.name}: {r.text}")
         session = app.state.sessions.get(sid)
-        ways = {"direct": lambda: direct(engine, session), "websocket": lambda: websocket(url, sid),
+        ways = {"direct": lambda: direct(engine, session), "thread": lambda: thread(engine, session),
+                "websocket": lambda: websocket(url, sid),
                 "page": lambda: page(url, voice, ref), "mjpeg": lambda: mjpeg(url, sid)}
         ways = {k: v for k, v in ways.items() if k in o.ways.split(",")}
         out = {"ckpt": o.ckpt or f"random {o.random_preset}", "device": o.device, "seconds": o.seconds,
-               "preset": engine.cfg.preset, "graphs": engine.graphs}
+               "preset": engine.cfg.preset, "graphs": engine.graphs, "stream_threads_warm_s": round(warm_s, 3)}
         direct(engine, session)  # warm-up (allocations, first-call costs)
         for name, way in ways.items():
             out[name] = measure(way, o.repeats)

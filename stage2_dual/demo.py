@@ -67,7 +67,7 @@ def build(o: DemoOptions, root: Path):
                           "cpu" if o.device == "auto" else o.device)
     if o.examples is not None and not Path(o.examples).is_dir():
         raise errors.UserError(f"--examples {o.examples}: not a folder")
-    engine = Engine(o.ckpt, device, graphs=o.graphs)
+    engine = Engine(o.ckpt, device, graphs=o.graphs, workers=o.max_sessions)  # a stream thread per session
     (root / "examples").mkdir()
     (root / "sessions").mkdir()
     examples = find_examples(engine.run, Path(o.examples) if o.examples else None, root / "examples")
@@ -86,6 +86,7 @@ def main(argv=None) -> None:
         raise errors.UserError("the demo needs its server: pip install -e '.[demo]'") from None
     with tempfile.TemporaryDirectory(prefix="dualforce-demo-") as tmp:
         app, engine = build(o, Path(tmp))
+        engine.threads.wait_warm()  # on a GPU: each stream thread's convolution plans (`StreamThreads`)
         print(f"serving {engine.cfg.preset} {engine.cfg.model.bridge_mode} on {engine.device}: "
               f"http://{o.host}:{o.port}  (Ctrl-C stops)", flush=True)
         uvicorn.run(app, host=o.host, port=o.port, log_level="warning")

@@ -348,3 +348,25 @@ def test_two_viewers_stream_at_once(server, files):
     finally:
         a.quit()
         b.quit()
+
+
+def test_streams_run_on_kept_threads_each_warmed_before_its_first():
+    """The server's streams run on the engine's kept threads (`StreamThreads`), each warmed once before it takes a
+    stream (on a GPU a fresh thread plans every convolution of the codec again); a stream's failure reaches whoever
+    waits for it and the thread serves on; a thread that fails to warm still serves."""
+    from shared.serving.engine import StreamThreads
+
+    warmed = []
+
+    def warm():
+        warmed.append(threading.get_ident())
+        if len(warmed) == 1:
+            raise RuntimeError("no plan")
+
+    threads = StreamThreads(2, warm)
+    assert threads.wait_warm(10)
+    ran = {threads.submit(threading.get_ident).result(10) for _ in range(8)}
+    assert len(set(warmed)) == len(warmed) == 2 and ran <= set(warmed) and len(threads.warm_errors) == 1
+    with pytest.raises(ZeroDivisionError):
+        threads.submit(lambda: 1 / 0).result(10)
+    assert [threads.submit(lambda: 7).result(10) for _ in range(4)] == [7] * 4

@@ -152,7 +152,7 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples,
         cancel = threading.Event()
         s.streaming = True
         try:
-            await _pump(ws, engine.frames(s, settings, cancel), cancel)
+            await _pump(ws, engine, engine.frames(s, settings, cancel), cancel)
         finally:
             s.streaming = False
 
@@ -168,13 +168,13 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples,
 
         async def body():
             queue: asyncio.Queue = asyncio.Queue(maxsize=8)
-            thread = _start(frames, queue, asyncio.get_running_loop(), cancel)
+            done = _start(engine, frames, queue, asyncio.get_running_loop(), cancel)
             try:
                 while (item := await queue.get())[0] == "frame":
                     yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + item[2] + b"\r\n"
             finally:
                 cancel.set()
-                await asyncio.to_thread(thread.join)
+                await asyncio.wrap_future(done)
                 s.streaming = False
 
         return StreamingResponse(body(), media_type="multipart/x-mixed-replace; boundary=frame")
@@ -198,9 +198,10 @@ class _Stopped(Exception):
     """The viewer left while the generator waited to hand over a frame."""
 
 
-def _start(frames, queue: asyncio.Queue, loop, cancel: threading.Event) -> threading.Thread:
-    """Run the generator on a thread of its own (torch releases the GIL), handing ("frame", f, jpeg), then ("done",)
-    or ("error", message), to the event loop's queue; a full queue (a slow viewer) holds the generator back."""
+def _start(engine: Engine, frames, queue: asyncio.Queue, loop, cancel: threading.Event) -> concurrent.futures.Future:
+    """Run the generator on one of the engine's stream threads (`StreamThreads`; torch releases the GIL), handing
+    ("frame", f, jpeg), then ("done",) or ("error", message), to the event loop's queue; a full queue (a slow viewer)
+    holds the generator back. The future is done when the generator has stopped."""
     def put(item) -> None:
         future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
         while True:
@@ -229,15 +230,13 @@ def _start(frames, queue: asyncio.Queue, loop, cancel: threading.Event) -> threa
         except _Stopped:
             pass
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    return thread
+    return engine.threads.submit(work)
 
 
-async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
+async def _pump(ws: WebSocket, engine: Engine, frames, cancel: threading.Event) -> None:
     """Frames to the page as they come; a {"type": "stop"} or a closed page stops the generator."""
     queue: asyncio.Queue = asyncio.Queue(maxsize=8)
-    thread = _start(frames, queue, asyncio.get_running_loop(), cancel)
+    done = _start(engine, frames, queue, asyncio.get_running_loop(), cancel)
 
     async def listen() -> None:
         try:
@@ -266,8 +265,8 @@ async def _pump(ws: WebSocket, frames, cancel: threading.Event) -> None:
         cancel.set()
         listener.cancel()
         # the generator sees the cancel between frames (its `put` gives up waiting on a full queue): the session
-        # streams again only once this thread is gone, so stop / start cannot pile generations up
-        await asyncio.to_thread(thread.join)
+        # streams again only once its generator has stopped, so stop / start cannot pile generations up
+        await asyncio.wrap_future(done)
     try:
         await ws.close()
     except Exception:  # the page closed first

@@ -3,10 +3,12 @@ viewers (`shared.sampling.generation.stream_frames`, the one generation API `gen
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +37,49 @@ class Examples:
     voices: dict[str, Path]
 
 
+class StreamThreads:
+    """`workers` long-lived daemon threads that run the viewers' streams, each warmed up first (`warm`).
+
+    Why not a thread per stream: PyTorch keeps cuDNN's convolution plans per thread (aten/src/ATen/native/cudnn/
+    Conv_v8.cpp: `thread_local BenchmarkCache ... benchmark_cache`, "cuDNN Execution Plans are not guaranteed to be
+    thread safe"), so on a GPU a fresh thread plans every convolution of the codec again before its first frame. Why
+    not `ThreadPoolExecutor`: its threads are joined at exit, and a stream waiting on a viewer who left would hold the
+    process."""
+
+    def __init__(self, workers: int, warm: Callable[[], None] | None = None):
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.all_warm = threading.Event()
+        self.warmed = threading.Barrier(workers, action=self.all_warm.set)  # the last thread warmed opens it
+        self.warm_errors: list[BaseException] = []
+        for i in range(workers):
+            threading.Thread(target=self._serve, args=(warm,), name=f"dualforce-stream-{i}", daemon=True).start()
+
+    def _serve(self, warm) -> None:
+        try:
+            if warm is not None:
+                warm()
+        except Exception as e:  # warming only saves a first frame's time: a thread that could not warm still serves
+            self.warm_errors.append(e)
+        self.warmed.wait()
+        while True:
+            future, fn = self.jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # handed to whoever waits on the future
+                    future.set_exception(e)
+
+    def submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
+        """fn() on the next free thread; its result or exception in the future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.jobs.put((future, fn))
+        return future
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Until every thread has warmed up (or failed to); False if `timeout` came first."""
+        return self.all_warm.wait(timeout)
+
+
 class Engine:
     """The model, its codec and audio features, on one device; safe to stream from several threads at once (each
     stream has its own cache and noise; the weights are only read). graphs (CUDA): each stream captures CUDA graphs
@@ -43,7 +88,9 @@ class Engine:
     of small kernels (`full` on one H200: this engine eager 7.4 frames/s, `stream_step.py` through graphs 39;
     benchmarks/RESULTS.md)."""
 
-    def __init__(self, ckpt: str, device: torch.device, graphs: bool = True):
+    def __init__(self, ckpt: str, device: torch.device, graphs: bool = True, workers: int = 8):
+        """workers: streams that run at once (`StreamThreads`; the server's sessions, each streaming one at a time);
+        more wait for a free one."""
         self.device = device
         self.graphs = graphs and device.type == "cuda"
         # one CUDA-graph capture at a time across the viewers' threads (`GraphedModel`'s capture_lock)
@@ -57,6 +104,16 @@ class Engine:
         chosen = [n for n in PLOTTED if n in layout] or layout[:4]
         self.plotted = [(n, layout.index(n)) for n in chosen]
         self.run = runs.resolve_checkpoint(ckpt)[1]
+        self.threads = StreamThreads(workers, self._warm if device.type == "cuda" else None)
+
+    def _warm(self) -> None:
+        """One reference encoded and one frame decoded on this thread, as a stream does (its convolution plans)."""
+        size = self.meta.image_size
+        with torch.cuda.device(self.device), torch.no_grad():
+            self.codec.encode(np.zeros((1, size, size, 3), np.uint8))
+            m = self.cfg.model
+            self.codec.decode_rgb(torch.zeros(1, m.latent_channels, m.latent_size, m.latent_size, device=self.device))
+            torch.cuda.synchronize(self.device)
 
     def info(self) -> dict:
         s = self.cfg.sample
