@@ -61,6 +61,8 @@ def test_pairs_are_balanced_and_shifted_by_3_to_8_frames():
     offsets = a[:, 0, 0] / 1 - v[:, 0, 0, 0, 0]  # audio row 2(t+shift) holds t+shift, video frame t holds t
     assert y.mean() == 0.5 and np.all(offsets[y == 1] == 0)
     assert set(np.abs(offsets[y == 0]).astype(int)) <= set(range(3, 9)) and len(set(offsets[y == 0])) > 4
+    v, a, y = pairs([clip], 100, 5, np.random.default_rng(0), shift=1)  # a sharpness curve's pairs
+    assert set(np.abs(a[:, 0, 0] - v[:, 0, 0, 0, 0])[y == 0]) == {1} and y.mean() == 0.5
 
 
 def test_sync_loss_prefers_aligned_audio_ignores_pure_noise_and_trains_the_video(linked, trained, tmp_path):
@@ -88,3 +90,14 @@ def test_aligned_windows_need_the_same_clips(linked, tmp_path):
     assert torch.equal(both[3]["align"], a[3]["struct"])
     with pytest.raises(CacheError, match="not the same clips and windows"):
         AlignedWindows(a, WindowDataset(linked[1], frames=8))
+
+
+def test_an_expert_of_another_design_is_refused_by_name(trained, tmp_path):
+    """A file of the first design (per-frame embeddings averaged over the window, no `design` in its config) cannot
+    be read into today's expert: the error says to train it again instead of failing on the weights' shapes."""
+    save_expert(trained[0], tmp_path / "e.pt")
+    ckpt = torch.load(tmp_path / "e.pt", weights_only=True)
+    del ckpt["config"]["design"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="older design .*train it again"):
+        load_expert(str(tmp_path / "old.pt"))

@@ -73,12 +73,12 @@ def add_split(data: dict, split: str, kinds: set, s: Settings, con) -> None:
 def build_sync_expert(s: Settings, data: dict, device: str, con) -> dict:
     """The latent lip-sync expert of remedy (b), trained once on the training cache and saved beside the data, with
     its held-out accuracy (the held-out clips' aligned against shifted audio): {path, metrics, reused}."""
-    from ..models.sync import save_expert
+    from ..models.sync import DESIGN, save_expert
     from ..training.sync import train_sync_expert
 
     path = data["dir"] / "sync_expert.pt"
     record = path.with_suffix(".json")
-    if path.exists() and record.exists():
+    if path.exists() and record.exists() and json.loads(record.read_text()).get("design") == DESIGN:  # else: again
         return {"path": str(path), "metrics": json.loads(record.read_text()), "reused": True}
     expert, metrics = train_sync_expert(data["caches"][("train", "explicit")], data["caches"][("eval", "explicit")],
                                         steps=s.sync_steps, device=device, seed=s.seed)

@@ -9,6 +9,7 @@ tell the pairs apart by the timing of the mouth against the sound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,11 @@ def load_clips(cache: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
                 for c in r.clips if c.has_audio for d in [r.read(c.name)]]
 
 
-def pairs(clips: list, n: int, frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pairs(clips: list, n: int, frames: int, rng: np.random.Generator,
+          shift: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n pairs (video windows [n, F, C, h, w], audio windows [n, 2F, A], labels [n]); clips shorter than a window plus
-    the largest shift are skipped."""
+    the largest shift are skipped. `shift`: every negative shifted by this many frames (either way) instead of
+    `SHIFTS`' range (how sharp the expert is: `accuracy_by_shift`)."""
     usable = [c for c in clips if len(c[0]) >= frames + 2 * SHIFTS[1] + 1]
     if not usable:
         raise ValueError(f"no clip holds {frames + 2 * SHIFTS[1] + 1} frames for a sync pair")
@@ -38,10 +41,13 @@ def pairs(clips: list, n: int, frames: int, rng: np.random.Generator) -> tuple[n
     for i in range(n):
         v, a = usable[rng.integers(len(usable))]
         t = int(rng.integers(SHIFTS[1], len(v) - frames - SHIFTS[1] + 1))
-        shift = 0 if i % 2 == 0 else int(rng.integers(SHIFTS[0], SHIFTS[1] + 1)) * int(rng.choice([-1, 1]))
+        offset = 0
+        if i % 2:  # drawn only for the negatives (the draws of the runs before `shift` existed)
+            size = int(rng.integers(SHIFTS[0], SHIFTS[1] + 1)) if shift is None else shift
+            offset = size * int(rng.choice([-1, 1]))
         video.append(v[t : t + frames])
-        audio.append(a[2 * (t + shift) : 2 * (t + shift + frames)])
-        label.append(float(shift == 0))
+        audio.append(a[2 * (t + offset) : 2 * (t + offset + frames)])
+        label.append(float(i % 2 == 0))
     return np.stack(video), np.stack(audio), np.array(label, np.float32)
 
 
@@ -56,27 +62,46 @@ def accuracy(expert: SyncExpert, data: tuple, device, batch: int = 512) -> float
     return right / len(data[2])
 
 
+def clip_accuracies(expert: SyncExpert, clips: list, n: int, frames: int, device, seed: int = 0,
+                    shift: int | None = None) -> np.ndarray:
+    """Accuracy on n balanced pairs of each clip alone [clips]: the clip, not the pair, is the unit (pairs of one
+    clip share its voice and face). `shift`: `pairs`' (a sharpness curve: accuracy should fall towards chance, 0.5,
+    as the shift nears 0)."""
+    return np.array([accuracy(expert, pairs([c], n, frames, np.random.default_rng([seed, i]), shift=shift), device)
+                     for i, c in enumerate(clips)])
+
+
 def train_sync_expert(train_cache: str | Path, eval_cache: str | Path, steps: int = 2000, frames: int = 5,
                       batch: int = 128, lr: float = 1e-3, device: str = "cpu", seed: int = 0,
-                      heldout_pairs: int = 4000, width: int = 128) -> tuple[SyncExpert, dict]:
+                      heldout_pairs: int = 4000, width: int = 128,
+                      on_step: Callable[[int, SyncExpert], None] | None = None,
+                      train_clips: list | None = None) -> tuple[SyncExpert, dict]:
     """An expert trained on the training cache's clips (fresh pairs every step), and {train, held-out accuracy} on a
-    fixed balanced set of pairs from the held-out cache's clips (other identities and voices)."""
+    fixed balanced set of pairs from the held-out cache's clips (other identities and voices). on_step(step, expert):
+    after every optimiser step (a learning curve); `train_clips`: these (`load_clips`' form) instead of the cache's
+    (a control)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    train = load_clips(train_cache)
+    train = load_clips(train_cache) if train_clips is None else train_clips
     heldout = pairs(load_clips(eval_cache), heldout_pairs, frames, np.random.default_rng(seed + 1))
     c, a_dim = train[0][0].shape[1], train[0][1].shape[1]
-    expert = SyncExpert(c, a_dim, frames, width).to(device)
+    expert = SyncExpert(c, a_dim, frames, width)
+    rows = np.concatenate([a for _, a in train])
+    expert.set_audio_stats(torch.from_numpy(rows.mean(0)), torch.from_numpy(rows.std(0)))
+    expert = expert.to(device)
     opt = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=0.01)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         expert.train()
         v, a, y = (torch.from_numpy(x).to(device) for x in pairs(train, batch, frames, rng))
         loss = F.binary_cross_entropy_with_logits(expert(v, a), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(step, expert)
     metrics = {"train_accuracy": accuracy(expert, pairs(train, heldout_pairs, frames, np.random.default_rng(seed + 2)),
                                           device),
                "heldout_accuracy": accuracy(expert, heldout, device), "heldout_pairs": heldout_pairs,
-               "frames": frames, "steps": steps, "negative_shift_frames": list(SHIFTS)}
+               "frames": frames, "steps": steps, "negative_shift_frames": list(SHIFTS),
+               "design": expert.config["design"]}
     return expert.eval().requires_grad_(False), metrics
