@@ -214,9 +214,7 @@ def main(argv=None) -> int:
         app, engine = demo.build(demo.DemoOptions(ckpt=ckpt, device=o.device, max_seconds=o.seconds + 1,
                                                   graphs=o.graphs),
                                  tmp / "server")
-        t = time.perf_counter()
         engine.threads.wait_warm()  # as demo.py does before it serves
-        warm_s = time.perf_counter() - t
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         threading.Thread(target=srv.run, daemon=True).start()
         while not srv.started:
@@ -235,7 +233,8 @@ def main(argv=None) -> int:
                 "page": lambda: page(url, voice, ref), "mjpeg": lambda: mjpeg(url, sid)}
         ways = {k: v for k, v in ways.items() if k in o.ways.split(",")}
         out = {"ckpt": o.ckpt or f"random {o.random_preset}", "device": o.device, "seconds": o.seconds,
-               "preset": engine.cfg.preset, "graphs": engine.graphs, "stream_threads_warm_s": round(warm_s, 3)}
+               "preset": engine.cfg.preset, "graphs": engine.graphs, "stream_threads_warm_s": engine.threads.warm_s,
+               "stream_threads_warm_errors": [repr(e) for e in engine.threads.warm_errors]}
         direct(engine, session)  # warm-up (allocations, first-call costs)
         for name, way in ways.items():
             out[name] = measure(way, o.repeats)

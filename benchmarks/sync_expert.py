@@ -97,6 +97,8 @@ def measure(a: SyncBench, device: str) -> dict:
 
 def mismatched(clips: list) -> list:
     """Each clip's video with the next clip's voice, cut to the shorter: no mouth follows its sound."""
+    if len(clips) < 2:
+        raise errors.UserError(f"the control pairs a clip's video with another clip's voice: {len(clips)} clip(s)")
     return [(v[: min(len(v), len(a2) // 2)], a2[: 2 * min(len(v), len(a2) // 2)])
             for (v, _), (_, a2) in zip(clips, clips[1:] + clips[:1])]
 

@@ -86,7 +86,13 @@ def main(argv=None) -> None:
         raise errors.UserError("the demo needs its server: pip install -e '.[demo]'") from None
     with tempfile.TemporaryDirectory(prefix="dualforce-demo-") as tmp:
         app, engine = build(o, Path(tmp))
-        engine.threads.wait_warm()  # on a GPU: each stream thread's convolution plans (`StreamThreads`)
+        if engine.device.type == "cuda":  # each stream thread's cuDNN plans, before the first viewer (`StreamThreads`)
+            print(f"warming {o.max_sessions} stream threads ...", flush=True)
+            if not engine.threads.wait_warm(600):
+                print("warning: the stream threads are still warming after 600 s; serving anyway", file=sys.stderr)
+            for e in engine.threads.warm_errors[:1]:
+                print(f"warning: a stream thread could not warm up ({type(e).__name__}: {e}); its viewers' first "
+                      f"frames come later", file=sys.stderr)
         print(f"serving {engine.cfg.preset} {engine.cfg.model.bridge_mode} on {engine.device}: "
               f"http://{o.host}:{o.port}  (Ctrl-C stops)", flush=True)
         uvicorn.run(app, host=o.host, port=o.port, log_level="warning")

@@ -370,3 +370,42 @@ def test_streams_run_on_kept_threads_each_warmed_before_its_first():
     with pytest.raises(ZeroDivisionError):
         threads.submit(lambda: 1 / 0).result(10)
     assert [threads.submit(lambda: 7).result(10) for _ in range(4)] == [7] * 4
+
+
+def test_a_stream_threads_warm_up_streams_as_far_as_a_streams_shapes_go(files, tmp_path):
+    """The warm-up a GPU's stream threads run (here called on the CPU, where they skip it): a blank reference and
+    silence streamed eagerly through the roll."""
+    engine = _app(files, tmp_path)[0].state.engine
+    assert engine.threads.warm_s is not None and engine.threads.warm_errors == []  # the CPU's: nothing to warm
+    engine._warm()
+
+
+def test_a_finished_stream_is_freed_and_a_waiting_one_can_be_dropped():
+    """A kept thread lets go of its last stream once it ends (a stopped viewer's cache and graphs are not held until
+    the next viewer comes); a stream still waiting for a thread when its viewer leaves is dropped unrun."""
+    import weakref
+
+    from shared.serving.engine import StreamThreads
+
+    class Stream:
+        def __call__(self):
+            return None
+
+    threads = StreamThreads(1)
+    assert threads.wait_warm(10)
+    stream = Stream()
+    gone = weakref.ref(stream)
+    threads.submit(stream).result(10)
+    del stream
+    for _ in range(200):  # the thread drops it right after handing over the result
+        if gone() is None:
+            break
+        time.sleep(0.01)
+    assert gone() is None
+    busy, ran = threading.Event(), []
+    first = threads.submit(busy.wait)
+    waiting = threads.submit(lambda: ran.append(1))
+    assert waiting.cancel()
+    busy.set()
+    first.result(10)
+    assert threads.submit(lambda: 2).result(10) == 2 and ran == []

@@ -76,9 +76,10 @@ def build_sync_expert(s: Settings, data: dict, device: str, con) -> dict:
     from ..models.sync import DESIGN, save_expert
     from ..training.sync import train_sync_expert
 
-    path = data["dir"] / "sync_expert.pt"
+    # named by its design: a variant trained against another design's expert has another config, so it is not reused
+    path = data["dir"] / f"sync_expert_{DESIGN}.pt"
     record = path.with_suffix(".json")
-    if path.exists() and record.exists() and json.loads(record.read_text()).get("design") == DESIGN:  # else: again
+    if path.exists() and record.exists():
         return {"path": str(path), "metrics": json.loads(record.read_text()), "reused": True}
     expert, metrics = train_sync_expert(data["caches"][("train", "explicit")], data["caches"][("eval", "explicit")],
                                         steps=s.sync_steps, device=device, seed=s.seed)

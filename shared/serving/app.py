@@ -174,7 +174,7 @@ def build_app(engine: Engine, sessions: Sessions, examples: Examples,
                     yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + item[2] + b"\r\n"
             finally:
                 cancel.set()
-                await asyncio.wrap_future(done)
+                await _stopped(done)
                 s.streaming = False
 
         return StreamingResponse(body(), media_type="multipart/x-mixed-replace; boundary=frame")
@@ -225,12 +225,20 @@ def _start(engine: Engine, frames, queue: asyncio.Queue, loop, cancel: threading
             final = ("error", str(e))
         except Exception as e:  # the server keeps serving; the viewer sees what went wrong
             final = ("error", f"generation failed: {type(e).__name__}: {e}")
+        finally:
+            frames.close()  # on this thread, now: the stream's cache and graphs go with it
         try:
             put(final)
         except _Stopped:
             pass
 
     return engine.threads.submit(work)
+
+
+async def _stopped(done: concurrent.futures.Future) -> None:
+    """Until a stream's job has ended; one still waiting for a thread (its viewer left) is dropped unrun."""
+    done.cancel()
+    await asyncio.wait([asyncio.wrap_future(done)])  # a cancelled job: nothing to wait for, and nothing raised
 
 
 async def _pump(ws: WebSocket, engine: Engine, frames, cancel: threading.Event) -> None:
@@ -266,7 +274,7 @@ async def _pump(ws: WebSocket, engine: Engine, frames, cancel: threading.Event) 
         listener.cancel()
         # the generator sees the cancel between frames (its `put` gives up waiting on a full queue): the session
         # streams again only once its generator has stopped, so stop / start cannot pile generations up
-        await asyncio.wrap_future(done)
+        await _stopped(done)
     try:
         await ws.close()
     except Exception:  # the page closed first

@@ -19,9 +19,9 @@ from .. import runs
 from ..config import SampleConfig
 from ..data.media import iter_frames
 from ..sampling import schedule as sched
-from ..sampling.generation import (InputError, check_fits, check_sample, codec_from_spec, features_from_spec,
-                                   load_audio, load_model, load_reference, prepare_decoder, prepare_graphs,
-                                   stream_frames)
+from ..sampling.generation import (InputError, Reference, check_fits, check_sample, codec_from_spec,
+                                   features_from_spec, load_audio, load_model, load_reference, prepare_decoder,
+                                   prepare_graphs, stream_frames)
 from .sessions import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Session
 
 PLOTTED = ("jaw", "yaw", "pitch", "roll")  # the motion a viewer reads at a glance: the mouth and the head's turn
@@ -40,19 +40,26 @@ class Examples:
 class StreamThreads:
     """`workers` long-lived daemon threads that run the viewers' streams, each warmed up first (`warm`).
 
-    Why not a thread per stream: PyTorch keeps cuDNN's convolution plans per thread (aten/src/ATen/native/cudnn/
-    Conv_v8.cpp: `thread_local BenchmarkCache ... benchmark_cache`, "cuDNN Execution Plans are not guaranteed to be
-    thread safe"), so on a GPU a fresh thread plans every convolution of the codec again before its first frame. Why
-    not `ThreadPoolExecutor`: its threads are joined at exit, and a stream waiting on a viewer who left would hold the
-    process."""
+    Why not a thread per stream: PyTorch keeps cuDNN's plans per thread (aten/src/ATen/native/cudnn/Conv_v8.cpp:
+    `thread_local BenchmarkCache ... benchmark_cache`, "cuDNN Execution Plans are not guaranteed to be thread safe";
+    its attention graphs likewise, MHA.cpp), so on a GPU a fresh thread plans every convolution of the codec and every
+    attention shape again before its first frame. Why not `ThreadPoolExecutor`: its threads are joined at exit, and a
+    stream waiting on a viewer who left would hold the process."""
 
     def __init__(self, workers: int, warm: Callable[[], None] | None = None):
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.all_warm = threading.Event()
-        self.warmed = threading.Barrier(workers, action=self.all_warm.set)  # the last thread warmed opens it
+        self.warm_s: float | None = None
+        """Seconds from the start until every thread had warmed up."""
         self.warm_errors: list[BaseException] = []
+        self._t0 = time.perf_counter()
+        self.warmed = threading.Barrier(workers, action=self._opened)  # the last thread warmed opens it
         for i in range(workers):
             threading.Thread(target=self._serve, args=(warm,), name=f"dualforce-stream-{i}", daemon=True).start()
+
+    def _opened(self) -> None:
+        self.warm_s = time.perf_counter() - self._t0
+        self.all_warm.set()
 
     def _serve(self, warm) -> None:
         try:
@@ -60,17 +67,19 @@ class StreamThreads:
                 warm()
         except Exception as e:  # warming only saves a first frame's time: a thread that could not warm still serves
             self.warm_errors.append(e)
-        self.warmed.wait()
+        finally:
+            self.warmed.wait()
         while True:
             future, fn = self.jobs.get()
-            if future.set_running_or_notify_cancel():
+            if future.set_running_or_notify_cancel():  # False: cancelled while it waited (its viewer left)
                 try:
                     future.set_result(fn())
                 except BaseException as e:  # handed to whoever waits on the future
                     future.set_exception(e)
+            del future, fn  # a finished stream's cache and graphs are freed now, not when the next stream comes
 
     def submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
-        """fn() on the next free thread; its result or exception in the future."""
+        """fn() on the next free thread; its result or exception in the future (cancel it while it waits: not run)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self.jobs.put((future, fn))
         return future
@@ -107,13 +116,18 @@ class Engine:
         self.threads = StreamThreads(workers, self._warm if device.type == "cuda" else None)
 
     def _warm(self) -> None:
-        """One reference encoded and one frame decoded on this thread, as a stream does (its convolution plans)."""
-        size = self.meta.image_size
-        with torch.cuda.device(self.device), torch.no_grad():
-            self.codec.encode(np.zeros((1, size, size, 3), np.uint8))
-            m = self.cfg.model
-            self.codec.decode_rgb(torch.zeros(1, m.latent_channels, m.latent_size, m.latent_size, device=self.device))
-            torch.cuda.synchronize(self.device)
+        """A short eager stream on this thread, a blank reference and silence, as far as a stream's shapes go (first
+        step, steady state, roll: `infer.warm_up`'s count): the codec's convolutions and the attention's shapes
+        planned here once (a stream's graph capture runs the same kernels eagerly first)."""
+        s, size = self.cfg.sample, self.meta.image_size
+        frames = s.history_frames + s.roll_keep + 2 * sched.plan(s, 10_000).chunk + 1
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            video = torch.from_numpy(self.codec.encode(np.zeros((1, size, size, 3), np.uint8)))
+            struct = torch.zeros(1, self.cfg.model.struct_dim) if self.cfg.model.has_struct else None
+            features = self.features(np.zeros(int(16000 * frames / self.cfg.fps) + 1, np.float32), frames)
+            for _ in stream_frames(self.model, Reference(video, struct, "warm-up"), features, frames, self.codec, s,
+                                   self.device):
+                pass
 
     def info(self) -> dict:
         s = self.cfg.sample
