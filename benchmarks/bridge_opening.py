@@ -104,12 +104,11 @@ def parse_variants(text: str) -> list[str]:
 
 
 def usable(v) -> bool:
-    """A variant this script can train alone: its own model, explicit motion, a bridge, no sync expert or alignment
-    target (those need files or fields the run does not make here)."""
+    """A variant this script can train alone: its own model, explicit motion, a bridge, no alignment target (the
+    implicit cache it needs is not made here); the sync expert (remedy (b)) is trained here as `run.py` trains it."""
     o = v.overrides
     return (v.role == "variant" and v.model_of is None and v.struct == "explicit" and v.align_with is None
-            and o.get("model.bridge_mode", "dual") in ("dual", "condition_only") and o.get("model.fusion_depth") != 0
-            and PV.SYNC_EXPERT not in o.values())
+            and o.get("model.bridge_mode", "dual") in ("dual", "condition_only") and o.get("model.fusion_depth") != 0)
 
 
 def settings(a) -> PS.Settings:
@@ -157,7 +156,11 @@ def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
     assets.add_split(data, "val", {"explicit"}, s, con)
     out = {"bench": vars(a), "settings": asdict(s), "data_s": round(time.perf_counter() - t, 1),  # the rung's
            "device": torch.cuda.get_device_name(a.device) if gpu else "cpu"}
-    labels, jobs = arm_jobs(a, arms, names, s, data, gpu)
+    paths = {}
+    if any(PV.SYNC_EXPERT in PV.VARIANTS[n].overrides.values() for n in names):
+        sync = assets.build_sync_expert(s, data, a.device, con)
+        paths, out["sync_expert"] = {PV.SYNC_EXPERT: sync["path"]}, sync["metrics"]
+    labels, jobs = arm_jobs(a, arms, names, s, data, gpu, paths)
     t = time.perf_counter()
     con.print(f"training {len(jobs)} jobs x {a.seeds} seeds for {a.steps} steps at rung {a.rung}")
     results = fit_together(jobs, lambda i, st, rec: con.print(f"[dim]{labels[i]} step {st} loss {rec['loss']:.4f}[/]")
@@ -174,9 +177,10 @@ def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
     return out
 
 
-def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool) -> tuple[list[str], list[SeedJob]]:
+def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool,
+             paths: dict | None = None) -> tuple[list[str], list[SeedJob]]:
     """One job (its seeds side by side) per arm and variant, each with the rung's settings but the arm's precision
-    and gate start; EMA snapshots every --every steps."""
+    and gate start; EMA snapshots every --every steps; `paths`: `variant_config`'s (the sync expert's file)."""
     meta = CacheReader(data["caches"][("train", "explicit")]).meta
     base = C.get_preset("poc")
     ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
@@ -185,7 +189,7 @@ def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool) -> tuple[lis
     for prec, gate in arms:
         sa = replace(s, precision=prec if gpu else "32-true", bridge_gate_init=gate)
         for n in names:
-            cfg = PV.variant_config(base, PV.VARIANTS[n], meta, sa, a.steps, a.device)
+            cfg = PV.variant_config(base, PV.VARIANTS[n], meta, sa, a.steps, a.device, paths=paths)
             jobs.append(SeedJob(cfg, PV.model_maker(cfg), ds, [s.seed + k for k in range(a.seeds)], at))
             labels.append(arm_name(n, prec, gate))
     return labels, jobs

@@ -240,8 +240,9 @@ def test_bridge_opening_refuses_bad_arms_and_variants_before_any_work():
                        ("32-true:0,32-true:0.0", "given twice"), (",", "no arm given")):
         with pytest.raises(UserError, match=says):
             bo.parse_arms(arms)
-    assert bo.parse_variants("condition_only,dual_struct_leads") == ["condition_only", "dual_struct_leads"]
-    for names in ("video_only", "motion_source", "condition_only_oracle", "dual_sync", "dual_implicit_align", ","):
+    assert bo.parse_variants("condition_only,dual_struct_leads,dual_sync") == ["condition_only", "dual_struct_leads",
+                                                                             "dual_sync"]  # (b): its expert made here
+    for names in ("video_only", "motion_source", "condition_only_oracle", "dual_implicit_align", ","):
         with pytest.raises(UserError, match="not a PoC variant with a bridge that trains here"):
             bo.parse_variants(names)
 
