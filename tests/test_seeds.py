@@ -85,3 +85,37 @@ def test_bf16_trains_with_fp32_weights_and_near_fp32_losses(cache, precision):
     assert np.all(np.isfinite(b)) and not np.array_equal(a, b)  # autocast was on
     np.testing.assert_allclose(b, a, rtol=0.05)
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+
+
+def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monkeypatch):
+    """bf16-true runs the network from one cast of each flat [S, P] weight buffer, split into its parameters
+    (`SeedTrainer._net_params`): the same losses and weights bit for bit as a cast per parameter tensor, with far
+    fewer casts a step (the lockstep step is bound by its number of small kernels, #34)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from shared.training.seeds import SeedTrainer
+
+    class Casts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Casts.n += func.__name__.startswith("_to_copy")
+            return func(*args, **(kwargs or {}))
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0,
+                                            "launch.precision": "bf16-true"})
+    ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+
+    def run() -> tuple:
+        Casts.n = 0
+        with Casts():
+            r = fit_seeds(cfg, _make(cfg), ds, [3, 7])
+        return [h["loss"] for h in r[0].history], r[1].model.state_dict(), Casts.n
+
+    flat = run()
+    monkeypatch.setattr(SeedTrainer, "_net_params", lambda self: self.params)  # a cast per parameter tensor
+    each = run()
+    assert flat[0] == each[0] and all(torch.equal(flat[1][n], each[1][n]) for n in flat[1])
+    tensors = len(list(_make(cfg)(0).parameters()))
+    # each step, forward and backward: a cast per parameter tensor, against one per flat buffer (decayed, not)
+    assert each[2] - flat[2] == 2 * cfg.train.steps * (tensors - 2), (flat[2], each[2], tensors)

@@ -190,8 +190,24 @@ class SeedTrainer:
         # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
         with sdpa_kernel(SDPBackend.MATH), self._autocast(), self._math_attention_reduction():
             draws = [dr.sigma_video, dr.sigma_struct, dr.noise_video, dr.noise_struct, dr.audio_keep]
-            return vmap(one)(self.params, self.buffers, self.index, *draws,
+            return vmap(one)(self._net_params(), self.buffers, self.index, *draws,
                              *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
+
+    def _net_params(self) -> dict[str, torch.Tensor]:
+        """The parameters the network runs with: under a low `launch.precision` each flat buffer cast once and split
+        into its parameters (a cast and a split a step, each way, instead of a cast per parameter tensor each way and
+        a gradient accumulated per parameter: the lockstep step is bound by its number of small kernels, #34); the
+        same values, so the same numbers (`tests/test_seeds.py`)."""
+        dtype = LOW_PRECISION.get(self.cfg.launch.precision)
+        if dtype is None:
+            return self.params
+        low = {}
+        for f in self.flats:
+            flat = f.data.to(dtype)  # the gradient reaches f.data through this cast: f.data.grad, in place
+            slots = f.slots.items()
+            for (n, (_, _, shape)), piece in zip(slots, flat.split([size for _, size, _ in f.slots.values()], 1)):
+                low[n] = piece.view(flat.shape[0], *shape)
+        return {n: low[n] for n in self.params}
 
     @contextlib.contextmanager
     def _math_attention_reduction(self):
