@@ -87,10 +87,12 @@ def test_bf16_trains_with_fp32_weights_and_near_fp32_losses(cache, precision):
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
 
 
-def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monkeypatch):
+@pytest.mark.parametrize("remedies", [False, True], ids=["dual", "dual with every remedy"])
+def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monkeypatch, tmp_path, remedies):
     """bf16-true runs the network from one cast of each flat [S, P] weight buffer, split into its parameters
     (`SeedTrainer._net_params`): the same losses and weights bit for bit as a cast per parameter tensor, with far
-    fewer casts a step (the lockstep step is bound by its number of small kernels, #34)."""
+    fewer casts a step (the lockstep step is bound by its number of small kernels, #34); every remedy's path too (the
+    alignment head stays fp32, as before)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from shared.training.seeds import SeedTrainer
@@ -103,8 +105,12 @@ def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monk
             return func(*args, **(kwargs or {}))
 
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0,
-                                            "launch.precision": "bf16-true"})
+                                            "launch.precision": "bf16-true", **(_remedies(tmp_path) if remedies else {})})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    if remedies:
+        from shared.data.cache import AlignedWindows
+
+        ds = AlignedWindows(ds, WindowDataset(cache, frames=cfg.clip_frames, stride=4))
 
     def run() -> tuple:
         Casts.n = 0
@@ -116,6 +122,6 @@ def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monk
     monkeypatch.setattr(SeedTrainer, "_net_params", lambda self: self.params)  # a cast per parameter tensor
     each = run()
     assert flat[0] == each[0] and all(torch.equal(flat[1][n], each[1][n]) for n in flat[1])
-    tensors = len(list(_make(cfg)(0).parameters()))
+    tensors = len([n for n, _ in _make(cfg)(0).named_parameters() if not n.startswith("align_head.")])
     # each step, forward and backward: a cast per parameter tensor, against one per flat buffer (decayed, not)
     assert each[2] - flat[2] == 2 * cfg.train.steps * (tensors - 2), (flat[2], each[2], tensors)

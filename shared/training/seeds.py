@@ -207,7 +207,8 @@ class SeedTrainer:
             slots = f.slots.items()
             for (n, (_, _, shape)), piece in zip(slots, flat.split([size for _, size, _ in f.slots.values()], 1)):
                 low[n] = piece.view(flat.shape[0], *shape)
-        return {n: low[n] for n in self.params}
+        # the alignment head stays fp32, as it ran before (it reads the fp32 clean estimate, `flow_loss`)
+        return {n: self.params[n] if n.startswith("align_head.") else low[n] for n in self.params}
 
     @contextlib.contextmanager
     def _math_attention_reduction(self):
