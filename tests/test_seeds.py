@@ -104,8 +104,9 @@ def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monk
             Casts.n += func.__name__.startswith("_to_copy")
             return func(*args, **(kwargs or {}))
 
+    extra = _remedies(tmp_path) if remedies else {}
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0,
-                                            "launch.precision": "bf16-true", **(_remedies(tmp_path) if remedies else {})})
+                                            "launch.precision": "bf16-true", **extra})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
     if remedies:
         from shared.data.cache import AlignedWindows
