@@ -254,10 +254,16 @@ def warm_up(graphs: GraphedModel, ref_video: torch.Tensor, ref_struct: torch.Ten
     """Capture every graph a stream of these inputs will need (first step, steady state, roll) by streaming just far
     enough; later streams of the same batch and audio length only replay (the rolling schedule's last steps, fewer
     frames in flight, are captured when the stream reaches them). Returns the number of graphs."""
-    chunk = sched.plan(sample, num_frames).chunk  # frames denoised together (chunk, or the rolling window)
-    needed = min(num_frames, sample.history_frames + sample.roll_keep + 2 * chunk + 1)
+    needed = warm_frames(sample, num_frames)
     for i, _ in enumerate(stream(graphs.model, ref_video, ref_struct, audio, num_frames, sample=sample,
                                  graphs=graphs)):
         if i + 1 >= needed:
             break
     return len(graphs.graphs)
+
+
+def warm_frames(sample: SampleConfig, num_frames: int) -> int:
+    """How far a stream of `num_frames` goes before it has met every shape it will (first step, steady state, roll):
+    what `warm_up` streams."""
+    chunk = sched.plan(sample, num_frames).chunk  # frames denoised together (chunk, or the rolling window)
+    return min(num_frames, sample.history_frames + sample.roll_keep + 2 * chunk + 1)

@@ -22,6 +22,7 @@ from ..sampling import schedule as sched
 from ..sampling.generation import (InputError, Reference, check_fits, check_sample, codec_from_spec,
                                    features_from_spec, load_audio, load_model, load_reference, prepare_decoder,
                                    prepare_graphs, stream_frames)
+from ..sampling.infer import warm_frames
 from .sessions import AUDIO_SUFFIXES, IMAGE_SUFFIXES, Session
 
 PLOTTED = ("jaw", "yaw", "pitch", "roll")  # the motion a viewer reads at a glance: the mouth and the head's turn
@@ -116,11 +117,11 @@ class Engine:
         self.threads = StreamThreads(workers, self._warm if device.type == "cuda" else None)
 
     def _warm(self) -> None:
-        """A short eager stream on this thread, a blank reference and silence, as far as a stream's shapes go (first
-        step, steady state, roll: `infer.warm_up`'s count): the codec's convolutions and the attention's shapes
+        """A short eager stream on this thread, a blank reference and silence, as far as a minute-long stream's shapes
+        go (first step, steady state, roll: `warm_frames`): the codec's convolutions and the attention's shapes
         planned here once (a stream's graph capture runs the same kernels eagerly first)."""
         s, size = self.cfg.sample, self.meta.image_size
-        frames = s.history_frames + s.roll_keep + 2 * sched.plan(s, 10_000).chunk + 1
+        frames = warm_frames(s, 60 * self.cfg.fps)
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
             video = torch.from_numpy(self.codec.encode(np.zeros((1, size, size, 3), np.uint8)))
             struct = torch.zeros(1, self.cfg.model.struct_dim) if self.cfg.model.has_struct else None
