@@ -204,8 +204,8 @@ class SeedTrainer:
         low = {}
         for f in self.flats:
             flat = f.data.to(dtype)  # the gradient reaches f.data through this cast: f.data.grad, in place
-            slots = f.slots.items()
-            for (n, (_, _, shape)), piece in zip(slots, flat.split([size for _, size, _ in f.slots.values()], 1)):
+            pieces = flat.split([size for _, size, _ in f.slots.values()], 1)  # the slots in their buffer's order
+            for (n, (_, _, shape)), piece in zip(f.slots.items(), pieces):
                 low[n] = piece.view(flat.shape[0], *shape)
         # the alignment head stays fp32, as it ran before (it reads the fp32 clean estimate, `flow_loss`)
         return {n: self.params[n] if n.startswith("align_head.") else low[n] for n in self.params}

@@ -33,7 +33,7 @@ def pairs(clips: list, n: int, frames: int, rng: np.random.Generator,
           shift: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n pairs (video windows [n, F, C, h, w], audio windows [n, 2F, A], labels [n]); clips shorter than a window plus
     the largest shift are skipped. `shift`: every negative shifted by this many frames (either way) instead of
-    `SHIFTS`' range (how sharp the expert is: `accuracy_by_shift`)."""
+    `SHIFTS`' range (how sharp the expert is: `clip_accuracies`)."""
     if shift is not None and not 1 <= shift <= SHIFTS[1]:
         raise ValueError(f"shift {shift}: between 1 and {SHIFTS[1]} frames (a pair's window leaves room for that)")
     usable = [c for c in clips if len(c[0]) >= frames + 2 * SHIFTS[1] + 1]
