@@ -372,12 +372,26 @@ def test_streams_run_on_kept_threads_each_warmed_before_its_first():
     assert [threads.submit(lambda: 7).result(10) for _ in range(4)] == [7] * 4
 
 
-def test_a_stream_threads_warm_up_streams_as_far_as_a_streams_shapes_go(files, tmp_path):
+def test_a_stream_threads_warm_up_streams_as_far_as_a_streams_shapes_go(files, tmp_path, monkeypatch):
     """The warm-up a GPU's stream threads run (here called on the CPU, where they skip it): a blank reference and
-    silence streamed eagerly through the roll."""
+    silence streamed eagerly through the roll (`warm_frames` of a minute-long stream), every frame decoded."""
+    import shared.serving.engine as E
+    from shared.sampling.infer import warm_frames
+
     engine = _app(files, tmp_path)[0].state.engine
     assert engine.threads.warm_s is not None and engine.threads.warm_errors == []  # the CPU's: nothing to warm
+    real, seen = E.stream_frames, []
+
+    def counted(*args, **kwargs):
+        for f in real(*args, **kwargs):
+            seen.append(f["frame"].shape)
+            yield f
+
+    monkeypatch.setattr(E, "stream_frames", counted)
     engine._warm()
+    size = engine.meta.image_size
+    assert len(seen) == warm_frames(engine.cfg.sample, 60 * engine.cfg.fps) > engine.cfg.sample.history_frames
+    assert set(seen) == {(size, size, 3)}
 
 
 def test_a_finished_stream_is_freed_and_a_waiting_one_can_be_dropped():
