@@ -49,12 +49,12 @@ class ShapesBench:
     itself since 2026-12-04 (`SeedTrainer._math_attention_reduction`)."""
 
 
-def rung(shape: str) -> tuple:
-    """"576x8" -> the rung's model overrides (as `shared.poc.settings.RUNGS` writes them)."""
+def rung(shape: str, flag: str = "--shapes") -> tuple:
+    """"576x8" -> the rung's model overrides (as `shared.poc.settings.RUNGS` writes them); `flag` names it in errors."""
     try:
         width, depth = (int(x) for x in shape.split("x"))
     except ValueError:
-        raise errors.UserError(f"--shapes: {shape!r} is not WIDTHxDEPTH (e.g. 576x8)") from None
+        raise errors.UserError(f"{flag}: {shape!r} is not WIDTHxDEPTH (e.g. 576x8)") from None
     return (("model.dim", width), ("model.depth", depth), ("model.struct_width", width),
             ("model.struct_depth", depth), ("model.fusion_depth", max(1, depth // 2)))
 

@@ -1,4 +1,5 @@
-"""FLOP accounting: an analytic count of DualForce's matmuls, and a measured one on a meta-device model.
+"""FLOP accounting: an analytic count of DualForce's matmuls, and a measured one on a meta-device model; and a count
+of the kernels a step launches (`KernelCalls`), what bounds a step of many small models (#34).
 
 Counts are multiply-adds x 2 of every matmul (linear layers and attention). Elementwise work (norms, RoPE,
 activations) is left out, as in the usual MFU convention (PaLM, Chowdhery et al. 2022, app. B).
@@ -6,7 +7,10 @@ activations) is left out, as in the usual MFU convention (PaLM, Chowdhery et al.
 
 from __future__ import annotations
 
+import collections
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ModelConfig
 
@@ -102,3 +106,30 @@ def training_flops(cfg: ModelConfig, frames: int, tolerance: float = 0.05) -> di
                            f"{ratio:.3f}); update shared/flops.py:forward_flops")
     return {"per_sequence": 3 * (measured - (dense - causal)), "measured_forward": measured,
             "analytic_forward": dense, "ratio": ratio}
+
+
+VIEWS = frozenset({
+    "view", "_unsafe_view", "t", "transpose", "unsqueeze", "squeeze", "expand", "permute", "split", "split_with_sizes",
+    "unbind", "select", "slice", "as_strided", "alias", "detach", "unflatten", "_reshape_alias", "chunk", "narrow",
+    "diagonal", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+    "view_as_real", "view_as_complex", "_conj", "sym_size", "sym_stride", "promote_types"})
+"""aten calls that only make a view or an allocation, or compute a dtype: no kernel runs."""
+
+
+class KernelCalls(TorchDispatchMode):
+    """aten calls by name while the mode is on, forward and backward apart (the backward: while autograd runs a
+    node); `kernels(part)` leaves out `VIEWS`. Device-independent except where torch's kernels differ by device, so
+    a CPU counts what a GPU step launches eagerly (a CUDA graph replays the same kernels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.forward, self.backward = collections.Counter(), collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        part = self.backward if torch._C._current_autograd_node() is not None else self.forward
+        part[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    def kernels(self, part: str = "both") -> int:
+        calls = {"forward": self.forward, "backward": self.backward, "both": self.forward + self.backward}[part]
+        return sum(n for op, n in calls.items() if op not in VIEWS)

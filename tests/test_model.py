@@ -491,3 +491,74 @@ def test_fused_norm_rope_refuses_positions_of_another_length():
         K.rms_norm_rope(x, w, 1e-6, torch.randn(4, 8), torch.randn(4, 8))
     for rows in (1, 5):
         assert K.rms_norm_rope(x, w, 1e-6, torch.randn(rows, 8), torch.randn(rows, 8)).shape == x.shape
+
+
+def _kernels(fn) -> int:
+    """Kernels launched while fn() runs (`shared.flops.KernelCalls`)."""
+    from shared.flops import KernelCalls
+
+    with (calls := KernelCalls()):
+        fn()
+    return calls.kernels()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_as_a_complex_product_is_the_rotation_bit_for_bit_in_fewer_kernels(dtype):
+    """`apply_rope` (eager: one complex product) gives the written-out rotation's values and gradients bit for bit on
+    the CPU, batched over seeds by vmap as the lockstep trainer runs it, in under half the kernels (#34); a layout
+    complex numbers cannot view (odd strides) is copied, not refused."""
+    from shared.models.rope import apply_rope, rotate_pairs
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 5, 4, 16).to(dtype)  # [seeds, B, S, H, D]
+    angles = 10 * torch.randn(5, 8)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    g = torch.randn_like(x)
+    found = {}
+    for rope in (apply_rope, rotate_pairs):
+        leaf = x.clone().requires_grad_(True)
+
+        def step():
+            y = torch.func.vmap(lambda t: rope(t, cos, sin))(leaf)
+            y.backward(g)
+            return y
+        kernels = _kernels(step)
+        found[rope.__name__] = (step().detach(), leaf.grad, kernels)
+    (y, gx, n_complex), (y_ref, gx_ref, n_pairs) = found["apply_rope"], found["rotate_pairs"]
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+    assert n_complex * 2 < n_pairs, (n_complex, n_pairs)
+    odd = torch.randn(5, 4, 17)[..., 1:]  # [S, H, D]: the pairs start at an odd offset
+    assert torch.equal(apply_rope(odd, cos, sin), rotate_pairs(odd, cos, sin))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_rms_norm_keeps_the_forward_and_the_gradients_in_fewer_kernels(dtype):
+    """`LeanRMSNorm`: the forward of `nn.RMSNorm` bit for bit, its gradients (input and weight) to rounding, under
+    vmap over seeds with a weight per seed, in fewer kernels; switched on by `use_lean_norms` only."""
+    from shared.models.norms import RMSNorm, use_lean_norms
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 7, 32).to(dtype)  # [seeds, B, S, D]
+    w = (1 + 0.1 * torch.randn(3, 32)).to(dtype)
+    g = torch.randn_like(x)
+    norm = RMSNorm(32, eps=1e-6)
+    found = {}
+    for lean in (True, False):
+        norm.lean_backward = lean
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+        def step():
+            y = torch.func.vmap(lambda t, v: torch.func.functional_call(norm, {"weight": v}, (t,)))(xs, ws)
+            y.backward(g)
+            return y
+        kernels = _kernels(step)
+        xs.grad = ws.grad = None
+        found[lean] = (step().detach(), xs.grad, ws.grad, kernels)
+    assert torch.equal(found[True][0], found[False][0])
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for a, b in zip(found[True][1:3], found[False][1:3]):
+        torch.testing.assert_close(a, b, **tol)
+    assert found[True][3] < found[False][3] - 5, (found[True][3], found[False][3])
+    model = tiny_model("dual")
+    n = use_lean_norms(model)
+    assert n == sum(isinstance(m, torch.nn.RMSNorm) for m in model.modules()) > 0

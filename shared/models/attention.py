@@ -16,6 +16,7 @@ from ..config import FLEX_BACKENDS
 from .kernels import rms_norm_rope
 from .kvcache import KVSlot
 from .masks import Span, frame_mask
+from .norms import RMSNorm
 from .rope import apply_rope
 from .window_attention import MAX_KEYS, window_attention
 
@@ -177,8 +178,8 @@ class Attention(nn.Module):
         self.heads = dim // head_dim
         self.to_q = nn.Linear(dim, dim)
         self.to_kv = nn.Linear(context_dim or dim, 2 * dim)
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope_q: tuple[torch.Tensor, torch.Tensor], mask,

@@ -11,6 +11,7 @@ from einops import rearrange
 
 from .attention import Attention, norm_rope
 from .kvcache import KVSlot
+from .norms import RMSNorm
 from .window_attention import window_attention
 from .rope import rope_1d
 
@@ -171,7 +172,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, head_dim, qk_norm=qk_norm)
-        self.norm_audio = nn.RMSNorm(width, eps=1e-6)
+        self.norm_audio = RMSNorm(width, eps=1e-6)
         self.audio_attn = AudioAttention(width, head_dim, qk_norm)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = SwiGLU(width, mlp_ratio)
@@ -237,8 +238,8 @@ class BridgeLayer(nn.Module):
     def __init__(self, video_width: int, struct_width: int, head_dim: int, qk_norm: bool, two_way: bool,
                  gate_init: float = 0.0):
         super().__init__()
-        self.norm_v = nn.RMSNorm(video_width, eps=1e-6)
-        self.norm_s = nn.RMSNorm(struct_width, eps=1e-6)
+        self.norm_v = RMSNorm(video_width, eps=1e-6)
+        self.norm_s = RMSNorm(struct_width, eps=1e-6)
         self.struct_to_video = Attention(video_width, head_dim, context_dim=struct_width, qk_norm=qk_norm)
         self.gate_v = nn.Parameter(torch.full((video_width,), gate_init))
         self.two_way = two_way

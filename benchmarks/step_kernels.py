@@ -1,0 +1,76 @@
+"""How many kernels one seed-batched training step launches (#34): the lockstep step of the large rungs is bound by
+its number of small kernels, not by FLOPs (benchmarks/RESULTS.md, rung l's profile), so this count is the proxy a
+CPU-only session can measure. One eager step of one core-suite variant at a rung's shape (synthetic windows of the
+PoC's shapes, as `rung_shapes.py`), every aten call counted by name under a dispatch mode, forward and backward apart
+(the backward by autograd's current node); view-only calls are listed but not counted as kernels.
+
+    python benchmarks/step_kernels.py --shape 576x8 --variant dual --precision bf16-true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared import config as C  # noqa: E402
+from shared import errors  # noqa: E402
+from shared.cli import add_fields, flag  # noqa: E402
+from shared.flops import KernelCalls  # noqa: E402
+from shared.poc.settings import Settings  # noqa: E402
+from shared.poc.suite import CORE_VARIANTS, model_maker, variant_config  # noqa: E402
+from shared.training.seeds import SeedTrainer, window_tensors  # noqa: E402
+
+from poc_seeds import windows  # noqa: E402
+from rung_shapes import rung  # noqa: E402
+
+@dataclass(frozen=True)
+class KernelCount:
+    """What is counted (`shared.cli`: one flag per field)."""
+
+    shape: str = "576x8"
+    """WIDTHxDEPTH of both towers (rung l: 576x8)."""
+    variant: str = flag("dual", choices=tuple(v.name for v in CORE_VARIANTS if v.role != "upper bound"))
+    """The core suite's variant whose step is counted."""
+    seeds: int = flag(3, check=errors.integer(1))
+    """Seeds batched in the step."""
+    precision: str = flag("bf16-true", choices=("32-true", "bf16-mixed", "bf16-true"))
+    """`launch.precision` of the step (the large rungs train in bf16-true)."""
+    device: str = "cpu"
+    """Where the step runs (the count does not depend on it except where torch's kernels differ by device)."""
+
+
+def count(o: KernelCount) -> dict:
+    meta = SimpleNamespace(latent_shape=(8, 16, 16), struct_layout=tuple(range(13)), audio_dim=80)
+    s = Settings(model=rung(o.shape, "--shape"), precision=o.precision, batch=8)
+    variant = next(v for v in CORE_VARIANTS if v.name == o.variant)
+    cfg = variant_config(C.get_preset("poc"), variant, meta, s, 10, o.device)
+    data = windows(C.override(C.get_preset("poc"), {"model.struct_dim": 13, "model.audio_dim": 80}), n=32)
+    make = model_maker(cfg)
+    trainer = SeedTrainer(cfg, [make(k) for k in range(o.seeds)], list(range(o.seeds)),
+                          window_tensors(data, o.device), o.device, graphs=False)
+    trainer.step(0)  # AdamW's state exists, as in every later step
+    calls = KernelCalls()
+    with calls:
+        trainer.step(1)
+    return {**asdict(o), "kernels": calls.kernels(), "forward_kernels": calls.kernels("forward"),
+            "backward_kernels": calls.kernels("backward"),
+            "aten_calls": sum(calls.forward.values()) + sum(calls.backward.values()),
+            "by_op": dict((calls.forward + calls.backward).most_common())}
+
+
+def main(argv=None) -> dict:
+    ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fields(ap, KernelCount)
+    out = count(KernelCount(**vars(ap.parse_args(argv))))
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(errors.entry(main))
