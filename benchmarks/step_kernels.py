@@ -1,8 +1,10 @@
 """How many kernels one seed-batched training step launches (#34): the lockstep step of the large rungs is bound by
 its number of small kernels, not by FLOPs (benchmarks/RESULTS.md, rung l's profile), so this count is the proxy a
 CPU-only session can measure. One eager step of one core-suite variant at a rung's shape (synthetic windows of the
-PoC's shapes, as `rung_shapes.py`), every aten call counted by name under a dispatch mode, forward and backward apart
-(the backward by autograd's current node); view-only calls are listed but not counted as kernels.
+PoC's shapes, as `rung_shapes.py`), every aten call counted by name under a dispatch mode (`shared.flops.KernelCalls`),
+the backward's apart (by autograd's current node; "forward" is the rest: forward, clipping, AdamW, EMA); view-only calls
+are listed but not counted as kernels. The step is eager with AdamW not capturable (a CUDA-graph step's AdamW keeps its
+step counts on the device: a few foreach kernels differ).
 
     python benchmarks/step_kernels.py --shape 576x8 --variant dual --precision bf16-true
 """
@@ -12,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,11 +45,14 @@ class KernelCount:
     """Seeds batched in the step."""
     precision: str = flag("bf16-true", choices=("32-true", "bf16-mixed", "bf16-true"))
     """`launch.precision` of the step (the large rungs train in bf16-true)."""
-    device: str = "cpu"
-    """Where the step runs (the count does not depend on it except where torch's kernels differ by device)."""
+    device: str = flag("cpu", check=errors.device)
+    """Where the step runs (the count does not depend on it except where torch's kernels differ by device); auto: a
+    GPU if one is visible."""
 
 
 def count(o: KernelCount) -> dict:
+    if o.device == "auto":
+        o = replace(o, device="cuda" if torch.cuda.is_available() else "cpu")
     meta = SimpleNamespace(latent_shape=(8, 16, 16), struct_layout=tuple(range(13)), audio_dim=80)
     s = Settings(model=rung(o.shape, "--shape"), precision=o.precision, batch=8)
     variant = next(v for v in CORE_VARIANTS if v.name == o.variant)

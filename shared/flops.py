@@ -112,13 +112,14 @@ VIEWS = frozenset({
     "view", "_unsafe_view", "t", "transpose", "unsqueeze", "squeeze", "expand", "permute", "split", "split_with_sizes",
     "unbind", "select", "slice", "as_strided", "alias", "detach", "unflatten", "_reshape_alias", "chunk", "narrow",
     "diagonal", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-    "view_as_real", "view_as_complex", "_conj", "sym_size", "sym_stride", "promote_types"})
-"""aten calls that only make a view or an allocation, or compute a dtype: no kernel runs."""
+    "view_as_real", "view_as_complex", "_conj", "sym_size", "sym_stride", "promote_types",
+    "_record_function_enter_new", "_record_function_exit"})
+"""aten calls that only make a view or an allocation, compute a dtype or mark a profiler range: no kernel runs."""
 
 
 class KernelCalls(TorchDispatchMode):
-    """aten calls by name while the mode is on, forward and backward apart (the backward: while autograd runs a
-    node); `kernels(part)` leaves out `VIEWS`. Device-independent except where torch's kernels differ by device, so
+    """aten calls by name while the mode is on, the backward's apart (while autograd runs a node; "forward" is the
+    rest, an optimiser step included); `kernels(part)` leaves out `VIEWS`. Device-independent except where torch's kernels differ by device, so
     a CPU counts what a GPU step launches eagerly (a CUDA graph replays the same kernels)."""
 
     def __init__(self):

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 
 class LeanRMSNorm(torch.autograd.Function):
-    """y = x_hat * w with the backward above; vmap-able (`generate_vmap_rule`). The forward is torch's own decomposition
-    of `F.rms_norm` op for op (in fp32 for low-precision inputs, cast back at the end)."""
+    """y = x_hat * w with the backward above; vmap-able (`generate_vmap_rule`), first derivatives only. The forward is
+    torch's own decomposition of `F.rms_norm` op for op (in fp32 for low-precision inputs, cast back at the end), which
+    is what `nn.RMSNorm` runs under vmap; outside vmap on CUDA torch has a fused kernel of its own."""
 
     generate_vmap_rule = True
 
@@ -40,12 +42,15 @@ class LeanRMSNorm(torch.autograd.Function):
         ctx.x_dtype = x.dtype
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor, *_):
+    @once_differentiable  # x_hat and rstd are saved as constants: a second derivative through them would be wrong
+    def backward(ctx, g: torch.Tensor | None, *_):
+        if g is None:  # nothing downstream took the output's gradient (grads are not materialised)
+            return None, None, None
         weight, x_hat, rstd = ctx.saved_tensors
         g = g.to(x_hat.dtype)
         gx = gw = None
         if ctx.needs_input_grad[1]:
-            gw = (g * x_hat).flatten(0, -2).sum(0).to(weight.dtype)
+            gw = (g * x_hat).reshape(-1, x_hat.shape[-1]).sum(0).to(weight.dtype)
         if ctx.needs_input_grad[0]:
             gn = g * weight
             gx = (torch.addcmul(gn, x_hat, (gn * x_hat).mean(-1, keepdim=True), value=-1) * rstd).to(ctx.x_dtype)
@@ -60,7 +65,8 @@ class RMSNorm(nn.RMSNorm):
     """Backward through `LeanRMSNorm`: the same forward values, the gradients in another order of the same sums."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.lean_backward or self.weight is None or len(self.normalized_shape) != 1:
+        if (not self.lean_backward or self.weight is None or len(self.normalized_shape) != 1
+                or x.shape[-1] != self.normalized_shape[0]):  # torch's own path, and its errors
             return super().forward(x)
         eps = self.eps if self.eps is not None else torch.finfo(torch.promote_types(x.dtype, torch.float32)).eps
         return LeanRMSNorm.apply(x, self.weight, eps)[0]

@@ -43,10 +43,12 @@ def rope_3d(t_pos: torch.Tensor, grid: int, head_dim: int, theta: float) -> tupl
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, H, S, D] (or [..., S, D]) rotated pairwise (x[2i], x[2i+1]) by the angles of cos/sin [S, D/2].
 
-    Eagerly as one complex product (RoFormer's eq. 34, the pair as a complex number): the same fp32 products and sums
-    as the rotation written out (`rotate_pairs`), the same values bit for bit on the CPU (`tests/test_model.py`), in
-    ~4 kernels forward and backward instead of ~15: the seed-batched training step is bound by its number of small
-    kernels and runs ~80 of these (#34). Under torch.compile the rotation written out, which inductor fuses."""
+    Eagerly as one complex product (RoFormer's eq. 34, the pair as a complex number): the fp32 products and sums of the
+    rotation written out (`rotate_pairs`), in ~4 kernels forward and backward instead of ~15; the seed-batched training
+    step is bound by its number of small kernels and runs ~80 of these (#34). The same values bit for bit on the CPU
+    when D is a multiple of 16 (every preset's head_dim; `tests/test_model.py`); otherwise torch's complex loop rounds
+    its tail with fused multiply-adds (1-2 ulp), as CUDA's complex product does everywhere. Under torch.compile the
+    rotation written out, which inductor fuses."""
     if torch.compiler.is_compiling():
         return rotate_pairs(x, cos, sin)
     pairs = x.float().unflatten(-1, (-1, 2))
@@ -54,7 +56,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         pairs = torch.view_as_complex(pairs)
     except RuntimeError:  # a layout complex numbers cannot view (odd strides): copied once
         pairs = torch.view_as_complex(pairs.contiguous())
-    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).type_as(x)
+    return torch.view_as_real(pairs * torch.complex(cos.float(), sin.float())).flatten(-2).type_as(x)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
