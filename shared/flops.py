@@ -119,8 +119,8 @@ VIEWS = frozenset({
 
 class KernelCalls(TorchDispatchMode):
     """aten calls by name while the mode is on, the backward's apart (while autograd runs a node; "forward" is the
-    rest, an optimiser step included); `kernels(part)` leaves out `VIEWS`. Device-independent except where torch's kernels differ by device, so
-    a CPU counts what a GPU step launches eagerly (a CUDA graph replays the same kernels)."""
+    rest, an optimiser step included); `kernels(part)` leaves out `VIEWS`. Device-independent except where torch's
+    kernels differ by device, so a CPU counts what a GPU step launches eagerly (a CUDA graph replays the same)."""
 
     def __init__(self):
         super().__init__()
