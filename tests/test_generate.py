@@ -116,6 +116,37 @@ def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypat
     assert log == ["submit"] + ["submit", "wait", "wait"] * 9 + ["wait", "wait"]
 
 
+def test_decoding_a_second_at_a_time_hands_out_the_same_frames_and_stops_at_a_bad_one(run, monkeypatch):
+    """`stream_frames(decode_every=N)` (the hour's way, `--minutes-overlap second`): the frames, motion and order of
+    decoding each frame alone, decoded N at a time (the latents kept, copied past the next frame) and the last
+    batch short; a frame that is not finite stops the stream where it would one frame at a time."""
+    from shared.config import SampleConfig
+    from shared.sampling import generation as G
+
+    model, cfg, meta = G.load_model(run / "run", "cpu")
+    codec = G.codec_from_spec(meta.codec)
+    ref = G.load_reference(f"{run / 'c.h5'}", cfg, meta, codec)
+    feats = G.features_from_spec(meta.audio_features)(G.load_audio(next((run / "st").rglob("*.mp4")), 0.4), 10)
+    sample = SampleConfig(denoise_steps=1)
+    calls = []
+    decode = codec.decode_rgb
+    monkeypatch.setattr(codec, "decode_rgb", lambda z: calls.append(len(z)) or decode(z))
+    one = list(G.stream_frames(model, ref, feats, 10, codec, sample, torch.device("cpu")))
+    four = list(G.stream_frames(model, ref, feats, 10, codec, sample, torch.device("cpu"), decode_every=4))
+    assert calls == [1] * 10 + [4, 4, 2]
+    assert [f["index"] for f in four] == list(range(10))
+    for a, b in zip(one, four):  # uint8 frames: a batched convolution's rounding rarely moves a pixel by one
+        assert np.abs(a["frame"].astype(int) - b["frame"].astype(int)).max() <= 1
+        assert np.array_equal(a["struct"], b["struct"])
+    finite = G._finite
+    monkeypatch.setattr(G, "_finite", lambda f: finite(f) & (f["index"] != 6))
+    got = []
+    with pytest.raises(G.NonFinite, match="frame 6"):
+        for f in G.stream_frames(model, ref, feats, 10, codec, sample, torch.device("cpu"), decode_every=4):
+            got.append(f["index"])
+    assert got == [0, 1, 2, 3, 4, 5]  # as frame by frame: every frame before the bad one
+
+
 def test_training_wrote_a_streaming_sample_and_tensorboard(run):
     assert (run / "run" / "samples" / "step_00000003.mp4").is_file()
     assert (run / "run" / "samples" / "step_00000003.struct.npz").is_file()

@@ -213,10 +213,12 @@ def plot(streams: dict[str, list[dict]], real_jitter: float, path) -> None:
     plt.close(fig)
 
 
-DECODING = {"on": "overlapped, a CUDA graph", "eager": "overlapped, eager", "off": "inline"}
+DECODING = {"on": "overlapped, a CUDA graph", "eager": "overlapped, eager", "off": "inline",
+            "second": "inline, a second at a time"}
 """--minutes-overlap: each frame decoded on a CUDA stream of its own while the next is denoised, replayed as a CUDA
 graph (on) or launched eagerly (eager: one graph stream, the model's, should two replayed side by side be what
-stalls), or decoded and read back before the next (off)."""
+stalls), or decoded and read back before the next (off), or a second's frames decoded and read back together, on the
+model's one stream (second: the host waits for the GPU once a second, not once a frame; no second CUDA stream)."""
 
 STALL_S = 120.0
 """A minute stream with no frame for this long has stalled (`shared.sampling.watchdog`): far over any frame's time,
@@ -224,7 +226,7 @@ a second's reading by the probe, or a capture mid-stream."""
 
 
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
-           con, on_row: Callable[[list], None] | None = None, overlap: str = "on") -> list[dict]:
+           con, on_row: Callable[[list], None] | None = None, overlap: str = "second") -> list[dict]:
     """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; on a
     GPU, CUDA graphs and, with `overlap` on or eager, each frame decoded on a stream of its own while the next is
     denoised, as a CUDA graph or eagerly: `DECODING`), read by the probe a second at a time into per-minute rows
@@ -245,7 +247,7 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
     graphs = decoder = None
     chunk: list = []
     dog = Watchdog(STALL_S, "the minute stream", "the minutes closed so far are in long_minutes.partial.json; "
-                   "--minutes-overlap eager decodes off CUDA graphs, off decodes each frame before the next")
+                   "--minutes-overlap second decodes a second at a time on one CUDA stream")
     try:
         with dog, Progress(console=con) as bar:
             if device.type == "cuda":
@@ -255,13 +257,13 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
                 dog.tick("capturing the stream's graphs")
                 graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
                 dog.tick("capturing the decoder's graph")
-                decoder = (prepare_decoder(codec, model.cfg, device, graph=overlap == "on") if overlap != "off"
-                           else None)
+                decoder = (prepare_decoder(codec, model.cfg, device, graph=overlap == "on")
+                           if overlap in ("on", "eager") else None)
                 torch.cuda.reset_peak_memory_stats(device)
             dog.tick("before the first frame")
             task = bar.add_task("streaming", total=frames)
             for f in stream_frames(model, ref, features, frames, codec, sample, device, seed, graphs=graphs,
-                                    decoder=decoder):
+                                    decoder=decoder, decode_every=fps if overlap == "second" else 1):
                 dog.tick(f"after frame {f['index']}")
                 chunk.append(f["frame"])
                 if len(chunk) == fps or f["index"] == frames - 1:
@@ -286,7 +288,7 @@ def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: floa
     (out / "plots").mkdir(exist_ok=True)
     plot(streams, real_jitter, out / "plots" / "long_minutes.png")
     checks = {n: flatness(rows) for n, rows in streams.items()}
-    decode = DECODING[overlap] if device.startswith("cuda") else DECODING["off"]
+    decode = DECODING[overlap] if device.startswith("cuda") or overlap == "second" else DECODING["off"]
     result = {"minutes": minutes, "method": method, "device": device, "decode": decode, "real_jitter": real_jitter,
               "streams": streams, "checks": checks, "plot": "plots/long_minutes.png"}
     tmp = out / ".long_minutes.json.tmp"

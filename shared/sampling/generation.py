@@ -372,26 +372,32 @@ def prepare_decoder(codec: VideoCodec, m: ModelConfig, device: torch.device, gra
 
 def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames: int, codec: VideoCodec,
                   sample: SampleConfig, device: torch.device, seed: int = 0, use_cache: bool = True,
-                  graphs: GraphedModel | None = None, decoder: OverlappedDecoder | None = None) -> Iterator[dict]:
+                  graphs: GraphedModel | None = None, decoder: OverlappedDecoder | None = None,
+                  decode_every: int = 1) -> Iterator[dict]:
     """Decoded frames as they are produced: {"index", "frame" uint8 [H, W, 3], "struct" [D] or None, "time"
     (seconds since the call, after the frame is decoded)}. features [2 * frames, A] at 50 Hz. Inputs take the
     model's dtype (bf16 weights on GPU). With a `decoder` (`prepare_decoder`, CUDA), each frame is decoded on its
     own CUDA stream while the next one is denoised (#17) and handed out as soon as its decoding is done; without,
-    `codec.decode` runs between frames. A frame that holds NaN or inf stops the stream (`NonFinite`, with its
-    index): the check rides along with the struct's copy to the host (no extra device sync)."""
+    `codec.decode` runs between frames, or, with `decode_every` N > 1, on N frames at once (their latents kept until
+    then): the host waits for the device once every N frames instead of every frame, for a long measured rollout
+    whose rate should be the stream's (`shared.evaluation.minutes`), not a viewer's. A frame that holds NaN or inf
+    stops the stream (`NonFinite`, with its index): the check rides along with a copy to the host (no extra sync)."""
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(seed)
     ref_video, ref_struct, audio = _on_device(model, ref, features, frames, device)
     frames_out = stream(model, ref_video, ref_struct, audio, frames, generator=gen, sample=sample,
                         use_cache=use_cache, graphs=graphs)
     if decoder is None:
+        if decode_every < 1:
+            raise ValueError(f"decode_every={decode_every}: decode at least one frame at a time")
+        held: list[dict] = []
         for f in frames_out:
-            _check_finite(f["index"], bool(_finite(f).item()), sample)
-            # straight to the codec's device (no round trip through the host); reading it back syncs: the frame
-            # is really done
-            frame = rgb_to_uint8(codec.decode_rgb(f["video"][:1].float().to(codec.device)))[0].cpu().numpy()
-            struct = None if f["struct"] is None else f["struct"][0].float().cpu().numpy()
-            yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
+            # kept past the next frame, a latent is copied (a CUDA graph's output buffer is rewritten by the next)
+            held.append(f if decode_every == 1 else {k: v.clone() if torch.is_tensor(v) else v for k, v in f.items()})
+            if len(held) == decode_every:
+                yield from _decoded_inline(held, codec, t0, sample)
+                held = []
+        yield from _decoded_inline(held, codec, t0, sample)
         return
     pending = collections.deque()
     for f in frames_out:  # the stream reads nothing back: frame i+1 is queued before frame i is waited for
@@ -403,6 +409,20 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
             yield _decoded(*pending.popleft(), t0, sample)
     while pending:
         yield _decoded(*pending.popleft(), t0, sample)
+
+
+def _decoded_inline(held: list[dict], codec: VideoCodec, t0: float, sample: SampleConfig) -> Iterator[dict]:
+    """Frames `held` (the stream's, in order) decoded together on the codec's device (no round trip through the host);
+    reading them back syncs: they are really done."""
+    if not held:
+        return
+    finite = torch.stack([_finite(f) for f in held]).cpu()
+    rgb = rgb_to_uint8(codec.decode_rgb(torch.cat([f["video"][:1].float() for f in held]).to(codec.device))).cpu()
+    structs = [None] * len(held) if held[0]["struct"] is None else torch.stack(
+        [f["struct"][0].float() for f in held]).cpu().numpy()
+    for f, ok, frame, struct in zip(held, finite, rgb.numpy(), structs):
+        _check_finite(f["index"], bool(ok), sample)  # the frames before a bad one are handed out, as one by one
+        yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
 
 
 def _finite(f: dict) -> torch.Tensor:

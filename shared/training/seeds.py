@@ -58,7 +58,8 @@ class SeedRun:
 LOW_PRECISION = {"bf16-true": torch.bfloat16}
 """`launch.precision` values under which the network runs in that dtype: its weights cast from the fp32 ones each
 step, its inputs cast (the noise levels kept in fp32), its outputs back in fp32 for the loss (Fabric's bf16-true
-with fp32 master weights, optimiser and EMA, as FSDP's bf16 parameters compute)."""
+with fp32 master weights, optimiser and EMA, as FSDP's bf16 parameters compute); the RMSNorms' backward written
+out (`shared.models.norms.LeanRMSNorm`: the same forward, ~40% fewer kernels backward)."""
 
 
 class _Functional:
