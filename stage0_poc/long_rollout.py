@@ -203,7 +203,7 @@ class LongOptions:
     minutes_method: str = "baseline"
     """The method streamed for --minutes (a sampler setting, or a fine-tune made as for --methods)."""
     minutes_overlap: str = flag("second", choices=("second", "on", "eager", "off"))
-    """How --minutes decodes: a second's frames at once on the model's one CUDA stream (second: the host waits for
+    """How --minutes decodes: a second's frames at once, everything on one CUDA stream (second: the host waits for
     the device once a second, so the rate is the stream's, not the host thread's, which bound the hours of 2026-12-04;
     batched decoding may differ from a frame's alone by rounding); on a GPU each frame on a CUDA stream of its own
     while the next is denoised, as a CUDA graph (on, as generate.py streams) or eagerly (eager); or each frame decoded

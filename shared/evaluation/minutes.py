@@ -217,8 +217,9 @@ DECODING = {"on": "overlapped, a CUDA graph", "eager": "overlapped, eager", "off
             "second": "inline, a second at a time"}
 """--minutes-overlap: each frame decoded on a CUDA stream of its own while the next is denoised, replayed as a CUDA
 graph (on) or launched eagerly (eager: one graph stream, the model's, should two replayed side by side be what
-stalls), or decoded and read back before the next (off), or a second's frames decoded and read back together, on the
-model's one stream (second: the host waits for the GPU once a second, not once a frame; no second CUDA stream)."""
+stalls), or decoded and read back before the next (off), or a second's frames decoded and read back together
+(second: the host waits for the GPU once a second, not once a frame; the model's graphs on one CUDA stream, the
+struct tower not on a second, and the decoder beside them)."""
 
 STALL_S = 120.0
 """A minute stream with no frame for this long has stalled (`shared.sampling.watchdog`): far over any frame's time,
@@ -228,10 +229,10 @@ a second's reading by the probe, or a capture mid-stream."""
 def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int, device: torch.device, seed: int,
            con, on_row: Callable[[list], None] | None = None, overlap: str = "second") -> list[dict]:
     """One held-out clip's voice (and true mouth) looped to `frames`, streamed frame by frame (`stream_frames`; on a
-    GPU, CUDA graphs and, with `overlap` on or eager, each frame decoded on a stream of its own while the next is
-    denoised, as a CUDA graph or eagerly: `DECODING`), read by the probe a second at a time into per-minute rows
-    (`MinuteMeter`; `on_row` sees them as each minute closes). No frame for `STALL_S` ends the process with an error
-    line and every thread's stack (`Watchdog`)."""
+    GPU through CUDA graphs), decoded as `overlap` says (`DECODING`: by default a second's frames together, the graphs
+    then on the model's one CUDA stream, the struct tower not on a second), read by the probe a second at a time into
+    per-minute rows (`MinuteMeter`; `on_row` sees them as each minute closes). No frame for `STALL_S` ends the process
+    with an error line and every thread's stack (`Watchdog`)."""
     from rich.progress import Progress
 
     from ..sampling.generation import Reference, prepare_decoder, prepare_graphs, stream_frames
@@ -246,16 +247,19 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
                         probe.m_std.cpu().numpy(), JAW, device, on_row=on_row)
     graphs = decoder = None
     chunk: list = []
+    other = ("off decodes each frame before the next" if overlap == "second"
+             else "second decodes a second at a time on one CUDA stream")
     dog = Watchdog(STALL_S, "the minute stream", "the minutes closed so far are in long_minutes.partial.json; "
-                   "--minutes-overlap second decodes a second at a time on one CUDA stream")
+                   f"--minutes-overlap {other}")
     try:
         with dog, Progress(console=con) as bar:
             if device.type == "cuda":
                 # the hour of 2026-12-04 (H200) was bound by its host thread (the GPU 51-70% busy at a fixed clock,
                 # the probe's fixed work slowing with the frame rate): each frame was decoded and read back before
-                # the next was denoised; overlapped, the host's work hides behind the GPU's
+                # the next was denoised; a second at a time, or overlapped, the host's work hides behind the GPU's
                 dog.tick("capturing the stream's graphs")
-                graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False)
+                graphs = prepare_graphs(model, ref, features, frames, sample, device, compile=False,
+                                        overlap=overlap != "second")
                 dog.tick("capturing the decoder's graph")
                 decoder = (prepare_decoder(codec, model.cfg, device, graph=overlap == "on")
                            if overlap in ("on", "eager") else None)
@@ -282,7 +286,7 @@ def stream(model, sample, clip, frames: int, probe, codec, dims: dict, fps: int,
 
 
 def write(out, streams: dict[str, list[dict]], real_jitter: float, minutes: float, method: str, device: str,
-          overlap: str = "on") -> dict:
+          overlap: str = "second") -> dict:
     """OUT/long_minutes.json (rows and `flatness` per stream), long_minutes.md and plots/long_minutes.png; `overlap`:
     how the frames were decoded (`stream`'s)."""
     (out / "plots").mkdir(exist_ok=True)

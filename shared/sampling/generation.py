@@ -379,20 +379,22 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
     model's dtype (bf16 weights on GPU). With a `decoder` (`prepare_decoder`, CUDA), each frame is decoded on its
     own CUDA stream while the next one is denoised (#17) and handed out as soon as its decoding is done; without,
     `codec.decode` runs between frames, or, with `decode_every` N > 1, on N frames at once (their latents kept until
-    then): the host waits for the device once every N frames instead of every frame, for a long measured rollout
-    whose rate should be the stream's (`shared.evaluation.minutes`), not a viewer's. A frame that holds NaN or inf
-    stops the stream (`NonFinite`, with its index): the check rides along with a copy to the host (no extra sync)."""
+    then; their "time" in steps of N): the host waits for the device once every N frames instead of every frame, for
+    a long measured rollout whose rate should be the stream's (`shared.evaluation.minutes`), not a viewer's. A frame
+    that holds NaN or inf stops the stream (`NonFinite`, with its index), the frames before it handed out: the check
+    rides along with a copy to the host (no extra sync)."""
+    if decode_every < 1 or (decoder is not None and decode_every != 1):
+        raise ValueError(f"decode_every={decode_every}: at least 1, and 1 with an overlapped decoder")
     t0 = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(seed)
     ref_video, ref_struct, audio = _on_device(model, ref, features, frames, device)
     frames_out = stream(model, ref_video, ref_struct, audio, frames, generator=gen, sample=sample,
                         use_cache=use_cache, graphs=graphs)
     if decoder is None:
-        if decode_every < 1:
-            raise ValueError(f"decode_every={decode_every}: decode at least one frame at a time")
         held: list[dict] = []
         for f in frames_out:
-            # kept past the next frame, a latent is copied (a CUDA graph's output buffer is rewritten by the next)
+            # kept past the next frame, a latent is copied: a view would keep its whole in-flight window alive, and
+            # would see any later in-place step of the sampler
             held.append(f if decode_every == 1 else {k: v.clone() if torch.is_tensor(v) else v for k, v in f.items()})
             if len(held) == decode_every:
                 yield from _decoded_inline(held, codec, t0, sample)
@@ -412,17 +414,23 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
 
 
 def _decoded_inline(held: list[dict], codec: VideoCodec, t0: float, sample: SampleConfig) -> Iterator[dict]:
-    """Frames `held` (the stream's, in order) decoded together on the codec's device (no round trip through the host);
-    reading them back syncs: they are really done."""
+    """Frames `held` (the stream's, in order) up to the first that is not finite decoded together on the codec's
+    device (no round trip through the host; at most `codec.decode_batch` a call, its memory cap) and handed out, then
+    `NonFinite` for that one, as one frame at a time would; reading them back syncs: they are really done."""
     if not held:
         return
-    finite = torch.stack([_finite(f) for f in held]).cpu()
-    rgb = rgb_to_uint8(codec.decode_rgb(torch.cat([f["video"][:1].float() for f in held]).to(codec.device))).cpu()
-    structs = [None] * len(held) if held[0]["struct"] is None else torch.stack(
-        [f["struct"][0].float() for f in held]).cpu().numpy()
-    for f, ok, frame, struct in zip(held, finite, rgb.numpy(), structs):
-        _check_finite(f["index"], bool(ok), sample)  # the frames before a bad one are handed out, as one by one
-        yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
+    finite = torch.stack([_finite(f) for f in held]).cpu().tolist()
+    good = held[: finite.index(False)] if False in finite else held
+    if good:
+        video = torch.cat([f["video"][:1].float() for f in good]).to(codec.device)
+        step = codec.decode_batch
+        rgb = torch.cat([rgb_to_uint8(codec.decode_rgb(video[i : i + step])) for i in range(0, len(good), step)])
+        structs = [None] * len(good) if good[0]["struct"] is None else torch.stack(
+            [f["struct"][0].float() for f in good]).cpu().numpy()
+        for f, frame, struct in zip(good, rgb.cpu().numpy(), structs):
+            yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
+    if len(good) < len(held):
+        _check_finite(held[len(good)]["index"], False, sample)
 
 
 def _finite(f: dict) -> torch.Tensor:
