@@ -7,6 +7,7 @@ are listed but not counted as kernels. The step is eager with AdamW not capturab
 step counts on the device: a few foreach kernels differ).
 
     python benchmarks/step_kernels.py --shape 576x8 --variant dual --precision bf16-true
+    python benchmarks/step_kernels.py --shape 576x8 --variant all     # a lockstep round: the six trained variants
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ from shared.training.seeds import SeedTrainer, window_tensors  # noqa: E402
 from poc_seeds import windows  # noqa: E402
 from rung_shapes import rung  # noqa: E402
 
+TRAINED = tuple(v.name for v in CORE_VARIANTS if v.role != "upper bound")  # the oracle is condition_only's model
+
+
 @dataclass(frozen=True)
 class KernelCount:
     """What is counted (`shared.cli`: one flag per field)."""
 
     shape: str = "576x8"
     """WIDTHxDEPTH of both towers (rung l: 576x8)."""
-    variant: str = flag("dual", choices=tuple(v.name for v in CORE_VARIANTS if v.role != "upper bound"))
-    """The core suite's variant whose step is counted."""
+    variant: str = flag("dual", choices=TRAINED + ("all",))
+    """The core suite's trained variant whose step is counted; all: each of them, and their sum (a lockstep round)."""
     seeds: int = flag(3, check=errors.integer(1))
     """Seeds batched in the step."""
     precision: str = flag("bf16-true", choices=("32-true", "bf16-mixed", "bf16-true"))
@@ -51,8 +55,15 @@ class KernelCount:
 
 
 def count(o: KernelCount) -> dict:
+    """{kernels, forward_kernels, backward_kernels, aten_calls, by_op} of one eager step of `o.variant`, or with `all`
+    each trained variant's under "variants" and their sums."""
     if o.device == "auto":
         o = replace(o, device="cuda" if torch.cuda.is_available() else "cpu")
+    if o.variant == "all":
+        each = {name: count(replace(o, variant=name)) for name in TRAINED}
+        sums = {k: sum(c[k] for c in each.values()) for k in ("kernels", "forward_kernels", "backward_kernels",
+                                                             "aten_calls")}
+        return {**asdict(o), **sums, "variants": {n: {k: c[k] for k in sums} for n, c in each.items()}}
     meta = SimpleNamespace(latent_shape=(8, 16, 16), struct_layout=tuple(range(13)), audio_dim=80)
     s = Settings(model=rung(o.shape, "--shape"), precision=o.precision, batch=8)
     variant = next(v for v in CORE_VARIANTS if v.name == o.variant)
