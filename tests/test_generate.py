@@ -81,19 +81,26 @@ def test_generate_on_cuda_compiles_and_replays_graphs(run, tmp_path):
     assert np.abs(np.diff(frames.astype(np.float32), axis=0)).mean() > 1
 
 
-def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypatch):
-    """`stream_frames` with a decoder (the GPU path, here with the decoder's contract faked on the CPU): the frames
-    and motion are those of decoding between frames, in order, and frame i is waited for only after frame i+1 has
-    been queued (that is the overlap), the last one at the end."""
+def _ten_frames(run) -> tuple:
+    """(model, codec, reference, audio features of 10 frames, a one-step sampler) of the trained run, on the CPU."""
     from shared.config import SampleConfig
     from shared.sampling import generation as G
-    from shared.data.codecs import rgb_to_uint8
 
     model, cfg, meta = G.load_model(run / "run", "cpu")
     codec = G.codec_from_spec(meta.codec)
     ref = G.load_reference(f"{run / 'c.h5'}", cfg, meta, codec)
     feats = G.features_from_spec(meta.audio_features)(G.load_audio(next((run / "st").rglob("*.mp4")), 0.4), 10)
-    sample = SampleConfig(denoise_steps=1)
+    return model, codec, ref, feats, SampleConfig(denoise_steps=1)
+
+
+def test_overlapped_decoding_hands_out_the_same_frames_one_behind(run, monkeypatch):
+    """`stream_frames` with a decoder (the GPU path, here with the decoder's contract faked on the CPU): the frames
+    and motion are those of decoding between frames, in order, and frame i is waited for only after frame i+1 has
+    been queued (that is the overlap), the last one at the end."""
+    from shared.sampling import generation as G
+    from shared.data.codecs import rgb_to_uint8
+
+    model, codec, ref, feats, sample = _ten_frames(run)
     log = []
 
     class Done:  # a CUDA event: the host waits on it
@@ -120,14 +127,9 @@ def test_decoding_a_second_at_a_time_hands_out_the_same_frames_and_stops_at_a_ba
     """`stream_frames(decode_every=N)` (the hour's way, `--minutes-overlap second`): the frames, motion and order of
     decoding each frame alone, decoded N at a time (the latents kept, copied past the next frame) and the last
     batch short; a frame that is not finite stops the stream where it would one frame at a time."""
-    from shared.config import SampleConfig
     from shared.sampling import generation as G
 
-    model, cfg, meta = G.load_model(run / "run", "cpu")
-    codec = G.codec_from_spec(meta.codec)
-    ref = G.load_reference(f"{run / 'c.h5'}", cfg, meta, codec)
-    feats = G.features_from_spec(meta.audio_features)(G.load_audio(next((run / "st").rglob("*.mp4")), 0.4), 10)
-    sample = SampleConfig(denoise_steps=1)
+    model, codec, ref, feats, sample = _ten_frames(run)
     calls = []
     decode = codec.decode_rgb
     monkeypatch.setattr(codec, "decode_rgb", lambda z: calls.append(len(z)) or decode(z))
