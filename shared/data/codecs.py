@@ -50,8 +50,9 @@ class VideoCodec:
         raise NotImplementedError
 
     def decode(self, latents: np.ndarray | torch.Tensor) -> np.ndarray:
-        """[N, C, h, w] -> uint8 [N, H, W, 3], on the host."""
-        z = torch.as_tensor(np.asarray(latents)).float()
+        """[N, C, h, w] -> uint8 [N, H, W, 3], on the host; a tensor is decoded where it is (on the codec's device: no
+        round trip through the host), `decode_batch` latents a call."""
+        z = latents.float() if torch.is_tensor(latents) else torch.as_tensor(np.asarray(latents)).float()
         return np.concatenate([to_uint8(self.decode_rgb(z[i : i + self.decode_batch].to(self.device)))
                                for i in range(0, len(z), self.decode_batch)])
 

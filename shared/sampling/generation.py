@@ -415,19 +415,17 @@ def stream_frames(model: DualForce, ref: Reference, features: np.ndarray, frames
 
 def _decoded_inline(held: list[dict], codec: VideoCodec, t0: float, sample: SampleConfig) -> Iterator[dict]:
     """Frames `held` (the stream's, in order) up to the first that is not finite decoded together on the codec's
-    device (no round trip through the host; at most `codec.decode_batch` a call, its memory cap) and handed out, then
-    `NonFinite` for that one, as one frame at a time would; reading them back syncs: they are really done."""
+    device (`codec.decode`: no round trip through the host, at most `decode_batch` a call, its memory cap) and handed
+    out, then `NonFinite` for that one, as one frame at a time would; reading them back syncs: they are done."""
     if not held:
         return
     finite = torch.stack([_finite(f) for f in held]).cpu().tolist()
     good = held[: finite.index(False)] if False in finite else held
     if good:
-        video = torch.cat([f["video"][:1].float() for f in good]).to(codec.device)
-        step = codec.decode_batch
-        rgb = torch.cat([rgb_to_uint8(codec.decode_rgb(video[i : i + step])) for i in range(0, len(good), step)])
+        rgb = codec.decode(torch.cat([f["video"][:1].float() for f in good]).to(codec.device))
         structs = [None] * len(good) if good[0]["struct"] is None else torch.stack(
             [f["struct"][0].float() for f in good]).cpu().numpy()
-        for f, frame, struct in zip(good, rgb.cpu().numpy(), structs):
+        for f, frame, struct in zip(good, rgb, structs):
             yield {"index": f["index"], "frame": frame, "struct": struct, "time": time.perf_counter() - t0}
     if len(good) < len(held):
         _check_finite(held[len(good)]["index"], False, sample)
