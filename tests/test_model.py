@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
@@ -368,6 +370,162 @@ print("ok")
     assert_prints_ok_in_triton_interpreter(code)
 
 
+def test_seed_norm_rope_kernel_matches_the_reference_per_seed():
+    """The seed-batched qk-norm + RoPE (#34): its Triton kernels in Triton's interpreter on the CPU against the
+    written-out maths (`seed_reference`, `seed_reference_backward`), and those against autograd: a weight per seed,
+    a strided input (a slice of a projection, as `unbind` hands k over), a transposed gradient, per-row and broadcast
+    positions, an unbatched weight (stride 0)."""
+    pytest.importorskip("triton")
+    code = """
+import torch
+from shared.models import kernels as K
+torch.manual_seed(0)
+for rows, shared_w in ((5, False), (1, True)):
+    x = torch.randn(3, 2, 5, 6, 16)[:, :, :, 3:].detach().requires_grad_(True)  # [N, B, S, H, D], strided
+    w = (1 + 0.1 * torch.randn(1 if shared_w else 3, 16)).expand(3, 16).detach().requires_grad_(True)
+    cos, sin = torch.randn(rows, 8), torch.randn(rows, 8)
+    g = torch.randn(3, 2, 3, 5, 16).transpose(2, 3)  # [N, B, S, H, D] as attention hands it back
+    y = K.seed_reference(x, w, 1e-6, cos, sin)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    dx, dw = K.seed_reference_backward(g, x.detach(), w.detach(), 1e-6, cos, sin)
+    torch.testing.assert_close(dx, gx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dw, gw, rtol=1e-5, atol=1e-5)
+    yk = K.seeds_forward(x.detach(), w.detach(), cos, sin, 1e-6)
+    dxk, parts = K.seeds_backward(g, x.detach(), w.detach(), cos, sin, 1e-6)
+    torch.testing.assert_close(yk, y.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dxk, gx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.sum(1), gw, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    assert_prints_ok_in_triton_interpreter(code)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_seed_norm_rope_under_vmap_is_one_op_with_the_norm_then_rope_values(dtype):
+    """A lean qk-norm (`use_lean_norms`) under vmap over seeds with a weight per seed: `norm_rope` runs one op forward
+    and one backward for all seeds (`SeedNormRope`), with the values and gradients of the plain RMSNorm then RoPE
+    (to rounding: the fused maths is not rounded to x's dtype between the two); without vmap the same Function."""
+    from shared.models.norms import RMSNorm
+    from shared.models.rope import rope_1d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 7, 4, 32).to(dtype)  # [seeds, B, S, H, D]
+    w = (1 + 0.1 * torch.randn(3, 32)).to(dtype)
+    g = torch.randn_like(x)
+    cos, sin = rope_1d(torch.arange(7), 32, 10000.0)
+    norm = RMSNorm(32, eps=1e-6)
+    found = {}
+    for lean in (True, False):
+        norm.lean_backward = lean
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+        def step():
+            y = torch.func.vmap(lambda t, v: torch.func.functional_call(module, {"norm.weight": v},
+                                                                        (t, (cos, sin))))(xs, ws)
+            y.backward(g)
+            return y
+        module = _NormRope(norm)
+        calls = _calls(step)
+        xs.grad = ws.grad = None
+        found[lean] = (step().detach(), xs.grad, ws.grad, calls)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for a, b in zip(found[True][:3], found[False][:3]):
+        torch.testing.assert_close(a, b, **tol)
+    assert found[True][3]["rms_norm_rope_seeds"] == 1 and found[True][3]["rms_norm_rope_seeds_backward"] == 1
+    assert sum(found[True][3].values()) < sum(found[False][3].values()) / 3, (found[True][3], found[False][3])
+    one = []  # outside vmap: the Function's own forward and backward (fp32 inside, so no fp64 gradcheck)
+    for lean in (True, False):
+        norm.lean_backward = lean
+        x1, w1 = x[0].float().requires_grad_(True), w[0].float().requires_grad_(True)
+        y = torch.func.functional_call(module, {"norm.weight": w1}, (x1, (cos, sin)))
+        y.backward(g[0].float())
+        one.append((y.detach(), x1.grad, w1.grad))
+    for a, b in zip(*one):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+class _NormRope(torch.nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x, rope):
+        from shared.models.attention import norm_rope
+
+        return norm_rope(x, self.norm, rope)
+
+
+def _calls(fn) -> collections.Counter:
+    """aten (and custom) calls by name while fn runs, views left out."""
+    from shared.flops import VIEWS, KernelCalls
+
+    with (calls := KernelCalls()):
+        fn()
+    return collections.Counter({k: n for k, n in (calls.forward + calls.backward).items() if k not in VIEWS})
+
+
+def test_seed_rms_norm_kernels_match_the_reference_per_seed():
+    """The seed-batched RMSNorm's Triton kernels (#34) in Triton's interpreter on the CPU against the written-out
+    maths, and those against autograd: widths that are not powers of two, rows in several blocks, a weight per seed
+    and an unbatched one (stride 0)."""
+    pytest.importorskip("triton")
+    code = """
+import torch
+from shared.models import kernels as K
+torch.manual_seed(0)
+for d, shared_w in ((48, False), (576, True)):
+    x = torch.randn(2, 37, d).requires_grad_(True)  # [N, R, D]
+    w = (1 + 0.1 * torch.randn(1 if shared_w else 2, d)).expand(2, d).detach().requires_grad_(True)
+    g = torch.randn(2, 37, d)
+    y, rstd = K.seed_rms_norm_reference(x, w, 1e-6)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    dx, dw = K.seed_rms_norm_reference_backward(g, x.detach(), w.detach(), rstd)
+    torch.testing.assert_close(dx, gx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dw, gw, rtol=1e-5, atol=1e-5)
+    yk, rk = K.norm_seeds_forward(x.detach(), w.detach(), 1e-6)
+    dxk, parts = K.norm_seeds_backward(g, x.detach(), w.detach(), rk)
+    torch.testing.assert_close(yk, y.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rk, rstd, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dxk, gx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.sum(1), gw, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    assert_prints_ok_in_triton_interpreter(code)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels themselves (the device machine's check)")
+def test_seed_kernels_on_cuda_match_the_reference():
+    """On a GPU the seed-batched ops run their Triton kernels: forward and gradients against the written-out maths
+    (`seed_reference`, `seed_rms_norm_reference`) at rung l's shapes in bf16, as the lockstep step calls them."""
+    from shared.models import kernels as K
+
+    torch.manual_seed(0)
+    dev, bf = "cuda", torch.bfloat16
+    x = torch.randn(3, 8, 33 * 16, 2 * 18, 32, device=dev, dtype=bf)[:, :, :, :18]  # k's layout: a slice of kv
+    w = (1 + 0.1 * torch.randn(3, 32, device=dev)).to(bf)
+    cos, sin = torch.randn(33 * 16, 16, device=dev), torch.randn(33 * 16, 16, device=dev)
+    g = torch.randn(x.shape, device=dev, dtype=bf)
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    y = torch.ops.dualforce.rms_norm_rope_seeds(xr, wr, cos, sin, 1e-6)
+    gx, gw = torch.autograd.grad(y, (xr, wr), g)
+    dx, dw = K.seed_reference_backward(g, x, w, 1e-6, cos, sin)
+    torch.testing.assert_close(y, K.seed_reference(x, w, 1e-6, cos, sin), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gx, dx, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw.float(), dw, rtol=2e-2, atol=0.5)  # a sum over 300k rows, in bf16 at the end
+    x = torch.randn(3, 8 * 33 * 16, 576, device=dev, dtype=bf)
+    w = (1 + 0.1 * torch.randn(3, 576, device=dev)).to(bf)
+    g = torch.randn(x.shape, device=dev, dtype=bf)
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    y, rstd = torch.ops.dualforce.rms_norm_seeds(xr, wr, 1e-6)
+    gx, gw = torch.autograd.grad(y, (xr, wr), g)
+    ref, rstd_ref = K.seed_rms_norm_reference(x, w, 1e-6)
+    dx, dw = K.seed_rms_norm_reference_backward(g, x, w, rstd_ref)
+    torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(rstd, rstd_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, dx, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw.float(), dw, rtol=2e-2, atol=0.5)
+
+
 def test_fused_norm_rope_kernels_take_eps_as_a_constant():
     """eps reaches the Triton kernels as a constexpr: as a run-time argument inductor's launch types a Python float
     as fp64 (Triton's own launcher: fp32), and every element's arithmetic after `* rstd` ran in fp64, the backward at
@@ -557,9 +715,11 @@ def test_lean_rms_norm_keeps_the_forward_and_the_gradients_in_fewer_kernels(dtyp
             y = torch.func.vmap(lambda t, v: torch.func.functional_call(norm, {"weight": v}, (t,)))(xs, ws)
             y.backward(g)
             return y
-        kernels = _kernels(step)
+        kernels = _calls(step)
         xs.grad = ws.grad = None
-        found[lean] = (step().detach(), xs.grad, ws.grad, kernels)
+        found[lean] = (step().detach(), xs.grad, ws.grad, sum(kernels.values()))
+        if lean:  # one op for every seed each way (`kernels.rms_norm_seeds`)
+            assert kernels["rms_norm_seeds"] == kernels["rms_norm_seeds_backward"] == 1, kernels
     assert torch.equal(found[True][0], found[False][0])
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for a, b in zip(found[True][1:3], found[False][1:3]):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..config import FLEX_BACKENDS
-from .kernels import rms_norm_rope
+from .kernels import SeedNormRope, rms_norm_rope
 from .kvcache import KVSlot
 from .masks import Span, frame_mask
 from .norms import RMSNorm
@@ -149,10 +149,15 @@ def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qs
 def norm_rope(x: torch.Tensor, norm: nn.Module, rope: tuple[torch.Tensor, torch.Tensor],
               fused: bool = False) -> torch.Tensor:
     """x [B, S, H, D] -> its qk-norm, then RoPE at each row's position (cos/sin [S or 1, D/2]); [B, S, H, D].
-    fused (with an RMSNorm): one Triton kernel on CUDA (`kernels.rms_norm_rope`; the same maths elsewhere)."""
+    fused (with an RMSNorm): one Triton kernel on CUDA (`kernels.rms_norm_rope`; the same maths elsewhere). A lean
+    RMSNorm (`norms.use_lean_norms`, the seed-batched trainer's) takes both through `kernels.SeedNormRope`: under
+    vmap one op for all seeds."""
     cos, sin = rope
-    if fused and isinstance(norm, nn.RMSNorm):
+    lean = isinstance(norm, RMSNorm) and norm.lean_backward and norm.weight is not None
+    if (fused or lean) and isinstance(norm, nn.RMSNorm):
         eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        if lean:
+            return SeedNormRope.apply(x, norm.weight, eps, cos, sin)
         return rms_norm_rope(x, norm.weight, eps, cos, sin)
     return apply_rope(norm(x), cos[:, None], sin[:, None])
 

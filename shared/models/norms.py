@@ -1,10 +1,10 @@
-"""RMSNorm (Zhang & Sennrich 2019) with an optional shorter backward for the seed-batched training step (#34).
+"""RMSNorm (Zhang & Sennrich 2019) with an optional leaner path for the seed-batched training step (#34).
 
 Under `torch.func.vmap` (how `shared.training.seeds` trains a rung's seeds together) torch decomposes RMSNorm into its
 elementwise parts: its fused CUDA kernel has no batching rule. Its autograd then takes ~17 small kernels backward per
-norm, and a dual at rung l runs 104 norms (qk-norms, audio and bridge pre-norms): over a third of the step's kernels,
-which bound the step. `LeanRMSNorm` keeps the forward's operations (so its values, bit for bit) and writes the
-backward out in ~10:
+norm and 8 forward, and a dual at rung l runs 104 norms (qk-norms, audio and bridge pre-norms): over a third of the
+step's kernels, which bound the step. A lean norm (`use_lean_norms`) is one op for all seeds each way under vmap
+(`LeanRMSNorm`'s vmap rule; a qk-norm with its RoPE, `attention.norm_rope`), with the backward written out:
 
     x_hat = x * r,  r = (mean(x^2) + eps)^(-1/2)
     dL/dx = r * (g' - x_hat * mean(g' * x_hat)),  g' = dL/dy * w
@@ -17,44 +17,50 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
+from .kernels import rms_norm_seeds
+
 
 class LeanRMSNorm(torch.autograd.Function):
-    """y = x_hat * w with the backward above; vmap-able (`generate_vmap_rule`), first derivatives only. The forward is
-    torch's own decomposition of `F.rms_norm` op for op (in fp32 for low-precision inputs, cast back at the end), which
-    is what `nn.RMSNorm` runs under vmap; outside vmap on CUDA torch has a fused kernel of its own."""
-
-    generate_vmap_rule = True
+    """y = x_hat * w with the backward above, first derivatives only. Under vmap over seeds (a weight per seed) one op
+    for all of them, forward and backward (`kernels.rms_norm_seeds`: a Triton kernel each way on CUDA). Outside vmap
+    torch's own decomposition of `F.rms_norm` op for op (in fp32 for low-precision inputs, cast back at the end),
+    which is what `nn.RMSNorm` runs under vmap; both keep its values (on the CPU bit for bit)."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, eps: float):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # torch's opmath type
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))
-        x_hat = xf * rstd
-        return (x_hat * weight).type_as(x), x_hat, rstd
+        return (xf * rstd * weight).type_as(x), rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, _ = inputs
-        _, x_hat, rstd = output
-        ctx.mark_non_differentiable(x_hat, rstd)
-        ctx.set_materialize_grads(False)  # the other outputs' gradients stay None rather than kernels of zeros
-        ctx.save_for_backward(weight, x_hat, rstd)
-        ctx.x_dtype = x.dtype
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # the other output's gradient stays None rather than a kernel of zeros
+        ctx.save_for_backward(x, weight, output[1])
 
     @staticmethod
-    @once_differentiable  # x_hat and rstd are saved as constants: a second derivative through them would be wrong
-    def backward(ctx, g: torch.Tensor | None, *_):
+    @once_differentiable  # rstd is saved as a constant: a second derivative through it would be wrong
+    def backward(ctx, g: torch.Tensor | None, _):
         if g is None:  # nothing downstream took the output's gradient (grads are not materialised)
             return None, None, None
-        weight, x_hat, rstd = ctx.saved_tensors
+        x, weight, rstd = ctx.saved_tensors
+        x_hat = x.to(rstd.dtype) * rstd
         g = g.to(x_hat.dtype)
         gx = gw = None
         if ctx.needs_input_grad[1]:
             gw = (g * x_hat).reshape(-1, x_hat.shape[-1]).sum(0).to(weight.dtype)
         if ctx.needs_input_grad[0]:
             gn = g * weight
-            gx = (torch.addcmul(gn, x_hat, (gn * x_hat).mean(-1, keepdim=True), value=-1) * rstd).to(ctx.x_dtype)
+            gx = (torch.addcmul(gn, x_hat, (gn * x_hat).mean(-1, keepdim=True), value=-1) * rstd).to(x.dtype)
         return gx, gw, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, eps):
+        xd, wd, _ = in_dims
+        x = x.movedim(xd, 0) if xd is not None else x.expand(info.batch_size, *x.shape)
+        weight = weight.movedim(wd, 0) if wd is not None else weight.expand(info.batch_size, *weight.shape)
+        return rms_norm_seeds(x, weight, eps), (0, 0)
 
 
 class RMSNorm(nn.RMSNorm):
