@@ -177,8 +177,8 @@ def seed_reference(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch
 
 def seed_reference_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
                             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`seed_reference`'s gradients (dx in x's dtype, dw [N, D] fp32), written out as `_bwd` computes them:
-    gy = the rotation's transpose of g, dw = sum of gy * x_hat, dx = rstd * (gn - x_hat * mean(gn * x_hat)), gn = gy * w."""
+    """`seed_reference`'s gradients (dx in x's dtype, dw [N, D] fp32), written out as `_bwd` computes them: gy = the
+    rotation's transpose of g, dw = sum of gy * x_hat, dx = rstd * (gn - x_hat * mean(gn * x_hat)), gn = gy * w."""
     xf = x.float()
     rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     x_hat = xf * rstd
@@ -304,7 +304,8 @@ class SeedNormRope(torch.autograd.Function):
 
 def seed_rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, R, D] with a weight [N, D] per seed -> (y in x's dtype, rstd [N, R] fp32): torch's decomposition of
-    `F.rms_norm` op for op (in fp32, cast back once), so on the CPU the values of `nn.RMSNorm` under vmap bit for bit."""
+    `F.rms_norm` op for op (in fp32, cast back once), so on the CPU the values of `nn.RMSNorm` under vmap bit for
+    bit."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))
     return (xf * rstd * weight[:, None, :]).type_as(x), rstd[..., 0]
@@ -312,7 +313,8 @@ def seed_rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -
 
 def seed_rms_norm_reference_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                                      rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx in x's dtype, dw [N, D] fp32): dw = sum of g * x_hat, dx = rstd * (gn - x_hat * mean(gn * x_hat)), gn = g w."""
+    """(dx in x's dtype, dw [N, D] fp32): dw = sum of g * x_hat, dx = rstd * (gn - x_hat * mean(gn * x_hat)),
+    gn = g * w."""
     x_hat = x.float() * rstd[..., None]
     g = g.float()
     gn = g * weight[:, None, :]
