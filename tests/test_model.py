@@ -493,7 +493,10 @@ print("ok")
     assert_prints_ok_in_triton_interpreter(code)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels themselves (the device machine's check)")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels themselves (the device's check)")
+
+
+@CUDA
 def test_seed_kernels_on_cuda_match_the_reference():
     """On a GPU the seed-batched ops run their Triton kernels: forward and gradients against the written-out maths
     (`seed_reference`, `seed_rms_norm_reference`) at rung l's shapes in bf16, as the lockstep step calls them."""
@@ -524,6 +527,54 @@ def test_seed_kernels_on_cuda_match_the_reference():
     torch.testing.assert_close(rstd, rstd_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx, dx, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(gw.float(), dw, rtol=2e-2, atol=0.5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_seed_attention_under_vmap_is_one_call_with_sdpa_values(dtype, device):
+    """`seed_batched` (#34): under vmap over seeds with a weight per seed, a dual's attentions (frame-causal self and
+    bridge, the audio windows) fold the seeds into one fused call each way, with the values and gradients of vmap's
+    own SDPA (to rounding); `use_seed_attention` reaches every attention; outside vmap the same function."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from shared.models.attention import use_seed_attention
+
+    torch.manual_seed(0)
+    models = [tiny_model("dual").to(device) for _ in range(3)]
+    inp = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tiny_inputs(models[0]).items()}
+    params, buffers = torch.func.stack_module_state(models)
+    base = tiny_model("dual").to(device)
+    found = {}
+    for seeds in (True, False):
+        for m in base.modules():
+            if isinstance(m, Attention):
+                m.seed_batched = seeds
+        ps = {n: p.detach().to(dtype).requires_grad_(True) for n, p in params.items()}
+        inp_d = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inp.items()}
+
+        def step():  # under SDPA's math kernel, as the trainer runs vmap (the only one with a masked batching rule)
+            with sdpa_kernel(SDPBackend.MATH):
+                out = torch.func.vmap(lambda p, b: torch.func.functional_call(base.to(dtype), (p, b), (), inp_d),
+                                      in_dims=(0, 0))(ps, buffers)
+            loss = sum(o.float().pow(2).mean() for o in (out if isinstance(out, tuple) else (out,)) if o is not None)
+            loss.backward()
+            return out
+        calls = _calls(step)
+        for p in ps.values():
+            p.grad = None
+        out = step()
+        found[seeds] = (out, {n: p.grad for n, p in ps.items()}, calls)
+    pairs = [(a, b) for a, b in zip(found[True][0], found[False][0]) if a is not None]
+    pairs += [(found[True][1][n], found[False][1][n]) for n in found[False][1]]
+    for a, b in pairs:  # bf16: the whole model's rounding, compared as a relative error of the tensor
+        if dtype == torch.float32:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        else:
+            assert (a.float() - b.float()).norm() <= 5e-2 * b.float().norm() + 1e-6
+    fused = sum(n for k, n in found[True][2].items() if "flash" in k or "efficient" in k or "window" in k)
+    assert fused > 0 and "_safe_softmax" not in found[True][2], found[True][2]
+    assert sum(found[True][2].values()) < sum(found[False][2].values())
+    assert use_seed_attention(tiny_model("dual")) == sum(isinstance(m, Attention) for m in base.modules())
 
 
 def test_fused_norm_rope_kernels_take_eps_as_a_constant():

@@ -18,6 +18,7 @@ from .kvcache import KVSlot
 from .masks import Span, frame_mask
 from .norms import RMSNorm
 from .rope import apply_rope
+from .seed_batched import SeedAttention, SeedWindowAttention
 from .window_attention import MAX_KEYS, window_attention
 
 # What a frame-causal block mask guarantees flex_attention (`frame_mask` builds one only where both hold): every query
@@ -172,11 +173,23 @@ def fuse_norm_rope(model: nn.Module) -> int:
     return len(layers)
 
 
+def use_seed_attention(model: nn.Module) -> int:
+    """Every attention of `model` (self, cross, audio) through `seed_batched`'s Functions; returns how many. The
+    seed-batched trainer does this under bf16-true (`shared.training.seeds`), whose numbers no golden pins."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.seed_batched = True
+    return len(layers)
+
+
 class Attention(nn.Module):
     """Multi-head attention, self (context=None) or cross, frame-causal, with RMS qk-norm and RoPE."""
 
     fused_norm_rope: bool = False
     """qk-norm + RoPE through `kernels.rms_norm_rope` (the same maths); switched on from outside (`fuse_norm_rope`)."""
+    seed_batched: bool = False
+    """The attention through `seed_batched`'s Functions, under vmap one fused call for all seeds (the same maths);
+    switched on by the lockstep trainer (`use_seed_attention`)."""
 
     def __init__(self, dim: int, head_dim: int, context_dim: int | None = None, qk_norm: bool = True):
         super().__init__()
@@ -202,11 +215,13 @@ class Attention(nn.Module):
         q, k = norm_rope(q, self.q_norm, rope_q, fused), norm_rope(k, self.k_norm, rope_k, fused)
         if (frame_tokens and kv is None and torch.is_tensor(mask) and mask.dtype == torch.bool
                 and k.shape[1] <= MAX_KEYS):
-            return self.proj(window_attention(q, k, v, mask[::frame_tokens]).flatten(2))
+            win = SeedWindowAttention.apply if self.seed_batched else window_attention
+            return self.proj(win(q, k, v, mask[::frame_tokens]).flatten(2))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
         if kv is not None:
             kv.k.index_copy_(2, kv.index, k)
             kv.v.index_copy_(2, kv.index, v)
             k, v = kv.k, kv.v
-        out = attend(q, k, v, mask)
+        seeds = self.seed_batched and kv is None and (mask is None or torch.is_tensor(mask))
+        out = SeedAttention.apply(q, k, v, mask) if seeds else attend(q, k, v, mask)
         return self.proj(rearrange(out, "b h s d -> b s (h d)"))

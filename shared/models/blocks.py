@@ -14,6 +14,7 @@ from .kvcache import KVSlot
 from .norms import RMSNorm
 from .window_attention import window_attention
 from .rope import rope_1d
+from .seed_batched import SeedWindowAttention
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -138,7 +139,10 @@ class AudioAttention(Attention):
                       self.fused_norm_rope)  # [B, T*n, H, D]
         k, v = self.to_kv(audio).flatten(0, 1).unflatten(-1, (2, self.heads, -1)).unbind(2)  # [(B T), W, H, D]
         k = norm_rope(k, self.k_norm, win.rope_k, self.fused_norm_rope)
-        out = window_attention(q, k, v, win.valid, fused=None if self.fused_window else False)
+        if self.seed_batched:
+            out = SeedWindowAttention.apply(q, k, v, win.valid)
+        else:
+            out = window_attention(q, k, v, win.valid, fused=None if self.fused_window else False)
         return self.proj(out.flatten(2))
 
 

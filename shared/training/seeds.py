@@ -30,6 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..config import Config
 from ..diffusion import Batch, Draws, draw, flow_loss
+from ..models.attention import use_seed_attention
 from ..models.norms import use_lean_norms
 from .batches import StepBatches
 from .optim import decays, lr_factor
@@ -130,8 +131,9 @@ class SeedTrainer:
             load_expert(cfg.diffusion.sync_expert, str(self.dev))
         params, buffers = stack_module_state([m.to(self.dev) for m in models])
         self.base = copy.deepcopy(models[0]).to("meta")
-        if cfg.launch.precision in LOW_PRECISION:  # fewer backward kernels; no golden pins these numbers (#34)
+        if cfg.launch.precision in LOW_PRECISION:  # one op for all seeds; no golden pins these numbers (#34)
             use_lean_norms(self.base)
+            use_seed_attention(self.base)
         decay = {n: p.detach() for n, p in params.items() if decays(n, p.ndim - 1)}
         keep = {n: p.detach() for n, p in params.items() if not decays(n, p.ndim - 1)}
         self.flats = [Flat(g) for g in (decay, keep) if g]

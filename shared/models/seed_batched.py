@@ -1,0 +1,100 @@
+"""Attention as one call for every seed of the lockstep trainer (#34).
+
+`shared.training.seeds` trains a rung's seeds together under `torch.func.vmap`, with a weight per seed. There SDPA
+has a batching rule only for its math kernel (the fused kernels' rules take no mask), which launches ~12 kernels
+forward and ~10 backward per call; a dual at rung l makes 40 such calls a step (self-attention, bridge, audio). The
+step is bound by its number of small kernels, not by FLOPs (benchmarks/RESULTS.md). Here each attention is a Function
+whose vmap rule folds the seeds into the batch (every seed shares the mask) and calls the fused attention once:
+SDPA's memory-efficient kernel on CUDA (flash on the CPU), and the few-key audio attention through its Triton kernel
+(`window_attention`). Per example the maths is SDPA's; the backward outside vmap recomputes it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .window_attention import window_attention
+
+FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+"""What the seeds' folded attention may run: flash takes no mask on CUDA, so there the memory-efficient kernel
+(which does); on the CPU the flash kernel (which takes one)."""
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _recomputed_grads(fn, ctx, g: torch.Tensor, *constants) -> tuple:
+    """(dq, dk, dv) of fn(q, k, v, *constants) for the saved q, k, v: the backward outside vmap, rarely run."""
+    q, k, v = ctx.saved_tensors
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        return torch.autograd.grad(fn(*inputs, *constants), inputs, g)
+
+
+class SeedAttention(torch.autograd.Function):
+    """SDPA of q [B, H, Sq, D], k/v [B, H, Skv, D] under a mask (boolean or additive, broadcastable); under vmap one
+    fused call over [(seeds B), H, S, D]."""
+
+    @staticmethod
+    def forward(q, k, v, mask):
+        return _sdpa(q, k, v, mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, mask = inputs
+        ctx.save_for_backward(q, k, v)
+        ctx.mask = mask
+
+    @staticmethod
+    def backward(ctx, g):
+        return (*_recomputed_grads(_sdpa, ctx, g, ctx.mask), None)
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, mask):
+        qd, kd, vd, md = in_dims
+        if md is not None or None in (qd, kd, vd) or (mask is not None and mask.dim() > 4):
+            return torch.vmap(_sdpa, in_dims=in_dims)(q, k, v, mask), 0  # a mask per seed: vmap's own rule
+        q, k, v = (t.movedim(d, 0) for t, d in ((q, qd), (k, kd), (v, vd)))
+        n, b = q.shape[:2]
+        if mask is not None and mask.dim() == 4 and mask.shape[0] != 1:  # a mask per batch row: the same per seed
+            mask = mask.expand(n, *mask.shape).flatten(0, 1)
+        with sdpa_kernel(FUSED):
+            out = _sdpa(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask)
+        return out.unflatten(0, (n, b)), 0
+
+
+def _window(q, k, v, valid):
+    return window_attention(q, k, v, valid, fused=False)
+
+
+class SeedWindowAttention(torch.autograd.Function):
+    """`window_attention` (q [B, T*n, H, D], k/v [(B T) or B, W, H, D], valid [T, W]); under vmap one call over the
+    seeds folded into B: its Triton kernel on CUDA, flash SDPA elsewhere."""
+
+    @staticmethod
+    def forward(q, k, v, valid):
+        return _window(q, k, v, valid)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, valid = inputs
+        ctx.save_for_backward(q, k, v)
+        ctx.valid = valid
+
+    @staticmethod
+    def backward(ctx, g):
+        return (*_recomputed_grads(_window, ctx, g, ctx.valid), None)
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, valid):
+        qd, kd, vd, md = in_dims
+        if md is not None or None in (qd, kd, vd):
+            return torch.vmap(_window, in_dims=in_dims)(q, k, v, valid), 0
+        q, k, v = (t.movedim(d, 0) for t, d in ((q, qd), (k, kd), (v, vd)))
+        n, b = q.shape[:2]
+        with sdpa_kernel(FUSED):  # the CPU's reference path
+            out = window_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), valid)
+        return out.unflatten(0, (n, b)), 0
