@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import pytest
 import torch
@@ -575,6 +576,40 @@ def test_seed_attention_under_vmap_is_one_call_with_sdpa_values(dtype, device):
     assert fused > 0 and "_safe_softmax" not in found[True][2], found[True][2]
     assert sum(found[True][2].values()) < sum(found[False][2].values())
     assert use_seed_attention(tiny_model("dual")) == sum(isinstance(m, Attention) for m in base.modules())
+
+
+def test_seed_linears_are_one_baddbmm_for_all_seeds():
+    """`SeedLinears` (#34): under vmap over seeds every `nn.Linear` (with or without bias, on batched or shared inputs)
+    gives vmap's own values and gradients in fewer kernels, one `baddbmm` forward; outside vmap plain `F.linear`."""
+    from shared.models.seed_batched import SeedLinears
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 5, 8)
+    w, b = torch.randn(3, 6, 8), torch.randn(3, 6)
+    g = torch.randn(3, 2, 5, 6)
+    shared = torch.randn(2, 5, 8)  # an input every seed shares: vmap's own rule
+    found = {}
+    for mode in (True, False):
+        xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+
+        def step():
+            with SeedLinears() if mode else contextlib.nullcontext():
+                y = torch.vmap(lambda a, v, c: torch.nn.functional.linear(a, v, c))(xs, ws, bs)
+                y2 = torch.vmap(lambda v: torch.nn.functional.linear(shared, v))(ws)
+            (y * g).sum().backward()
+            (y2 * g).sum().backward()
+            return y.detach(), y2.detach()
+        calls = _calls(step)
+        xs.grad = ws.grad = bs.grad = None
+        found[mode] = (*step(), xs.grad, ws.grad, bs.grad, calls)
+    for a, c in zip(found[True][:5], found[False][:5]):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    assert found[True][5]["baddbmm"] == 1, found[True][5]
+    assert sum(found[True][5].values()) < sum(found[False][5].values()), (found[True][5], found[False][5])
+    with SeedLinears():  # outside vmap: the Function's own backward, checked in fp64
+        torch.testing.assert_close(torch.nn.functional.linear(x, w[0], b[0]), x @ w[0].T + b[0])
+        assert torch.autograd.gradcheck(torch.nn.functional.linear, tuple(
+            t.double().requires_grad_(True) for t in (x[0, :, :2], w[0], b[0])))
 
 
 def test_fused_norm_rope_kernels_take_eps_as_a_constant():

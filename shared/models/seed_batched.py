@@ -98,3 +98,49 @@ class SeedWindowAttention(torch.autograd.Function):
         with sdpa_kernel(FUSED):  # the CPU's reference path
             out = window_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), valid)
         return out.unflatten(0, (n, b)), 0
+
+
+class SeedLinear(torch.autograd.Function):
+    """`F.linear` whose vmap over seeds (a weight and bias per seed) is one `baddbmm` [seeds, rows, in] x [seeds, in,
+    out]: one kernel forward and three backward (two bmm, the bias's sum), where vmap's own rule takes three and five."""
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        rows, x_rows = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        return g @ weight, rows.T @ x_rows, rows.sum(0) if ctx.bias else None
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias):
+        xd, wd, bd = in_dims
+        if xd is None or wd is None or (bias is not None and bd is None):  # shared inputs: vmap's own rule
+            return torch.vmap(F.linear, in_dims=in_dims)(x, weight, bias), 0
+        x, weight = x.movedim(xd, 0), weight.movedim(wd, 0)
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])  # [N, rows, in]
+        if bias is None:
+            y = torch.bmm(rows, weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(bias.movedim(bd, 0)[:, None, :], rows, weight.transpose(1, 2))
+        return y.view(*x.shape[:-1], weight.shape[1]), 0
+
+
+class SeedLinears(torch.overrides.TorchFunctionMode):
+    """While on, every `F.linear` (so every `nn.Linear`) runs as `SeedLinear`: the lockstep trainer's vmapped forward
+    (`shared.training.seeds`), without touching the model's modules."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight, *rest = args
+            return SeedLinear.apply(x, weight, rest[0] if rest else kwargs.get("bias"))
+        return func(*args, **kwargs)

@@ -32,6 +32,7 @@ from ..config import Config
 from ..diffusion import Batch, Draws, draw, flow_loss
 from ..models.attention import use_seed_attention
 from ..models.norms import use_lean_norms
+from ..models.seed_batched import SeedLinears
 from .batches import StepBatches
 from .optim import decays, lr_factor
 from .runtime import precision_autocast
@@ -194,7 +195,7 @@ class SeedTrainer:
         dr = self.draws
         # SDPA's math kernel: plain matmul/softmax ops, each with a vmap rule (the fused kernels have none that
         # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
-        with sdpa_kernel(SDPBackend.MATH), self._autocast(), self._math_attention_reduction():
+        with sdpa_kernel(SDPBackend.MATH), self._autocast(), self._math_attention_reduction(), self._seed_linears():
             draws = [dr.sigma_video, dr.sigma_struct, dr.noise_video, dr.noise_struct, dr.audio_keep]
             return vmap(one)(self._net_params(), self.buffers, self.index, *draws,
                              *([dr.video_audio_keep] if dr.video_audio_keep is not None else []))
@@ -230,6 +231,10 @@ class SeedTrainer:
             yield
         finally:
             torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(before)
+
+    def _seed_linears(self):
+        """Under a low `launch.precision` every linear layer one `baddbmm` for all seeds (`SeedLinear`, #34)."""
+        return SeedLinears() if self.cfg.launch.precision in LOW_PRECISION else contextlib.nullcontext()
 
     def _autocast(self):
         """bf16 autocast under a bf16-mixed `launch.precision` (fp32 weights, optimiser and losses); its cast cache off,
