@@ -1,4 +1,4 @@
-"""Attention as one call for every seed of the lockstep trainer (#34).
+"""Attention and linear layers as one call for every seed of the lockstep trainer (#34).
 
 `shared.training.seeds` trains a rung's seeds together under `torch.func.vmap`, with a weight per seed. There SDPA
 has a batching rule only for its math kernel (the fused kernels' rules take no mask), which launches ~12 kernels
@@ -6,7 +6,8 @@ forward and ~10 backward per call; a dual at rung l makes 40 such calls a step (
 step is bound by its number of small kernels, not by FLOPs (benchmarks/RESULTS.md). Here each attention is a Function
 whose vmap rule folds the seeds into the batch (every seed shares the mask) and calls the fused attention once:
 SDPA's memory-efficient kernel on CUDA (flash on the CPU), and the few-key audio attention through its Triton kernel
-(`window_attention`). Per example the maths is SDPA's; the backward outside vmap recomputes it.
+(`window_attention`). Per example the maths is SDPA's; the backward outside vmap recomputes it. Linear layers
+likewise become one `baddbmm` (`SeedLinear`, switched on for a forward by the function mode `SeedLinears`).
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class SeedWindowAttention(torch.autograd.Function):
 
 class SeedLinear(torch.autograd.Function):
     """`F.linear` whose vmap over seeds (a weight and bias per seed) is one `baddbmm` [seeds, rows, in] x [seeds, in,
-    out]: one kernel forward and three backward (two bmm, the bias's sum), where vmap's own rule takes three and five."""
+    out]: one kernel forward and three backward (two bmm, the bias's sum), where vmap's own rule takes three and
+    five."""
 
     @staticmethod
     def forward(x, weight, bias):
