@@ -68,6 +68,10 @@ def test_pairs_are_balanced_and_shifted_by_3_to_8_frames():
 def test_sync_loss_prefers_aligned_audio_ignores_pure_noise_and_trains_the_video(linked, trained, tmp_path):
     save_expert(trained[0], tmp_path / "e.pt")
     frozen = load_expert(str(tmp_path / "e.pt"))
+    # one copy per device however it is named: the trainer loads "cuda", its vmapped step asks for "cuda:0"
+    assert load_expert(tmp_path / "e.pt", torch.device("cpu")) is frozen
+    if torch.cuda.is_available():
+        assert load_expert(tmp_path / "e.pt", "cuda") is load_expert(str(tmp_path / "e.pt"), "cuda:0")
     r = WindowDataset(linked[1], frames=20)
     w = [r[i] for i in range(4)]
     video, audio = torch.stack([x["video"] for x in w]), torch.stack([x["audio"] for x in w])

@@ -74,9 +74,18 @@ def save_expert(expert: SyncExpert, path: str | Path, metrics: dict | None = Non
     tmp.replace(path)
 
 
+def load_expert(path: str, device: str | torch.device = "cpu") -> SyncExpert:
+    """A saved expert, frozen and in eval mode: one copy per path and device, "cuda" and "cuda:0" being one device (the
+    trainer loads it as "cuda" before its vmapped step, which asks for its tensors' "cuda:0": a second load there
+    would build a module inside vmap, an error on the GPU)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _load_expert(str(path), str(device))
+
+
 @functools.lru_cache(maxsize=4)
-def load_expert(path: str, device: str = "cpu") -> SyncExpert:
-    """A saved expert, frozen and in eval mode (one copy per path and device)."""
+def _load_expert(path: str, device: str) -> SyncExpert:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "sync-expert":
         raise ValueError(f"{path}: not a sync expert (shared.training.sync)")
