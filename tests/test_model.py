@@ -611,8 +611,26 @@ def test_seed_linears_are_one_baddbmm_for_all_seeds():
     assert sum(found[True][5].values()) < sum(found[False][5].values()), (found[True][5], found[False][5])
     with SeedLinears():  # outside vmap: the Function's own backward, checked in fp64
         torch.testing.assert_close(torch.nn.functional.linear(x, w[0], b[0]), x @ w[0].T + b[0])
+        torch.testing.assert_close(torch.nn.functional.linear(input=x, weight=w[0]), x @ w[0].T)  # by keyword
         assert torch.autograd.gradcheck(torch.nn.functional.linear, tuple(
             t.double().requires_grad_(True) for t in (x[0, :, :2], w[0], b[0])))
+
+
+def test_seed_ops_pass_torchs_custom_op_checks():
+    """The seed ops' registrations (fake shapes, autograd, schema) as `torch.library.opcheck` checks them, on the CPU:
+    what torch.compile would rely on."""
+    from shared.models import kernels as K
+
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 4, 2, 16), torch.randn(2, 16)
+    cos, sin = torch.randn(4, 8), torch.randn(4, 8)
+    torch.library.opcheck(torch.ops.dualforce.rms_norm_rope_seeds, (x.requires_grad_(True), w, cos, sin, 1e-6))
+    torch.library.opcheck(torch.ops.dualforce.rms_norm_rope_seeds_backward, (torch.randn_like(x), x.detach(), w,
+                                                                             cos, sin, 1e-6))
+    x, w = torch.randn(2, 7, 48), torch.randn(2, 48)
+    torch.library.opcheck(torch.ops.dualforce.rms_norm_seeds, (x.requires_grad_(True), w, 1e-6))
+    _, rstd = K.seed_rms_norm_reference(x.detach(), w, 1e-6)
+    torch.library.opcheck(torch.ops.dualforce.rms_norm_seeds_backward, (torch.randn_like(x), x.detach(), w, rstd))
 
 
 def test_fused_norm_rope_kernels_take_eps_as_a_constant():

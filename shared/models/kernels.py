@@ -211,8 +211,14 @@ def _seeds_bwd_op(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, cos: t
 
 @_seeds_bwd_op.register_fake
 def _(g, x, weight, cos, sin, eps):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[0], 1, x.shape[-1],
+    blocks = _grid(x.shape[1] * x.shape[2] * x.shape[3])[0] if _on_triton(x) else 1  # as each device's op returns
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[0], blocks, x.shape[-1],
                                                                             dtype=torch.float32)
+
+
+def _on_triton(x: torch.Tensor) -> bool:
+    """Whether the seed ops' Triton kernels take x (CUDA with Triton installed), not the CPU's reference."""
+    return triton is not None and x.device.type == "cuda"
 
 
 def _seeds_setup(ctx, inputs, output):
@@ -233,11 +239,16 @@ _seeds_op.register_autograd(_seeds_backward, setup_context=_seeds_setup)
 
 if triton is not None:
 
+    def _unit_last(t: torch.Tensor) -> torch.Tensor:
+        """t with a contiguous last dim, as the kernels read their rows (a copy only where it is not)."""
+        return t if t.stride(-1) == 1 else t.contiguous()
+
     def seeds_forward(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       eps: float) -> torch.Tensor:
         """`_seeds_op` by the Triton kernel (x [N, B, S, H, D] with a contiguous last dim, weight [N, D]); on CPU
         tensors in Triton's interpreter (the tests)."""
         n, b, s, h, d = x.shape
+        x, weight, cos, sin = _unit_last(x), _unit_last(weight), cos.contiguous(), sin.contiguous()
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         _fwd[_grid(b * s * h, n)](x, weight, cos, sin, y, b * s * h, h, s, cos.shape[0], x.stride(0), x.stride(1),
                                   x.stride(2), x.stride(3), weight.stride(0), eps, D=d, BLOCK=BLOCK_ROWS)
@@ -248,6 +259,7 @@ if triton is not None:
         """`_seeds_bwd_op` by the Triton kernel: dx, and the parts [N, blocks, D] of each seed's weight gradient."""
         n, b, s, h, d = x.shape
         rows = b * s * h
+        g, x, weight, cos, sin = _unit_last(g), _unit_last(x), _unit_last(weight), cos.contiguous(), sin.contiguous()
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         parts = torch.empty(n, _grid(rows)[0], d, dtype=torch.float32, device=x.device)
         _bwd[_grid(rows, n)](g, x, weight, cos, sin, dx, parts, rows, h, s, cos.shape[0], g.stride(0), g.stride(1),
@@ -330,7 +342,8 @@ def _norm_seeds_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[t
 
 @_norm_seeds_op.register_fake
 def _(x, weight, eps):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[:-1], dtype=torch.float32)
+    rstd = torch.float32 if _on_triton(x) else torch.promote_types(x.dtype, torch.float32)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[:-1], dtype=rstd)
 
 
 @torch.library.custom_op("dualforce::rms_norm_seeds_backward", mutates_args=())
@@ -343,7 +356,8 @@ def _norm_seeds_bwd_op(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 @_norm_seeds_bwd_op.register_fake
 def _(g, x, weight, rstd):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[0], 1, x.shape[-1],
+    blocks = triton.cdiv(x.shape[1], _norm_blocks(x.shape[-1])[0]) if _on_triton(x) else 1
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(x.shape[0], blocks, x.shape[-1],
                                                                             dtype=torch.float32)
 
 
@@ -418,6 +432,7 @@ if triton is not None:
         """`_norm_seeds_op` by the Triton kernel (x [N, R, D] contiguous, weight [N, D]); on CPU tensors in Triton's
         interpreter (the tests)."""
         n, r, d = x.shape
+        x, weight = x.contiguous(), _unit_last(weight)
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         rstd = torch.empty(n, r, dtype=torch.float32, device=x.device)
         block_r, block_d = _norm_blocks(d)
@@ -429,6 +444,7 @@ if triton is not None:
                             rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_norm_seeds_bwd_op` by the Triton kernel: dx, and the parts [N, P, D] of each seed's weight gradient."""
         n, r, d = x.shape
+        g, x, weight, rstd = g.contiguous(), x.contiguous(), _unit_last(weight), rstd.contiguous()
         block_r, block_d = _norm_blocks(d)
         blocks = triton.cdiv(r, block_r)
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .window_attention import window_attention
@@ -50,6 +51,7 @@ class SeedAttention(torch.autograd.Function):
         ctx.mask = mask
 
     @staticmethod
+    @once_differentiable  # recomputed from detached inputs: no second derivative
     def backward(ctx, g):
         return (*_recomputed_grads(_sdpa, ctx, g, ctx.mask), None)
 
@@ -86,6 +88,7 @@ class SeedWindowAttention(torch.autograd.Function):
         ctx.valid = valid
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         return (*_recomputed_grads(_window, ctx, g, ctx.valid), None)
 
@@ -143,6 +146,6 @@ class SeedLinears(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight, *rest = args
-            return SeedLinear.apply(x, weight, rest[0] if rest else kwargs.get("bias"))
+            named = dict(zip(("input", "weight", "bias"), args), **kwargs)
+            return SeedLinear.apply(named["input"], named["weight"], named.get("bias"))
         return func(*args, **kwargs)
