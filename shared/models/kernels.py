@@ -44,6 +44,14 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.
     return torch.ops.dualforce.rms_norm_rope(x, weight, cos.float().contiguous(), sin.float().contiguous(), eps)
 
 
+def _save_inputs(ctx, inputs, output):
+    """The norm + RoPE ops' autograd context: x, weight and the tables saved, eps kept (both ops' backward recompute
+    rstd from x)."""
+    x, weight, cos, sin, eps = inputs
+    ctx.save_for_backward(x, weight, cos, sin)
+    ctx.eps = eps
+
+
 if triton is not None:
 
     @triton.jit
@@ -148,17 +156,12 @@ if triton is not None:
                                    BLOCK=BLOCK_ROWS)
         return dx, parts.sum(0).to(weight.dtype)
 
-    def _setup(ctx, inputs, output):
-        x, weight, cos, sin, eps = inputs
-        ctx.save_for_backward(x, weight, cos, sin)
-        ctx.eps = eps
-
     def _backward(ctx, g):
         x, weight, cos, sin = ctx.saved_tensors
         dx, dw = _bwd_op(g, x, weight, cos, sin, ctx.eps)
         return dx, dw, None, None, None
 
-    _op.register_autograd(_backward, setup_context=_setup)
+    _op.register_autograd(_backward, setup_context=_save_inputs)
 
 
 # ------------------------------------------------------------------ seeds batched by vmap (the PoC's lockstep, #34)
@@ -221,12 +224,6 @@ def _on_triton(x: torch.Tensor) -> bool:
     return triton is not None and x.device.type == "cuda"
 
 
-def _seeds_setup(ctx, inputs, output):
-    x, weight, cos, sin, eps = inputs
-    ctx.save_for_backward(x, weight, cos, sin)
-    ctx.eps = eps
-
-
 def _seeds_backward(ctx, g):
     x, weight, cos, sin = ctx.saved_tensors
     dx, parts = torch.ops.dualforce.rms_norm_rope_seeds_backward(g if g.stride(-1) == 1 else g.contiguous(), x,
@@ -234,7 +231,7 @@ def _seeds_backward(ctx, g):
     return dx, parts.sum(1).to(weight.dtype), None, None, None
 
 
-_seeds_op.register_autograd(_seeds_backward, setup_context=_seeds_setup)
+_seeds_op.register_autograd(_seeds_backward, setup_context=_save_inputs)
 
 
 if triton is not None:
