@@ -52,6 +52,11 @@ def _save_inputs(ctx, inputs, output):
     ctx.eps = eps
 
 
+def _on_triton(x: torch.Tensor) -> bool:
+    """Whether the seed ops' Triton kernels take x (CUDA with Triton installed), not the CPU's reference."""
+    return triton is not None and x.device.type == "cuda"
+
+
 if triton is not None:
 
     @triton.jit
@@ -219,15 +224,9 @@ def _(g, x, weight, cos, sin, eps):
                                                                             dtype=torch.float32)
 
 
-def _on_triton(x: torch.Tensor) -> bool:
-    """Whether the seed ops' Triton kernels take x (CUDA with Triton installed), not the CPU's reference."""
-    return triton is not None and x.device.type == "cuda"
-
-
 def _seeds_backward(ctx, g):
     x, weight, cos, sin = ctx.saved_tensors
-    dx, parts = torch.ops.dualforce.rms_norm_rope_seeds_backward(g if g.stride(-1) == 1 else g.contiguous(), x,
-                                                                 weight, cos, sin, ctx.eps)
+    dx, parts = torch.ops.dualforce.rms_norm_rope_seeds_backward(g, x, weight, cos, sin, ctx.eps)
     return dx, parts.sum(1).to(weight.dtype), None, None, None
 
 
@@ -236,16 +235,20 @@ _seeds_op.register_autograd(_seeds_backward, setup_context=_save_inputs)
 
 if triton is not None:
 
+    # The seed ops take any layout (their CPU reference does); the kernels read rows with a contiguous last dim and
+    # fp32 tables, so the CUDA side makes them so (a copy only where they are not).
     def _unit_last(t: torch.Tensor) -> torch.Tensor:
-        """t with a contiguous last dim, as the kernels read their rows (a copy only where it is not)."""
         return t if t.stride(-1) == 1 else t.contiguous()
+
+    def _table(t: torch.Tensor) -> torch.Tensor:
+        return t.float().contiguous()
 
     def seeds_forward(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       eps: float) -> torch.Tensor:
-        """`_seeds_op` by the Triton kernel (x [N, B, S, H, D] with a contiguous last dim, weight [N, D]); on CPU
-        tensors in Triton's interpreter (the tests)."""
+        """`_seeds_op` by the Triton kernel (x [N, B, S, H, D], weight [N, D]); on CPU tensors in Triton's interpreter
+        (the tests)."""
         n, b, s, h, d = x.shape
-        x, weight, cos, sin = _unit_last(x), _unit_last(weight), cos.contiguous(), sin.contiguous()
+        x, weight, cos, sin = _unit_last(x), _unit_last(weight), _table(cos), _table(sin)
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         _fwd[_grid(b * s * h, n)](x, weight, cos, sin, y, b * s * h, h, s, cos.shape[0], x.stride(0), x.stride(1),
                                   x.stride(2), x.stride(3), weight.stride(0), eps, D=d, BLOCK=BLOCK_ROWS)
@@ -256,7 +259,7 @@ if triton is not None:
         """`_seeds_bwd_op` by the Triton kernel: dx, and the parts [N, blocks, D] of each seed's weight gradient."""
         n, b, s, h, d = x.shape
         rows = b * s * h
-        g, x, weight, cos, sin = _unit_last(g), _unit_last(x), _unit_last(weight), cos.contiguous(), sin.contiguous()
+        g, x, weight, cos, sin = _unit_last(g), _unit_last(x), _unit_last(weight), _table(cos), _table(sin)
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         parts = torch.empty(n, _grid(rows)[0], d, dtype=torch.float32, device=x.device)
         _bwd[_grid(rows, n)](g, x, weight, cos, sin, dx, parts, rows, h, s, cos.shape[0], g.stride(0), g.stride(1),
@@ -286,11 +289,9 @@ class SeedNormRope(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        x, weight, cos, sin = ctx.saved_tensors
-        with torch.enable_grad():
-            xr, wr = x.detach().requires_grad_(True), weight.detach().requires_grad_(True)
-            dx, dw = torch.autograd.grad(reference(xr, wr, ctx.eps, cos, sin), (xr, wr), g)
-        return dx, dw, None, None, None
+        x, weight, cos, sin = ctx.saved_tensors  # one seed of the written-out gradients
+        dx, dw = seed_reference_backward(g[None], x[None], weight[None], ctx.eps, cos, sin)
+        return dx[0], dw[0].to(weight.dtype), None, None, None
 
     @staticmethod
     def vmap(info, in_dims, x, weight, eps, cos, sin):
@@ -301,10 +302,7 @@ class SeedNormRope(torch.autograd.Function):
             return torch.vmap(reference, in_dims=(xd, wd, None, cd, sd))(x, weight, eps, cos, sin), 0
         x = x.movedim(xd, 0) if xd is not None else x.expand(info.batch_size, *x.shape)
         weight = weight.movedim(wd, 0) if wd is not None else weight.expand(info.batch_size, *weight.shape)
-        x = x if x.stride(-1) == 1 else x.contiguous()
-        weight = weight if weight.stride(-1) == 1 else weight.contiguous()
-        return torch.ops.dualforce.rms_norm_rope_seeds(x, weight, cos.float().contiguous(), sin.float().contiguous(),
-                                                       eps), 0
+        return torch.ops.dualforce.rms_norm_rope_seeds(x, weight, cos, sin, eps), 0
 
 
 # The other RMSNorms of the seed-batched step (pre-norms over the model width, which need not be a power of two):
@@ -369,7 +367,7 @@ def _norm_seeds_backward(ctx, g, _):
     x, weight, rstd = ctx.saved_tensors
     if g is None:  # nothing downstream took the output's gradient
         return None, None, None
-    dx, parts = torch.ops.dualforce.rms_norm_seeds_backward(g.contiguous(), x, weight, rstd)
+    dx, parts = torch.ops.dualforce.rms_norm_seeds_backward(g, x, weight, rstd)
     return dx, parts.sum(1).to(weight.dtype), None
 
 
@@ -381,8 +379,7 @@ def rms_norm_seeds(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[t
     for all seeds (each differentiable once)."""
     shape = x.shape
     x = x.reshape(shape[0], -1, shape[-1])
-    y, rstd = torch.ops.dualforce.rms_norm_seeds(x if x.is_contiguous() else x.contiguous(),
-                                                 weight if weight.stride(-1) == 1 else weight.contiguous(), eps)
+    y, rstd = torch.ops.dualforce.rms_norm_seeds(x, weight, eps)
     return y.view(shape), rstd.view(*shape[:-1], 1)
 
 

@@ -132,7 +132,9 @@ class SeedTrainer:
             load_expert(cfg.diffusion.sync_expert, str(self.dev))
         params, buffers = stack_module_state([m.to(self.dev) for m in models])
         self.base = copy.deepcopy(models[0]).to("meta")
-        if cfg.launch.precision in LOW_PRECISION:  # one op for all seeds; no golden pins these numbers (#34)
+        # norms, attention and linear layers one op for all seeds under vmap; no golden pins these numbers (#34)
+        self.seed_ops = cfg.launch.precision in LOW_PRECISION
+        if self.seed_ops:
             use_lean_norms(self.base)
             use_seed_attention(self.base)
         decay = {n: p.detach() for n, p in params.items() if decays(n, p.ndim - 1)}
@@ -194,7 +196,8 @@ class SeedTrainer:
 
         dr = self.draws
         # SDPA's math kernel: plain matmul/softmax ops, each with a vmap rule (the fused kernels have none that
-        # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds)
+        # takes a frame mask: the efficient kernel rejects it, the CPU flash kernel loops over the seeds); with the
+        # seed ops the model's attentions fold the seeds into the batch and allow the fused kernels themselves
         with sdpa_kernel(SDPBackend.MATH), self._autocast(), self._math_attention_reduction(), self._seed_linears():
             draws = [dr.sigma_video, dr.sigma_struct, dr.noise_video, dr.noise_struct, dr.audio_keep]
             return vmap(one)(self._net_params(), self.buffers, self.index, *draws,
@@ -234,7 +237,7 @@ class SeedTrainer:
 
     def _seed_linears(self):
         """Under a low `launch.precision` every linear layer one `baddbmm` for all seeds (`SeedLinear`, #34)."""
-        return SeedLinears() if self.cfg.launch.precision in LOW_PRECISION else contextlib.nullcontext()
+        return SeedLinears() if self.seed_ops else contextlib.nullcontext()
 
     def _autocast(self):
         """bf16 autocast under a bf16-mixed `launch.precision` (fp32 weights, optimiser and losses); its cast cache off,
