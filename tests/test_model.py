@@ -415,20 +415,9 @@ def test_seed_norm_rope_under_vmap_is_one_op_with_the_norm_then_rope_values(dtyp
     g = torch.randn_like(x)
     cos, sin = rope_1d(torch.arange(7), 32, 10000.0)
     norm = RMSNorm(32, eps=1e-6)
-    found = {}
-    for lean in (True, False):
-        norm.lean_backward = lean
-        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-
-        def step():
-            y = torch.func.vmap(lambda t, v: torch.func.functional_call(module, {"norm.weight": v},
-                                                                        (t, (cos, sin))))(xs, ws)
-            y.backward(g)
-            return y
-        module = _NormRope(norm)
-        calls = _calls(step)
-        xs.grad = ws.grad = None
-        found[lean] = (step().detach(), xs.grad, ws.grad, calls)
+    module = _NormRope(norm)
+    found = _lean_and_plain(norm, lambda t, v: torch.func.functional_call(module, {"norm.weight": v},
+                                                                          (t, (cos, sin))), x, w, g)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for a, b in zip(found[True][:3], found[False][:3]):
         torch.testing.assert_close(a, b, **tol)
@@ -454,6 +443,24 @@ class _NormRope(torch.nn.Module):
         from shared.models.attention import norm_rope
 
         return norm_rope(x, self.norm, rope)
+
+
+def _lean_and_plain(norm, call, x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> dict:
+    """call(x_seed, w_seed) vmapped over seeds and differentiated against g, with `norm` lean and plain:
+    {lean: (y, dx, dw, calls)}."""
+    found = {}
+    for lean in (True, False):
+        norm.lean_backward = lean
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+        def step():
+            y = torch.func.vmap(call)(xs, ws)
+            y.backward(g)
+            return y
+        calls = _calls(step)
+        xs.grad = ws.grad = None
+        found[lean] = (step().detach(), xs.grad, ws.grad, calls)
+    return found
 
 
 def _calls(fn) -> collections.Counter:
@@ -760,11 +767,7 @@ def test_fused_norm_rope_refuses_positions_of_another_length():
 
 def _kernels(fn) -> int:
     """Kernels launched while fn() runs (`shared.flops.KernelCalls`)."""
-    from shared.flops import KernelCalls
-
-    with (calls := KernelCalls()):
-        fn()
-    return calls.kernels()
+    return sum(_calls(fn).values())
 
 
 @pytest.mark.parametrize("head_dim", [16, 32, 128, 12, 24])
@@ -813,20 +816,10 @@ def test_lean_rms_norm_keeps_the_forward_and_the_gradients_in_fewer_kernels(dtyp
     w = (1 + 0.1 * torch.randn(3, 32)).to(dtype)
     g = torch.randn_like(x)
     norm = RMSNorm(32, eps=1e-6)
-    found = {}
-    for lean in (True, False):
-        norm.lean_backward = lean
-        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-
-        def step():
-            y = torch.func.vmap(lambda t, v: torch.func.functional_call(norm, {"weight": v}, (t,)))(xs, ws)
-            y.backward(g)
-            return y
-        kernels = _calls(step)
-        xs.grad = ws.grad = None
-        found[lean] = (step().detach(), xs.grad, ws.grad, sum(kernels.values()))
-        if lean:  # one op for every seed each way (`kernels.rms_norm_seeds`)
-            assert kernels["rms_norm_seeds"] == kernels["rms_norm_seeds_backward"] == 1, kernels
+    found = _lean_and_plain(norm, lambda t, v: torch.func.functional_call(norm, {"weight": v}, (t,)), x, w, g)
+    calls = found[True][3]  # one op for every seed each way (`kernels.rms_norm_seeds`)
+    assert calls["rms_norm_seeds"] == calls["rms_norm_seeds_backward"] == 1, calls
+    found = {lean: (*f[:3], sum(f[3].values())) for lean, f in found.items()}
     assert torch.equal(found[True][0], found[False][0])
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for a, b in zip(found[True][1:3], found[False][1:3]):
