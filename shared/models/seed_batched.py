@@ -28,32 +28,33 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _recomputed_grads(fn, ctx, g: torch.Tensor, *constants) -> tuple:
-    """(dq, dk, dv) of fn(q, k, v, *constants) for the saved q, k, v: the backward outside vmap, rarely run."""
-    q, k, v = ctx.saved_tensors
-    with torch.enable_grad():
-        inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
-        return torch.autograd.grad(fn(*inputs, *constants), inputs, g)
+def _save_qkv(ctx, inputs, output):
+    """The attentions' autograd context: q, k, v saved, the mask (or the windows' valid keys) kept."""
+    q, k, v, mask = inputs
+    ctx.save_for_backward(q, k, v)
+    ctx.mask = mask
+
+
+def _recomputing_backward(fn):
+    """The backward of fn(q, k, v, mask) outside vmap (rarely run): fn recomputed from detached inputs, so
+    differentiable once."""
+
+    @once_differentiable
+    def backward(ctx, g):
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+            return (*torch.autograd.grad(fn(*inputs, ctx.mask), inputs, g), None)
+    return staticmethod(backward)
 
 
 class SeedAttention(torch.autograd.Function):
     """SDPA of q [B, H, Sq, D], k/v [B, H, Skv, D] under a mask (boolean or additive, broadcastable); under vmap one
     fused call over [(seeds B), H, S, D]."""
 
-    @staticmethod
-    def forward(q, k, v, mask):
-        return _sdpa(q, k, v, mask)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        q, k, v, mask = inputs
-        ctx.save_for_backward(q, k, v)
-        ctx.mask = mask
-
-    @staticmethod
-    @once_differentiable  # recomputed from detached inputs: no second derivative
-    def backward(ctx, g):
-        return (*_recomputed_grads(_sdpa, ctx, g, ctx.mask), None)
+    forward = staticmethod(_sdpa)
+    setup_context = staticmethod(_save_qkv)
+    backward = _recomputing_backward(_sdpa)
 
     @staticmethod
     def vmap(info, in_dims, q, k, v, mask):
@@ -77,20 +78,9 @@ class SeedWindowAttention(torch.autograd.Function):
     """`window_attention` (q [B, T*n, H, D], k/v [(B T) or B, W, H, D], valid [T, W]); under vmap one call over the
     seeds folded into B: its Triton kernel on CUDA, flash SDPA elsewhere."""
 
-    @staticmethod
-    def forward(q, k, v, valid):
-        return _window(q, k, v, valid)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        q, k, v, valid = inputs
-        ctx.save_for_backward(q, k, v)
-        ctx.valid = valid
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        return (*_recomputed_grads(_window, ctx, g, ctx.valid), None)
+    forward = staticmethod(_window)
+    setup_context = staticmethod(_save_qkv)
+    backward = _recomputing_backward(_window)
 
     @staticmethod
     def vmap(info, in_dims, q, k, v, valid):
