@@ -8,11 +8,13 @@ step counts on the device: a few foreach kernels differ).
 
     python benchmarks/step_kernels.py --shape 576x8 --variant dual --precision bf16-true
     python benchmarks/step_kernels.py --shape 576x8 --variant all     # a lockstep round: the six trained variants
+    python benchmarks/step_kernels.py --shape 576x8 --variant dual --sources   # also by where each kernel comes from
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -49,6 +51,10 @@ class KernelCount:
     """Seeds batched in the step."""
     precision: str = flag("bf16-true", choices=("32-true", "bf16-mixed", "bf16-true"))
     """`launch.precision` of the step (the large rungs train in bf16-true)."""
+    sources: bool = False
+    """Also count the kernels by where they come from (`by_source`: the library function that called each op forward,
+    and backward the autograd node with the forward call that made it; the backward under anomaly mode, which records
+    those calls and costs time and memory, not kernels: rung l's dual ~13 min and ~10 GB on the 2-core CPU)."""
     device: str = flag("cpu", check=errors.device)
     """Where the step runs (the count does not depend on it except where torch's kernels differ by device); auto: a
     GPU if one is visible."""
@@ -73,13 +79,20 @@ def count(o: KernelCount) -> dict:
     trainer = SeedTrainer(cfg, [make(k) for k in range(o.seeds)], list(range(o.seeds)),
                           window_tensors(data, o.device), o.device, graphs=False)
     trainer.step(0)  # AdamW's state exists, as in every later step
-    calls = KernelCalls()
-    with calls:
+    calls = KernelCalls(sources=o.sources)
+    with torch.autograd.set_detect_anomaly(o.sources, check_nan=False), calls:
         trainer.step(1)
-    return {**asdict(o), "kernels": calls.kernels(), "forward_kernels": calls.kernels("forward"),
-            "backward_kernels": calls.kernels("backward"),
-            "aten_calls": sum(calls.forward.values()) + sum(calls.backward.values()),
-            "by_op": dict((calls.forward + calls.backward).most_common())}
+    out = {**asdict(o), "kernels": calls.kernels(), "forward_kernels": calls.kernels("forward"),
+           "backward_kernels": calls.kernels("backward"),
+           "aten_calls": sum(calls.forward.values()) + sum(calls.backward.values()),
+           "by_op": dict((calls.forward + calls.backward).most_common())}
+    if o.sources:
+        where = collections.Counter()
+        for (src, _), n in calls.sources.items():
+            where[src] += n
+        out["by_source"] = {src: {"kernels": n, "ops": {op: k for (s_, op), k in calls.sources.items() if s_ == src}}
+                            for src, n in where.most_common()}
+    return out
 
 
 def main(argv=None) -> dict:

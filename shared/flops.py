@@ -8,6 +8,8 @@ activations) is left out, as in the usual MFU convention (PaLM, Chowdhery et al.
 from __future__ import annotations
 
 import collections
+import re
+import traceback
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -122,15 +124,43 @@ class KernelCalls(TorchDispatchMode):
     rest, an optimiser step included); `kernels(part)` leaves out `VIEWS`. Device-independent except where torch's
     kernels differ by device, so a CPU counts what a GPU step launches eagerly (a CUDA graph replays the same)."""
 
-    def __init__(self):
+    def __init__(self, sources: bool = False):
         super().__init__()
         self.forward, self.backward = collections.Counter(), collections.Counter()
+        self.sources = collections.Counter() if sources else None
+        """With `sources`: kernels (not `VIEWS`) by (where, op): "F file:function" of the library (`shared/`) that
+        called the op forward, "B node <- file:function" of the autograd node that ran it backward and of the forward
+        call that made the node (run the backward under `torch.autograd.set_detect_anomaly(True, check_nan=False)`,
+        which records it; otherwise "?")."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        part = self.backward if torch._C._current_autograd_node() is not None else self.forward
-        part[func.overloadpacket.__name__] += 1
+        node = torch._C._current_autograd_node()
+        name = func.overloadpacket.__name__
+        (self.backward if node is not None else self.forward)[name] += 1
+        if self.sources is not None and name not in VIEWS:
+            self.sources[(_source(node), name)] += 1
         return func(*args, **(kwargs or {}))
 
     def kernels(self, part: str = "both") -> int:
         calls = {"forward": self.forward, "backward": self.backward, "both": self.forward + self.backward}[part]
         return sum(n for op, n in calls.items() if op not in VIEWS)
+
+
+def _library_frame(frames) -> str:
+    """The innermost frame of the library (`shared/`, not a function mode's hook nor this module's dispatch mode) as
+    "file:function", or "?"."""
+    for f in reversed(frames):
+        if "/shared/" in f.filename and f.name != "__torch_function__" and f.filename != __file__:
+            return f"{f.filename.rsplit('/shared/', 1)[1]}:{f.name}"
+    return "?"
+
+
+def _source(node) -> str:
+    """Where a kernel comes from (`KernelCalls.sources`)."""
+    if node is None:
+        return "F " + _library_frame(traceback.extract_stack())
+    made = node.metadata.get("traceback_", [])
+    text = "".join(made) if isinstance(made, list) else str(made)
+    frames = [traceback.FrameSummary(m[1], int(m[2]), m[3]) for m in
+              re.findall(r'(File "([^"]+)", line (\d+), in (\S+))', text)]
+    return f"B {node.name()} <- {_library_frame(frames)}"

@@ -833,3 +833,27 @@ def test_lean_rms_norm_keeps_the_forward_and_the_gradients_in_fewer_kernels(dtyp
     model = tiny_model("dual")
     n = use_lean_norms(model)
     assert n == sum(isinstance(m, torch.nn.RMSNorm) for m in model.modules()) > 0
+
+
+def test_kernel_sources_name_the_library_call_and_the_node_and_add_up():
+    """`KernelCalls(sources=True)` (what `benchmarks/step_kernels.py --sources` prints): every kernel is attributed
+    once, the forward's to the library function that called it, the backward's to the autograd node and the forward
+    call that made it (recorded under anomaly mode, which adds no kernel)."""
+    from shared.flops import KernelCalls
+
+    model = tiny_model("dual")
+    inp = tiny_inputs(model)
+    model(**inp)[0].sum().backward()  # lazy one-time work (einops, caches) outside the count
+    plain = KernelCalls()
+    with plain:
+        model(**inp)[0].sum().backward()
+    calls = KernelCalls(sources=True)
+    with torch.autograd.set_detect_anomaly(True, check_nan=False), calls:
+        model(**inp)[0].sum().backward()
+    assert sum(calls.sources.values()) == calls.kernels() == plain.kernels()
+    where = {src for src, _ in calls.sources}
+    assert "F models/blocks.py:modulate" in where
+    assert "B MulBackward0 <- models/blocks.py:modulate" in where
+    assert not any(src.startswith("F flops.py") for src in where), where
+    # outside the library: only this test's own .sum() and the ones backward() starts from
+    assert {op for src, op in calls.sources if src.endswith("?")} == {"sum", "ones_like"}

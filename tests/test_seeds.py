@@ -126,3 +126,71 @@ def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monk
     tensors = len([n for n, _ in _make(cfg)(0).named_parameters() if not n.startswith("align_head.")])
     # each step, forward and backward: a cast per parameter tensor, against one per flat buffer (decayed, not)
     assert each[2] - flat[2] == 2 * cfg.train.steps * (tensors - 2), (flat[2], each[2], tensors)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_a_seed_with_a_non_finite_loss_skips_its_step_and_leaves_the_others_alone(cache, monkeypatch, precision):
+    """A seed whose loss is not finite takes no gradient step (its gradient zeroed, not NaN times 0) and is counted;
+    the other seeds step as if it were fine. Both optimisers: foreach AdamW (fp32) and the seed ops' fused one."""
+    from shared.training.seeds import SeedTrainer, window_tensors
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "launch.precision": precision})
+    data = window_tensors(WindowDataset(cache, frames=cfg.clip_frames, stride=4), "cpu")
+
+    def trainer() -> SeedTrainer:
+        return SeedTrainer(cfg, [_make(cfg)(s) for s in (3, 7)], [3, 7], data, "cpu", graphs=False)
+
+    fine = trainer()
+    fine.step(0)
+    poisoned = trainer()
+    losses = SeedTrainer._losses
+    monkeypatch.setattr(SeedTrainer, "_losses", lambda self: {
+        **(out := losses(self)), "loss": out["loss"] * torch.tensor([1.0, float("nan")])})
+    poisoned.step(0)
+    assert poisoned.skipped.tolist() == [0, 1]
+    assert all(torch.equal(f.data.grad[1], torch.zeros_like(f.data.grad[1])) for f in poisoned.flats)
+    for a, b in zip(fine.flats, poisoned.flats):
+        assert torch.equal(a.data[0], b.data[0]) and torch.isfinite(b.data).all()
+    assert bool(poisoned.opt.defaults["fused"]) == (precision == "bf16-true")
+
+
+def test_the_seed_ops_fused_adamw_steps_as_foreach_adamw(cache, monkeypatch):
+    """Under bf16-true the lockstep trainer's AdamW is the fused one (one pass over the fp32 buffers, not ~20): the
+    same update as foreach AdamW to float rounding, step after step."""
+    from shared.training import seeds as S
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0,
+                                            "launch.precision": "bf16-true"})
+    ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    fused = fit_seeds(cfg, _make(cfg), ds, [3])[0]
+    plain = torch.optim.AdamW
+    monkeypatch.setattr(S.torch.optim, "AdamW", lambda *a, fused=None, **k: plain(*a, foreach=True, **k))
+    each = fit_seeds(cfg, _make(cfg), ds, [3])[0]
+    a, b = fused.model.state_dict(), each.model.state_dict()
+    gap = max(float((a[n] - b[n]).abs().max()) for n in a)
+    assert 0 < gap < 1e-5  # two implementations (1.5e-8 apart on the CPU), not one
+    np.testing.assert_allclose([h["loss"] for h in fused.history], [h["loss"] for h in each.history], rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_graphed_bf16_true_steps_follow_the_eager_ones_on_cuda(cache):
+    """The ladder's step on a GPU: bf16-true with the seed ops, replayed as one CUDA graph from step 3 on (the fused
+    AdamW with its learning rate on the device, the in-place clip), gives the eager trainer's losses and weights."""
+    from shared.training.seeds import SeedTrainer, window_tensors
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 8, "launch.accelerator": "cuda",
+                                            "launch.precision": "bf16-true"})
+    data = window_tensors(WindowDataset(cache, frames=cfg.clip_frames, stride=4), "cuda")
+    runs = []
+    for graphs in (False, True):
+        t = SeedTrainer(cfg, [_make(cfg)(s) for s in (3, 7)], [3, 7], data, "cuda", graphs=graphs)
+        losses = []
+        for i in range(8):
+            out = t.step(i)
+            with t.on_queue():  # read where the replay wrote it, before the next replay overwrites it
+                losses.append(out["loss"].clone())
+        torch.cuda.synchronize()
+        runs.append((torch.stack(losses).cpu(), torch.cat([f.data.detach().flatten() for f in t.flats]).cpu()))
+    assert torch.isfinite(runs[1][0]).all()
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-4, atol=1e-5)
