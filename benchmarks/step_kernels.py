@@ -9,6 +9,7 @@ step counts on the device: a few foreach kernels differ).
     python benchmarks/step_kernels.py --shape 576x8 --variant dual --precision bf16-true
     python benchmarks/step_kernels.py --shape 576x8 --variant all     # a lockstep round: the six trained variants
     python benchmarks/step_kernels.py --shape 576x8 --variant dual --sources   # also by where each kernel comes from
+    python benchmarks/step_kernels.py --device cuda --variant all --profile   # and where a GPU step's time goes
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class KernelCount:
     """Also count the kernels by where they come from (`by_source`: the library function that called each op forward,
     and backward the autograd node with the forward call that made it; the backward under anomaly mode, which records
     those calls and costs time and memory, not kernels: rung l's dual ~13 min and ~10 GB on the 2-core CPU)."""
+    profile: bool = False
+    """Also time one more eager step under torch.profiler (`profile`): on CUDA the device's time by kernel (what a
+    CUDA graph replays), on a CPU the host's by op; the total and the top 30. Where a step's time goes, which a count
+    cannot say once the step is bound by bytes (benchmarks/RESULTS.md, 2026-12-05 (c))."""
     device: str = flag("cpu", check=errors.device)
     """Where the step runs (the count does not depend on it except where torch's kernels differ by device); auto: a
     GPU if one is visible."""
@@ -69,7 +74,12 @@ def count(o: KernelCount) -> dict:
         each = {name: count(replace(o, variant=name)) for name in TRAINED}
         sums = {k: sum(c[k] for c in each.values()) for k in ("kernels", "forward_kernels", "backward_kernels",
                                                              "aten_calls")}
-        return {**asdict(o), **sums, "variants": {n: {k: c[k] for k in sums} for n, c in each.items()}}
+        out = {**asdict(o), **sums, "variants": {n: {k: c[k] for k in sums} for n, c in each.items()}}
+        if o.profile:
+            for n, c in each.items():
+                out["variants"][n]["profile"] = c["profile"]
+            out["profile_total_ms"] = round(sum(c["profile"]["total_ms"] for c in each.values()), 3)
+        return out
     meta = SimpleNamespace(latent_shape=(8, 16, 16), struct_layout=tuple(range(13)), audio_dim=80)
     s = Settings(model=rung(o.shape, "--shape"), precision=o.precision, batch=8)
     variant = next(v for v in CORE_VARIANTS if v.name == o.variant)
@@ -86,6 +96,8 @@ def count(o: KernelCount) -> dict:
            "backward_kernels": calls.kernels("backward"),
            "aten_calls": sum(calls.forward.values()) + sum(calls.backward.values()),
            "by_op": dict((calls.forward + calls.backward).most_common())}
+    if o.profile:
+        out["profile"] = _profile(trainer, o.device)
     if o.sources:
         where = collections.Counter()
         for (src, _), n in calls.sources.items():
@@ -93,6 +105,24 @@ def count(o: KernelCount) -> dict:
         out["by_source"] = {src: {"kernels": n, "ops": {op: k for (s_, op), k in calls.sources.items() if s_ == src}}
                             for src, n in where.most_common()}
     return out
+
+
+def _profile(trainer: SeedTrainer, device: str, top: int = 30) -> dict:
+    """One eager step under torch.profiler: {clock, total_ms, top: [{name, ms, calls}]}, by kernel on CUDA (self
+    device time), by op on a CPU (self host time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, acc_events=True) as prof:  # one cycle: acc_events only quiets a warning
+        trainer.step(2)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(((e.key, getattr(e, key) / 1e3, e.count) for e in prof.key_averages() if getattr(e, key) > 0),
+                  key=lambda r: -r[1])
+    return {"clock": "device" if cuda else "host", "total_ms": round(sum(r[1] for r in rows), 3),
+            "top": [{"name": n, "ms": round(ms, 3), "calls": c} for n, ms, c in rows[:top]]}
 
 
 def main(argv=None) -> dict:

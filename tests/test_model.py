@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from shared.models import attention, masks
 from shared.models.attention import Attention, frame_causal_attention, kv_splits, split_kv_attention
 from shared.models.blocks import AudioAttention, BridgeLayer
 from shared.models.masks import cache_mask, dense_frame_mask
-from tests.conftest import tiny_inputs, tiny_model
+from tests.conftest import script, tiny_inputs, tiny_model
 
 
 def run(model, inp):
@@ -857,3 +858,16 @@ def test_kernel_sources_name_the_library_call_and_the_node_and_add_up():
     assert not any(src.startswith("F flops.py") for src in where), where
     # outside the library: only this test's own .sum() and the ones backward() starts from
     assert {op for src, op in calls.sources if src.endswith("?")} == {"sum", "ones_like"}
+
+
+def test_step_kernels_counts_and_profiles_one_lockstep_step(monkeypatch):
+    """`benchmarks/step_kernels.py` on a small shape: the count by op and by source agree, and `--profile` times one
+    more step (on a CPU the host's time by op: the matmuls among the largest)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # its sibling modules
+    sk = script("benchmarks/step_kernels.py", "step_kernels_cli")
+    out = sk.count(sk.KernelCount(shape="64x2", variant="video_only", seeds=2, precision="32-true", sources=True,
+                                  profile=True))
+    assert out["kernels"] == sum(v["kernels"] for v in out["by_source"].values()) > 0
+    prof = out["profile"]
+    assert prof["clock"] == "host" and prof["total_ms"] > 0 and len(prof["top"]) <= 30
+    assert any(r["name"] in ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm") for r in prof["top"][:10])
