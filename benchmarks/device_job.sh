@@ -28,7 +28,8 @@ wheels() {  # the wheels the GPU image lacks, for its Python (3.12, x86_64)
 
 install() {  # the carried wheels into /tmp/site (once per machine)
   if [ ! -d /tmp/site ] && ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+    python3 -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile --no-cache-dir \
+      --target /tmp/site .whl/*.whl
   fi
 }
 
