@@ -53,9 +53,10 @@ class KernelCount:
     precision: str = flag("bf16-true", choices=("32-true", "bf16-mixed", "bf16-true"))
     """`launch.precision` of the step (the large rungs train in bf16-true)."""
     sources: bool = False
-    """Also count the kernels by where they come from (`by_source`: the library function that called each op forward,
-    and backward the autograd node with the forward call that made it; the backward under anomaly mode, which records
-    those calls and costs time and memory, not kernels: rung l's dual ~13 min and ~10 GB on the 2-core CPU)."""
+    """Also count the kernels by where they come from (`by_source`: the library function and line that called each op
+    forward, and backward the autograd node with the forward call that made it; the step under anomaly mode, which
+    records those calls as it makes the nodes and costs time and memory, not kernels: rung l's dual ~13 min and ~10 GB
+    on the 2-core CPU)."""
     profile: bool = False
     """Also time one more eager step under torch.profiler (`profile`): on CUDA the device's time by kernel (what a
     CUDA graph replays), on a CPU the host's by op; the total and the top 30. Where a step's time goes, which a count
@@ -99,11 +100,11 @@ def count(o: KernelCount) -> dict:
     if o.profile:
         out["profile"] = _profile(trainer, o.device)
     if o.sources:
-        where = collections.Counter()
-        for (src, _), n in calls.sources.items():
-            where[src] += n
-        out["by_source"] = {src: {"kernels": n, "ops": {op: k for (s_, op), k in calls.sources.items() if s_ == src}}
-                            for src, n in where.most_common()}
+        ops = collections.defaultdict(collections.Counter)
+        for (src, op), n in calls.sources.items():
+            ops[src][op] += n
+        out["by_source"] = {src: {"kernels": c.total(), "ops": dict(c)}
+                            for src, c in sorted(ops.items(), key=lambda kv: -kv[1].total())}
     return out
 
 

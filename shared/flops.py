@@ -8,8 +8,10 @@ activations) is left out, as in the usual MFU convention (PaLM, Chowdhery et al.
 from __future__ import annotations
 
 import collections
+import functools
+import os
 import re
-import traceback
+import sys
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -128,10 +130,10 @@ class KernelCalls(TorchDispatchMode):
         super().__init__()
         self.forward, self.backward = collections.Counter(), collections.Counter()
         self.sources = collections.Counter() if sources else None
-        """With `sources`: kernels (not `VIEWS`) by (where, op): "F file:function" of the library (`shared/`) that
-        called the op forward, "B node <- file:function" of the autograd node that ran it backward and of the forward
-        call that made the node (run the backward under `torch.autograd.set_detect_anomaly(True, check_nan=False)`,
-        which records it; otherwise "?")."""
+        """With `sources`: kernels (not `VIEWS`) by (where, op): "F file:function:line" of the library (this package)
+        that called the op forward, "B node <- file:function:line" of the autograd node that ran it backward and of
+        the forward call that made the node (recorded when the node is made: run the whole step, forward and backward,
+        under `torch.autograd.set_detect_anomaly(True, check_nan=False)`; otherwise "?")."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         node = torch._C._current_autograd_node()
@@ -146,21 +148,40 @@ class KernelCalls(TorchDispatchMode):
         return sum(n for op, n in calls.items() if op not in VIEWS)
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _library_frame(frames) -> str:
-    """The innermost frame of the library (`shared/`, not a function mode's hook nor this module's dispatch mode) as
-    "file:function", or "?"."""
-    for f in reversed(frames):
-        if "/shared/" in f.filename and f.name != "__torch_function__" and f.filename != __file__:
-            return f"{f.filename.rsplit('/shared/', 1)[1]}:{f.name}"
+    """The innermost of `frames` ((file, function, line), outermost first) in this package, neither a function mode's
+    hook nor this module's dispatch mode, as "file:function:line" (the line: a file may have several functions of one
+    name, e.g. vmap rules), or "?"."""
+    for file, function, line in reversed(list(frames)):
+        file = _absolute(file)  # a relative entry of sys.path ("." in PYTHONPATH) gives relative file names
+        if file.startswith(_PACKAGE) and function != "__torch_function__" and file != _THIS:
+            return f"{file[len(_PACKAGE):]}:{function}:{line}"
     return "?"
+
+
+_absolute = functools.lru_cache(maxsize=None)(os.path.abspath)
+_THIS = os.path.abspath(__file__)
+
+
+def _stack():
+    """The calling frames as (file, function, line), outermost first (cheaper than `traceback.extract_stack`, which
+    reads every source line)."""
+    f, out = sys._getframe(1), []
+    while f is not None:
+        out.append((f.f_code.co_filename, f.f_code.co_name, f.f_lineno))
+        f = f.f_back
+    return reversed(out)
 
 
 def _source(node) -> str:
     """Where a kernel comes from (`KernelCalls.sources`)."""
     if node is None:
-        return "F " + _library_frame(traceback.extract_stack())
+        return "F " + _library_frame(_stack())
     made = node.metadata.get("traceback_", [])
     text = "".join(made) if isinstance(made, list) else str(made)
-    frames = [traceback.FrameSummary(m[1], int(m[2]), m[3]) for m in
-              re.findall(r'(File "([^"]+)", line (\d+), in (\S+))', text)]
+    frames = [(file, function, int(line)) for file, line, function in
+              re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)]
     return f"B {node.name()} <- {_library_frame(frames)}"

@@ -841,6 +841,7 @@ def test_kernel_sources_name_the_library_call_and_the_node_and_add_up():
     once, the forward's to the library function that called it, the backward's to the autograd node and the forward
     call that made it (recorded under anomaly mode, which adds no kernel)."""
     from shared.flops import KernelCalls
+    from shared.models.blocks import modulate
 
     model = tiny_model("dual")
     inp = tiny_inputs(model)
@@ -853,8 +854,9 @@ def test_kernel_sources_name_the_library_call_and_the_node_and_add_up():
         model(**inp)[0].sum().backward()
     assert sum(calls.sources.values()) == calls.kernels() == plain.kernels()
     where = {src for src, _ in calls.sources}
-    assert "F models/blocks.py:modulate" in where
-    assert "B MulBackward0 <- models/blocks.py:modulate" in where
+    line = f":{modulate.__code__.co_firstlineno + 3}"  # its one line of maths
+    assert "F models/blocks.py:modulate" + line in where
+    assert "B MulBackward0 <- models/blocks.py:modulate" + line in where
     assert not any(src.startswith("F flops.py") for src in where), where
     # outside the library: only this test's own .sum() and the ones backward() starts from
     assert {op for src, op in calls.sources if src.endswith("?")} == {"sum", "ones_like"}

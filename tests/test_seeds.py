@@ -128,10 +128,27 @@ def test_bf16_true_casts_each_flat_buffer_once_with_the_same_numbers(cache, monk
     assert each[2] - flat[2] == 2 * cfg.train.steps * (tensors - 2), (flat[2], each[2], tensors)
 
 
+class _InfiniteGradient(torch.autograd.Function):
+    """x unchanged forward; backward an infinite gradient where `where` [S] is set (zero elsewhere, not inf * 0)."""
+
+    @staticmethod
+    def forward(ctx, x, where):
+        ctx.save_for_backward(where)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (where,) = ctx.saved_tensors
+        return torch.where(where, float("inf"), 0.0).to(g.dtype), None
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
-def test_a_seed_with_a_non_finite_loss_skips_its_step_and_leaves_the_others_alone(cache, monkeypatch, precision):
-    """A seed whose loss is not finite takes no gradient step (its gradient zeroed, not NaN times 0) and is counted;
-    the other seeds step as if it were fine. Both optimisers: foreach AdamW (fp32) and the seed ops' fused one."""
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+def test_a_seed_with_a_non_finite_loss_or_gradient_skips_its_step_and_leaves_the_others_alone(cache, monkeypatch,
+                                                                                              precision, poison):
+    """A seed whose loss, or whose gradient alone (a finite loss can overflow backward), is not finite takes no
+    gradient step (its gradient zeroed, not NaN times 0) and is counted; the other seeds step as if it were fine. Both
+    optimisers: foreach AdamW (fp32) and the seed ops' fused one (bf16-true)."""
     from shared.training.seeds import SeedTrainer, window_tensors
 
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "launch.precision": precision})
@@ -143,9 +160,15 @@ def test_a_seed_with_a_non_finite_loss_skips_its_step_and_leaves_the_others_alon
     fine = trainer()
     fine.step(0)
     poisoned = trainer()
-    losses = SeedTrainer._losses
-    monkeypatch.setattr(SeedTrainer, "_losses", lambda self: {
-        **(out := losses(self)), "loss": out["loss"] * torch.tensor([1.0, float("nan")])})
+    losses, second = SeedTrainer._losses, torch.tensor([False, True])
+
+    def spoilt(self):
+        out = losses(self)
+        loss = (out["loss"] * torch.where(second, float("nan"), 1.0) if poison == "loss"
+                else out["loss"] + _InfiniteGradient.apply(out["loss"], second) - out["loss"].detach())
+        return {**out, "loss": loss}
+
+    monkeypatch.setattr(SeedTrainer, "_losses", spoilt)
     poisoned.step(0)
     assert poisoned.skipped.tolist() == [0, 1]
     assert all(torch.equal(f.data.grad[1], torch.zeros_like(f.data.grad[1])) for f in poisoned.flats)
@@ -162,35 +185,51 @@ def test_the_seed_ops_fused_adamw_steps_as_foreach_adamw(cache, monkeypatch):
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0,
                                             "launch.precision": "bf16-true"})
     ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    plain, made = torch.optim.AdamW, []
+
+    def adamw(*a, as_foreach: bool = False, **k):
+        opt = plain(*a, **({**k, "fused": None, "foreach": True} if as_foreach else k))
+        made.append(bool(opt.defaults["fused"]))
+        return opt
+
+    monkeypatch.setattr(S.torch.optim, "AdamW", adamw)
     fused = fit_seeds(cfg, _make(cfg), ds, [3])[0]
-    plain = torch.optim.AdamW
-    monkeypatch.setattr(S.torch.optim, "AdamW", lambda *a, fused=None, **k: plain(*a, foreach=True, **k))
+    monkeypatch.setattr(S.torch.optim, "AdamW", lambda *a, **k: adamw(*a, as_foreach=True, **k))
     each = fit_seeds(cfg, _make(cfg), ds, [3])[0]
+    assert made == [True, False]
     a, b = fused.model.state_dict(), each.model.state_dict()
-    gap = max(float((a[n] - b[n]).abs().max()) for n in a)
-    assert 0 < gap < 1e-5  # two implementations (1.5e-8 apart on the CPU), not one
+    assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-5  # 1.5e-8 apart on the CPU
     np.testing.assert_allclose([h["loss"] for h in fused.history], [h["loss"] for h in each.history], rtol=1e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
 def test_graphed_bf16_true_steps_follow_the_eager_ones_on_cuda(cache):
-    """The ladder's step on a GPU: bf16-true with the seed ops, replayed as one CUDA graph from step 3 on (the fused
-    AdamW with its learning rate on the device, the in-place clip), gives the eager trainer's losses and weights."""
+    """The ladder's step on a GPU: bf16-true with the seed ops (fused AdamW, its learning rate on the device, the
+    in-place clip), replayed as one CUDA graph from step 3 on, gives what the same trainer computes stepping eagerly:
+    the capture alone is compared (only the attention backward's atomics may differ)."""
     from shared.training.seeds import SeedTrainer, window_tensors
 
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 8, "launch.accelerator": "cuda",
                                             "launch.precision": "bf16-true"})
     data = window_tensors(WindowDataset(cache, frames=cfg.clip_frames, stride=4), "cuda")
-    runs = []
-    for graphs in (False, True):
-        t = SeedTrainer(cfg, [_make(cfg)(s) for s in (3, 7)], [3, 7], data, "cuda", graphs=graphs)
+    runs, trainers = [], []
+    for graphed in (False, True):
+        t = SeedTrainer(cfg, [_make(cfg)(s) for s in (3, 7)], [3, 7], data, "cuda", graphs=True)
         losses = []
         for i in range(8):
-            out = t.step(i)
-            with t.on_queue():  # read where the replay wrote it, before the next replay overwrites it
+            if graphed:
+                out = t.step(i)
+            else:  # the same step, never captured
+                with t.on_queue():
+                    t._next_inputs(i)
+                    out = t._step()
+            with t.on_queue():  # read where the step wrote it, before the next replay overwrites it
                 losses.append(out["loss"].clone())
         torch.cuda.synchronize()
         runs.append((torch.stack(losses).cpu(), torch.cat([f.data.detach().flatten() for f in t.flats]).cpu()))
+        trainers.append(t)
+    assert trainers[0].graph is None and trainers[1].graph is not None
+    assert all(t.opt.defaults["fused"] and t.opt.defaults["capturable"] for t in trainers)
     assert torch.isfinite(runs[1][0]).all()
     torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-4, atol=1e-5)

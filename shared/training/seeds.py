@@ -10,8 +10,8 @@ Each seed k is trained exactly as `shared.training.train` trains it alone (teste
 (`StepBatches` seeded by k), its own noise generator (seeded k * 1000 and drawn in the same order by
 `shared.diffusion.draw`), the same AdamW parameter groups, learning-rate schedule, gradient clipping (the norm over
 that seed's parameters only) and EMA. Not here: Fabric, several ranks, resume (a PoC variant is re-trained whole), and
-`train`'s skip of a step whose loss is not finite: a seed's non-finite step has its gradients zeroed instead (its Adam
-moments still decay) and is counted.
+`train`'s skip of a step whose loss is not finite: a seed's step with a non-finite loss or gradient has its gradients
+zeroed instead (its Adam moments still decay) and is counted.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class SeedRun:
     snapshots: dict = field(default_factory=dict)
     """step -> the EMA (or trained) weights at that step, for learning curves."""
     skipped: int = 0
+    """Steps whose loss or gradient was not finite (their gradients zeroed)."""
     seconds: float = 0.0
     steady_steps_s: float = float("nan")
     """Optimiser steps per second (all seeds together) after the first 10 steps (warm-up and capture)."""
@@ -144,7 +145,8 @@ class SeedTrainer:
         self.params = {n: views[n] for n in params}  # the model's own order
         self.buffers = buffers
         graphs = self.dev.type == "cuda" if graphs is None else graphs
-        self.lr = torch.tensor(tc.lr, device=self.dev) if graphs else tc.lr
+        # on the device for a graph; fp32, as fused AdamW reads it
+        self.lr = torch.tensor(tc.lr, dtype=torch.float32, device=self.dev) if graphs else tc.lr
         groups = [{"params": [f.data], "weight_decay": tc.weight_decay if f.views.keys() <= decay.keys() else 0.0}
                   for f in self.flats]
         # under the seed ops, AdamW in one fused pass: foreach AdamW reads or writes an fp32 [S, P] buffer ~22 times
@@ -258,9 +260,9 @@ class SeedTrainer:
             warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
             out["loss"].sum().backward()  # seeds are independent: d(sum)/d(seed k's weights) = seed k's gradient
         norm = sum(f.data.grad.pow(2).sum(1) for f in self.flats).sqrt()  # [S]: each seed's own gradient norm
-        bad = ~torch.isfinite(out["loss"].detach())
+        bad = ~torch.isfinite(out["loss"].detach()) | ~torch.isfinite(norm)  # a finite loss can overflow backward
         scale = torch.where(bad, 0.0, (tc.grad_clip / (norm + 1e-6)).clamp(max=1.0) if tc.grad_clip > 0 else 1.0)
-        for f in self.flats:  # in place (two passes over the buffer, not six); a non-finite gradient times 0 would
+        for f in self.flats:  # in place (two passes over the buffer, not three); a non-finite gradient times 0 would
             f.data.grad.mul_(scale[:, None]).masked_fill_(bad[:, None], 0.0)  # stay NaN: a bad seed's are filled
         self.opt.step()
         self.skipped.add_(bad)
