@@ -44,7 +44,8 @@ start() {
   rm -rf "/tmp/src/$name" "$JOBS/$name.rc"
   mkdir -p "/tmp/src/$name"
   # the tree as it is now (the device's .git may be stale, so not `git ls-files`)
-  tar --exclude=./.git --exclude=./.whl --exclude=./runs --exclude=./.venv --exclude=./.chromium -cf - . | tar -C "/tmp/src/$name" -xf -
+  tar --exclude=./.git --exclude=./.whl --exclude=./runs --exclude=./.venv --exclude=./.chromium -cf - . \
+    | tar -C "/tmp/src/$name" -xf -
   printf '%q ' "$@" > "$JOBS/$name.cmd"
   (cd "/tmp/src/$name" && PYTHONPATH=".:/tmp/site" PYTHONUNBUFFERED=1 setsid nohup bash -c \
     "$(cat "$JOBS/$name.cmd"); echo \$? > $JOBS/$name.rc" > "$JOBS/$name.log" 2>&1 & echo $! > "$JOBS/$name.pid")
@@ -55,7 +56,11 @@ poll() {
   local name=$1 wait=${2:-0} t=0
   while [ ! -f "$JOBS/$name.rc" ] && [ "$t" -lt "$wait" ]; do sleep 5; t=$((t + 5)); done
   tail -c 6000 "$JOBS/$name.log" || true
-  if [ -f "$JOBS/$name.rc" ]; then echo "job $name ended: exit $(cat "$JOBS/$name.rc")"; else echo "job $name running"; fi
+  if [ -f "$JOBS/$name.rc" ]; then
+    echo "job $name ended: exit $(cat "$JOBS/$name.rc")"
+  else
+    echo "job $name running"
+  fi
   [ -n "${OUT:-}" ] || return 0
   local out
   out=$(grep -o -- '--out [^ ]*' "$JOBS/$name.cmd" | head -1 | cut -d' ' -f2 || true)

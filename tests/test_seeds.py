@@ -151,7 +151,8 @@ def test_a_seed_with_a_non_finite_loss_or_gradient_skips_its_step_and_leaves_the
     optimisers: foreach AdamW (fp32) and the seed ops' fused one (bf16-true)."""
     from shared.training.seeds import SeedTrainer, window_tensors
 
-    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "launch.precision": precision})
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu",
+                                            "launch.precision": precision})
     data = window_tensors(WindowDataset(cache, frames=cfg.clip_frames, stride=4), "cpu")
 
     def trainer() -> SeedTrainer:
