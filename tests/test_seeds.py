@@ -234,3 +234,19 @@ def test_graphed_bf16_true_steps_follow_the_eager_ones_on_cuda(cache):
     assert torch.isfinite(runs[1][0]).all()
     torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_skipped_steps_are_said_once_training_ends(cache, monkeypatch, capsys):
+    """A seed whose steps were skipped (here: every step of seed 7, an infinite gradient under a finite loss) is named
+    with its count when `fit_seeds` returns, and its run records it; the other seed is not named."""
+    from shared.training.seeds import SeedTrainer
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0})
+    losses, second = SeedTrainer._losses, torch.tensor([False, True])
+    monkeypatch.setattr(SeedTrainer, "_losses", lambda self: {
+        **(out := losses(self)), "loss": out["loss"] + _InfiniteGradient.apply(out["loss"], second)
+        - out["loss"].detach()})
+    runs = fit_seeds(cfg, _make(cfg), WindowDataset(cache, frames=cfg.clip_frames, stride=4), [3, 7])
+    assert [r.skipped for r in runs] == [0, 3]
+    said = capsys.readouterr().out
+    assert "fit_seeds: seed 7 skipped 3 step(s) with a non-finite loss or gradient" in said and "seed 3" not in said

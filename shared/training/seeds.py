@@ -383,6 +383,7 @@ def results(job: SeedJob, tr: SeedTrainer, logged: list, snaps: dict, seconds: f
             ema.load_state_dict(tr.weights(k))
         runs.append(SeedRun(seed, hist, model.eval(), ema, {st: w[k] for st, w in snaps.items()}, int(tr.skipped[k]),
                             seconds, rate))
-        if any(not math.isfinite(h["loss"]) for h in hist):
-            print(f"fit_seeds: seed {seed} logged a non-finite loss")
+        if runs[-1].skipped or any(not math.isfinite(h["loss"]) for h in hist):  # never silent
+            print(f"fit_seeds: seed {seed} skipped {runs[-1].skipped} step(s) with a non-finite loss or gradient "
+                  f"(their gradients zeroed)")
     return runs
