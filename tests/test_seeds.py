@@ -142,6 +142,21 @@ class _InfiniteGradient(torch.autograd.Function):
         return torch.where(where, float("inf"), 0.0).to(g.dtype), None
 
 
+def _spoil_second_seed(monkeypatch, poison: str) -> None:
+    """From now on the second seed's loss is NaN (`poison` "loss"), or finite with an infinite gradient ("gradient")."""
+    from shared.training.seeds import SeedTrainer
+
+    losses, second = SeedTrainer._losses, torch.tensor([False, True])
+
+    def spoilt(self):
+        out = losses(self)
+        loss = (out["loss"] * torch.where(second, float("nan"), 1.0) if poison == "loss"
+                else out["loss"] + _InfiniteGradient.apply(out["loss"], second) - out["loss"].detach())
+        return {**out, "loss": loss}
+
+    monkeypatch.setattr(SeedTrainer, "_losses", spoilt)
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
 @pytest.mark.parametrize("poison", ["loss", "gradient"])
 def test_a_seed_with_a_non_finite_loss_or_gradient_skips_its_step_and_leaves_the_others_alone(cache, monkeypatch,
@@ -161,15 +176,7 @@ def test_a_seed_with_a_non_finite_loss_or_gradient_skips_its_step_and_leaves_the
     fine = trainer()
     fine.step(0)
     poisoned = trainer()
-    losses, second = SeedTrainer._losses, torch.tensor([False, True])
-
-    def spoilt(self):
-        out = losses(self)
-        loss = (out["loss"] * torch.where(second, float("nan"), 1.0) if poison == "loss"
-                else out["loss"] + _InfiniteGradient.apply(out["loss"], second) - out["loss"].detach())
-        return {**out, "loss": loss}
-
-    monkeypatch.setattr(SeedTrainer, "_losses", spoilt)
+    _spoil_second_seed(monkeypatch, poison)
     poisoned.step(0)
     assert poisoned.skipped.tolist() == [0, 1]
     assert all(torch.equal(f.data.grad[1], torch.zeros_like(f.data.grad[1])) for f in poisoned.flats)
@@ -179,7 +186,7 @@ def test_a_seed_with_a_non_finite_loss_or_gradient_skips_its_step_and_leaves_the
 
 
 def test_the_seed_ops_fused_adamw_steps_as_foreach_adamw(cache, monkeypatch):
-    """Under bf16-true the lockstep trainer's AdamW is the fused one (one pass over the fp32 buffers, not ~20): the
+    """Under bf16-true the lockstep trainer's AdamW is the fused one (one pass over the fp32 buffers, not ~9): the
     same update as foreach AdamW to float rounding, step after step."""
     from shared.training import seeds as S
 
@@ -239,13 +246,8 @@ def test_graphed_bf16_true_steps_follow_the_eager_ones_on_cuda(cache):
 def test_skipped_steps_are_said_once_training_ends(cache, monkeypatch, capsys):
     """A seed whose steps were skipped (here: every step of seed 7, an infinite gradient under a finite loss) is named
     with its count when `fit_seeds` returns, and its run records it; the other seed is not named."""
-    from shared.training.seeds import SeedTrainer
-
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 3, "launch.accelerator": "cpu", "output.ckpt_every": 0})
-    losses, second = SeedTrainer._losses, torch.tensor([False, True])
-    monkeypatch.setattr(SeedTrainer, "_losses", lambda self: {
-        **(out := losses(self)), "loss": out["loss"] + _InfiniteGradient.apply(out["loss"], second)
-        - out["loss"].detach()})
+    _spoil_second_seed(monkeypatch, "gradient")
     runs = fit_seeds(cfg, _make(cfg), WindowDataset(cache, frames=cfg.clip_frames, stride=4), [3, 7])
     assert [r.skipped for r in runs] == [0, 3]
     said = capsys.readouterr().out
