@@ -149,31 +149,28 @@ class KernelCalls(TorchDispatchMode):
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_THIS = os.path.abspath(__file__)
+_absolute = functools.lru_cache(maxsize=None)(os.path.abspath)
 
 
 def _library_frame(frames) -> str:
-    """The innermost of `frames` ((file, function, line), outermost first) in this package, neither a function mode's
-    hook nor this module's dispatch mode, as "file:function:line" (the line: a file may have several functions of one
-    name, e.g. vmap rules), or "?"."""
-    for file, function, line in reversed(list(frames)):
+    """The first of `frames` ((file, function, line), innermost first) in this package, neither a function mode's hook
+    nor this module's dispatch mode, as "file:function:line" (the line: a file may have several functions of one name,
+    e.g. vmap rules), or "?"."""
+    for file, function, line in frames:
         file = _absolute(file)  # a relative entry of sys.path ("." in PYTHONPATH) gives relative file names
         if file.startswith(_PACKAGE) and function != "__torch_function__" and file != _THIS:
             return f"{file[len(_PACKAGE):]}:{function}:{line}"
     return "?"
 
 
-_absolute = functools.lru_cache(maxsize=None)(os.path.abspath)
-_THIS = os.path.abspath(__file__)
-
-
 def _stack():
-    """The calling frames as (file, function, line), outermost first (cheaper than `traceback.extract_stack`, which
-    reads every source line)."""
-    f, out = sys._getframe(1), []
+    """The calling frames as (file, function, line), innermost first, lazily (the search stops at the first library
+    frame; `traceback.extract_stack` would walk and read every source line)."""
+    f = sys._getframe(1)
     while f is not None:
-        out.append((f.f_code.co_filename, f.f_code.co_name, f.f_lineno))
+        yield f.f_code.co_filename, f.f_code.co_name, f.f_lineno
         f = f.f_back
-    return reversed(out)
 
 
 def _source(node) -> str:
@@ -184,4 +181,4 @@ def _source(node) -> str:
     text = "".join(made) if isinstance(made, list) else str(made)
     frames = [(file, function, int(line)) for file, line, function in
               re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)]
-    return f"B {node.name()} <- {_library_frame(frames)}"
+    return f"B {node.name()} <- {_library_frame(reversed(frames))}"  # a traceback lists the outermost first
