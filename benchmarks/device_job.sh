@@ -17,11 +17,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=/tmp/jobs
 
-wheels() {  # the wheels the GPU image lacks, for its Python (3.12, x86_64)
+wheels() {  # the wheels the GPU image lacks, for its Python (3.12, x86_64); PyAV at the version installed here
+  local py=python3 av
+  [ -x .venv/bin/python ] && py=.venv/bin/python
+  av=$("$py" -c 'import av; print(av.__version__)' 2>/dev/null) \
+    || { echo "error: no PyAV in $py: set up the README's venv first" >&2; exit 1; }
   mkdir -p .whl
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl "av==$(python3 -c 'import av; print(av.__version__)')" nvidia-ml-py
+    -d .whl "av==$av" nvidia-ml-py
   grep -qx '.whl/' .git/info/exclude 2>/dev/null || echo '.whl/' >> .git/info/exclude
   ls -l .whl
 }
@@ -63,7 +67,7 @@ poll() {
   fi
   [ -n "${OUT:-}" ] || return 0
   local out
-  out=$(grep -o -- '--out [^ ]*' "$JOBS/$name.cmd" | head -1 | cut -d' ' -f2 || true)
+  out=$(grep -oE -- '--out[ =][^ ]+' "$JOBS/$name.cmd" | head -1 | cut -c7- || true)  # the job's --out folder
   (cd / && find "${out:-/nonexistent}" -type f \( -name '*.json' -o -name '*.md' -o -name '*.csv' -o -name '*.png' \
      -o -name '*.txt' \) -size -4M 2>/dev/null; echo "$JOBS/$name.log"; echo "$JOBS/$name.cmd") \
     | tar czf "$OUT/$name.tgz" -T - 2>/dev/null || true
