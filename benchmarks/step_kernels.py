@@ -58,7 +58,7 @@ class KernelCount:
     records those calls as it makes the nodes and costs time and memory, not kernels: rung l's dual ~13 min and ~10 GB
     on the 2-core CPU)."""
     profile: bool = False
-    """Also time one more eager step under torch.profiler (`profile`): on CUDA the device's time by kernel (what a
+    """Also time one more eager step under torch.profiler (`step_profile`): on CUDA the device's time by kernel (what a
     CUDA graph replays), on a CPU the host's by op; the total and the top 30. Where a step's time goes, which a count
     cannot say once the step is bound by bytes (benchmarks/RESULTS.md, 2026-12-05 (c))."""
     device: str = flag("cpu", check=errors.device)
@@ -76,10 +76,10 @@ def count(o: KernelCount) -> dict:
         sums = {k: sum(c[k] for c in each.values()) for k in ("kernels", "forward_kernels", "backward_kernels",
                                                              "aten_calls")}
         out = {**asdict(o), **sums, "variants": {n: {k: c[k] for k in sums} for n, c in each.items()}}
+        for n, c in each.items():  # what the flags asked for, per variant
+            out["variants"][n].update({k: c[k] for k in ("by_source", "step_profile") if k in c})
         if o.profile:
-            for n, c in each.items():
-                out["variants"][n]["profile"] = c["profile"]
-            out["profile_total_ms"] = round(sum(c["profile"]["total_ms"] for c in each.values()), 3)
+            out["profile_total_ms"] = round(sum(c["step_profile"]["total_ms"] for c in each.values()), 3)
         return out
     meta = SimpleNamespace(latent_shape=(8, 16, 16), struct_layout=tuple(range(13)), audio_dim=80)
     s = Settings(model=rung(o.shape, "--shape"), precision=o.precision, batch=8)
@@ -98,7 +98,7 @@ def count(o: KernelCount) -> dict:
            "aten_calls": sum(calls.forward.values()) + sum(calls.backward.values()),
            "by_op": dict((calls.forward + calls.backward).most_common())}
     if o.profile:
-        out["profile"] = _profile(trainer, o.device)
+        out["step_profile"] = _profile(trainer, o.device)  # not "profile": that key is the flag's
     if o.sources:
         ops = collections.defaultdict(collections.Counter)
         for (src, op), n in calls.sources.items():

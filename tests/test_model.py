@@ -870,6 +870,6 @@ def test_step_kernels_counts_and_profiles_one_lockstep_step(monkeypatch):
     out = sk.count(sk.KernelCount(shape="64x2", variant="video_only", seeds=2, precision="32-true", sources=True,
                                   profile=True))
     assert out["kernels"] == sum(v["kernels"] for v in out["by_source"].values()) > 0
-    prof = out["profile"]
+    prof = out["step_profile"]
     assert prof["clock"] == "host" and prof["total_ms"] > 0 and len(prof["top"]) <= 30
     assert any(r["name"] in ("aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm") for r in prof["top"][:10])
