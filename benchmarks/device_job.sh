@@ -67,7 +67,8 @@ poll() {
   fi
   [ -n "${OUT:-}" ] || return 0
   local out
-  out=$(grep -oE -- '--out[ =][^ ]+' "$JOBS/$name.cmd" | head -1 | cut -c7- || true)  # the job's --out folder
+  # the job's --out folder, read from its words unquoted (`bash -c "... --out DIR ..."` is one %q-escaped word)
+  out=$(eval "printf '%s ' $(cat "$JOBS/$name.cmd")" | grep -oE -- '--out[ =][^ ]+' | head -1 | cut -c7- || true)
   (cd / && find "${out:-/nonexistent}" -type f \( -name '*.json' -o -name '*.md' -o -name '*.csv' -o -name '*.png' \
      -o -name '*.txt' \) -size -4M 2>/dev/null; echo "$JOBS/$name.log"; echo "$JOBS/$name.cmd") \
     | tar czf "$OUT/$name.tgz" -T - 2>/dev/null || true
