@@ -99,6 +99,8 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     assert res["rungs"][0]["data_starved_check"]["dual"]["still_falling_or_flat"]
     assert res["rungs"][0]["bridge_usage_curve"] == {"dual": {2000: 0.001, 4000: 0.01}}
     assert "| xs | dual | 2000: 0.0010, 4000: 0.0100 |" in md  # when the bridge opens, per rung
+    for table in [b.splitlines() for b in md.split("\n\n") if b.startswith("| ")]:  # each renders as a table
+        assert {line.count("|") for line in table} == {table[0].count("|")}, table[:2]
 
 
 def test_rungs_grow_the_model_30x_and_keep_the_default():

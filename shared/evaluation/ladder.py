@@ -218,16 +218,17 @@ def markdown(rows: list[dict], fits: dict, full: float) -> str:
                 "yes" if c["still_falling_or_flat"] else "**no: rising**"] for r in rows
                for n, c in r["data_starved_check"].items()]
     keys = list(fits)
-    eff = [[k, *[(f"{f(r['effects'][k]['mean'])} [{f(r['effects'][k]['lo'])}, {f(r['effects'][k]['hi'])}] "
-                  f"{r['effects'][k]['outcome']}") if k in r["effects"] else "-" for r in rows]] for k in keys]
+    def cell(e: dict) -> str:
+        return f"{f(e['mean'])} [{f(e['lo'])}, {f(e['hi'])}] {e['outcome']}"
+    eff = [[*k.split(" | ", 1), *[cell(r["effects"][k]) if k in r["effects"] else "-" for r in rows]] for k in keys]
     tr = []
     for k, t in fits.items():
         if not t["fit"]:
-            tr.append([k, "-", "-", "-"])
+            tr.append([*k.split(" | ", 1), "-", "-", "-"])
             continue
         lo, hi = t["slope_interval"]
         e = t["extrapolation_to_full"]
-        tr.append([k, f"{f(t['slope_per_decade'])} [{f(lo)}, {f(hi)}]", f"{t['points']}",
+        tr.append([*k.split(" | ", 1), f"{f(t['slope_per_decade'])} [{f(lo)}, {f(hi)}]", f"{t['points']}",
                    f"{f(e['mean'])} [{f(e['lo'])}, {f(e['hi'])}]"])
     verdicts = sorted({q for r in rows for q in r["verdicts"] if q.startswith("H")})
     vt = [[r["rung"], *[r["verdicts"].get(q, "-") for q in verdicts]] for r in rows]
@@ -267,14 +268,16 @@ Over training (learning-curve points; the smaller evaluation's windows):
 
 ## Effects by rung
 
-{R.md_table(eff, ["effect | family: metric", *[r["rung"] for r in rows]])}
+{R.md_table(eff, ["effect", "family: metric", *[r["rung"] for r in rows]])}
 
 ## Trend and extrapolation to the full preset ({full / 1e9:.2f} B parameters)
 
 Slope: change of the effect per decade of dual's parameters, with its 95% interval; the extrapolation is the line
-carried to the full preset with its 95% interval. **An extrapolation, not a measurement.**
+carried to the full preset with its 95% interval. **An extrapolation, not a measurement.** The metrics are bounded
+(lip-sync r at most 1, a KS distance in [0, 1]) and a line is not: an extrapolation past what the metric can take
+gives the direction only.
 
-{R.md_table(tr, ["effect | family: metric", "slope per decade [95%]", "rungs", "at full [95%] (extrapolated)"])}
+{R.md_table(tr, ["effect", "family: metric", "slope per decade [95%]", "rungs", "at full [95%] (extrapolated)"])}
 
 ![trend](trend.png)
 """
