@@ -96,6 +96,7 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     assert gap["points"] == 4 and gap["slope_per_decade"] > 0 and gap["extrapolation_to_full"]["mean"] > 0.4
     md = (tmp_path / "ladder.md").read_text()
     assert "An extrapolation, not a measurement" in md and "| l | 42.0 M | 92.4 M |" in md
+    assert "| oracle gap | lip sync | 0.040 [-0.010, inf] not testable at this scale |" in md  # one-sided
     assert res["rungs"][0]["data_starved_check"]["dual"]["still_falling_or_flat"]
     assert res["rungs"][0]["bridge_usage_curve"] == {"dual": {2000: 0.001, 4000: 0.01}}
     assert "| xs | dual | 2000: 0.0010, 4000: 0.0100 |" in md  # when the bridge opens, per rung

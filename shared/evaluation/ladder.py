@@ -203,6 +203,8 @@ def k_family(key: str) -> str:
 
 def markdown(rows: list[dict], fits: dict, full: float) -> str:
     def f(x, d=3):
+        if isinstance(x, float) and math.isinf(x):
+            return "inf" if x > 0 else "-inf"  # the oracle gap's one-sided interval
         return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
 
     size = [[r["rung"], f"{r['parameters'].get('video_only', 0) / 1e6:.1f} M", f"{r['parameters'].get('dual', 0) / 1e6:.1f} M",
@@ -218,6 +220,7 @@ def markdown(rows: list[dict], fits: dict, full: float) -> str:
                 "yes" if c["still_falling_or_flat"] else "**no: rising**"] for r in rows
                for n, c in r["data_starved_check"].items()]
     keys = list(fits)
+
     def cell(e: dict) -> str:
         return f"{f(e['mean'])} [{f(e['lo'])}, {f(e['hi'])}] {e['outcome']}"
     eff = [[*k.split(" | ", 1), *[cell(r["effects"][k]) if k in r["effects"] else "-" for r in rows]] for k in keys]
