@@ -1,7 +1,7 @@
 """Phase 0.5: tiny models on SynthTalk answer the critical-path hypotheses (`shared.poc.suite`: H1, H2, H3).
 
-    python stage0_poc/run.py [--suite core|full|remedies] [--variants A,B] [--quick] [--rung xs|s|m|l | --ladder]
-        [--out DIR]
+    python stage0_poc/run.py [--suite core|full|remedies] [--variants A,B] [--quick]
+        [--rung xs|s|m|l | --ladder [--ladder-rungs xs,s]] [--out DIR]
 
 SynthTalk clips -> tiny-ae codec -> HDF5 caches -> every variant and training seed trained side by side on the same
 data order and noise -> streaming rollouts of fresh held-out clips read back by probes -> metrics -> seed-level

@@ -204,6 +204,36 @@ def test_the_ladder_reuses_finished_rungs(tmp_path):
     assert ran == []
 
 
+def test_a_partial_ladder_reads_its_rungs_and_writes_its_own_folder(tmp_path):
+    """--ladder-rungs xs,s: only those rungs (finished ones read back), the trend in ladder-xs-s/, never ladder/."""
+    from shared.errors import UserError
+    from shared.poc import cli
+
+    poc = _poc()
+    ran = []
+
+    def suite(a):
+        ran.append(a.rung)
+        rep = {**_report({"xs": 2.6e6, "s": 5.7e6, "m": 31.8e6, "l": 92.4e6}[a.rung], 0.1, 0.0),
+               "settings": json.loads(json.dumps(poc.asdict(poc.settings(a, "cpu"))))}
+        (tmp_path / poc.run_name(a)).mkdir(parents=True, exist_ok=True)
+        (tmp_path / poc.run_name(a) / "report.json").write_text(json.dumps(rep))
+        return rep
+
+    argv = ["--ladder", "--device", "cpu", "--out", str(tmp_path), "--ladder-rungs"]
+    res = cli.main([*argv, "s,xs"], suite)
+    assert ran == ["xs", "s"] and [r["rung"] for r in res["rungs"]] == ["xs", "s"]  # RUNGS' order
+    assert (tmp_path / "ladder-xs-s" / "ladder.md").exists() and not (tmp_path / "ladder").exists()
+    ran.clear()
+    cli.main([*argv, "xs,s"], suite)
+    assert ran == []  # read back
+    for bad, why in (("xs", "at least two"), ("xs,xs", "at least two"), ("xs,xl", "no rung xl")):
+        with pytest.raises(UserError, match=why):
+            cli.main([*argv, bad], suite)
+    with pytest.raises(UserError, match="only with --ladder"):
+        cli.main(["--device", "cpu", "--out", str(tmp_path), "--ladder-rungs", "xs,s"], suite)
+
+
 def test_learning_curves_follow_the_bridge_over_training(monkeypatch):
     """Each learning-curve point carries, for a variant with a bridge, its usage and mean |gate| (when the bridge
     opens: #34's diagnosis per rung and over training); a model without bridge layers (the motion source) gets none."""

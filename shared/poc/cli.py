@@ -9,7 +9,7 @@ from typing import Callable
 
 from .. import errors, lock
 from ..cli import add_fields, flag
-from .ladder import climb
+from .ladder import climb, rungs
 from .settings import RUNGS, Settings
 from .suite import SUITES, chosen
 
@@ -39,6 +39,9 @@ class RunOptions:
     """Every rung in turn (finished rungs reused), then the trend of every H2 effect and of the oracle's gap against
     the parameter count, extrapolated to the full preset; every rung's bridge gates start at LADDER_GATE_INIT (0.1)
     unless --bridge-gate-init is given."""
+    ladder_rungs: str | None = None
+    """With --ladder: only these rungs (comma-separated, at least two), their trend written to ladder-R1-R2.../ so that
+    it never stands in for the whole ladder's; default: every rung."""
 
 
 def parser(doc: str | None = None) -> errors.ArgumentParser:
@@ -55,5 +58,7 @@ def main(argv: list[str] | None, run_suite: Callable[[argparse.Namespace], dict]
     chosen(args.suite, args.variants)  # a name not in the suite is refused before the folder is touched
     if args.variants and args.ladder:
         raise errors.UserError("--variants: not with --ladder (the trend reads each rung's whole suite)")
+    if args.ladder_rungs is not None:
+        rungs(args)  # a bad list is refused before the folder is touched
     with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):
         return climb(args, run_suite) if args.ladder else run_suite(args)
