@@ -94,6 +94,11 @@ def effects(report: dict) -> dict[str, dict]:
 BRIDGED = ("dual", "dual_oneway", "condition_only")  # the core variants whose video reads a motion stream
 
 
+def bridge(report: dict, variant: str) -> dict:
+    """The variant's bridge usage of seed 0 as the report holds it ({} when it has none)."""
+    return (report.get("metrics", {}).get(variant) or {}).get("bridge_usage") or {}
+
+
 def rung_row(name: str, report: dict) -> dict:
     """What the ladder shows of one rung."""
     sizes, per_seed = report.get("sizes", {}), report.get("per_seed", {})
@@ -112,6 +117,7 @@ def rung_row(name: str, report: dict) -> dict:
             starved[n] = {"steps": [int(steps[-2]), int(steps[-1])], "heldout_video": [half, end],
                           "still_falling_or_flat": end <= 1.02 * half}
     s = report.get("settings", {})
+    by_sigma = {n: bridge(report, n).get("by_struct_sigma") for n in BRIDGED}
     return {"rung": name, "parameters": {n: v["parameters"] for n, v in sizes.items()},
             "tokens_per_frame": sizes.get("dual", {}).get("tokens_per_frame"),
             "train_flops_per_frame": sizes.get("dual", {}).get("train_flops_per_frame"),
@@ -126,6 +132,9 @@ def rung_row(name: str, report: dict) -> dict:
             # when each bridge opens: its usage at every learning-curve point (mean over seeds)
             "bridge_usage_curve": {n: {int(st): mean(v) for st, v in curves[n]["bridge_usage"].items()}
                                    for n in BRIDGED if "bridge_usage" in curves.get(n, {})},
+            # what the video reads of a generated struct at each of its noise levels (seed 0, `bridge_usage`)
+            "bridge_usage_by_struct_sigma": {n: {float(lv): x for lv, x in c.items()}
+                                             for n, c in by_sigma.items() if c},
             "effects": effects(report)}
 
 
@@ -216,6 +225,9 @@ def markdown(rows: list[dict], fits: dict, full: float) -> str:
                            for n in BRIDGED]] for r in rows]
     opening = [[r["rung"], n, ", ".join(f"{st}: {f(x, 4)}" for st, x in sorted(c.items()))]
                for r in rows for n, c in r.get("bridge_usage_curve", {}).items()]
+    levels = sorted({lv for r in rows for c in r["bridge_usage_by_struct_sigma"].values() for lv in c})
+    by_sigma = [[r["rung"], n, *[f(c.get(lv), 4) for lv in levels]]
+                for r in rows for n, c in r["bridge_usage_by_struct_sigma"].items()]
     starved = [[r["rung"], n, " -> ".join(f(x) for x in c["heldout_video"]), f"steps {c['steps'][0]} -> {c['steps'][1]}",
                 "yes" if c["still_falling_or_flat"] else "**no: rising**"] for r in rows
                for n, c in r["data_starved_check"].items()]
@@ -263,6 +275,11 @@ condition_only_oracle over video_only with its one-sided lower bound.
 Over training (learning-curve points; the smaller evaluation's windows):
 
 {R.md_table(opening, ["rung", "variant", "usage at step"]) if opening else "(no learning curves: --curve-points 0)"}
+
+What the video reads of its motion as the motion gets noisier (seed 0; every struct frame at one noise level, the
+reference frame's motion clean; a struct given clean, as condition_only's, has no row):
+
+{R.md_table(by_sigma, ["rung", "variant", *[f"struct sigma {lv:g}" for lv in levels]]) if by_sigma else "(none)"}
 
 ## Is any rung starved of data? (held-out video loss at the last two learning-curve points)
 
