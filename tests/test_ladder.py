@@ -177,17 +177,22 @@ def test_rung_settings_and_folders():
         assert poc.settings(alone, "cuda") == poc.settings(climbed, "cuda")
 
 
-def test_the_ladder_reuses_finished_rungs(tmp_path):
-    poc = _poc()
-    ran = []
-
-    def suite(a):  # stands in for a PoC run: the report a rung's run writes
+def _suite(poc, out: Path, ran: list):
+    """Stands in for a PoC run: writes the report a rung's run writes under `out`, noting the rung in `ran`."""
+    def suite(a):
         ran.append(a.rung)
         rep = {**_report({"xs": 2.6e6, "s": 5.7e6, "m": 31.8e6, "l": 92.4e6}[a.rung], 0.1, 0.0),
                "settings": json.loads(json.dumps(poc.asdict(poc.settings(a, "cpu"))))}
-        (tmp_path / poc.run_name(a)).mkdir(parents=True, exist_ok=True)
-        (tmp_path / poc.run_name(a) / "report.json").write_text(json.dumps(rep))
+        (out / poc.run_name(a)).mkdir(parents=True, exist_ok=True)
+        (out / poc.run_name(a) / "report.json").write_text(json.dumps(rep))
         return rep
+    return suite
+
+
+def test_the_ladder_reuses_finished_rungs(tmp_path):
+    poc = _poc()
+    ran = []
+    suite = _suite(poc, tmp_path, ran)
 
     first = poc.climb(_args(out=str(tmp_path), ladder=True), suite)
     assert ran == list(poc.RUNGS) and len(first["rungs"]) == 4 and (tmp_path / "ladder" / "ladder.md").exists()
@@ -213,27 +218,20 @@ def test_a_partial_ladder_reads_its_rungs_and_writes_its_own_folder(tmp_path):
     from shared.errors import UserError
     from shared.poc import cli
 
-    poc = _poc()
     ran = []
-
-    def suite(a):
-        ran.append(a.rung)
-        rep = {**_report({"xs": 2.6e6, "s": 5.7e6, "m": 31.8e6, "l": 92.4e6}[a.rung], 0.1, 0.0),
-               "settings": json.loads(json.dumps(poc.asdict(poc.settings(a, "cpu"))))}
-        (tmp_path / poc.run_name(a)).mkdir(parents=True, exist_ok=True)
-        (tmp_path / poc.run_name(a) / "report.json").write_text(json.dumps(rep))
-        return rep
-
+    suite = _suite(_poc(), tmp_path, ran)
     argv = ["--ladder", "--device", "cpu", "--out", str(tmp_path), "--ladder-rungs"]
     res = cli.main([*argv, "s,xs"], suite)
     assert ran == ["xs", "s"] and [r["rung"] for r in res["rungs"]] == ["xs", "s"]  # RUNGS' order
     assert (tmp_path / "ladder-xs-s" / "ladder.md").exists() and not (tmp_path / "ladder").exists()
     ran.clear()
-    cli.main([*argv, "xs,s"], suite)
-    assert ran == []  # read back
+    cli.main([*argv, " s , xs,xs"], suite)
+    assert ran == []  # read back; spaces and repeats are the same list
+    fresh = ["--ladder", "--device", "cpu", "--out", str(tmp_path / "fresh"), "--ladder-rungs"]
     for bad, why in (("xs", "at least two"), ("xs,xs", "at least two"), ("xs,xl", "no rung xl")):
         with pytest.raises(UserError, match=why):
-            cli.main([*argv, bad], suite)
+            cli.main([*fresh, bad], suite)
+    assert not (tmp_path / "fresh").exists()  # refused before the folder is made
     with pytest.raises(UserError, match="only with --ladder"):
         cli.main(["--device", "cpu", "--out", str(tmp_path), "--ladder-rungs", "xs,s"], suite)
 

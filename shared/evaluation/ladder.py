@@ -94,7 +94,7 @@ def effects(report: dict) -> dict[str, dict]:
 BRIDGED = ("dual", "dual_oneway", "condition_only")  # the core variants whose video reads a motion stream
 
 
-def bridge(report: dict, variant: str) -> dict:
+def bridge_usage_of(report: dict, variant: str) -> dict:
     """The variant's bridge usage of seed 0 as the report holds it ({} when it has none)."""
     return (report.get("metrics", {}).get(variant) or {}).get("bridge_usage") or {}
 
@@ -117,7 +117,7 @@ def rung_row(name: str, report: dict) -> dict:
             starved[n] = {"steps": [int(steps[-2]), int(steps[-1])], "heldout_video": [half, end],
                           "still_falling_or_flat": end <= 1.02 * half}
     s = report.get("settings", {})
-    by_sigma = {n: bridge(report, n).get("by_struct_sigma") for n in BRIDGED}
+    by_sigma = {n: bridge_usage_of(report, n).get("by_struct_sigma") for n in BRIDGED}
     return {"rung": name, "parameters": {n: v["parameters"] for n, v in sizes.items()},
             "tokens_per_frame": sizes.get("dual", {}).get("tokens_per_frame"),
             "train_flops_per_frame": sizes.get("dual", {}).get("train_flops_per_frame"),
@@ -225,9 +225,9 @@ def markdown(rows: list[dict], fits: dict, full: float) -> str:
                            for n in BRIDGED]] for r in rows]
     opening = [[r["rung"], n, ", ".join(f"{st}: {f(x, 4)}" for st, x in sorted(c.items()))]
                for r in rows for n, c in r.get("bridge_usage_curve", {}).items()]
-    levels = sorted({lv for r in rows for c in r["bridge_usage_by_struct_sigma"].values() for lv in c})
+    levels = sorted({lv for r in rows for c in r.get("bridge_usage_by_struct_sigma", {}).values() for lv in c})
     by_sigma = [[r["rung"], n, *[f(c.get(lv), 4) for lv in levels]]
-                for r in rows for n, c in r["bridge_usage_by_struct_sigma"].items()]
+                for r in rows for n, c in r.get("bridge_usage_by_struct_sigma", {}).items()]
     starved = [[r["rung"], n, " -> ".join(f(x) for x in c["heldout_video"]), f"steps {c['steps'][0]} -> {c['steps'][1]}",
                 "yes" if c["still_falling_or_flat"] else "**no: rising**"] for r in rows
                for n, c in r["data_starved_check"].items()]

@@ -40,8 +40,8 @@ class RunOptions:
     the parameter count, extrapolated to the full preset; every rung's bridge gates start at LADDER_GATE_INIT (0.1)
     unless --bridge-gate-init is given."""
     ladder_rungs: str | None = None
-    """With --ladder: only these rungs (comma-separated, at least two), their trend written to ladder-R1-R2.../ so that
-    it never stands in for the whole ladder's; default: every rung."""
+    """With --ladder: only these rungs (comma-separated, at least two), their trend in ladder[-quick]-R1-R2.../ so
+    that a part never stands in for the whole ladder (every rung named: ladder/); default: every rung."""
 
 
 def parser(doc: str | None = None) -> errors.ArgumentParser:
