@@ -83,7 +83,8 @@ def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3) -> d
         "metrics": {"real": {"metrics": {"lip_r": {"mean": 0.9}}},
                     "dual": {"bridge_usage": {"velocity_change": 0.01,
                                               "by_struct_sigma": {"0.0": 0.02, "1.0": 0.002}}}},
-        "verdicts": {"H2: the 3-D stream adds structure (H2a and H2b)": {"verdict": NOT_TESTABLE}},
+        "verdicts": {"H2: the 3-D stream adds structure (H2a and H2b)": {"verdict": NOT_TESTABLE},
+                     "H2a: dual beats video_only": {"verdict": "not supported"}},  # seed 0's clips only
         "wall_seconds": 100.0,
     }
 
@@ -103,6 +104,9 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     assert res["rungs"][0]["bridge_usage_curve"] == {"dual": {2000: 0.001, 4000: 0.01}}
     assert "| xs | dual | 2000: 0.0010, 4000: 0.0100 |" in md  # when the bridge opens, per rung
     assert res["rungs"][0]["bridge_usage_by_struct_sigma"] == {"dual": {0.0: 0.02, 1.0: 0.002}}
+    assert res["rungs"][0]["verdicts"]["H2a: dual beats video_only"] == "inconclusive"  # the seeds', not seed 0's
+    assert res["rungs"][0]["clip_verdicts_seed0"]["H2a: dual beats video_only"] == "not supported"
+    assert "| xs | not testable at this scale | inconclusive |" in md
     assert "| rung | variant | struct sigma 0 | struct sigma 1 |" in md and "| l | dual | 0.0200 | 0.0020 |" in md
     for table in [b.splitlines() for b in md.split("\n\n") if b.startswith("| ")]:  # each renders as a table
         assert {line.count("|") for line in table} == {table[0].count("|")}, table[:2]

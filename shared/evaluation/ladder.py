@@ -99,6 +99,14 @@ def bridge_usage_of(report: dict, variant: str) -> dict:
     return (report.get("metrics", {}).get(variant) or {}).get("bridge_usage") or {}
 
 
+def verdicts_of(report: dict) -> dict[str, str]:
+    """The rung's verdicts as they count: each H2 question at the seed level where the rung has one (two seeds or
+    more), else its clip-level verdict of seed 0; H1, H3 and H2's overall verdict as the report gives them (the
+    overall one is already the seed level's)."""
+    out = {q: v["verdict"] for q, v in report.get("verdicts", {}).items()}
+    return {**out, **{q: v["verdict"] for q, v in report.get("seed_verdicts", {}).items() if q in out}}
+
+
 def rung_row(name: str, report: dict) -> dict:
     """What the ladder shows of one rung."""
     sizes, per_seed = report.get("sizes", {}), report.get("per_seed", {})
@@ -127,7 +135,8 @@ def rung_row(name: str, report: dict) -> dict:
                              if "bridge_velocity_change" in v},
             "bridge_gate": {n: mean(v["bridge_gate"]) for n, v in per_seed.items() if "bridge_gate" in v},
             "real_lip_r": report.get("metrics", {}).get("real", {}).get("metrics", {}).get("lip_r", {}).get("mean"),
-            "verdicts": {q: v["verdict"] for q, v in report.get("verdicts", {}).items()},
+            "verdicts": verdicts_of(report),
+            "clip_verdicts_seed0": {q: v["verdict"] for q, v in report.get("verdicts", {}).items()},
             "data_starved_check": starved, "wall_seconds": report.get("wall_seconds"),
             # when each bridge opens: its usage at every learning-curve point (mean over seeds)
             "bridge_usage_curve": {n: {int(st): mean(v) for st, v in curves[n]["bridge_usage"].items()}
@@ -261,6 +270,8 @@ condition_only_oracle over video_only with its one-sided lower bound.
                     "training clips", "steps", "seeds", "wall s"])}
 
 ## Verdicts by rung
+
+H2's questions at the seed level (the rung's report, "Seed-level verdicts"), not seed 0's clip-level verdicts.
 
 {R.md_table(vt, ["rung", *verdicts])}
 
