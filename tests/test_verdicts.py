@@ -134,3 +134,24 @@ def test_h2_tests_without_headroom_are_not_testable_and_the_rest_decide():
     assert gated[0]["outcome_before_headroom"] == "supported" and gated[0]["mean"] == tests[0].mean
     assert V.hypothesis_with_headroom([t["outcome"] for t in gated[:2]]) == "not supported"
     assert V.hypothesis_with_headroom([V.NOT_TESTABLE, V.NOT_TESTABLE]) == V.NOT_TESTABLE
+
+
+def test_each_seeds_clip_verdict_leaves_out_the_families_without_headroom_as_seed_0s_does():
+    from shared.poc import decide
+
+    rng = np.random.default_rng(0)
+
+    def variant(lip: float, ks: float) -> dict:  # 32 clips; the other metrics equal in both variants
+        clips = {"lip_r": lip + 0.01 * rng.standard_normal(32), "motion_ks_clip": ks + 0.01 * rng.standard_normal(32)}
+        clips |= {m: np.ones(32) for m in ("id_err", "id_err_last", "jitter_err")}
+        return {"per_clip": clips, "seed_metrics": {"motion_ks": ks}}
+
+    # dual worse on lip sync, better on motion, in both seeds; only lip sync has the oracle's headroom
+    by_seed = [({"dual": variant(0.3, 0.1), "condition_only": variant(0.8, 0.4)}, None) for _ in range(2)]
+    room = {"lip sync": {"status": "testable"}, "identity": {"status": decide.V.NOT_TESTABLE},
+            "motion": {"status": decide.V.NOT_TESTABLE}}
+    q = "H2b: bidirectional dual beats condition_only"
+    assert decide.clip_verdicts(by_seed[0][0], room)[q]["verdict"] == "not supported"
+    # the seed-level table's column says the same of every seed (it said `inconclusive`, motion counted, before)
+    assert decide.seed_verdicts(by_seed, room)[q]["per_seed_clip_verdicts"] == ["not supported"] * 2
+    assert decide.seed_verdicts(by_seed, {})[q]["per_seed_clip_verdicts"] == ["inconclusive"] * 2  # all families

@@ -63,7 +63,7 @@ def seed_verdicts(by_seed: list, room: dict | None = None) -> dict:
     for q in dict.fromkeys(t["question"] for t in tests):
         mine = [t for t in tests if t["question"] == q]
         a, b = next((a, b) for qq, a, b in QUESTIONS if qq == q)
-        own = [V.clip_verdict(clip_comparisons(res, a, b)) for res, _ in by_seed]
+        own = [gated_clip_verdict(q, clip_comparisons(res, a, b), room or {}) for res, _ in by_seed]
         out[q] = {"verdict": V.hypothesis_with_headroom([t["outcome"] for t in mine]), "seeds": len(by_seed),
                   "tests": mine, "per_seed_clip_verdicts": own,
                   "secondary": [t.as_dict() for t in second if t.question == q]}
@@ -78,10 +78,16 @@ def clip_verdicts(res: dict, room: dict) -> dict:
         if a not in res or b not in res:
             continue
         cs = clip_comparisons(res, a, b)
-        kept = [c for c in cs if not (q.startswith(V.GATED) and room.get(CLIP_FAMILY[c.metric], {}).get("status")
-                                      == V.NOT_TESTABLE)]
-        out[q] = {"verdict": V.clip_verdict(kept) if kept else V.NOT_TESTABLE, "comparisons": [asdict(c) for c in cs]}
+        out[q] = {"verdict": gated_clip_verdict(q, cs, room), "comparisons": [asdict(c) for c in cs]}
     return out
+
+
+def gated_clip_verdict(q: str, cs: list, room: dict) -> str:
+    """The clip-level verdict of one seed's comparisons, a gated question's comparison on a family without headroom
+    left out (none left: not testable at this scale): seed 0's table and each seed's column use the same rule."""
+    kept = [c for c in cs if not (q.startswith(V.GATED) and room.get(CLIP_FAMILY[c.metric], {}).get("status")
+                                  == V.NOT_TESTABLE)]
+    return V.clip_verdict(kept) if kept else V.NOT_TESTABLE
 
 
 def decide(by_seed: list, chance: float, heldout_start: list) -> tuple[dict, dict, dict]:
