@@ -61,7 +61,7 @@ def test_trend_intervals_cover_the_true_line():
     assert tight.chi2_per_dof > 1 and tight.slope_se > 0.01  # the scatter, not the stated errors, sets the width
 
 
-def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3) -> dict:
+def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3, usage_ratio: float = 0.1) -> dict:
     """A rung's report.json as stage0_poc/run.py writes it (the keys the ladder reads)."""
     test = lambda m, mean: {"metric": m, "mean": mean, "se": 0.02, "lo": mean - 0.06, "hi": mean + 0.06,  # noqa
                             "n": seeds, "outcome": "inconclusive"}
@@ -75,9 +75,16 @@ def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3) -> d
         "sizes": {"dual": {"parameters": dual_params, "tokens_per_frame": 16, "train_flops_per_frame": 1e9},
                   "video_only": {"parameters": dual_params / 2.2, "tokens_per_frame": 16,
                                  "train_flops_per_frame": 4e8}},
-        "per_seed": {"dual": {"lip_r": [0.3] * seeds, "bridge_velocity_change": [0.01] * seeds,
+        "per_seed": {"dual": {"lip_r": [0.3] * seeds,  # a seed effect shared with the others, and a little spread
+                              "bridge_velocity_change": [0.01 * (1 + 0.05 * k) * (1 + 0.02 * (k - 1))
+                                                         for k in range(seeds)],
                               "bridge_gate": [0.01] * seeds},
-                     "video_only": {"lip_r": [0.2] * seeds}},
+                     "video_only": {"lip_r": [0.2] * seeds},
+                     # dual's usage over condition_only's is usage_ratio in every seed but for a shared seed effect
+                     "condition_only": {"lip_r": [0.5] * seeds, "bridge_velocity_change":
+                                        [0.01 / usage_ratio * (1 + 0.05 * k) for k in range(seeds)]},
+                     "dual_oneway": {"lip_r": [0.3] * seeds, "bridge_velocity_change": [0.01 * (1 + 0.05 * k)
+                                                                                         for k in range(seeds)]}},
         "learning_curves": {"dual": {"heldout_video": {"2000": [0.30] * seeds, "4000": [0.28] * seeds},
                                      "bridge_usage": {"2000": [0.001] * seeds, "4000": [0.01] * seeds}}},
         "metrics": {"real": {"metrics": {"lip_r": {"mean": 0.9}}},
@@ -90,8 +97,11 @@ def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3) -> d
 
 
 def test_the_ladder_report_from_rung_reports(tmp_path):
-    reports = {"xs": _report(2.6e6, 0.04, -0.05), "s": _report(5.7e6, 0.1, 0.0), "m": _report(31.8e6, 0.3, 0.05),
-               "l": _report(92.4e6, 0.4, 0.1)}
+    halving = {p: 0.1 * (p / 2.6e6) ** math.log10(0.5) for p in (2.6e6, 5.7e6, 31.8e6, 92.4e6)}  # x0.5 a decade
+    reports = {"xs": _report(2.6e6, 0.04, -0.05, usage_ratio=halving[2.6e6]),
+               "s": _report(5.7e6, 0.1, 0.0, usage_ratio=halving[5.7e6]),
+               "m": _report(31.8e6, 0.3, 0.05, usage_ratio=halving[31.8e6]),
+               "l": _report(92.4e6, 0.4, 0.1, usage_ratio=halving[92.4e6])}
     res = ladder.write(tmp_path, reports, full=1.5e9)
     assert (tmp_path / "trend.png").stat().st_size > 0 and json.loads((tmp_path / "ladder.json").read_text())
     assert set(res["trends"]) == {"H2a vs video_only | lip sync: lip_r", "oracle gap | lip sync"}  # H2 only
@@ -107,7 +117,14 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     assert res["rungs"][0]["verdicts"]["H2a: dual beats video_only"] == "inconclusive"  # the seeds', not seed 0's
     assert res["rungs"][0]["clip_verdicts_seed0"]["H2a: dual beats video_only"] == "not supported"
     assert "| xs | not testable at this scale | inconclusive |" in md
+    one = ladder.verdicts_of({**reports["xs"], "settings": {"seeds": 1}})  # one seed decides nothing at that level
+    assert one["H2a: dual beats video_only"] == "not supported"
     assert "| rung | variant | struct sigma 0 | struct sigma 1 |" in md and "| l | dual | 0.0200 | 0.0020 |" in md
+    # the dual's bridge usage over condition_only's: per rung over seeds, and its factor per decade (known: 0.5)
+    assert res["rungs"][0]["usage_ratios"]["dual / condition_only"]["ratio"] == pytest.approx(0.1, rel=1e-3)
+    assert res["usage_trends"]["dual / condition_only"]["factor_per_decade"][0] == pytest.approx(0.5, rel=1e-3)
+    assert "| xs | 0.100 [" in md and "| dual / condition_only | x0.50 [" in md
+    assert res["rungs"][0]["usage_ratios"]["dual / dual_oneway"]["ratio"] == pytest.approx(1.0, rel=1e-3)
     for table in [b.splitlines() for b in md.split("\n\n") if b.startswith("| ")]:  # each renders as a table
         assert {line.count("|") for line in table} == {table[0].count("|")}, table[:2]
 

@@ -92,6 +92,9 @@ def test_quick_end_to_end(tmp_path):
     assert "struct" not in rep["metrics"]["video_only"]["heldout_loss"]
     assert rep["metrics"]["video_only"]["bridge_usage"] is None  # no motion stream to use
     assert all(rep["metrics"][n]["bridge_usage"]["velocity_change"] >= 0 for n in ("dual", "condition_only"))
+    h2b = "H2b: bidirectional dual beats condition_only"
+    assert rep["bridge_usage_ratios"][h2b]["n"] == 1 and "lo" not in rep["bridge_usage_ratios"][h2b]  # one seed
+    assert "H2a: dual beats video_only" not in rep["bridge_usage_ratios"]  # video_only reads no motion
     names = {k.split(":")[0] for k in rep["verdicts"]}
     assert {"H1", "H2a", "H2b", "H2", "H3"} <= names
     assert all(v["verdict"] in VERDICTS for v in rep["verdicts"].values())
@@ -136,6 +139,9 @@ def test_quick_end_to_end(tmp_path):
     assert all(t["n"] == 2 and t["mde"] > 0 for v in sv.values() for t in v["tests"])
     assert all(v["verdict"] in ("inconclusive", NOT_TESTABLE) for v in rep["seed_verdicts"].values())  # one seed
     assert rep_b["headroom"]["lip sync"]["unit"] == "training seed"
+    ratio = rep_b["bridge_usage_ratios"]["H2b: bidirectional dual beats condition_only"]
+    assert ratio["n"] == 2 and ratio["lo"] <= ratio["ratio"] <= ratio["hi"]
+    assert "A's usage / B's [95% interval]" in (tmp_path / "again" / "core-quick" / "report.md").read_text()
     # re-running reuses the data, the codec, the probes and the trained variants
     res2 = subprocess.run([sys.executable, "stage0_poc/run.py", "--quick", "--out", str(tmp_path), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

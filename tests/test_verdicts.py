@@ -155,3 +155,22 @@ def test_each_seeds_clip_verdict_leaves_out_the_families_without_headroom_as_see
     # the seed-level table's column says the same of every seed (it said `inconclusive`, motion counted, before)
     assert decide.seed_verdicts(by_seed, room)[q]["per_seed_clip_verdicts"] == ["not supported"] * 2
     assert decide.seed_verdicts(by_seed, {})[q]["per_seed_clip_verdicts"] == ["inconclusive"] * 2  # all families
+
+
+def test_bridge_usage_ratios_over_seeds_on_known_answers():
+    from shared.poc.report import usage_ratios
+
+    q = "H2b: bidirectional dual beats condition_only"
+    exact = usage_ratios({"dual": [0.01, 0.02, 0.04], "condition_only": [0.1, 0.2, 0.4]})[q]
+    assert exact["ratio"] == pytest.approx(0.1) and exact["lo"] == pytest.approx(0.1) == exact["hi"]  # no spread
+    # a seed effect shared by both variants cancels in the pairing; the interval covers the true ratio
+    g = np.random.default_rng(0)
+    covered = 0
+    for _ in range(400):
+        seed_effect = np.exp(g.normal(0, 1.0, 3))
+        r = usage_ratios({"dual": 0.005 * seed_effect * np.exp(g.normal(0, 0.1, 3)),
+                          "condition_only": 0.15 * seed_effect})[q]
+        covered += r["lo"] <= 0.005 / 0.15 <= r["hi"]
+    assert 0.92 <= covered / 400 <= 0.98
+    one = usage_ratios({"dual": [0.01], "condition_only": [0.1], "motion_source": [0.2]})  # in no question
+    assert set(one) == {q} and "lo" not in one[q] and one[q]["per_seed"] == [pytest.approx(0.1)]  # no interval

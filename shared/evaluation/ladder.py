@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from . import report as R
-from .verdicts import NOT_TESTABLE
+from .verdicts import NOT_TESTABLE, ratio_over_seeds
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,32 @@ def effects(report: dict) -> dict[str, dict]:
 
 
 BRIDGED = ("dual", "dual_oneway", "condition_only")  # the core variants whose video reads a motion stream
+USAGE_PAIRS = (("dual", "condition_only"), ("dual", "dual_oneway"))  # whose usage ratio the ladder follows
+
+
+def usage_ratios(per_seed: dict) -> dict[str, dict]:
+    """Dual's bridge usage over condition_only's and dual_oneway's, seed-paired (`verdicts.ratio_over_seeds`)."""
+    u = {n: v["bridge_velocity_change"] for n, v in per_seed.items() if "bridge_velocity_change" in v}
+    return {f"{a} / {b}": ratio_over_seeds(u[a], u[b]) for a, b in USAGE_PAIRS if a in u and b in u}
+
+
+def usage_trends(rows: list[dict], full: float) -> dict[str, dict]:
+    """Per usage ratio: a line of log10(ratio) on log10(dual's parameters), as a factor per decade, and its value
+    carried to `full` (an extrapolation)."""
+    out = {}
+    for key in dict.fromkeys(k for r in rows for k in r["usage_ratios"]):
+        pts = [(r["parameters"]["dual"], r["usage_ratios"][key]["log_mean"] / math.log(10),
+                r["usage_ratios"][key].get("log_se", float("nan")) / math.log(10))
+               for r in rows if key in r["usage_ratios"] and "dual" in r["parameters"]]
+        fit = fit_trend(*zip(*pts)) if len(pts) >= 2 else None
+        if fit is None:
+            out[key] = {"points": len(pts), "fit": None}
+            continue
+        lo, hi = fit.slope_interval()
+        at = fit.predict(full)
+        out[key] = {"points": len(pts), "fit": asdict(fit), "factor_per_decade": [10**fit.slope, 10**lo, 10**hi],
+                    "extrapolation_to_full": [10 ** at["mean"], 10 ** at["lo"], 10 ** at["hi"]]}
+    return out
 
 
 def bridge_usage_of(report: dict, variant: str) -> dict:
@@ -104,7 +130,9 @@ def verdicts_of(report: dict) -> dict[str, str]:
     more), else its clip-level verdict of seed 0; H1, H3 and H2's overall verdict as the report gives them (the
     overall one is already the seed level's)."""
     out = {q: v["verdict"] for q, v in report.get("verdicts", {}).items()}
-    return {**out, **{q: v["verdict"] for q, v in report.get("seed_verdicts", {}).items() if q in out}}
+    seeds = report.get("settings", {}).get("seeds", 1)
+    return {**out, **{q: v["verdict"] for q, v in report.get("seed_verdicts", {}).items()
+                      if q in out and v.get("seeds", seeds) > 1}}
 
 
 def rung_row(name: str, report: dict) -> dict:
@@ -144,6 +172,7 @@ def rung_row(name: str, report: dict) -> dict:
             # what the video reads of a generated struct at each of its noise levels (seed 0, `bridge_usage`)
             "bridge_usage_by_struct_sigma": {n: {float(lv): x for lv, x in c.items()}
                                              for n, c in by_sigma.items() if c},
+            "usage_ratios": usage_ratios(per_seed),
             "effects": effects(report)}
 
 
@@ -166,14 +195,14 @@ def write(folder: Path, reports: dict[str, dict], full: float) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     rows = [rung_row(name, rep) for name, rep in reports.items()]
     fits = trends(rows, full)
-    res = {"rungs": rows, "trends": fits, "full_parameters": full,
+    res = {"rungs": rows, "trends": fits, "usage_trends": usage_trends(rows, full), "full_parameters": full,
            "note": "extrapolations to the full preset are a straight line on log10(parameters) carried one to three "
                    "decades beyond the largest rung: a direction with its uncertainty, not a measurement"}
     tmp = folder / ".ladder.json.tmp"
     tmp.write_text(json.dumps(res, indent=1, default=float))
     tmp.replace(folder / "ladder.json")
     plot(rows, fits, full, folder / "trend.png")
-    (folder / "ladder.md").write_text(markdown(rows, fits, full))
+    (folder / "ladder.md").write_text(markdown(rows, fits, full, res["usage_trends"]))
     return res
 
 
@@ -182,7 +211,11 @@ def plot(rows: list[dict], fits: dict, full: float, path: Path) -> None:
     intervals, fitted lines and the extrapolation to `full` (dashed, with its 95% band)."""
     plt = R._plt()
     families = sorted({k.split("| ")[1].split(":")[0] for k in fits})
-    fig, axes = plt.subplots(1, max(1, len(families)), figsize=(5.2 * max(1, len(families)), 4), squeeze=False)
+    pairs = list(dict.fromkeys(k for r in rows for k in r.get("usage_ratios", {})))
+    cols = max(1, len(families)) + bool(pairs)
+    fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols, 4), squeeze=False)
+    if pairs:
+        usage_panel(axes[0][-1], rows, pairs)
     for ax, fam in zip(axes[0], families):
         for key, f in fits.items():
             if k_family(key) != fam:
@@ -215,11 +248,29 @@ def plot(rows: list[dict], fits: dict, full: float, path: Path) -> None:
     plt.close(fig)
 
 
+def usage_panel(ax, rows: list[dict], pairs: list[str]) -> None:
+    """The dual's bridge usage over each baseline's by rung, with the seeds' 95% intervals (log scales)."""
+    for key in pairs:
+        pts = [(r["parameters"]["dual"], r["usage_ratios"][key]) for r in rows
+               if key in r.get("usage_ratios", {}) and "dual" in r["parameters"]]
+        xs, ys = [p for p, _ in pts], [u["ratio"] for _, u in pts]
+        err = [[u["ratio"] - u.get("lo", u["ratio"]) for _, u in pts],
+               [u.get("hi", u["ratio"]) - u["ratio"] for _, u in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=key)
+    ax.axhline(1, color="gray", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("dual's parameters")
+    ax.set_ylabel("dual's usage / baseline's")
+    ax.set_title("how much of its motion the dual reads, by rung")
+    ax.legend(fontsize=6)
+
+
 def k_family(key: str) -> str:
     return key.split("| ")[1].split(":")[0]
 
 
-def markdown(rows: list[dict], fits: dict, full: float) -> str:
+def markdown(rows: list[dict], fits: dict, full: float, usage_fits: dict) -> str:
     def f(x, d=3):
         if isinstance(x, float) and math.isinf(x):
             return "inf" if x > 0 else "-inf"  # the oracle gap's one-sided interval
@@ -234,6 +285,16 @@ def markdown(rows: list[dict], fits: dict, full: float) -> str:
                            for n in BRIDGED]] for r in rows]
     opening = [[r["rung"], n, ", ".join(f"{st}: {f(x, 4)}" for st, x in sorted(c.items()))]
                for r in rows for n, c in r.get("bridge_usage_curve", {}).items()]
+    pairs = list(dict.fromkeys(k for r in rows for k in r.get("usage_ratios", {})))
+
+    def ratio(x: dict | None) -> str:
+        return "-" if not x else f"{x['ratio']:.3f}" + (f" [{x['lo']:.3f}, {x['hi']:.3f}]" if "lo" in x else "")
+
+    ratios = [[r["rung"], *[ratio(r.get("usage_ratios", {}).get(k)) for k in pairs]] for r in rows]
+    ratio_fits = [[k, f"x{t['factor_per_decade'][0]:.2f} [x{t['factor_per_decade'][1]:.2f}, "
+                      f"x{t['factor_per_decade'][2]:.2f}]", str(t["points"]),
+                   "{:.3g} [{:.3g}, {:.3g}]".format(*t["extrapolation_to_full"])]
+                  for k, t in usage_fits.items() if t["fit"]]
     levels = sorted({lv for r in rows for c in r.get("bridge_usage_by_struct_sigma", {}).values() for lv in c})
     by_sigma = [[r["rung"], n, *[f(c.get(lv), 4) for lv in levels]]
                 for r in rows for n, c in r.get("bridge_usage_by_struct_sigma", {}).items()]
@@ -271,7 +332,8 @@ condition_only_oracle over video_only with its one-sided lower bound.
 
 ## Verdicts by rung
 
-H2's questions at the seed level (the rung's report, "Seed-level verdicts"), not seed 0's clip-level verdicts.
+H2's questions at the seed level (the rung's report, "Seed-level verdicts") where the rung has two seeds or more, not
+seed 0's clip-level verdicts.
 
 {R.md_table(vt, ["rung", *verdicts])}
 
@@ -282,6 +344,15 @@ H2's questions at the seed level (the rung's report, "Seed-level verdicts"), not
 ## Bridge usage by rung (relative change of the video velocity under a motion swap; mean |gate|)
 
 {R.md_table(usage, ["rung", *BRIDGED])}
+
+The dual's usage over a baseline's, per seed (the geometric mean of the seed-paired ratios, 95% interval over seeds;
+a mechanism, not a verdict), and its line on log10 of dual's parameters (a factor per decade; carried to the full
+preset, an extrapolation):
+
+{R.md_table(ratios, ["rung", *pairs]) if pairs else "(no usage in the reports)"}
+
+{R.md_table(ratio_fits, ["ratio", "factor per decade [95%]", "rungs", "at full [95%] (extrapolated)"]) if ratio_fits
+ else "(no line: fewer than two rungs)"}
 
 Over training (learning-curve points; the smaller evaluation's windows):
 

@@ -78,6 +78,20 @@ def paired(question: str, metric: str, a, b, higher_is_better: bool, sesoi: floa
     return Test(question, metric, n, m, se, p, max(p_low, p_high), sesoi)
 
 
+def ratio_over_seeds(a, b, level: float = 0.95) -> dict:
+    """A over B per seed, summarised as the geometric mean of the seed-paired ratios with its t interval on the log
+    scale (two seeds or more): for a positive quantity that changes by factors (bridge usage), where a difference of
+    means would be set by the largest seed."""
+    logs = np.log(np.asarray(a, np.float64) / np.asarray(b, np.float64))
+    out = {"ratio": float(np.exp(logs.mean())), "per_seed": np.exp(logs).tolist(), "n": len(logs),
+           "log_mean": float(logs.mean())}
+    if len(logs) > 1:
+        se = float(logs.std(ddof=1) / np.sqrt(len(logs)))
+        half = float(stats.t.ppf(0.5 + level / 2, len(logs) - 1)) * se
+        out |= {"log_se": se, "lo": float(np.exp(logs.mean() - half)), "hi": float(np.exp(logs.mean() + half))}
+    return out
+
+
 def holm(p: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (monotone, capped at 1)."""
     order = np.argsort(p)

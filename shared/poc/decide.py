@@ -56,7 +56,7 @@ def seed_verdicts(by_seed: list, room: dict | None = None) -> dict:
     """The seed-level rule (`shared.evaluation.verdicts`): per question and family, the per-seed values of A and B
     paired over seeds; Holm across every primary test of the suite (secondary metrics: among themselves); an H2
     family without the oracle's headroom (`oracle_headroom`) is `not testable at this scale`. Also each seed's own
-    clip-level verdict."""
+    clip-level verdict (`gated_clip_verdict`: families without headroom left out, as in seed 0's table)."""
     tests = V.gate_by_headroom(seed_tests(by_seed, FAMILIES), room or {})
     second = seed_tests(by_seed, SECONDARY)
     out = {}

@@ -19,7 +19,7 @@ from ..flops import forward_flops
 from .decide import H3
 from .phases import Phases
 from .settings import Settings
-from .suite import FAMILIES, MIN_EFFECT, PRIMARY, RELIABLE, SECONDARY, parameters
+from .suite import FAMILIES, MIN_EFFECT, PRIMARY, QUESTIONS, RELIABLE, SECONDARY, parameters
 
 TEMPLATE = Path(__file__).with_name("report.md")
 REUSED = "reused: the time it took when it ran"
@@ -46,6 +46,34 @@ def scale_record(cfgs: dict, by_seed: list, clip_frames: int) -> dict:
         rows["heldout_video"] = [res[name]["heldout_loss"]["video"]["mean"] for res, _ in by_seed]
         per_seed[name] = rows
     return {"sizes": sizes, "per_seed": per_seed}
+
+
+def usage_per_seed(by_seed: list) -> dict[str, list[float]]:
+    """Each variant's bridge usage (the video velocity's change under a motion swap) in every seed, for the variants
+    that read a motion stream."""
+    usage = {n: [res[n].get("bridge_usage") for res, _ in by_seed] for n in by_seed[0][0] if n != "real"}
+    return {n: [x["velocity_change"] for x in u] for n, u in usage.items() if all(x is not None for x in u)}
+
+
+def usage_ratios(usage: dict[str, list[float]]) -> dict[str, dict]:
+    """For each question whose two variants both read a motion stream: A's usage over B's over seeds
+    (`verdicts.ratio_over_seeds`). Whether a remedy makes the dual read its motion is a mechanism, reported beside the
+    verdicts, never one: usage varies little between seeds, so 3 seeds show a change of it where they cannot show one
+    of lip sync."""
+    return {q: {"a": a, "b": b, **V.ratio_over_seeds(usage[a], usage[b])} for q, a, b in QUESTIONS
+            if a in usage and b in usage}
+
+
+def bridge_tables(results: dict, usage: dict, ratios: dict) -> dict:
+    """Seed 0's usage and gate with every seed's usage; each question's usage ratio over seeds."""
+    rows = [[n, f"{r['bridge_usage']['velocity_change']:.4f}", f"{r['bridge_usage']['gate_abs']:.4f}",
+             ", ".join(f"{x:.4f}" for x in usage.get(n, []))] for n, r in results.items() if r.get("bridge_usage")]
+    rat = [[q, f"{r['ratio']:.2f}" + (f" [{r['lo']:.2f}, {r['hi']:.2f}]" if "lo" in r else ""),
+            ", ".join(f"{x:.2f}" for x in r["per_seed"])] for q, r in ratios.items()]
+    return {"bridge_table": R.md_table(rows, ["variant", "velocity change", "mean abs(gate)",
+                                              "velocity change, each seed"]),
+            "bridge_ratio_table": R.md_table(rat, ["question (A beats B)", "A's usage / B's [95% interval]",
+                                                   "each seed"]) if rat else "(no question compares two of them)"}
 
 
 def plot(out: Path, results: dict, histories: dict, curves: dict, clip_frames: int) -> None:
@@ -172,6 +200,8 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
     plot(out, results, histories, curves, clip_frames)
     samples = write_samples(out, results, clips, data["ae"])
     names = [n for n in results if n != "real"]
+    usage = usage_per_seed(by_seed)
+    ratios = usage_ratios(usage)
     h3 = verdicts[H3]["evidence"]["seeds"]
     h3_rows = [[str(s.seed + k), str(x["finite"]), str(len(x["spikes"])),
                 ", ".join(f"{st} {v:.2f}" for st, v in x["heldout_end_over_start"].items()),
@@ -186,10 +216,7 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
         "headroom_table": headroom_table(room) if room else "(no condition_only_oracle in this suite)",
         "h3_table": R.md_table(h3_rows, ["seed", "finite", "loss spikes", "held-out loss end / start",
                                          "max / median grad norm (2nd half)", "stable"]),
-        "bridge_table": R.md_table([[n, f"{r['bridge_usage']['velocity_change']:.4f}",
-                                     f"{r['bridge_usage']['gate_abs']:.4f}"]
-                                    for n, r in results.items() if r.get("bridge_usage")],
-                                   ["variant", "velocity change", "mean abs(gate)"]),
+        **bridge_tables(results, usage, ratios),
         "metrics_table": metrics_table(results),
         "sample_names": ", ".join(["real"] + names), "sample_list": "\n".join(f"- [samples/{p}](samples/{p})"
                                                                                 for p in samples),
@@ -204,6 +231,7 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
             "probe_accuracy": probe_acc, "identity_chance": chance, "rules": {**RULES, "min_effect": MIN_EFFECT},
             "verdict_rule": V.CLIP_RULE,
             "verdicts": verdicts, "seed_verdicts": seed_level, "seed_verdict_rule": V.RULE, "headroom": room,
+            "bridge_usage_ratios": ratios,
             "metrics": {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()},
             "phase_seconds": phase.seconds, "phases_reused": sorted(phase.reused), "samples": samples}
 

@@ -84,9 +84,9 @@ GPU = Settings(train_clips=40, eval_clips=48, val_clips=16, eval_seconds=7.0, ae
 # Every rung trains the default's 4000 steps: the larger rungs at fewer steps were still learning steeply at their
 # last one and their motion pathway had not opened (benchmarks/RESULTS.md: l at 2000 steps, 2026-12-03; m at 3000,
 # 2026-12-04), which confounds the trend with the step budget. One H200 (bf16-true): m ~14 min of training (4.7
-# lockstep rounds/s, 5 seeds, 7a75557), l ~10.6 min (6.29, 3 seeds, 5717874: the seed-batched ops of
-# `shared.models.seed_batched`), each rung ~18-25 min in all: one session's device time each. Their evaluation is the first 32 held-out clips x 2 rollouts (the default's 48 x 4 would take 5 min a seed
-# at l).
+# lockstep rounds/s, 5 seeds, 7a75557), l 11.4 min (7.4 rounds/s after warm-up, 3 seeds, 1d2cf6e: the seed-batched
+# ops of `shared.models.seed_batched` with fused AdamW) and 17.3 min in all; one session's device time each. Their
+# evaluation is the first 32 held-out clips x 2 rollouts (the default's 48 x 4 would take 5 min a seed at l).
 # The ladder's bridge gates start at 0.1, every variant alike (`Settings.bridge_gate_init`; the default PoC keeps 0).
 # Chosen on the validation clips' held-out video loss at rung m (benchmarks/bridge_opening.py, one H200, 2026-12-04,
 # 2 seeds x 4000 steps): from 0, condition_only's gate opens late and by chance (its video moves 0.8% under a motion
