@@ -174,3 +174,5 @@ def test_bridge_usage_ratios_over_seeds_on_known_answers():
     assert 0.92 <= covered / 400 <= 0.98
     one = usage_ratios({"dual": [0.01], "condition_only": [0.1], "motion_source": [0.2]})  # in no question
     assert set(one) == {q} and "lo" not in one[q] and one[q]["per_seed"] == [pytest.approx(0.1)]  # no interval
+    closed = usage_ratios({"dual": [0.01, 0.0], "condition_only": [0.1, 0.1]})[q]  # a gate that never opened
+    assert np.isnan(closed["ratio"]) and "lo" not in closed

@@ -95,7 +95,7 @@ BRIDGED = ("dual", "dual_oneway", "condition_only")  # the core variants whose v
 USAGE_PAIRS = (("dual", "condition_only"), ("dual", "dual_oneway"))  # whose usage ratio the ladder follows
 
 
-def usage_ratios(per_seed: dict) -> dict[str, dict]:
+def dual_usage_ratios(per_seed: dict) -> dict[str, dict]:
     """Dual's bridge usage over condition_only's and dual_oneway's, seed-paired (`verdicts.ratio_over_seeds`)."""
     u = {n: v["bridge_velocity_change"] for n, v in per_seed.items() if "bridge_velocity_change" in v}
     return {f"{a} / {b}": ratio_over_seeds(u[a], u[b]) for a, b in USAGE_PAIRS if a in u and b in u}
@@ -172,7 +172,7 @@ def rung_row(name: str, report: dict) -> dict:
             # what the video reads of a generated struct at each of its noise levels (seed 0, `bridge_usage`)
             "bridge_usage_by_struct_sigma": {n: {float(lv): x for lv, x in c.items()}
                                              for n, c in by_sigma.items() if c},
-            "usage_ratios": usage_ratios(per_seed),
+            "usage_ratios": dual_usage_ratios(per_seed),
             "effects": effects(report)}
 
 

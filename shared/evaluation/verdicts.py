@@ -81,8 +81,12 @@ def paired(question: str, metric: str, a, b, higher_is_better: bool, sesoi: floa
 def ratio_over_seeds(a, b, level: float = 0.95) -> dict:
     """A over B per seed, summarised as the geometric mean of the seed-paired ratios with its t interval on the log
     scale (two seeds or more): for a positive quantity that changes by factors (bridge usage), where a difference of
-    means would be set by the largest seed."""
-    logs = np.log(np.asarray(a, np.float64) / np.asarray(b, np.float64))
+    means would be set by the largest seed. A seed where either is 0 (a bridge gate never opened) leaves no ratio:
+    all nan."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not (np.all(a > 0) and np.all(b > 0)):
+        return {"ratio": float("nan"), "per_seed": [float("nan")] * len(a), "n": len(a), "log_mean": float("nan")}
+    logs = np.log(a / b)
     out = {"ratio": float(np.exp(logs.mean())), "per_seed": np.exp(logs).tolist(), "n": len(logs),
            "log_mean": float(logs.mean())}
     if len(logs) > 1:
