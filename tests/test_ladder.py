@@ -192,6 +192,11 @@ def test_rung_settings_and_folders():
     assert poc.run_name(_args(rung="l")) == "core-l-gate0.1" and poc.run_name(_args(quick=True)) == "core-quick"
     assert poc.run_name(_args(rung="m", bridge_gate_init=0.0)) == "core-m"  # the rung's gate closed: its own folder
     assert poc.run_name(_args(rung="xs", bridge_gate_init=0.1)) == "core-gate0.1" and poc.run_name(_args()) == "core"
+    # a subset of a suite (--variants) has its own folder: two subsets' reports never overwrite each other
+    first = poc.run_name(_args(suite="remedies", rung="l", variants="dual_struct_leads, dual_struct_clean"))
+    assert first == "remedies-l-gate0.1-dual_struct_clean+dual_struct_leads"
+    assert poc.run_name(_args(suite="remedies", rung="l", variants="dual_sync,dual_implicit_align")) != first
+    assert poc.run_name(_args(suite="remedies", rung="l", variants=None)) == "remedies-l-gate0.1"
     for r in ("s", "m", "l"):  # a rung run alone is the ladder's (which passes the gate): one folder, one setting
         alone, climbed = _args(rung=r), _args(rung=r, bridge_gate_init=poc.LADDER_GATE_INIT)
         assert poc.run_name(alone) == poc.run_name(climbed)

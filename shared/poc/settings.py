@@ -126,9 +126,11 @@ def resolve(args, device: str) -> Settings:
 
 def run_name(args) -> str:
     """The run's folder under --out: the suite, -quick, -RUNG (none for the default rung), -gateG (an open bridge
-    gate: --bridge-gate-init, else the rung's)."""
+    gate: --bridge-gate-init, else the rung's), and -A+B for `--variants A,B` (sorted), so that two subsets of a suite,
+    or a subset and the whole, never write one report over the other."""
     gate = getattr(args, "bridge_gate_init", None)
     gate = RUNGS[args.rung].get("bridge_gate_init", 0.0) if gate is None else gate
+    subset = sorted({n.strip() for n in (getattr(args, "variants", None) or "").split(",") if n.strip()})
     return (f"{args.suite}{'-quick' if args.quick else ''}{'' if args.rung == 'xs' else '-' + args.rung}"
-            f"{f'-gate{gate:g}' if gate else ''}")
+            f"{f'-gate{gate:g}' if gate else ''}{'-' + '+'.join(subset) if subset else ''}")
 
