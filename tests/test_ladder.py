@@ -119,12 +119,15 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     assert "| xs | not testable at this scale | inconclusive |" in md
     one = ladder.verdicts_of({**reports["xs"], "settings": {"seeds": 1}})  # one seed decides nothing at that level
     assert one["H2a: dual beats video_only"] == "not supported"
+    as_run = {**reports["xs"],
+              "seed_verdicts": {q: {**v, "seeds": 1} for q, v in reports["xs"]["seed_verdicts"].items()}}
+    assert ladder.verdicts_of(as_run)["H2a: dual beats video_only"] == "not supported"  # the count a run records
     assert "| rung | variant | struct sigma 0 | struct sigma 1 |" in md and "| l | dual | 0.0200 | 0.0020 |" in md
     # the dual's bridge usage over condition_only's: per rung over seeds, and its factor per decade (known: 0.5)
-    assert res["rungs"][0]["usage_ratios"]["dual / condition_only"]["ratio"] == pytest.approx(0.1, rel=1e-3)
-    assert res["usage_trends"]["dual / condition_only"]["factor_per_decade"][0] == pytest.approx(0.5, rel=1e-3)
-    assert "| xs | 0.100 [" in md and "| dual / condition_only | x0.50 [" in md
-    assert res["rungs"][0]["usage_ratios"]["dual / dual_oneway"]["ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert res["rungs"][0]["dual_usage_ratios"]["dual / condition_only"]["ratio"] == pytest.approx(0.1, rel=1e-3)
+    assert res["dual_usage_trends"]["dual / condition_only"]["factor_per_decade"][0] == pytest.approx(0.5, rel=1e-3)
+    assert "| xs | 0.1 [" in md and "| dual / condition_only | x0.5 [" in md
+    assert res["rungs"][0]["dual_usage_ratios"]["dual / dual_oneway"]["ratio"] == pytest.approx(1.0, rel=1e-3)
     for table in [b.splitlines() for b in md.split("\n\n") if b.startswith("| ")]:  # each renders as a table
         assert {line.count("|") for line in table} == {table[0].count("|")}, table[:2]
 
@@ -336,3 +339,19 @@ def test_a_subset_of_a_suite_keeps_what_its_questions_and_headroom_need():
     assert {"dual_implicit", "dual"} <= set(names("remedies", "dual_implicit_align,dual_lead2"))
     with pytest.raises(UserError, match="nope not in --suite remedies"):
         chosen("remedies", "dual_struct_clean,nope")
+
+
+def test_the_ladder_without_usage_ratios_still_writes(tmp_path):
+    """A rung whose dual never opened its bridge (usage 0) or that has one seed has no usage ratio interval: the
+    ladder says so instead of drawing a line through it, and still writes every file."""
+    closed = {r: _report(p, 0.1, 0.0) for r, p in (("xs", 2.6e6), ("s", 5.7e6))}
+    for rep in closed.values():
+        rep["per_seed"]["dual"]["bridge_velocity_change"] = [0.0] * 3
+    res = ladder.write(tmp_path, closed, full=1.5e9)
+    assert res["dual_usage_trends"]["dual / condition_only"] == {"points": 0, "fit": None}
+    md = (tmp_path / "ladder.md").read_text()
+    assert "| dual / condition_only | - | 0 | - (fewer than two rungs with an interval" in md
+    assert (tmp_path / "trend.png").stat().st_size > 0
+    one_seed = {"xs": _report(2.6e6, 0.1, 0.0, seeds=1), "s": _report(5.7e6, 0.1, 0.0, seeds=1)}
+    one = ladder.write(tmp_path / "one", one_seed, full=1.5e9)
+    assert one["dual_usage_trends"]["dual / condition_only"]["fit"] is None  # no interval over one seed

@@ -175,4 +175,5 @@ def test_bridge_usage_ratios_over_seeds_on_known_answers():
     one = usage_ratios({"dual": [0.01], "condition_only": [0.1], "motion_source": [0.2]})  # in no question
     assert set(one) == {q} and "lo" not in one[q] and one[q]["per_seed"] == [pytest.approx(0.1)]  # no interval
     closed = usage_ratios({"dual": [0.01, 0.0], "condition_only": [0.1, 0.1]})[q]  # a gate that never opened
-    assert np.isnan(closed["ratio"]) and "lo" not in closed
+    assert np.isnan(closed["ratio"]) and "lo" not in closed and closed["usable"] == 1
+    assert closed["per_seed"][0] == pytest.approx(0.1) and np.isnan(closed["per_seed"][1])  # the other seed's stands

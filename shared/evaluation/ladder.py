@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,21 +101,27 @@ def dual_usage_ratios(per_seed: dict) -> dict[str, dict]:
     return {f"{a} / {b}": ratio_over_seeds(u[a], u[b]) for a, b in USAGE_PAIRS if a in u and b in u}
 
 
-def usage_trends(rows: list[dict], full: float) -> dict[str, dict]:
-    """Per usage ratio: a line of log10(ratio) on log10(dual's parameters), as a factor per decade, and its value
-    carried to `full` (an extrapolation)."""
+def dual_usage_trends(rows: list[dict], full: float) -> dict[str, dict]:
+    """Per usage ratio: a weighted line of log10(ratio) on log10(dual's parameters) over the rungs whose ratio has an
+    interval over seeds, as a factor per decade, and its value carried to `full` (an extrapolation). Where the scatter
+    about the line is not above the rungs' errors (or there are only two rungs), the interval takes t with the fewest
+    seeds of a rung less one degrees of freedom, not the normal: each rung's error comes from 3-5 seeds."""
     out = {}
-    for key in dict.fromkeys(k for r in rows for k in r["usage_ratios"]):
-        pts = [(r["parameters"]["dual"], r["usage_ratios"][key]["log_mean"] / math.log(10),
-                r["usage_ratios"][key].get("log_se", float("nan")) / math.log(10))
-               for r in rows if key in r["usage_ratios"] and "dual" in r["parameters"]]
-        fit = fit_trend(*zip(*pts)) if len(pts) >= 2 else None
+    for key in dict.fromkeys(k for r in rows for k in r["dual_usage_ratios"]):
+        used = [(r["parameters"]["dual"], r["dual_usage_ratios"][key]) for r in rows
+                if key in r["dual_usage_ratios"] and "dual" in r["parameters"]
+                and np.isfinite(r["dual_usage_ratios"][key].get("log_se", float("nan")))
+                and r["dual_usage_ratios"][key]["log_se"] > 0]
+        fit = fit_trend(*zip(*[(p, u["log_mean"] / math.log(10), u["log_se"] / math.log(10)) for p, u in used])) \
+            if len(used) >= 2 else None
         if fit is None:
-            out[key] = {"points": len(pts), "fit": None}
+            out[key] = {"points": len(used), "fit": None}
             continue
+        if fit.dof == 0:
+            fit = replace(fit, dof=min(u["n"] for _, u in used) - 1)
         lo, hi = fit.slope_interval()
         at = fit.predict(full)
-        out[key] = {"points": len(pts), "fit": asdict(fit), "factor_per_decade": [10**fit.slope, 10**lo, 10**hi],
+        out[key] = {"points": fit.n, "fit": asdict(fit), "factor_per_decade": [10**fit.slope, 10**lo, 10**hi],
                     "extrapolation_to_full": [10 ** at["mean"], 10 ** at["lo"], 10 ** at["hi"]]}
     return out
 
@@ -172,7 +178,7 @@ def rung_row(name: str, report: dict) -> dict:
             # what the video reads of a generated struct at each of its noise levels (seed 0, `bridge_usage`)
             "bridge_usage_by_struct_sigma": {n: {float(lv): x for lv, x in c.items()}
                                              for n, c in by_sigma.items() if c},
-            "usage_ratios": dual_usage_ratios(per_seed),
+            "dual_usage_ratios": dual_usage_ratios(per_seed),
             "effects": effects(report)}
 
 
@@ -195,14 +201,15 @@ def write(folder: Path, reports: dict[str, dict], full: float) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     rows = [rung_row(name, rep) for name, rep in reports.items()]
     fits = trends(rows, full)
-    res = {"rungs": rows, "trends": fits, "usage_trends": usage_trends(rows, full), "full_parameters": full,
+    res = {"rungs": rows, "trends": fits, "dual_usage_trends": dual_usage_trends(rows, full),
+           "full_parameters": full,
            "note": "extrapolations to the full preset are a straight line on log10(parameters) carried one to three "
                    "decades beyond the largest rung: a direction with its uncertainty, not a measurement"}
     tmp = folder / ".ladder.json.tmp"
     tmp.write_text(json.dumps(res, indent=1, default=float))
     tmp.replace(folder / "ladder.json")
     plot(rows, fits, full, folder / "trend.png")
-    (folder / "ladder.md").write_text(markdown(rows, fits, full, res["usage_trends"]))
+    (folder / "ladder.md").write_text(markdown(rows, fits, full, res["dual_usage_trends"]))
     return res
 
 
@@ -211,7 +218,7 @@ def plot(rows: list[dict], fits: dict, full: float, path: Path) -> None:
     intervals, fitted lines and the extrapolation to `full` (dashed, with its 95% band)."""
     plt = R._plt()
     families = sorted({k.split("| ")[1].split(":")[0] for k in fits})
-    pairs = list(dict.fromkeys(k for r in rows for k in r.get("usage_ratios", {})))
+    pairs = list(dict.fromkeys(k for r in rows for k in r.get("dual_usage_ratios", {})))
     cols = max(1, len(families)) + bool(pairs)
     fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols, 4), squeeze=False)
     if pairs:
@@ -249,20 +256,29 @@ def plot(rows: list[dict], fits: dict, full: float, path: Path) -> None:
 
 
 def usage_panel(ax, rows: list[dict], pairs: list[str]) -> None:
-    """The dual's bridge usage over each baseline's by rung, with the seeds' 95% intervals (log scales)."""
+    """The dual's bridge usage over each baseline's by rung, with the seeds' 95% intervals (log scales); a rung without
+    a ratio (a usage of 0) is left out."""
+    drawn = False
     for key in pairs:
-        pts = [(r["parameters"]["dual"], r["usage_ratios"][key]) for r in rows
-               if key in r.get("usage_ratios", {}) and "dual" in r["parameters"]]
+        pts = [(r["parameters"]["dual"], r["dual_usage_ratios"][key]) for r in rows
+               if key in r.get("dual_usage_ratios", {}) and "dual" in r["parameters"]
+               and np.isfinite(r["dual_usage_ratios"][key]["ratio"])]
+        if not pts:
+            continue
         xs, ys = [p for p, _ in pts], [u["ratio"] for _, u in pts]
         err = [[u["ratio"] - u.get("lo", u["ratio"]) for _, u in pts],
                [u.get("hi", u["ratio"]) - u["ratio"] for _, u in pts]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=key)
+        drawn = True
+    ax.set_title("how much of its motion the dual reads, by rung")
+    if not drawn:
+        ax.text(0.5, 0.5, "no usage ratio (a usage of 0)", ha="center", va="center", transform=ax.transAxes)
+        return
     ax.axhline(1, color="gray", lw=0.6)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("dual's parameters")
     ax.set_ylabel("dual's usage / baseline's")
-    ax.set_title("how much of its motion the dual reads, by rung")
     ax.legend(fontsize=6)
 
 
@@ -285,16 +301,17 @@ def markdown(rows: list[dict], fits: dict, full: float, usage_fits: dict) -> str
                            for n in BRIDGED]] for r in rows]
     opening = [[r["rung"], n, ", ".join(f"{st}: {f(x, 4)}" for st, x in sorted(c.items()))]
                for r in rows for n, c in r.get("bridge_usage_curve", {}).items()]
-    pairs = list(dict.fromkeys(k for r in rows for k in r.get("usage_ratios", {})))
+    pairs = list(dict.fromkeys(k for r in rows for k in r.get("dual_usage_ratios", {})))
 
     def ratio(x: dict | None) -> str:
-        return "-" if not x else f"{x['ratio']:.3f}" + (f" [{x['lo']:.3f}, {x['hi']:.3f}]" if "lo" in x else "")
+        return "-" if not x else f"{x['ratio']:.3g}" + (f" [{x['lo']:.3g}, {x['hi']:.3g}]" if "lo" in x else "")
 
-    ratios = [[r["rung"], *[ratio(r.get("usage_ratios", {}).get(k)) for k in pairs]] for r in rows]
-    ratio_fits = [[k, f"x{t['factor_per_decade'][0]:.2f} [x{t['factor_per_decade'][1]:.2f}, "
-                      f"x{t['factor_per_decade'][2]:.2f}]", str(t["points"]),
-                   "{:.3g} [{:.3g}, {:.3g}]".format(*t["extrapolation_to_full"])]
-                  for k, t in usage_fits.items() if t["fit"]]
+    ratios = [[r["rung"], *[ratio(r.get("dual_usage_ratios", {}).get(k)) for k in pairs]] for r in rows]
+    ratio_fits = [[k, f"x{t['factor_per_decade'][0]:.3g} [x{t['factor_per_decade'][1]:.3g}, "
+                      f"x{t['factor_per_decade'][2]:.3g}]" if t["fit"] else "-", str(t["points"]),
+                   "{:.3g} [{:.3g}, {:.3g}]".format(*t["extrapolation_to_full"]) if t["fit"] else
+                   "- (fewer than two rungs with an interval over seeds: two seeds or more, usage above 0)"]
+                  for k, t in usage_fits.items()]
     levels = sorted({lv for r in rows for c in r.get("bridge_usage_by_struct_sigma", {}).values() for lv in c})
     by_sigma = [[r["rung"], n, *[f(c.get(lv), 4) for lv in levels]]
                 for r in rows for n, c in r.get("bridge_usage_by_struct_sigma", {}).items()]
@@ -345,14 +362,14 @@ seed 0's clip-level verdicts.
 
 {R.md_table(usage, ["rung", *BRIDGED])}
 
-The dual's usage over a baseline's, per seed (the geometric mean of the seed-paired ratios, 95% interval over seeds;
-a mechanism, not a verdict), and its line on log10 of dual's parameters (a factor per decade; carried to the full
-preset, an extrapolation):
+The dual's usage over a baseline's, per rung over its seeds (the geometric mean of the seed-paired ratios, 95%
+interval; a mechanism, not a verdict), and its line on log10 of dual's parameters (a factor per decade, over the rungs
+used; carried to the full preset, an extrapolation):
 
 {R.md_table(ratios, ["rung", *pairs]) if pairs else "(no usage in the reports)"}
 
-{R.md_table(ratio_fits, ["ratio", "factor per decade [95%]", "rungs", "at full [95%] (extrapolated)"]) if ratio_fits
- else "(no line: fewer than two rungs)"}
+{R.md_table(ratio_fits, ["ratio", "factor per decade [95%]", "rungs used", "at full [95%] (extrapolated)"])
+ if ratio_fits else "(no line: no ratio in the reports)"}
 
 Over training (learning-curve points; the smaller evaluation's windows):
 

@@ -81,14 +81,18 @@ def paired(question: str, metric: str, a, b, higher_is_better: bool, sesoi: floa
 def ratio_over_seeds(a, b, level: float = 0.95) -> dict:
     """A over B per seed, summarised as the geometric mean of the seed-paired ratios with its t interval on the log
     scale (two seeds or more): for a positive quantity that changes by factors (bridge usage), where a difference of
-    means would be set by the largest seed. A seed where either is 0 (a bridge gate never opened) leaves no ratio:
-    all nan."""
+    means would be set by the largest seed. A seed where either is 0 or not finite (a bridge gate that never opened)
+    has no ratio (nan in `per_seed`), and then neither has the summary: `usable` counts the seeds that have one."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if not (np.all(a > 0) and np.all(b > 0)):
-        return {"ratio": float("nan"), "per_seed": [float("nan")] * len(a), "n": len(a), "log_mean": float("nan")}
-    logs = np.log(a / b)
-    out = {"ratio": float(np.exp(logs.mean())), "per_seed": np.exp(logs).tolist(), "n": len(logs),
-           "log_mean": float(logs.mean())}
+    ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
+    per = np.full(len(a), np.nan)
+    per[ok] = a[ok] / b[ok]
+    out = {"ratio": float("nan"), "per_seed": per.tolist(), "n": len(a), "usable": int(ok.sum()),
+           "log_mean": float("nan")}
+    if not ok.all():
+        return out
+    logs = np.log(per)
+    out |= {"ratio": float(np.exp(logs.mean())), "log_mean": float(logs.mean())}
     if len(logs) > 1:
         se = float(logs.std(ddof=1) / np.sqrt(len(logs)))
         half = float(stats.t.ppf(0.5 + level / 2, len(logs) - 1)) * se

@@ -68,8 +68,8 @@ def bridge_tables(results: dict, usage: dict, ratios: dict) -> dict:
     """Seed 0's usage and gate with every seed's usage; each question's usage ratio over seeds."""
     rows = [[n, f"{r['bridge_usage']['velocity_change']:.4f}", f"{r['bridge_usage']['gate_abs']:.4f}",
              ", ".join(f"{x:.4f}" for x in usage.get(n, []))] for n, r in results.items() if r.get("bridge_usage")]
-    rat = [[q, f"{r['ratio']:.2f}" + (f" [{r['lo']:.2f}, {r['hi']:.2f}]" if "lo" in r else ""),
-            ", ".join(f"{x:.2f}" for x in r["per_seed"])] for q, r in ratios.items()]
+    rat = [[q, f"{r['ratio']:.3g}" + (f" [{r['lo']:.3g}, {r['hi']:.3g}]" if "lo" in r else ""),
+            ", ".join(f"{x:.3g}" for x in r["per_seed"])] for q, r in ratios.items()]
     return {"bridge_table": R.md_table(rows, ["variant", "velocity change", "mean abs(gate)",
                                               "velocity change, each seed"]),
             "bridge_ratio_table": R.md_table(rat, ["question (A beats B)", "A's usage / B's [95% interval]",
