@@ -303,10 +303,7 @@ def markdown(rows: list[dict], fits: dict, full: float, usage_fits: dict) -> str
                for r in rows for n, c in r.get("bridge_usage_curve", {}).items()]
     pairs = list(dict.fromkeys(k for r in rows for k in r.get("dual_usage_ratios", {})))
 
-    def ratio(x: dict | None) -> str:
-        return "-" if not x else f"{x['ratio']:.3g}" + (f" [{x['lo']:.3g}, {x['hi']:.3g}]" if "lo" in x else "")
-
-    ratios = [[r["rung"], *[ratio(r.get("dual_usage_ratios", {}).get(k)) for k in pairs]] for r in rows]
+    ratios = [[r["rung"], *[R.fmt_ratio(r.get("dual_usage_ratios", {}).get(k)) for k in pairs]] for r in rows]
     ratio_fits = [[k, f"x{t['factor_per_decade'][0]:.3g} [x{t['factor_per_decade'][1]:.3g}, "
                       f"x{t['factor_per_decade'][2]:.3g}]" if t["fit"] else "-", str(t["points"]),
                    "{:.3g} [{:.3g}, {:.3g}]".format(*t["extrapolation_to_full"]) if t["fit"] else

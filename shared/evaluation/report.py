@@ -122,6 +122,13 @@ def fmt_ci(d: dict, digits: int = 3) -> str:
     return f"{d['mean']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
 
 
+def fmt_ratio(r: dict | None) -> str:
+    """A ratio over seeds (`verdicts.ratio_over_seeds`): 3 significant digits, its interval where it has one."""
+    if not r:
+        return "-"
+    return f"{r['ratio']:.3g}" + (f" [{r['lo']:.3g}, {r['hi']:.3g}]" if "lo" in r else "")
+
+
 def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], path: Path, log: tuple[str, ...] = ()) -> None:
     """curves[variant][metric][step] = one value per seed: the seed mean against the optimiser step, the band
     spanning the seeds' range, one panel per metric; the metrics in `log` on a log scale."""

@@ -39,20 +39,18 @@ def scale_record(cfgs: dict, by_seed: list, clip_frames: int) -> dict:
         if name == "real":
             continue
         rows = {f.metric: [seed_value(res[name], f.metric) for res, _ in by_seed] for f in FAMILIES.values()}
-        usage = [res[name].get("bridge_usage") for res, _ in by_seed]
-        if all(u is not None for u in usage):
-            rows["bridge_velocity_change"] = [u["velocity_change"] for u in usage]
-            rows["bridge_gate"] = [u["gate_abs"] for u in usage]
+        rows |= bridge_per_seed(by_seed).get(name, {})
         rows["heldout_video"] = [res[name]["heldout_loss"]["video"]["mean"] for res, _ in by_seed]
         per_seed[name] = rows
     return {"sizes": sizes, "per_seed": per_seed}
 
 
-def usage_per_seed(by_seed: list) -> dict[str, list[float]]:
-    """Each variant's bridge usage (the video velocity's change under a motion swap) in every seed, for the variants
-    that read a motion stream."""
+def bridge_per_seed(by_seed: list) -> dict[str, dict[str, list[float]]]:
+    """Each variant that reads a motion stream: its bridge usage (the video velocity's change under a motion swap) and
+    mean bridge gate in every seed."""
     usage = {n: [res[n].get("bridge_usage") for res, _ in by_seed] for n in by_seed[0][0] if n != "real"}
-    return {n: [x["velocity_change"] for x in u] for n, u in usage.items() if all(x is not None for x in u)}
+    return {n: {"bridge_velocity_change": [x["velocity_change"] for x in u], "bridge_gate": [x["gate_abs"] for x in u]}
+            for n, u in usage.items() if all(x is not None for x in u)}
 
 
 def usage_ratios(usage: dict[str, list[float]]) -> dict[str, dict]:
@@ -68,8 +66,7 @@ def bridge_tables(results: dict, usage: dict, ratios: dict) -> dict:
     """Seed 0's usage and gate with every seed's usage; each question's usage ratio over seeds."""
     rows = [[n, f"{r['bridge_usage']['velocity_change']:.4f}", f"{r['bridge_usage']['gate_abs']:.4f}",
              ", ".join(f"{x:.4f}" for x in usage.get(n, []))] for n, r in results.items() if r.get("bridge_usage")]
-    rat = [[q, f"{r['ratio']:.3g}" + (f" [{r['lo']:.3g}, {r['hi']:.3g}]" if "lo" in r else ""),
-            ", ".join(f"{x:.3g}" for x in r["per_seed"])] for q, r in ratios.items()]
+    rat = [[q, R.fmt_ratio(r), ", ".join(f"{x:.3g}" for x in r["per_seed"])] for q, r in ratios.items()]
     return {"bridge_table": R.md_table(rows, ["variant", "velocity change", "mean abs(gate)",
                                               "velocity change, each seed"]),
             "bridge_ratio_table": R.md_table(rat, ["question (A beats B)", "A's usage / B's [95% interval]",
@@ -200,7 +197,7 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
     plot(out, results, histories, curves, clip_frames)
     samples = write_samples(out, results, clips, data["ae"])
     names = [n for n in results if n != "real"]
-    usage = usage_per_seed(by_seed)
+    usage = {n: b["bridge_velocity_change"] for n, b in bridge_per_seed(by_seed).items()}
     ratios = usage_ratios(usage)
     h3 = verdicts[H3]["evidence"]["seeds"]
     h3_rows = [[str(s.seed + k), str(x["finite"]), str(len(x["spikes"])),
