@@ -108,10 +108,8 @@ def dual_usage_trends(rows: list[dict], full: float) -> dict[str, dict]:
     seeds of a rung less one degrees of freedom, not the normal: each rung's error comes from 3-5 seeds."""
     out = {}
     for key in dict.fromkeys(k for r in rows for k in r["dual_usage_ratios"]):
-        used = [(r["parameters"]["dual"], r["dual_usage_ratios"][key]) for r in rows
-                if key in r["dual_usage_ratios"] and "dual" in r["parameters"]
-                and np.isfinite(r["dual_usage_ratios"][key].get("log_se", float("nan")))
-                and r["dual_usage_ratios"][key]["log_se"] > 0]
+        used = [(r["parameters"]["dual"], u) for r in rows
+                if "dual" in r["parameters"] and (u := r["dual_usage_ratios"].get(key)) and u.get("log_se", 0) > 0]
         fit = fit_trend(*zip(*[(p, u["log_mean"] / math.log(10), u["log_se"] / math.log(10)) for p, u in used])) \
             if len(used) >= 2 else None
         if fit is None:
