@@ -68,6 +68,10 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
             # (the alignment term is 0 on a step whose samples all drew a clean struct: it reads noised frames)
             assert {"sync", "align"} <= set(alone["history"][0]) and max(h["align"] for h in alone["history"]) > 0
         assert set(batched[k].snapshots) == {2}
+    # where the call's time went: every part measured, the steps' parts in order (5 steps: none past the 10th)
+    t = batched[0].timing
+    assert set(t) == {"setup_s", "first_steps_s", "steady_s", "results_s"} and min(t.values()) >= 0
+    assert t["steady_s"] == 0 and t["first_steps_s"] > 0
     # the seeds really differ (their own init, data order and noise)
     a, b = (r.ema.state_dict() for r in batched)
     assert any(not torch.allclose(a[n], b[n]) for n in a)
@@ -211,15 +215,25 @@ def test_the_seed_ops_fused_adamw_steps_as_foreach_adamw(cache, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
-def test_graphed_bf16_true_steps_follow_the_eager_ones_on_cuda(cache):
+@pytest.mark.parametrize("remedies", [False, True], ids=["dual", "dual with every remedy"])
+def test_graphed_bf16_true_steps_follow_the_eager_ones_on_cuda(cache, tmp_path, remedies):
     """The ladder's step on a GPU: bf16-true with the seed ops (fused AdamW, its learning rate on the device, the
     in-place clip), replayed as one CUDA graph from step 3 on, gives what the same trainer computes stepping eagerly:
-    the capture alone is compared (only the attention backward's atomics may differ)."""
+    the capture alone is compared (only the attention backward's atomics may differ). With every remedy too (the
+    frozen sync expert, the alignment head, the per-sample masks drawn inside the graph): the remedies' runs at the top
+    rung take this path, and their first GPU try failed on a path no CPU test takes (RESULTS.md, "A fault found on
+    the GPU")."""
     from shared.training.seeds import SeedTrainer, window_tensors
 
     cfg = C.override(C.get_preset("tiny"), {"train.steps": 8, "launch.accelerator": "cuda",
-                                            "launch.precision": "bf16-true"})
-    data = window_tensors(WindowDataset(cache, frames=cfg.clip_frames, stride=4), "cuda")
+                                            "launch.precision": "bf16-true",
+                                            **(_remedies(tmp_path) if remedies else {})})
+    ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    if remedies:  # the same cache's motion as the alignment target, as in the batched-equals-alone test
+        from shared.data.cache import AlignedWindows
+
+        ds = AlignedWindows(ds, WindowDataset(cache, frames=cfg.clip_frames, stride=4))
+    data = window_tensors(ds, "cuda")
     runs, trainers = [], []
     for graphed in (False, True):
         t = SeedTrainer(cfg, [_make(cfg)(s) for s in (3, 7)], [3, 7], data, "cuda", graphs=True)

@@ -100,12 +100,17 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
     with Progress(console=con) as bar:
         tasks = [bar.add_task(v.name, total=s.train_steps) for v in names]
         results = fit_together(jobs, progress=progress)
+    t_save = time.perf_counter()
     for v, per_seed in zip(names, results):
         for k, run in enumerate(per_seed):
             save_run(run, cfgs[k][v.name], seed_dir(out, v.name, k), data, metas[v.struct])
             models[k][v.name], hists[k][v.name] = run.ema or run.model, run.history
             snaps[k][v.name] = {st: w for st, w in run.snapshots.items()}
+    t = results[0][0].timing
     con.print(f"trained {len(jobs)} variant(s) x {s.seeds} seed(s) x {s.train_steps} steps: "
-              f"{results[0][0].steady_steps_s:.1f} lockstep rounds/s after warm-up")
+              f"{results[0][0].steady_steps_s:.1f} lockstep rounds/s after warm-up; set-up (models built, data on "
+              f"the device) {t['setup_s']:.1f} s, steps 1-10 (warm-up; on a GPU the CUDA-graph capture) "
+              f"{t['first_steps_s']:.1f} s, the rest {t['steady_s']:.1f} s, models rebuilt {t['results_s']:.1f} s, "
+              f"saved {time.perf_counter() - t_save:.1f} s")
     return models, hists, snaps, False
 

@@ -56,6 +56,10 @@ class SeedRun:
     seconds: float = 0.0
     steady_steps_s: float = float("nan")
     """Optimiser steps per second (all seeds together) after the first 10 steps (warm-up and capture)."""
+    timing: dict = field(default_factory=dict)
+    """Where the call's seconds went (every job's together): "setup_s" (models built, data on the device),
+    "first_steps_s" (steps 1-10: eager, then the CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's
+    trained and EMA models rebuilt from the buffers)."""
 
 
 LOW_PRECISION = {"bf16-true": torch.bfloat16}
@@ -337,6 +341,7 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     dev = device or (lc.accelerator if lc.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     tensors: dict[int, dict] = {}
     trainers = []
+    t_setup = time.perf_counter()
     for job in jobs:
         data = tensors.setdefault(id(job.dataset), window_tensors(job.dataset, dev))
         trainers.append(SeedTrainer(job.cfg, [job.make_model(seed) for seed in job.seeds], job.seeds, data, dev,
@@ -364,9 +369,16 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                 if step + 1 in job.snapshot_at:
                     snaps[i][step + 1] = [tr.weights(k) for k in range(len(job.seeds))]
     sync(dev)
-    seconds = time.perf_counter() - t0
-    rate = (jobs[0].cfg.train.steps - 10) / (time.perf_counter() - steady) if steady is not None else float("nan")
-    return [results(job, tr, logged[i], snaps[i], seconds, rate, dev) for i, (job, tr) in enumerate(zip(jobs, trainers))]
+    t_end = time.perf_counter()
+    seconds = t_end - t0
+    rate = (jobs[0].cfg.train.steps - 10) / (t_end - steady) if steady is not None else float("nan")
+    runs = [results(job, tr, logged[i], snaps[i], seconds, rate, dev)
+            for i, (job, tr) in enumerate(zip(jobs, trainers))]
+    timing = {"setup_s": t0 - t_setup, "first_steps_s": (steady or t_end) - t0,
+              "steady_s": t_end - steady if steady is not None else 0.0, "results_s": time.perf_counter() - t_end}
+    for run in (r for per_seed in runs for r in per_seed):
+        run.timing = timing
+    return runs
 
 
 def results(job: SeedJob, tr: SeedTrainer, logged: list, snaps: dict, seconds: float, rate: float,
