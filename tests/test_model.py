@@ -33,6 +33,21 @@ def test_shapes(mode):
         assert vs is None
 
 
+def test_a_model_from_weights_is_the_model_and_draws_no_random_numbers(mode):
+    """`DualForce.from_weights` (trained models rebuilt from buffers, snapshots read back) gives the same network as
+    building one and loading the weights, without the initialisation they replace."""
+    model = tiny_model(mode).eval()
+    inp = tiny_inputs(model)
+    state = torch.random.get_rng_state()
+    again = DualForce.from_weights(model.cfg, model.state_dict()).eval()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    for a, b in zip(run(model, inp), run(again, inp)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="Missing key"):  # a partial state dict is refused, never left empty
+        DualForce.from_weights(model.cfg, dict(list(model.state_dict().items())[1:]))
+
+
 @pytest.mark.parametrize("t", [0, 2, 4])
 @pytest.mark.parametrize("what", ["video", "struct", "audio"])
 def test_causality(mode, what, t):

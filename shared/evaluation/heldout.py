@@ -188,9 +188,7 @@ def learning_curve(curves: dict, variants, models, snaps, cfgs, held: Heldout, p
             if step == final_step:
                 at[name] = models[name]
             elif step in snaps.get(name, {}):
-                m = DualForce(cfgs[name].model)
-                m.load_state_dict(snaps[name][step])
-                at[name] = m.to(device).eval()
+                at[name] = DualForce.from_weights(cfgs[name].model, snaps[name][step], device).eval()
         res, _ = evaluate(variants, at, cfgs, held, probe, codec, dims, 1, clip_frames, device, seed, light=True)
         for name, r in res.items():
             if name == "real":

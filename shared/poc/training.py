@@ -50,11 +50,10 @@ def save_run(run, cfg: C.Config, vdir: Path, data: dict, meta) -> None:
 
 def load_run(cfg: C.Config, vdir: Path, device: str) -> tuple[torch.nn.Module, list, dict]:
     """(EMA model, history, {step: snapshot weights}) of a saved seed run."""
-    model = DualForce(cfg.model)
-    model.load_state_dict(runs.load_weights(vdir)[0])
+    model = DualForce.from_weights(cfg.model, runs.load_weights(vdir)[0], device)
     snaps = {int(p.stem.split("_")[1]): torch.load(p, map_location="cpu", weights_only=True)
              for p in sorted(vdir.glob("snapshot_*.pt"))}
-    return model.to(device).eval(), json.loads((vdir / "history.json").read_text()), snaps
+    return model.eval(), json.loads((vdir / "history.json").read_text()), snaps
 
 
 def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Settings, retrain: bool, con,
