@@ -149,6 +149,7 @@ def test_quick_end_to_end(tmp_path):
     rep2 = json.loads((run / "report.json").read_text())
     reused = {"data: SynthTalk -> tiny-ae -> cache", "probes", "train: 6 variants x 1 seed(s), side by side"}
     assert set(rep2["phases_reused"]) == reused  # listed with the time they took when they ran, not 0.0 s
+    assert rep2["probe_accuracy"] == rep["probe_accuracy"]  # read back as computed (float32), rounded the same way
     assert all(rep2["phase_seconds"][k] == rep["phase_seconds"][k] > 0 for k in reused)
     assert "reused: the time it took when it ran" in (run / "report.md").read_text()
     assert "training tiny-ae" in res.stdout and "training tiny-ae" not in res2.stdout

@@ -130,7 +130,8 @@ def build_probe(s: Settings, data: dict, device: str, con) -> tuple:
     # validation clips, never on the test clips (their R^2 is reported beside); kept beside the probe
     saved = path.with_name("probe_r2.json")
     if reused and saved.exists():
-        m_r2, i_r2, t_m_r2, t_i_r2 = map(np.array, json.loads(saved.read_text()))
+        # float32, as computed: a re-run's report then rounds them exactly as the first run's did
+        m_r2, i_r2, t_m_r2, t_i_r2 = (np.array(x, dtype=np.float32) for x in json.loads(saved.read_text()))
     else:
         (m_r2, i_r2), (t_m_r2, t_i_r2) = held_out_r2("val"), held_out_r2("eval")
         saved.write_text(json.dumps([x.tolist() for x in (m_r2, i_r2, t_m_r2, t_i_r2)]))
