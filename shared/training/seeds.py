@@ -59,7 +59,7 @@ class SeedRun:
     timing: dict = field(default_factory=dict)
     """Where the call's seconds went (every job's together): "setup_s" (models built, data on the device),
     "first_steps_s" (steps 1-10: eager, then the CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's
-    trained and EMA models rebuilt from the buffers)."""
+    trained and EMA models rebuilt from the buffers, its history read to the host)."""
 
 
 LOW_PRECISION = {"bf16-true": torch.bfloat16}
@@ -315,6 +315,8 @@ class SeedJob:
 
     cfg: Config
     make_model: Callable[[int], torch.nn.Module]
+    """seed -> a freshly initialised model; also called under `torch.device("meta")` to rebuild trained models (no
+    file reads, no `.to()` inside)."""
     dataset: object
     seeds: list[int]
     snapshot_at: tuple[int, ...] = ()
@@ -371,7 +373,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     sync(dev)
     t_end = time.perf_counter()
     seconds = t_end - t0
-    rate = (jobs[0].cfg.train.steps - 10) / (t_end - steady) if steady is not None else float("nan")
+    # every round from step 10 to the longest job's end (the rounds a shorter job sits out are still rounds)
+    rate = (max(j.cfg.train.steps for j in jobs) - 10) / (t_end - steady) if steady is not None else float("nan")
     runs = [results(job, tr, logged[i], snaps[i], seconds, rate, dev)
             for i, (job, tr) in enumerate(zip(jobs, trainers))]
     timing = {"setup_s": t0 - t_setup, "first_steps_s": (steady or t_end) - t0,
