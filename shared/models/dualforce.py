@@ -9,6 +9,7 @@ streaming), so training clips and the streaming window present the model with th
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -91,6 +92,17 @@ class Frames(NamedTuple):
     overlap: _Overlap
 
 
+def holding(make: Callable[[], nn.Module], weights: dict, device: torch.device | str = "cpu") -> nn.Module:
+    """`make()`'s model holding `weights` (a full state dict; a partial one is refused), built on the meta device: no
+    initialisation that the weights would replace (~0.6 s of the CPU's random numbers per 92 M parameters, rung l's
+    dual) and no draw from the global generator (`make` may seed it)."""
+    with torch.device("meta"):
+        model = make()
+    model = model.to_empty(device=device)
+    model.load_state_dict(weights)
+    return model
+
+
 class DualForce(nn.Module):
     """The two towers and the bridge (see the module docstring). The inputs of `forward`:
 
@@ -128,14 +140,8 @@ class DualForce(nn.Module):
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, weights: dict, device: torch.device | str = "cpu") -> DualForce:
-        """A model holding `weights` (a full state dict), built on the meta device: no initialisation that the
-        weights would replace (~0.7 s of the CPU's random numbers per 92 M parameters, rung l's dual), and no draw
-        from the global generator."""
-        with torch.device("meta"):
-            model = cls(cfg)
-        model = model.to_empty(device=device)
-        model.load_state_dict(weights)
-        return model
+        """A model holding `weights` (a full state dict), without the initialisation they replace (`holding`)."""
+        return holding(lambda: cls(cfg), weights, device)
 
     def align(self, struct0: torch.Tensor) -> torch.Tensor:
         """The explicit motion [..., align_dim] read off a (denoised) motion latent [..., struct_dim] by the alignment

@@ -31,6 +31,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..config import Config
 from ..diffusion import Batch, Draws, draw, flow_loss
 from ..models.attention import use_seed_attention
+from ..models.dualforce import holding
 from ..models.norms import use_lean_norms
 from ..models.seed_batched import SeedLinears
 from .batches import StepBatches
@@ -384,28 +385,18 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     return runs
 
 
-def _rebuilt(job: SeedJob, seed: int, weights: dict, dev) -> torch.nn.Module:
-    """The job's model holding `weights`, built on the meta device: an initialisation the weights replace would cost
-    ~0.7 s of the CPU's random numbers per 92 M parameters (36 models at rung l). The global generator is seeded
-    (`make_model`) but draws nothing here; every later draw of a run has its own seed (the quick run's golden checks
-    that the numbers stay the same)."""
-    with torch.device("meta"):
-        model = job.make_model(seed)
-    model = model.to_empty(device=dev)
-    model.load_state_dict(weights)
-    return model
-
-
 def results(job: SeedJob, tr: SeedTrainer, logged: list, snaps: dict, seconds: float, rate: float,
             dev) -> list[SeedRun]:
     """Each seed's history, trained model and EMA model."""
     runs = []
     for k, seed in enumerate(job.seeds):
         hist = [{"step": st, "lr": lr, **{n: float(v[k]) for n, v in o.items() if n != "bad"}} for st, lr, o in logged]
-        model = _rebuilt(job, seed, tr.weights(k, ema=False), dev)
+        # rebuilt without an initialisation (36 models at rung l); no later draw of a run reads the global
+        # generator unseeded, so the numbers stay the same (the quick run's golden)
+        model = holding(lambda: job.make_model(seed), tr.weights(k, ema=False), dev)
         ema = None
         if tr.ema is not None:
-            ema = _rebuilt(job, seed, tr.weights(k), dev).eval().requires_grad_(False)
+            ema = holding(lambda: job.make_model(seed), tr.weights(k), dev).eval().requires_grad_(False)
         runs.append(SeedRun(seed, hist, model.eval(), ema, {st: w[k] for st, w in snaps.items()}, int(tr.skipped[k]),
                             seconds, rate))
         if runs[-1].skipped or any(not math.isfinite(h["loss"]) for h in hist):  # never silent
