@@ -71,6 +71,21 @@ def test_windows_and_workers(tmp_path):
         WindowDataset(path, frames=64)
 
 
+def test_stacked_windows_read_each_clip_once_and_equal_the_windows_one_by_one(tmp_path, monkeypatch):
+    """`WindowDataset.stacked` (the lockstep trainer's windows on the device) gives exactly the tensors of stacking
+    every window, for clips with and without audio, with one read per clip."""
+    path = tmp_path / "c.h5"
+    _write(path)
+    ds = WindowDataset(path, frames=16, stride=4)
+    want = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ds[0]}
+    reads = []
+    read = ds.reader.read
+    monkeypatch.setattr(ds.reader, "read", lambda *a, **k: reads.append(a) or read(*a, **k))
+    got = ds.stacked()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert len(reads) == 3 and got["has_audio"].tolist().count(False) == len(ds) // 3
+
+
 def test_killed_writer_leaves_no_valid_cache_and_resumes(tmp_path):
     path = tmp_path / "c.h5"
     script = textwrap.dedent(f"""

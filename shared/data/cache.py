@@ -321,7 +321,24 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         name, start = self.index[i]
-        d = self.reader.read(name, start, self.frames)
+        return self._window(self.reader.read(name, start, self.frames))
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Every window stacked ([N, ...] per field), each clip read once and its windows sliced in memory: the same
+        tensors as stacking `self[i]` for every i, without one HDF5 read per field per window (~1.7 ms a window on
+        the 2-core CPU; rung l has ~13,400)."""
+        items, clip, whole = [], None, None
+        for name, start in self.index:
+            if name != clip:
+                clip, whole = name, self.reader.read(name)
+            d = dict(whole, video=whole["video"][start:start + self.frames],
+                     struct=whole["struct"][start:start + self.frames],
+                     audio=None if whole["audio"] is None else whole["audio"][2 * start:2 * (start + self.frames)])
+            items.append(self._window(d))
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    def _window(self, d: dict) -> dict[str, torch.Tensor]:
+        """One window's tensors from its clip's arrays (`CacheReader.read` of its frames)."""
         video = np.concatenate([d["ref_video"][None], d["video"]]).astype(np.float32)
         struct = np.concatenate([d["ref_struct"][None], d["struct"]]).astype(np.float32)
         a_dim = self.reader.meta.audio_dim
