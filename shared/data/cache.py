@@ -273,13 +273,10 @@ class CacheReader:
 
     def read(self, name: str, start: int = 0, frames: int | None = None) -> dict[str, np.ndarray | bool]:
         g = self._h5()["clips"][name]
-        stop = g["video"].shape[0] if frames is None else start + frames
         has_audio = bool(g.attrs["has_audio"])
-        return {
-            "video": g["video"][start:stop], "struct": g["struct"][start:stop],
-            "audio": g["audio"][2 * start : 2 * stop] if has_audio else None,
-            "ref_video": g["ref_video"][()], "ref_struct": g["ref_struct"][()], "has_audio": has_audio,
-        }
+        whole = {"video": g["video"], "struct": g["struct"], "audio": g["audio"] if has_audio else None,
+                 "ref_video": g["ref_video"][()], "ref_struct": g["ref_struct"][()], "has_audio": has_audio}
+        return frames_of(whole, start, frames)
 
     def attrs(self, name: str) -> dict:
         """A clip's attributes (source file, start frame, ...)."""
@@ -300,6 +297,14 @@ class CacheReader:
         d = dict(self.__dict__)
         d["_f"] = None
         return d
+
+
+def frames_of(clip: dict, start: int = 0, frames: int | None = None) -> dict:
+    """Frames start..start+frames (all from start when None) of a clip's fields (HDF5 datasets or arrays): video and
+    struct one row a frame, audio two (50 Hz); the reference frame and has_audio as they are."""
+    stop = len(clip["video"]) if frames is None else start + frames
+    return dict(clip, video=clip["video"][start:stop], struct=clip["struct"][start:stop],
+                audio=None if clip["audio"] is None else clip["audio"][2 * start:2 * stop])
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -331,10 +336,7 @@ class WindowDataset(torch.utils.data.Dataset):
         for name, start in self.index:
             if name != clip:
                 clip, whole = name, self.reader.read(name)
-            d = dict(whole, video=whole["video"][start:start + self.frames],
-                     struct=whole["struct"][start:start + self.frames],
-                     audio=None if whole["audio"] is None else whole["audio"][2 * start:2 * (start + self.frames)])
-            items.append(self._window(d))
+            items.append(self._window(frames_of(whole, start, self.frames)))
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
     def _window(self, d: dict) -> dict[str, torch.Tensor]:
