@@ -391,8 +391,10 @@ def results(job: SeedJob, tr: SeedTrainer, logged: list, snaps: dict, seconds: f
             dev) -> list[SeedRun]:
     """Each seed's history, trained model and EMA model."""
     runs = []
+    logged = [(st, lr, {n: [float(x) for x in v.tolist()] for n, v in o.items() if n != "bad"})  # one read each
+              for st, lr, o in logged]
     for k, seed in enumerate(job.seeds):
-        hist = [{"step": st, "lr": lr, **{n: float(v[k]) for n, v in o.items() if n != "bad"}} for st, lr, o in logged]
+        hist = [{"step": st, "lr": lr, **{n: v[k] for n, v in o.items()}} for st, lr, o in logged]
         # rebuilt without an initialisation (36 models at rung l); no later draw of a run reads the global
         # generator unseeded, so the numbers stay the same (the quick run's golden)
         model = holding(lambda: job.make_model(seed), tr.weights(k, ema=False), dev)
