@@ -70,7 +70,8 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
         assert set(batched[k].snapshots) == {2}
     # where the call's time went: every part measured, the steps' parts in order (5 steps: none past the 10th)
     t = batched[0].timing
-    assert set(t) == {"setup_s", "first_steps_s", "steady_s", "results_s"} and min(t.values()) >= 0
+    assert set(t) == {"setup_s", "setup_data_s", "setup_init_s", "first_steps_s", "steady_s", "results_s"}
+    assert min(t.values()) >= 0 and t["setup_data_s"] + t["setup_init_s"] <= t["setup_s"]
     assert t["steady_s"] == 0 and t["first_steps_s"] > 0
     # the seeds really differ (their own init, data order and noise)
     a, b = (r.ema.state_dict() for r in batched)

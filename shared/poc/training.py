@@ -107,8 +107,9 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
             snaps[k][v.name] = {st: w for st, w in run.snapshots.items()}
     t = results[0][0].timing
     con.print(f"trained {len(jobs)} variant(s) x {s.seeds} seed(s) x {s.train_steps} steps: "
-              f"{results[0][0].steady_steps_s:.1f} lockstep rounds/s after warm-up; set-up (models built, data on "
-              f"the device) {t['setup_s']:.1f} s, steps 1-10 (warm-up; on a GPU the CUDA-graph capture) "
+              f"{results[0][0].steady_steps_s:.1f} lockstep rounds/s after warm-up; set-up {t['setup_s']:.1f} s "
+              f"(windows on the device {t['setup_data_s']:.1f} s, models initialised {t['setup_init_s']:.1f} s, the "
+              f"rest the trainers), steps 1-10 (warm-up; on a GPU the CUDA-graph capture) "
               f"{t['first_steps_s']:.1f} s, the rest {t['steady_s']:.1f} s, models rebuilt and histories read "
               f"{t['results_s']:.1f} s, saved {time.perf_counter() - t_save:.1f} s")
     return models, hists, snaps, False

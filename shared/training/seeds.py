@@ -58,8 +58,10 @@ class SeedRun:
     steady_steps_s: float = float("nan")
     """Optimiser steps per second (all seeds together) after the first 10 steps (warm-up and capture)."""
     timing: dict = field(default_factory=dict)
-    """Where the call's seconds went (every job's together): "setup_s" (models built, data on the device),
-    "first_steps_s" (steps 1-10: eager, then the CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's
+    """Where the call's seconds went (every job's together): "setup_s" (models built, data on the device; of it
+    "setup_data_s" the training windows stacked on the device and "setup_init_s" the models initialised on the host,
+    the rest the trainers: weights stacked on the device, optimisers), "first_steps_s" (steps 1-10: eager, then the
+    CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's
     trained and EMA models rebuilt from the buffers, its history read to the host)."""
 
 
@@ -347,10 +349,16 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     tensors: dict[int, dict] = {}
     trainers = []
     t_setup = time.perf_counter()
+    t_data = t_init = 0.0
     for job in jobs:
-        data = tensors.setdefault(id(job.dataset), window_tensors(job.dataset, dev))
-        trainers.append(SeedTrainer(job.cfg, [job.make_model(seed) for seed in job.seeds], job.seeds, data, dev,
-                                    graphs))
+        t = time.perf_counter()
+        if id(job.dataset) not in tensors:
+            tensors[id(job.dataset)] = window_tensors(job.dataset, dev)
+        t_data += time.perf_counter() - t
+        t = time.perf_counter()
+        models = [job.make_model(seed) for seed in job.seeds]
+        t_init += time.perf_counter() - t
+        trainers.append(SeedTrainer(job.cfg, models, job.seeds, tensors[id(job.dataset)], dev, graphs))
     logged = [[] for _ in jobs]
     snaps = [{} for _ in jobs]
     t0, steady = time.perf_counter(), None
@@ -380,7 +388,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     rate = (max(j.cfg.train.steps for j in jobs) - 10) / (t_end - steady) if steady is not None else float("nan")
     runs = [results(job, tr, logged[i], snaps[i], seconds, rate, dev)
             for i, (job, tr) in enumerate(zip(jobs, trainers))]
-    timing = {"setup_s": t0 - t_setup, "first_steps_s": (steady or t_end) - t0,
+    timing = {"setup_s": t0 - t_setup, "setup_data_s": t_data, "setup_init_s": t_init,
+              "first_steps_s": (steady or t_end) - t0,
               "steady_s": t_end - steady if steady is not None else 0.0, "results_s": time.perf_counter() - t_end}
     for run in (r for per_seed in runs for r in per_seed):
         run.timing = timing
