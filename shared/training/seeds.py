@@ -61,8 +61,8 @@ class SeedRun:
     """Where the call's seconds went (every job's together): "setup_s" (models built, data on the device; of it
     "setup_data_s" the training windows stacked on the device and "setup_init_s" the models initialised on the host,
     the rest the trainers: weights stacked on the device, optimisers), "first_steps_s" (steps 1-10: eager, then the
-    CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's
-    trained and EMA models rebuilt from the buffers, its history read to the host)."""
+    CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's trained and EMA models rebuilt from the
+    buffers, its history read to the host)."""
 
 
 LOW_PRECISION = {"bf16-true": torch.bfloat16}
