@@ -13,7 +13,13 @@ The arms separate the two readings RESULTS.md left open at rung m: the gate stay
 bf16 (an arm in fp32 with TF32 matmuls), or because a zero-initialised gate does not open at this scale within the
 step budget (arms with the gate started open).
 
+--dose trains every variant and arm once per value of one config field: a dose-response. Remedy (e)'s reading, that
+the video ignores a struct as noisy as its own frames, predicts usage rising with the share of samples whose struct is
+clean (`diffusion.p_struct_clean`) towards condition_only's, which always sees clean motion.
+
     python benchmarks/bridge_opening.py --rung m --arms 32-true:0,bf16-true:0,bf16-true:0.1 --seeds 2 --json F.json
+    python benchmarks/bridge_opening.py --rung m --arms bf16-true:0.1 --variants dual_struct_clean \
+        --dose diffusion.p_struct_clean=0.25,0.5,0.75,0.9 --json G.json
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ class OpeningBench:
     """Validation windows read at each snapshot."""
     quick: bool = False
     """The PoC's --quick data (a smoke test)."""
+    dose: str | None = None
+    """KEY=V1,V2,...: one config field (dotted, e.g. diffusion.p_struct_clean) at each value, every variant and arm
+    trained once per value (a dose-response); unset: each variant as the suite defines it."""
     json: str | None = None
     """Write the result here (its curves beside it, .png, and its table, .md)."""
     device: str = flag("auto", check=errors.device)
@@ -90,6 +99,32 @@ def parse_arms(text: str) -> list[tuple[str, float]]:
     if not arms:
         raise errors.UserError("--arms: no arm given")
     return arms
+
+
+def parse_dose(text: str | None) -> tuple[str, list[float]] | None:
+    """'diffusion.p_struct_clean=0.25,0.5' -> ('diffusion.p_struct_clean', [0.25, 0.5]); each value checked against
+    the config (its field, type and range) before any work: a user error names the bad part."""
+    if text is None:
+        return None
+    key, eq, values = text.partition("=")
+    if not eq or not key:
+        raise errors.UserError(f"--dose: {text!r}: expected KEY=V1,V2,... (e.g. diffusion.p_struct_clean=0.25,0.5)")
+    doses = []
+    for part in filter(None, values.split(",")):
+        try:
+            v = float(part)
+        except ValueError:
+            raise errors.UserError(f"--dose: {part!r}: not a number") from None
+        if v in doses:
+            raise errors.UserError(f"--dose: {part!r}: given twice")
+        try:
+            C.override(C.get_preset("poc"), {key: v})
+        except C.ConfigError as e:
+            raise errors.UserError(f"--dose: {key}={part}: {e}") from None
+        doses.append(v)
+    if not doses:
+        raise errors.UserError(f"--dose: {text!r}: no value given")
+    return key, doses
 
 
 def parse_variants(text: str) -> list[str]:
@@ -138,14 +173,14 @@ def main(argv=None) -> dict:
     ap = errors.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_fields(ap, OpeningBench)
     a = ap.parse_args(argv)
-    arms, names = parse_arms(a.arms), parse_variants(a.variants)
+    arms, names, dose = parse_arms(a.arms), parse_variants(a.variants), parse_dose(a.dose)
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     with lock.folder(errors.folder_arg(a.out), f"PoC folder {a.out}"):  # as run.py holds it: one writer at a time
-        return measure(a, arms, names)
+        return measure(a, arms, names, dose)
 
 
-def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
+def measure(a, arms: list[tuple[str, float]], names: list[str], dose: tuple[str, list[float]] | None = None) -> dict:
     """Train every (arm, variant) side by side, read the snapshots, write the JSON and the plot."""
     from rich.console import Console
 
@@ -160,7 +195,7 @@ def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
     if any(PV.SYNC_EXPERT in PV.VARIANTS[n].overrides.values() for n in names):
         sync = assets.build_sync_expert(s, data, a.device, con)
         paths, out["sync_expert"] = {PV.SYNC_EXPERT: sync["path"]}, sync["metrics"]
-    labels, jobs = arm_jobs(a, arms, names, s, data, gpu, paths)
+    labels, jobs = arm_jobs(a, arms, names, s, data, gpu, paths, dose)
     t = time.perf_counter()
     con.print(f"training {len(jobs)} jobs x {a.seeds} seeds for {a.steps} steps at rung {a.rung}")
     results = fit_together(jobs, lambda i, st, rec: con.print(f"[dim]{labels[i]} step {st} loss {rec['loss']:.4f}[/]")
@@ -177,10 +212,11 @@ def measure(a, arms: list[tuple[str, float]], names: list[str]) -> dict:
     return out
 
 
-def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool,
-             paths: dict | None = None) -> tuple[list[str], list[SeedJob]]:
-    """One job (its seeds side by side) per arm and variant, each with the rung's settings but the arm's precision
-    and gate start; EMA snapshots every --every steps; `paths`: `variant_config`'s (the sync expert's file)."""
+def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool, paths: dict | None = None,
+             dose: tuple[str, list[float]] | None = None) -> tuple[list[str], list[SeedJob]]:
+    """One job (its seeds side by side) per arm, variant and dose, each with the rung's settings but the arm's
+    precision and gate start and the dose's value; EMA snapshots every --every steps; `paths`: `variant_config`'s (the
+    sync expert's file)."""
     meta = CacheReader(data["caches"][("train", "explicit")]).meta
     base = C.get_preset("poc")
     ds = WindowDataset(data["caches"][("train", "explicit")], frames=base.clip_frames, stride=4)
@@ -190,8 +226,10 @@ def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool,
         sa = replace(s, precision=prec if gpu else "32-true", bridge_gate_init=gate)
         for n in names:
             cfg = PV.variant_config(base, PV.VARIANTS[n], meta, sa, a.steps, a.device, paths=paths)
-            jobs.append(SeedJob(cfg, PV.model_maker(cfg), ds, [s.seed + k for k in range(a.seeds)], at))
-            labels.append(arm_name(n, prec, gate))
+            for v in dose[1] if dose else [None]:
+                c = cfg if v is None else C.override(cfg, {dose[0]: v})
+                jobs.append(SeedJob(c, PV.model_maker(c), ds, [s.seed + k for k in range(a.seeds)], at))
+                labels.append(arm_name(n, prec, gate) + ("" if v is None else f" {dose[0]}={v:g}"))
     return labels, jobs
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared import config as C
 from shared.evaluation import ladder
 from shared.evaluation.verdicts import NOT_TESTABLE
 
@@ -309,6 +310,40 @@ def test_bridge_opening_refuses_bad_arms_and_variants_before_any_work():
     for names in ("video_only", "motion_source", "condition_only_oracle", "dual_implicit_align", ","):
         with pytest.raises(UserError, match="not a PoC variant with a bridge that trains here"):
             bo.parse_variants(names)
+
+
+def test_bridge_opening_doses_one_field_per_job_and_refuses_bad_doses(cache):
+    """--dose KEY=V1,V2: every variant and arm trained once per value of one config field (remedy (e)'s
+    dose-response), each job differing from the undosed one in that field only; a bad key, value or range is refused
+    before any work, naming it."""
+    import argparse
+
+    from shared.errors import UserError
+    from tests.conftest import script
+
+    bo = script("benchmarks/bridge_opening.py", "bridge_opening_cli")
+    assert bo.parse_dose(None) is None
+    assert bo.parse_dose("diffusion.p_struct_clean=0.25,0.9") == ("diffusion.p_struct_clean", [0.25, 0.9])
+    for text, says in (("diffusion.p_struct_clean", "expected KEY=V1,V2"), ("=0.5", "expected KEY=V1,V2"),
+                       ("diffusion.p_struct_clean=", "no value given"),
+                       ("diffusion.p_struct_clean=half", "not a number"),
+                       ("diffusion.p_struct_clean=0.5,0.5", "given twice"),
+                       ("diffusion.p_struct_clean=1.5", "p_struct_clean"), ("diffusion.nope=1", "no field")):
+        with pytest.raises(UserError, match=says):
+            bo.parse_dose(text)
+    a = argparse.Namespace(quick=True, rung="xs", device="cpu", seeds=1, steps=4, every=2)
+    data = {"caches": {("train", "explicit"): cache}}
+    dose = ("diffusion.p_struct_clean", [0.25, 0.9])
+    labels, jobs = bo.arm_jobs(a, [("32-true", 0.1)], ["dual", "dual_struct_clean"], bo.settings(a), data, False,
+                               dose=dose)
+    assert labels == [f"{n} 32-true gate 0.1 diffusion.p_struct_clean={v}" for n in ("dual", "dual_struct_clean")
+                      for v in ("0.25", "0.9")]
+    assert [j.cfg.diffusion.p_struct_clean for j in jobs] == [0.25, 0.9, 0.25, 0.9]
+    _, plain = bo.arm_jobs(a, [("32-true", 0.1)], ["dual", "dual_struct_clean"], bo.settings(a), data, False)
+    for k, job in enumerate(jobs):
+        base = plain[k // 2].cfg
+        assert job.cfg == C.override(base, {"diffusion.p_struct_clean": dose[1][k % 2]})
+        assert job.cfg.sample == base.sample  # (e)'s struct lead kept; dual samples as dual
 
 
 def test_bridge_opening_tables_each_seed_mid_and_end():
