@@ -72,8 +72,9 @@ class OpeningBench:
     quick: bool = False
     """The PoC's --quick data (a smoke test)."""
     dose: str | None = None
-    """KEY=V1,V2,...: one config field (dotted, e.g. diffusion.p_struct_clean) at each value, every variant and arm
-    trained once per value (a dose-response); unset: each variant as the suite defines it."""
+    """KEY=V1,V2,...: one field of the noise and loss config (diffusion.*, e.g. diffusion.p_struct_clean) at each
+    value, every variant and arm trained once per value (a dose-response); unset: each variant as the suite defines
+    it."""
     json: str | None = None
     """Write the result here (its curves beside it, .png, and its table, .md)."""
     device: str = flag("auto", check=errors.device)
@@ -103,12 +104,15 @@ def parse_arms(text: str) -> list[tuple[str, float]]:
 
 def parse_dose(text: str | None) -> tuple[str, list[float]] | None:
     """'diffusion.p_struct_clean=0.25,0.5' -> ('diffusion.p_struct_clean', [0.25, 0.5]); each value checked against
-    the config (its field, type and range) before any work: a user error names the bad part."""
+    the config (its field, type and range) before any work: a user error names the bad part. Only diffusion.* (the
+    noise and loss): the rung sets the model, this script the seeds, steps, batch and gate."""
     if text is None:
         return None
     key, eq, values = text.partition("=")
     if not eq or not key:
         raise errors.UserError(f"--dose: {text!r}: expected KEY=V1,V2,... (e.g. diffusion.p_struct_clean=0.25,0.5)")
+    if not key.startswith("diffusion."):
+        raise errors.UserError(f"--dose: {key}: only a diffusion.* field (the noise and loss) can be dosed here")
     doses = []
     for part in filter(None, values.split(",")):
         try:
@@ -120,7 +124,7 @@ def parse_dose(text: str | None) -> tuple[str, list[float]] | None:
         try:
             C.override(C.get_preset("poc"), {key: v})
         except C.ConfigError as e:
-            raise errors.UserError(f"--dose: {key}={part}: {e}") from None
+            raise errors.UserError(f"--dose: {e}") from None
         doses.append(v)
     if not doses:
         raise errors.UserError(f"--dose: {text!r}: no value given")
@@ -229,7 +233,7 @@ def arm_jobs(a, arms, names, s: PS.Settings, data: dict, gpu: bool, paths: dict 
             for v in dose[1] if dose else [None]:
                 c = cfg if v is None else C.override(cfg, {dose[0]: v})
                 jobs.append(SeedJob(c, PV.model_maker(c), ds, [s.seed + k for k in range(a.seeds)], at))
-                labels.append(arm_name(n, prec, gate) + ("" if v is None else f" {dose[0]}={v:g}"))
+                labels.append(arm_name(n, prec, gate) + ("" if v is None else f" {dose[0]}={v!r}"))
     return labels, jobs
 
 

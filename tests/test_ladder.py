@@ -328,7 +328,8 @@ def test_bridge_opening_doses_one_field_per_job_and_refuses_bad_doses(cache):
                        ("diffusion.p_struct_clean=", "no value given"),
                        ("diffusion.p_struct_clean=half", "not a number"),
                        ("diffusion.p_struct_clean=0.5,0.5", "given twice"),
-                       ("diffusion.p_struct_clean=1.5", "p_struct_clean"), ("diffusion.nope=1", "no field")):
+                       ("diffusion.p_struct_clean=1.5", "p_struct_clean"), ("diffusion.nope=1", "no field"),
+                       ("train.steps=10", "only a diffusion"), ("model.depth=2", "only a diffusion")):
         with pytest.raises(UserError, match=says):
             bo.parse_dose(text)
     a = argparse.Namespace(quick=True, rung="xs", device="cpu", seeds=1, steps=4, every=2)
@@ -344,6 +345,10 @@ def test_bridge_opening_doses_one_field_per_job_and_refuses_bad_doses(cache):
         base = plain[k // 2].cfg
         assert job.cfg == C.override(base, {"diffusion.p_struct_clean": dose[1][k % 2]})
         assert job.cfg.sample == base.sample  # (e)'s struct lead kept; dual samples as dual
+    # dose 0 of remedy (e) trains as dual: the same config but for how it samples (the struct ahead)
+    _, zero = bo.arm_jobs(a, [("32-true", 0.1)], ["dual_struct_clean"], bo.settings(a), data, False,
+                          dose=("diffusion.p_struct_clean", [0.0]))
+    assert replace(zero[0].cfg, sample=plain[0].cfg.sample) == plain[0].cfg
 
 
 def test_bridge_opening_tables_each_seed_mid_and_end():
