@@ -15,11 +15,11 @@ step budget (arms with the gate started open).
 
 --dose trains every variant and arm once per value of one config field: a dose-response. Remedy (e)'s reading, that
 the video ignores a struct as noisy as its own frames, predicts usage rising with the share of samples whose struct is
-clean (`diffusion.p_struct_clean`) towards condition_only's, which always sees clean motion.
+clean (`diffusion.p_struct_clean`) towards condition_only's, which always sees clean motion; dose 0 trains as dual.
 
     python benchmarks/bridge_opening.py --rung m --arms 32-true:0,bf16-true:0,bf16-true:0.1 --seeds 2 --json F.json
     python benchmarks/bridge_opening.py --rung m --arms bf16-true:0.1 --variants dual_struct_clean \
-        --dose diffusion.p_struct_clean=0.25,0.5,0.75,0.9 --json G.json
+        --dose diffusion.p_struct_clean=0,0.25,0.5,0.75,0.9 --json G.json
 """
 
 from __future__ import annotations
