@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,11 @@ def test_seed_k_of_a_batched_run_equals_seed_k_trained_alone(cache, tmp_path, mo
             # (the alignment term is 0 on a step whose samples all drew a clean struct: it reads noised frames)
             assert {"sync", "align"} <= set(alone["history"][0]) and max(h["align"] for h in alone["history"]) > 0
         assert set(batched[k].snapshots) == {2}
+        # kept on the host: on the device they would sit beside the rest of training (#34: an H100 ran out at l)
+        assert {w.device.type for w in batched[k].snapshots[2].values()} == {"cpu"}
     # where the call's time went: every part measured, the steps' parts in order (5 steps: none past the 10th)
-    t = batched[0].timing
+    t = dict(batched[0].timing)
+    assert math.isnan(t.pop("peak_gib"))  # device memory: measured on CUDA only
     assert set(t) == {"setup_s", "setup_data_s", "setup_init_s", "first_steps_s", "steady_s", "results_s"}
     assert min(t.values()) >= 0 and t["setup_data_s"] + t["setup_init_s"] <= t["setup_s"]
     assert t["steady_s"] == 0 and t["first_steps_s"] > 0
@@ -267,3 +271,32 @@ def test_skipped_steps_are_said_once_training_ends(cache, monkeypatch, capsys):
     assert [r.skipped for r in runs] == [0, 3]
     said = capsys.readouterr().out
     assert "fit_seeds: seed 7 skipped 3 step(s) with a non-finite loss or gradient" in said and "seed 3" not in said
+
+
+def test_each_jobs_trainer_is_gone_before_the_next_jobs_models_are_rebuilt(cache, monkeypatch):
+    """Several jobs side by side: once a job's models are rebuilt, its trainer (optimiser state, EMA, on CUDA the
+    graph's memory pool) is dropped before the next job's are (#34: seven variants x 3 seeds at rung l held ~77 GiB
+    when training ended, and one H100 ran out rebuilding them with every trainer still alive)."""
+    import weakref
+
+    from shared.training import seeds as S
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 2, "launch.accelerator": "cpu", "output.ckpt_every": 0})
+    ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    alive, seen = [], []
+    init, results = S.SeedTrainer.__init__, S.results
+
+    def tracked_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        alive.append(weakref.ref(self))
+
+    def tracked_results(job, tr, *args):
+        seen.append([ref() is not None for ref in alive])
+        return results(job, tr, *args)
+
+    monkeypatch.setattr(S.SeedTrainer, "__init__", tracked_init)
+    monkeypatch.setattr(S, "results", tracked_results)
+    jobs = [S.SeedJob(cfg, _make(cfg), ds, [3, 7]) for _ in range(3)]
+    runs = S.fit_together(jobs)
+    assert seen == [[True, True, True], [False, True, True], [False, False, True]]
+    assert [len(r) for r in runs] == [2, 2, 2]

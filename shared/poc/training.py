@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -111,6 +112,7 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
               f"(windows on the device {t['setup_data_s']:.1f} s, models initialised {t['setup_init_s']:.1f} s, the "
               f"rest the trainers), steps 1-10 (warm-up; on a GPU the CUDA-graph capture) "
               f"{t['first_steps_s']:.1f} s, the rest {t['steady_s']:.1f} s, models rebuilt and histories read "
-              f"{t['results_s']:.1f} s, saved {time.perf_counter() - t_save:.1f} s")
+              f"{t['results_s']:.1f} s, saved {time.perf_counter() - t_save:.1f} s"
+              + (f"; at most {t['peak_gib']:.1f} GiB allocated on the device" if math.isfinite(t["peak_gib"]) else ""))
     return models, hists, snaps, False
 

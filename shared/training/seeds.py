@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import time
 import warnings
@@ -62,7 +63,8 @@ class SeedRun:
     "setup_data_s" the training windows stacked on the device and "setup_init_s" the models initialised on the host,
     the rest the trainers: weights stacked on the device, optimisers), "first_steps_s" (steps 1-10: eager, then the
     CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's trained and EMA models rebuilt from the
-    buffers, its history read to the host)."""
+    buffers, its history read to the host), "peak_gib" (the device memory allocated at most from setup to the end of
+    training; NaN on the CPU)."""
 
 
 LOW_PRECISION = {"bf16-true": torch.bfloat16}
@@ -314,6 +316,13 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def release(device) -> None:
+    """Return what dropped objects held on `device` (a trainer's CUDA-graph pool is freed only once collected)."""
+    if torch.device(device).type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class SeedJob:
     """One variant's seeds to train: `make_model(seed)` on `dataset` under `cfg` (its train.steps, batch, ...)."""
@@ -350,6 +359,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     trainers = []
     t_setup = time.perf_counter()
     t_data = t_init = 0.0
+    if torch.device(dev).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     for job in jobs:
         t = time.perf_counter()
         if id(job.dataset) not in tensors:
@@ -379,18 +390,26 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                     if progress is not None and (step % PROGRESS_EVERY == 0 or step == tc.steps - 1):
                         progress(i, step, {"step": step, "lr": lr,
                                            **{k: float(v[0]) for k, v in out.items() if k != "bad"}})
-                if step + 1 in job.snapshot_at:
-                    snaps[i][step + 1] = [tr.weights(k) for k in range(len(job.seeds))]
+                if step + 1 in job.snapshot_at:  # on the host: a snapshot on the device would sit out the training
+                    snaps[i][step + 1] = [{n: w.cpu() for n, w in tr.weights(k).items()} for k in range(len(job.seeds))]
     sync(dev)
     t_end = time.perf_counter()
     seconds = t_end - t0
     # every round from step 10 to the longest job's end (the rounds a shorter job sits out are still rounds)
     rate = (max(j.cfg.train.steps for j in jobs) - 10) / (t_end - steady) if steady is not None else float("nan")
-    runs = [results(job, tr, logged[i], snaps[i], seconds, rate, dev)
-            for i, (job, tr) in enumerate(zip(jobs, trainers))]
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if torch.device(dev).type == "cuda" else float("nan")
+    del tensors
+    runs = []
+    for i, job in enumerate(jobs):
+        runs.append(results(job, trainers[i], logged[i], snaps[i], seconds, rate, dev))
+        # the trainer's optimiser state, EMA and CUDA-graph pool go before the next job's models are built: seven
+        # variants x 3 seeds at rung l hold ~77 GiB at the end of training (one H100 ran out here, 2026-12-06 (b))
+        trainers[i] = None
+        release(dev)
     timing = {"setup_s": t0 - t_setup, "setup_data_s": t_data, "setup_init_s": t_init,
               "first_steps_s": (steady or t_end) - t0,
-              "steady_s": t_end - steady if steady is not None else 0.0, "results_s": time.perf_counter() - t_end}
+              "steady_s": t_end - steady if steady is not None else 0.0, "results_s": time.perf_counter() - t_end,
+              "peak_gib": peak}
     for run in (r for per_seed in runs for r in per_seed):
         run.timing = timing
     return runs
