@@ -113,6 +113,7 @@ def train_suite(trained: list, cfgs: list[dict], data: dict, metas: dict, s: Set
               f"rest the trainers), steps 1-10 (warm-up; on a GPU the CUDA-graph capture) "
               f"{t['first_steps_s']:.1f} s, the rest {t['steady_s']:.1f} s, models rebuilt and histories read "
               f"{t['results_s']:.1f} s, saved {time.perf_counter() - t_save:.1f} s"
-              + (f"; at most {t['peak_gib']:.1f} GiB allocated on the device" if math.isfinite(t["peak_gib"]) else ""))
+              + (f"; at most {t['peak_gib']:.1f} GiB allocated, {t['peak_reserved_gib']:.1f} GiB reserved on the device"
+                 if math.isfinite(t["peak_gib"]) else ""))
     return models, hists, snaps, False
 

@@ -63,8 +63,8 @@ class SeedRun:
     "setup_data_s" the training windows stacked on the device and "setup_init_s" the models initialised on the host,
     the rest the trainers: weights stacked on the device, optimisers), "first_steps_s" (steps 1-10: eager, then the
     CUDA-graph capture), "steady_s" (the rest), "results_s" (each seed's trained and EMA models rebuilt from the
-    buffers, its history read to the host), "peak_gib" (the device memory allocated at most from setup to the end of
-    training; NaN on the CPU)."""
+    buffers, its history read to the host), "peak_gib" and "peak_reserved_gib" (the device memory allocated, and
+    reserved by PyTorch's caching allocator, at most from set-up to the last model rebuilt; NaN on the CPU)."""
 
 
 LOW_PRECISION = {"bf16-true": torch.bfloat16}
@@ -370,6 +370,7 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
         models = [job.make_model(seed) for seed in job.seeds]
         t_init += time.perf_counter() - t
         trainers.append(SeedTrainer(job.cfg, models, job.seeds, tensors[id(job.dataset)], dev, graphs))
+    del models  # stacked into the trainers; the last job's would otherwise sit on the device to the end
     logged = [[] for _ in jobs]
     snaps = [{} for _ in jobs]
     t0, steady = time.perf_counter(), None
@@ -397,19 +398,22 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     seconds = t_end - t0
     # every round from step 10 to the longest job's end (the rounds a shorter job sits out are still rounds)
     rate = (max(j.cfg.train.steps for j in jobs) - 10) / (t_end - steady) if steady is not None else float("nan")
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if torch.device(dev).type == "cuda" else float("nan")
     del tensors
     runs = []
     for i, job in enumerate(jobs):
         runs.append(results(job, trainers[i], logged[i], snaps[i], seconds, rate, dev))
-        # the trainer's optimiser state, EMA and CUDA-graph pool go before the next job's models are built: seven
-        # variants x 3 seeds at rung l hold ~77 GiB at the end of training (one H100 ran out here, 2026-12-06 (b))
+        # the trainer's optimiser state, EMA and CUDA-graph pool go before the next job's models are built: with
+        # every trainer alive, seven variants x 3 seeds at rung l ran an H100 out here (77.4 GiB allocated, 2026-12-06
+        # (b), its snapshots then on the device too)
         trainers[i] = None
         release(dev)
+    cuda = torch.device(dev).type == "cuda"
+    peak = [torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan"),
+            torch.cuda.max_memory_reserved(dev) / 2**30 if cuda else float("nan")]
     timing = {"setup_s": t0 - t_setup, "setup_data_s": t_data, "setup_init_s": t_init,
               "first_steps_s": (steady or t_end) - t0,
               "steady_s": t_end - steady if steady is not None else 0.0, "results_s": time.perf_counter() - t_end,
-              "peak_gib": peak}
+              "peak_gib": peak[0], "peak_reserved_gib": peak[1]}
     for run in (r for per_seed in runs for r in per_seed):
         run.timing = timing
     return runs
