@@ -309,3 +309,23 @@ def test_a_cuda_run_keeps_its_snapshots_on_the_host_and_says_its_peak_memory(cac
     assert all({w.device.type for w in r.snapshots[2].values()} == {"cpu"} for r in runs)
     t = runs[0].timing
     assert 0 < t["peak_gib"] <= t["peak_reserved_gib"] < torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def test_a_seeds_weights_copied_to_the_host_equal_those_on_its_device(cache):
+    """`SeedTrainer.weights(k, device=...)` (the snapshots' path: one copy per flat buffer) gives seed k's state dict,
+    the same as read where the trainer keeps it, EMA and trained weights alike."""
+    from shared.training.seeds import SeedTrainer, window_tensors
+
+    cfg = C.override(C.get_preset("tiny"), {"train.steps": 2, "launch.accelerator": "cpu", "output.ckpt_every": 0})
+    ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+    tr = SeedTrainer(cfg, [_make(cfg)(s) for s in (3, 7)], [3, 7], window_tensors(ds, "cpu"), "cpu")
+    for step in range(2):
+        tr.step(step)
+    for k in (0, 1):
+        for ema in (True, False):
+            here, there = tr.weights(k, ema), tr.weights(k, ema, device="cpu")
+            assert list(there) == list(here)
+            for n in here:
+                torch.testing.assert_close(there[n], here[n], rtol=0, atol=0, msg=n)
+    a, b = tr.weights(0, device="cpu"), tr.weights(1, device="cpu")
+    assert any(not torch.equal(a[n], b[n]) for n in a)  # each seed its own row

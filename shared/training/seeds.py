@@ -302,13 +302,17 @@ class SeedTrainer:
 
     # --------------------------------------------------------------------------------------------- results
 
-    def weights(self, k: int, ema: bool = True) -> dict[str, torch.Tensor]:
-        """Seed k's state dict (its EMA weights when kept and `ema`)."""
+    def weights(self, k: int, ema: bool = True, device=None) -> dict[str, torch.Tensor]:
+        """Seed k's state dict (its EMA weights when kept and `ema`), on `device` (default: the trainer's); to
+        another device in one copy per flat buffer, not one per parameter."""
         found = {}
         for i, f in enumerate(self.flats):
-            buf = self.ema[i] if ema and self.ema is not None else f.data.detach()
-            found.update({n: f.take(buf, n)[k].clone() for n in f.slots})
-        return {**{n: found[n] for n in self.params}, **{n: t[k].clone() for n, t in self.buffers.items()}}
+            buf, row = self.ema[i] if ema and self.ema is not None else f.data.detach(), k
+            if device is not None:
+                buf, row = buf[k : k + 1].to(device), 0
+            found.update({n: f.take(buf, n)[row].clone() for n in f.slots})
+        return {**{n: found[n] for n in self.params},
+                **{n: t[k].to(device or t.device, copy=True) for n, t in self.buffers.items()}}
 
 
 def sync(device) -> None:
@@ -359,7 +363,8 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
     trainers = []
     t_setup = time.perf_counter()
     t_data = t_init = 0.0
-    if torch.device(dev).type == "cuda":
+    cuda = torch.device(dev).type == "cuda"
+    if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     for job in jobs:
         t = time.perf_counter()
@@ -392,7 +397,7 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
                         progress(i, step, {"step": step, "lr": lr,
                                            **{k: float(v[0]) for k, v in out.items() if k != "bad"}})
                 if step + 1 in job.snapshot_at:  # on the host: a snapshot on the device would sit out the training
-                    snaps[i][step + 1] = [{n: w.cpu() for n, w in tr.weights(k).items()} for k in range(len(job.seeds))]
+                    snaps[i][step + 1] = [tr.weights(k, device="cpu") for k in range(len(job.seeds))]
     sync(dev)
     t_end = time.perf_counter()
     seconds = t_end - t0
@@ -407,7 +412,6 @@ def fit_together(jobs: list[SeedJob], progress: Callable[[int, int, dict], None]
         # (b), its snapshots then on the device too)
         trainers[i] = None
         release(dev)
-    cuda = torch.device(dev).type == "cuda"
     peak = [torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan"),
             torch.cuda.max_memory_reserved(dev) / 2**30 if cuda else float("nan")]
     timing = {"setup_s": t0 - t_setup, "setup_data_s": t_data, "setup_init_s": t_init,
