@@ -233,6 +233,12 @@ class DiffusionConfig:
     true motion through the bridge, as condition_only always does, and the struct tower has no loss (`frame_mse`
     skips sigma 0); sample with `sample.struct_lead` > 0 so that the struct is ahead at inference. 0: off (and no
     extra draw)."""
+    video_loss_on: Literal["all", "clean_struct"] = "all"
+    """The samples whose video loss counts. `all`; or `clean_struct`, only those whose struct is clean on every frame
+    (`p_struct_clean` > 0; issue #34 remedy (f), a cascade inside the dual): the video never learns that the struct it
+    reads can be noisy, so it may lean on it as condition_only leans on its motion, while the struct tower learns to
+    denoise on the other samples. Sample with `sample.struct_first` so the video reads a clean struct there too. Draws
+    nothing: a run with it pairs with one without."""
     sync_loss_weight: float = 0.0
     """Weight of the latent lip-sync loss on the video stream's denoised estimate (issue #34 remedy (b),
     `shared.diffusion.sync_loss`); 0: off."""
@@ -257,6 +263,11 @@ class DiffusionConfig:
         _need(self, self.sync_loss_weight == 0 or bool(self.sync_expert),
               f"sync_loss_weight={self.sync_loss_weight} needs sync_expert (the expert's file)")
         _within(self, "sigma_context_max", 0, 1, hi_open=True)
+        _need(self, self.video_loss_on in ("all", "clean_struct"),
+              f"video_loss_on={self.video_loss_on!r} not in all, clean_struct")
+        _need(self, self.video_loss_on == "all" or self.p_struct_clean > 0,
+              f"video_loss_on=clean_struct needs p_struct_clean > 0 (got {self.p_struct_clean}): without clean-struct "
+              f"samples no video loss counts")
 
 
 MAX_STEPS = 1000
@@ -283,6 +294,11 @@ class SampleConfig:
     struct_lead: int = 0
     """The struct stream is clean this many Euler steps before the video (every kind; `struct_leads` needs >= 1), so
     the video's last steps see their own frame's clean motion."""
+    struct_first: bool = False
+    """Each frame (chunk) takes the struct's K Euler steps first, its video held at pure noise, then the video's K
+    with its struct clean: a cascade inside one model, 2K forwards per frame, as condition_only and its motion source
+    take together (issue #34 remedy (f); train with `diffusion.video_loss_on=clean_struct`). Every kind; not with
+    `struct_lead` (the struct is already clean for all of the video's steps)."""
     chunk: int = 1
     """Frames denoised together per autoregressive block."""
     rolling_window: int = 0
@@ -318,6 +334,8 @@ class SampleConfig:
               f"roll_keep={self.roll_keep} must be in [0, history_frames={self.history_frames})")
         _need(self, self.rolling_window >= 0, f"rolling_window={self.rolling_window} must be >= 0 (0: denoise_steps)")
         _need(self, 0 <= self.struct_lead < k, f"struct_lead={self.struct_lead} must be in [0, denoise_steps={k})")
+        _need(self, not (self.struct_first and self.struct_lead), f"struct_first with struct_lead={self.struct_lead}: "
+              f"with struct_first the struct is clean for all of the video's steps (leave struct_lead at 0)")
 
 
 FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")

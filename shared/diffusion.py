@@ -183,6 +183,14 @@ def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Ge
     return flow_loss(model, batch, cfg, draws)
 
 
+def video_loss_sigma(cfg: DiffusionConfig, d: Draws) -> torch.Tensor:
+    """[B, T] the video sigmas `frame_mse` weighs the video loss by: with `video_loss_on=clean_struct`, zero on the
+    samples whose struct is not clean on every frame, which leaves them out of the video loss (remedy (f))."""
+    if cfg.video_loss_on == "all":
+        return d.sigma_video
+    return d.sigma_video * (d.sigma_struct == 0).all(1, keepdim=True)
+
+
 def noised_inputs(mode, batch: Batch, d: Draws) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(video, struct) as the model takes them under draws `d`: the video noised; the struct noised when the model
     generates it, clean when it is a condition (`condition_only`), None when there is none."""
@@ -198,11 +206,14 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: b
     """The loss of one batch under given draws (no randomness: pure in its inputs, so it can be vmapped); each
     entry [B] when `per_sample`."""
     mode = model.cfg.mode
+    if cfg.video_loss_on == "clean_struct" and not mode.struct_generated:
+        raise ValueError(f"video_loss_on=clean_struct: bridge_mode={model.cfg.bridge_mode} generates no struct, so "
+                         f"no sample has a clean one and no video loss would count")
     keep = d.audio_keep if batch.has_audio is None else d.audio_keep & batch.has_audio
     extra = {} if d.video_audio_keep is None else {"video_audio_keep": keep & d.video_audio_keep}
     x_video, struct_in = noised_inputs(mode, batch, d)
     vel_v, vel_s = model(x_video, d.sigma_video, struct_in, d.sigma_struct, batch.audio, audio_keep=keep, **extra)
-    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, d.sigma_video, per_sample)}
+    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, video_loss_sigma(cfg, d), per_sample)}
     loss = out["video"]
     if cfg.sync_loss_weight > 0 and batch.audio is not None:
         from .models.sync import load_expert

@@ -141,3 +141,40 @@ def test_history_noise_in_training_sigmas():
         row = sv[i][past[i]]
         assert torch.allclose(row, row[:1].expand_as(row)) and torch.equal(sv[i][past[i]], ss[i][past[i]])
     assert torch.equal(sv[~past], clean_v[~past]) and torch.equal(ss[~past], clean_s[~past])
+
+
+def test_video_loss_on_clean_struct_counts_only_the_samples_whose_struct_is_clean():
+    """#34's remedy (f): with video_loss_on=clean_struct the video loss is the video loss of the clean-struct samples
+    alone (a sample's struct clean on every frame), the struct loss is untouched, and nothing else moves."""
+    from shared.diffusion import flow_loss
+    from shared.evaluation.evaluate import measured
+
+    mcfg, dcfg, batch, noise, (sv, ss) = _fixed_batch("dual")
+    ss = ss.clone()
+    ss[0] = 0.0  # sample 0's struct clean on every frame, sample 1's noisy
+    torch.manual_seed(0)
+    model = DualForce(mcfg)
+    d = draw(batch, dcfg, torch.Generator().manual_seed(1))
+    d.sigma_video, d.sigma_struct, d.noise_video, d.noise_struct = sv, ss, *noise
+    every = flow_loss(model, batch, dcfg, d, per_sample=True)
+    cfg = replace(dcfg, p_struct_clean=0.5, video_loss_on="clean_struct")
+    only = flow_loss(model, batch, cfg, d)
+    assert only["video"].item() == pytest.approx(every["video"][0].item(), rel=1e-6)
+    assert only["video"].item() != pytest.approx(every["video"].mean().item(), rel=1e-3)
+    assert only["struct"].item() == pytest.approx(flow_loss(model, batch, dcfg, d)["struct"].item(), rel=1e-6)
+    per = flow_loss(model, batch, cfg, d, per_sample=True)
+    assert per["video"][1].item() == 0.0  # the noisy-struct sample adds no video loss
+    assert measured(cfg).video_loss_on == "all"  # held-out losses are read as dual's are
+
+
+def test_video_loss_on_clean_struct_is_refused_where_it_would_count_nothing():
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs p_struct_clean > 0"):
+        DiffusionConfig(video_loss_on="clean_struct")
+    with pytest.raises(ConfigError, match="video_loss_on='sometimes'"):
+        DiffusionConfig(video_loss_on="sometimes", p_struct_clean=0.5)
+    mcfg, dcfg, batch, noise, sig = _fixed_batch("video_only")
+    with pytest.raises(ValueError, match="generates no struct"):
+        training_loss(DualForce(mcfg), batch, replace(dcfg, p_struct_clean=0.5, video_loss_on="clean_struct"),
+                      noise=noise, sigmas=sig)

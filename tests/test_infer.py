@@ -50,6 +50,8 @@ def test_cache_parity(mode, frames):
     dict(schedule="struct_leads", sigma_struct_start=0.7, struct_lead=1),
     dict(audio_cfg=2.5),
     dict(roll_keep=0),
+    dict(struct_first=True),
+    dict(struct_first=True, schedule="rolling"),
 ])
 def test_cache_parity_variants(variant):
     model = tiny_model("dual")

@@ -377,6 +377,9 @@ def test_a_subset_of_a_suite_keeps_what_its_questions_and_headroom_need():
                                                       "condition_only_oracle", "dual_lead2", "dual_struct_clean"]
     # remedy (c)'s own baseline is dual_implicit; dual_lead2 is a sampling of dual, which comes with it
     assert {"dual_implicit", "dual"} <= set(names("remedies", "dual_implicit_align,dual_lead2"))
+    # remedy (f) comes with dual sampled as it is (its training alone), so its subset trains five models
+    assert names("remedies", "dual_cascade") == ["video_only", "condition_only", "dual", "motion_source",
+                                                 "condition_only_oracle", "dual_cascade", "dual_first"]
     with pytest.raises(UserError, match="nope not in --suite remedies"):
         chosen("remedies", "dual_struct_clean,nope")
 

@@ -98,12 +98,14 @@ def test_a_new_kind_is_one_entry(monkeypatch):
     assert out["video"].shape[1] == 5
 
 
-@pytest.mark.parametrize("window,lead", [(1, 0), (2, 0), (2, 1), (4, 0)])
-def test_rolling_steps_follow_the_rolling_matrix(window, lead):
+@pytest.mark.parametrize("window,lead,first", [(1, 0, False), (2, 0, False), (2, 1, False), (4, 0, False),
+                                               (1, 0, True), (4, 0, True)])
+def test_rolling_steps_follow_the_rolling_matrix(window, lead, first):
     """`rolling_steps` (linear) moves exactly the frames in flight, from and to the rows of the `rolling` matrix; a
-    frame joins from sigma 1 and leaves clean after `steps` steps; window 1 is the autoregressive matrix."""
+    frame joins from sigma 1 and leaves clean after `steps` steps (2 x steps with struct_first); window 1 is the
+    autoregressive matrix."""
     sc = replace(SampleConfig(), schedule="rolling", denoise_steps=4, rolling_window=window, struct_lead=lead,
-                 sigma_struct_start=0.7, history_frames=8, roll_keep=2)
+                 sigma_struct_start=0.7, history_frames=8, roll_keep=2, struct_first=first)
     m, steps = sched.build(sc, 7), sched.rolling_steps(sc, 7)
     assert len(steps) == m.video.shape[0] - 1 and max(st.hi - st.lo for st in steps) == window
     for t, st in enumerate(steps):
@@ -117,5 +119,35 @@ def test_rolling_steps_follow_the_rolling_matrix(window, lead):
             assert st.video[1, 0] == 0.0 and st.struct[1, 0] == 0.0
     assert sum(st.leaves for st in steps) == sum(st.joins for st in steps) == 7
     if window == 1:
-        ar = sched.autoregressive(7, 4, 1, sc.shift, 0.7, lead)
+        ar = sched.autoregressive(7, 4, 1, sc.shift, 0.7, lead, first)
         assert torch.equal(m.video, ar.video) and torch.equal(m.struct, ar.struct)
+
+
+@pytest.mark.parametrize("kind,chunk", [("autoregressive", 1), ("autoregressive", 2), ("full_sequence", 1),
+                                        ("rolling", 1)])
+def test_struct_first_denoises_each_frames_struct_before_its_video(kind, chunk):
+    """#34's remedy (f) samples a cascade inside one model: in every kind, a frame's video leaves pure noise only once
+    its struct is clean, and each stream then takes the K steps it takes alone (2K per frame); the sampler's rows are
+    the matrix's."""
+    sample = SampleConfig(schedule=kind, denoise_steps=3, chunk=chunk, shift=3.0, sigma_struct_start=0.7,
+                          struct_first=True, history_frames=8, roll_keep=2)
+    m = sched.build(sample, 5)
+    assert (m.struct[m.video < 1] == 0).all()  # wherever a video has left pure noise, its struct is clean
+    for j in range(5):
+        struct_moves = (m.struct[1:, j] != m.struct[:-1, j]).sum().item()
+        video_moves = (m.video[1:, j] != m.video[:-1, j]).sum().item()
+        assert struct_moves == video_moves == 3, (kind, j)
+    col = m.struct[:, 0]
+    assert col[0] == pytest.approx(0.7)
+    plain = sched.build(replace(sample, struct_first=False), 5)
+    assert (plain.struct[plain.video < 1] > 0).any()  # without it, the two streams go down together
+    if kind != "rolling":
+        got, want = sched.stream_rows(sample, 5), sched.chunk_rows(m)
+        assert [(b.lo, b.hi) for b in got] == [(b.lo, b.hi) for b in want]
+        for g, w in zip(got, want):
+            assert torch.equal(g.video, w.video) and torch.equal(g.struct, w.struct)
+
+
+def test_struct_first_is_refused_with_a_struct_lead():
+    with pytest.raises(ValueError, match="leave struct_lead at 0"):
+        SampleConfig(denoise_steps=4, struct_first=True, struct_lead=1)

@@ -31,13 +31,13 @@ def alone_model_weights(run: Path) -> dict:
 
 def _remedies(tmp_path) -> dict:
     """Every remedy of issue #34 at once: struct leads, a (random) sync expert's loss, the alignment head, the video
-    tower deaf on some samples, the struct clean on some samples."""
+    tower deaf on some samples, the struct clean on some samples and the video's loss on those alone (f)."""
     from shared.models.sync import SyncExpert, save_expert
 
     torch.manual_seed(0)
     save_expert(SyncExpert(4, 8, frames=3, width=16), tmp_path / "sync.pt")
     return {"diffusion.struct_noise": "at_most_video", "diffusion.p_video_audio_drop": 0.5,
-            "diffusion.p_struct_clean": 0.5,
+            "diffusion.p_struct_clean": 0.5, "diffusion.video_loss_on": "clean_struct",
             "diffusion.sync_loss_weight": 0.1, "diffusion.sync_expert": str(tmp_path / "sync.pt"),
             "model.align_dim": 6, "diffusion.align_loss_weight": 1.0}
 

@@ -73,7 +73,7 @@ def measured(d: DiffusionConfig) -> DiffusionConfig:
     #34's remedies' struct noise cap and masks), so that a remedy's held-out loss and bridge usage are read under the
     same noise as dual's, not under the cleaner struct it trained with."""
     return replace(d, p_audio_drop=0.0, p_clean_past=0.0, p_video_audio_drop=0.0, p_struct_clean=0.0,
-                   struct_noise="independent")
+                   struct_noise="independent", video_loss_on="all")
 
 
 @torch.no_grad()

@@ -118,6 +118,15 @@ FULL_VARIANTS = CORE_VARIANTS + [
     # neither (a) nor (d) came near condition_only's 16% usage (dual 0.44%; benchmarks/RESULTS.md): this tests the
     # issue's reading (the struct is ignored because it is as noisy as the video) at its strongest
     Variant("dual_struct_clean", {"diffusion.p_struct_clean": 0.5}, sample=(("struct_lead", 2),)),
+    # (f) a cascade inside the dual: (e) with the video's loss only on its clean-struct samples, so the video never
+    # learns that its struct can be noisy, and sampled with each frame's struct denoised before its video (2K
+    # forwards a frame, as condition_only and its motion source together). At m a video trained only on a clean
+    # struct read it as much as condition_only reads its motion (16.7%, where any share of noisy-struct samples
+    # held it to about half; benchmarks/RESULTS.md, (e)'s dose-response)
+    Variant("dual_cascade", {"diffusion.p_struct_clean": 0.5, "diffusion.video_loss_on": "clean_struct"},
+            sample=(("struct_first", True),)),
+    # dual sampled as (f) is, no training change: against it, (f) shows what its training does apart from sampling
+    Variant("dual_first", {}, sample=(("struct_first", True),), model_of="dual"),
     # (b) the seed's lip-sync loss in latent space: a sync expert trained on the cache (aligned against shifted audio,
     # its held-out accuracy reported first) scores the video stream's denoised estimate, weight 0.1
     Variant("dual_sync", {"diffusion.sync_loss_weight": 0.1, "diffusion.sync_expert": SYNC_EXPERT}),
@@ -128,7 +137,7 @@ FULL_VARIANTS = CORE_VARIANTS + [
 ]
 # The remedies against the baselines they must beat, without the other ablations: what the top rung can afford.
 REMEDIES = ("dual_struct_leads", "dual_lead2", "dual_sync", "dual_implicit", "dual_implicit_align",
-            "dual_video_audio_drop", "dual_struct_clean")
+            "dual_video_audio_drop", "dual_struct_clean", "dual_cascade", "dual_first")
 REMEDY_VARIANTS = [v for v in CORE_VARIANTS if v.name not in ("dual_oneway", "video_only_wide")] + [
     v for v in FULL_VARIANTS if v.name in REMEDIES]
 SUITES = {"core": CORE_VARIANTS, "full": FULL_VARIANTS, "remedies": REMEDY_VARIANTS}
@@ -149,10 +158,11 @@ QUESTIONS = [  # (question, A, B): "A beats B"
     ("history noise in training and sampling beats none", "dual_history_noise", "dual"),
     *[(f"remedy ({k}) {name}: beats {b}", name, b) for k, name, own in (
         ("a", "dual_struct_leads", "dual"), ("b", "dual_sync", "dual"), ("c", "dual_implicit_align", "dual_implicit"),
-        ("d", "dual_video_audio_drop", "dual"), ("e", "dual_struct_clean", "dual"),
+        ("d", "dual_video_audio_drop", "dual"), ("e", "dual_struct_clean", "dual"), ("f", "dual_cascade", "dual"),
     ) for b in (own, "condition_only", "video_only")],
-    *[(f"remedy ({k}) {name}, its training alone: beats dual sampled the same way", name, "dual_lead2")
-      for k, name in (("a", "dual_struct_leads"), ("e", "dual_struct_clean"))],
+    *[(f"remedy ({k}) {name}, its training alone: beats dual sampled the same way", name, same)
+      for k, name, same in (("a", "dual_struct_leads", "dual_lead2"), ("e", "dual_struct_clean", "dual_lead2"),
+                            ("f", "dual_cascade", "dual_first"))],
 ]
 
 

@@ -12,7 +12,9 @@ minutes: 60,001 x 15,000), so the named kinds give their chunk rows directly (`s
 Kinds (`SampleConfig.schedule`) live in `KINDS`, one function each that turns the sample config into the chunk
 size and struct lead it uses, refusing settings it cannot honour; adding a kind is adding one entry here. Every
 kind honours `sigma_struct_start` (the struct stream starts from the previous frame's clean struct re-noised to
-that level) and `struct_lead` (the struct stream is clean that many steps before the video) the same way.
+that level), `struct_lead` (the struct stream is clean that many steps before the video) and `struct_first` (the
+struct's K steps, then the video's K: 2K steps per frame) the same way: they shape the rows one frame goes through
+(`_unit_rows`), which every kind lays out.
 
 One kind is not chunk-sequential: `rolling` (Diffusion Forcing's pyramid schedule, Chen et al. 2024 sec. 3.3;
 Rolling Forcing, Liu et al. 2025): a window of W frames in flight at staggered noise levels is denoised together,
@@ -69,11 +71,13 @@ def step_sigmas(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Ten
 
 
 def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, struct_start: float = 1.0,
-                   struct_lead: int = 0) -> Schedule:
+                   struct_lead: int = 0, struct_first: bool = False) -> Schedule:
     """Chunks of `chunk` frames, each taken from noise to clean in `steps` Euler steps before the next starts.
     The struct stream starts at `struct_start` and, with struct_lead > 0, is clean `struct_lead` steps before
-    the video, so the video's last steps see a clean motion latent of their own frame."""
-    sv, ss = _unit_rows(frames, steps, chunk, shift, struct_start, struct_lead)
+    the video, so the video's last steps see a clean motion latent of their own frame; with struct_first it takes
+    all its steps before the video starts (2 x `steps` per chunk)."""
+    sv, ss = _unit_rows(frames, steps, chunk, shift, struct_start, struct_lead, struct_first)
+    steps = len(sv) - 1
     n_chunks = -(-frames // chunk)
     rows = n_chunks * steps + 1
     video = torch.empty(rows, frames)
@@ -91,10 +95,15 @@ def autoregressive(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, 
 
 
 def _unit_rows(frames: int, steps: int, chunk: int, shift: float, struct_start: float,
-               struct_lead: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The [K + 1] video and struct sigmas every chunk of `autoregressive` goes through."""
+               struct_lead: int, struct_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [K + 1] video and struct sigmas every frame (chunk) goes through; [2K + 1] with struct_first: the struct's
+    K steps with the video held at pure noise (an Euler step from 1 to 1 leaves it as it is), then the video's K with
+    the struct held clean."""
     if steps < 1 or chunk < 1 or frames < 1:
         raise ValueError(f"need frames, steps, chunk >= 1 (got {frames}, {steps}, {chunk})")
+    if struct_first:
+        return (torch.cat([torch.ones(steps), step_sigmas(steps, shift)]),
+                torch.cat([step_sigmas(steps, shift, struct_start), torch.zeros(steps)]))
     lead = min(struct_lead, steps - 1)
     sv = step_sigmas(steps, shift)
     ss = torch.cat([step_sigmas(steps - lead, shift, struct_start), torch.zeros(lead)])
@@ -114,12 +123,14 @@ def struct_leads(frames: int, steps: int, chunk: int = 1, shift: float = 1.0, st
 
 
 def rolling(frames: int, steps: int, window: int, shift: float = 1.0, struct_start: float = 1.0,
-            struct_lead: int = 0) -> Schedule:
+            struct_lead: int = 0, struct_first: bool = False) -> Schedule:
     """The rolling (pyramid) schedule as a matrix: frame j joins at row j * (steps / window) and takes the same
     `steps` Euler steps as an autoregressive frame, so up to `window` frames are in flight at staggered levels.
-    window = 1 is `autoregressive` with chunk 1."""
+    window = 1 is `autoregressive` with chunk 1. With struct_first a frame takes 2 x `steps` (`_unit_rows`), joining
+    every 2 x steps / window rows, so `window` frames are still in flight."""
+    sv, ss = _unit_rows(frames, steps, 1, shift, struct_start, struct_lead, struct_first)
+    steps = len(sv) - 1
     every = _rolling_every(steps, window)
-    sv, ss = _unit_rows(frames, steps, 1, shift, struct_start, struct_lead)
     rows = (frames - 1) * every + steps + 1
     video = torch.empty(rows, frames)
     struct = torch.empty(rows, frames)
@@ -158,18 +169,20 @@ def rolling_steps(sample: SampleConfig, frames: int) -> list[RollStep]:
     levels share one pair of row tensors (so a sampler moves them to its device once). Equal, step for step, to the
     rows of `build(sample, frames)` restricted to the frames in flight (tested)."""
     window, lead = resolve(sample, frames)
-    every = _rolling_every(sample.denoise_steps, window)
-    sv, ss = _unit_rows(frames, sample.denoise_steps, 1, sample.shift, sample.sigma_struct_start, lead)
+    sv, ss = _unit_rows(frames, sample.denoise_steps, 1, sample.shift, sample.sigma_struct_start, lead,
+                        sample.struct_first)
+    steps = len(sv) - 1  # a frame's steps: K, or 2K with struct_first
+    every = _rolling_every(steps, window)
     shared: dict[tuple, tuple] = {}
     out = []
-    for t in range((frames - 1) * every + sample.denoise_steps):
-        lo, hi = max(0, (t - sample.denoise_steps) // every + 1), min(frames, t // every + 1)
+    for t in range((frames - 1) * every + steps):
+        lo, hi = max(0, (t - steps) // every + 1), min(frames, t // every + 1)
         levels = tuple(t - j * every for j in range(lo, hi))  # each frame's step index, head first
         if levels not in shared:
             i = torch.tensor(levels)
             shared[levels] = (torch.stack([sv[i], sv[i + 1]]), torch.stack([ss[i], ss[i + 1]]))
         joins = int(t % every == 0 and t // every < frames)
-        out.append(RollStep(lo, hi, joins, int(levels[0] == sample.denoise_steps - 1), *shared[levels]))
+        out.append(RollStep(lo, hi, joins, int(levels[0] == steps - 1), *shared[levels]))
     return out
 
 
@@ -193,7 +206,7 @@ def _struct_leads_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
 
 def _rolling_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
     window = sample.rolling_window or sample.denoise_steps
-    _rolling_every(sample.denoise_steps, window)
+    _rolling_every(sample.denoise_steps * (2 if sample.struct_first else 1), window)
     if sample.chunk != 1:
         raise ValueError(f"schedule rolling moves one frame in and out at a time; chunk={sample.chunk} means nothing "
                          f"to it (leave chunk at 1, set rolling_window)")
@@ -242,9 +255,10 @@ def build(sample: SampleConfig, frames: int) -> Schedule:
     """The whole [R + 1, F] matrix of the sample config's kind (for inspection and tests; the sampler uses
     `stream_rows`)."""
     p = plan(sample, frames)
+    args = (sample.shift, sample.sigma_struct_start, p.lead, sample.struct_first)
     if p.windowed:
-        return rolling(frames, sample.denoise_steps, p.chunk, sample.shift, sample.sigma_struct_start, p.lead)
-    return autoregressive(frames, sample.denoise_steps, p.chunk, sample.shift, sample.sigma_struct_start, p.lead)
+        return rolling(frames, sample.denoise_steps, p.chunk, *args)
+    return autoregressive(frames, sample.denoise_steps, p.chunk, *args)
 
 
 def chunks(schedule: Schedule) -> list[Chunk]:
@@ -293,7 +307,8 @@ def stream_rows(sample: SampleConfig, frames: int) -> list[ChunkRows]:
     if p.windowed:
         raise ValueError(f"schedule {p.kind} is not chunk-sequential: its steps come from rolling_steps")
     chunk, lead = p.chunk, p.lead
-    sv, ss = _unit_rows(frames, sample.denoise_steps, chunk, sample.shift, sample.sigma_struct_start, lead)
+    sv, ss = _unit_rows(frames, sample.denoise_steps, chunk, sample.shift, sample.sigma_struct_start, lead,
+                        sample.struct_first)
     full = (sv[:, None].repeat(1, chunk), ss[:, None].repeat(1, chunk))
     out = []
     for lo in range(0, frames, chunk):
