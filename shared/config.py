@@ -297,14 +297,17 @@ class SampleConfig:
     struct_first: bool = False
     """Each frame (chunk) takes the struct's K Euler steps first, its video held at pure noise, then the video's K
     with its struct clean: a cascade inside one model, 2K forwards per frame, as condition_only and its motion source
-    take together (issue #34 remedy (f); train with `diffusion.video_loss_on=clean_struct`). Every kind; not with
-    `struct_lead` (the struct is already clean for all of the video's steps)."""
+    take together (issue #34 remedy (f); train with `diffusion.video_loss_on=clean_struct`). Every kind but
+    `struct_leads` (which needs a `struct_lead`); not with `struct_lead` (the struct is already clean for all of the
+    video's steps). In `rolling` a frame's 2K steps are laid out as its K are (`rolling_window` must divide 2K). Off
+    where no struct is generated (video_only, condition_only, a struct given): nothing to denoise first."""
     chunk: int = 1
     """Frames denoised together per autoregressive block."""
     rolling_window: int = 0
     """Frames in flight in the `rolling` schedule (0: as many as `steps`, a new frame every step); must divide
     `denoise_steps`: a frame joins every denoise_steps / rolling_window steps and takes the same denoise_steps steps as
-    in the others."""
+    in the others (with `struct_first`: divide 2 x denoise_steps, a frame's steps; 0 keeps denoise_steps frames in
+    flight, a new one every 2 steps)."""
     history_frames: int = 32
     """History frames visible besides the reference (the training clip length; `--window` in generate.py)."""
     roll_keep: int = 16

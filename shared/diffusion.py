@@ -183,12 +183,17 @@ def training_loss(model, batch: Batch, cfg: DiffusionConfig, generator: torch.Ge
     return flow_loss(model, batch, cfg, draws)
 
 
+def video_counted(cfg: DiffusionConfig, d: Draws) -> torch.Tensor | None:
+    """[B] bool, the samples the video learns from with `video_loss_on=clean_struct` (remedy (f)): those whose struct
+    is clean on every frame; None (every sample) otherwise."""
+    return None if cfg.video_loss_on == "all" else (d.sigma_struct == 0).all(1)
+
+
 def video_loss_sigma(cfg: DiffusionConfig, d: Draws) -> torch.Tensor:
-    """[B, T] the video sigmas `frame_mse` weighs the video loss by: with `video_loss_on=clean_struct`, zero on the
-    samples whose struct is not clean on every frame, which leaves them out of the video loss (remedy (f))."""
-    if cfg.video_loss_on == "all":
-        return d.sigma_video
-    return d.sigma_video * (d.sigma_struct == 0).all(1, keepdim=True)
+    """[B, T] the video sigmas `frame_mse` weighs the video loss by: zero on the samples the video does not learn from
+    (`video_counted`), which leaves them out of the video loss."""
+    counted = video_counted(cfg, d)
+    return d.sigma_video if counted is None else d.sigma_video * counted[:, None]
 
 
 def noised_inputs(mode, batch: Batch, d: Draws) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -207,8 +212,9 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: b
     entry [B] when `per_sample`."""
     mode = model.cfg.mode
     if cfg.video_loss_on == "clean_struct" and not mode.struct_generated:
-        raise ValueError(f"video_loss_on=clean_struct: bridge_mode={model.cfg.bridge_mode} generates no struct, so "
-                         f"no sample has a clean one and no video loss would count")
+        raise ValueError(f"video_loss_on=clean_struct: bridge_mode={model.cfg.bridge_mode} does not generate its "
+                         f"struct (video_only has none; condition_only's is always clean), so the option means "
+                         f"nothing to it")
     keep = d.audio_keep if batch.has_audio is None else d.audio_keep & batch.has_audio
     extra = {} if d.video_audio_keep is None else {"video_audio_keep": keep & d.video_audio_keep}
     x_video, struct_in = noised_inputs(mode, batch, d)
@@ -220,6 +226,8 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: b
 
         expert = load_expert(cfg.sync_expert, str(x_video.device))
         video_keep = keep if d.video_audio_keep is None else keep & d.video_audio_keep
+        if (counted := video_counted(cfg, d)) is not None:  # (f): no video term on a noisy-struct sample
+            video_keep = video_keep & counted
         out["sync"] = sync_loss(expert, denoised(x_video, vel_v, d.sigma_video), batch.audio, d.sigma_video,
                                 video_keep, per_sample)
         loss = loss + cfg.sync_loss_weight * out["sync"]

@@ -1,8 +1,9 @@
 """Streaming talking-head generation: a reference portrait and a voice in, an mp4 out.
 
     python stage2_dual/generate.py --ckpt RUN_OR_CKPT --ref face.png --audio voice.wav --out out.mp4 \\
-        [--seconds S] [--steps K] [--schedule KIND] [--sigma-struct-start 0.7] [--struct-lead L] [--chunk C] \\
-        [--rolling-window W] [--window W] [--sigma-context S] [--ref-weight W] [--audio-cfg G] [--seed X] [--threads N]
+        [--seconds S] [--steps K] [--schedule KIND] [--sigma-struct-start 0.7] [--struct-lead L] [--struct-first] \\
+        [--chunk C] [--rolling-window W] [--window W] [--sigma-context S] [--ref-weight W] [--audio-cfg G] [--seed X] \\
+        [--threads N]
 
 Writes OUT.mp4 (25 fps, the driving audio muxed in), OUT.struct.npz (the generated motion trajectory and its
 layout; dual models) and OUT.timing.json (per-frame latency, fps, first-frame latency, device). Frames are decoded
@@ -144,6 +145,7 @@ def main(argv=None) -> dict:
         paths = written.close()
     timing = {"frames": frames, "seconds_of_video": frames / cfg.fps, "wall_s": total, "fps": frames / total,
               "first_frame_s": latency[0], "per_frame_s": latency, "steps": sample.denoise_steps,
+              "struct_first": sample.struct_first,
               "chunk": sample.chunk, "window": sample.history_frames, "use_cache": not a.no_cache,
               "cuda_graphs": graphs is not None,
               "compiled": graphs is not None and not a.no_compile, "overlapped_decoder": decoder is not None,
@@ -177,7 +179,8 @@ def progress(frames: int, sample: SampleConfig):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    cols = (TextColumn(f"[bold]generating[/] ({sample.denoise_steps} steps a frame)"), BarColumn(),
+    steps = sample.denoise_steps * (2 if sample.struct_first else 1)
+    cols = (TextColumn(f"[bold]generating[/] ({steps} steps a frame)"), BarColumn(),
             MofNCompleteColumn(), TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
     with Progress(*cols, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generate", total=frames, fps="-")

@@ -167,6 +167,28 @@ def test_video_loss_on_clean_struct_counts_only_the_samples_whose_struct_is_clea
     assert measured(cfg).video_loss_on == "all"  # held-out losses are read as dual's are
 
 
+def test_video_loss_on_clean_struct_masks_the_sync_term_too(tmp_path):
+    """With (f) the latent lip-sync term (b) scores only the clean-struct samples' video as well: no video term of any
+    kind is learnt on a noisy-struct sample."""
+    from shared.diffusion import flow_loss
+    from shared.models.sync import SyncExpert, save_expert
+
+    mcfg, dcfg, batch, noise, (sv, ss) = _fixed_batch("dual")
+    ss = ss.clone()
+    ss[0] = 0.0
+    torch.manual_seed(0)
+    save_expert(SyncExpert(mcfg.latent_channels, mcfg.audio_dim, frames=3, width=16), tmp_path / "sync.pt")
+    model = DualForce(mcfg)
+    d = draw(batch, dcfg, torch.Generator().manual_seed(1))
+    d.sigma_video, d.sigma_struct, d.noise_video, d.noise_struct = sv, ss, *noise
+    sync = replace(dcfg, sync_loss_weight=0.1, sync_expert=str(tmp_path / "sync.pt"))
+    every = flow_loss(model, batch, sync, d, per_sample=True)["sync"]
+    only = flow_loss(model, batch, replace(sync, p_struct_clean=0.5, video_loss_on="clean_struct"), d,
+                     per_sample=True)["sync"]
+    assert every[1].item() > 0 and only[1].item() == 0.0
+    assert only[0].item() == pytest.approx(every[0].item(), rel=1e-6)
+
+
 def test_video_loss_on_clean_struct_is_refused_where_it_would_count_nothing():
     from shared.config import ConfigError
 
@@ -175,6 +197,6 @@ def test_video_loss_on_clean_struct_is_refused_where_it_would_count_nothing():
     with pytest.raises(ConfigError, match="video_loss_on='sometimes'"):
         DiffusionConfig(video_loss_on="sometimes", p_struct_clean=0.5)
     mcfg, dcfg, batch, noise, sig = _fixed_batch("video_only")
-    with pytest.raises(ValueError, match="generates no struct"):
+    with pytest.raises(ValueError, match="does not generate its struct"):
         training_loss(DualForce(mcfg), batch, replace(dcfg, p_struct_clean=0.5, video_loss_on="clean_struct"),
                       noise=noise, sigmas=sig)

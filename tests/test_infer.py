@@ -385,3 +385,33 @@ def test_overlapped_decoder_gives_each_frame_in_order():
     for (frame, done), z in zip(host, latents):
         done.synchronize()
         assert frame.device.type == "cpu" and torch.equal(frame, decode(z).cpu())
+
+
+@pytest.mark.parametrize("mode", ["dual", "video_only", "condition_only", "given"])
+def test_struct_first_takes_the_structs_steps_only_where_a_struct_is_generated(mode, monkeypatch):
+    """struct_first: a dual's chunk takes 2K steps, the struct's K first (its video held at pure noise), then the
+    video's K (its struct clean). Where nothing generates the struct (video_only, condition_only, a struct given and
+    held clean) it is off: K steps, the same frames, no idle forwards."""
+    from shared.sampling import infer as loop
+    from shared.sampling.steps import euler_chunk
+
+    seen = []
+
+    def spy(denoise, video, struct, rows_video, rows_struct):
+        seen.append((rows_video.clone(), rows_struct.clone()))
+        return euler_chunk(denoise, video, struct, rows_video, rows_struct)
+
+    monkeypatch.setattr(loop, "euler_chunk", spy)
+    model = tiny_model("dual" if mode == "given" else mode)
+    given = torch.randn(2, 3, model.cfg.struct_dim) if mode == "given" else None
+    first = _gen(model, 3, True, replace(SC, struct_first=True), struct_given=given)
+    k = SC.denoise_steps
+    rows = seen[0][0].shape[0] - 1
+    assert rows == (2 * k if mode == "dual" else k)
+    if mode == "dual":
+        sv, ss = seen[0]
+        assert (ss[sv < 1] == 0).all() and (sv[ss > 0] == 1).all()
+    else:
+        seen.clear()
+        plain = _gen(model, 3, True, SC, struct_given=given)
+        assert torch.equal(first["video"], plain["video"])

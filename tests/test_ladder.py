@@ -152,6 +152,29 @@ def test_rungs_grow_the_model_30x_and_keep_the_default():
     assert default.model.dim == 192  # the default's baseline is the one earlier runs trained
 
 
+def test_every_variant_of_the_full_suite_makes_a_valid_config():
+    """Each variant's overrides (its training and its sampling) name real fields with valid values at every rung: a
+    misspelt key or a refused combination fails here, not on the GPU after the data phase."""
+    poc = _poc()
+    from shared import config as C
+    from shared.data.cache import CacheMeta
+    from shared.poc import suite
+
+    meta = CacheMeta(64, (8, 16, 16), {"name": "tiny-ae"}, "explicit", tuple("m" * 13), {"name": "logmel", "dim": 80},
+                     80)
+    for rung, spec in poc.RUNGS.items():
+        s = replace(poc.GPU, rung=rung, **spec)
+        for v in suite.FULL_VARIANTS:
+            cfg = poc.variant_config(C.get_preset("poc"), v, meta, s, 10, "cpu", 0)
+            for key, value in v.overrides.items():
+                if key != "model.fusion_depth":  # FUSE_ALL resolves to the rung's depth
+                    section, name = key.split(".")
+                    assert getattr(getattr(cfg, section), name) == value or value == suite.SYNC_EXPERT, (v.name, key)
+            assert all(getattr(cfg.sample, k) == val for k, val in v.sample), v.name
+    cascade = poc.variant_config(C.get_preset("poc"), suite.VARIANTS["dual_cascade"], meta, poc.GPU, 10, "cpu", 0)
+    assert cascade.diffusion.video_loss_on == "clean_struct" and cascade.sample.struct_first
+
+
 def _args(**kw):
     import argparse
 

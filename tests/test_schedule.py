@@ -151,3 +151,15 @@ def test_struct_first_denoises_each_frames_struct_before_its_video(kind, chunk):
 def test_struct_first_is_refused_with_a_struct_lead():
     with pytest.raises(ValueError, match="leave struct_lead at 0"):
         SampleConfig(denoise_steps=4, struct_first=True, struct_lead=1)
+
+
+def test_struct_first_rolling_windows_divide_a_frames_2k_steps():
+    """In `rolling` a frame takes 2K steps with struct_first, so the window must divide 2K (K=3, W=2: yes; without
+    struct_first, no); the message names what it must divide."""
+    ok = SampleConfig(denoise_steps=3, rolling_window=2, struct_first=True, history_frames=8, roll_keep=2)
+    steps = sched.rolling_steps(ok, 4)
+    assert max(st.hi - st.lo for st in steps) == 2 and sum(st.leaves for st in steps) == 4
+    with pytest.raises(ValueError, match="must divide steps=3"):
+        sched.rolling_steps(replace(ok, struct_first=False), 4)
+    with pytest.raises(ValueError, match=r"must divide 2 x denoise_steps \(struct_first\)=4"):
+        sched.rolling_steps(replace(ok, denoise_steps=2, rolling_window=3), 4)

@@ -111,6 +111,8 @@ def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor 
             use_cache: bool = True, schedule: sched.Schedule | None = None, cond_struct: torch.Tensor | None = None,
             struct_given: torch.Tensor | None = None, graphs: GraphedModel | None = None) -> Iterator[dict]:
     sc = sample or SampleConfig()
+    if sc.struct_first and (not model.cfg.mode.struct_generated or struct_given is not None):
+        sc = replace(sc, struct_first=False)  # no struct to denoise first: K idle video steps a frame would be waste
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
     rolling = schedule is None and sched.plan(sc, num_frames).windowed
     chunks = rolling_rows(sc, num_frames) if rolling else chunk_rows(sc, num_frames, schedule)

@@ -13,13 +13,13 @@ Kinds (`SampleConfig.schedule`) live in `KINDS`, one function each that turns th
 size and struct lead it uses, refusing settings it cannot honour; adding a kind is adding one entry here. Every
 kind honours `sigma_struct_start` (the struct stream starts from the previous frame's clean struct re-noised to
 that level), `struct_lead` (the struct stream is clean that many steps before the video) and `struct_first` (the
-struct's K steps, then the video's K: 2K steps per frame) the same way: they shape the rows one frame goes through
-(`_unit_rows`), which every kind lays out.
+struct's K steps, then the video's K: 2K steps per frame; `struct_leads` refuses it, as it needs a lead) the same
+way: they shape the rows one frame goes through (`_unit_rows`), which every kind lays out.
 
 One kind is not chunk-sequential: `rolling` (Diffusion Forcing's pyramid schedule, Chen et al. 2024 sec. 3.3;
 Rolling Forcing, Liu et al. 2025): a window of W frames in flight at staggered noise levels is denoised together,
-each frame taking the same K steps, a new frame joining at the tail every K / W steps and the head leaving clean
-(into the cache). Its steps come from `rolling_steps` (linear in the stream's length).
+each frame taking the same K steps (2K with struct_first), a new frame joining at the tail every K / W steps (2K / W)
+and the head leaving clean (into the cache). Its steps come from `rolling_steps` (linear in the stream's length).
 """
 
 from __future__ import annotations
@@ -142,11 +142,11 @@ def rolling(frames: int, steps: int, window: int, shift: float = 1.0, struct_sta
     return Schedule(video, struct)
 
 
-def _rolling_every(steps: int, window: int) -> int:
-    """Steps between two frames joining the rolling window."""
+def _rolling_every(steps: int, window: int, what: str = "steps") -> int:
+    """Steps between two frames joining the rolling window (`steps`: a frame's steps, named `what` in the error)."""
     if window < 1 or steps % window:
-        raise ValueError(f"schedule rolling: rolling_window={window} must divide steps={steps} (a frame joins every "
-                         f"steps / rolling_window steps)")
+        raise ValueError(f"schedule rolling: rolling_window={window} must divide {what}={steps} (a frame joins every "
+                         f"{what} / rolling_window steps)")
     return steps // window
 
 
@@ -206,7 +206,10 @@ def _struct_leads_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
 
 def _rolling_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
     window = sample.rolling_window or sample.denoise_steps
-    _rolling_every(sample.denoise_steps * (2 if sample.struct_first else 1), window)
+    if sample.struct_first:
+        _rolling_every(2 * sample.denoise_steps, window, "2 x denoise_steps (struct_first)")
+    else:
+        _rolling_every(sample.denoise_steps, window)
     if sample.chunk != 1:
         raise ValueError(f"schedule rolling moves one frame in and out at a time; chunk={sample.chunk} means nothing "
                          f"to it (leave chunk at 1, set rolling_window)")
