@@ -121,8 +121,8 @@ FULL_VARIANTS = CORE_VARIANTS + [
     # (f) a cascade inside the dual: (e) with the video's loss only on its clean-struct samples, so the video never
     # learns that its struct can be noisy, and sampled with each frame's struct denoised before its video (2K
     # forwards a frame, as condition_only and its motion source together). At m a video trained only on a clean
-    # struct read it as much as condition_only reads its motion (16.7%, where any share of noisy-struct samples
-    # held it to about half; benchmarks/RESULTS.md, (e)'s dose-response)
+    # struct read a clean one as much as condition_only reads its motion (16.7%; with a tenth of noisy-struct samples
+    # about half of that, with more less; benchmarks/RESULTS.md, (e)'s dose-response)
     Variant("dual_cascade", {"diffusion.p_struct_clean": 0.5, "diffusion.video_loss_on": "clean_struct"},
             sample=(("struct_first", True),)),
     # dual sampled as (f) is, no training change: against it, (f) shows what its training does apart from sampling
