@@ -340,6 +340,11 @@ class SampleConfig:
         _need(self, not (self.struct_first and self.struct_lead), f"struct_first with struct_lead={self.struct_lead}: "
               f"with struct_first the struct is clean for all of the video's steps (leave struct_lead at 0)")
 
+    @property
+    def frame_steps(self) -> int:
+        """Sampler steps one frame (chunk) takes: denoise_steps, twice that with `struct_first`."""
+        return self.denoise_steps * (2 if self.struct_first else 1)
+
 
 FLOAT8_RECIPES = ("off", "tensorwise", "rowwise")
 """RuntimeConfig.float8's values (`shared.training.float8`)."""

@@ -189,13 +189,6 @@ def video_counted(cfg: DiffusionConfig, d: Draws) -> torch.Tensor | None:
     return None if cfg.video_loss_on == "all" else (d.sigma_struct == 0).all(1)
 
 
-def video_loss_sigma(cfg: DiffusionConfig, d: Draws) -> torch.Tensor:
-    """[B, T] the video sigmas `frame_mse` weighs the video loss by: zero on the samples the video does not learn from
-    (`video_counted`), which leaves them out of the video loss."""
-    counted = video_counted(cfg, d)
-    return d.sigma_video if counted is None else d.sigma_video * counted[:, None]
-
-
 def noised_inputs(mode, batch: Batch, d: Draws) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(video, struct) as the model takes them under draws `d`: the video noised; the struct noised when the model
     generates it, clean when it is a condition (`condition_only`), None when there is none."""
@@ -219,14 +212,16 @@ def flow_loss(model, batch: Batch, cfg: DiffusionConfig, d: Draws, per_sample: b
     extra = {} if d.video_audio_keep is None else {"video_audio_keep": keep & d.video_audio_keep}
     x_video, struct_in = noised_inputs(mode, batch, d)
     vel_v, vel_s = model(x_video, d.sigma_video, struct_in, d.sigma_struct, batch.audio, audio_keep=keep, **extra)
-    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, video_loss_sigma(cfg, d), per_sample)}
+    counted = video_counted(cfg, d)  # (f): a sample left out weighs its video frames at sigma 0, which frame_mse skips
+    loss_sigma = d.sigma_video if counted is None else d.sigma_video * counted[:, None]
+    out = {"video": frame_mse(vel_v, d.noise_video - batch.video, loss_sigma, per_sample)}
     loss = out["video"]
     if cfg.sync_loss_weight > 0 and batch.audio is not None:
         from .models.sync import load_expert
 
         expert = load_expert(cfg.sync_expert, str(x_video.device))
         video_keep = keep if d.video_audio_keep is None else keep & d.video_audio_keep
-        if (counted := video_counted(cfg, d)) is not None:  # (f): no video term on a noisy-struct sample
+        if counted is not None:  # (f): no video term on a noisy-struct sample
             video_keep = video_keep & counted
         out["sync"] = sync_loss(expert, denoised(x_video, vel_v, d.sigma_video), batch.audio, d.sigma_video,
                                 video_keep, per_sample)

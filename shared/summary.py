@@ -51,8 +51,7 @@ def summarize(cfg: Config, measure: bool = True) -> dict[str, Any]:
     out["sequence_frames"] = frames
     out["fwd_flops_per_frame"] = {k: v / frames for k, v in fwd.items()}
     out["train_flops_per_frame"] = 3 * fwd["total"] / frames
-    steps = cfg.sample.denoise_steps * (2 if cfg.sample.struct_first else 1)  # a frame's sampler steps
-    out["stream_flops_per_frame"] = (steps + 1) * step["total"]
+    out["stream_flops_per_frame"] = (cfg.sample.frame_steps + 1) * step["total"]
     if measure:
         dense = forward_flops(cfg.model, frames, causal=False)["total"]
         got = measured_forward_flops(cfg.model, frames)

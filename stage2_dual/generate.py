@@ -179,8 +179,7 @@ def progress(frames: int, sample: SampleConfig):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    steps = sample.denoise_steps * (2 if sample.struct_first else 1)
-    cols = (TextColumn(f"[bold]generating[/] ({steps} steps a frame)"), BarColumn(),
+    cols = (TextColumn(f"[bold]generating[/] ({sample.frame_steps} steps a frame)"), BarColumn(),
             MofNCompleteColumn(), TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
     with Progress(*cols, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("generate", total=frames, fps="-")

@@ -139,6 +139,8 @@ def test_struct_first_denoises_each_frames_struct_before_its_video(kind, chunk):
         assert struct_moves == video_moves == 3, (kind, j)
     col = m.struct[:, 0]
     assert col[0] == pytest.approx(0.7)
+    if kind == "autoregressive":  # chunk after chunk, each its frame_steps rows
+        assert m.video.shape[0] - 1 == -(-5 // chunk) * sample.frame_steps == -(-5 // chunk) * 6
     plain = sched.build(replace(sample, struct_first=False), 5)
     assert (plain.struct[plain.video < 1] > 0).any()  # without it, the two streams go down together
     if kind != "rolling":

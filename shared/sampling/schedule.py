@@ -206,10 +206,8 @@ def _struct_leads_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
 
 def _rolling_kind(sample: SampleConfig, frames: int) -> tuple[int, int]:
     window = sample.rolling_window or sample.denoise_steps
-    if sample.struct_first:
-        _rolling_every(2 * sample.denoise_steps, window, "2 x denoise_steps (struct_first)")
-    else:
-        _rolling_every(sample.denoise_steps, window)
+    _rolling_every(sample.frame_steps, window,
+                   "2 x denoise_steps (struct_first)" if sample.struct_first else "steps")
     if sample.chunk != 1:
         raise ValueError(f"schedule rolling moves one frame in and out at a time; chunk={sample.chunk} means nothing "
                          f"to it (leave chunk at 1, set rolling_window)")
