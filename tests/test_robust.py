@@ -607,6 +607,7 @@ SCRIPTS = [  # (argv, what the one error line says): the __main__ wiring of ever
     (["benchmarks/train_step.py", "--bogus"], "unrecognized arguments: --bogus"),
     (["benchmarks/step_kernels.py", "--shape", "5"], "--shape: '5' is not WIDTHxDEPTH"),
     (["benchmarks/bridge_opening.py", "--arms", "bf16:0"], "--arms: 'bf16:0': precision must be one of"),
+    (["benchmarks/gpu_repeat.py", "--mode", "twice"], "invalid choice: 'twice'"),
     (["benchmarks/stream_step.py", "--minutes", "-1"], "--minutes: -1.0 must be >= 0"),
     (["benchmarks/stream_step.py", "--preset", "tiny", "--minutes", "0.01", "--schedule", "full_sequence"],
      "every frame together, no stream to time"),

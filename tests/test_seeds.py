@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -329,3 +330,28 @@ def test_a_seeds_weights_copied_to_the_host_equal_those_on_its_device(cache):
                 torch.testing.assert_close(there[n], here[n], rtol=0, atol=0, msg=n)
     a, b = tr.weights(0, device="cpu"), tr.weights(1, device="cpu")
     assert any(not torch.equal(a[n], b[n]) for n in a)  # each seed its own row
+
+
+def test_gpu_repeat_finds_a_changed_weight_and_sees_the_cpu_repeat_bit_for_bit(tmp_path):
+    """benchmarks/gpu_repeat.py (why two GPU runs of rung m differed, #34): its comparison counts a tensor that differs
+    and its largest difference (a known answer), and on the CPU, where training is repeatable, the core variants
+    trained twice agree bit for bit, and so does the dual sampled twice; the mode's result is appended to --json."""
+    from tests.conftest import script
+
+    gr = script("benchmarks/gpu_repeat.py", "gpu_repeat_cli")
+    w = {"v": [{"a": torch.tensor([1.0, 2.0]), "b": torch.zeros(3)}]}
+    moved = {"v": [{"a": torch.tensor([1.0, 2.5]), "b": torch.zeros(3)}]}
+    assert gr.compare(w, moved) == {"v": {"tensors": 2, "differ": 1, "max_abs_diff": 0.5}}
+    assert gr.compare(w, w)["v"]["differ"] == 0
+    out = tmp_path / "repeat.json"
+    out.write_text('[{"mode": "eager"}]')
+    precision = torch.get_float32_matmul_precision()  # main sets it, as the PoC's GPU runs do
+    try:
+        r = gr.main(["--rung", "xs", "--steps", "2", "--seeds", "1", "--device", "cpu", "--json", str(out)])
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    assert r["bit_exact"] and "error" not in r, r
+    assert set(r["variants"]) == {"video_only", "condition_only", "dual", "video_only_wide", "dual_oneway",
+                                  "motion_source"}
+    assert r["sampling"]["repeat_equal"] and r["sampling"]["one_stream_equal"], r["sampling"]
+    assert [x["mode"] for x in json.loads(out.read_text())] == ["eager", "default"]
