@@ -614,6 +614,7 @@ SCRIPTS = [  # (argv, what the one error line says): the __main__ wiring of ever
 ]
 if not torch.cuda.is_available():  # the GPU benchmark on a machine without one: a message, not CUDA's traceback
     SCRIPTS.append((["benchmarks/stream_step.py", "--preset", "tiny", "--minutes", "0.01"], "needs a CUDA GPU"))
+    SCRIPTS.append((["benchmarks/gpu_repeat.py", "--device", "cuda"], "--device cuda: no CUDA GPU is visible here"))
 
 
 def test_every_script_ends_a_user_error_with_one_line_and_status_1():

@@ -332,26 +332,38 @@ def test_a_seeds_weights_copied_to_the_host_equal_those_on_its_device(cache):
     assert any(not torch.equal(a[n], b[n]) for n in a)  # each seed its own row
 
 
-def test_gpu_repeat_finds_a_changed_weight_and_sees_the_cpu_repeat_bit_for_bit(tmp_path):
-    """benchmarks/gpu_repeat.py (why two GPU runs of rung m differed, #34): its comparison counts a tensor that differs
-    and its largest difference (a known answer), and on the CPU, where training is repeatable, the core variants
-    trained twice agree bit for bit, and so does the dual sampled twice; the mode's result is appended to --json."""
+def test_gpu_repeat_compares_byte_for_byte_and_sees_the_cpu_repeat_bit_for_bit(tmp_path):
+    """benchmarks/gpu_repeat.py (why two GPU runs of rung m differed, #34): its comparison counts the tensors whose
+    bytes differ (a NaN equals itself, -0.0 differs from 0.0) and the largest difference, its loss histories part
+    where they first differ (known answers); on the CPU, where training and sampling repeat, two trainings agree
+    byte for byte in the variants they share, every way of sampling repeats and the ways agree, and training the
+    variants one at a time gives the same weights as side by side (the same digests); results append to --json."""
+    from shared.errors import UserError
     from tests.conftest import script
 
     gr = script("benchmarks/gpu_repeat.py", "gpu_repeat_cli")
-    w = {"v": [{"a": torch.tensor([1.0, 2.0]), "b": torch.zeros(3)}]}
-    moved = {"v": [{"a": torch.tensor([1.0, 2.5]), "b": torch.zeros(3)}]}
-    assert gr.compare(w, moved) == {"v": {"tensors": 2, "differ": 1, "max_abs_diff": 0.5}}
+    w = {"v": [{"a": torch.tensor([1.0, 2.0]), "n": torch.tensor([float("nan")]), "z": torch.tensor([0.0])}]}
+    moved = {"v": [{"a": torch.tensor([1.0, 2.5]), "n": torch.tensor([float("nan")]), "z": torch.tensor([-0.0])}]}
+    assert gr.compare(w, moved) == {"v": {"tensors": 3, "differ": 2, "max_abs_diff": 0.5}}
     assert gr.compare(w, w)["v"]["differ"] == 0
-    out = tmp_path / "repeat.json"
-    out.write_text('[{"mode": "eager"}]')
-    precision = torch.get_float32_matmul_precision()  # main sets it, as the PoC's GPU runs do
-    try:
-        r = gr.main(["--rung", "xs", "--steps", "2", "--seeds", "1", "--device", "cpu", "--json", str(out)])
-    finally:
-        torch.set_float32_matmul_precision(precision)
-    assert r["bit_exact"] and "error" not in r, r
-    assert set(r["variants"]) == {"video_only", "condition_only", "dual", "video_only_wide", "dual_oneway",
-                                  "motion_source"}
-    assert r["sampling"]["repeat_equal"] and r["sampling"]["one_stream_equal"], r["sampling"]
-    assert [x["mode"] for x in json.loads(out.read_text())] == ["eager", "default"]
+    assert gr.first_parting([(0, 1.0), (5, 2.0), (10, 3.0)], [(0, 1.0), (5, 2.5), (10, 3.5)]) == 5
+    assert gr.first_parting([(0, float("nan"))], [(0, float("nan"))]) is None
+    for bad in ("condition_only_oracle", "dual_sync", "dual_implicit", ""):
+        with pytest.raises(UserError, match="--second"):
+            gr.names(bad, "--second")
+    out, runs = tmp_path / "repeat.json", []
+    precision = torch.get_float32_matmul_precision()
+    for mode in ("default", "serial"):
+        runs.append(gr.main(["--rung", "xs", "--steps", "2", "--seeds", "1", "--device", "cpu", "--mode", mode,
+                             "--variants", "dual,video_only", "--second", "dual", "--frames", "3", "--batch", "2",
+                             "--json", str(out)]))
+    assert torch.get_float32_matmul_precision() == precision  # set on a GPU only
+    for r in runs:
+        assert "errors" not in r and r["training"]["bit_exact"], r
+        assert set(r["training"]["variants"]) == {"dual"}  # what the two trainings share
+        assert r["training"]["variants"]["dual"]["losses_part_at"] is None
+        assert all(r["sampling"][way]["repeat_equal"] and r["sampling"][way]["finite"] for way in
+                   ("graphs, two streams (the evaluation's)", "graphs, one stream", "no graphs")), r["sampling"]
+        assert all(r["sampling"]["ways_equal"].values())
+    assert runs[0]["training"]["digests"] == runs[1]["training"]["digests"]
+    assert [x["mode"] for x in json.loads(out.read_text())] == ["default", "serial"]
