@@ -97,6 +97,14 @@ def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3, usag
     }
 
 
+def test_each_rungs_weight_in_a_trend_is_its_share_of_one_over_se_squared():
+    """Which rungs a line leans on (#34: three of the four H2 lip-sync lines were 77-89% xs): SEs 0.01 and 0.02 weigh
+    4 : 1; a rung the fit drops (no finite positive error) has no share."""
+    shares = ladder.weight_shares(["xs", "s", "m"], [0.01, 0.02, float("nan")])
+    assert shares.keys() == {"xs", "s"}
+    assert math.isclose(shares["xs"], 0.8) and math.isclose(shares["s"], 0.2)
+
+
 def test_the_ladder_report_from_rung_reports(tmp_path):
     halving = {p: 0.1 * (p / 2.6e6) ** math.log10(0.5) for p in (2.6e6, 5.7e6, 31.8e6, 92.4e6)}  # x0.5 a decade
     reports = {"xs": _report(2.6e6, 0.04, -0.05, usage_ratio=halving[2.6e6]),
@@ -108,8 +116,10 @@ def test_the_ladder_report_from_rung_reports(tmp_path):
     assert set(res["trends"]) == {"H2a vs video_only | lip sync: lip_r", "oracle gap | lip sync"}  # H2 only
     gap = res["trends"]["oracle gap | lip sync"]
     assert gap["points"] == 4 and gap["slope_per_decade"] > 0 and gap["extrapolation_to_full"]["mean"] > 0.4
+    assert list(gap["weights"]) == ["xs", "s", "m", "l"] and math.isclose(sum(gap["weights"].values()), 1)
     md = (tmp_path / "ladder.md").read_text()
     assert "An extrapolation, not a measurement" in md and "| l | 42.0 M | 92.4 M |" in md
+    assert "each rung's weight (1/SE^2)" in md
     assert "| oracle gap | lip sync | 0.040 [-0.010, inf] not testable at this scale |" in md  # one-sided
     assert res["rungs"][0]["data_starved_check"]["dual"]["still_falling_or_flat"]
     assert res["rungs"][0]["bridge_usage_curve"] == {"dual": {2000: 0.001, 4000: 0.01}}

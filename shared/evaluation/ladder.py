@@ -184,14 +184,23 @@ def trends(rows: list[dict], full: float) -> dict[str, dict]:
     """Per effect: the fit over the rungs against dual's parameter count and its prediction at `full` parameters."""
     out = {}
     for key in dict.fromkeys(k for r in rows for k in r["effects"]):
-        pts = [(r["parameters"]["dual"], r["effects"][key]["mean"], r["effects"][key]["se"]) for r in rows
-               if key in r["effects"] and "dual" in r["parameters"]]
+        used = [r for r in rows if key in r["effects"] and "dual" in r["parameters"]]
+        pts = [(r["parameters"]["dual"], r["effects"][key]["mean"], r["effects"][key]["se"]) for r in used]
         fit = fit_trend(*zip(*pts)) if len(pts) >= 2 else None
         out[key] = {"points": len(pts), "fit": asdict(fit) if fit else None,
                     "slope_per_decade": fit.slope if fit else None,
                     "slope_interval": fit.slope_interval() if fit else None,
-                    "extrapolation_to_full": fit.predict(full) if fit else None}
+                    "extrapolation_to_full": fit.predict(full) if fit else None,
+                    "weights": weight_shares([r["rung"] for r in used], [se for *_, se in pts]) if fit else None}
     return out
+
+
+def weight_shares(rungs: list[str], se: list[float]) -> dict[str, float]:
+    """Each rung's share of a weighted fit's weights, 1 / SE^2 normalised over the rungs `fit_trend` keeps: which
+    rungs a line leans on (a rung measured precisely can carry a line alone)."""
+    w = {r: 1 / e**2 for r, e in zip(rungs, se) if math.isfinite(e) and e > 0}
+    total = sum(w.values())
+    return {r: x / total for r, x in w.items()}
 
 
 def write(folder: Path, reports: dict[str, dict], full: float) -> dict:
@@ -321,12 +330,13 @@ def markdown(rows: list[dict], fits: dict, full: float, usage_fits: dict) -> str
     tr = []
     for k, t in fits.items():
         if not t["fit"]:
-            tr.append([*k.split(" | ", 1), "-", "-", "-"])
+            tr.append([*k.split(" | ", 1), "-", "-", "-", "-"])
             continue
         lo, hi = t["slope_interval"]
         e = t["extrapolation_to_full"]
+        shares = ", ".join(f"{r} {100 * x:.0f}%" for r, x in (t.get("weights") or {}).items())
         tr.append([*k.split(" | ", 1), f"{f(t['slope_per_decade'])} [{f(lo)}, {f(hi)}]", f"{t['points']}",
-                   f"{f(e['mean'])} [{f(e['lo'])}, {f(e['hi'])}]"])
+                   shares or "-", f"{f(e['mean'])} [{f(e['lo'])}, {f(e['hi'])}]"])
     verdicts = sorted({q for r in rows for q in r["verdicts"] if q.startswith("H")})
     vt = [[r["rung"], *[r["verdicts"].get(q, "-") for q in verdicts]] for r in rows]
     return f"""# The scaling ladder (issue #34)
@@ -389,9 +399,11 @@ reference frame's motion clean; a struct given clean, as condition_only's, has n
 Slope: change of the effect per decade of dual's parameters, with its 95% interval; the extrapolation is the line
 carried to the full preset with its 95% interval. **An extrapolation, not a measurement.** The metrics are bounded
 (lip-sync r at most 1, a KS distance in [0, 1]) and a line is not: an extrapolation past what the metric can take
-gives the direction only.
+gives the direction only. Each rung weighs 1 / SE^2 of its seed-level effect: a line can lean on one precisely
+measured rung, whose share the table gives.
 
-{R.md_table(tr, ["effect", "family: metric", "slope per decade [95%]", "rungs", "at full [95%] (extrapolated)"])}
+{R.md_table(tr, ["effect", "family: metric", "slope per decade [95%]", "rungs", "each rung's weight (1/SE^2)",
+                 "at full [95%] (extrapolated)"])}
 
 ![trend](trend.png)
 """
