@@ -34,6 +34,7 @@ from shared.errors import integer, real  # noqa: E402
 from shared.sampling.generation import (InputError, Outputs, audio_pieces, check_fits, check_output,  # noqa: E402
                                         check_sample, codec_from_spec, cpu_threads, features_from_spec, load_audio,
                                         load_model, load_reference, prepare_decoder, prepare_graphs, stream_frames)
+from shared.sampling import applied  # noqa: E402
 from shared.sampling.watchdog import Watchdog  # noqa: E402
 
 
@@ -102,7 +103,8 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           "cpu" if a.device == "auto" else a.device)
     model, cfg, meta = load_model(a.ckpt, device, stage=a.stage, preset=a.preset)
-    sample = check_sample(sample_config(cfg.sample, given(a, SampleConfig)))
+    # as the stream runs it (struct_first off for a model that generates no struct): the bar and timing.json say so
+    sample = applied(check_sample(sample_config(cfg.sample, given(a, SampleConfig))), model)
     codec = get_codec(a.codec, str(device)) if a.codec else codec_from_spec(meta.codec, str(device))
     ref = load_reference(a.ref, cfg, meta, codec)
     wav = load_audio(a.audio, a.seconds)

@@ -405,6 +405,8 @@ def test_struct_first_takes_the_structs_steps_only_where_a_struct_is_generated(m
     model = tiny_model("dual" if mode == "given" else mode)
     given = torch.randn(2, 3, model.cfg.struct_dim) if mode == "given" else None
     first = _gen(model, 3, True, replace(SC, struct_first=True), struct_given=given)
+    # what generate.py's progress bar and timing.json report: the config as the stream ran it
+    assert loop.applied(replace(SC, struct_first=True), model, given is not None).struct_first == (mode == "dual")
     k = SC.denoise_steps
     rows = seen[0][0].shape[0] - 1
     assert rows == (2 * k if mode == "dual" else k)

@@ -5,8 +5,8 @@ denoised in (`engine`: `CachedContext`, `RecomputeContext`), CUDA-graph replay (
 
 from .engine import CachedContext, RecomputeContext
 from .graphs import GraphedModel
-from .infer import chunk_rows, generate, stream, warm_up
+from .infer import applied, chunk_rows, generate, stream, warm_up
 from .steps import Denoiser, euler_block, euler_chunk, euler_step, guided
 
-__all__ = ["CachedContext", "Denoiser", "GraphedModel", "RecomputeContext", "chunk_rows", "euler_block", "euler_chunk",
-           "euler_step", "generate", "guided", "stream", "warm_up"]
+__all__ = ["CachedContext", "Denoiser", "GraphedModel", "RecomputeContext", "applied", "chunk_rows", "euler_block",
+           "euler_chunk", "euler_step", "generate", "guided", "stream", "warm_up"]

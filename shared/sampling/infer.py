@@ -106,13 +106,20 @@ def initial_noise(model: DualForce, lo: int, hi: int, rows_struct: torch.Tensor,
     return video, cond_struct[:, lo:hi] if mode.struct_condition or given else None
 
 
+def applied(sample: SampleConfig, model: DualForce, struct_given: bool = False) -> SampleConfig:
+    """`sample` as a stream of `model` runs it: `struct_first` off where no struct is generated (video_only,
+    condition_only, a struct given), since there is nothing to denoise first and K idle video steps a frame would be
+    waste."""
+    if sample.struct_first and (not model.cfg.mode.struct_generated or struct_given):
+        return replace(sample, struct_first=False)
+    return sample
+
+
 def _stream(model: DualForce, ref_video: torch.Tensor, ref_struct: torch.Tensor | None, audio: torch.Tensor | None,
             num_frames: int, *, sample: SampleConfig | None = None, generator: torch.Generator | None = None,
             use_cache: bool = True, schedule: sched.Schedule | None = None, cond_struct: torch.Tensor | None = None,
             struct_given: torch.Tensor | None = None, graphs: GraphedModel | None = None) -> Iterator[dict]:
-    sc = sample or SampleConfig()
-    if sc.struct_first and (not model.cfg.mode.struct_generated or struct_given is not None):
-        sc = replace(sc, struct_first=False)  # no struct to denoise first: K idle video steps a frame would be waste
+    sc = applied(sample or SampleConfig(), model, struct_given is not None)
     _check_inputs(model, ref_video, ref_struct, audio, num_frames, cond_struct)
     rolling = schedule is None and sched.plan(sc, num_frames).windowed
     chunks = rolling_rows(sc, num_frames) if rolling else chunk_rows(sc, num_frames, schedule)
