@@ -99,8 +99,9 @@ def _report(dual_params: float, lip_gap: float, h2a: float, seeds: int = 3, usag
 
 def test_each_rungs_weight_in_a_trend_is_its_share_of_one_over_se_squared():
     """Which rungs a line leans on (#34: three of the four H2 lip-sync lines were 77-89% xs): SEs 0.01 and 0.02 weigh
-    4 : 1; a rung the fit drops (no finite positive error) has no share."""
-    shares = ladder.weight_shares(["xs", "s", "m"], [0.01, 0.02, float("nan")])
+    4 : 1; a rung the fit drops (no finite positive error, or no finite effect) has no share."""
+    shares = ladder.weight_shares(["xs", "s", "m", "l"], [1e6, 1e7, 1e8, 1e9], [0.1, 0.2, 0.3, float("nan")],
+                                  [0.01, 0.02, float("nan"), 0.01])
     assert shares.keys() == {"xs", "s"}
     assert math.isclose(shares["xs"], 0.8) and math.isclose(shares["s"], 0.2)
 

@@ -48,13 +48,19 @@ class Trend:
         return self.slope - q * self.slope_se, self.slope + q * self.slope_se
 
 
+def kept(parameters, effect, se) -> np.ndarray:
+    """[n] bool: the rungs a fit uses, those with a finite parameter count, effect and positive error."""
+    x, y, s = (np.asarray(v, np.float64) for v in (parameters, effect, se))
+    return np.isfinite(np.log10(x)) & np.isfinite(y) & np.isfinite(s) & (s > 0)
+
+
 def fit_trend(parameters, effect, se=None) -> Trend | None:
     """Weighted least squares of `effect` on log10(`parameters`) (see the module docstring); None with fewer than two
     rungs (three without errors) or a single parameter count."""
     x = np.log10(np.asarray(parameters, np.float64))
     y = np.asarray(effect, np.float64)
     s = np.ones_like(y) if se is None else np.asarray(se, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(s) & (s > 0)
+    keep = kept(parameters, effect, s)
     x, y, s = x[keep], y[keep], s[keep]
     if len(x) < (2 if se is not None else 3) or np.ptp(x) == 0:
         return None  # without errors, two points leave nothing to estimate the scatter with
@@ -191,14 +197,14 @@ def trends(rows: list[dict], full: float) -> dict[str, dict]:
                     "slope_per_decade": fit.slope if fit else None,
                     "slope_interval": fit.slope_interval() if fit else None,
                     "extrapolation_to_full": fit.predict(full) if fit else None,
-                    "weights": weight_shares([r["rung"] for r in used], [se for *_, se in pts]) if fit else None}
+                    "weights": weight_shares([r["rung"] for r in used], *zip(*pts)) if fit else None}
     return out
 
 
-def weight_shares(rungs: list[str], se: list[float]) -> dict[str, float]:
-    """Each rung's share of a weighted fit's weights, 1 / SE^2 normalised over the rungs `fit_trend` keeps: which
-    rungs a line leans on (a rung measured precisely can carry a line alone)."""
-    w = {r: 1 / e**2 for r, e in zip(rungs, se) if math.isfinite(e) and e > 0}
+def weight_shares(rungs: list[str], parameters, effect, se) -> dict[str, float]:
+    """Each rung's share of a weighted fit's weights, 1 / SE^2 normalised over the rungs `fit_trend` keeps (`kept`):
+    which rungs a line leans on (a rung measured precisely can carry a line alone)."""
+    w = {r: 1 / e**2 for r, e, k in zip(rungs, se, kept(parameters, effect, se)) if k}
     total = sum(w.values())
     return {r: x / total for r, x in w.items()}
 
@@ -334,7 +340,7 @@ def markdown(rows: list[dict], fits: dict, full: float, usage_fits: dict) -> str
             continue
         lo, hi = t["slope_interval"]
         e = t["extrapolation_to_full"]
-        shares = ", ".join(f"{r} {100 * x:.0f}%" for r, x in (t.get("weights") or {}).items())
+        shares = ", ".join(f"{r} {100 * x:.0f}%" for r, x in t["weights"].items())
         tr.append([*k.split(" | ", 1), f"{f(t['slope_per_decade'])} [{f(lo)}, {f(hi)}]", f"{t['points']}",
                    shares or "-", f"{f(e['mean'])} [{f(e['lo'])}, {f(e['hi'])}]"])
     verdicts = sorted({q for r in rows for q in r["verdicts"] if q.startswith("H")})
