@@ -38,7 +38,7 @@ import math
 import os
 import sys
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from shared import config as C  # noqa: E402
 from shared import errors  # noqa: E402
 from shared.cli import add_fields, flag  # noqa: E402
-from shared.poc.settings import GPU, RUNGS, Settings  # noqa: E402
+from shared.poc.settings import RUNGS, Settings, resolve  # noqa: E402
 from shared.poc.suite import CORE_VARIANTS, VARIANTS, curve_steps, model_maker, variant_config  # noqa: E402
 from shared.training.seeds import SeedJob, fit_together  # noqa: E402
 
@@ -78,7 +78,8 @@ class RepeatBench:
     second: str = ""
     """The second training's variants; empty: the same as the first."""
     frames: int = flag(0, check=errors.integer(0))
-    """Frames of each sampled stream; 0: the rung's rollout (10 training clips)."""
+    """Frames of each sampled stream; 0: the PoC's rollout on this device (rollout_factor training clips: 10 on a
+    GPU)."""
     batch: int = flag(0, check=errors.integer(0))
     """Streams sampled at once; 0: the rung's (held-out clips x rollouts); at most the 320 synthetic windows."""
     device: str = flag("cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
@@ -88,10 +89,9 @@ class RepeatBench:
 
 
 def settings(o: RepeatBench) -> Settings:
-    """The rung's GPU settings (fp32 off a GPU, as `shared.poc.settings.resolve` does), at --steps and --seeds."""
-    s = replace(GPU, rung=o.rung, train_steps=o.steps, **RUNGS[o.rung])
-    s = replace(s, seeds=o.seeds or s.seeds)
-    return s if o.device == "cuda" else replace(s, precision="32-true")
+    """The rung's settings as `stage0_poc/run.py --rung R --device D` resolves them, at --steps and --seeds."""
+    args = argparse.Namespace(quick=False, rung=o.rung, train_steps=o.steps, seeds=o.seeds or None)
+    return resolve(args, o.device)
 
 
 def names(text: str, flag_name: str) -> list[str]:
