@@ -2,6 +2,9 @@
 m with the same code, card, seeds, data and noise (2026-12-06 (d): the core suite, then the remedies subset with
 dual_cascade) agreed on held-out loss to three decimals but moved per-seed lip sync by up to 0.056 and one seed-level
 p from 0.072 to 0.015; on the CPU the same pair agrees bit for bit. This finds which part of a GPU run does not repeat.
+Found on one H100 (2026-12-06 (e), benchmarks/ladder/gpu_repeat/): the GPU's default kernels. Trained with them,
+in `default` and `serial` mode, the weights differ (the losses part at step 5-20); in `deterministic` mode every
+variant's trained and EMA weights repeat byte for byte; sampling repeats in every mode.
 
 Training: the variants of --variants are trained side by side as `stage0_poc/run.py --rung R` trains them (the rung's
 width, depth, precision and seeds, each variant on its own CUDA stream, CUDA graphs, a loss read on the host every 50
@@ -13,10 +16,11 @@ and batch, twice in each of three ways: as the evaluation does (CUDA graphs, the
 one stream, without graphs.
 
 --mode changes the training:
-- `default`: as the PoC trains;
+- `default`: the GPU's default kernels, as the PoC trained before 2026-12-06 (e) and trains with --no-deterministic;
 - `deterministic`: `torch.use_deterministic_algorithms(True)` with `CUBLAS_WORKSPACE_CONFIG=:4096:8`, set before CUDA
   starts, as PyTorch's reproducibility notes ask (it also fills `torch.empty` with NaN: an uninitialised read would
-  show as a NaN, not as a difference);
+  show as a NaN, not as a difference); strict here (an op without a deterministic kernel raises), where the PoC, which
+  has used them by default since 2026-12-06 (e), only warns (`shared.training.runtime.deterministic_kernels`);
 - `serial`: each variant trained alone, one after the other (no side-by-side streams);
 - `eager`: no CUDA graphs, which also puts every variant on the default stream and steps AdamW on the host (read it
   against `serial`).
@@ -50,6 +54,7 @@ from shared import errors  # noqa: E402
 from shared.cli import add_fields, flag  # noqa: E402
 from shared.poc.settings import RUNGS, Settings, resolve  # noqa: E402
 from shared.poc.suite import CORE_VARIANTS, VARIANTS, curve_steps, model_maker, variant_config  # noqa: E402
+from shared.training import runtime  # noqa: E402
 from shared.training.seeds import SeedJob, fit_together  # noqa: E402
 
 from poc_seeds import windows  # noqa: E402
@@ -227,8 +232,7 @@ def main(argv=None) -> dict:
     if o.device == "cuda" and not torch.cuda.is_available():
         raise errors.UserError("--device cuda: no CUDA GPU is visible here")
     if o.mode == "deterministic":  # before the first CUDA call: cuBLAS reads it when its handle is made
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        runtime.deterministic_kernels(strict=True)
     if o.device == "cuda":
         torch.set_float32_matmul_precision("high")  # as run.py does on a GPU
     s = settings(o)

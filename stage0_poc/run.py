@@ -30,6 +30,7 @@ from shared.poc.phases import Phases  # noqa: E402
 from shared.poc.settings import device_of, resolve, run_name  # noqa: E402
 from shared.poc.suite import SYNC_EXPERT, chosen, variant_config  # noqa: E402
 from shared.poc.training import train_suite  # noqa: E402
+from shared.training import runtime  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,6 +46,8 @@ def run_suite(args) -> dict:
     s, out, variants = resolve(args, device), Path(args.out) / run_name(args), chosen(args.suite, args.variants)
     if device == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where the PoC models train in fp32
+        if args.deterministic:  # before the first matmul: cuBLAS reads its workspace setting then
+            runtime.deterministic_kernels()
     for d in (out / "plots", out / "samples"):
         d.mkdir(parents=True, exist_ok=True)
     clip_frames, phase = C.get_preset("poc").clip_frames, Phases(con)
@@ -77,7 +80,8 @@ def run_suite(args) -> dict:
     with phase("verdicts and report"):
         verdicts, seed_level, room = decide.decide(by_seed, chance, start)
         rep = report.write_report(out, args.suite, args.quick, s, device, data, probe_acc, by_seed, verdicts, chance,
-                                  phase, held.clips["explicit"], clip_frames, seed_level, curves, room)
+                                  phase, held.clips["explicit"], clip_frames, seed_level, curves, room,
+                                  runtime.kernels())
     rep |= report.scale_record(cfgs[0], by_seed, clip_frames) | report.sync_record(out, sync)
     rep["learning_curves"] = {n: {m: {str(st): v for st, v in c.items()} for m, c in cs.items()}
                               for n, cs in curves.items()}

@@ -367,3 +367,35 @@ def test_gpu_repeat_compares_byte_for_byte_and_sees_the_cpu_repeat_bit_for_bit(t
         assert all(r["sampling"]["ways_equal"].values())
     assert runs[0]["training"]["digests"] == runs[1]["training"]["digests"]
     assert [x["mode"] for x in json.loads(out.read_text())] == ["default", "serial"]
+
+
+def test_deterministic_kernels_are_the_pocs_default_and_its_report_says_which_ran():
+    """Two GPU trainings of the same seeds part without deterministic kernels and repeat byte for byte with them
+    (#34, benchmarks/ladder/gpu_repeat/), so the PoC turns them on for a GPU run unless --no-deterministic; they are
+    process-wide (and cuBLAS reads its workspace setting once), so they are set in a fresh interpreter here. A
+    workspace setting given by the user is kept; the report's first line says whether a rerun repeats."""
+    import os
+    import subprocess
+    import sys
+
+    from shared.poc import cli, report
+
+    code = ("import json; from shared.training import runtime; a = runtime.kernels(); "
+            "b = runtime.deterministic_kernels(); c = runtime.deterministic_kernels(strict=True); "
+            "print(json.dumps([a, b, c]))")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    before, loose, strict = json.loads(res.stdout)
+    assert before == {"deterministic_algorithms": False, "strict": False, "cublas_workspace_config": None}
+    assert loose == {"deterministic_algorithms": True, "strict": False, "cublas_workspace_config": ":4096:8"}
+    assert strict == {**loose, "strict": True}
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env={**env, "CUBLAS_WORKSPACE_CONFIG": ":16:8"},
+                         capture_output=True, text=True, timeout=120)
+    assert json.loads(res.stdout)[1]["cublas_workspace_config"] == ":16:8"
+    assert cli.parser().parse_args([]).deterministic is True
+    assert cli.parser().parse_args(["--no-deterministic"]).deterministic is False
+    assert "a rerun repeats" in report.kernels_text("cuda", loose)
+    assert "a rerun can differ" in report.kernels_text("cuda", before)
+    assert report.kernels_text("cpu", before) == ""  # the CPU's kernels repeat either way: no word

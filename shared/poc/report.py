@@ -188,11 +188,20 @@ def probe_fields(acc: dict) -> dict:
         "reliable": RELIABLE, "pose_dims": acc["pose_dims"], "identity_dims": acc["identity_dims"]}
 
 
+def kernels_text(device: str, kernels: dict | None) -> str:
+    """The report's word on whether a rerun repeats its numbers (the CPU's kernels do either way)."""
+    if device != "cuda" or kernels is None:
+        return ""
+    return (" (deterministic kernels: a rerun repeats the numbers)" if kernels["deterministic_algorithms"]
+            else " (the GPU's default kernels: a rerun can differ, benchmarks/ladder/gpu_repeat/)")
+
+
 def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, data: dict, probe_acc: dict,
                  by_seed: list, verdicts: dict, chance: float, phase: Phases, clips: list, clip_frames: int,
-                 seed_level: dict, curves: dict, room: dict) -> dict:
+                 seed_level: dict, curves: dict, room: dict, kernels: dict | None = None) -> dict:
     """report.md, plots/ and samples/ in `out` (the tables of seed 0, the seed-level ones over `by_seed`: per seed
-    (results, histories)); returns the report.json record (without the ladder's keys)."""
+    (results, histories)); kernels: how the run picked its kernels (`shared.training.runtime.kernels`). Returns the
+    report.json record (without the ladder's keys)."""
     results, histories = by_seed[0]
     plot(out, results, histories, curves, clip_frames)
     samples = write_samples(out, results, clips, data["ae"])
@@ -204,7 +213,8 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
                 ", ".join(f"{st} {v:.2f}" for st, v in x["heldout_end_over_start"].items()),
                 f"{x['grad_max_over_median']:.2f}", str(x["stable"])] for k, x in enumerate(h3)]
     fields = {
-        "suite": suite, "quick": " (quick)" if quick else "", "device": device, "task": s.task,
+        "suite": suite, "quick": " (quick)" if quick else "", "device": device,
+        "kernels": kernels_text(device, kernels), "task": s.task,
         "train_steps": s.train_steps, "batch": s.batch, "n_clips": len(clips), "rollouts": s.rollouts,
         "rollout_frames": s.rollout_factor * clip_frames, "rollout_factor": s.rollout_factor,
         "clip_frames": clip_frames, "seed": s.seed, "seed_last": s.seed + s.seeds - 1,
@@ -224,7 +234,8 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
     (out / "report.md").write_text(Template(TEMPLATE.read_text()).substitute(fields))
     cfgs = {v: json.loads((out / "variants" / v / "config.json").read_text())
             for v in histories if (out / "variants" / v / "config.json").exists()}
-    return {"suite": suite, "quick": quick, "device": device, "settings": asdict(s), "configs": cfgs,
+    return {"suite": suite, "quick": quick, "device": device, "kernels": kernels, "settings": asdict(s),
+            "configs": cfgs,
             "probe_accuracy": probe_acc, "identity_chance": chance, "rules": {**RULES, "min_effect": MIN_EFFECT},
             "verdict_rule": V.CLIP_RULE,
             "verdicts": verdicts, "seed_verdicts": seed_level, "seed_verdict_rule": V.RULE, "headroom": room,
