@@ -2,9 +2,10 @@
 m with the same code, card, seeds, data and noise (2026-12-06 (d): the core suite, then the remedies subset with
 dual_cascade) agreed on held-out loss to three decimals but moved per-seed lip sync by up to 0.056 and one seed-level
 p from 0.072 to 0.015; on the CPU the same pair agrees bit for bit. This finds which part of a GPU run does not repeat.
-Found on one H100 (2026-12-06 (e), benchmarks/ladder/gpu_repeat/): the GPU's default kernels. Trained with them,
-in `default` and `serial` mode, the weights differ (the losses part at step 5-20); in `deterministic` mode every
-variant's trained and EMA weights repeat byte for byte; sampling repeats in every mode.
+Found on one H100 (2026-12-06 (e), benchmarks/ladder/gpu_repeat/): the GPU's default kernels. Trained with them the
+weights differ, side by side (`default`: the losses of the variants both trainings share part at step 5-20) and one
+variant at a time (`serial`: every variant's weights differ, dual's loss parts at step 5); with strict deterministic
+kernels (`deterministic`) every variant's trained and EMA weights repeat byte for byte; sampling repeats in every mode.
 
 Training: the variants of --variants are trained side by side as `stage0_poc/run.py --rung R` trains them (the rung's
 width, depth, precision and seeds, each variant on its own CUDA stream, CUDA graphs, a loss read on the host every 50
@@ -19,8 +20,8 @@ one stream, without graphs.
 - `default`: the GPU's default kernels, as the PoC trained before 2026-12-06 (e) and trains with --no-deterministic;
 - `deterministic`: `torch.use_deterministic_algorithms(True)` with `CUBLAS_WORKSPACE_CONFIG=:4096:8`, set before CUDA
   starts, as PyTorch's reproducibility notes ask (it also fills `torch.empty` with NaN: an uninitialised read would
-  show as a NaN, not as a difference); strict here (an op without a deterministic kernel raises), where the PoC, which
-  has used them by default since 2026-12-06 (e), only warns (`shared.training.runtime.deterministic_kernels`);
+  show as a NaN, not as a difference); strict (an op without a deterministic kernel raises), as the PoC has used them
+  on a GPU by default since 2026-12-06 (e) (`shared.training.runtime.deterministic_kernels`);
 - `serial`: each variant trained alone, one after the other (no side-by-side streams);
 - `eager`: no CUDA graphs, which also puts every variant on the default stream and steps AdamW on the host (read it
   against `serial`).

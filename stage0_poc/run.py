@@ -47,7 +47,7 @@ def run_suite(args) -> dict:
     if device == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where the PoC models train in fp32
         if args.deterministic:  # before the first matmul: cuBLAS reads its workspace setting then
-            runtime.deterministic_kernels()
+            runtime.deterministic_kernels(strict=True)
     for d in (out / "plots", out / "samples"):
         d.mkdir(parents=True, exist_ok=True)
     clip_frames, phase = C.get_preset("poc").clip_frames, Phases(con)

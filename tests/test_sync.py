@@ -105,3 +105,57 @@ def test_an_expert_of_another_design_is_refused_by_name(trained, tmp_path):
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="older design .*train it again"):
         load_expert(str(tmp_path / "old.pt"))
+
+
+def test_the_tiled_pool_is_adaptive_pooling_with_a_backward_that_repeats():
+    """`shared.models.pool` (#34): CUDA's backward of adaptive_avg_pool2d adds with atomics, which strict
+    deterministic kernels refuse, so the probes and the sync expert pool with a broadcast backward where the windows
+    tile the input. On known answers: the native op's output and gradient for 1x1, 2x2 and 3x2 windows, also under
+    vmap over seeds with `torch.func.grad` (the sync loss runs inside the lockstep trainer's vmap); on the CPU the
+    module is the native op itself, with no state (the probes' and experts' files load as before)."""
+    import torch.nn.functional as F
+    from torch.func import grad, vmap
+
+    from shared.models.pool import TiledAvgPool2d, _TiledPool
+
+    for shape in ((2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 12, 8)):
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(shape[0], shape[1], 4, 4, dtype=torch.float64)
+        ours, native = _TiledPool.apply(x, 4), F.adaptive_avg_pool2d(x, 4)
+        assert torch.equal(ours, native)
+        (g_ours,), (g_native,) = (torch.autograd.grad((y * w).sum(), x) for y in (ours, native))
+        torch.testing.assert_close(g_ours, g_native, rtol=1e-12, atol=0)
+    xs, ws = torch.randn(3, 2, 5, 8, 8), torch.randn(3, 2, 5, 4, 4)
+    g_ours = vmap(grad(lambda x, w: (_TiledPool.apply(x, 4) * w).sum()))(xs, ws)
+    g_native = vmap(grad(lambda x, w: (F.adaptive_avg_pool2d(x, 4) * w).sum()))(xs, ws)
+    torch.testing.assert_close(g_ours, g_native, rtol=1e-6, atol=0)
+    pool = TiledAvgPool2d(4)
+    assert torch.equal(pool(xs[0]), F.adaptive_avg_pool2d(xs[0], 4)) and not pool.state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's atomic backward")
+def test_probe_and_expert_train_under_strict_deterministic_kernels_on_a_gpu():
+    """On a GPU under strict deterministic kernels (the PoC's default since #34), the probe's and the sync expert's
+    backward passes run (with nn.AdaptiveAvgPool2d they raised), and give the same gradient twice."""
+    import subprocess
+    import sys
+
+    code = """import torch
+from shared.training import runtime
+from shared.evaluation.probes import Probe
+from shared.models.sync import SyncExpert
+runtime.deterministic_kernels()
+def grads():
+    torch.manual_seed(0)
+    probe, expert = Probe().cuda(), SyncExpert(8, 80).cuda()
+    m, i, _ = probe(torch.randn(4, 3, 64, 64, device="cuda"))
+    video = torch.randn(4, 5, 8, 16, 16, device="cuda", requires_grad=True)
+    logit = expert(video, torch.randn(4, 10, 80, device="cuda"))
+    (m.sum() + i.sum() + logit.sum()).backward()
+    return [p.grad.clone() for p in [*probe.parameters(), *expert.parameters()] if p.grad is not None]
+a, b = grads(), grads()
+assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b) > 0
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -30,9 +30,10 @@ class RunOptions:
     retrain: bool = False
     """Train variants again even if a model is saved."""
     deterministic: bool = True
-    """On a GPU, deterministic kernels (`shared.training.runtime.deterministic_kernels`), so that a rerun repeats
-    every number: without them two trainings of the same seeds part within 20 steps (benchmarks/ladder/gpu_repeat/).
-    --no-deterministic: the GPU's default kernels, as every run before 2026-12-06 (e). The CPU repeats either way."""
+    """On a GPU, deterministic kernels (`shared.training.runtime.deterministic_kernels`, strict), so that a rerun can
+    repeat the numbers: with the GPU's default kernels two trainings of the same seeds give different weights within
+    100 steps (benchmarks/ladder/gpu_repeat/). --no-deterministic: the default kernels, as every GPU run before
+    2026-12-06 (e). The CPU repeats either way."""
     rung: str = flag("xs", choices=tuple(RUNGS))
     """Scaling-ladder rung (RUNGS: model width and depth, training identities; xs: the default)."""
     variants: str | None = None

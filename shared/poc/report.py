@@ -192,8 +192,9 @@ def kernels_text(device: str, kernels: dict | None) -> str:
     """The report's word on whether a rerun repeats its numbers (the CPU's kernels do either way)."""
     if device != "cuda" or kernels is None:
         return ""
-    return (" (deterministic kernels: a rerun repeats the numbers)" if kernels["deterministic_algorithms"]
-            else " (the GPU's default kernels: a rerun can differ, benchmarks/ladder/gpu_repeat/)")
+    if kernels["strict"]:
+        return " (deterministic kernels, strict: a rerun of the same seeds should repeat the numbers)"
+    return " (the GPU's default kernels, or not strict: a rerun can differ, benchmarks/ladder/gpu_repeat/)"
 
 
 def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, data: dict, probe_acc: dict,

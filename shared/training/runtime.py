@@ -59,12 +59,15 @@ def precision_autocast(precision: str, device: torch.device, cache: bool = True)
 CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace, as PyTorch's reproducibility notes ask for repeatable GEMMs
 
 
-def deterministic_kernels(strict: bool = False) -> dict:
+def deterministic_kernels(strict: bool = True) -> dict:
     """Deterministic kernels from here on, for the whole process: `torch.use_deterministic_algorithms` and cuBLAS's
     fixed workspace (`CUBLAS_WORKSPACE_CONFIG`, unless set already), which cuBLAS reads when its first handle is made:
-    call this before the first matmul on the GPU. Measured (benchmarks/ladder/gpu_repeat/, one H100): two trainings of
-    rung m's variants in one process parted at step 5-20 without it and gave the same bytes with it, at no lower
-    rate. strict: an op without a deterministic kernel raises; else it warns and runs. Returns `kernels()`."""
+    call this before the first matmul on the GPU. Measured strict (benchmarks/ladder/gpu_repeat/, one H100): two
+    trainings of rung m's variants for 100 steps gave the same bytes with it; without it their weights differed.
+    strict: an op without a deterministic kernel raises (the PoC's one such op, adaptive pooling's backward, has its
+    own: `shared.models.pool`). Not strict, such ops warn and run, and so do some that strict mode makes
+    deterministic (the memory-efficient attention's backward keeps its split keys): not a repeatable run. Returns
+    `kernels()`."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(True, warn_only=not strict)
     return kernels()
