@@ -369,7 +369,7 @@ def test_gpu_repeat_compares_byte_for_byte_and_sees_the_cpu_repeat_bit_for_bit(t
     assert [x["mode"] for x in json.loads(out.read_text())] == ["default", "serial"]
 
 
-def test_deterministic_kernels_are_the_pocs_default_and_its_report_says_which_ran():
+def test_deterministic_kernels_are_the_pocs_default_and_its_report_says_which_ran(tmp_path):
     """Two GPU trainings of the same seeds give different weights without deterministic kernels and the same bytes
     with them, strict (#34, benchmarks/ladder/gpu_repeat/), so the PoC turns them on, strict, for a GPU run unless
     --no-deterministic. They are process-wide (and cuBLAS reads its workspace setting once), so they are set in a
@@ -380,6 +380,7 @@ def test_deterministic_kernels_are_the_pocs_default_and_its_report_says_which_ra
     import subprocess
     import sys
 
+    from shared.errors import UserError
     from shared.poc import cli, report
 
     code = """import json, warnings, torch
@@ -391,7 +392,7 @@ def put():
             torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))
         return "warned" if any("deterministic" in str(x.message) for x in w) else "ran"
     except RuntimeError as e:
-        return "raised" if "deterministic" in str(e) else repr(e)
+        return ["raised", str(e)] if "deterministic" in str(e) else repr(e)
 a = [runtime.kernels(), put()]
 b = [runtime.deterministic_kernels(strict=False), put()]
 c = [runtime.deterministic_kernels(), put()]
@@ -406,7 +407,7 @@ print(json.dumps([a, b, c]))
     assert before == {"deterministic_algorithms": False, "strict": False, "cublas_workspace_config": None}
     assert loose == {"deterministic_algorithms": True, "strict": False, "cublas_workspace_config": ":4096:8"}
     assert strict == {**loose, "strict": True}
-    assert (put0, put1, put2) == ("ran", "warned", "raised")
+    assert (put0, put1, put2[0]) == ("ran", "warned", "raised")
     assert json.loads(runs[1].stdout)[2][0]["cublas_workspace_config"] == ":16:8"
     assert cli.parser().parse_args([]).deterministic is True
     assert cli.parser().parse_args(["--no-deterministic"]).deterministic is False
@@ -414,3 +415,14 @@ print(json.dumps([a, b, c]))
     assert "a rerun can differ" in report.kernels_text("cuda", before)
     assert "a rerun can differ" in report.kernels_text("cuda", loose)  # not strict: attention's backward still splits
     assert report.kernels_text("cpu", before) == ""  # the CPU's kernels repeat either way: no word
+    # a refused op ends the PoC with one line naming it and the way on, not a traceback (PyTorch's own message)
+    def refused(args):
+        raise RuntimeError(put2[1])
+
+    with pytest.raises(UserError, match=r"^put_ has no deterministic kernel .* run again with --no-deterministic"):
+        cli.main(["--out", str(tmp_path), "--device", "cpu"], refused)
+    def other(args):
+        raise RuntimeError("another")
+
+    with pytest.raises(RuntimeError, match="another"):  # any other error stays a program error
+        cli.main(["--out", str(tmp_path), "--device", "cpu"], other)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,5 +66,20 @@ def main(argv: list[str] | None, run_suite: Callable[[argparse.Namespace], dict]
         raise errors.UserError("--variants: not with --ladder (the trend reads each rung's whole suite)")
     if args.ladder_rungs is not None:
         rungs(args)  # a bad list is refused before the folder is touched
-    with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"):
+    with lock.folder(errors.folder_arg(args.out), f"PoC folder {args.out}"), refused_kernels():
         return climb(args, run_suite) if args.ladder else run_suite(args)
+
+
+@contextlib.contextmanager
+def refused_kernels():
+    """An op without a deterministic kernel under --deterministic (PyTorch raises a RuntimeError naming it) ends the
+    run with one line saying how to go on: the phases that finished are reused by the next run."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "use_deterministic_algorithms(True)" not in str(e):
+            raise
+        op = str(e).split(" does not have a deterministic implementation")[0].strip()
+        raise errors.UserError(f"{op} has no deterministic kernel on this device (--deterministic, the default on a "
+                               "GPU): run again with --no-deterministic (the GPU's default kernels; a rerun may then "
+                               "differ), which reuses the phases that finished") from e
