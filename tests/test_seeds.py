@@ -312,6 +312,45 @@ def test_a_cuda_run_keeps_its_snapshots_on_the_host_and_says_its_peak_memory(cac
     assert 0 < t["peak_gib"] <= t["peak_reserved_gib"] < torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_the_graphed_steps_with_every_remedy_repeat_byte_for_byte_under_strict_deterministic_kernels(cache, tmp_path):
+    """The PoC's GPU step under its default kernels since #34 (strict deterministic; process-wide, so in a fresh
+    interpreter): bf16-true, seed ops, CUDA graphs from step 3, every remedy (the frozen sync expert's loss runs
+    through its pool's backward); trained twice, the weights are the same bytes (with the GPU's default kernels they
+    were not: benchmarks/ladder/gpu_repeat/)."""
+    import subprocess
+    import sys
+
+    code = """import json, sys, torch
+from shared import config as C
+from shared.data.cache import AlignedWindows, WindowDataset
+from shared.models import DualForce
+from shared.training import runtime
+from shared.training.seeds import SeedTrainer, window_tensors
+runtime.deterministic_kernels()
+cache, remedies = sys.argv[1], json.loads(sys.argv[2])
+cfg = C.override(C.get_preset("tiny"), {"train.steps": 8, "launch.accelerator": "cuda",
+                                        "launch.precision": "bf16-true", **remedies})
+ds = WindowDataset(cache, frames=cfg.clip_frames, stride=4)
+data = window_tensors(AlignedWindows(ds, WindowDataset(cache, frames=cfg.clip_frames, stride=4)), "cuda")
+def make(seed):
+    torch.manual_seed(seed)
+    return DualForce(cfg.model)
+weights = []
+for _ in range(2):
+    t = SeedTrainer(cfg, [make(s) for s in (3, 7)], [3, 7], data, "cuda", graphs=True)
+    for i in range(8):
+        t.step(i)
+    torch.cuda.synchronize()
+    assert t.graph is not None
+    weights.append(torch.cat([f.data.detach().flatten() for f in t.flats]).cpu())
+assert torch.isfinite(weights[0]).all() and torch.equal(weights[0], weights[1])
+"""
+    res = subprocess.run([sys.executable, "-c", code, str(cache), json.dumps(_remedies(tmp_path))],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_a_seeds_weights_copied_to_the_host_equal_those_on_its_device(cache):
     """`SeedTrainer.weights(k, device=...)` (the snapshots' path: one copy per flat buffer) gives seed k's state dict,
     the same as read where the trainer keeps it, EMA and trained weights alike."""
@@ -415,14 +454,15 @@ print(json.dumps([a, b, c]))
     assert "a rerun can differ" in report.kernels_text("cuda", before)
     assert "a rerun can differ" in report.kernels_text("cuda", loose)  # not strict: attention's backward still splits
     assert report.kernels_text("cpu", before) == ""  # the CPU's kernels repeat either way: no word
+    assert "reused phases ran with their own run's kernels" in report.kernels_text("cuda", strict, reused=True)
     # a refused op ends the PoC with one line naming it and the way on, not a traceback (PyTorch's own message)
     def refused(args):
         raise RuntimeError(put2[1])
 
     with pytest.raises(UserError, match=r"^put_ has no deterministic kernel .* run again with --no-deterministic"):
         cli.main(["--out", str(tmp_path), "--device", "cpu"], refused)
-    def other(args):
-        raise RuntimeError("another")
+    def other(args):  # AOTAutograd's mismatch names use_deterministic_algorithms(True) too: not a refused op
+        raise RuntimeError("another: compiled with torch.use_deterministic_algorithms(True), now False")
 
     with pytest.raises(RuntimeError, match="another"):  # any other error stays a program error
         cli.main(["--out", str(tmp_path), "--device", "cpu"], other)

@@ -107,36 +107,40 @@ def test_an_expert_of_another_design_is_refused_by_name(trained, tmp_path):
         load_expert(str(tmp_path / "old.pt"))
 
 
-def test_the_tiled_pool_is_adaptive_pooling_with_a_backward_that_repeats():
+def test_the_deterministic_pool_is_adaptive_pooling_with_a_backward_of_matmuls():
     """`shared.models.pool` (#34): CUDA's backward of adaptive_avg_pool2d adds with atomics, which strict
-    deterministic kernels refuse, so the probes and the sync expert pool with a broadcast backward where the windows
-    tile the input. On known answers: the native op's output and gradient for 1x1, 2x2 and 3x2 windows, also under
-    vmap over seeds with `torch.func.grad` (the sync loss runs inside the lockstep trainer's vmap); on the CPU the
-    module is the native op itself, with no state (the probes' and experts' files load as before)."""
+    deterministic kernels refuse, so on a GPU the probes and the sync expert pool as a product with two averaging
+    matrices. On known answers: the native op's output and gradient for windows that tile (4x4, 8x8, 12x8 to 4x4),
+    overlap (5x7, 17x9) and repeat (2x2, 1x1: the tests' 8x8 latents); under vmap over seeds, both as `torch.func.grad`
+    inside vmap and as the lockstep trainer runs it (vmap forward, then one backward); on the CPU the module is the
+    native op itself, with no state (the probes' and experts' files load as before)."""
     import torch.nn.functional as F
     from torch.func import grad, vmap
 
-    from shared.models.pool import TiledAvgPool2d, _TiledPool
+    from shared.models.pool import DeterministicAvgPool2d, average_pool
 
-    for shape in ((2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 12, 8)):
-        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        w = torch.randn(shape[0], shape[1], 4, 4, dtype=torch.float64)
-        ours, native = _TiledPool.apply(x, 4), F.adaptive_avg_pool2d(x, 4)
-        assert torch.equal(ours, native)
-        (g_ours,), (g_native,) = (torch.autograd.grad((y * w).sum(), x) for y in (ours, native))
-        torch.testing.assert_close(g_ours, g_native, rtol=1e-12, atol=0)
-    xs, ws = torch.randn(3, 2, 5, 8, 8), torch.randn(3, 2, 5, 4, 4)
-    g_ours = vmap(grad(lambda x, w: (_TiledPool.apply(x, 4) * w).sum()))(xs, ws)
+    for h, w in ((4, 4), (8, 8), (12, 8), (5, 7), (17, 9), (2, 2), (1, 1)):
+        x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+        ours, native = average_pool(x, 4), F.adaptive_avg_pool2d(x, 4)
+        torch.testing.assert_close(ours, native, rtol=1e-14, atol=1e-15)
+        g = torch.randn_like(native)
+        (g_ours,), (g_native,) = (torch.autograd.grad((y * g).sum(), x) for y in (ours, native))
+        torch.testing.assert_close(g_ours, g_native, rtol=1e-14, atol=1e-15)
+    xs, ws = torch.randn(3, 2, 5, 12, 8), torch.randn(3, 2, 5, 4, 4)
     g_native = vmap(grad(lambda x, w: (F.adaptive_avg_pool2d(x, 4) * w).sum()))(xs, ws)
-    torch.testing.assert_close(g_ours, g_native, rtol=1e-6, atol=0)
-    pool = TiledAvgPool2d(4)
+    torch.testing.assert_close(vmap(grad(lambda x, w: (average_pool(x, 4) * w).sum()))(xs, ws), g_native)
+    x = xs.clone().requires_grad_(True)
+    (vmap(lambda x, w: (average_pool(x, 4) * w).sum())(x, ws)).sum().backward()
+    torch.testing.assert_close(x.grad, g_native)
+    pool = DeterministicAvgPool2d(4)
     assert torch.equal(pool(xs[0]), F.adaptive_avg_pool2d(xs[0], 4)) and not pool.state_dict()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's atomic backward")
 def test_probe_and_expert_train_under_strict_deterministic_kernels_on_a_gpu():
     """On a GPU under strict deterministic kernels (the PoC's default since #34), the probe's and the sync expert's
-    backward passes run (with nn.AdaptiveAvgPool2d they raised), and give the same gradient twice."""
+    backward passes run (with nn.AdaptiveAvgPool2d they raised), at the PoC's frame size and at one whose map does not
+    tile the pool, and give the same gradient twice."""
     import subprocess
     import sys
 
@@ -145,16 +149,17 @@ from shared.training import runtime
 from shared.evaluation.probes import Probe
 from shared.models.sync import SyncExpert
 runtime.deterministic_kernels()
-def grads():
+def grads(size):
     torch.manual_seed(0)
     probe, expert = Probe().cuda(), SyncExpert(8, 80).cuda()
-    m, i, _ = probe(torch.randn(4, 3, 64, 64, device="cuda"))
-    video = torch.randn(4, 5, 8, 16, 16, device="cuda", requires_grad=True)
+    m, i, _ = probe(torch.randn(4, 3, size, size, device="cuda"))
+    video = torch.randn(4, 5, 8, size // 4, size // 4, device="cuda", requires_grad=True)
     logit = expert(video, torch.randn(4, 10, 80, device="cuda"))
     (m.sum() + i.sum() + logit.sum()).backward()
     return [p.grad.clone() for p in [*probe.parameters(), *expert.parameters()] if p.grad is not None]
-a, b = grads(), grads()
-assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b) > 0
+for size in (64, 48):
+    a, b = grads(size), grads(size)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b) > 0, size
 """
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                          text=True, timeout=300)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.pool import TiledAvgPool2d
+from ..models.pool import DeterministicAvgPool2d
 
 
 class Probe(nn.Module):
@@ -21,7 +21,7 @@ class Probe(nn.Module):
         for a, b in zip(chans, chans[1:]):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(8, b), nn.GELU(),
                        nn.Conv2d(b, b, 3, padding=1), nn.GELU()]
-        self.conv = nn.Sequential(*layers, TiledAvgPool2d(4))  # keep position: pose, gaze, translation
+        self.conv = nn.Sequential(*layers, DeterministicAvgPool2d(4))  # keep position: pose, gaze, translation
         self.feat = nn.Sequential(nn.Flatten(), nn.Linear(128 * 16, feat_dim), nn.GELU())
         self.motion = nn.Linear(feat_dim, motion_dim)
         self.identity = nn.Linear(feat_dim, identity_dim)

@@ -1,7 +1,8 @@
 """Adaptive average pooling whose backward repeats on a GPU (#34). CUDA's backward of `adaptive_avg_pool2d` adds into
-the input's gradient with atomics, so `torch.use_deterministic_algorithms(True)` refuses it (a RuntimeError). Where the
-windows tile the input, as the probes' and the sync expert's 4 x 4 maps do, each input element lies in one window and
-its gradient is that window's output gradient over the window's size: a broadcast, the same on every run."""
+the input's gradient with atomics, so strict `torch.use_deterministic_algorithms(True)` refuses it (a RuntimeError).
+The same pooling is a product with two averaging matrices, one per axis (each row averages adaptive pooling's window
+[floor(i * n / m), ceil((i + 1) * n / m)) of the n inputs for output i of m): its backward is two matmuls, which
+deterministic mode runs deterministically, for any input size (windows that overlap or repeat included)."""
 
 from __future__ import annotations
 
@@ -10,40 +11,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class _TiledPool(torch.autograd.Function):
-    """adaptive_avg_pool2d(x, size) for x whose last two dims are multiples of size, with a broadcast backward."""
-
-    generate_vmap_rule = True  # the sync expert's loss runs inside the lockstep trainer's vmap
-
-    @staticmethod
-    def forward(x: torch.Tensor, size: int) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x, size)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, size = inputs
-        ctx.window = (x.shape[-2] // size, x.shape[-1] // size)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        kh, kw = ctx.window
-        grad = grad / (kh * kw)
-        return grad.repeat_interleave(kh, -2).repeat_interleave(kw, -1), None
+def averaging(n: int, m: int, like: torch.Tensor) -> torch.Tensor:
+    """[m, n]: row i averages adaptive pooling's window of output i over n inputs (dtype and device of `like`). Built
+    on the device without a host sync, so it can be captured in a CUDA graph."""
+    i = torch.arange(m, device=like.device)
+    start, end = (i * n) // m, ((i + 1) * n + m - 1) // m
+    j = torch.arange(n, device=like.device)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return (inside.double() / (end - start)[:, None].double()).to(like.dtype)  # each weight rounded once
 
 
-class TiledAvgPool2d(nn.Module):
-    """`nn.AdaptiveAvgPool2d(size)` (the same forward, no parameters or buffers), with the broadcast backward on a GPU
-    where the windows tile the input; elsewhere the native op (the CPU's backward repeats as it is)."""
+def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """adaptive_avg_pool2d(x, size) for x [..., H, W], as averaging(H) @ x @ averaging(W)^T."""
+    h, w = x.shape[-2:]
+    return torch.einsum("oh,...hw,pw->...op", averaging(h, size, x), x, averaging(w, size, x))
+
+
+class DeterministicAvgPool2d(nn.Module):
+    """`nn.AdaptiveAvgPool2d(size)` (no parameters or buffers: saved probes and experts load as before), as
+    `average_pool` on a GPU; the native op on the CPU, whose kernels repeat as they are (so the CPU's numbers do not
+    change)."""
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if x.is_cuda and h % self.size == 0 and w % self.size == 0:
-            return _TiledPool.apply(x, self.size)
-        return F.adaptive_avg_pool2d(x, self.size)
+        return average_pool(x, self.size) if x.is_cuda else F.adaptive_avg_pool2d(x, self.size)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .pool import TiledAvgPool2d
+from .pool import DeterministicAvgPool2d
 
 
 DESIGN = "stacked"
@@ -43,7 +43,7 @@ class SyncExpert(nn.Module):
             nn.Conv2d(frames * latent_channels, width // 2, 3, padding=1), nn.GELU(),
             nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(),
-            TiledAvgPool2d(4), nn.Flatten(), nn.Linear(16 * width, width))  # where in the face: kept
+            DeterministicAvgPool2d(4), nn.Flatten(), nn.Linear(16 * width, width))  # where in the face: kept
         self.audio = nn.Sequential(nn.Linear(2 * frames * audio_dim, width), nn.GELU(), nn.Linear(width, width))
         # the training clips' per-feature statistics (`set_audio_stats`): log-mel features are far from unit scale
         self.register_buffer("audio_mean", torch.zeros(audio_dim))

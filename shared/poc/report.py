@@ -188,13 +188,15 @@ def probe_fields(acc: dict) -> dict:
         "reliable": RELIABLE, "pose_dims": acc["pose_dims"], "identity_dims": acc["identity_dims"]}
 
 
-def kernels_text(device: str, kernels: dict | None) -> str:
-    """The report's word on whether a rerun repeats its numbers (the CPU's kernels do either way)."""
+def kernels_text(device: str, kernels: dict | None, reused: bool = False) -> str:
+    """The report's word on whether a rerun repeats its numbers (the CPU's kernels do either way); reused: phases
+    of an earlier run were read back, which ran with that run's kernels."""
     if device != "cuda" or kernels is None:
         return ""
+    earlier = "; the reused phases ran with their own run's kernels" if reused else ""
     if kernels["strict"]:
-        return " (deterministic kernels, strict: a rerun of the same seeds should repeat the numbers)"
-    return " (the GPU's default kernels, or not strict: a rerun can differ, benchmarks/ladder/gpu_repeat/)"
+        return f" (deterministic kernels, strict: a rerun of the same seeds should repeat the numbers{earlier})"
+    return f" (the GPU's default kernels, or not strict: a rerun can differ, benchmarks/ladder/gpu_repeat/{earlier})"
 
 
 def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, data: dict, probe_acc: dict,
@@ -215,7 +217,7 @@ def write_report(out: Path, suite: str, quick: bool, s: Settings, device: str, d
                 f"{x['grad_max_over_median']:.2f}", str(x["stable"])] for k, x in enumerate(h3)]
     fields = {
         "suite": suite, "quick": " (quick)" if quick else "", "device": device,
-        "kernels": kernels_text(device, kernels), "task": s.task,
+        "kernels": kernels_text(device, kernels, bool(phase.reused)), "task": s.task,
         "train_steps": s.train_steps, "batch": s.batch, "n_clips": len(clips), "rollouts": s.rollouts,
         "rollout_frames": s.rollout_factor * clip_frames, "rollout_factor": s.rollout_factor,
         "clip_frames": clip_frames, "seed": s.seed, "seed_last": s.seed + s.seeds - 1,
