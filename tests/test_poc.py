@@ -237,3 +237,17 @@ def test_quick_end_to_end(tmp_path):
     assert "(seed 1)" in _long_rollout_refuses("--quick", "--out", str(tmp_path), "--seeds", "2")
     assert "--seeds and --split are for" in _long_rollout_refuses("--quick", "--out", str(tmp_path), "--minutes", "1",
                                                                   "--split", "val")
+
+
+def test_a_sample_file_name_fits_a_file_system_for_every_suite():
+    """`--suite full` tiles every variant side by side; its file name once joined all 22 names and went over the 255
+    bytes a file system allows (the run failed at its last phase). The core suite's name is unchanged."""
+    from shared.poc.report import sample_name
+    from shared.poc.suite import SUITES
+
+    for suite, variants in SUITES.items():
+        names = [v.name for v in variants]
+        assert len(sample_name(1, names).encode()) <= 255, suite
+    core = [v.name for v in SUITES["core"]]
+    assert sample_name(0, core) == f"clip0_{'_'.join(['real'] + core)}.mp4"
+    assert sample_name(0, [v.name for v in SUITES["full"]]) == f"clip0_real_and_{len(SUITES['full'])}_variants.mp4"

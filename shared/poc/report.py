@@ -88,6 +88,14 @@ def plot(out: Path, results: dict, histories: dict, curves: dict, clip_frames: i
     R.plot_lipsync(traces, out / "plots" / "lipsync.png")
 
 
+def sample_name(i: int, names: list[str]) -> str:
+    """Held-out clip i's side-by-side file: the tiles' names in order where they fit a file name (the core suite's
+    do), else their count (`--suite full`'s 22 variants made a name over the 255 bytes a file system allows; the
+    order is report.md's list of samples)."""
+    name = f"clip{i}_{'_'.join(['real'] + names)}.mp4"
+    return name if len(name) <= 120 else f"clip{i}_real_and_{len(names)}_variants.mp4"
+
+
 def write_samples(out: Path, results: dict, clips: list, ae: Path) -> list[str]:
     """samples/: the first two held-out clips, real and every variant side by side with the struct drawn over the
     frames and the clip's audio muxed; returns the file names."""
@@ -103,7 +111,7 @@ def write_samples(out: Path, results: dict, clips: list, ae: Path) -> list[str]:
         wav = read_audio(c.source)
         lo = (c.start + 1) * 640  # 16 kHz samples a 25 fps frame; the clip's frames start after the reference
         audio = None if wav is None else np.pad(wav[lo : lo + n * 640], (0, max(0, lo + n * 640 - len(wav))))
-        path = out / "samples" / f"clip{i}_{'_'.join(['real'] + names)}.mp4"
+        path = out / "samples" / sample_name(i, names)
         write_mp4(path, R.side_by_side(tiles), 25, audio)
         samples.append(path.name)
     return samples
