@@ -240,7 +240,7 @@ def test_quick_end_to_end(tmp_path):
 
 
 def test_a_sample_file_name_fits_a_file_system_for_every_suite():
-    """`--suite full` tiles every variant side by side; its file name once joined all 22 names and went over the 255
+    """`--suite full` tiles every variant side by side; its file name once joined all 20 names and went over the 255
     bytes a file system allows (the run failed at its last phase). The core suite's name is unchanged."""
     from shared.poc.report import sample_name
     from shared.poc.suite import SUITES

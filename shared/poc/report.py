@@ -90,8 +90,8 @@ def plot(out: Path, results: dict, histories: dict, curves: dict, clip_frames: i
 
 def sample_name(i: int, names: list[str]) -> str:
     """Held-out clip i's side-by-side file: the tiles' names in order where they fit a file name (the core suite's
-    do), else their count (`--suite full`'s 22 variants made a name over the 255 bytes a file system allows; the
-    order is report.md's list of samples)."""
+    do), else their count (`--suite full`'s 20 evaluated variants made a name over the 255 bytes a file system
+    allows; the order is report.md's list of samples)."""
     name = f"clip{i}_{'_'.join(['real'] + names)}.mp4"
     return name if len(name) <= 120 else f"clip{i}_real_and_{len(names)}_variants.mp4"
 
