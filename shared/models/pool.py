@@ -6,25 +6,30 @@ deterministic mode runs deterministically, for any input size (windows that over
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def averaging(n: int, m: int, like: torch.Tensor) -> torch.Tensor:
-    """[m, n]: row i averages adaptive pooling's window of output i over n inputs (dtype and device of `like`). Built
-    on the device without a host sync, so it can be captured in a CUDA graph."""
-    i = torch.arange(m, device=like.device)
+@functools.lru_cache(maxsize=64)
+def averaging(n: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[m, n]: row i averages adaptive pooling's window of output i over n inputs. Made once per shape, dtype and
+    device (the sync loss pools every training step; the lockstep trainer's eager first steps make it before its
+    CUDA graph is captured); built without a host sync all the same."""
+    i = torch.arange(m, device=device)
     start, end = (i * n) // m, ((i + 1) * n + m - 1) // m
-    j = torch.arange(n, device=like.device)
+    j = torch.arange(n, device=device)
     inside = (j >= start[:, None]) & (j < end[:, None])
-    return (inside.double() / (end - start)[:, None].double()).to(like.dtype)  # each weight rounded once
+    return (inside.double() / (end - start)[:, None].double()).to(dtype)  # each weight rounded once
 
 
 def average_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """adaptive_avg_pool2d(x, size) for x [..., H, W], as averaging(H) @ x @ averaging(W)^T."""
     h, w = x.shape[-2:]
-    return torch.einsum("oh,...hw,pw->...op", averaging(h, size, x), x, averaging(w, size, x))
+    return torch.einsum("oh,...hw,pw->...op", averaging(h, size, x.dtype, x.device), x,
+                        averaging(w, size, x.dtype, x.device))
 
 
 class DeterministicAvgPool2d(nn.Module):
