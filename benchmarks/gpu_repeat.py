@@ -40,7 +40,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import traceback
 from dataclasses import asdict, dataclass
@@ -240,9 +239,7 @@ def main(argv=None) -> dict:
     data = windows(C.override(C.get_preset("poc"), {"model.struct_dim": 13, "model.audio_dim": 80}), n=320)
     out = {**asdict(o), "card": torch.cuda.get_device_name() if o.device == "cuda" else "cpu",
            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-           "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-           "deterministic": torch.are_deterministic_algorithms_enabled(), "seeds_used": s.seeds,
-           "precision": s.precision}
+           "kernels": runtime.kernels(), "seeds_used": s.seeds, "precision": s.precision}
     first = stage(out, "first training", lambda: train(o, s, first_names, data))
     second = stage(out, "second training", lambda: train(o, s, second_names, data)) if first else None
     if first and second:
